@@ -1,0 +1,10 @@
+//! Parley's negotiation protocol, free of IO.
+//!
+//! This crate holds what agents agree on: the workload specification that a user submits
+//! and, as the protocol grows, the messages, membership and auction state machines. It never
+//! reads a clock or touches a socket, a store or a container runtime, so that everything in
+//! it can be tested as plain data and, later, in a deterministic simulator.
+
+pub mod workload;
+
+pub use workload::{EnvVar, SpecError, WorkloadName, WorkloadSpec};

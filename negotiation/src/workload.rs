@@ -1,0 +1,396 @@
+//! The workload specification: what a user asks Parley to run.
+//!
+//! Every spec is validated here, once, before anything is stored or sent, so that the
+//! store, the runtime and peers only ever see well-formed values.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest accepted workload name. Container names are `parley-<name>-<replica>`, and the
+/// name also travels in labels and (later) in SPIFFE IDs, so it is kept well inside the
+/// 63-byte DNS label limit that many tools assume.
+pub const MAX_NAME_LEN: usize = 48;
+
+/// Longest accepted image reference (the OCI distribution spec caps repository names at
+/// 255 bytes; a tag or digest adds at most ~80).
+pub const MAX_IMAGE_LEN: usize = 512;
+
+/// Most environment variables one workload may carry.
+pub const MAX_ENV_VARS: usize = 256;
+
+/// Most command arguments one workload may carry.
+pub const MAX_COMMAND_ARGS: usize = 256;
+
+/// Longest accepted single value (an environment value or a command argument).
+pub const MAX_VALUE_LEN: usize = 32 * 1024;
+
+/// Why a workload specification was refused. Each variant names the offending field so that
+/// the message shown to a user can say what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The workload name does not follow the naming rule.
+    #[error(
+        "invalid workload name {name:?}: {reason}; use 1 to {MAX_NAME_LEN} lowercase letters, \
+         digits and '-', starting with a letter and not ending with '-'"
+    )]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The image reference is empty, too long or contains characters no registry accepts.
+    #[error("invalid image reference {image:?}: {reason}")]
+    InvalidImage {
+        /// The reference as given.
+        image: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// An environment variable is malformed.
+    #[error("invalid environment variable {entry:?}: {reason}")]
+    InvalidEnv {
+        /// The entry as given (`KEY=VALUE` or just the key).
+        entry: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The command is malformed.
+    #[error("invalid command: {reason}")]
+    InvalidCommand {
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// A validated workload name: 1 to [`MAX_NAME_LEN`] bytes of `[a-z0-9-]`, starting with a
+/// letter, not ending with `-`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct WorkloadName(String);
+
+impl WorkloadName {
+    /// Validates `name` and wraps it.
+    pub fn new(name: impl Into<String>) -> Result<Self, SpecError> {
+        let name = name.into();
+        let reason = if name.is_empty() {
+            Some("it is empty")
+        } else if name.len() > MAX_NAME_LEN {
+            Some("it is too long")
+        } else if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+            Some("it must start with a lowercase letter")
+        } else if name.ends_with('-') {
+            Some("it must not end with '-'")
+        } else if !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            Some("it contains a character other than a-z, 0-9 and '-'")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(SpecError::InvalidName { name, reason }),
+            None => Ok(Self(name)),
+        }
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WorkloadName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for WorkloadName {
+    type Error = SpecError;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<WorkloadName> for String {
+    fn from(name: WorkloadName) -> Self {
+        name.0
+    }
+}
+
+/// One environment variable of a workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvVar {
+    /// Variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+    pub key: String,
+    /// Value, passed to the container as is.
+    pub value: String,
+}
+
+impl EnvVar {
+    /// Parses a `KEY=VALUE` entry as typed on a command line.
+    pub fn parse(entry: &str) -> Result<Self, SpecError> {
+        let Some((key, value)) = entry.split_once('=') else {
+            return Err(SpecError::InvalidEnv {
+                entry: entry.to_owned(),
+                reason: "expected KEY=VALUE",
+            });
+        };
+        let var = Self {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        };
+        var.validate()?;
+        Ok(var)
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        let valid_key = self
+            .key
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && self
+                .key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let reason = if !valid_key {
+            Some("the key must match [A-Za-z_][A-Za-z0-9_]*")
+        } else if self.value.len() > MAX_VALUE_LEN {
+            Some("the value is longer than 32 KiB")
+        } else if self.value.contains('\0') {
+            Some("the value contains a NUL byte")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(SpecError::InvalidEnv {
+                entry: format!("{}={}", self.key, truncate(&self.value, 40)),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a user asks Parley to run. Construct it with [`WorkloadSpec::new`] or validate a
+/// deserialized one with [`WorkloadSpec::validate`] before trusting it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadSpec {
+    /// Unique name of the workload.
+    pub name: WorkloadName,
+    /// Container image reference, e.g. `docker.io/library/nginx:1.27`.
+    pub image: String,
+    /// Command and arguments; empty means the image's default command.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Environment variables, in the order given. A later duplicate key is refused rather
+    /// than silently overriding an earlier one.
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+}
+
+impl WorkloadSpec {
+    /// Builds a spec and validates it.
+    pub fn new(
+        name: WorkloadName,
+        image: impl Into<String>,
+        command: Vec<String>,
+        env: Vec<EnvVar>,
+    ) -> Result<Self, SpecError> {
+        let spec = Self {
+            name,
+            image: image.into(),
+            command,
+            env,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks every field; the name is already valid by construction.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_image(&self.image)?;
+        if self.env.len() > MAX_ENV_VARS {
+            return Err(SpecError::InvalidEnv {
+                entry: format!("({} variables)", self.env.len()),
+                reason: "more than 256 environment variables",
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for var in &self.env {
+            var.validate()?;
+            if !seen.insert(var.key.as_str()) {
+                return Err(SpecError::InvalidEnv {
+                    entry: var.key.clone(),
+                    reason: "the key is given more than once",
+                });
+            }
+        }
+        if self.command.len() > MAX_COMMAND_ARGS {
+            return Err(SpecError::InvalidCommand {
+                reason: format!("{} arguments, at most {MAX_COMMAND_ARGS}", self.command.len()),
+            });
+        }
+        if self.command.first().is_some_and(|exe| exe.is_empty()) {
+            return Err(SpecError::InvalidCommand {
+                reason: "the executable is an empty string".to_owned(),
+            });
+        }
+        if let Some(arg) = self
+            .command
+            .iter()
+            .find(|arg| arg.len() > MAX_VALUE_LEN || arg.contains('\0'))
+        {
+            return Err(SpecError::InvalidCommand {
+                reason: format!(
+                    "argument {:?} is longer than 32 KiB or contains a NUL byte",
+                    truncate(arg, 40)
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Checks the shape of an image reference without resolving it: whether it exists is the
+/// runtime's business, but nothing that could never be a reference reaches it.
+fn validate_image(image: &str) -> Result<(), SpecError> {
+    let reason = if image.is_empty() {
+        Some("it is empty")
+    } else if image.len() > MAX_IMAGE_LEN {
+        Some("it is longer than 512 bytes")
+    } else if image.starts_with(['-', '/', ':', '@', '.']) {
+        Some("it must start with a letter or digit")
+    } else if !image
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._/:@".contains(&b))
+    {
+        Some("it contains a character no registry accepts (allowed: letters, digits, - . _ / : @)")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(SpecError::InvalidImage {
+            image: truncate(image, 80).to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Shortens a user-supplied value for an error message without splitting a character.
+fn truncate(value: &str, max: usize) -> &str {
+    match value.char_indices().nth(max) {
+        Some((end, _)) => &value[..end],
+        None => value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_names() {
+        for name in ["web", "a", "api-v2", "x1", &"a".repeat(MAX_NAME_LEN)] {
+            assert!(WorkloadName::new(name).is_ok(), "{name} should be accepted");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_names_with_a_reason() {
+        let cases = [
+            ("", "empty"),
+            ("Web", "lowercase letter"),
+            ("1web", "lowercase letter"),
+            ("-web", "lowercase letter"),
+            ("web-", "end with '-'"),
+            ("web_1", "other than"),
+            ("web.1", "other than"),
+            ("wéb", "other than"),
+            ("../etc", "lowercase letter"),
+        ];
+        for (name, expected) in cases {
+            let err = WorkloadName::new(name).expect_err(name).to_string();
+            assert!(err.contains(expected), "{name:?}: {err}");
+        }
+        let long = "a".repeat(MAX_NAME_LEN + 1);
+        assert!(
+            WorkloadName::new(long)
+                .unwrap_err()
+                .to_string()
+                .contains("too long")
+        );
+    }
+
+    #[test]
+    fn names_are_validated_when_deserialized() {
+        let err = serde_json::from_str::<WorkloadName>("\"Bad Name\"").unwrap_err();
+        assert!(err.to_string().contains("invalid workload name"), "{err}");
+    }
+
+    #[test]
+    fn env_entries_parse_and_validate() {
+        let var = EnvVar::parse("GREETING=hello=world").unwrap();
+        assert_eq!(var.key, "GREETING");
+        assert_eq!(var.value, "hello=world");
+        assert!(EnvVar::parse("EMPTY=").is_ok());
+        for bad in ["NOEQUALS", "=value", "1KEY=x", "KEY-X=y", "K EY=z"] {
+            assert!(EnvVar::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    fn spec(image: &str, command: &[&str], env: &[&str]) -> Result<WorkloadSpec, SpecError> {
+        WorkloadSpec::new(
+            WorkloadName::new("web").unwrap(),
+            image,
+            command.iter().map(|s| s.to_string()).collect(),
+            env.iter().map(|e| EnvVar::parse(e).unwrap()).collect(),
+        )
+    }
+
+    #[test]
+    fn validates_images() {
+        for good in [
+            "busybox",
+            "localhost/parley-test:latest",
+            "registry.example.org:5000/team/app@sha256:0123abcd",
+        ] {
+            assert!(spec(good, &[], &[]).is_ok(), "{good}");
+        }
+        for bad in ["", "-rm", "has space", "img\n", "ünïcode", &"a".repeat(600)] {
+            assert!(
+                matches!(spec(bad, &[], &[]), Err(SpecError::InvalidImage { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_duplicate_env_keys_and_bad_commands() {
+        assert!(matches!(
+            spec("busybox", &[], &["A=1", "A=2"]),
+            Err(SpecError::InvalidEnv { .. })
+        ));
+        assert!(matches!(
+            spec("busybox", &["", "x"], &[]),
+            Err(SpecError::InvalidCommand { .. })
+        ));
+        assert!(matches!(
+            spec("busybox", &["sh", "a\0b"], &[]),
+            Err(SpecError::InvalidCommand { .. })
+        ));
+        assert!(spec("busybox", &["sleep", "3600"], &["A=1", "B=2"]).is_ok());
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "hé");
+        assert_eq!(truncate("hi", 10), "hi");
+    }
+}
