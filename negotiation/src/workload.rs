@@ -22,6 +22,12 @@ pub const MAX_ENV_VARS: usize = 256;
 /// Most command arguments one workload may carry.
 pub const MAX_COMMAND_ARGS: usize = 256;
 
+/// Longest accepted stop timeout, in seconds.
+pub const MAX_STOP_TIMEOUT_SECS: u32 = 600;
+
+/// Stop timeout used when a spec gives none (Podman's own default).
+pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 10;
+
 /// Longest accepted single value (an environment value or a command argument).
 pub const MAX_VALUE_LEN: usize = 32 * 1024;
 
@@ -61,6 +67,12 @@ pub enum SpecError {
     InvalidCommand {
         /// What is wrong with it.
         reason: String,
+    },
+    /// The stop timeout is out of range.
+    #[error("invalid stop timeout {secs}s: at most {MAX_STOP_TIMEOUT_SECS}s")]
+    InvalidStopTimeout {
+        /// The value given.
+        secs: u32,
     },
 }
 
@@ -192,10 +204,17 @@ pub struct WorkloadSpec {
     /// than silently overriding an earlier one.
     #[serde(default)]
     pub env: Vec<EnvVar>,
+    /// Seconds between SIGTERM and SIGKILL when the workload's containers are stopped.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout_secs: u32,
+}
+
+fn default_stop_timeout() -> u32 {
+    DEFAULT_STOP_TIMEOUT_SECS
 }
 
 impl WorkloadSpec {
-    /// Builds a spec and validates it.
+    /// Builds a spec with the default stop timeout and validates it.
     pub fn new(
         name: WorkloadName,
         image: impl Into<String>,
@@ -207,6 +226,7 @@ impl WorkloadSpec {
             image: image.into(),
             command,
             env,
+            stop_timeout_secs: DEFAULT_STOP_TIMEOUT_SECS,
         };
         spec.validate()?;
         Ok(spec)
@@ -215,6 +235,11 @@ impl WorkloadSpec {
     /// Checks every field; the name is already valid by construction.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_image(&self.image)?;
+        if self.stop_timeout_secs > MAX_STOP_TIMEOUT_SECS {
+            return Err(SpecError::InvalidStopTimeout {
+                secs: self.stop_timeout_secs,
+            });
+        }
         if self.env.len() > MAX_ENV_VARS {
             return Err(SpecError::InvalidEnv {
                 entry: format!("({} variables)", self.env.len()),
@@ -233,7 +258,10 @@ impl WorkloadSpec {
         }
         if self.command.len() > MAX_COMMAND_ARGS {
             return Err(SpecError::InvalidCommand {
-                reason: format!("{} arguments, at most {MAX_COMMAND_ARGS}", self.command.len()),
+                reason: format!(
+                    "{} arguments, at most {MAX_COMMAND_ARGS}",
+                    self.command.len()
+                ),
             });
         }
         if self.command.first().is_some_and(|exe| exe.is_empty()) {
@@ -386,6 +414,12 @@ mod tests {
             Err(SpecError::InvalidCommand { .. })
         ));
         assert!(spec("busybox", &["sleep", "3600"], &["A=1", "B=2"]).is_ok());
+        let mut too_slow = spec("busybox", &[], &[]).unwrap();
+        too_slow.stop_timeout_secs = MAX_STOP_TIMEOUT_SECS + 1;
+        assert!(matches!(
+            too_slow.validate(),
+            Err(SpecError::InvalidStopTimeout { .. })
+        ));
     }
 
     #[test]

@@ -107,14 +107,11 @@ impl Store {
                 Ok(())
             }
             Some(raw) => {
-                let bytes: [u8; 4] =
-                    raw.as_ref()
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupt {
-                            tree: "default".to_owned(),
-                            key: String::from_utf8_lossy(SCHEMA_KEY).into_owned(),
-                            reason: format!("expected 4 bytes, found {}", raw.len()),
-                        })?;
+                let bytes: [u8; 4] = raw.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    tree: "default".to_owned(),
+                    key: String::from_utf8_lossy(SCHEMA_KEY).into_owned(),
+                    reason: format!("expected 4 bytes, found {}", raw.len()),
+                })?;
                 let found = u32::from_be_bytes(bytes);
                 if found > SCHEMA_VERSION {
                     return Err(StoreError::SchemaTooNew {
@@ -323,10 +320,7 @@ mod tests {
             .unwrap();
         let tree = store.workloads::<Record>().unwrap();
         let err = tree.list().unwrap_err();
-        assert!(
-            err.to_string().contains("corrupt record \"web\""),
-            "{err}"
-        );
+        assert!(err.to_string().contains("corrupt record \"web\""), "{err}");
     }
 
     #[test]

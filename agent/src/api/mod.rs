@@ -1,0 +1,154 @@
+//! The local HTTP/JSON API on a unix socket (mode 0600), used by the CLI.
+//!
+//! Routes (all under [`types::API_PREFIX`]):
+//! - `GET /v1/status`: agent and Podman status
+//! - `GET /v1/workloads`: workloads with container states
+//! - `POST /v1/workloads`: run a workload (body: a `WorkloadSpec`)
+//! - `DELETE /v1/workloads/{name}`: remove a workload
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use parley_negotiation::WorkloadSpec;
+use tokio::net::UnixListener;
+
+use crate::node::{Node, NodeError};
+use crate::runtime::{ContainerRuntime, RuntimeError};
+
+pub mod client;
+pub mod types;
+
+use types::ApiError;
+
+/// Largest request body accepted; a workload spec is a few KiB at most.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The API's routes over a node.
+pub fn router<R: ContainerRuntime>(node: Arc<Node<R>>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status::<R>))
+        .route("/v1/workloads", get(list::<R>).post(run::<R>))
+        .route("/v1/workloads/{name}", delete(remove::<R>))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(node)
+}
+
+/// Binds the API socket: creates its directory (0700) if needed, refuses to take over a
+/// socket another agent still answers on, replaces a stale one, and restricts the socket
+/// to its owner (0600).
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        crate::runtime::podman::service::create_private_dir(parent)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "another agent is already listening on {}; stop it or pass a different --api-socket",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// An error answer with a JSON body.
+struct Failure(StatusCode, ApiError);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(self.1)).into_response()
+    }
+}
+
+impl From<NodeError> for Failure {
+    fn from(error: NodeError) -> Self {
+        let (status, kind) = match &error {
+            NodeError::InvalidSpec(_) => (StatusCode::BAD_REQUEST, "invalid-spec"),
+            NodeError::AlreadyExists { .. } => (StatusCode::CONFLICT, "already-exists"),
+            NodeError::NotFound { .. } => (StatusCode::NOT_FOUND, "not-found"),
+            NodeError::Runtime(RuntimeError::ImageNotFound { .. }) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "image-not-found")
+            }
+            NodeError::Runtime(RuntimeError::NameInUse { .. }) => {
+                (StatusCode::CONFLICT, "container-name-in-use")
+            }
+            NodeError::Runtime(RuntimeError::Unavailable { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "podman-unavailable")
+            }
+            NodeError::Runtime(RuntimeError::Failed { .. }) => {
+                (StatusCode::BAD_GATEWAY, "podman-failed")
+            }
+            NodeError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store-failed"),
+        };
+        Failure(
+            status,
+            ApiError {
+                kind: kind.to_owned(),
+                message: error.to_string(),
+            },
+        )
+    }
+}
+
+fn bad_request(message: String) -> Failure {
+    Failure(
+        StatusCode::BAD_REQUEST,
+        ApiError {
+            kind: "bad-request".to_owned(),
+            message,
+        },
+    )
+}
+
+async fn not_found() -> Failure {
+    Failure(
+        StatusCode::NOT_FOUND,
+        ApiError {
+            kind: "no-such-endpoint".to_owned(),
+            message: "no such API endpoint; is the CLI newer than the agent?".to_owned(),
+        },
+    )
+}
+
+async fn status<R: ContainerRuntime>(State(node): State<Arc<Node<R>>>) -> Response {
+    axum::Json(node.status().await).into_response()
+}
+
+async fn list<R: ContainerRuntime>(State(node): State<Arc<Node<R>>>) -> Result<Response, Failure> {
+    Ok(axum::Json(node.list().await?).into_response())
+}
+
+async fn run<R: ContainerRuntime>(
+    State(node): State<Arc<Node<R>>>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    // Parsed by hand rather than with axum's Json extractor so that every malformed body
+    // gets the same JSON error shape as the other failures.
+    let spec: WorkloadSpec = serde_json::from_slice(&body)
+        .map_err(|e| bad_request(format!("invalid workload spec: {e}")))?;
+    let status = node.run(spec).await?;
+    Ok((StatusCode::CREATED, axum::Json(status)).into_response())
+}
+
+async fn remove<R: ContainerRuntime>(
+    State(node): State<Arc<Node<R>>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<StatusCode, Failure> {
+    node.remove(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

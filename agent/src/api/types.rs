@@ -1,0 +1,94 @@
+//! JSON bodies of the local API, shared by the agent (server) and the CLI (client).
+
+use parley_negotiation::WorkloadSpec;
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::podman::service::ServiceOrigin;
+use crate::runtime::{ContainerState, RuntimeInfo};
+
+/// Version prefix of every API path; bumped on an incompatible change.
+pub const API_PREFIX: &str = "/v1";
+
+/// Error body of every failed request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Stable machine-readable kind (`invalid-spec`, `already-exists`, `not-found`,
+    /// `image-not-found`, `podman-unavailable`, `podman-failed`, `store-failed`, `bad-request`).
+    pub kind: String,
+    /// What went wrong and what to do, for people.
+    pub message: String,
+}
+
+/// A stored workload: the desired spec plus when it was accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadRecord {
+    /// What the user asked for.
+    pub spec: WorkloadSpec,
+    /// When the agent accepted it (seconds since the Unix epoch).
+    pub created_at: u64,
+}
+
+/// One replica of a workload and the container that runs it, if any.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// Replica index.
+    pub replica: u32,
+    /// Node the replica runs on.
+    pub node: String,
+    /// Container name, when a container exists.
+    pub container: Option<String>,
+    /// Container id, when a container exists.
+    pub container_id: Option<String>,
+    /// Container state; `None` when no container exists or Podman could not be asked.
+    pub state: Option<ContainerState>,
+    /// Exit code of an exited container.
+    pub exit_code: Option<i32>,
+}
+
+/// A workload as `parley ps` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkloadStatus {
+    /// Workload name.
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// Command; empty for the image default.
+    pub command: Vec<String>,
+    /// When it was accepted (seconds since the Unix epoch).
+    pub created_at: u64,
+    /// Its replicas.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// Answer to `GET /v1/workloads`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkloadList {
+    /// All stored workloads, by name.
+    pub workloads: Vec<WorkloadStatus>,
+    /// Set when Podman could not be asked for container states; the list still shows the
+    /// stored workloads, with unknown states.
+    pub runtime_error: Option<String>,
+}
+
+/// Answer to `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// Agent version.
+    pub version: String,
+    /// This node's name.
+    pub node: String,
+    /// The agent's data directory.
+    pub data_dir: String,
+    /// Seconds since the agent started.
+    pub uptime_secs: u64,
+    /// Number of stored workloads.
+    pub workloads: usize,
+    /// Podman socket in use.
+    pub podman_socket: String,
+    /// Whether the Podman service was found or started by the agent.
+    pub podman_origin: ServiceOrigin,
+    /// Podman's version and mode, when it answers.
+    pub podman: Option<RuntimeInfo>,
+    /// Why Podman did not answer, when it did not.
+    pub podman_error: Option<String>,
+}

@@ -1,0 +1,192 @@
+//! `parley agent`: the daemon.
+//!
+//! Start-up order matters: configuration is validated before anything is opened; the
+//! store is opened before Podman is contacted; the API socket is bound only once the agent
+//! can serve requests. Shutdown runs the other way round, through one cancellation token,
+//! and flushes the store last.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use super::GlobalOptions;
+use crate::config::{self, Config, ConfigError, Environment, FileConfig};
+use crate::node::{Node, NodeInfo};
+use crate::runtime::podman::service::{self, ServiceSettings};
+
+/// How long tasks get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Arguments of `parley agent`. Each option can also be set in the config file under the
+/// name shown in brackets; flags win over the file.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Configuration file keys (TOML): node_name, data_dir, api_socket, \
+podman_socket, podman_autostart, podman_binary, reconcile_interval_secs.
+The agent listens on --api-socket (a global option, also PARLEY_API_SOCKET)."
+)]
+pub struct AgentArgs {
+    /// TOML configuration file
+    #[arg(long, short = 'c', env = "PARLEY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for the agent's state [data_dir; default: $XDG_DATA_HOME/parley]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Podman REST service socket [podman_socket; default: $XDG_RUNTIME_DIR/podman/podman.sock]
+    #[arg(long, value_name = "PATH")]
+    pub podman_socket: Option<PathBuf>,
+    /// Start `podman system service` if none answers [podman_autostart; default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub podman_autostart: Option<bool>,
+    /// This node's name [node_name; default: the host name]
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Seconds between reconcile passes [reconcile_interval_secs; default: 10]
+    #[arg(long, value_name = "SECS")]
+    pub reconcile_interval: Option<u64>,
+}
+
+impl AgentArgs {
+    /// Merges flags over the config file and validates.
+    pub fn resolve(
+        &self,
+        global: &GlobalOptions,
+        env: &Environment,
+    ) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let flags = FileConfig {
+            node_name: self.node_name.clone(),
+            data_dir: self.data_dir.clone(),
+            api_socket: global.api_socket.clone(),
+            podman_socket: self.podman_socket.clone(),
+            podman_autostart: self.podman_autostart,
+            podman_binary: None,
+            reconcile_interval_secs: self.reconcile_interval,
+        };
+        Config::resolve(flags.or(file), env)
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn execute(args: AgentArgs, global: &GlobalOptions) -> ExitCode {
+    let config = match args.resolve(global, &Environment::current()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(config::EXIT_CONFIG as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "agent stopped");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    // Everything the agent creates (store files, sockets, later keys) is the user's alone.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+
+    service::create_private_dir(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let store = parley_store::Store::open(config.data_dir.join("store"))?;
+
+    let shutdown = CancellationToken::new();
+    let settings = ServiceSettings {
+        socket: config.podman_socket.clone(),
+        autostart: config.podman_autostart,
+        podman_binary: config.podman_binary.clone(),
+    };
+    let (podman, origin, podman_supervisor) = service::connect(&settings, shutdown.clone()).await?;
+
+    let node = Node::new(
+        NodeInfo {
+            name: config.node_name.clone(),
+            data_dir: config.data_dir.display().to_string(),
+            podman_socket: config.podman_socket.display().to_string(),
+            podman_origin: origin,
+        },
+        store.clone(),
+        podman,
+    )?;
+
+    let listener = crate::api::bind(&config.api_socket)
+        .with_context(|| format!("cannot listen on {}", config.api_socket.display()))?;
+    tracing::info!(socket = %config.api_socket.display(), node = %config.node_name, data_dir = %config.data_dir.display(), "agent listening");
+
+    let api = {
+        let shutdown = shutdown.clone();
+        let router = crate::api::router(Arc::clone(&node));
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        })
+    };
+    let reconciler = tokio::spawn(crate::reconcile::run(
+        Arc::clone(&node),
+        config.reconcile_interval,
+        shutdown.clone(),
+    ));
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+
+    let stopped = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        if let Ok(Err(e)) = api.await {
+            tracing::warn!(error = %e, "the API server stopped with an error");
+        }
+        let _ = reconciler.await;
+        let _ = podman_supervisor.await;
+    })
+    .await;
+    if stopped.is_err() {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "tasks did not stop within the grace period");
+    }
+    if let Err(e) = std::fs::remove_file(&config.api_socket) {
+        tracing::debug!(error = %e, "could not remove the API socket");
+    }
+    store
+        .flush()
+        .await
+        .context("could not flush the state store on shutdown")?;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+        _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "signal received"),
+    }
+    Ok(())
+}

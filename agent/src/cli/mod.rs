@@ -1,0 +1,162 @@
+//! The `parley` command line: one module per subcommand, global options in one struct.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::api::client::{ApiClient, ClientError};
+use crate::config::Environment;
+
+pub mod agent;
+pub mod ps;
+pub mod rm;
+pub mod run;
+pub mod status;
+mod table;
+
+/// Exit code when the request reached the agent and failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code when the agent cannot be reached (`EX_UNAVAILABLE`).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+
+const AFTER_HELP: &str = "\
+Examples:
+  parley agent                                   run the agent in the foreground
+  parley run web --image localhost/parley-test -- httpd -f -p 8080
+  parley ps -o json                              workloads as JSON, for scripts
+  parley rm web
+
+Exit codes: 0 success; 1 the agent refused or failed the request; 2 bad usage;
+64 invalid agent configuration; 69 the agent is not reachable.";
+
+/// Parley: a decentralized, rootless scheduler for Podman.
+#[derive(Debug, Parser)]
+#[command(name = "parley", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Options every subcommand takes.
+    #[command(flatten)]
+    pub global: GlobalOptions,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by all subcommands.
+#[derive(Debug, clap::Args)]
+pub struct GlobalOptions {
+    /// The agent's local API socket [default: $XDG_RUNTIME_DIR/parley/parley.sock]
+    #[arg(long, global = true, env = "PARLEY_API_SOCKET", value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// Output format: a table for people, JSON for scripts
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent (the daemon) in the foreground
+    Agent(agent::AgentArgs),
+    /// Run a workload
+    Run(run::RunArgs),
+    /// List workloads and the state of their containers
+    Ps(ps::PsArgs),
+    /// Remove a workload and its containers
+    Rm(rm::RmArgs),
+    /// Show the agent's and Podman's status
+    Status(status::StatusArgs),
+}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub fn execute(self) -> ExitCode {
+        match self.command {
+            Command::Agent(args) => agent::execute(args, &self.global),
+            Command::Run(args) => with_client(&self.global, |client| {
+                run::execute(args, client, self.global.output)
+            }),
+            Command::Ps(args) => with_client(&self.global, |client| {
+                ps::execute(args, client, self.global.output)
+            }),
+            Command::Rm(args) => with_client(&self.global, |client| {
+                rm::execute(args, client, self.global.output)
+            }),
+            Command::Status(args) => with_client(&self.global, |client| {
+                status::execute(args, client, self.global.output)
+            }),
+        }
+    }
+}
+
+/// Builds a client from the global options and runs an async client command on a small
+/// runtime, mapping errors to messages and exit codes.
+fn with_client<F, Fut>(global: &GlobalOptions, command: F) -> ExitCode
+where
+    F: FnOnce(ApiClient) -> Fut,
+    Fut: std::future::Future<Output = Result<(), CliError>>,
+{
+    let socket = match &global.api_socket {
+        Some(path) => path.clone(),
+        None => match Environment::current().default_api_socket() {
+            Ok(path) => path,
+            Err(e) => {
+                return fail(&CliError::Usage(format!(
+                    "cannot find the agent socket: {e}"
+                )));
+            }
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            return fail(&CliError::Usage(format!(
+                "cannot start the async runtime: {e}"
+            )));
+        }
+    };
+    match runtime.block_on(command(ApiClient::new(&socket))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
+    }
+}
+
+/// Errors of client subcommands.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The agent could not be reached or answered with an error.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The command line was wrong in a way clap cannot see.
+    #[error("{0}")]
+    Usage(String),
+}
+
+fn fail(error: &CliError) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(match error {
+        CliError::Client(ClientError::Unreachable { .. }) => EXIT_UNAVAILABLE,
+        CliError::Usage(_) => 2,
+        CliError::Client(_) => EXIT_FAILED,
+    })
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::Usage(format!("cannot encode the output: {e}")))?;
+    println!("{text}");
+    Ok(())
+}

@@ -1,0 +1,376 @@
+//! The agent's configuration: TOML file, then environment, then flags, merged once and
+//! validated before any socket opens. A bad value stops the agent with exit code 64 and a
+//! message naming the field.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Exit code for a configuration error (`EX_CONFIG`-like `EX_USAGE`, as sysexits.h).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// A configuration problem, naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has unknown or mistyped keys.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// File path.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A field has a value the agent cannot use.
+    #[error("invalid value for `{field}`: {message}")]
+    Invalid {
+        /// The field, as spelled in the config file.
+        field: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// The config file's contents; every key is optional. Unknown keys are refused so that a
+/// typo does not silently fall back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// See [`Config::node_name`].
+    pub node_name: Option<String>,
+    /// See [`Config::data_dir`].
+    pub data_dir: Option<PathBuf>,
+    /// See [`Config::api_socket`].
+    pub api_socket: Option<PathBuf>,
+    /// See [`Config::podman_socket`].
+    pub podman_socket: Option<PathBuf>,
+    /// See [`Config::podman_autostart`].
+    pub podman_autostart: Option<bool>,
+    /// See [`Config::podman_binary`].
+    pub podman_binary: Option<PathBuf>,
+    /// See [`Config::reconcile_interval`], in seconds.
+    pub reconcile_interval_secs: Option<u64>,
+}
+
+impl FileConfig {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Fills unset fields of `self` from `lower` (lower precedence).
+    pub fn or(self, lower: FileConfig) -> FileConfig {
+        FileConfig {
+            node_name: self.node_name.or(lower.node_name),
+            data_dir: self.data_dir.or(lower.data_dir),
+            api_socket: self.api_socket.or(lower.api_socket),
+            podman_socket: self.podman_socket.or(lower.podman_socket),
+            podman_autostart: self.podman_autostart.or(lower.podman_autostart),
+            podman_binary: self.podman_binary.or(lower.podman_binary),
+            reconcile_interval_secs: self
+                .reconcile_interval_secs
+                .or(lower.reconcile_interval_secs),
+        }
+    }
+}
+
+/// The validated configuration the agent runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// This node's name, written into container labels. Default: the host name.
+    pub node_name: String,
+    /// Where the state store lives. Default: `$XDG_DATA_HOME/parley` or
+    /// `~/.local/share/parley`.
+    pub data_dir: PathBuf,
+    /// The local API socket. Default: `$XDG_RUNTIME_DIR/parley/parley.sock`.
+    pub api_socket: PathBuf,
+    /// Podman's REST service socket. Default: `$XDG_RUNTIME_DIR/podman/podman.sock`.
+    pub podman_socket: PathBuf,
+    /// Start `podman system service` when none answers. Default: true.
+    pub podman_autostart: bool,
+    /// The podman executable. Default: `podman` (searched in `PATH`).
+    pub podman_binary: PathBuf,
+    /// Time between reconcile passes. Default: 10 s.
+    pub reconcile_interval: Duration,
+}
+
+/// Longest name accepted for a node (it travels in labels and later in SPIFFE IDs).
+const MAX_NODE_NAME_LEN: usize = 63;
+
+/// The environment the defaults are derived from, passed in so tests need not mutate the
+/// process environment.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// `$XDG_RUNTIME_DIR`.
+    pub xdg_runtime_dir: Option<PathBuf>,
+    /// `$XDG_DATA_HOME`.
+    pub xdg_data_home: Option<PathBuf>,
+    /// `$HOME`.
+    pub home: Option<PathBuf>,
+    /// The host name.
+    pub hostname: Option<String>,
+}
+
+impl Environment {
+    /// Reads the current process environment.
+    pub fn current() -> Self {
+        let var = |name| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        Self {
+            xdg_runtime_dir: var("XDG_RUNTIME_DIR"),
+            xdg_data_home: var("XDG_DATA_HOME"),
+            home: var("HOME"),
+            hostname: nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok()),
+        }
+    }
+
+    fn runtime_dir(&self, field: &'static str) -> Result<PathBuf, ConfigError> {
+        self.xdg_runtime_dir
+            .clone()
+            .ok_or_else(|| ConfigError::Invalid {
+                field,
+                message: "no default without XDG_RUNTIME_DIR; set XDG_RUNTIME_DIR (normally \
+                      /run/user/$UID) or give the path explicitly"
+                    .to_owned(),
+            })
+    }
+
+    /// Default local API socket: `$XDG_RUNTIME_DIR/parley/parley.sock`.
+    pub fn default_api_socket(&self) -> Result<PathBuf, ConfigError> {
+        Ok(self.runtime_dir("api_socket")?.join("parley/parley.sock"))
+    }
+}
+
+impl Config {
+    /// Merges `layered` (flags over environment over file) with defaults and validates.
+    pub fn resolve(layered: FileConfig, env: &Environment) -> Result<Self, ConfigError> {
+        let node_name = match layered.node_name.or_else(|| env.hostname.clone()) {
+            Some(name) => name,
+            None => {
+                return Err(ConfigError::Invalid {
+                    field: "node_name",
+                    message: "the host name cannot be read; set node_name".to_owned(),
+                });
+            }
+        };
+        validate_node_name(&node_name)?;
+
+        let data_dir = match layered.data_dir {
+            Some(dir) => dir,
+            None => match (&env.xdg_data_home, &env.home) {
+                (Some(data), _) => data.join("parley"),
+                (None, Some(home)) => home.join(".local/share/parley"),
+                (None, None) => {
+                    return Err(ConfigError::Invalid {
+                        field: "data_dir",
+                        message: "neither XDG_DATA_HOME nor HOME is set; set data_dir".to_owned(),
+                    });
+                }
+            },
+        };
+        let api_socket = match layered.api_socket {
+            Some(path) => path,
+            None => env.default_api_socket()?,
+        };
+        let podman_socket = match layered.podman_socket {
+            Some(path) => path,
+            None => env.runtime_dir("podman_socket")?.join("podman/podman.sock"),
+        };
+        for (field, path) in [
+            ("data_dir", &data_dir),
+            ("api_socket", &api_socket),
+            ("podman_socket", &podman_socket),
+        ] {
+            if !path.is_absolute() {
+                return Err(ConfigError::Invalid {
+                    field,
+                    message: format!("{} is not an absolute path", path.display()),
+                });
+            }
+        }
+        // sun_path holds 108 bytes including the terminating NUL.
+        for (field, path) in [
+            ("api_socket", &api_socket),
+            ("podman_socket", &podman_socket),
+        ] {
+            if path.as_os_str().len() > 107 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    message: format!(
+                        "{} is longer than the 107 bytes a unix socket path may have",
+                        path.display()
+                    ),
+                });
+            }
+        }
+
+        let reconcile_interval_secs = layered.reconcile_interval_secs.unwrap_or(10);
+        if !(1..=3600).contains(&reconcile_interval_secs) {
+            return Err(ConfigError::Invalid {
+                field: "reconcile_interval_secs",
+                message: format!("{reconcile_interval_secs} is outside 1..=3600"),
+            });
+        }
+
+        Ok(Self {
+            node_name,
+            data_dir,
+            api_socket,
+            podman_socket,
+            podman_autostart: layered.podman_autostart.unwrap_or(true),
+            podman_binary: layered
+                .podman_binary
+                .unwrap_or_else(|| PathBuf::from("podman")),
+            reconcile_interval: Duration::from_secs(reconcile_interval_secs),
+        })
+    }
+}
+
+fn validate_node_name(name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NODE_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            field: "node_name",
+            message: format!(
+                "{name:?} must be 1 to {MAX_NODE_NAME_LEN} characters of letters, digits, '-', '.' and '_'"
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Environment {
+        Environment {
+            xdg_runtime_dir: Some("/run/user/1000".into()),
+            xdg_data_home: None,
+            home: Some("/home/ada".into()),
+            hostname: Some("edge-1".into()),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_xdg_directories() {
+        let config = Config::resolve(FileConfig::default(), &env()).unwrap();
+        assert_eq!(config.node_name, "edge-1");
+        assert_eq!(
+            config.data_dir,
+            PathBuf::from("/home/ada/.local/share/parley")
+        );
+        assert_eq!(
+            config.api_socket,
+            PathBuf::from("/run/user/1000/parley/parley.sock")
+        );
+        assert_eq!(
+            config.podman_socket,
+            PathBuf::from("/run/user/1000/podman/podman.sock")
+        );
+        assert!(config.podman_autostart);
+        assert_eq!(config.reconcile_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file: FileConfig = toml::from_str(
+            "data_dir = \"/var/lib/a\"\nnode_name = \"from-file\"\npodman_autostart = false\n",
+        )
+        .unwrap();
+        let flags = FileConfig {
+            data_dir: Some("/var/lib/b".into()),
+            ..FileConfig::default()
+        };
+        let config = Config::resolve(flags.or(file), &env()).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/b"));
+        assert_eq!(config.node_name, "from-file");
+        assert!(!config.podman_autostart);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "data_dri = \"/x\"\n").unwrap();
+        let err = FileConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("data_dri"), "{err}");
+        assert!(err.contains("agent.toml"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        let cases = [
+            (
+                FileConfig {
+                    node_name: Some("bad name".into()),
+                    ..Default::default()
+                },
+                "node_name",
+            ),
+            (
+                FileConfig {
+                    data_dir: Some("relative/dir".into()),
+                    ..Default::default()
+                },
+                "data_dir",
+            ),
+            (
+                FileConfig {
+                    reconcile_interval_secs: Some(0),
+                    ..Default::default()
+                },
+                "reconcile_interval_secs",
+            ),
+            (
+                FileConfig {
+                    api_socket: Some(PathBuf::from(format!("/{}", "s".repeat(120)))),
+                    ..Default::default()
+                },
+                "api_socket",
+            ),
+        ];
+        for (layered, field) in cases {
+            let err = Config::resolve(layered, &env()).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{field}`")), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_runtime_dir_is_explained() {
+        let env = Environment {
+            xdg_runtime_dir: None,
+            ..env()
+        };
+        let err = Config::resolve(FileConfig::default(), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("XDG_RUNTIME_DIR"), "{err}");
+    }
+}

@@ -1,0 +1,13 @@
+//! The Parley agent and CLI.
+//!
+//! The `parley` binary is a thin wrapper over [`cli::Cli`]. The daemon (`parley agent`)
+//! serves the local API ([`api`]), keeps workloads in the store, and drives Podman through
+//! the [`runtime::ContainerRuntime`] trait; [`node`] holds the logic tying these together
+//! and [`reconcile`] keeps Podman in line with the store.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod node;
+pub mod reconcile;
+pub mod runtime;

@@ -1,0 +1,367 @@
+//! The agent's local workload logic: accept, list and remove workloads, and reconcile
+//! what is stored with what Podman runs.
+//!
+//! Everything here works through the [`ContainerRuntime`] trait and the store, so the
+//! logic is unit-tested against the fake runtime and end-to-end against real Podman.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use parley_negotiation::{SpecError, WorkloadName, WorkloadSpec};
+use parley_store::{Store, StoreError, Tree};
+
+use crate::api::types::{AgentStatus, ReplicaStatus, WorkloadList, WorkloadRecord, WorkloadStatus};
+use crate::runtime::podman::service::ServiceOrigin;
+use crate::runtime::{
+    ContainerRuntime, ContainerSpec, ContainerState, ManagedContainer, RuntimeError, labels,
+};
+
+/// Replicas per workload on a single node; placement across nodes comes with negotiation.
+const REPLICAS: u32 = 1;
+
+/// Why a request to the node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The spec is invalid.
+    #[error(transparent)]
+    InvalidSpec(#[from] SpecError),
+    /// A workload of that name is already stored.
+    #[error(
+        "a workload named {name} already exists; remove it first with `parley rm {name}` or choose another name"
+    )]
+    AlreadyExists {
+        /// The name.
+        name: String,
+    },
+    /// No workload of that name is stored.
+    #[error("no workload named {name}; `parley ps` lists the workloads")]
+    NotFound {
+        /// The name.
+        name: String,
+    },
+    /// The container engine failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Fixed facts about this node, for status reports.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// Node name, written into container labels.
+    pub name: String,
+    /// Data directory.
+    pub data_dir: String,
+    /// Podman socket.
+    pub podman_socket: String,
+    /// Where the Podman service came from.
+    pub podman_origin: ServiceOrigin,
+}
+
+/// The local node: store plus runtime. Cheap to clone.
+pub struct Node<R> {
+    info: NodeInfo,
+    store: Store,
+    workloads: Tree<WorkloadRecord>,
+    runtime: R,
+    started: Instant,
+    /// Serializes changes (run, rm, reconcile) so that a reconcile pass never races a
+    /// half-done `run` into creating the same container twice.
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl<R: ContainerRuntime> Node<R> {
+    /// A node over an open store and a runtime.
+    pub fn new(info: NodeInfo, store: Store, runtime: R) -> Result<Arc<Self>, NodeError> {
+        let workloads = store.workloads()?;
+        Ok(Arc::new(Self {
+            info,
+            store,
+            workloads,
+            runtime,
+            started: Instant::now(),
+            changes: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The store, for a final flush on shutdown.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn container_spec(&self, record: &WorkloadRecord, replica: u32) -> ContainerSpec {
+        let spec = &record.spec;
+        let labels = BTreeMap::from([
+            (labels::MANAGED.to_owned(), "true".to_owned()),
+            (labels::NODE.to_owned(), self.info.name.clone()),
+            (labels::WORKLOAD.to_owned(), spec.name.to_string()),
+            (labels::REPLICA.to_owned(), replica.to_string()),
+            (labels::EPOCH.to_owned(), "0".to_owned()),
+        ]);
+        ContainerSpec {
+            name: container_name(&spec.name, replica),
+            image: spec.image.clone(),
+            command: spec.command.clone(),
+            env: spec
+                .env
+                .iter()
+                .map(|v| (v.key.clone(), v.value.clone()))
+                .collect(),
+            labels,
+            stop_timeout_secs: spec.stop_timeout_secs.into(),
+        }
+    }
+
+    /// Accepts a workload and starts it. Either the workload is stored and its container
+    /// runs, or nothing changed and the error says why.
+    pub async fn run(&self, spec: WorkloadSpec) -> Result<WorkloadStatus, NodeError> {
+        spec.validate()?;
+        let name = spec.name.to_string();
+        if self.workloads.get(&name)?.is_some() {
+            return Err(NodeError::AlreadyExists { name });
+        }
+        // Pulling can take long; do it before taking the lock so other requests proceed.
+        self.runtime.ensure_image(&spec.image).await?;
+
+        let _changing = self.changes.lock().await;
+        let record = WorkloadRecord {
+            spec,
+            created_at: unix_now(),
+        };
+        if !self.workloads.insert_new(&name, &record)? {
+            return Err(NodeError::AlreadyExists { name });
+        }
+        self.store.flush().await?;
+
+        let mut started = Vec::new();
+        for replica in 0..REPLICAS {
+            match self
+                .runtime
+                .create_and_start(&self.container_spec(&record, replica))
+                .await
+            {
+                Ok(id) => started.push(id),
+                Err(error) => {
+                    self.roll_back(&name, &started).await;
+                    return Err(error.into());
+                }
+            }
+        }
+        tracing::info!(workload = %name, image = %record.spec.image, "workload started");
+        let containers = self
+            .runtime
+            .list_managed(&self.info.name)
+            .await
+            .unwrap_or_default();
+        Ok(self.status_of(&record, &containers))
+    }
+
+    /// Undoes a `run` whose containers could not all start.
+    async fn roll_back(&self, name: &str, started: &[String]) {
+        for id in started {
+            if let Err(e) = self.runtime.remove(id).await {
+                tracing::warn!(workload = %name, container = %id, error = %e, "could not remove a container while rolling back");
+            }
+        }
+        let removed = self.workloads.remove(name).map(|_| ());
+        if let Err(e) = removed.and(self.store.flush_blocking()) {
+            tracing::error!(workload = %name, error = %e, "could not roll back the stored workload; the reconciler will retry it");
+        }
+    }
+
+    /// Stops and removes a workload's containers, then forgets the workload. If the
+    /// containers cannot be removed, the workload stays stored and the error says why.
+    pub async fn remove(&self, name: &str) -> Result<(), NodeError> {
+        let _changing = self.changes.lock().await;
+        let stored = self.workloads.get(name)?.is_some();
+        let containers = self.runtime.list_managed(&self.info.name).await;
+        let containers = match containers {
+            Ok(containers) => containers,
+            // Unknown name and no Podman: say it is unknown, the more useful answer.
+            Err(_) if !stored => {
+                return Err(NodeError::NotFound {
+                    name: name.to_owned(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let ours: Vec<_> = containers.iter().filter(|c| c.workload == name).collect();
+        if !stored && ours.is_empty() {
+            return Err(NodeError::NotFound {
+                name: name.to_owned(),
+            });
+        }
+        for container in ours {
+            self.runtime.remove(&container.id).await?;
+        }
+        self.workloads.remove(name)?;
+        self.store.flush().await?;
+        tracing::info!(workload = %name, "workload removed");
+        Ok(())
+    }
+
+    /// All stored workloads with the states of their containers. Works with Podman down,
+    /// reporting unknown states and the reason.
+    pub async fn list(&self) -> Result<WorkloadList, NodeError> {
+        let records = self.workloads.list()?;
+        let (containers, runtime_error) = match self.runtime.list_managed(&self.info.name).await {
+            Ok(containers) => (containers, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        Ok(WorkloadList {
+            workloads: records
+                .iter()
+                .map(|(_, r)| self.status_of(r, &containers))
+                .collect(),
+            runtime_error,
+        })
+    }
+
+    fn status_of(
+        &self,
+        record: &WorkloadRecord,
+        containers: &[ManagedContainer],
+    ) -> WorkloadStatus {
+        let name = record.spec.name.as_str();
+        let replicas = (0..REPLICAS)
+            .map(|replica| {
+                let container = containers
+                    .iter()
+                    .find(|c| c.workload == name && c.replica == replica);
+                ReplicaStatus {
+                    replica,
+                    node: self.info.name.clone(),
+                    container: container.map(|c| c.name.clone()),
+                    container_id: container.map(|c| c.id.clone()),
+                    state: container.map(|c| c.state.clone()),
+                    exit_code: container.and_then(|c| c.exit_code),
+                }
+            })
+            .collect();
+        WorkloadStatus {
+            name: name.to_owned(),
+            image: record.spec.image.clone(),
+            command: record.spec.command.clone(),
+            created_at: record.created_at,
+            replicas,
+        }
+    }
+
+    /// The agent's own status and Podman's.
+    pub async fn status(&self) -> AgentStatus {
+        let (podman, podman_error) = match self.runtime.info().await {
+            Ok(info) => (Some(info), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        AgentStatus {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            node: self.info.name.clone(),
+            data_dir: self.info.data_dir.clone(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            workloads: self.workloads.len(),
+            podman_socket: self.info.podman_socket.clone(),
+            podman_origin: self.info.podman_origin,
+            podman,
+            podman_error,
+        }
+    }
+
+    /// One reconcile pass: start what is stored but not running, remove duplicates and
+    /// containers of workloads no longer stored. Failures are logged per item and retried
+    /// on the next pass; the pass itself fails only when Podman or the store cannot be
+    /// read at all.
+    pub async fn reconcile(&self) -> Result<ReconcileReport, NodeError> {
+        let _changing = self.changes.lock().await;
+        let desired: HashMap<String, WorkloadRecord> = self.workloads.list()?.into_iter().collect();
+        let actual = self.runtime.list_managed(&self.info.name).await?;
+        let mut report = ReconcileReport::default();
+
+        let mut by_replica: BTreeMap<(String, u32), Vec<&ManagedContainer>> = BTreeMap::new();
+        for container in &actual {
+            by_replica
+                .entry((container.workload.clone(), container.replica))
+                .or_default()
+                .push(container);
+        }
+
+        for ((workload, replica), mut containers) in by_replica {
+            let wanted = desired.contains_key(&workload) && replica < REPLICAS;
+            if wanted {
+                // Keep one container per replica, preferring one that runs.
+                containers.sort_by_key(|c| c.state != ContainerState::Running);
+                containers.remove(0);
+            }
+            for extra in containers {
+                match self.runtime.remove(&extra.id).await {
+                    Ok(()) => {
+                        tracing::info!(workload = %workload, container = %extra.name, "removed a container that is not wanted");
+                        report.removed += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(workload = %workload, container = %extra.name, error = %e, "could not remove an unwanted container; will retry");
+                        report.failed += 1;
+                    }
+                }
+            }
+        }
+
+        for (name, record) in &desired {
+            for replica in 0..REPLICAS {
+                let present = actual
+                    .iter()
+                    .any(|c| &c.workload == name && c.replica == replica);
+                if present {
+                    report.adopted += 1;
+                    continue;
+                }
+                let started = match self.runtime.ensure_image(&record.spec.image).await {
+                    Ok(()) => {
+                        self.runtime
+                            .create_and_start(&self.container_spec(record, replica))
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match started {
+                    Ok(_) => {
+                        tracing::info!(workload = %name, replica, "started a missing container");
+                        report.started += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(workload = %name, replica, error = %e, "could not start a missing container; will retry");
+                        report.failed += 1;
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// What one reconcile pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Containers already present for a wanted replica.
+    pub adopted: usize,
+    /// Containers started for replicas that had none.
+    pub started: usize,
+    /// Unwanted containers removed.
+    pub removed: usize,
+    /// Items that failed and will be retried.
+    pub failed: usize,
+}
+
+/// `parley-<workload>-<replica>`.
+pub fn container_name(workload: &WorkloadName, replica: u32) -> String {
+    format!("parley-{workload}-{replica}")
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,258 @@
+//! [`ContainerRuntime`] on Podman's REST API, through podman-api.
+//!
+//! Podman's JSON models never leave this module.
+
+use std::path::{Path, PathBuf};
+
+use futures_util::StreamExt;
+use podman_api::Podman;
+use podman_api::opts::{
+    ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter, ContainerListOpts, PullOpts,
+};
+
+use super::{
+    ContainerRuntime, ContainerSpec, ContainerState, ManagedContainer, RuntimeError, RuntimeInfo,
+    labels,
+};
+
+pub mod service;
+
+/// Podman reached through its REST service on a unix socket.
+#[derive(Debug, Clone)]
+pub struct PodmanRuntime {
+    podman: Podman,
+    socket: PathBuf,
+}
+
+impl PodmanRuntime {
+    /// A client for the Podman service listening on `socket`. Nothing is sent until the
+    /// first call.
+    pub fn new(socket: &Path) -> Self {
+        Self {
+            podman: Podman::unix(socket),
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    /// Sorts a podman-api error into the agent's error kinds. Transport failures mean the
+    /// service is down; HTTP faults carry Podman's own message.
+    fn classify(&self, operation: &'static str, error: podman_api::Error) -> RuntimeError {
+        use podman_api::Error as E;
+        use podman_api::conn::Error as C;
+        match error {
+            E::Fault { code, message } | E::Error(C::Fault { code, message }) => {
+                RuntimeError::Failed {
+                    operation,
+                    message: format!("{message} (HTTP {})", code.as_u16()),
+                }
+            }
+            E::IO(e) | E::Error(C::IO(e)) => self.unavailable(e),
+            E::Error(C::Hyper(e)) => self.unavailable(e),
+            other => RuntimeError::Failed {
+                operation,
+                message: other.to_string(),
+            },
+        }
+    }
+
+    fn unavailable(&self, reason: impl std::fmt::Display) -> RuntimeError {
+        RuntimeError::Unavailable {
+            endpoint: self.socket.display().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
+        self.podman
+            .images()
+            .get(image)
+            .exists()
+            .await
+            .map_err(|e| self.classify("look up an image", e))
+    }
+}
+
+/// HTTP status Podman answers when a container name is taken.
+const CONFLICT: u16 = 409;
+/// HTTP status Podman answers for a container that does not exist.
+const NOT_FOUND: u16 = 404;
+
+impl ContainerRuntime for PodmanRuntime {
+    async fn info(&self) -> Result<RuntimeInfo, RuntimeError> {
+        let info = self
+            .podman
+            .info()
+            .await
+            .map_err(|e| self.classify("report its info", e))?;
+        let host = info.host;
+        let version = info.version;
+        Ok(RuntimeInfo {
+            version: version
+                .as_ref()
+                .and_then(|v| v.version.clone())
+                .unwrap_or_default(),
+            api_version: version.and_then(|v| v.api_version).unwrap_or_default(),
+            rootless: host
+                .as_ref()
+                .and_then(|h| h.security.as_ref())
+                .and_then(|s| s.rootless)
+                .unwrap_or(false),
+            cgroup_version: host
+                .as_ref()
+                .and_then(|h| h.cgroup_version.clone())
+                .unwrap_or_default(),
+            oci_runtime: host
+                .and_then(|h| h.oci_runtime)
+                .and_then(|r| r.name)
+                .unwrap_or_default(),
+        })
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+        if self.image_present(image).await? {
+            return Ok(());
+        }
+        tracing::info!(image, "image not present locally, pulling");
+        let opts = PullOpts::builder().reference(image).quiet(true).build();
+        let images = self.podman.images();
+        let mut reports = images.pull(&opts);
+        // Podman reports a failed pull inside the stream (`error`), not as an HTTP error.
+        while let Some(report) = reports.next().await {
+            match report {
+                Ok(report) => {
+                    if let Some(error) = report.error {
+                        return Err(RuntimeError::ImageNotFound {
+                            image: image.to_owned(),
+                            reason: error.trim().to_owned(),
+                        });
+                    }
+                }
+                Err(e) => {
+                    return Err(match self.classify("pull an image", e) {
+                        RuntimeError::Failed { message, .. } => RuntimeError::ImageNotFound {
+                            image: image.to_owned(),
+                            reason: message,
+                        },
+                        other => other,
+                    });
+                }
+            }
+        }
+        if self.image_present(image).await? {
+            Ok(())
+        } else {
+            Err(RuntimeError::ImageNotFound {
+                image: image.to_owned(),
+                reason: "the pull finished but the image is still not present".to_owned(),
+            })
+        }
+    }
+
+    async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let mut builder = ContainerCreateOpts::builder();
+        builder = builder
+            .name(&spec.name)
+            .image(&spec.image)
+            .labels(spec.labels.iter())
+            .env(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stop_timeout(spec.stop_timeout_secs);
+        if !spec.command.is_empty() {
+            builder = builder.command(spec.command.iter());
+        }
+        let created = self
+            .podman
+            .containers()
+            .create(&builder.build())
+            .await
+            .map_err(|e| match self.classify("create a container", e) {
+                RuntimeError::Failed { message, .. }
+                    if message.contains(&format!("HTTP {CONFLICT}"))
+                        || message.contains("already in use") =>
+                {
+                    RuntimeError::NameInUse {
+                        name: spec.name.clone(),
+                    }
+                }
+                other => other,
+            })?;
+        let id = created.id;
+        if let Err(start_error) = self.podman.containers().get(&id).start(None).await {
+            let start_error = self.classify("start a container", start_error);
+            // A created-but-unstartable container would block the name forever; remove it
+            // and report the start error, which is the one the user can act on.
+            if let Err(cleanup) = self.remove(&id).await {
+                tracing::warn!(container = %spec.name, error = %cleanup, "could not remove a container that failed to start");
+            }
+            return Err(start_error);
+        }
+        Ok(id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.podman
+            .containers()
+            .get(id)
+            .start(None)
+            .await
+            .map_err(|e| self.classify("start a container", e))
+    }
+
+    async fn list_managed(&self, node: &str) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        let opts = ContainerListOpts::builder()
+            .all(true)
+            .filter([
+                ContainerListFilter::LabelKeyVal(labels::MANAGED.into(), "true".into()),
+                ContainerListFilter::LabelKeyVal(labels::NODE.into(), node.into()),
+            ])
+            .build();
+        let listed = self
+            .podman
+            .containers()
+            .list(&opts)
+            .await
+            .map_err(|e| self.classify("list containers", e))?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                // Podman ANDs label filters, but check anyway: adopting a container of
+                // another node would make two agents fight over it.
+                if labels.get(labels::NODE).map(String::as_str) != Some(node) {
+                    return None;
+                }
+                let workload = labels.get(labels::WORKLOAD)?.clone();
+                let replica = labels.get(labels::REPLICA)?.parse().ok()?;
+                let state = ContainerState::from_engine(c.state.as_deref().unwrap_or(""));
+                Some(ManagedContainer {
+                    id: c.id.unwrap_or_default(),
+                    name: c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .unwrap_or_default(),
+                    workload,
+                    replica,
+                    image: c.image.unwrap_or_default(),
+                    exit_code: (state == ContainerState::Exited)
+                        .then_some(c.exit_code)
+                        .flatten(),
+                    state,
+                })
+            })
+            .collect())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let opts = ContainerDeleteOpts::builder().force(true).build();
+        match self.podman.containers().get(id).delete(&opts).await {
+            Ok(()) => Ok(()),
+            Err(e) => match self.classify("remove a container", e) {
+                RuntimeError::Failed { message, .. }
+                    if message.contains(&format!("HTTP {NOT_FOUND}")) =>
+                {
+                    Ok(())
+                }
+                other => Err(other),
+            },
+        }
+    }
+}
