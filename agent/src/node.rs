@@ -365,3 +365,213 @@ fn unix_now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use parley_negotiation::EnvVar;
+
+    use super::*;
+    use crate::runtime::fake::FakeRuntime;
+
+    const IMAGE: &str = "localhost/parley-test:latest";
+
+    fn node_over(store: &Store, runtime: &FakeRuntime) -> Arc<Node<FakeRuntime>> {
+        let info = NodeInfo {
+            name: "node-a".to_owned(),
+            data_dir: "/tmp/unused".to_owned(),
+            podman_socket: "fake".to_owned(),
+            podman_origin: ServiceOrigin::Existing,
+        };
+        Node::new(info, store.clone(), runtime.clone()).unwrap()
+    }
+
+    fn fixture() -> (
+        tempfile::TempDir,
+        Store,
+        FakeRuntime,
+        Arc<Node<FakeRuntime>>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let runtime = FakeRuntime::with_images([IMAGE]);
+        let node = node_over(&store, &runtime);
+        (dir, store, runtime, node)
+    }
+
+    fn spec(name: &str, image: &str) -> WorkloadSpec {
+        WorkloadSpec::new(
+            WorkloadName::new(name).unwrap(),
+            image,
+            vec!["sleep".into(), "60".into()],
+            vec![EnvVar::parse("A=1").unwrap()],
+        )
+        .unwrap()
+    }
+
+    fn stored_names(node: &Node<FakeRuntime>) -> Vec<String> {
+        node.workloads
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn run_stores_the_workload_and_starts_a_labelled_container() {
+        let (_dir, _store, runtime, node) = fixture();
+        let status = node.run(spec("web", IMAGE)).await.unwrap();
+        assert_eq!(status.replicas[0].state, Some(ContainerState::Running));
+        assert_eq!(
+            status.replicas[0].container.as_deref(),
+            Some("parley-web-0")
+        );
+        assert_eq!(stored_names(&node), ["web"]);
+        let listed = runtime.list_managed("node-a").await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].workload, "web");
+    }
+
+    #[tokio::test]
+    async fn a_second_run_with_the_same_name_changes_nothing() {
+        let (_dir, _store, runtime, node) = fixture();
+        node.run(spec("web", IMAGE)).await.unwrap();
+        let before = node.workloads.get("web").unwrap();
+        let mut other = spec("web", IMAGE);
+        other.command = vec!["true".into()];
+        let err = node.run(other).await.unwrap_err();
+        assert!(matches!(err, NodeError::AlreadyExists { .. }), "{err}");
+        assert_eq!(node.workloads.get("web").unwrap(), before);
+        assert_eq!(runtime.creates(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_missing_image_is_refused_before_anything_is_stored() {
+        let (_dir, _store, runtime, node) = fixture();
+        let err = node
+            .run(spec("web", "localhost/absent:1"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, NodeError::Runtime(RuntimeError::ImageNotFound { .. })),
+            "{err}"
+        );
+        assert!(stored_names(&node).is_empty());
+        assert_eq!(runtime.creates(), 0);
+    }
+
+    #[tokio::test]
+    async fn podman_down_refuses_runs_but_still_lists_stored_workloads() {
+        let (_dir, _store, runtime, node) = fixture();
+        node.run(spec("web", IMAGE)).await.unwrap();
+        runtime.set_down(true);
+        let err = node.run(spec("api", IMAGE)).await.unwrap_err();
+        assert!(
+            matches!(err, NodeError::Runtime(RuntimeError::Unavailable { .. })),
+            "{err}"
+        );
+        assert_eq!(stored_names(&node), ["web"]);
+        let list = node.list().await.unwrap();
+        assert_eq!(list.workloads.len(), 1);
+        assert_eq!(list.workloads[0].replicas[0].state, None);
+        assert!(list.runtime_error.is_some());
+        // Removal cannot stop the container, so the workload is kept, not lost.
+        assert!(node.remove("web").await.is_err());
+        assert_eq!(stored_names(&node), ["web"]);
+    }
+
+    #[tokio::test]
+    async fn a_container_that_fails_to_start_is_rolled_back() {
+        let (_dir, _store, runtime, node) = fixture();
+        runtime.fail_starts_of(IMAGE);
+        let err = node.run(spec("web", IMAGE)).await.unwrap_err();
+        assert!(
+            matches!(err, NodeError::Runtime(RuntimeError::Failed { .. })),
+            "{err}"
+        );
+        assert!(stored_names(&node).is_empty());
+        assert!(runtime.container_names().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_restarted_node_adopts_its_containers_instead_of_duplicating_them() {
+        let (_dir, store, runtime, node) = fixture();
+        node.run(spec("web", IMAGE)).await.unwrap();
+        drop(node);
+        let restarted = node_over(&store, &runtime);
+        let report = restarted.reconcile().await.unwrap();
+        assert_eq!(
+            report,
+            ReconcileReport {
+                adopted: 1,
+                ..Default::default()
+            }
+        );
+        assert_eq!(runtime.creates(), 1);
+        assert_eq!(runtime.container_names(), ["parley-web-0"]);
+    }
+
+    #[tokio::test]
+    async fn reconcile_replaces_missing_containers_and_removes_unwanted_ones() {
+        let (_dir, _store, runtime, node) = fixture();
+        node.run(spec("web", IMAGE)).await.unwrap();
+        // Someone removed the container behind the agent's back ...
+        let id = runtime.list_managed("node-a").await.unwrap()[0].id.clone();
+        runtime.remove(&id).await.unwrap();
+        // ... and a container of a workload the store no longer has is still around.
+        let mut orphan = node.container_spec(&node.workloads.get("web").unwrap().unwrap(), 0);
+        orphan.name = "parley-gone-0".to_owned();
+        orphan
+            .labels
+            .insert(labels::WORKLOAD.to_owned(), "gone".to_owned());
+        runtime.create_and_start(&orphan).await.unwrap();
+
+        let report = node.reconcile().await.unwrap();
+        assert_eq!(
+            report,
+            ReconcileReport {
+                started: 1,
+                removed: 1,
+                ..Default::default()
+            }
+        );
+        assert_eq!(runtime.container_names(), ["parley-web-0"]);
+        // A second pass has nothing left to do.
+        assert_eq!(
+            node.reconcile().await.unwrap(),
+            ReconcileReport {
+                adopted: 1,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn containers_of_other_nodes_are_left_alone() {
+        let (_dir, _store, runtime, node) = fixture();
+        let mut foreign = node.container_spec(
+            &WorkloadRecord {
+                spec: spec("web", IMAGE),
+                created_at: 0,
+            },
+            0,
+        );
+        foreign
+            .labels
+            .insert(labels::NODE.to_owned(), "node-b".to_owned());
+        runtime.create_and_start(&foreign).await.unwrap();
+        assert_eq!(node.reconcile().await.unwrap(), ReconcileReport::default());
+        assert_eq!(runtime.container_names().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn remove_forgets_the_workload_and_its_container() {
+        let (_dir, _store, runtime, node) = fixture();
+        node.run(spec("web", IMAGE)).await.unwrap();
+        node.remove("web").await.unwrap();
+        assert!(stored_names(&node).is_empty());
+        assert!(runtime.container_names().is_empty());
+        let err = node.remove("web").await.unwrap_err();
+        assert!(matches!(err, NodeError::NotFound { .. }), "{err}");
+    }
+}
