@@ -1,5 +1,6 @@
 //! The `parley` binary: the agent daemon and the CLI that talks to it.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -18,6 +19,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only help a person at a terminal; in journald or a file they are noise.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     cli.execute()
 }

@@ -1,1 +1,499 @@
-//! e2e
+//! Harness for Parley's end-to-end tests: real `parley` processes driving real rootless
+//! Podman.
+//!
+//! When the tests run as root (CI does), every agent, CLI call and podman command runs as
+//! an unprivileged user (`PARLEY_E2E_USER`, default `parley-e2e`, prepared by
+//! `scripts/setup-host.sh`) so that Podman is really rootless. The built binary is copied
+//! somewhere that user can read. Each [`Agent`] gets its own directory, sockets, Podman
+//! service and node name, and removes its containers when dropped, so tests can run in
+//! parallel and leave nothing behind.
+
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, User};
+
+/// The registry-free test image built by `scripts/make-test-image.sh`.
+pub const TEST_IMAGE: &str = "localhost/parley-test:latest";
+
+const SETUP_HINT: &str = "prepare the host with `sudo bash scripts/setup-host.sh --user parley-e2e` \
+     (scripts/test.sh does this for you)";
+
+/// Who runs Parley and Podman in these tests, and with which binary.
+#[derive(Debug)]
+pub struct TestUser {
+    uid: u32,
+    gid: u32,
+    name: String,
+    home: PathBuf,
+    runtime_dir: PathBuf,
+    /// Switch to this user before exec (only when the tests run as root).
+    switch: bool,
+    binary: PathBuf,
+}
+
+/// The test user, set up once per test process. Panics with a way out when Podman, the
+/// user or the binary is missing: these tests are never skipped silently.
+pub fn test_user() -> &'static TestUser {
+    static USER: OnceLock<TestUser> = OnceLock::new();
+    USER.get_or_init(TestUser::discover)
+}
+
+impl TestUser {
+    fn discover() -> Self {
+        match Command::new("podman").arg("--version").output() {
+            Ok(out) if out.status.success() => {}
+            _ => panic!(
+                "podman is not installed or does not run; these tests need real rootless Podman: {SETUP_HINT}"
+            ),
+        }
+        let running_as_root = nix::unistd::geteuid().is_root();
+        let user = if running_as_root {
+            let name = std::env::var("PARLEY_E2E_USER").unwrap_or_else(|_| "parley-e2e".to_owned());
+            User::from_name(&name)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("the test user {name} does not exist: {SETUP_HINT}"))
+        } else {
+            User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .expect("the current user has no passwd entry")
+        };
+        let runtime_dir = PathBuf::from(format!("/run/user/{}", user.uid));
+        assert!(
+            runtime_dir.is_dir(),
+            "{} does not exist, so rootless Podman has no runtime directory: {SETUP_HINT}",
+            runtime_dir.display()
+        );
+        let mut test_user = Self {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            name: user.name,
+            home: user.dir,
+            runtime_dir,
+            switch: running_as_root,
+            binary: PathBuf::new(),
+        };
+        test_user.binary = readable_copy_of_binary();
+        let image = test_user.podman(["image", "exists", TEST_IMAGE]);
+        assert!(
+            image.status.success(),
+            "the test image {TEST_IMAGE} is missing for user {}: {SETUP_HINT}",
+            test_user.name
+        );
+        test_user
+    }
+
+    /// The user's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A command that runs `program` as the test user with a clean, rootless environment.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut command = Command::new(program);
+        command
+            .env_clear()
+            .env("HOME", &self.home)
+            .env("USER", &self.name)
+            .env("LOGNAME", &self.name)
+            .env("XDG_RUNTIME_DIR", &self.runtime_dir)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .current_dir("/");
+        if self.switch {
+            command.uid(self.uid).gid(self.gid);
+        }
+        command
+    }
+
+    /// Runs `podman ARGS…` as the test user.
+    pub fn podman<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.command("podman")
+            .args(args)
+            .output()
+            .expect("cannot run podman")
+    }
+
+    /// Runs `parley ARGS…` as the test user, against the agent socket `api_socket`.
+    pub fn parley<I, S>(&self, api_socket: &Path, args: I) -> CliOutput
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let output = self
+            .command(&self.binary)
+            .env("PARLEY_API_SOCKET", api_socket)
+            .args(args)
+            .output()
+            .expect("run the parley CLI");
+        CliOutput {
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    fn chown(&self, path: &Path) {
+        if self.switch {
+            nix::unistd::chown(
+                path,
+                Some(nix::unistd::Uid::from_raw(self.uid)),
+                Some(nix::unistd::Gid::from_raw(self.gid)),
+            )
+            .expect("chown a test directory");
+        }
+    }
+}
+
+/// The workspace's freshly built `parley`, copied where an unprivileged user can execute
+/// it (the checkout may live under /root). Refuses a binary older than the sources, which
+/// would test yesterday's code.
+fn readable_copy_of_binary() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let built = std::env::var_os("PARLEY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace.join("target"));
+            target.join("debug/parley")
+        });
+    let meta = std::fs::metadata(&built).unwrap_or_else(|e| {
+        panic!("cannot find the parley binary at {}: {e}; run `cargo build -p parley-agent` first (scripts/test.sh does)", built.display())
+    });
+    let built_at = meta.modified().expect("binary mtime");
+    let newest_source = ["agent", "negotiation", "store", "identity"]
+        .iter()
+        .map(|krate| newest_mtime(&workspace.join(krate)))
+        .max()
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    assert!(
+        built_at >= newest_source,
+        "{} is older than the sources; run `cargo build -p parley-agent` first (scripts/test.sh does)",
+        built.display()
+    );
+    let stamp = built_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = PathBuf::from(format!("/tmp/parley-e2e-bin-{}-{stamp}", meta.len()));
+    let copy = dir.join("parley");
+    if !copy.exists() {
+        // Copies of earlier builds are of no further use.
+        if let Ok(entries) = std::fs::read_dir("/tmp") {
+            for entry in entries.flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("parley-e2e-bin-")
+                {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        std::fs::create_dir_all(&dir).expect("create the binary directory");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        // Copy under a unique name and rename, so parallel test processes never see a
+        // half-written binary.
+        let partial = dir.join(format!("parley.{}", std::process::id()));
+        std::fs::copy(&built, &partial).expect("copy the parley binary");
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::rename(&partial, &copy).expect("rename the parley binary");
+    }
+    copy
+}
+
+fn newest_mtime(dir: &Path) -> SystemTime {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return newest;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        let mtime = if meta.is_dir() {
+            newest_mtime(&path)
+        } else if path.extension().is_some_and(|e| e == "rs" || e == "toml") {
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)
+        } else {
+            continue;
+        };
+        newest = newest.max(mtime);
+    }
+    newest
+}
+
+/// What a `parley` CLI call printed and how it exited.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// The exit code (`-1` if killed by a signal).
+    pub fn code(&self) -> i32 {
+        self.status.code().unwrap_or(-1)
+    }
+
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert!(
+            self.status.success(),
+            "parley failed ({}):\nstdout: {}\nstderr: {}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        &self.stdout
+    }
+
+    /// Parses stdout as JSON after asserting success.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.ok())
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// A `parley agent` process with its own directory, sockets, Podman service and node name.
+#[derive(Debug)]
+pub struct Agent {
+    user: &'static TestUser,
+    dir: tempfile::TempDir,
+    node: String,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Starts an agent whose node name includes `tag`, and waits until it answers.
+    pub fn start(tag: &str) -> Self {
+        Self::start_with(tag, &[])
+    }
+
+    /// Starts an agent with extra `parley agent` arguments.
+    pub fn start_with(tag: &str, extra_args: &[&str]) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let user = test_user();
+        let dir = tempfile::Builder::new()
+            .prefix("parley-e2e-")
+            .tempdir_in("/tmp")
+            .expect("create a test directory");
+        user.chown(dir.path());
+        let node = format!(
+            "e2e-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut agent = Self {
+            user,
+            dir,
+            node,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        agent.launch();
+        agent
+    }
+
+    /// The agent's node name (written into its containers' labels).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The local API socket.
+    pub fn api_socket(&self) -> PathBuf {
+        self.dir.path().join("api.sock")
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open the agent log");
+        self.user.chown(&self.log_path());
+        let mut command = self.user.command(&self.user.binary);
+        command
+            .arg("agent")
+            .arg("--api-socket")
+            .arg(self.api_socket())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--node-name")
+            .arg(&self.node)
+            .args(&self.extra_args)
+            .env("PARLEY_LOG", "info,parley_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log);
+        // Each agent starts its own Podman service on its own socket, unless the test
+        // points it elsewhere.
+        if !self.extra_args.iter().any(|a| a == "--podman-socket") {
+            command
+                .arg("--podman-socket")
+                .arg(self.dir.path().join("podman.sock"));
+        }
+        // Not in the test's process group: a Ctrl-C on the test run must not skip Drop's
+        // orderly shutdown of the agent.
+        command.process_group(0);
+        self.child = Some(command.spawn().expect("spawn parley agent"));
+        self.wait_until_ready();
+    }
+
+    fn wait_until_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "the agent exited during start-up ({status}); its log:\n{}",
+                    self.log()
+                );
+            }
+            if self.api_socket().exists() && self.cli(["status"]).status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not answer within 60 s; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the agent to exit; returns its exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the agent is not running");
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the agent") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "the agent did not stop within 30 s of SIGTERM; its log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the agent and starts it again over the same data directory and node name.
+    pub fn restart(&mut self) {
+        let status = self.stop();
+        assert!(
+            status.success(),
+            "the agent exited with {status} on SIGTERM; its log:\n{}",
+            self.log()
+        );
+        self.launch();
+    }
+
+    /// Runs `parley ARGS…` against this agent, as the test user.
+    pub fn cli<I, S>(&self, args: I) -> CliOutput
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.user.parley(&self.api_socket(), args)
+    }
+
+    /// Ids of the containers Podman holds for this agent's node, in any state.
+    pub fn podman_containers(&self) -> Vec<String> {
+        let out = self.user.podman([
+            "ps",
+            "-a",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("label=io.parley.node={}", self.node),
+        ]);
+        assert!(
+            out.status.success(),
+            "podman ps failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+        // Leave no container behind, whatever the test did.
+        let ids = self.podman_containers_quietly();
+        if !ids.is_empty() {
+            let mut args = vec![
+                "rm".to_owned(),
+                "-f".to_owned(),
+                "-t".to_owned(),
+                "0".to_owned(),
+            ];
+            args.extend(ids);
+            let _ = self.user.podman(args);
+        }
+    }
+}
+
+impl Agent {
+    fn podman_containers_quietly(&self) -> Vec<String> {
+        let out = self.user.podman([
+            "ps",
+            "-a",
+            "-q",
+            "--filter",
+            &format!("label=io.parley.node={}", self.node),
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}

@@ -108,6 +108,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Everything the agent creates (store files, sockets, later keys) is the user's alone.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
 
+    // Bound first so that a second agent on the same socket fails before it touches any
+    // state; requests that arrive before serving starts wait in the listen backlog.
+    let listener = crate::api::bind(&config.api_socket)
+        .with_context(|| format!("cannot listen on {}", config.api_socket.display()))?;
+    let result = serve_on(&config, listener).await;
+    if let Err(e) = std::fs::remove_file(&config.api_socket) {
+        tracing::debug!(error = %e, "could not remove the API socket");
+    }
+    result
+}
+
+async fn serve_on(config: &Config, listener: tokio::net::UnixListener) -> anyhow::Result<()> {
+    // Watched from the start, so a signal during a slow start-up (a Podman service that
+    // takes seconds to come up) still ends in an orderly shutdown.
+    let signal = wait_for_signal()?;
+
     service::create_private_dir(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -135,8 +151,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         podman,
     )?;
 
-    let listener = crate::api::bind(&config.api_socket)
-        .with_context(|| format!("cannot listen on {}", config.api_socket.display()))?;
     tracing::info!(socket = %config.api_socket.display(), node = %config.node_name, data_dir = %config.data_dir.display(), "agent listening");
 
     let api = {
@@ -154,7 +168,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    wait_for_signal().await?;
+    signal.await;
     tracing::info!("shutting down");
     shutdown.cancel();
 
@@ -169,9 +183,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if stopped.is_err() {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "tasks did not stop within the grace period");
     }
-    if let Err(e) = std::fs::remove_file(&config.api_socket) {
-        tracing::debug!(error = %e, "could not remove the API socket");
-    }
     store
         .flush()
         .await
@@ -180,13 +191,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Installs the SIGTERM and SIGINT handlers now and returns a future that completes on
+/// the first of them.
+fn wait_for_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
-        _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "signal received"),
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+            _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "signal received"),
+        }
+    })
 }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: prepares the host (packages, a rootless test user,
+# the test image), then format and lint checks, then every test, including end-to-end
+# tests that drive real agents against that user's rootless Podman.
+#
+#   bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export PARLEY_E2E_USER=${PARLEY_E2E_USER:-parley-e2e}
+if [[ $EUID -eq 0 ]]; then
+    bash scripts/setup-host.sh --user "$PARLEY_E2E_USER"
+else
+    # Not root: the host is prepared with sudo, and the tests run as the current user.
+    sudo bash scripts/setup-host.sh --user "$(id -un)"
+    export PARLEY_E2E_USER=$(id -un)
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo build (the binary the end-to-end tests run)"
+cargo build --workspace --locked
+echo "== cargo test"
+cargo test --workspace --locked --no-fail-fast

@@ -1,0 +1,333 @@
+//! End-to-end tests of the walking skeleton: one real agent, real rootless Podman, the
+//! real sled store, driven through the `parley` CLI exactly as a user would.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+use parley_e2e::{Agent, TEST_IMAGE, test_user};
+use serde_json::Value;
+
+/// The first replica of workload `name` in `parley ps -o json`.
+fn replica(ps: &Value, name: &str) -> Value {
+    let workload = ps["workloads"]
+        .as_array()
+        .expect("workloads array")
+        .iter()
+        .find(|w| w["name"] == name)
+        .unwrap_or_else(|| panic!("{name} is not listed: {ps}"));
+    workload["replicas"][0].clone()
+}
+
+fn names(ps: &Value) -> Vec<String> {
+    ps["workloads"]
+        .as_array()
+        .expect("workloads array")
+        .iter()
+        .map(|w| w["name"].as_str().expect("name").to_owned())
+        .collect()
+}
+
+#[test]
+fn run_ps_restart_adopt_rm_on_rootless_podman() {
+    let mut agent = Agent::start("lifecycle");
+
+    let status = agent.cli(["status", "-o", "json"]).json();
+    assert_eq!(
+        status["podman"]["rootless"], true,
+        "Podman must run rootless: {status}"
+    );
+    assert_eq!(status["podman_origin"], "started-by-agent", "{status}");
+
+    agent
+        .cli([
+            "run",
+            "hello",
+            "--image",
+            TEST_IMAGE,
+            "--env",
+            "GREETING=hi",
+            "--stop-timeout",
+            "1",
+            "--",
+            "sleep",
+            "3600",
+        ])
+        .ok();
+    let ps = agent.cli(["ps", "-o", "json"]).json();
+    let first = replica(&ps, "hello");
+    assert_eq!(first["state"], "running", "{ps}");
+    assert_eq!(first["container"], "parley-hello-0");
+    let id = first["container_id"]
+        .as_str()
+        .expect("container id")
+        .to_owned();
+    assert_eq!(agent.podman_containers(), std::slice::from_ref(&id));
+
+    // Podman itself agrees: labelled, with the environment, running as the test user.
+    let inspect = test_user().podman([
+        "inspect",
+        &id,
+        "--format",
+        "{{.Config.Labels}} {{.Config.Env}} {{.State.Running}}",
+    ]);
+    let inspect = String::from_utf8_lossy(&inspect.stdout);
+    assert!(inspect.contains("io.parley.workload:hello"), "{inspect}");
+    assert!(inspect.contains("GREETING=hi"), "{inspect}");
+    assert!(inspect.trim_end().ends_with("true"), "{inspect}");
+
+    let table = agent.cli(["ps"]).ok().to_owned();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("hello") && l.contains("running")),
+        "{table}"
+    );
+
+    // A restarted agent lists the stored workload and adopts the container it runs.
+    agent.restart();
+    let ps = agent.cli(["ps", "-o", "json"]).json();
+    let after = replica(&ps, "hello");
+    assert_eq!(
+        after["container_id"],
+        id.as_str(),
+        "the container was replaced: {ps}"
+    );
+    assert_eq!(after["state"], "running");
+    assert_eq!(
+        agent.podman_containers(),
+        std::slice::from_ref(&id),
+        "a duplicate was started"
+    );
+    assert!(agent.log().contains("adopted=1"), "{}", agent.log());
+
+    agent.cli(["rm", "hello"]).ok();
+    assert!(names(&agent.cli(["ps", "-o", "json"]).json()).is_empty());
+    assert!(
+        agent.podman_containers().is_empty(),
+        "the container is still there"
+    );
+
+    let status = agent.stop();
+    assert!(status.success(), "agent exited with {status}");
+    assert!(
+        !agent.api_socket().exists(),
+        "the API socket was left behind"
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let agent = Agent::start("badinput");
+    agent
+        .cli([
+            "run",
+            "keep",
+            "--image",
+            TEST_IMAGE,
+            "--stop-timeout",
+            "1",
+            "--",
+            "sleep",
+            "3600",
+        ])
+        .ok();
+    let before = agent.cli(["ps", "-o", "json"]).json();
+    let containers_before = agent.podman_containers();
+
+    // An invalid name is refused by the CLI (usage error) before the agent is asked.
+    let out = agent.cli(["run", "Not_Valid", "--image", TEST_IMAGE]);
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(
+        out.stderr.contains("invalid workload name \"Not_Valid\""),
+        "{}",
+        out.stderr
+    );
+
+    // The same name again.
+    let out = agent.cli(["run", "keep", "--image", TEST_IMAGE, "--", "true"]);
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(
+        out.stderr.contains("a workload named keep already exists"),
+        "{}",
+        out.stderr
+    );
+
+    // An image that exists nowhere.
+    let out = agent.cli([
+        "run",
+        "ghost",
+        "--image",
+        "localhost/parley-no-such-image:1",
+    ]);
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("image localhost/parley-no-such-image:1 is not available"),
+        "{}",
+        out.stderr
+    );
+
+    // A command the image does not have: Podman fails the start, the run is rolled back.
+    let out = agent.cli([
+        "run",
+        "nocmd",
+        "--image",
+        TEST_IMAGE,
+        "--",
+        "/no/such/binary",
+    ]);
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(
+        out.stderr.contains("podman failed to start a container"),
+        "{}",
+        out.stderr
+    );
+
+    // A malformed environment entry and an unknown output format are usage errors.
+    let out = agent.cli(["run", "envy", "--image", TEST_IMAGE, "--env", "1BAD=x"]);
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(
+        out.stderr.contains("invalid environment variable"),
+        "{}",
+        out.stderr
+    );
+
+    // Removing something that does not exist.
+    let out = agent.cli(["rm", "never-was"]);
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(
+        out.stderr.contains("no workload named never-was"),
+        "{}",
+        out.stderr
+    );
+
+    assert_eq!(
+        agent.cli(["ps", "-o", "json"]).json(),
+        before,
+        "the stored state changed"
+    );
+    assert_eq!(
+        agent.podman_containers(),
+        containers_before,
+        "containers changed"
+    );
+}
+
+#[test]
+fn podman_down_is_reported_and_nothing_is_stored() {
+    // A socket where no Podman answers, and the agent told not to start one.
+    let mut agent = Agent::start_with(
+        "podmandown",
+        &[
+            "--podman-autostart",
+            "false",
+            "--podman-socket",
+            "/nonexistent/podman.sock",
+        ],
+    );
+    assert!(
+        agent.log().contains("podman_autostart is off"),
+        "{}",
+        agent.log()
+    );
+
+    let status = agent.cli(["status", "-o", "json"]).json();
+    assert_eq!(status["podman"], Value::Null);
+    assert!(
+        status["podman_error"]
+            .as_str()
+            .expect("error")
+            .contains("not reachable"),
+        "{status}"
+    );
+
+    let out = agent.cli(["run", "web", "--image", TEST_IMAGE]);
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("the Podman service at /nonexistent/podman.sock is not reachable"),
+        "{}",
+        out.stderr
+    );
+
+    let ps = agent.cli(["ps", "-o", "json"]).json();
+    assert!(names(&ps).is_empty(), "{ps}");
+    assert!(ps["runtime_error"].is_string(), "{ps}");
+
+    // Nothing was stored: a restart still lists nothing.
+    agent.restart();
+    assert!(names(&agent.cli(["ps", "-o", "json"]).json()).is_empty());
+}
+
+#[test]
+fn the_cli_explains_when_no_agent_runs() {
+    let user = test_user();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = user.parley(&dir.path().join("nobody.sock"), ["ps"]);
+    assert_eq!(out.code(), 69, "{out:?}");
+    assert!(
+        out.stderr.contains("cannot reach the parley agent"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("parley agent"),
+        "the hint is missing: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_api_socket_is_private_and_a_second_agent_is_refused() {
+    let agent = Agent::start("socket");
+    let meta = std::fs::metadata(agent.api_socket()).expect("socket metadata");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    // A second agent on the same socket must not steal it.
+    let second_data = agent.data_dir().with_file_name("second-data");
+    let second = agent.cli([
+        "agent".as_ref(),
+        "--data-dir".as_ref(),
+        second_data.as_os_str(),
+        "--podman-autostart".as_ref(),
+        "false".as_ref(),
+    ]);
+    assert_eq!(second.code(), 1, "{second:?}");
+    assert!(
+        second.stderr.contains("another agent is already listening"),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        agent.cli(["status"]).status.success(),
+        "the first agent stopped answering"
+    );
+    assert!(
+        !second_data.exists(),
+        "the refused agent touched its data directory"
+    );
+}
+
+#[test]
+fn an_invalid_config_file_exits_64_naming_the_field() {
+    let user = test_user();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "reconcile_interval_secs = 0\n").expect("write config");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = user.parley(
+        &dir.path().join("api.sock"),
+        ["agent", "--config", config.to_str().expect("utf-8")],
+    );
+    assert_eq!(out.code(), 64, "{out:?}");
+    assert!(
+        out.stderr.contains("`reconcile_interval_secs`"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !dir.path().join("api.sock").exists(),
+        "a socket was opened despite the bad config"
+    );
+}
