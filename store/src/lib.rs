@@ -87,13 +87,10 @@ impl Store {
     /// Opens (or creates) the store in directory `path` and checks its schema version.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let db = sled::Config::new()
-            .path(&path)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: path.clone(),
-                source,
-            })?;
+        let db = open_with_lock_retry(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
         let store = Self { db, path };
         store.check_schema()?;
         Ok(store)
@@ -161,6 +158,26 @@ impl Store {
     pub fn flush_blocking(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+/// How long [`Store::open`] waits for a file lock still held by a store that was just
+/// dropped in this process: sled's background flusher releases it shortly after the last
+/// handle goes away. A lock held by another process is reported after this time.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn open_with_lock_retry(path: &Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
 
