@@ -17,7 +17,9 @@ if ! "$BUSYBOX" --list >/dev/null 2>&1; then
     echo "make-test-image: $BUSYBOX is missing or not a static busybox; install Debian's busybox-static" >&2
     exit 1
 fi
-if ! ldd "$BUSYBOX" 2>&1 | grep -q "not a dynamic executable"; then
+# ldd exits non-zero for a static binary, which is what we want; read its words instead.
+ldd_says=$(ldd "$BUSYBOX" 2>&1 || true)
+if ! grep -q "not a dynamic executable" <<<"$ldd_says"; then
     echo "make-test-image: $BUSYBOX is dynamically linked; install busybox-static" >&2
     exit 1
 fi
@@ -32,6 +34,6 @@ done
 echo "root:x:0:0:root:/:/bin/sh" > "$work/rootfs/etc/passwd"
 echo "root:x:0:" > "$work/rootfs/etc/group"
 tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
-podman import --change 'CMD=["/bin/sh"]' --change 'ENV=PATH=/bin' \
+podman import --quiet --change 'CMD=["/bin/sh"]' --change 'ENV=PATH=/bin' \
     "$work/rootfs.tar" "$IMAGE" >/dev/null
 echo "make-test-image: built $IMAGE"
