@@ -1,41 +1,105 @@
 //! Parley's durable state, kept in sled.
 //!
-//! This is the only crate that imports sled. Callers see typed trees ([`Tree`]) whose
-//! values are serde types wrapped in a small versioned envelope, so that a future schema
-//! change can tell old records from new ones. Anything another party will rely on is
-//! flushed before it is acknowledged ([`Store::flush`]).
+//! This is the only crate that imports sled. It offers typed trees (workloads, members,
+//! identity references) whose values are serde types in a versioned envelope, and the
+//! transactions the negotiation needs (reserve, accept, release) over concrete
+//! [`records`]. Anything another node will rely on is flushed before it is acknowledged
+//! ([`Store::flush`]).
+//!
+//! Failure is reported, never hidden: a store that sled cannot read (or that panics sled)
+//! is [`StoreError::Corrupt`]; one that has lost writes it had acknowledged before a clean
+//! shutdown is [`StoreError::LostWrites`]; a full disk is [`StoreError::DiskFull`]. Each
+//! message names the path and the way out.
 
-use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-/// Schema version written by this build. A store with a newer version is refused rather
-/// than misread.
-pub const SCHEMA_VERSION: u32 = 1;
+mod migrate;
+pub mod records;
+mod tree;
 
-/// Key in the default tree that records the store's schema version.
+use records::{Event, IdentityRef, Instance, Reservation, instance_key};
+pub use tree::Tree;
+
+/// Schema version written by this build. Older stores are migrated on open; newer ones are
+/// refused rather than misread.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Namespace of workloads that name none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Default number of audit events kept; older ones are dropped as new ones arrive.
+pub const DEFAULT_MAX_EVENTS: usize = 10_000;
+
 const SCHEMA_KEY: &[u8] = b"parley.schema_version";
+/// Counts acknowledged flushes; see [`Store::close`] for how it detects lost writes.
+const GENERATION_KEY: &[u8] = b"parley.generation";
+/// File beside sled's own, holding the generation at the last clean close.
+const CLOSED_AT_FILE: &str = "parley-closed-generation";
 
-/// Name of the tree holding desired workload specs.
 const WORKLOADS_TREE: &str = "workloads";
+const INSTANCES_TREE: &str = "instances";
+const RESERVATIONS_TREE: &str = "reservations";
+const MEMBERS_TREE: &str = "members";
+const IDENTITY_TREE: &str = "identity";
+const EVENTS_TREE: &str = "events";
+
+/// How to get out of a store that cannot be used, for error messages.
+const WAY_OUT: &str = "move it aside and rebuild it from Podman labels and peers with \
+                       `parley agent --reset-state`";
 
 /// What went wrong with the store. Messages name the path or the record so a user can act.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The store could not be opened: missing permissions, a lock held by another agent,
-    /// or files sled cannot read.
+    /// Another process holds the store's lock.
     #[error(
-        "cannot open the state store at {path}: {source}; if another parley agent uses this \
-         data directory, stop it or pass a different --data-dir"
+        "the state store at {path} is in use by another process (probably another parley \
+         agent); stop it or pass a different --data-dir"
     )]
+    Locked {
+        /// The store directory.
+        path: PathBuf,
+    },
+    /// The store could not be opened for a reason other than corruption (permissions, a
+    /// missing parent directory, …).
+    #[error("cannot open the state store at {path}: {source}")]
     Open {
         /// The store directory.
         path: PathBuf,
         /// The underlying sled error.
         #[source]
         source: sled::Error,
+    },
+    /// The store's files are damaged.
+    #[error("the state store at {path} is corrupt or unreadable ({reason}); {WAY_OUT}")]
+    Corrupt {
+        /// The store directory.
+        path: PathBuf,
+        /// What sled reported.
+        reason: String,
+    },
+    /// The store holds fewer acknowledged writes than it did at its last clean close: its
+    /// files were truncated or replaced by an older copy.
+    #[error(
+        "the state store at {path} has lost writes: it holds generation {found}, but \
+         generation {expected} was recorded at its last clean shutdown (truncated files or \
+         an old backup?); {WAY_OUT}"
+    )]
+    LostWrites {
+        /// The store directory.
+        path: PathBuf,
+        /// Generation found in the store.
+        found: u64,
+        /// Generation recorded at the last clean close.
+        expected: u64,
     },
     /// The store was written by a newer Parley whose schema this build does not know.
     #[error(
@@ -52,7 +116,7 @@ pub enum StoreError {
     },
     /// A record could not be decoded.
     #[error("corrupt record {key:?} in tree {tree}: {reason}")]
-    Corrupt {
+    Record {
         /// Tree holding the record.
         tree: String,
         /// Key of the record, lossily decoded.
@@ -60,65 +124,216 @@ pub enum StoreError {
         /// Why it could not be decoded.
         reason: String,
     },
-    /// A read, write or flush failed (for example a full disk).
-    #[error("state store I/O failed: {0}")]
-    Io(#[from] sled::Error),
+    /// The disk holding the store is full. Writes fail until space is freed and the agent
+    /// restarted; reads keep working.
+    #[error(
+        "the disk holding the state store at {path} is full; free space there and restart \
+         the agent (it takes no new work until then)"
+    )]
+    DiskFull {
+        /// The store directory.
+        path: PathBuf,
+    },
+    /// Any other read, write or flush failure.
+    #[error("state store I/O at {path} failed: {source}")]
+    Io {
+        /// The store directory.
+        path: PathBuf,
+        /// The underlying sled error.
+        #[source]
+        source: sled::Error,
+    },
+    /// An award quoted a reservation this node does not hold (never made, released, or
+    /// already accepted).
+    #[error("no reservation {id} is held")]
+    UnknownReservation {
+        /// The reservation id.
+        id: String,
+    },
+    /// A reservation with this id is already held.
+    #[error("reservation {id} already exists")]
+    DuplicateReservation {
+        /// The reservation id.
+        id: String,
+    },
+    /// The reservation lapsed before the award arrived.
+    #[error("reservation {id} expired at {expired_at_ms} ms")]
+    ReservationExpired {
+        /// The reservation id.
+        id: String,
+        /// When it lapsed.
+        expired_at_ms: u64,
+    },
+    /// The replica is already committed under a newer epoch: the award is stale.
+    #[error("{workload} replica {replica} is held at epoch {held}, newer than the offered {offered}")]
+    StaleEpoch {
+        /// Workload key.
+        workload: String,
+        /// Replica index.
+        replica: u32,
+        /// Epoch already committed.
+        held: u64,
+        /// Epoch of the refused award.
+        offered: u64,
+    },
+}
+
+impl StoreError {
+    /// Whether the error means the store cannot take writes at all (full disk, I/O
+    /// failure, corruption), as opposed to a refused operation.
+    pub fn is_fatal_for_writes(&self) -> bool {
+        matches!(
+            self,
+            Self::DiskFull { .. } | Self::Io { .. } | Self::Corrupt { .. }
+        )
+    }
 }
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// The versioned envelope around every stored value.
-#[derive(Serialize, Deserialize)]
-struct Envelope<T> {
-    /// Schema version the value was written with.
-    v: u32,
-    data: T,
+/// Sorts a sled error by what a user can do about it.
+pub(crate) fn classify(path: &Path, error: sled::Error) -> StoreError {
+    match error {
+        sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            StoreError::DiskFull {
+                path: path.to_path_buf(),
+            }
+        }
+        sled::Error::Corruption { at, .. } => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("sled found corruption at {at:?}"),
+        },
+        other => StoreError::Io {
+            path: path.to_path_buf(),
+            source: other,
+        },
+    }
+}
+
+/// Options for [`Store::open_with`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Audit events kept.
+    pub max_events: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_events: DEFAULT_MAX_EVENTS,
+        }
+    }
 }
 
 /// An open store. Cheap to clone; all clones share one sled database.
 #[derive(Clone, Debug)]
 pub struct Store {
     db: sled::Db,
-    path: PathBuf,
+    path: Arc<Path>,
+    generation: Arc<AtomicU64>,
+    options: StoreOptions,
+    instances: sled::Tree,
+    reservations: sled::Tree,
+    events: sled::Tree,
 }
 
+/// How long [`Store::open`] waits for a file lock still held by a store that was just
+/// dropped in this process: sled's background flusher releases it shortly after the last
+/// handle goes away. A lock held by another process is reported after this time.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 impl Store {
-    /// Opens (or creates) the store in directory `path` and checks its schema version.
+    /// Opens (or creates) the store in directory `path` with default options.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let db = open_with_lock_retry(&path).map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source,
-        })?;
-        let store = Self { db, path };
+        Self::open_with(path, StoreOptions::default())
+    }
+
+    /// Opens (or creates) the store in directory `path`: takes its lock, checks that sled
+    /// can read it, migrates an older schema, and checks that no acknowledged write was
+    /// lost since the last clean close.
+    pub fn open_with(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self> {
+        let path: Arc<Path> = Arc::from(path.as_ref());
+        let db = open_sled(&path)?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| classify(&path, e));
+        let store = Self {
+            instances: tree(INSTANCES_TREE)?,
+            reservations: tree(RESERVATIONS_TREE)?,
+            events: tree(EVENTS_TREE)?,
+            generation: Arc::new(AtomicU64::new(0)),
+            db,
+            path,
+            options,
+        };
         store.check_schema()?;
+        store.check_generation()?;
         Ok(store)
     }
 
+    fn fail(&self, error: sled::Error) -> StoreError {
+        classify(&self.path, error)
+    }
+
     fn check_schema(&self) -> Result<()> {
-        match self.db.get(SCHEMA_KEY)? {
-            None => {
-                self.db.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
-                self.db.flush()?;
-                Ok(())
+        let Some(raw) = self.db.get(SCHEMA_KEY).map_err(|e| self.fail(e))? else {
+            // A new store. One without a schema key but with data would be a store that
+            // lost its first write, which sled's log order makes impossible short of
+            // corruption; treat it as new only if it is really empty.
+            if self.db.tree_names().iter().any(|name| {
+                self.db
+                    .open_tree(name)
+                    .is_ok_and(|t| !t.is_empty() && name.as_ref() != b"__sled__default")
+            }) {
+                return Err(StoreError::Corrupt {
+                    path: self.path.to_path_buf(),
+                    reason: "the schema version record is missing".to_owned(),
+                });
             }
-            Some(raw) => {
-                let bytes: [u8; 4] = raw.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                    tree: "default".to_owned(),
-                    key: String::from_utf8_lossy(SCHEMA_KEY).into_owned(),
-                    reason: format!("expected 4 bytes, found {}", raw.len()),
-                })?;
-                let found = u32::from_be_bytes(bytes);
-                if found > SCHEMA_VERSION {
-                    return Err(StoreError::SchemaTooNew {
-                        path: self.path.clone(),
-                        found,
-                        supported: SCHEMA_VERSION,
-                    });
+            self.db
+                .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
+                .map_err(|e| self.fail(e))?;
+            self.db.flush().map_err(|e| self.fail(e))?;
+            return Ok(());
+        };
+        let found = u32::from_be_bytes(raw.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+            path: self.path.to_path_buf(),
+            reason: format!("the schema version record has {} bytes, not 4", raw.len()),
+        })?);
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                path: self.path.to_path_buf(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            migrate::migrate(&self.db, &self.path, found)?;
+        }
+        Ok(())
+    }
+
+    fn check_generation(&self) -> Result<()> {
+        let found = match self.db.get(GENERATION_KEY).map_err(|e| self.fail(e))? {
+            Some(raw) => u64::from_be_bytes(raw.as_ref().try_into().map_err(|_| {
+                StoreError::Corrupt {
+                    path: self.path.to_path_buf(),
+                    reason: "the generation record is not 8 bytes".to_owned(),
                 }
-                Ok(())
-            }
+            })?),
+            None => 0,
+        };
+        self.generation.store(found, Ordering::SeqCst);
+        let closed_at = match std::fs::read_to_string(self.path.join(CLOSED_AT_FILE)) {
+            Ok(text) => text.trim().parse::<u64>().ok(),
+            Err(_) => None,
+        };
+        match closed_at {
+            Some(expected) if found < expected => Err(StoreError::LostWrites {
+                path: self.path.to_path_buf(),
+                found,
+                expected,
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -127,224 +342,297 @@ impl Store {
         &self.path
     }
 
-    /// The tree of desired workloads, keyed by workload name.
-    pub fn workloads<T>(&self) -> Result<Tree<T>>
-    where
-        T: Serialize + DeserializeOwned,
-    {
-        self.tree(WORKLOADS_TREE)
-    }
-
-    fn tree<T>(&self, name: &str) -> Result<Tree<T>>
+    fn typed<T>(&self, name: &'static str) -> Result<Tree<T>>
     where
         T: Serialize + DeserializeOwned,
     {
         Ok(Tree {
-            inner: self.db.open_tree(name)?,
-            name: name.to_owned(),
-            _value: PhantomData,
+            inner: self.db.open_tree(name).map_err(|e| self.fail(e))?,
+            name,
+            store_path: Arc::clone(&self.path),
+            _value: std::marker::PhantomData,
         })
     }
 
-    /// Writes everything buffered to disk. Call it before acknowledging anything that
-    /// another process or node will rely on. It runs on sled's own flusher rather than the
-    /// caller's thread, so awaiting it does not block an async runtime's worker.
-    pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
-        Ok(())
+    /// Desired workloads, keyed `namespace/name`, of the caller's spec type.
+    pub fn workloads<T: Serialize + DeserializeOwned>(&self) -> Result<Tree<T>> {
+        self.typed(WORKLOADS_TREE)
     }
 
-    /// Flushes synchronously; for shutdown paths and tests.
-    pub fn flush_blocking(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+    /// The last known view of the members, keyed by node id, of the caller's type.
+    pub fn members<T: Serialize + DeserializeOwned>(&self) -> Result<Tree<T>> {
+        self.typed(MEMBERS_TREE)
     }
-}
 
-/// How long [`Store::open`] waits for a file lock still held by a store that was just
-/// dropped in this process: sled's background flusher releases it shortly after the last
-/// handle goes away. A lock held by another process is reported after this time.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+    /// Where this node's identity material lives, keyed by kind.
+    pub fn identity(&self) -> Result<Tree<IdentityRef>> {
+        self.typed(IDENTITY_TREE)
+    }
 
-fn open_with_lock_retry(path: &Path) -> sled::Result<sled::Db> {
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
-    loop {
-        match sled::Config::new().path(path).open() {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other,
+    /// Instances this node has committed to, keyed by [`instance_key`].
+    pub fn instances(&self) -> Result<Tree<Instance>> {
+        self.typed(INSTANCES_TREE)
+    }
+
+    /// Reservations this node holds, keyed by id.
+    pub fn reservations(&self) -> Result<Tree<Reservation>> {
+        self.typed(RESERVATIONS_TREE)
+    }
+
+    /// Holds capacity for a bid. Refused if the id is already held.
+    pub fn reserve(&self, reservation: &Reservation) -> Result<()> {
+        let value = tree::encode(reservation)?;
+        match self
+            .reservations
+            .compare_and_swap(reservation.id.as_bytes(), None::<&[u8]>, Some(value))
+            .map_err(|e| self.fail(e))?
+        {
+            Ok(()) => Ok(()),
+            Err(_) => Err(StoreError::DuplicateReservation {
+                id: reservation.id.clone(),
+            }),
         }
     }
-}
 
-/// A typed view of one sled tree: string keys, values of type `T`.
-#[derive(Clone, Debug)]
-pub struct Tree<T> {
-    inner: sled::Tree,
-    name: String,
-    _value: PhantomData<fn() -> T>,
-}
-
-impl<T> Tree<T>
-where
-    T: Serialize + DeserializeOwned,
-{
-    fn encode(value: &T) -> Result<Vec<u8>> {
-        let envelope = Envelope {
-            v: SCHEMA_VERSION,
-            data: value,
-        };
-        // Serializing plain data structs to JSON cannot fail; map it anyway rather than panic.
-        serde_json::to_vec(&envelope).map_err(|e| StoreError::Corrupt {
-            tree: String::new(),
-            key: String::new(),
-            reason: format!("cannot encode value: {e}"),
-        })
+    /// Turns a reservation into an instance, atomically: either the reservation is gone and
+    /// the instance committed, or nothing changed. Refused if the reservation is unknown or
+    /// expired at `now_ms`, or the replica is already held under a newer epoch.
+    pub fn accept(&self, reservation_id: &str, node: &str, now_ms: u64) -> Result<Instance> {
+        let outcome = (&self.reservations, &self.instances).transaction(|(reservations, instances)| {
+            let Some(raw) = reservations.get(reservation_id)? else {
+                return Err(ConflictableTransactionError::Abort(StoreError::UnknownReservation {
+                    id: reservation_id.to_owned(),
+                }));
+            };
+            let reservation: Reservation = tree::decode(RESERVATIONS_TREE, reservation_id.as_bytes(), &raw)
+                .map_err(ConflictableTransactionError::Abort)?;
+            if reservation.expires_at_ms <= now_ms {
+                return Err(ConflictableTransactionError::Abort(StoreError::ReservationExpired {
+                    id: reservation.id,
+                    expired_at_ms: reservation.expires_at_ms,
+                }));
+            }
+            let key = instance_key(&reservation.workload, reservation.replica);
+            if let Some(raw) = instances.get(key.as_bytes())? {
+                let held: Instance = tree::decode(INSTANCES_TREE, key.as_bytes(), &raw)
+                    .map_err(ConflictableTransactionError::Abort)?;
+                if held.epoch > reservation.epoch {
+                    return Err(ConflictableTransactionError::Abort(StoreError::StaleEpoch {
+                        workload: reservation.workload,
+                        replica: reservation.replica,
+                        held: held.epoch,
+                        offered: reservation.epoch,
+                    }));
+                }
+            }
+            let instance = Instance {
+                workload: reservation.workload,
+                replica: reservation.replica,
+                epoch: reservation.epoch,
+                node: node.to_owned(),
+                cpu_millis: reservation.cpu_millis,
+                memory_bytes: reservation.memory_bytes,
+                accepted_at_ms: now_ms,
+            };
+            let value = tree::encode(&instance).map_err(ConflictableTransactionError::Abort)?;
+            reservations.remove(reservation_id)?;
+            instances.insert(key.as_bytes(), value)?;
+            Ok(instance)
+        });
+        self.transaction_result(outcome)
     }
 
-    fn decode(&self, key: &[u8], raw: &[u8]) -> Result<T> {
-        let envelope: Envelope<T> =
-            serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt {
-                tree: self.name.clone(),
-                key: String::from_utf8_lossy(key).into_owned(),
-                reason: e.to_string(),
-            })?;
-        Ok(envelope.data)
+    fn transaction_result<T>(&self, outcome: std::result::Result<T, TransactionError<StoreError>>) -> Result<T> {
+        match outcome {
+            Ok(value) => Ok(value),
+            Err(TransactionError::Abort(error)) => Err(error),
+            Err(TransactionError::Storage(error)) => Err(self.fail(error)),
+        }
     }
 
-    /// Inserts `value` under `key` only if the key is absent. Returns `false`, changing
-    /// nothing, when the key already exists.
-    pub fn insert_new(&self, key: &str, value: &T) -> Result<bool> {
-        let encoded = Self::encode(value)?;
-        let swapped = self
-            .inner
-            .compare_and_swap(key, None::<&[u8]>, Some(encoded))?;
-        Ok(swapped.is_ok())
+    /// Frees a reservation (the bid lost). Returns whether it was held.
+    pub fn release(&self, reservation_id: &str) -> Result<bool> {
+        Ok(self
+            .reservations
+            .remove(reservation_id)
+            .map_err(|e| self.fail(e))?
+            .is_some())
     }
 
-    /// Inserts or replaces the value under `key`.
-    pub fn put(&self, key: &str, value: &T) -> Result<()> {
-        self.inner.insert(key, Self::encode(value)?)?;
-        Ok(())
+    /// Drops every reservation that expired at or before `now_ms` and returns them. A
+    /// reservation accepted concurrently is left to the accept.
+    pub fn expire_reservations(&self, now_ms: u64) -> Result<Vec<Reservation>> {
+        let mut expired = Vec::new();
+        for entry in self.reservations.iter() {
+            let (key, raw) = entry.map_err(|e| self.fail(e))?;
+            let reservation: Reservation = tree::decode(RESERVATIONS_TREE, &key, &raw)?;
+            if reservation.expires_at_ms > now_ms {
+                continue;
+            }
+            let removed = self
+                .reservations
+                .compare_and_swap(&key, Some(raw), None::<&[u8]>)
+                .map_err(|e| self.fail(e))?;
+            if removed.is_ok() {
+                expired.push(reservation);
+            }
+        }
+        Ok(expired)
     }
 
-    /// The value under `key`, if any.
-    pub fn get(&self, key: &str) -> Result<Option<T>> {
-        self.inner
-            .get(key)?
-            .map(|raw| self.decode(key.as_bytes(), &raw))
+    /// Forgets an instance (its workload was removed or moved). Returns it if it was held.
+    pub fn remove_instance(&self, workload: &str, replica: u32) -> Result<Option<Instance>> {
+        let key = instance_key(workload, replica);
+        self.instances
+            .remove(key.as_bytes())
+            .map_err(|e| self.fail(e))?
+            .map(|raw| tree::decode(INSTANCES_TREE, key.as_bytes(), &raw))
             .transpose()
     }
 
-    /// Removes `key`; returns whether it was present.
-    pub fn remove(&self, key: &str) -> Result<bool> {
-        Ok(self.inner.remove(key)?.is_some())
+    /// Appends to the audit log, dropping the oldest entries beyond the retention limit.
+    pub fn record_event(
+        &self,
+        at_ms: u64,
+        kind: &str,
+        workload: Option<&str>,
+        message: &str,
+    ) -> Result<Event> {
+        let seq = self.db.generate_id().map_err(|e| self.fail(e))?;
+        let event = Event {
+            seq,
+            at_ms,
+            kind: kind.to_owned(),
+            workload: workload.map(str::to_owned),
+            message: message.to_owned(),
+        };
+        self.events
+            .insert(seq.to_be_bytes(), tree::encode(&event)?)
+            .map_err(|e| self.fail(e))?;
+        while self.events.len() > self.options.max_events {
+            if self.events.pop_min().map_err(|e| self.fail(e))?.is_none() {
+                break;
+            }
+        }
+        Ok(event)
     }
 
-    /// All entries in key order. A record that cannot be decoded fails the whole listing:
-    /// silently hiding part of the desired state would make the agent delete containers.
-    pub fn list(&self) -> Result<Vec<(String, T)>> {
-        self.inner
+    /// The newest `limit` audit events, oldest first.
+    pub fn events(&self, limit: usize) -> Result<Vec<Event>> {
+        let mut newest: Vec<Event> = self
+            .events
             .iter()
+            .rev()
+            .take(limit)
             .map(|entry| {
-                let (key, raw) = entry?;
-                let value = self.decode(&key, &raw)?;
-                Ok((String::from_utf8_lossy(&key).into_owned(), value))
+                let (key, raw) = entry.map_err(|e| self.fail(e))?;
+                tree::decode(EVENTS_TREE, &key, &raw)
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        newest.reverse();
+        Ok(newest)
     }
 
-    /// Number of entries.
-    pub fn len(&self) -> usize {
-        self.inner.len()
+    /// Makes every write so far durable, and counts it as acknowledged. Call it before
+    /// acknowledging anything another process or node will rely on. The disk work runs on
+    /// sled's own threads, so awaiting it does not block an async runtime's worker.
+    pub async fn flush(&self) -> Result<()> {
+        self.bump_generation()?;
+        self.db.flush_async().await.map_err(|e| self.fail(e))?;
+        Ok(())
     }
 
-    /// Whether the tree is empty.
-    pub fn is_empty(&self) -> bool {
-        self.inner.is_empty()
+    /// [`Store::flush`] for synchronous callers.
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.bump_generation()?;
+        self.db.flush().map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    fn bump_generation(&self) -> Result<()> {
+        let next = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.db
+            .fetch_and_update(GENERATION_KEY, |old| {
+                let old = old
+                    .and_then(|raw| raw.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                Some(old.max(next).to_be_bytes().to_vec())
+            })
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    /// Flushes and records the generation reached, so that the next open can tell whether
+    /// the files lost acknowledged writes while the agent was stopped. Call it on a clean
+    /// shutdown.
+    pub fn close(&self) -> Result<()> {
+        self.flush_blocking()?;
+        let generation = self.generation.load(Ordering::SeqCst);
+        let target = self.path.join(CLOSED_AT_FILE);
+        let partial = self.path.join(format!("{CLOSED_AT_FILE}.partial"));
+        let io = |source: std::io::Error| classify(&self.path, sled::Error::Io(source));
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&partial).map_err(io)?;
+            writeln!(file, "{generation}").map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&partial, &target).map_err(io)?;
+        Ok(())
+    }
+}
+
+/// Opens sled, turning its failure modes into errors that say what to do: a lock held by
+/// another process, and corruption, which sled 0.34 sometimes reports by panicking.
+fn open_sled(path: &Path) -> Result<sled::Db> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            sled::Config::new().path(path).open()
+        }));
+        match attempt {
+            Ok(Ok(db)) => return Ok(db),
+            Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock") => {
+                if Instant::now() >= deadline {
+                    return Err(StoreError::Locked {
+                        path: path.to_path_buf(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(Err(e @ sled::Error::Corruption { .. })) => return Err(classify(path, e)),
+            Ok(Err(sled::Error::Io(e))) if e.kind() == std::io::ErrorKind::StorageFull => {
+                return Err(StoreError::DiskFull {
+                    path: path.to_path_buf(),
+                });
+            }
+            Ok(Err(e @ sled::Error::Io(_))) => {
+                return Err(StoreError::Open {
+                    path: path.to_path_buf(),
+                    source: e,
+                });
+            }
+            Ok(Err(other)) => {
+                return Err(StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: other.to_string(),
+                });
+            }
+            Err(panic) => {
+                let reason = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "sled panicked while reading it".to_owned());
+                return Err(StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason,
+                });
+            }
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-    struct Record {
-        image: String,
-    }
-
-    fn record(image: &str) -> Record {
-        Record {
-            image: image.to_owned(),
-        }
-    }
-
-    #[test]
-    fn insert_new_refuses_an_existing_key_and_keeps_the_first_value() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let tree = store.workloads::<Record>().unwrap();
-        assert!(tree.insert_new("web", &record("a")).unwrap());
-        assert!(!tree.insert_new("web", &record("b")).unwrap());
-        assert_eq!(tree.get("web").unwrap(), Some(record("a")));
-        assert_eq!(tree.len(), 1);
-    }
-
-    #[test]
-    fn values_survive_a_reopen_after_flush() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            let tree = store.workloads::<Record>().unwrap();
-            tree.put("one", &record("x")).unwrap();
-            tree.put("two", &record("y")).unwrap();
-            assert!(tree.remove("one").unwrap());
-            store.flush_blocking().unwrap();
-        }
-        let store = Store::open(dir.path()).unwrap();
-        let tree = store.workloads::<Record>().unwrap();
-        assert_eq!(tree.list().unwrap(), vec![("two".to_owned(), record("y"))]);
-    }
-
-    #[test]
-    fn a_newer_schema_is_refused_with_the_path() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let db = sled::open(dir.path()).unwrap();
-            db.insert(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes())
-                .unwrap();
-            db.flush().unwrap();
-        }
-        let err = Store::open(dir.path()).unwrap_err();
-        assert!(matches!(err, StoreError::SchemaTooNew { found: 2, .. }));
-        assert!(err.to_string().contains(&dir.path().display().to_string()));
-    }
-
-    #[test]
-    fn an_undecodable_record_is_reported_not_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store
-            .db
-            .open_tree(WORKLOADS_TREE)
-            .unwrap()
-            .insert("web", &b"{not json"[..])
-            .unwrap();
-        let tree = store.workloads::<Record>().unwrap();
-        let err = tree.list().unwrap_err();
-        assert!(err.to_string().contains("corrupt record \"web\""), "{err}");
-    }
-
-    #[test]
-    fn a_second_open_of_the_same_directory_says_who_holds_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let _first = Store::open(dir.path()).unwrap();
-        let err = Store::open(dir.path()).unwrap_err();
-        assert!(err.to_string().contains("another parley agent"), "{err}");
-    }
-}
+mod tests;
