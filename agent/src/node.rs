@@ -4,12 +4,13 @@
 //! Everything here works through the [`ContainerRuntime`] trait and the store, so the
 //! logic is unit-tested against the fake runtime and end-to-end against real Podman.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parley_negotiation::{SpecError, WorkloadName, WorkloadSpec};
-use parley_store::{Store, StoreError, Tree};
+use parley_store::records::Event;
+use parley_store::{DEFAULT_NAMESPACE, Store, StoreError, Tree};
 
 use crate::api::types::{AgentStatus, ReplicaStatus, WorkloadList, WorkloadRecord, WorkloadStatus};
 use crate::runtime::podman::service::ServiceOrigin;
@@ -19,6 +20,11 @@ use crate::runtime::{
 
 /// Replicas per workload on a single node; placement across nodes comes with negotiation.
 const REPLICAS: u32 = 1;
+
+/// Largest spec copied into a container label. Labels let a node rebuild its store from
+/// Podman; a spec beyond this (thousands of long environment values) is not worth bloating
+/// every container listing for.
+const MAX_SPEC_LABEL_BYTES: usize = 16 * 1024;
 
 /// Why a request to the node failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +52,15 @@ pub enum NodeError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An earlier write failure means the store takes no writes; the node refuses new
+    /// work rather than start containers it could not account for.
+    #[error(
+        "the agent takes no new work: its state store cannot take writes ({fault}); fix that and restart the agent"
+    )]
+    StoreUnavailable {
+        /// The failure that stopped writes.
+        fault: String,
+    },
 }
 
 /// Fixed facts about this node, for status reports.
@@ -61,16 +76,33 @@ pub struct NodeInfo {
     pub podman_origin: ServiceOrigin,
 }
 
-/// The local node: store plus runtime. Cheap to clone.
+/// What the node knows about its store's ability to take writes.
+#[derive(Debug, Default)]
+struct StoreHealth {
+    /// The first write failure that means no write will succeed (full disk, I/O error):
+    /// while set, the node takes no new work.
+    fault: Option<String>,
+    /// Workloads written to the store's memory whose flush failed: they were never
+    /// acknowledged, will not survive a restart, and must not be acted on.
+    unpersisted: HashSet<String>,
+}
+
+/// The local node: store plus runtime.
 pub struct Node<R> {
     info: NodeInfo,
     store: Store,
     workloads: Tree<WorkloadRecord>,
     runtime: R,
     started: Instant,
+    health: Mutex<StoreHealth>,
     /// Serializes changes (run, rm, reconcile) so that a reconcile pass never races a
     /// half-done `run` into creating the same container twice.
     changes: tokio::sync::Mutex<()>,
+}
+
+/// The store key of a workload in the default namespace.
+fn key(name: &str) -> String {
+    format!("{DEFAULT_NAMESPACE}/{name}")
 }
 
 impl<R: ContainerRuntime> Node<R> {
@@ -83,6 +115,7 @@ impl<R: ContainerRuntime> Node<R> {
             workloads,
             runtime,
             started: Instant::now(),
+            health: Mutex::new(StoreHealth::default()),
             changes: tokio::sync::Mutex::new(()),
         }))
     }
@@ -92,15 +125,60 @@ impl<R: ContainerRuntime> Node<R> {
         &self.store
     }
 
+    fn health(&self) -> MutexGuard<'_, StoreHealth> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers a store failure that stops all writes, and passes the error on.
+    fn note_store_error(&self, error: StoreError) -> NodeError {
+        if error.is_fatal_for_writes() {
+            let mut health = self.health();
+            if health.fault.is_none() {
+                tracing::error!(error = %error, "the state store cannot take writes; taking no new work");
+                health.fault = Some(error.to_string());
+            }
+        }
+        NodeError::Store(error)
+    }
+
+    /// Refuses new work while the store cannot take writes.
+    fn check_writable(&self) -> Result<(), NodeError> {
+        match &self.health().fault {
+            Some(fault) => Err(NodeError::StoreUnavailable {
+                fault: fault.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn record_event(&self, kind: &str, workload: Option<&str>, message: &str) {
+        // The audit log is best effort: failing a placement because its log entry could
+        // not be written would be worse than a gap in the log.
+        if let Err(e) = self
+            .store
+            .record_event(unix_millis(), kind, workload, message)
+        {
+            tracing::warn!(error = %e, kind, "could not record an event");
+        }
+    }
+
     fn container_spec(&self, record: &WorkloadRecord, replica: u32) -> ContainerSpec {
         let spec = &record.spec;
-        let labels = BTreeMap::from([
+        let mut labels = BTreeMap::from([
             (labels::MANAGED.to_owned(), "true".to_owned()),
             (labels::NODE.to_owned(), self.info.name.clone()),
             (labels::WORKLOAD.to_owned(), spec.name.to_string()),
             (labels::REPLICA.to_owned(), replica.to_string()),
             (labels::EPOCH.to_owned(), "0".to_owned()),
         ]);
+        match serde_json::to_string(spec) {
+            Ok(json) if json.len() <= MAX_SPEC_LABEL_BYTES => {
+                labels.insert(labels::SPEC.to_owned(), json);
+            }
+            _ => {
+                tracing::debug!(workload = %spec.name, "spec too large for a label; this workload cannot be restored from Podman alone")
+            }
+        }
         ContainerSpec {
             name: container_name(&spec.name, replica),
             image: spec.image.clone(),
@@ -119,8 +197,10 @@ impl<R: ContainerRuntime> Node<R> {
     /// runs, or nothing changed and the error says why.
     pub async fn run(&self, spec: WorkloadSpec) -> Result<WorkloadStatus, NodeError> {
         spec.validate()?;
+        self.check_writable()?;
         let name = spec.name.to_string();
-        if self.workloads.get(&name)?.is_some() {
+        let key = key(&name);
+        if self.workloads.get(&key)?.is_some() {
             return Err(NodeError::AlreadyExists { name });
         }
         // Pulling can take long; do it before taking the lock so other requests proceed.
@@ -131,10 +211,17 @@ impl<R: ContainerRuntime> Node<R> {
             spec,
             created_at: unix_now(),
         };
-        if !self.workloads.insert_new(&name, &record)? {
+        let inserted = self
+            .workloads
+            .insert_new(&key, &record)
+            .map_err(|e| self.note_store_error(e))?;
+        if !inserted {
             return Err(NodeError::AlreadyExists { name });
         }
-        self.store.flush().await?;
+        if let Err(error) = self.store.flush().await {
+            self.forget_unpersisted(&key);
+            return Err(self.note_store_error(error));
+        }
 
         let mut started = Vec::new();
         for replica in 0..REPLICAS {
@@ -145,12 +232,18 @@ impl<R: ContainerRuntime> Node<R> {
             {
                 Ok(id) => started.push(id),
                 Err(error) => {
-                    self.roll_back(&name, &started).await;
+                    self.roll_back(&key, &started).await;
+                    self.record_event("workload-failed", Some(&key), &error.to_string());
                     return Err(error.into());
                 }
             }
         }
         tracing::info!(workload = %name, image = %record.spec.image, "workload started");
+        self.record_event(
+            "workload-started",
+            Some(&key),
+            &format!("image {}", record.spec.image),
+        );
         let containers = self
             .runtime
             .list_managed(&self.info.name)
@@ -159,16 +252,24 @@ impl<R: ContainerRuntime> Node<R> {
         Ok(self.status_of(&record, &containers))
     }
 
+    /// A record whose flush failed was never acknowledged: drop it from memory if sled
+    /// still lets us, and otherwise make sure nothing acts on it until a restart.
+    fn forget_unpersisted(&self, key: &str) {
+        if self.workloads.remove(key).is_err() {
+            self.health().unpersisted.insert(key.to_owned());
+        }
+    }
+
     /// Undoes a `run` whose containers could not all start.
-    async fn roll_back(&self, name: &str, started: &[String]) {
+    async fn roll_back(&self, key: &str, started: &[String]) {
         for id in started {
             if let Err(e) = self.runtime.remove(id).await {
-                tracing::warn!(workload = %name, container = %id, error = %e, "could not remove a container while rolling back");
+                tracing::warn!(workload = %key, container = %id, error = %e, "could not remove a container while rolling back");
             }
         }
-        let removed = self.workloads.remove(name).map(|_| ());
-        if let Err(e) = removed.and(self.store.flush_blocking()) {
-            tracing::error!(workload = %name, error = %e, "could not roll back the stored workload; the reconciler will retry it");
+        let removed = self.workloads.remove(key).map(|_| ());
+        if let Err(e) = removed.and(self.store.flush().await) {
+            tracing::error!(workload = %key, error = %e, "could not roll back the stored workload; the reconciler will start it instead");
         }
     }
 
@@ -176,9 +277,9 @@ impl<R: ContainerRuntime> Node<R> {
     /// containers cannot be removed, the workload stays stored and the error says why.
     pub async fn remove(&self, name: &str) -> Result<(), NodeError> {
         let _changing = self.changes.lock().await;
-        let stored = self.workloads.get(name)?.is_some();
-        let containers = self.runtime.list_managed(&self.info.name).await;
-        let containers = match containers {
+        let key = key(name);
+        let stored = self.workloads.get(&key)?.is_some() && !self.is_unpersisted(&key);
+        let containers = match self.runtime.list_managed(&self.info.name).await {
             Ok(containers) => containers,
             // Unknown name and no Podman: say it is unknown, the more useful answer.
             Err(_) if !stored => {
@@ -194,19 +295,39 @@ impl<R: ContainerRuntime> Node<R> {
                 name: name.to_owned(),
             });
         }
+        // Containers first: a workload whose removal fails half-way stays stored, and the
+        // reconciler restores what was already removed rather than leaking it.
         for container in ours {
             self.runtime.remove(&container.id).await?;
         }
-        self.workloads.remove(name)?;
-        self.store.flush().await?;
+        self.workloads
+            .remove(&key)
+            .map_err(|e| self.note_store_error(e))?;
+        self.store
+            .flush()
+            .await
+            .map_err(|e| self.note_store_error(e))?;
         tracing::info!(workload = %name, "workload removed");
+        self.record_event("workload-removed", Some(&key), "removed on request");
         Ok(())
+    }
+
+    fn is_unpersisted(&self, key: &str) -> bool {
+        self.health().unpersisted.contains(key)
+    }
+
+    /// Stored workloads that were acknowledged (see [`StoreHealth::unpersisted`]).
+    fn desired(&self) -> Result<Vec<(String, WorkloadRecord)>, NodeError> {
+        let mut records = self.workloads.list()?;
+        let health = self.health();
+        records.retain(|(key, _)| !health.unpersisted.contains(key));
+        Ok(records)
     }
 
     /// All stored workloads with the states of their containers. Works with Podman down,
     /// reporting unknown states and the reason.
     pub async fn list(&self) -> Result<WorkloadList, NodeError> {
-        let records = self.workloads.list()?;
+        let records = self.desired()?;
         let (containers, runtime_error) = match self.runtime.list_managed(&self.info.name).await {
             Ok(containers) => (containers, None),
             Err(e) => (Vec::new(), Some(e.to_string())),
@@ -218,6 +339,11 @@ impl<R: ContainerRuntime> Node<R> {
                 .collect(),
             runtime_error,
         })
+    }
+
+    /// The newest `limit` events of the audit log.
+    pub fn events(&self, limit: usize) -> Result<Vec<Event>, NodeError> {
+        Ok(self.store.events(limit)?)
     }
 
     fn status_of(
@@ -261,23 +387,38 @@ impl<R: ContainerRuntime> Node<R> {
             node: self.info.name.clone(),
             data_dir: self.info.data_dir.clone(),
             uptime_secs: self.started.elapsed().as_secs(),
-            workloads: self.workloads.len(),
+            workloads: self.desired().map(|d| d.len()).unwrap_or(0),
             podman_socket: self.info.podman_socket.clone(),
             podman_origin: self.info.podman_origin,
             podman,
             podman_error,
+            store_error: self.health().fault.clone(),
         }
     }
 
-    /// One reconcile pass: start what is stored but not running, remove duplicates and
-    /// containers of workloads no longer stored. Failures are logged per item and retried
-    /// on the next pass; the pass itself fails only when Podman or the store cannot be
-    /// read at all.
+    /// One reconcile pass: start what is stored but not running, restore workloads whose
+    /// containers outlived their store records (after `--reset-state`, say), and remove
+    /// duplicates and containers nothing accounts for. Failures are logged per item and
+    /// retried on the next pass; the pass itself fails only when Podman or the store
+    /// cannot be read at all.
     pub async fn reconcile(&self) -> Result<ReconcileReport, NodeError> {
         let _changing = self.changes.lock().await;
-        let desired: HashMap<String, WorkloadRecord> = self.workloads.list()?.into_iter().collect();
+        let mut desired: HashMap<String, WorkloadRecord> = self
+            .desired()?
+            .into_iter()
+            .map(|(_, record)| (record.spec.name.to_string(), record))
+            .collect();
         let actual = self.runtime.list_managed(&self.info.name).await?;
         let mut report = ReconcileReport::default();
+
+        for container in &actual {
+            if !desired.contains_key(&container.workload)
+                && let Some(record) = self.restore_from_label(container)
+            {
+                report.restored += 1;
+                desired.insert(container.workload.clone(), record);
+            }
+        }
 
         let mut by_replica: BTreeMap<(String, u32), Vec<&ManagedContainer>> = BTreeMap::new();
         for container in &actual {
@@ -286,10 +427,8 @@ impl<R: ContainerRuntime> Node<R> {
                 .or_default()
                 .push(container);
         }
-
         for ((workload, replica), mut containers) in by_replica {
-            let wanted = desired.contains_key(&workload) && replica < REPLICAS;
-            if wanted {
+            if desired.contains_key(&workload) && replica < REPLICAS {
                 // Keep one container per replica, preferring one that runs.
                 containers.sort_by_key(|c| c.state != ContainerState::Running);
                 containers.remove(0);
@@ -298,6 +437,11 @@ impl<R: ContainerRuntime> Node<R> {
                 match self.runtime.remove(&extra.id).await {
                     Ok(()) => {
                         tracing::info!(workload = %workload, container = %extra.name, "removed a container that is not wanted");
+                        self.record_event(
+                            "container-removed",
+                            Some(&key(&workload)),
+                            &format!("unwanted container {}", extra.name),
+                        );
                         report.removed += 1;
                     }
                     Err(e) => {
@@ -308,6 +452,11 @@ impl<R: ContainerRuntime> Node<R> {
             }
         }
 
+        if self.health().fault.is_some() {
+            // Starting containers the store cannot account for would outlive a restart
+            // that forgets them; wait until the store takes writes again.
+            return Ok(report);
+        }
         for (name, record) in &desired {
             for replica in 0..REPLICAS {
                 let present = actual
@@ -328,6 +477,11 @@ impl<R: ContainerRuntime> Node<R> {
                 match started {
                     Ok(_) => {
                         tracing::info!(workload = %name, replica, "started a missing container");
+                        self.record_event(
+                            "container-started",
+                            Some(&key(name)),
+                            "replaced a missing container",
+                        );
                         report.started += 1;
                     }
                     Err(e) => {
@@ -339,6 +493,39 @@ impl<R: ContainerRuntime> Node<R> {
         }
         Ok(report)
     }
+
+    /// Re-creates the store record of a container's workload from the spec in its label,
+    /// if it has a valid one. The container is then adopted like any other.
+    fn restore_from_label(&self, container: &ManagedContainer) -> Option<WorkloadRecord> {
+        let spec: WorkloadSpec = serde_json::from_str(container.spec_label.as_deref()?).ok()?;
+        if spec.name.as_str() != container.workload || spec.validate().is_err() {
+            return None;
+        }
+        let record = WorkloadRecord {
+            spec,
+            created_at: unix_now(),
+        };
+        let key = key(&container.workload);
+        match self.workloads.insert_new(&key, &record) {
+            Ok(_) => {
+                if let Err(e) = self.store.flush_blocking() {
+                    self.note_store_error(e);
+                    return None;
+                }
+                tracing::info!(workload = %container.workload, container = %container.name, "restored a workload from its container's labels");
+                self.record_event(
+                    "workload-restored",
+                    Some(&key),
+                    &format!("from the labels of container {}", container.name),
+                );
+                Some(record)
+            }
+            Err(e) => {
+                self.note_store_error(e);
+                None
+            }
+        }
+    }
 }
 
 /// What one reconcile pass did.
@@ -346,6 +533,8 @@ impl<R: ContainerRuntime> Node<R> {
 pub struct ReconcileReport {
     /// Containers already present for a wanted replica.
     pub adopted: usize,
+    /// Workloads restored into the store from their containers' labels.
+    pub restored: usize,
     /// Containers started for replicas that had none.
     pub started: usize,
     /// Unwanted containers removed.
@@ -363,6 +552,13 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
@@ -426,7 +622,7 @@ mod tests {
             status.replicas[0].container.as_deref(),
             Some("parley-web-0")
         );
-        assert_eq!(stored_names(&node), ["web"]);
+        assert_eq!(stored_names(&node), ["default/web"]);
         let listed = runtime.list_managed("node-a").await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].workload, "web");
@@ -436,12 +632,12 @@ mod tests {
     async fn a_second_run_with_the_same_name_changes_nothing() {
         let (_dir, _store, runtime, node) = fixture();
         node.run(spec("web", IMAGE)).await.unwrap();
-        let before = node.workloads.get("web").unwrap();
+        let before = node.workloads.get("default/web").unwrap();
         let mut other = spec("web", IMAGE);
         other.command = vec!["true".into()];
         let err = node.run(other).await.unwrap_err();
         assert!(matches!(err, NodeError::AlreadyExists { .. }), "{err}");
-        assert_eq!(node.workloads.get("web").unwrap(), before);
+        assert_eq!(node.workloads.get("default/web").unwrap(), before);
         assert_eq!(runtime.creates(), 1);
     }
 
@@ -470,14 +666,14 @@ mod tests {
             matches!(err, NodeError::Runtime(RuntimeError::Unavailable { .. })),
             "{err}"
         );
-        assert_eq!(stored_names(&node), ["web"]);
+        assert_eq!(stored_names(&node), ["default/web"]);
         let list = node.list().await.unwrap();
         assert_eq!(list.workloads.len(), 1);
         assert_eq!(list.workloads[0].replicas[0].state, None);
         assert!(list.runtime_error.is_some());
         // Removal cannot stop the container, so the workload is kept, not lost.
         assert!(node.remove("web").await.is_err());
-        assert_eq!(stored_names(&node), ["web"]);
+        assert_eq!(stored_names(&node), ["default/web"]);
     }
 
     #[tokio::test]
@@ -519,7 +715,8 @@ mod tests {
         let id = runtime.list_managed("node-a").await.unwrap()[0].id.clone();
         runtime.remove(&id).await.unwrap();
         // ... and a container of a workload the store no longer has is still around.
-        let mut orphan = node.container_spec(&node.workloads.get("web").unwrap().unwrap(), 0);
+        let mut orphan =
+            node.container_spec(&node.workloads.get("default/web").unwrap().unwrap(), 0);
         orphan.name = "parley-gone-0".to_owned();
         orphan
             .labels
@@ -543,6 +740,38 @@ mod tests {
                 adopted: 1,
                 ..Default::default()
             }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fresh_store_is_rebuilt_from_container_labels() {
+        let (_dir, _store, runtime, node) = fixture();
+        node.run(spec("web", IMAGE)).await.unwrap();
+        drop(node);
+        // The store is lost (moved aside by --reset-state); the container still runs.
+        let fresh_dir = tempfile::tempdir().unwrap();
+        let fresh = Store::open(fresh_dir.path()).unwrap();
+        let rebuilt = node_over(&fresh, &runtime);
+        let report = rebuilt.reconcile().await.unwrap();
+        assert_eq!(
+            report,
+            ReconcileReport {
+                restored: 1,
+                adopted: 1,
+                ..Default::default()
+            }
+        );
+        let record = rebuilt.workloads.get("default/web").unwrap().unwrap();
+        assert_eq!(record.spec, spec("web", IMAGE));
+        assert_eq!(
+            runtime.creates(),
+            1,
+            "the container was replaced instead of adopted"
+        );
+        let events = rebuilt.events(10).unwrap();
+        assert!(
+            events.iter().any(|e| e.kind == "workload-restored"),
+            "{events:?}"
         );
     }
 

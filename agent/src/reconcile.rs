@@ -25,9 +25,13 @@ pub async fn run<R: ContainerRuntime>(
             _ = ticks.tick() => {}
         }
         match node.reconcile().await {
-            Ok(report) if first || report.started + report.removed + report.failed > 0 => {
+            Ok(report)
+                if first
+                    || report.started + report.removed + report.restored + report.failed > 0 =>
+            {
                 tracing::info!(
                     adopted = report.adopted,
+                    restored = report.restored,
                     started = report.started,
                     removed = report.removed,
                     failed = report.failed,

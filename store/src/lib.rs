@@ -165,7 +165,9 @@ pub enum StoreError {
         expired_at_ms: u64,
     },
     /// The replica is already committed under a newer epoch: the award is stale.
-    #[error("{workload} replica {replica} is held at epoch {held}, newer than the offered {offered}")]
+    #[error(
+        "{workload} replica {replica} is held at epoch {held}, newer than the offered {offered}"
+    )]
     StaleEpoch {
         /// Workload key.
         workload: String,
@@ -295,10 +297,11 @@ impl Store {
             self.db.flush().map_err(|e| self.fail(e))?;
             return Ok(());
         };
-        let found = u32::from_be_bytes(raw.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-            path: self.path.to_path_buf(),
-            reason: format!("the schema version record has {} bytes, not 4", raw.len()),
-        })?);
+        let found =
+            u32::from_be_bytes(raw.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                path: self.path.to_path_buf(),
+                reason: format!("the schema version record has {} bytes, not 4", raw.len()),
+            })?);
         if found > SCHEMA_VERSION {
             return Err(StoreError::SchemaTooNew {
                 path: self.path.to_path_buf(),
@@ -314,12 +317,12 @@ impl Store {
 
     fn check_generation(&self) -> Result<()> {
         let found = match self.db.get(GENERATION_KEY).map_err(|e| self.fail(e))? {
-            Some(raw) => u64::from_be_bytes(raw.as_ref().try_into().map_err(|_| {
-                StoreError::Corrupt {
+            Some(raw) => {
+                u64::from_be_bytes(raw.as_ref().try_into().map_err(|_| StoreError::Corrupt {
                     path: self.path.to_path_buf(),
                     reason: "the generation record is not 8 bytes".to_owned(),
-                }
-            })?),
+                })?)
+            }
             None => 0,
         };
         self.generation.store(found, Ordering::SeqCst);
@@ -398,51 +401,62 @@ impl Store {
     /// the instance committed, or nothing changed. Refused if the reservation is unknown or
     /// expired at `now_ms`, or the replica is already held under a newer epoch.
     pub fn accept(&self, reservation_id: &str, node: &str, now_ms: u64) -> Result<Instance> {
-        let outcome = (&self.reservations, &self.instances).transaction(|(reservations, instances)| {
-            let Some(raw) = reservations.get(reservation_id)? else {
-                return Err(ConflictableTransactionError::Abort(StoreError::UnknownReservation {
-                    id: reservation_id.to_owned(),
-                }));
-            };
-            let reservation: Reservation = tree::decode(RESERVATIONS_TREE, reservation_id.as_bytes(), &raw)
-                .map_err(ConflictableTransactionError::Abort)?;
-            if reservation.expires_at_ms <= now_ms {
-                return Err(ConflictableTransactionError::Abort(StoreError::ReservationExpired {
-                    id: reservation.id,
-                    expired_at_ms: reservation.expires_at_ms,
-                }));
-            }
-            let key = instance_key(&reservation.workload, reservation.replica);
-            if let Some(raw) = instances.get(key.as_bytes())? {
-                let held: Instance = tree::decode(INSTANCES_TREE, key.as_bytes(), &raw)
-                    .map_err(ConflictableTransactionError::Abort)?;
-                if held.epoch > reservation.epoch {
-                    return Err(ConflictableTransactionError::Abort(StoreError::StaleEpoch {
-                        workload: reservation.workload,
-                        replica: reservation.replica,
-                        held: held.epoch,
-                        offered: reservation.epoch,
-                    }));
+        let outcome =
+            (&self.reservations, &self.instances).transaction(|(reservations, instances)| {
+                let Some(raw) = reservations.get(reservation_id)? else {
+                    return Err(ConflictableTransactionError::Abort(
+                        StoreError::UnknownReservation {
+                            id: reservation_id.to_owned(),
+                        },
+                    ));
+                };
+                let reservation: Reservation =
+                    tree::decode(RESERVATIONS_TREE, reservation_id.as_bytes(), &raw)
+                        .map_err(ConflictableTransactionError::Abort)?;
+                if reservation.expires_at_ms <= now_ms {
+                    return Err(ConflictableTransactionError::Abort(
+                        StoreError::ReservationExpired {
+                            id: reservation.id,
+                            expired_at_ms: reservation.expires_at_ms,
+                        },
+                    ));
                 }
-            }
-            let instance = Instance {
-                workload: reservation.workload,
-                replica: reservation.replica,
-                epoch: reservation.epoch,
-                node: node.to_owned(),
-                cpu_millis: reservation.cpu_millis,
-                memory_bytes: reservation.memory_bytes,
-                accepted_at_ms: now_ms,
-            };
-            let value = tree::encode(&instance).map_err(ConflictableTransactionError::Abort)?;
-            reservations.remove(reservation_id)?;
-            instances.insert(key.as_bytes(), value)?;
-            Ok(instance)
-        });
+                let key = instance_key(&reservation.workload, reservation.replica);
+                if let Some(raw) = instances.get(key.as_bytes())? {
+                    let held: Instance = tree::decode(INSTANCES_TREE, key.as_bytes(), &raw)
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    if held.epoch > reservation.epoch {
+                        return Err(ConflictableTransactionError::Abort(
+                            StoreError::StaleEpoch {
+                                workload: reservation.workload,
+                                replica: reservation.replica,
+                                held: held.epoch,
+                                offered: reservation.epoch,
+                            },
+                        ));
+                    }
+                }
+                let instance = Instance {
+                    workload: reservation.workload,
+                    replica: reservation.replica,
+                    epoch: reservation.epoch,
+                    node: node.to_owned(),
+                    cpu_millis: reservation.cpu_millis,
+                    memory_bytes: reservation.memory_bytes,
+                    accepted_at_ms: now_ms,
+                };
+                let value = tree::encode(&instance).map_err(ConflictableTransactionError::Abort)?;
+                reservations.remove(reservation_id)?;
+                instances.insert(key.as_bytes(), value)?;
+                Ok(instance)
+            });
         self.transaction_result(outcome)
     }
 
-    fn transaction_result<T>(&self, outcome: std::result::Result<T, TransactionError<StoreError>>) -> Result<T> {
+    fn transaction_result<T>(
+        &self,
+        outcome: std::result::Result<T, TransactionError<StoreError>>,
+    ) -> Result<T> {
         match outcome {
             Ok(value) => Ok(value),
             Err(TransactionError::Abort(error)) => Err(error),
@@ -588,9 +602,8 @@ impl Store {
 fn open_sled(path: &Path) -> Result<sled::Db> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
-        let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            sled::Config::new().path(path).open()
-        }));
+        let attempt =
+            std::panic::catch_unwind(AssertUnwindSafe(|| sled::Config::new().path(path).open()));
         match attempt {
             Ok(Ok(db)) => return Ok(db),
             Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock") => {

@@ -33,7 +33,9 @@ pub(crate) fn migrate(db: &sled::Db, path: &std::path::Path, found: u32) -> Resu
 /// `namespace/name`, as workload identities and authorization are per namespace; existing
 /// workloads move to the default namespace.
 fn v1_to_v2(db: &sled::Db, path: &std::path::Path) -> Result<()> {
-    let workloads = db.open_tree(WORKLOADS_TREE).map_err(|e| classify(path, e))?;
+    let workloads = db
+        .open_tree(WORKLOADS_TREE)
+        .map_err(|e| classify(path, e))?;
     let old: Vec<(sled::IVec, sled::IVec)> = workloads
         .iter()
         .collect::<sled::Result<_>>()

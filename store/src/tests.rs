@@ -66,7 +66,10 @@ fn a_newer_schema_is_refused_with_the_path() {
         db.flush().unwrap();
     }
     let err = Store::open(dir.path()).unwrap_err();
-    assert!(matches!(err, StoreError::SchemaTooNew { found: 3, .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found: 3, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains(&dir.path().display().to_string()));
 }
 
@@ -94,12 +97,23 @@ fn a_schema_1_store_is_migrated_on_open() {
 
     let store = Store::open(dir.path()).unwrap();
     let workloads = store.workloads::<serde_json::Value>().unwrap();
-    let keys: Vec<String> = workloads.list().unwrap().into_iter().map(|(k, _)| k).collect();
+    let keys: Vec<String> = workloads
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     assert_eq!(keys, ["default/api", "default/web"]);
     let web = workloads.get("default/web").unwrap().unwrap();
     assert_eq!(web["spec"]["image"], "busybox");
     // The records were rewritten in the current envelope, and the version recorded.
-    let raw = store.db.open_tree(WORKLOADS_TREE).unwrap().get("default/web").unwrap().unwrap();
+    let raw = store
+        .db
+        .open_tree(WORKLOADS_TREE)
+        .unwrap()
+        .get("default/web")
+        .unwrap()
+        .unwrap();
     let envelope: serde_json::Value = serde_json::from_slice(&raw).unwrap();
     assert_eq!(envelope["v"], SCHEMA_VERSION);
     let version = store.db.get(SCHEMA_KEY).unwrap().unwrap();
@@ -122,7 +136,10 @@ fn an_undecodable_record_is_reported_not_skipped() {
         .unwrap();
     let tree = store.workloads::<Spec>().unwrap();
     let err = tree.list().unwrap_err();
-    assert!(err.to_string().contains("corrupt record \"default/web\""), "{err}");
+    assert!(
+        err.to_string().contains("corrupt record \"default/web\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -150,7 +167,10 @@ fn accepting_an_award_turns_the_reservation_into_an_instance() {
     );
     // The award cannot be accepted twice.
     let err = store.accept("r1", "node-b", 5_001).unwrap_err();
-    assert!(matches!(err, StoreError::UnknownReservation { .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::UnknownReservation { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -164,18 +184,36 @@ fn refused_accepts_change_nothing() {
     // (the caller releases it explicitly).
     store.reserve(&reservation("old", 0, 4, 10_000)).unwrap();
     let err = store.accept("old", "node-b", 1_000).unwrap_err();
-    assert!(matches!(err, StoreError::StaleEpoch { held: 5, offered: 4, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::StaleEpoch {
+                held: 5,
+                offered: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(store.reservations().unwrap().get("old").unwrap().is_some());
 
     // An expired reservation cannot be accepted.
     store.reserve(&reservation("late", 1, 5, 2_000)).unwrap();
     let err = store.accept("late", "node-b", 2_000).unwrap_err();
-    assert!(matches!(err, StoreError::ReservationExpired { .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::ReservationExpired { .. }),
+        "{err}"
+    );
     assert_eq!(store.instances().unwrap().len(), 1);
 
     // A duplicate reservation id is refused.
-    let err = store.reserve(&reservation("late", 2, 5, 9_000)).unwrap_err();
-    assert!(matches!(err, StoreError::DuplicateReservation { .. }), "{err}");
+    let err = store
+        .reserve(&reservation("late", 2, 5, 9_000))
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::DuplicateReservation { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -188,8 +226,18 @@ fn release_and_expiry_free_reservations() {
     assert!(store.release("c").unwrap());
     assert!(!store.release("c").unwrap());
     let expired = store.expire_reservations(1_500).unwrap();
-    assert_eq!(expired.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a"]);
-    let left: Vec<String> = store.reservations().unwrap().list().unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        expired.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["a"]
+    );
+    let left: Vec<String> = store
+        .reservations()
+        .unwrap()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     assert_eq!(left, ["b"]);
 }
 
@@ -204,7 +252,10 @@ fn the_audit_log_keeps_only_the_newest_events() {
     }
     let events = store.events(100).unwrap();
     let messages: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
-    assert_eq!(messages, ["event 7", "event 8", "event 9", "event 10", "event 11"]);
+    assert_eq!(
+        messages,
+        ["event 7", "event 8", "event 9", "event 10", "event 11"]
+    );
     assert_eq!(store.events(2).unwrap().len(), 2);
     assert_eq!(store.events(2).unwrap()[1].message, "event 11");
 }
@@ -216,13 +267,21 @@ fn a_store_replaced_by_an_older_copy_is_reported_as_having_lost_writes() {
     let backup = dir.path().join("backup");
     {
         let store = Store::open(&live).unwrap();
-        store.workloads::<Spec>().unwrap().put("default/a", &spec("a")).unwrap();
+        store
+            .workloads::<Spec>()
+            .unwrap()
+            .put("default/a", &spec("a"))
+            .unwrap();
         store.close().unwrap();
     }
     copy_dir(&live, &backup);
     {
         let store = Store::open(&live).unwrap();
-        store.workloads::<Spec>().unwrap().put("default/b", &spec("b")).unwrap();
+        store
+            .workloads::<Spec>()
+            .unwrap()
+            .put("default/b", &spec("b"))
+            .unwrap();
         store.flush_blocking().unwrap();
         store.close().unwrap();
     }

@@ -5,6 +5,7 @@
 //! - `GET /v1/workloads`: workloads with container states
 //! - `POST /v1/workloads`: run a workload (body: a `WorkloadSpec`)
 //! - `DELETE /v1/workloads/{name}`: remove a workload
+//! - `GET /v1/events?limit=N`: the newest audit events
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -19,6 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use parley_negotiation::WorkloadSpec;
 use tokio::net::UnixListener;
+
+use parley_store::StoreError;
 
 use crate::node::{Node, NodeError};
 use crate::runtime::{ContainerRuntime, RuntimeError};
@@ -37,6 +40,7 @@ pub fn router<R: ContainerRuntime>(node: Arc<Node<R>>) -> Router {
         .route("/v1/status", get(status::<R>))
         .route("/v1/workloads", get(list::<R>).post(run::<R>))
         .route("/v1/workloads/{name}", delete(remove::<R>))
+        .route("/v1/events", get(events::<R>))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
@@ -92,6 +96,9 @@ impl From<NodeError> for Failure {
             }
             NodeError::Runtime(RuntimeError::Failed { .. }) => {
                 (StatusCode::BAD_GATEWAY, "podman-failed")
+            }
+            NodeError::Store(StoreError::DiskFull { .. }) | NodeError::StoreUnavailable { .. } => {
+                (StatusCode::INSUFFICIENT_STORAGE, "store-unavailable")
             }
             NodeError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store-failed"),
         };
@@ -151,4 +158,22 @@ async fn remove<R: ContainerRuntime>(
 ) -> Result<StatusCode, Failure> {
     node.remove(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Query of `GET /v1/events`.
+#[derive(Debug, serde::Deserialize)]
+struct EventsQuery {
+    /// Newest events to return (default 50, at most 10,000).
+    limit: Option<usize>,
+}
+
+async fn events<R: ContainerRuntime>(
+    State(node): State<Arc<Node<R>>>,
+    axum::extract::Query(query): axum::extract::Query<EventsQuery>,
+) -> Result<Response, Failure> {
+    let limit = query
+        .limit
+        .unwrap_or(50)
+        .min(parley_store::DEFAULT_MAX_EVENTS);
+    Ok(axum::Json(node.events(limit)?).into_response())
 }

@@ -13,7 +13,8 @@ pub const API_PREFIX: &str = "/v1";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {
     /// Stable machine-readable kind (`invalid-spec`, `already-exists`, `not-found`,
-    /// `image-not-found`, `podman-unavailable`, `podman-failed`, `store-failed`, `bad-request`).
+    /// `image-not-found`, `podman-unavailable`, `podman-failed`, `store-unavailable`,
+    /// `store-failed`, `bad-request`).
     pub kind: String,
     /// What went wrong and what to do, for people.
     pub message: String,
@@ -91,4 +92,6 @@ pub struct AgentStatus {
     pub podman: Option<RuntimeInfo>,
     /// Why Podman did not answer, when it did not.
     pub podman_error: Option<String>,
+    /// Set when the state store cannot take writes; the agent then takes no new work.
+    pub store_error: Option<String>,
 }

@@ -48,6 +48,10 @@ pub struct AgentArgs {
     /// Seconds between reconcile passes [reconcile_interval_secs; default: 10]
     #[arg(long, value_name = "SECS")]
     pub reconcile_interval: Option<u64>,
+    /// Move an unusable state store aside (to DATA_DIR/store.broken-TIMESTAMP) and start
+    /// with a fresh one, rebuilt from the labels of the containers this node runs
+    #[arg(long)]
+    pub reset_state: bool,
 }
 
 impl AgentArgs {
@@ -94,7 +98,7 @@ pub fn execute(args: AgentArgs, global: &GlobalOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, args.reset_state)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "agent stopped");
@@ -104,7 +108,7 @@ pub fn execute(args: AgentArgs, global: &GlobalOptions) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, reset_state: bool) -> anyhow::Result<()> {
     // Everything the agent creates (store files, sockets, later keys) is the user's alone.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
 
@@ -112,14 +116,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // state; requests that arrive before serving starts wait in the listen backlog.
     let listener = crate::api::bind(&config.api_socket)
         .with_context(|| format!("cannot listen on {}", config.api_socket.display()))?;
-    let result = serve_on(&config, listener).await;
+    let result = serve_on(&config, listener, reset_state).await;
     if let Err(e) = std::fs::remove_file(&config.api_socket) {
         tracing::debug!(error = %e, "could not remove the API socket");
     }
     result
 }
 
-async fn serve_on(config: &Config, listener: tokio::net::UnixListener) -> anyhow::Result<()> {
+async fn serve_on(
+    config: &Config,
+    listener: tokio::net::UnixListener,
+    reset_state: bool,
+) -> anyhow::Result<()> {
     // Watched from the start, so a signal during a slow start-up (a Podman service that
     // takes seconds to come up) still ends in an orderly shutdown.
     let signal = wait_for_signal()?;
@@ -130,7 +138,11 @@ async fn serve_on(config: &Config, listener: tokio::net::UnixListener) -> anyhow
             config.data_dir.display()
         )
     })?;
-    let store = parley_store::Store::open(config.data_dir.join("store"))?;
+    let store_path = config.data_dir.join("store");
+    if reset_state {
+        move_store_aside(&store_path)?;
+    }
+    let store = parley_store::Store::open(&store_path)?;
 
     let shutdown = CancellationToken::new();
     let settings = ServiceSettings {
@@ -183,9 +195,9 @@ async fn serve_on(config: &Config, listener: tokio::net::UnixListener) -> anyhow
     if stopped.is_err() {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "tasks did not stop within the grace period");
     }
+    drop(node);
     store
-        .flush()
-        .await
+        .close()
         .context("could not flush the state store on shutdown")?;
     tracing::info!("agent stopped");
     Ok(())
@@ -203,4 +215,27 @@ fn wait_for_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "signal received"),
         }
     })
+}
+
+/// Renames the store directory to `store.broken-<unix seconds>` so that a fresh one can be
+/// created; the old one is kept for inspection, never deleted.
+fn move_store_aside(store_path: &std::path::Path) -> anyhow::Result<()> {
+    if !store_path.exists() {
+        tracing::info!(path = %store_path.display(), "--reset-state: no store to move aside");
+        return Ok(());
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let aside = store_path.with_file_name(format!("store.broken-{stamp}"));
+    std::fs::rename(store_path, &aside).with_context(|| {
+        format!(
+            "cannot move the state store {} aside to {}",
+            store_path.display(),
+            aside.display()
+        )
+    })?;
+    tracing::warn!(from = %store_path.display(), to = %aside.display(), "moved the state store aside; workloads will be restored from container labels");
+    Ok(())
 }

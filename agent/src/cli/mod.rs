@@ -9,6 +9,7 @@ use crate::api::client::{ApiClient, ClientError};
 use crate::config::Environment;
 
 pub mod agent;
+pub mod events;
 pub mod ps;
 pub mod rm;
 pub mod run;
@@ -75,6 +76,8 @@ pub enum Command {
     Rm(rm::RmArgs),
     /// Show the agent's and Podman's status
     Status(status::StatusArgs),
+    /// Show the agent's audit log (what it started, removed, restored, and why)
+    Events(events::EventsArgs),
 }
 
 impl Cli {
@@ -90,6 +93,9 @@ impl Cli {
             }),
             Command::Rm(args) => with_client(&self.global, |client| {
                 rm::execute(args, client, self.global.output)
+            }),
+            Command::Events(args) => with_client(&self.global, |client| {
+                events::execute(args, client, self.global.output)
             }),
             Command::Status(args) => with_client(&self.global, |client| {
                 status::execute(args, client, self.global.output)

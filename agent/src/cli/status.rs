@@ -20,6 +20,9 @@ pub async fn execute(_args: StatusArgs, client: ApiClient, output: Output) -> Re
             );
             println!("data dir:  {}", status.data_dir);
             println!("workloads: {}", status.workloads);
+            if let Some(error) = &status.store_error {
+                println!("store:     NOT WRITABLE, taking no new work: {error}");
+            }
             let origin = match status.podman_origin {
                 crate::runtime::podman::service::ServiceOrigin::Existing => "existing service",
                 crate::runtime::podman::service::ServiceOrigin::StartedByAgent => {

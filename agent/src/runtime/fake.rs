@@ -176,6 +176,7 @@ impl ContainerRuntime for FakeRuntime {
                     image: spec.image.clone(),
                     state: container_state.clone(),
                     exit_code: (*container_state == ContainerState::Exited).then_some(0),
+                    spec_label: spec.labels.get(labels::SPEC).cloned(),
                 })
             })
             .collect())

@@ -26,6 +26,8 @@ pub mod labels {
     pub const REPLICA: &str = "io.parley.replica";
     /// Placement epoch (fencing token) under which the container was started.
     pub const EPOCH: &str = "io.parley.epoch";
+    /// The workload spec as JSON, so that a node can rebuild its store from Podman.
+    pub const SPEC: &str = "io.parley.spec";
 }
 
 /// Everything needed to create one container.
@@ -107,6 +109,8 @@ pub struct ManagedContainer {
     pub state: ContainerState,
     /// Exit code, once exited.
     pub exit_code: Option<i32>,
+    /// The [`labels::SPEC`] label, if the container has one.
+    pub spec_label: Option<String>,
 }
 
 /// What the agent knows about the engine it drives.

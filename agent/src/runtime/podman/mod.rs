@@ -235,6 +235,7 @@ impl ContainerRuntime for PodmanRuntime {
                     exit_code: (state == ContainerState::Exited)
                         .then_some(c.exit_code)
                         .flatten(),
+                    spec_label: labels.get(labels::SPEC).cloned(),
                     state,
                 })
             })
