@@ -14,7 +14,10 @@ fn healthy_store(path: &Path) {
     let workloads = store.workloads::<String>().expect("tree");
     for i in 0..RECORDS {
         workloads
-            .put(&format!("default/w{i:05}"), &format!("image-{i}-{}", "x".repeat(100)))
+            .put(
+                &format!("default/w{i:05}"),
+                &format!("image-{i}-{}", "x".repeat(100)),
+            )
             .expect("put");
         if i % 100 == 0 {
             store.flush_blocking().expect("flush");
@@ -31,11 +34,20 @@ fn assert_reported_or_intact(path: &Path, damage: &str) {
             let message = error.to_string();
             eprintln!("{damage}: {message}");
             assert!(
-                matches!(error, StoreError::Corrupt { .. } | StoreError::LostWrites { .. }),
+                matches!(
+                    error,
+                    StoreError::Corrupt { .. } | StoreError::LostWrites { .. }
+                ),
                 "{damage}: unexpected error kind: {message}"
             );
-            assert!(message.contains(&path.display().to_string()), "{damage}: {message}");
-            assert!(message.contains("parley agent --reset-state"), "{damage}: {message}");
+            assert!(
+                message.contains(&path.display().to_string()),
+                "{damage}: {message}"
+            );
+            assert!(
+                message.contains("parley agent --reset-state"),
+                "{damage}: {message}"
+            );
         }
         Ok(store) => {
             eprintln!("{damage}: opened, checking every record");
@@ -43,10 +55,17 @@ fn assert_reported_or_intact(path: &Path, damage: &str) {
                 .workloads::<String>()
                 .and_then(|w| w.list())
                 .unwrap_or_else(|e| panic!("{damage}: opened, but records are unreadable: {e}"));
-            assert_eq!(records.len(), RECORDS, "{damage}: opened with records missing");
+            assert_eq!(
+                records.len(),
+                RECORDS,
+                "{damage}: opened with records missing"
+            );
             for (i, (key, value)) in records.iter().enumerate() {
                 assert_eq!(key, &format!("default/w{i:05}"), "{damage}");
-                assert!(value.starts_with(&format!("image-{i}-")), "{damage}: {key} = {value}");
+                assert!(
+                    value.starts_with(&format!("image-{i}-")),
+                    "{damage}: {key} = {value}"
+                );
             }
         }
     }
@@ -54,13 +73,20 @@ fn assert_reported_or_intact(path: &Path, damage: &str) {
 
 fn overwrite(file: &Path, seed: u64, chunks: usize) {
     let len = std::fs::metadata(file).expect("metadata").len();
-    let mut f = std::fs::OpenOptions::new().write(true).open(file).expect("open for write");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .expect("open for write");
     let mut state = seed;
     for _ in 0..chunks {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let offset = (state >> 16) % len.saturating_sub(64).max(1);
         f.seek(SeekFrom::Start(offset)).expect("seek");
-        let garbage: Vec<u8> = (0..64u8).map(|b| b.wrapping_mul(37) ^ (state as u8)).collect();
+        let garbage: Vec<u8> = (0..64u8)
+            .map(|b| b.wrapping_mul(37) ^ (state as u8))
+            .collect();
         f.write_all(&garbage).expect("write");
     }
     f.sync_all().expect("sync");
@@ -85,7 +111,10 @@ fn truncated_data_files_are_reported() {
         healthy_store(&path);
         let db = path.join("db");
         let len = std::fs::metadata(&db).expect("metadata").len();
-        let f = std::fs::OpenOptions::new().write(true).open(&db).expect("open");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&db)
+            .expect("open");
         f.set_len((len as f64 * keep) as u64).expect("truncate");
         drop(f);
         let damage = format!("db truncated to {:.0}%", keep * 100.0);
