@@ -1,6 +1,9 @@
-//! Parley's identities: SPIFFE IDs and ECQV implicit certificates (SEC 4) for nodes and
-//! workloads.
+//! Parley's identities: SPIFFE IDs and certificateless-style keys (ECQV implicit
+//! certificates, SEC 4, on P-256) for nodes and workloads.
 //!
-//! The crate is part of the workspace from the start so that its place in the layout is
-//! fixed; its contents arrive with the identity work (see DESIGN.md, "Identity"). Nothing
-//! in the agent depends on it yet.
+//! See DESIGN.md, "Identity". This crate grows in steps: [`spiffe`] is complete; ECQV
+//! issuance, chains, message signing and the rustls verifiers follow.
+
+pub mod spiffe;
+
+pub use spiffe::{SpiffeId, SpiffeIdError};
