@@ -245,11 +245,9 @@ mod tests {
             // The reconstruction point is inside the certificate; a changed byte there may
             // not even decode, and otherwise yields a different point.
             let p_changed = if at >= b"subject".len() {
-                Option::<AffinePoint>::from(
-                    EncodedPoint::from_bytes(&cert[b"subject".len()..])
-                        .ok()
-                        .and_then(|e| Option::from(AffinePoint::from_encoded_point(&e)))
-                )
+                EncodedPoint::from_bytes(&cert[b"subject".len()..])
+                    .ok()
+                    .and_then(|e| Option::<AffinePoint>::from(AffinePoint::from_encoded_point(&e)))
             } else {
                 Some(p_u)
             };
