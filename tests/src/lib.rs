@@ -277,6 +277,18 @@ impl CliOutput {
         &self.stdout
     }
 
+    /// Asserts that the command failed with exit code `code` and a message on stderr
+    /// containing `needle`.
+    #[track_caller]
+    pub fn fails_with(&self, code: i32, needle: &str) {
+        assert_eq!(self.code(), code, "unexpected exit code: {self:?}");
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}: {}",
+            self.stderr
+        );
+    }
+
     /// Parses stdout as JSON after asserting success.
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {
@@ -465,6 +477,39 @@ impl Agent {
         S: AsRef<OsStr>,
     {
         self.user.parley(&self.api_socket(), args)
+    }
+
+    /// `parley run NAME` of a container that sleeps for an hour and stops at once.
+    pub fn run_sleeper(&self, name: &str) -> CliOutput {
+        self.cli([
+            "run",
+            name,
+            "--image",
+            TEST_IMAGE,
+            "--stop-timeout",
+            "1",
+            "--",
+            "sleep",
+            "3600",
+        ])
+    }
+
+    /// `parley ps -o json`.
+    pub fn ps(&self) -> serde_json::Value {
+        self.cli(["ps", "-o", "json"]).json()
+    }
+
+    /// Names of the workloads `parley ps` lists, sorted.
+    pub fn workload_names(&self) -> Vec<String> {
+        let ps = self.ps();
+        let mut names: Vec<String> = ps["workloads"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no workloads array: {ps}"))
+            .iter()
+            .map(|w| w["name"].as_str().expect("workload name").to_owned())
+            .collect();
+        names.sort();
+        names
     }
 
     /// Ids of the containers Podman holds for this agent's node, in any state.

@@ -17,15 +17,6 @@ fn replica(ps: &Value, name: &str) -> Value {
     workload["replicas"][0].clone()
 }
 
-fn names(ps: &Value) -> Vec<String> {
-    ps["workloads"]
-        .as_array()
-        .expect("workloads array")
-        .iter()
-        .map(|w| w["name"].as_str().expect("name").to_owned())
-        .collect()
-}
-
 #[test]
 fn run_ps_restart_adopt_rm_on_rootless_podman() {
     let mut agent = Agent::start("lifecycle");
@@ -52,7 +43,7 @@ fn run_ps_restart_adopt_rm_on_rootless_podman() {
             "3600",
         ])
         .ok();
-    let ps = agent.cli(["ps", "-o", "json"]).json();
+    let ps = agent.ps();
     let first = replica(&ps, "hello");
     assert_eq!(first["state"], "running", "{ps}");
     assert_eq!(first["container"], "parley-hello-0");
@@ -84,7 +75,7 @@ fn run_ps_restart_adopt_rm_on_rootless_podman() {
 
     // A restarted agent lists the stored workload and adopts the container it runs.
     agent.restart();
-    let ps = agent.cli(["ps", "-o", "json"]).json();
+    let ps = agent.ps();
     let after = replica(&ps, "hello");
     assert_eq!(
         after["container_id"],
@@ -100,7 +91,7 @@ fn run_ps_restart_adopt_rm_on_rootless_podman() {
     assert!(agent.log().contains("adopted=1"), "{}", agent.log());
 
     agent.cli(["rm", "hello"]).ok();
-    assert!(names(&agent.cli(["ps", "-o", "json"]).json()).is_empty());
+    assert!(agent.workload_names().is_empty());
     assert!(
         agent.podman_containers().is_empty(),
         "the container is still there"
@@ -117,39 +108,17 @@ fn run_ps_restart_adopt_rm_on_rootless_podman() {
 #[test]
 fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let agent = Agent::start("badinput");
-    agent
-        .cli([
-            "run",
-            "keep",
-            "--image",
-            TEST_IMAGE,
-            "--stop-timeout",
-            "1",
-            "--",
-            "sleep",
-            "3600",
-        ])
-        .ok();
-    let before = agent.cli(["ps", "-o", "json"]).json();
+    agent.run_sleeper("keep").ok();
+    let before = agent.ps();
     let containers_before = agent.podman_containers();
 
     // An invalid name is refused by the CLI (usage error) before the agent is asked.
     let out = agent.cli(["run", "Not_Valid", "--image", TEST_IMAGE]);
-    assert_eq!(out.code(), 2, "{out:?}");
-    assert!(
-        out.stderr.contains("invalid workload name \"Not_Valid\""),
-        "{}",
-        out.stderr
-    );
+    out.fails_with(2, "invalid workload name \"Not_Valid\"");
 
     // The same name again.
     let out = agent.cli(["run", "keep", "--image", TEST_IMAGE, "--", "true"]);
-    assert_eq!(out.code(), 1, "{out:?}");
-    assert!(
-        out.stderr.contains("a workload named keep already exists"),
-        "{}",
-        out.stderr
-    );
+    out.fails_with(1, "a workload named keep already exists");
 
     // An image that exists nowhere.
     let out = agent.cli([
@@ -175,36 +144,17 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "--",
         "/no/such/binary",
     ]);
-    assert_eq!(out.code(), 1, "{out:?}");
-    assert!(
-        out.stderr.contains("podman failed to start a container"),
-        "{}",
-        out.stderr
-    );
+    out.fails_with(1, "podman failed to start a container");
 
     // A malformed environment entry and an unknown output format are usage errors.
     let out = agent.cli(["run", "envy", "--image", TEST_IMAGE, "--env", "1BAD=x"]);
-    assert_eq!(out.code(), 2, "{out:?}");
-    assert!(
-        out.stderr.contains("invalid environment variable"),
-        "{}",
-        out.stderr
-    );
+    out.fails_with(2, "invalid environment variable");
 
     // Removing something that does not exist.
     let out = agent.cli(["rm", "never-was"]);
-    assert_eq!(out.code(), 1, "{out:?}");
-    assert!(
-        out.stderr.contains("no workload named never-was"),
-        "{}",
-        out.stderr
-    );
+    out.fails_with(1, "no workload named never-was");
 
-    assert_eq!(
-        agent.cli(["ps", "-o", "json"]).json(),
-        before,
-        "the stored state changed"
-    );
+    assert_eq!(agent.ps(), before, "the stored state changed");
     assert_eq!(
         agent.podman_containers(),
         containers_before,
@@ -249,13 +199,13 @@ fn podman_down_is_reported_and_nothing_is_stored() {
         out.stderr
     );
 
-    let ps = agent.cli(["ps", "-o", "json"]).json();
-    assert!(names(&ps).is_empty(), "{ps}");
+    let ps = agent.ps();
+    assert!(agent.workload_names().is_empty(), "{ps}");
     assert!(ps["runtime_error"].is_string(), "{ps}");
 
     // Nothing was stored: a restart still lists nothing.
     agent.restart();
-    assert!(names(&agent.cli(["ps", "-o", "json"]).json()).is_empty());
+    assert!(agent.workload_names().is_empty());
 }
 
 #[test]
@@ -263,12 +213,7 @@ fn the_cli_explains_when_no_agent_runs() {
     let user = test_user();
     let dir = tempfile::tempdir().expect("tempdir");
     let out = user.parley(&dir.path().join("nobody.sock"), ["ps"]);
-    assert_eq!(out.code(), 69, "{out:?}");
-    assert!(
-        out.stderr.contains("cannot reach the parley agent"),
-        "{}",
-        out.stderr
-    );
+    out.fails_with(69, "cannot reach the parley agent");
     assert!(
         out.stderr.contains("parley agent"),
         "the hint is missing: {}",
@@ -320,12 +265,7 @@ fn an_invalid_config_file_exits_64_naming_the_field() {
         &dir.path().join("api.sock"),
         ["agent", "--config", config.to_str().expect("utf-8")],
     );
-    assert_eq!(out.code(), 64, "{out:?}");
-    assert!(
-        out.stderr.contains("`reconcile_interval_secs`"),
-        "{}",
-        out.stderr
-    );
+    out.fails_with(64, "`reconcile_interval_secs`");
     assert!(
         !dir.path().join("api.sock").exists(),
         "a socket was opened despite the bad config"

@@ -6,18 +6,8 @@ use std::io::{Seek, SeekFrom, Write};
 use parley_e2e::{Agent, SmallFs, TEST_IMAGE};
 use serde_json::Value;
 
-fn workload_names(agent: &Agent) -> Vec<String> {
-    let ps = agent.cli(["ps", "-o", "json"]).json();
-    ps["workloads"]
-        .as_array()
-        .expect("workloads")
-        .iter()
-        .map(|w| w["name"].as_str().expect("name").to_owned())
-        .collect()
-}
-
 fn container_id(agent: &Agent, name: &str) -> String {
-    let ps = agent.cli(["ps", "-o", "json"]).json();
+    let ps = agent.ps();
     ps["workloads"]
         .as_array()
         .expect("workloads")
@@ -89,7 +79,7 @@ fn a_corrupt_store_is_refused_clearly_and_reset_state_rebuilds_it_from_podman() 
     agent
         .try_launch(&["--reset-state"])
         .expect("start with --reset-state");
-    assert_eq!(workload_names(&agent), ["keep"]);
+    assert_eq!(agent.workload_names(), ["keep"]);
     assert_eq!(
         container_id(&agent, "keep"),
         id,
@@ -114,7 +104,7 @@ fn a_corrupt_store_is_refused_clearly_and_reset_state_rebuilds_it_from_podman() 
 
     // The restored workload is a normal one: it survives a restart and can be removed.
     agent.restart();
-    assert_eq!(workload_names(&agent), ["keep"]);
+    assert_eq!(agent.workload_names(), ["keep"]);
     agent.cli(["rm", "keep"]).ok();
     assert!(agent.podman_containers().is_empty());
 }
@@ -127,19 +117,7 @@ fn a_full_disk_stops_new_work_without_losing_or_inventing_any() {
         "diskfull",
         &["--data-dir", data_dir.to_str().expect("utf-8 path")],
     );
-    agent
-        .cli([
-            "run",
-            "first",
-            "--image",
-            TEST_IMAGE,
-            "--stop-timeout",
-            "1",
-            "--",
-            "sleep",
-            "3600",
-        ])
-        .ok();
+    agent.run_sleeper("first").ok();
 
     disk.fill();
     // sled may still have room in a segment it already holds; keep asking until the disk
@@ -148,17 +126,7 @@ fn a_full_disk_stops_new_work_without_losing_or_inventing_any() {
     let mut refusal = None;
     for i in 0..40 {
         let name = format!("more-{i}");
-        let out = agent.cli([
-            "run",
-            &name,
-            "--image",
-            TEST_IMAGE,
-            "--stop-timeout",
-            "1",
-            "--",
-            "sleep",
-            "3600",
-        ]);
+        let out = agent.run_sleeper(&name);
         if out.status.success() {
             accepted.push(name);
         } else {
@@ -167,12 +135,7 @@ fn a_full_disk_stops_new_work_without_losing_or_inventing_any() {
         }
     }
     let (refused, out) = refusal.expect("40 workloads were accepted on a full disk");
-    assert_eq!(out.code(), 1, "{out:?}");
-    assert!(
-        out.stderr.contains("is full"),
-        "unclear refusal: {}",
-        out.stderr
-    );
+    out.fails_with(1, "is full");
     assert!(
         out.stderr.contains(&data_dir.display().to_string()),
         "{}",
@@ -189,15 +152,10 @@ fn a_full_disk_stops_new_work_without_losing_or_inventing_any() {
         "{status}"
     );
     let again = agent.cli(["run", "later", "--image", TEST_IMAGE]);
-    assert_eq!(again.code(), 1, "{again:?}");
-    assert!(
-        again.stderr.contains("takes no new work"),
-        "{}",
-        again.stderr
-    );
+    again.fails_with(1, "takes no new work");
 
     // Nothing acknowledged was lost, and nothing refused was half-created.
-    let mut listed = workload_names(&agent);
+    let mut listed = agent.workload_names();
     listed.sort();
     accepted.sort();
     assert_eq!(
@@ -210,7 +168,7 @@ fn a_full_disk_stops_new_work_without_losing_or_inventing_any() {
         accepted.len(),
         "a refused workload has a container"
     );
-    let ps: Value = agent.cli(["ps", "-o", "json"]).json();
+    let ps: Value = agent.ps();
     assert!(
         ps["workloads"]
             .as_array()
@@ -224,20 +182,8 @@ fn a_full_disk_stops_new_work_without_losing_or_inventing_any() {
     disk.free();
     let _ = agent.stop();
     agent.try_launch(&[]).expect("restart after freeing space");
-    let mut listed = workload_names(&agent);
+    let mut listed = agent.workload_names();
     listed.sort();
     assert_eq!(listed, accepted);
-    agent
-        .cli([
-            "run",
-            "after",
-            "--image",
-            TEST_IMAGE,
-            "--stop-timeout",
-            "1",
-            "--",
-            "sleep",
-            "3600",
-        ])
-        .ok();
+    agent.run_sleeper("after").ok();
 }
