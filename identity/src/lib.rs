@@ -4,6 +4,7 @@
 //! See DESIGN.md, "Identity". This crate grows in steps: [`spiffe`] is complete; ECQV
 //! issuance, chains, message signing and the rustls verifiers follow.
 
+pub mod cert;
 pub mod ecqv;
 pub mod spiffe;
 
