@@ -5,7 +5,12 @@
 //! issuance, chains, message signing and the rustls verifiers follow.
 
 pub mod cert;
+pub mod credential;
 pub mod ecqv;
 pub mod spiffe;
 
+pub use credential::{
+    CertRequest, Credential, IdentityError, IssuedCert, Issuer, PendingRequest, TrustBundle,
+    Validity, VerifiedIdentity,
+};
 pub use spiffe::{SpiffeId, SpiffeIdError};
