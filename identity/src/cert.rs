@@ -219,7 +219,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 /// Parses hex written by [`to_hex`] (either case), refusing odd lengths and non-hex.
 pub fn from_hex(text: &str) -> Option<Vec<u8>> {
     let text = text.trim();
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

@@ -182,13 +182,23 @@ fn chain_checks_each_rule_with_its_own_error() {
     );
 
     let err = bundle
-        .verify_chain(&[node.clone()], NOW + DAY + 61)
+        .verify_chain(std::slice::from_ref(&node), NOW + DAY + 61)
         .unwrap_err();
     assert!(matches!(err, IdentityError::Expired { .. }), "{err}");
     // Within the clock skew is fine, on both ends.
-    assert!(bundle.verify_chain(&[node.clone()], NOW + DAY + 59).is_ok());
-    assert!(bundle.verify_chain(&[node.clone()], NOW - 59).is_ok());
-    let err = bundle.verify_chain(&[node.clone()], NOW - 61).unwrap_err();
+    assert!(
+        bundle
+            .verify_chain(std::slice::from_ref(&node), NOW + DAY + 59)
+            .is_ok()
+    );
+    assert!(
+        bundle
+            .verify_chain(std::slice::from_ref(&node), NOW - 59)
+            .is_ok()
+    );
+    let err = bundle
+        .verify_chain(std::slice::from_ref(&node), NOW - 61)
+        .unwrap_err();
     assert!(matches!(err, IdentityError::NotYetValid { .. }), "{err}");
 
     let err = bundle
@@ -213,7 +223,7 @@ fn chain_checks_each_rule_with_its_own_error() {
         Err(IdentityError::BadChain(_))
     ));
     assert!(matches!(
-        bundle.verify_chain(&[workload.clone()], NOW),
+        bundle.verify_chain(std::slice::from_ref(&workload), NOW),
         Err(IdentityError::BadChain(_))
     ));
     assert!(matches!(
