@@ -7,6 +7,7 @@
 pub mod cert;
 pub mod credential;
 pub mod ecqv;
+pub mod keyfile;
 pub mod spiffe;
 
 pub use credential::{
