@@ -9,6 +9,7 @@ pub mod credential;
 pub mod ecqv;
 pub mod keyfile;
 pub mod spiffe;
+pub mod tls;
 
 pub use credential::{
     CertRequest, Credential, IdentityError, IssuedCert, Issuer, PendingRequest, TrustBundle,
