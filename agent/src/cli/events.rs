@@ -42,7 +42,7 @@ pub async fn execute(args: EventsArgs, client: ApiClient, output: Output) -> Res
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC, from milliseconds since the Unix epoch.
-fn format_millis(ms: u64) -> String {
+pub fn format_millis(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil_from_days(days as i64);

@@ -10,6 +10,7 @@ use crate::config::Environment;
 
 pub mod agent;
 pub mod events;
+pub mod identity;
 pub mod ps;
 pub mod rm;
 pub mod run;
@@ -78,6 +79,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Show the agent's audit log (what it started, removed, restored, and why)
     Events(events::EventsArgs),
+    /// Manage identities: create a trust domain, enroll this node, show what it holds
+    Identity(identity::IdentityArgs),
 }
 
 impl Cli {
@@ -85,6 +88,7 @@ impl Cli {
     pub fn execute(self) -> ExitCode {
         match self.command {
             Command::Agent(args) => agent::execute(args, &self.global),
+            Command::Identity(args) => identity::execute(args, self.global.output),
             Command::Run(args) => with_client(&self.global, |client| {
                 run::execute(args, client, self.global.output)
             }),
