@@ -211,7 +211,12 @@ impl PendingRequest {
         }
         let secret = SecretKey::from_bytes(&d_u.to_bytes())
             .map_err(|_| IdentityError::KeyMismatch(cert.subject.to_string()))?;
-        Ok(Credential { cert, secret })
+        let signing_key = SigningKey::from(&secret);
+        Ok(Credential {
+            cert,
+            secret,
+            signing_key,
+        })
     }
 }
 
@@ -360,6 +365,8 @@ impl Issuer {
 pub struct Credential {
     cert: ImplicitCert,
     secret: SecretKey,
+    /// Kept to sign without recomputing the public key each time; zeroized on drop too.
+    signing_key: SigningKey,
 }
 
 impl std::fmt::Debug for Credential {
@@ -389,7 +396,12 @@ impl Credential {
         if *secret.public_key().as_affine() != expected {
             return Err(IdentityError::KeyMismatch(cert.subject.to_string()));
         }
-        Ok(Self { cert, secret })
+        let signing_key = SigningKey::from(&secret);
+        Ok(Self {
+            cert,
+            secret,
+            signing_key,
+        })
     }
 
     /// The certificate.
@@ -440,8 +452,7 @@ impl Credential {
 
     /// Signs `message` for the message type `context` (for example `"bid"`).
     pub fn sign(&self, context: &str, message: &[u8]) -> Vec<u8> {
-        let signature: Signature =
-            SigningKey::from(&self.secret).sign(&signed_bytes(context, message));
+        let signature: Signature = self.signing_key.sign(&signed_bytes(context, message));
         signature.to_bytes().to_vec()
     }
 }
