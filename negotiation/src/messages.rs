@@ -1,0 +1,240 @@
+//! Protocol message bodies. Field additions are compatible: decoders ignore fields they do
+//! not know. A new message kind is not: an older node answers it with
+//! [`crate::codec::DecodeError::UnknownKind`], which is why peers exchange their supported
+//! protocol range before using new kinds.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies one call for proposals, unique per announcer.
+pub type AuctionId = u64;
+
+/// Resources a replica needs, or a node offers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Thousandths of a CPU core.
+    pub cpu_millis: u64,
+    /// Bytes of memory.
+    pub memory_bytes: u64,
+}
+
+impl Resources {
+    /// Whether `self` fits in `available`.
+    pub fn fits_in(&self, available: &Resources) -> bool {
+        self.cpu_millis <= available.cpu_millis && self.memory_bytes <= available.memory_bytes
+    }
+
+    /// `self + other`, saturating.
+    pub fn plus(&self, other: &Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
+        }
+    }
+
+    /// `self - other`, saturating at zero.
+    pub fn minus(&self, other: &Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_sub(other.memory_bytes),
+        }
+    }
+}
+
+/// Call for proposals: "who can host replica R of workload W?"
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cfp {
+    /// The auction.
+    pub auction: AuctionId,
+    /// Workload key (`namespace/name`).
+    pub workload: String,
+    /// Replica index.
+    pub replica: u32,
+    /// Placement epoch (fencing token) the award will carry.
+    pub epoch: u64,
+    /// Image, for locality scoring.
+    pub image: String,
+    /// What the replica needs.
+    pub resources: Resources,
+    /// Hard label constraints: the node must carry each label with this value.
+    #[serde(default)]
+    pub constraints: BTreeMap<String, String>,
+    /// Required CPU architecture, if any.
+    #[serde(default)]
+    pub arch: Option<String>,
+    /// Until when bids are collected (announcer's clock, ms).
+    pub bid_deadline_ms: u64,
+}
+
+/// Why a node will not host a replica. Counted by kind in "why not placed" reports.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "kebab-case")]
+pub enum DeclineReason {
+    /// Not enough free CPU.
+    InsufficientCpu {
+        /// Free now.
+        free_millis: u64,
+        /// Asked for.
+        needed_millis: u64,
+    },
+    /// Not enough free memory.
+    InsufficientMemory {
+        /// Free now.
+        free_bytes: u64,
+        /// Asked for.
+        needed_bytes: u64,
+    },
+    /// A hard label constraint does not match.
+    ConstraintMismatch {
+        /// The label.
+        key: String,
+        /// Wanted value.
+        wanted: String,
+        /// The node's value, if it has the label.
+        found: Option<String>,
+    },
+    /// Wrong CPU architecture.
+    WrongArch {
+        /// Wanted.
+        wanted: String,
+        /// The node's.
+        found: String,
+    },
+    /// The node already runs (or holds a reservation for) a replica of this workload.
+    AlreadyHostsReplica,
+    /// The node is draining and takes no new work.
+    Draining,
+    /// Policy forbids the announcer to place this workload here.
+    PolicyDenied,
+}
+
+impl DeclineReason {
+    /// A short stable name, for counting reasons.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InsufficientCpu { .. } => "insufficient-cpu",
+            Self::InsufficientMemory { .. } => "insufficient-memory",
+            Self::ConstraintMismatch { .. } => "constraint-mismatch",
+            Self::WrongArch { .. } => "wrong-arch",
+            Self::AlreadyHostsReplica => "already-hosts-replica",
+            Self::Draining => "draining",
+            Self::PolicyDenied => "policy-denied",
+        }
+    }
+}
+
+/// An offer to host a replica, backed by a reservation until `expires_at_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bid {
+    /// The auction.
+    pub auction: AuctionId,
+    /// Replica index.
+    pub replica: u32,
+    /// The reservation held for this bid.
+    pub reservation: String,
+    /// Higher is better (0 to 10,000).
+    pub score: u32,
+    /// When the reservation lapses (bidder's clock, ms).
+    pub expires_at_ms: u64,
+    /// Whether the node already holds the image.
+    #[serde(default)]
+    pub has_image: bool,
+    /// The node's value of the workload's spread label, if any.
+    #[serde(default)]
+    pub failure_domain: Option<String>,
+}
+
+/// A refusal to bid, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decline {
+    /// The auction.
+    pub auction: AuctionId,
+    /// Replica index.
+    pub replica: u32,
+    /// Why.
+    pub reason: DeclineReason,
+}
+
+/// The announcer picks a bid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Award {
+    /// The auction.
+    pub auction: AuctionId,
+    /// Workload key.
+    pub workload: String,
+    /// Replica index.
+    pub replica: u32,
+    /// Fencing epoch.
+    pub epoch: u64,
+    /// The bid's reservation.
+    pub reservation: String,
+}
+
+/// The winner persisted the award and will run the replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accept {
+    /// The auction.
+    pub auction: AuctionId,
+    /// Replica index.
+    pub replica: u32,
+    /// The reservation now turned into an instance.
+    pub reservation: String,
+}
+
+/// The winner cannot take the award (its reservation lapsed, say).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reject {
+    /// The auction.
+    pub auction: AuctionId,
+    /// Replica index.
+    pub replica: u32,
+    /// The reservation.
+    pub reservation: String,
+    /// Why, for people.
+    pub reason: String,
+}
+
+/// A losing bid's reservation may be freed now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// The auction.
+    pub auction: AuctionId,
+    /// The reservation to free.
+    pub reservation: String,
+}
+
+/// Every message body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Body {
+    /// Call for proposals.
+    Cfp(Cfp),
+    /// Offer.
+    Bid(Bid),
+    /// Refusal with a reason.
+    Decline(Decline),
+    /// Award to a bidder.
+    Award(Award),
+    /// Award taken.
+    Accept(Accept),
+    /// Award refused.
+    Reject(Reject),
+    /// Reservation freed.
+    Release(Release),
+}
+
+impl Body {
+    /// The kind, also the signature context.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Cfp(_) => "cfp",
+            Self::Bid(_) => "bid",
+            Self::Decline(_) => "decline",
+            Self::Award(_) => "award",
+            Self::Accept(_) => "accept",
+            Self::Reject(_) => "reject",
+            Self::Release(_) => "release",
+        }
+    }
+}
