@@ -5,6 +5,7 @@
 //! reads a clock or touches a socket, a store or a container runtime, so that everything in
 //! it can be tested as plain data and, later, in a deterministic simulator.
 
+pub mod auction;
 pub mod codec;
 pub mod messages;
 pub mod testing;

@@ -63,8 +63,25 @@ pub struct Cfp {
     /// Required CPU architecture, if any.
     #[serde(default)]
     pub arch: Option<String>,
+    /// Label whose values replicas must not share (a failure domain: rack, site, …).
+    #[serde(default)]
+    pub spread_label: Option<String>,
+    /// How bidders score themselves.
+    #[serde(default)]
+    pub scoring: Scoring,
     /// Until when bids are collected (announcer's clock, ms).
     pub bid_deadline_ms: u64,
+}
+
+/// Placement preference.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scoring {
+    /// Prefer the emptiest node (the default): spreads load, leaves headroom everywhere.
+    #[default]
+    Spread,
+    /// Prefer the fullest node that fits: keeps whole nodes free for large workloads.
+    BinPack,
 }
 
 /// Why a node will not host a replica. Counted by kind in "why not placed" reports.

@@ -1,0 +1,676 @@
+//! The announcer: runs one auction per replica, one replica of a workload at a time (so
+//! that each auction knows which nodes and failure domains the earlier replicas took),
+//! awards the best acceptable bid, releases the rest, re-awards when the winner does not
+//! answer, and retries with backoff when nobody can host the replica. Every placement
+//! that fails can say why, node by node.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::messages::{
+    Accept, AuctionId, Award, Bid, Body, Cfp, Decline, DeclineReason, Reject, Release, Resources,
+    Scoring,
+};
+
+/// A workload as the announcer places it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacementRequest {
+    /// Workload key (`namespace/name`).
+    pub workload: String,
+    /// Image reference.
+    pub image: String,
+    /// Replicas wanted.
+    pub replicas: u32,
+    /// Resources per replica.
+    pub resources: Resources,
+    /// Hard label constraints.
+    pub constraints: BTreeMap<String, String>,
+    /// Required architecture.
+    pub arch: Option<String>,
+    /// Failure-domain label whose values replicas must not share.
+    pub spread_label: Option<String>,
+    /// Scoring mode.
+    pub scoring: Scoring,
+}
+
+/// A member the announcer may ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Node id.
+    pub node: String,
+    /// Whether its protocol range overlaps ours.
+    pub compatible: bool,
+}
+
+/// Announcer settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnouncerConfig {
+    /// How long bids are collected.
+    pub bid_window_ms: u64,
+    /// How long a winner has to acknowledge before the award is sent again.
+    pub ack_timeout_ms: u64,
+    /// First wait before re-running an auction nobody could win.
+    pub retry_initial_ms: u64,
+    /// Longest wait between retries.
+    pub retry_max_ms: u64,
+    /// Power of d choices: ask `d × replicas` sampled members when there are more.
+    pub sample_factor: usize,
+}
+
+impl Default for AnnouncerConfig {
+    fn default() -> Self {
+        Self {
+            bid_window_ms: 300,
+            ack_timeout_ms: 500,
+            retry_initial_ms: 1_000,
+            retry_max_ms: 30_000,
+            sample_factor: 2,
+        }
+    }
+}
+
+/// What a node answered in an auction, for "why not placed".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// It bid.
+    Bid {
+        /// Its score.
+        score: u32,
+    },
+    /// It declined.
+    Declined(DeclineReason),
+    /// It bid, but its failure domain or node already has a replica.
+    Excluded(&'static str),
+    /// It did not answer in time.
+    NoAnswer,
+}
+
+/// The last auction of a replica, node by node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Explanation {
+    /// Answers by node.
+    pub answers: BTreeMap<String, Answer>,
+}
+
+impl Explanation {
+    /// Declines and exclusions counted by reason code.
+    pub fn counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for answer in self.answers.values() {
+            let code = match answer {
+                Answer::Bid { .. } => continue,
+                Answer::Declined(reason) => reason.code().to_owned(),
+                Answer::Excluded(why) => (*why).to_owned(),
+                Answer::NoAnswer => "no-answer".to_owned(),
+            };
+            *counts.entry(code).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+/// Outcomes the driver acts on (logs, store, CLI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnnouncerEvent {
+    /// A replica was placed and its winner acknowledged.
+    Placed {
+        /// Workload key.
+        workload: String,
+        /// Replica index.
+        replica: u32,
+        /// Node running it.
+        node: String,
+        /// Fencing epoch.
+        epoch: u64,
+    },
+    /// An auction ended without a winner; it runs again at `retry_at_ms`.
+    NotPlaced {
+        /// Workload key.
+        workload: String,
+        /// Replica index.
+        replica: u32,
+        /// Why, node by node.
+        explanation: Explanation,
+        /// When the next attempt starts.
+        retry_at_ms: u64,
+    },
+}
+
+#[derive(Debug)]
+enum Phase {
+    Collecting {
+        deadline_ms: u64,
+    },
+    Awarding {
+        bid: usize,
+        resend_at_ms: u64,
+        expires_at_ms: u64,
+    },
+    Waiting {
+        retry_at_ms: u64,
+    },
+}
+
+#[derive(Debug)]
+struct Auction {
+    id: AuctionId,
+    replica: u32,
+    epoch: u64,
+    asked: Vec<String>,
+    bids: Vec<(String, Bid)>,
+    explanation: Explanation,
+    phase: Phase,
+    backoff_ms: u64,
+}
+
+#[derive(Debug)]
+struct Workload {
+    request: PlacementRequest,
+    /// Replica → (node, epoch, failure domain) once placed.
+    placed: BTreeMap<u32, (String, u64, Option<String>)>,
+    auction: Option<Auction>,
+    last_explanation: BTreeMap<u32, Explanation>,
+    /// Every auction of the workload gets a higher epoch than the one before, so a newer
+    /// award always fences an older one.
+    next_epoch: u64,
+}
+
+/// The announcer's state machine.
+#[derive(Debug)]
+pub struct Announcer {
+    id: String,
+    config: AnnouncerConfig,
+    rng: u64,
+    next_auction: AuctionId,
+    members: Vec<Candidate>,
+    workloads: BTreeMap<String, Workload>,
+    transmits: VecDeque<(String, Body)>,
+    events: VecDeque<AnnouncerEvent>,
+}
+
+impl Announcer {
+    /// An announcer for node `id`, with a seed for its sampling.
+    pub fn new(id: impl Into<String>, config: AnnouncerConfig, seed: u64) -> Self {
+        Self {
+            id: id.into(),
+            config,
+            rng: seed | 1,
+            next_auction: 0,
+            members: Vec::new(),
+            workloads: BTreeMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Replaces the view of members auctions may ask.
+    pub fn set_members(&mut self, members: Vec<Candidate>) {
+        self.members = members;
+    }
+
+    /// Starts placing a workload.
+    pub fn place(&mut self, now_ms: u64, request: PlacementRequest) {
+        let key = request.workload.clone();
+        self.workloads.insert(
+            key.clone(),
+            Workload {
+                request,
+                placed: BTreeMap::new(),
+                auction: None,
+                last_explanation: BTreeMap::new(),
+                next_epoch: 1,
+            },
+        );
+        self.advance(now_ms, &key);
+    }
+
+    /// Forgets a workload's placement of `replica` (its node died) so it is placed again
+    /// at a higher epoch.
+    pub fn replica_lost(&mut self, now_ms: u64, workload: &str, replica: u32) {
+        if let Some(w) = self.workloads.get_mut(workload) {
+            w.placed.remove(&replica);
+        }
+        self.advance(now_ms, workload);
+    }
+
+    /// Where each replica of `workload` runs.
+    pub fn placements(&self, workload: &str) -> BTreeMap<u32, (String, u64)> {
+        self.workloads
+            .get(workload)
+            .map(|w| {
+                w.placed
+                    .iter()
+                    .map(|(r, (n, e, _))| (*r, (n.clone(), *e)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Why the last auction of each replica went as it did.
+    pub fn explain(&self, workload: &str) -> BTreeMap<u32, Explanation> {
+        self.workloads
+            .get(workload)
+            .map(|w| w.last_explanation.clone())
+            .unwrap_or_default()
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift64*: deterministic from the seed, good enough for sampling.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Starts the next auction of `key` if none runs and a replica is unplaced.
+    fn advance(&mut self, now_ms: u64, key: &str) {
+        let Some(workload) = self.workloads.get(key) else {
+            return;
+        };
+        if workload.auction.is_some() {
+            return;
+        }
+        let Some(replica) =
+            (0..workload.request.replicas).find(|r| !workload.placed.contains_key(r))
+        else {
+            return;
+        };
+        self.start_auction(now_ms, key, replica, self.config.retry_initial_ms);
+    }
+
+    fn start_auction(&mut self, now_ms: u64, key: &str, replica: u32, backoff_ms: u64) {
+        let mut candidates: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.compatible)
+            .map(|m| m.node.clone())
+            .collect();
+        candidates.sort();
+        let Some(workload) = self.workloads.get(key) else {
+            return;
+        };
+        let limit =
+            (self.config.sample_factor.max(1) * workload.request.replicas.max(1) as usize).max(2);
+        // Sample without replacement when there are more candidates than needed.
+        if candidates.len() > limit {
+            for i in 0..limit {
+                let j = i + (self.random() as usize) % (candidates.len() - i);
+                candidates.swap(i, j);
+            }
+            candidates.truncate(limit);
+        }
+        self.next_auction += 1;
+        let id = self.next_auction;
+        let Some(workload) = self.workloads.get_mut(key) else {
+            return;
+        };
+        let epoch = workload.next_epoch;
+        workload.next_epoch += 1;
+        let request = &workload.request;
+        let cfp = Cfp {
+            auction: id,
+            workload: request.workload.clone(),
+            replica,
+            epoch,
+            image: request.image.clone(),
+            resources: request.resources,
+            constraints: request.constraints.clone(),
+            arch: request.arch.clone(),
+            spread_label: request.spread_label.clone(),
+            scoring: request.scoring,
+            bid_deadline_ms: now_ms + self.config.bid_window_ms,
+        };
+        let mut explanation = Explanation::default();
+        for node in &candidates {
+            explanation.answers.insert(node.clone(), Answer::NoAnswer);
+            self.transmits
+                .push_back((node.clone(), Body::Cfp(cfp.clone())));
+        }
+        workload.auction = Some(Auction {
+            id,
+            replica,
+            epoch,
+            asked: candidates,
+            bids: Vec::new(),
+            explanation,
+            phase: Phase::Collecting {
+                deadline_ms: now_ms + self.config.bid_window_ms,
+            },
+            backoff_ms,
+        });
+    }
+
+    fn auction_mut(&mut self, id: AuctionId) -> Option<(&mut Workload, String)> {
+        self.workloads
+            .iter_mut()
+            .find(|(_, w)| w.auction.as_ref().is_some_and(|a| a.id == id))
+            .map(|(k, w)| {
+                let key = k.clone();
+                (w, key)
+            })
+    }
+
+    /// Records a bid (only while bids are collected, only from a node that was asked).
+    pub fn handle_bid(&mut self, now_ms: u64, from: &str, bid: &Bid) {
+        let release = |announcer: &mut Self| {
+            announcer.transmits.push_back((
+                from.to_owned(),
+                Body::Release(Release {
+                    auction: bid.auction,
+                    reservation: bid.reservation.clone(),
+                }),
+            ));
+        };
+        let Some((workload, _)) = self.auction_mut(bid.auction) else {
+            // A late bid for a finished auction: free its reservation now.
+            release(self);
+            return;
+        };
+        let Some(auction) = workload.auction.as_mut() else {
+            return;
+        };
+        let collecting =
+            matches!(auction.phase, Phase::Collecting { deadline_ms } if now_ms <= deadline_ms);
+        if !collecting || !auction.asked.iter().any(|n| n == from) || auction.replica != bid.replica
+        {
+            release(self);
+            return;
+        }
+        auction
+            .explanation
+            .answers
+            .insert(from.to_owned(), Answer::Bid { score: bid.score });
+        auction.bids.push((from.to_owned(), bid.clone()));
+    }
+
+    /// Records a decline and its reason.
+    pub fn handle_decline(&mut self, from: &str, decline: &Decline) {
+        if let Some((workload, _)) = self.auction_mut(decline.auction)
+            && let Some(auction) = workload.auction.as_mut()
+            && auction.asked.iter().any(|n| n == from)
+        {
+            auction
+                .explanation
+                .answers
+                .insert(from.to_owned(), Answer::Declined(decline.reason.clone()));
+        }
+    }
+
+    /// The winner took the award: the replica is placed, the other bids are released.
+    pub fn handle_accept(&mut self, now_ms: u64, from: &str, accept: &Accept) {
+        let Some((workload, key)) = self.auction_mut(accept.auction) else {
+            return;
+        };
+        let Some(auction) = workload.auction.as_ref() else {
+            return;
+        };
+        let Phase::Awarding { bid, .. } = auction.phase else {
+            return;
+        };
+        let (winner, winning_bid) = &auction.bids[bid];
+        if winner != from || winning_bid.reservation != accept.reservation {
+            return;
+        }
+        let Some(auction) = workload.auction.take() else {
+            return;
+        };
+        let (winner, winning_bid) = &auction.bids[bid];
+        workload.placed.insert(
+            auction.replica,
+            (
+                winner.clone(),
+                auction.epoch,
+                winning_bid.failure_domain.clone(),
+            ),
+        );
+        workload
+            .last_explanation
+            .insert(auction.replica, auction.explanation.clone());
+        for (node, other) in auction.bids.iter().skip(bid + 1) {
+            self.transmits.push_back((
+                node.clone(),
+                Body::Release(Release {
+                    auction: auction.id,
+                    reservation: other.reservation.clone(),
+                }),
+            ));
+        }
+        self.events.push_back(AnnouncerEvent::Placed {
+            workload: key.clone(),
+            replica: auction.replica,
+            node: winner.clone(),
+            epoch: auction.epoch,
+        });
+        self.advance(now_ms, &key);
+    }
+
+    /// The winner refused: award the next acceptable bid.
+    pub fn handle_reject(&mut self, now_ms: u64, from: &str, reject: &Reject) {
+        let Some((workload, key)) = self.auction_mut(reject.auction) else {
+            return;
+        };
+        let Some(auction) = workload.auction.as_ref() else {
+            return;
+        };
+        let Phase::Awarding { bid, .. } = auction.phase else {
+            return;
+        };
+        if auction.bids[bid].0 != from || auction.bids[bid].1.reservation != reject.reservation {
+            return;
+        }
+        self.award_next(now_ms, &key, bid + 1);
+    }
+
+    /// Orders bids (score, then node id, for determinism) and awards the first acceptable
+    /// one at or after `from_index`; ends the auction if none is left.
+    fn award_next(&mut self, now_ms: u64, key: &str, from_index: usize) {
+        let ack_timeout = self.config.ack_timeout_ms;
+        let Some(workload) = self.workloads.get_mut(key) else {
+            return;
+        };
+        let taken_nodes: BTreeSet<&String> = workload.placed.values().map(|(n, _, _)| n).collect();
+        let taken_domains: BTreeSet<&String> = workload
+            .placed
+            .values()
+            .filter_map(|(_, _, d)| d.as_ref())
+            .collect();
+        let spread = workload.request.spread_label.is_some();
+        let Some(auction) = workload.auction.as_mut() else {
+            return;
+        };
+        let mut chosen = None;
+        for (index, (node, bid)) in auction.bids.iter().enumerate().skip(from_index) {
+            let excluded = if taken_nodes.contains(node) {
+                Some("node-has-replica")
+            } else if spread && bid.failure_domain.is_none() {
+                Some("no-failure-domain-label")
+            } else if spread
+                && bid
+                    .failure_domain
+                    .as_ref()
+                    .is_some_and(|d| taken_domains.contains(d))
+            {
+                Some("failure-domain-has-replica")
+            } else if bid.expires_at_ms <= now_ms {
+                Some("reservation-expired")
+            } else {
+                None
+            };
+            match excluded {
+                Some(why) => {
+                    auction
+                        .explanation
+                        .answers
+                        .insert(node.clone(), Answer::Excluded(why));
+                }
+                None => {
+                    chosen = Some(index);
+                    break;
+                }
+            }
+        }
+        match chosen {
+            Some(index) => {
+                let (node, bid) = auction.bids[index].clone();
+                auction.phase = Phase::Awarding {
+                    bid: index,
+                    resend_at_ms: now_ms + ack_timeout,
+                    expires_at_ms: bid.expires_at_ms,
+                };
+                let award = Award {
+                    auction: auction.id,
+                    workload: key.to_owned(),
+                    replica: auction.replica,
+                    epoch: auction.epoch,
+                    reservation: bid.reservation.clone(),
+                };
+                self.transmits.push_back((node, Body::Award(award)));
+            }
+            None => self.fail_auction(now_ms, key),
+        }
+    }
+
+    /// Ends an auction without a winner: releases every bid and schedules a retry.
+    fn fail_auction(&mut self, now_ms: u64, key: &str) {
+        let max = self.config.retry_max_ms;
+        let Some(workload) = self.workloads.get_mut(key) else {
+            return;
+        };
+        let Some(auction) = workload.auction.as_mut() else {
+            return;
+        };
+        for (node, bid) in &auction.bids {
+            self.transmits.push_back((
+                node.clone(),
+                Body::Release(Release {
+                    auction: auction.id,
+                    reservation: bid.reservation.clone(),
+                }),
+            ));
+        }
+        let retry_at_ms = now_ms + auction.backoff_ms;
+        workload
+            .last_explanation
+            .insert(auction.replica, auction.explanation.clone());
+        self.events.push_back(AnnouncerEvent::NotPlaced {
+            workload: key.to_owned(),
+            replica: auction.replica,
+            explanation: auction.explanation.clone(),
+            retry_at_ms,
+        });
+        auction.bids.clear();
+        auction.phase = Phase::Waiting { retry_at_ms };
+        auction.backoff_ms = (auction.backoff_ms * 2).min(max);
+    }
+
+    /// Drives deadlines: closes bid windows, resends or moves past silent winners, and
+    /// re-runs auctions whose backoff has passed.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        let keys: Vec<String> = self.workloads.keys().cloned().collect();
+        for key in keys {
+            let Some(auction) = self.workloads.get(&key).and_then(|w| w.auction.as_ref()) else {
+                continue;
+            };
+            match auction.phase {
+                Phase::Collecting { deadline_ms } if now_ms >= deadline_ms => {
+                    let Some(auction) = self
+                        .workloads
+                        .get_mut(&key)
+                        .and_then(|w| w.auction.as_mut())
+                    else {
+                        continue;
+                    };
+                    auction
+                        .bids
+                        .sort_by(|(na, a), (nb, b)| b.score.cmp(&a.score).then_with(|| na.cmp(nb)));
+                    self.award_next(now_ms, &key, 0);
+                }
+                Phase::Awarding {
+                    bid, expires_at_ms, ..
+                } if now_ms >= expires_at_ms => {
+                    // The winner's reservation lapsed without an acknowledgement.
+                    if let Some(auction) = self
+                        .workloads
+                        .get_mut(&key)
+                        .and_then(|w| w.auction.as_mut())
+                    {
+                        let node = auction.bids[bid].0.clone();
+                        auction
+                            .explanation
+                            .answers
+                            .insert(node, Answer::Excluded("no-acknowledgement"));
+                    }
+                    self.award_next(now_ms, &key, bid + 1);
+                }
+                Phase::Awarding {
+                    bid,
+                    resend_at_ms,
+                    expires_at_ms,
+                } if now_ms >= resend_at_ms => {
+                    // Resend: the award or its acknowledgement may have been lost.
+                    let ack_timeout = self.config.ack_timeout_ms;
+                    let Some(auction) = self
+                        .workloads
+                        .get_mut(&key)
+                        .and_then(|w| w.auction.as_mut())
+                    else {
+                        continue;
+                    };
+                    let (node, winning) = auction.bids[bid].clone();
+                    auction.phase = Phase::Awarding {
+                        bid,
+                        resend_at_ms: now_ms + ack_timeout,
+                        expires_at_ms,
+                    };
+                    let award = Award {
+                        auction: auction.id,
+                        workload: key.clone(),
+                        replica: auction.replica,
+                        epoch: auction.epoch,
+                        reservation: winning.reservation,
+                    };
+                    self.transmits.push_back((node, Body::Award(award)));
+                }
+                Phase::Waiting { retry_at_ms } if now_ms >= retry_at_ms => {
+                    let (replica, backoff) = (auction.replica, auction.backoff_ms);
+                    if let Some(w) = self.workloads.get_mut(&key) {
+                        w.auction = None;
+                    }
+                    self.start_auction(now_ms, &key, replica, backoff);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// When [`Announcer::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.workloads
+            .values()
+            .filter_map(|w| w.auction.as_ref())
+            .map(|a| match a.phase {
+                Phase::Collecting { deadline_ms } => deadline_ms,
+                Phase::Awarding {
+                    resend_at_ms,
+                    expires_at_ms,
+                    ..
+                } => resend_at_ms.min(expires_at_ms),
+                Phase::Waiting { retry_at_ms } => retry_at_ms,
+            })
+            .min()
+    }
+
+    /// The next message to send: `(to, body)`.
+    pub fn poll_transmit(&mut self) -> Option<(String, Body)> {
+        self.transmits.pop_front()
+    }
+
+    /// The next outcome.
+    pub fn poll_event(&mut self) -> Option<AnnouncerEvent> {
+        self.events.pop_front()
+    }
+
+    /// This announcer's node id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}

@@ -1,0 +1,392 @@
+//! The bidder: answers calls for proposals from its free capacity, holds reservations
+//! that expire, and commits awards it can honour.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::messages::{
+    Accept, Award, Bid, Body, Cfp, Decline, DeclineReason, Reject, Release, Resources, Scoring,
+};
+
+/// What the bidder knows about its own node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeProfile {
+    /// Node id (SPIFFE ID).
+    pub id: String,
+    /// CPU architecture.
+    pub arch: String,
+    /// Node labels.
+    pub labels: BTreeMap<String, String>,
+    /// Capacity available to workloads.
+    pub allocatable: Resources,
+}
+
+/// A held reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// Reservation id.
+    pub id: String,
+    /// Who called for proposals.
+    pub announcer: String,
+    /// The auction.
+    pub auction: u64,
+    /// Workload key.
+    pub workload: String,
+    /// Replica index.
+    pub replica: u32,
+    /// Epoch offered.
+    pub epoch: u64,
+    /// Resources held.
+    pub resources: Resources,
+    /// When the hold lapses (ms).
+    pub expires_at_ms: u64,
+}
+
+/// A replica this node committed to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// Workload key.
+    pub workload: String,
+    /// Replica index.
+    pub replica: u32,
+    /// Fencing epoch.
+    pub epoch: u64,
+    /// Resources committed.
+    pub resources: Resources,
+    /// The reservation it came from (to answer a repeated award).
+    pub reservation: String,
+}
+
+/// Something the driver must act on before sending this bidder's messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BidderEvent {
+    /// Persist (flushed) before the queued `Accept` goes out, then start the replica.
+    Committed(Committed),
+    /// A reservation lapsed without an award.
+    Expired(Reservation),
+}
+
+/// Bidder settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BidderConfig {
+    /// How long a reservation is held for a bid.
+    pub reservation_ttl_ms: u64,
+}
+
+impl Default for BidderConfig {
+    fn default() -> Self {
+        Self {
+            reservation_ttl_ms: 5_000,
+        }
+    }
+}
+
+/// The bidder's state machine.
+#[derive(Debug)]
+pub struct Bidder {
+    profile: NodeProfile,
+    config: BidderConfig,
+    images: BTreeSet<String>,
+    draining: bool,
+    reservations: BTreeMap<String, Reservation>,
+    committed: BTreeMap<(String, u32), Committed>,
+    next_reservation: u64,
+    transmits: VecDeque<(String, Body)>,
+    events: VecDeque<BidderEvent>,
+}
+
+impl Bidder {
+    /// A bidder for `profile`.
+    pub fn new(profile: NodeProfile, config: BidderConfig) -> Self {
+        Self {
+            profile,
+            config,
+            images: BTreeSet::new(),
+            draining: false,
+            reservations: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            next_reservation: 0,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The node's profile.
+    pub fn profile(&self) -> &NodeProfile {
+        &self.profile
+    }
+
+    /// Records that the node holds `image` (for locality scoring).
+    pub fn add_image(&mut self, image: &str) {
+        self.images.insert(image.to_owned());
+    }
+
+    /// Stops or resumes taking new work.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
+    /// Resources committed to replicas.
+    pub fn committed_resources(&self) -> Resources {
+        self.committed
+            .values()
+            .fold(Resources::default(), |sum, c| sum.plus(&c.resources))
+    }
+
+    /// Resources held by reservations.
+    pub fn reserved_resources(&self) -> Resources {
+        self.reservations
+            .values()
+            .fold(Resources::default(), |sum, r| sum.plus(&r.resources))
+    }
+
+    /// allocatable − committed − reserved.
+    pub fn free(&self) -> Resources {
+        self.profile
+            .allocatable
+            .minus(&self.committed_resources())
+            .minus(&self.reserved_resources())
+    }
+
+    /// Reservations held now.
+    pub fn reservations(&self) -> impl Iterator<Item = &Reservation> {
+        self.reservations.values()
+    }
+
+    /// Replicas committed.
+    pub fn committed(&self) -> impl Iterator<Item = &Committed> {
+        self.committed.values()
+    }
+
+    /// Forgets a committed replica (its workload was removed or moved).
+    pub fn remove_instance(&mut self, workload: &str, replica: u32) -> Option<Committed> {
+        self.committed.remove(&(workload.to_owned(), replica))
+    }
+
+    fn hosts_workload(&self, workload: &str) -> bool {
+        self.committed.keys().any(|(w, _)| w == workload)
+            || self.reservations.values().any(|r| r.workload == workload)
+    }
+
+    fn decline_reason(&self, cfp: &Cfp) -> Option<DeclineReason> {
+        if self.draining {
+            return Some(DeclineReason::Draining);
+        }
+        if let Some(wanted) = &cfp.arch
+            && wanted != &self.profile.arch
+        {
+            return Some(DeclineReason::WrongArch {
+                wanted: wanted.clone(),
+                found: self.profile.arch.clone(),
+            });
+        }
+        for (key, wanted) in &cfp.constraints {
+            let found = self.profile.labels.get(key);
+            if found != Some(wanted) {
+                return Some(DeclineReason::ConstraintMismatch {
+                    key: key.clone(),
+                    wanted: wanted.clone(),
+                    found: found.cloned(),
+                });
+            }
+        }
+        if self.hosts_workload(&cfp.workload) {
+            return Some(DeclineReason::AlreadyHostsReplica);
+        }
+        let free = self.free();
+        if cfp.resources.cpu_millis > free.cpu_millis {
+            return Some(DeclineReason::InsufficientCpu {
+                free_millis: free.cpu_millis,
+                needed_millis: cfp.resources.cpu_millis,
+            });
+        }
+        if cfp.resources.memory_bytes > free.memory_bytes {
+            return Some(DeclineReason::InsufficientMemory {
+                free_bytes: free.memory_bytes,
+                needed_bytes: cfp.resources.memory_bytes,
+            });
+        }
+        None
+    }
+
+    /// Score in 0..=10,000: how full the node would be after placement (bin-pack) or how
+    /// empty (spread), averaged over CPU and memory, plus a bonus for a cached image.
+    fn score(&self, cfp: &Cfp) -> u32 {
+        let used = self
+            .profile
+            .allocatable
+            .minus(&self.free())
+            .plus(&cfp.resources);
+        // A resource the node has none of counts as full.
+        let share = |used: u64, total: u64| {
+            used.min(total)
+                .saturating_mul(10_000)
+                .checked_div(total)
+                .map_or(10_000, |share| share as u32)
+        };
+        let fullness = (share(used.cpu_millis, self.profile.allocatable.cpu_millis)
+            + share(used.memory_bytes, self.profile.allocatable.memory_bytes))
+            / 2;
+        let base = match cfp.scoring {
+            Scoring::BinPack => fullness,
+            Scoring::Spread => 10_000 - fullness,
+        };
+        let bonus = if self.images.contains(&cfp.image) {
+            1_000
+        } else {
+            0
+        };
+        (base * 9 / 10 + bonus).min(10_000)
+    }
+
+    /// Answers a call for proposals with a bid (holding a reservation) or a decline.
+    pub fn handle_cfp(&mut self, now_ms: u64, from: &str, cfp: &Cfp) {
+        self.expire(now_ms);
+        if let Some(reason) = self.decline_reason(cfp) {
+            self.transmits.push_back((
+                from.to_owned(),
+                Body::Decline(Decline {
+                    auction: cfp.auction,
+                    replica: cfp.replica,
+                    reason,
+                }),
+            ));
+            return;
+        }
+        self.next_reservation += 1;
+        let reservation = Reservation {
+            id: format!("{}#{}", self.profile.id, self.next_reservation),
+            announcer: from.to_owned(),
+            auction: cfp.auction,
+            workload: cfp.workload.clone(),
+            replica: cfp.replica,
+            epoch: cfp.epoch,
+            resources: cfp.resources,
+            expires_at_ms: now_ms + self.config.reservation_ttl_ms,
+        };
+        let bid = Bid {
+            auction: cfp.auction,
+            replica: cfp.replica,
+            reservation: reservation.id.clone(),
+            score: self.score(cfp),
+            expires_at_ms: reservation.expires_at_ms,
+            has_image: self.images.contains(&cfp.image),
+            failure_domain: cfp
+                .spread_label
+                .as_ref()
+                .and_then(|label| self.profile.labels.get(label).cloned()),
+        };
+        self.reservations
+            .insert(reservation.id.clone(), reservation);
+        self.transmits.push_back((from.to_owned(), Body::Bid(bid)));
+    }
+
+    /// Commits an award if its reservation is still held, else rejects it. A repeated
+    /// award for a reservation already committed is acknowledged again.
+    pub fn handle_award(&mut self, now_ms: u64, from: &str, award: &Award) {
+        self.expire(now_ms);
+        let key = (award.workload.clone(), award.replica);
+        if let Some(done) = self.committed.get(&key)
+            && done.reservation == award.reservation
+        {
+            self.transmits
+                .push_back((from.to_owned(), Body::Accept(accept(award))));
+            return;
+        }
+        let refusal = match self.reservations.get(&award.reservation) {
+            None => Some("no such reservation (expired or released)"),
+            Some(r) if r.announcer != from => Some("the reservation belongs to another announcer"),
+            Some(r) if r.workload != award.workload || r.replica != award.replica => {
+                Some("the reservation is for another replica")
+            }
+            Some(_)
+                if self
+                    .committed
+                    .get(&key)
+                    .is_some_and(|c| c.epoch >= award.epoch) =>
+            {
+                Some("the replica is already committed at this or a newer epoch")
+            }
+            Some(_) => None,
+        };
+        if let Some(reason) = refusal {
+            self.transmits.push_back((
+                from.to_owned(),
+                Body::Reject(Reject {
+                    auction: award.auction,
+                    replica: award.replica,
+                    reservation: award.reservation.clone(),
+                    reason: reason.to_owned(),
+                }),
+            ));
+            return;
+        }
+        let Some(reservation) = self.reservations.remove(&award.reservation) else {
+            return;
+        };
+        let committed = Committed {
+            workload: reservation.workload,
+            replica: reservation.replica,
+            epoch: award.epoch,
+            resources: reservation.resources,
+            reservation: reservation.id,
+        };
+        self.committed.insert(key, committed.clone());
+        // The event comes first: the driver persists it before sending the Accept.
+        self.events.push_back(BidderEvent::Committed(committed));
+        self.transmits
+            .push_back((from.to_owned(), Body::Accept(accept(award))));
+    }
+
+    /// Frees a losing bid's reservation.
+    pub fn handle_release(&mut self, from: &str, release: &Release) {
+        if self
+            .reservations
+            .get(&release.reservation)
+            .is_some_and(|r| r.announcer == from)
+        {
+            self.reservations.remove(&release.reservation);
+        }
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        let expired: Vec<String> = self
+            .reservations
+            .values()
+            .filter(|r| r.expires_at_ms <= now_ms)
+            .map(|r| r.id.clone())
+            .collect();
+        for id in expired {
+            if let Some(r) = self.reservations.remove(&id) {
+                self.events.push_back(BidderEvent::Expired(r));
+            }
+        }
+    }
+
+    /// Lets time pass: drops lapsed reservations.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.expire(now_ms);
+    }
+
+    /// When [`Bidder::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.reservations.values().map(|r| r.expires_at_ms).min()
+    }
+
+    /// The next message to send: `(to, body)`.
+    pub fn poll_transmit(&mut self) -> Option<(String, Body)> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event to act on.
+    pub fn poll_event(&mut self) -> Option<BidderEvent> {
+        self.events.pop_front()
+    }
+}
+
+fn accept(award: &Award) -> Accept {
+    Accept {
+        auction: award.auction,
+        replica: award.replica,
+        reservation: award.reservation.clone(),
+    }
+}
