@@ -8,6 +8,7 @@
 pub mod auction;
 pub mod codec;
 pub mod messages;
+pub mod sim;
 pub mod testing;
 pub mod workload;
 

@@ -221,6 +221,32 @@ pub struct Release {
     pub reservation: String,
 }
 
+/// A node reports a replica it runs to the workload's announcer, periodically and after
+/// a partition heals; this is how duplicates left by lost acknowledgements converge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Workload key.
+    pub workload: String,
+    /// Replica index.
+    pub replica: u32,
+    /// Epoch it was awarded at.
+    pub epoch: u64,
+    /// The reservation the award named.
+    pub reservation: String,
+}
+
+/// The announcer tells a node to stop a replica another node holds at a newer epoch (or
+/// one the workload no longer has).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoke {
+    /// Workload key.
+    pub workload: String,
+    /// Replica index.
+    pub replica: u32,
+    /// Epoch of the instance to stop.
+    pub epoch: u64,
+}
+
 /// Every message body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -239,6 +265,10 @@ pub enum Body {
     Reject(Reject),
     /// Reservation freed.
     Release(Release),
+    /// A replica a node runs.
+    Instance(Instance),
+    /// Stop a stale replica.
+    Revoke(Revoke),
 }
 
 impl Body {
@@ -252,6 +282,8 @@ impl Body {
             Self::Accept(_) => "accept",
             Self::Reject(_) => "reject",
             Self::Release(_) => "release",
+            Self::Instance(_) => "instance",
+            Self::Revoke(_) => "revoke",
         }
     }
 }

@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::messages::{
-    Accept, AuctionId, Award, Bid, Body, Cfp, Decline, DeclineReason, Reject, Release, Resources,
-    Scoring,
+    Accept, AuctionId, Award, Bid, Body, Cfp, Decline, DeclineReason, Instance, Reject, Release,
+    Resources, Revoke, Scoring,
 };
 
 /// A workload as the announcer places it.
@@ -160,6 +160,8 @@ struct Auction {
     explanation: Explanation,
     phase: Phase,
     backoff_ms: u64,
+    /// 0 for the first auction of this replica, then counting retries.
+    attempt: u32,
 }
 
 #[derive(Debug)]
@@ -245,6 +247,26 @@ impl Announcer {
             .unwrap_or_default()
     }
 
+    /// A one-line description of the auction in progress for `workload`, for diagnostics.
+    pub fn auction_state(&self, workload: &str) -> String {
+        match self
+            .workloads
+            .get(workload)
+            .and_then(|w| w.auction.as_ref())
+        {
+            None => "no auction".to_owned(),
+            Some(a) => format!(
+                "auction {} replica {} epoch {}: {:?}, {} bids, asked {}",
+                a.id,
+                a.replica,
+                a.epoch,
+                a.phase,
+                a.bids.len(),
+                a.asked.len()
+            ),
+        }
+    }
+
     /// Why the last auction of each replica went as it did.
     pub fn explain(&self, workload: &str) -> BTreeMap<u32, Explanation> {
         self.workloads
@@ -274,24 +296,36 @@ impl Announcer {
         else {
             return;
         };
-        self.start_auction(now_ms, key, replica, self.config.retry_initial_ms);
+        self.start_auction(now_ms, key, replica, self.config.retry_initial_ms, 0);
     }
 
-    fn start_auction(&mut self, now_ms: u64, key: &str, replica: u32, backoff_ms: u64) {
-        let mut candidates: Vec<String> = self
-            .members
-            .iter()
-            .filter(|m| m.compatible)
-            .map(|m| m.node.clone())
-            .collect();
-        candidates.sort();
+    /// Starts an auction for `replica`. The first attempt asks a sample of `d × replicas`
+    /// members (power of d choices); a retry asks every compatible member, so a replica
+    /// that fits anywhere is found even when the sample missed it. Nodes already running
+    /// a replica of the workload are never asked.
+    fn start_auction(
+        &mut self,
+        now_ms: u64,
+        key: &str,
+        replica: u32,
+        backoff_ms: u64,
+        attempt: u32,
+    ) {
         let Some(workload) = self.workloads.get(key) else {
             return;
         };
+        let hosting: BTreeSet<&String> = workload.placed.values().map(|(n, _, _)| n).collect();
+        let mut candidates: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.compatible && !hosting.contains(&m.node))
+            .map(|m| m.node.clone())
+            .collect();
+        candidates.sort();
         let limit =
             (self.config.sample_factor.max(1) * workload.request.replicas.max(1) as usize).max(2);
-        // Sample without replacement when there are more candidates than needed.
-        if candidates.len() > limit {
+        if attempt == 0 && candidates.len() > limit {
+            // Sample without replacement.
             for i in 0..limit {
                 let j = i + (self.random() as usize) % (candidates.len() - i);
                 candidates.swap(i, j);
@@ -336,6 +370,7 @@ impl Announcer {
                 deadline_ms: now_ms + self.config.bid_window_ms,
             },
             backoff_ms,
+            attempt,
         });
     }
 
@@ -441,6 +476,58 @@ impl Announcer {
             epoch: auction.epoch,
         });
         self.advance(now_ms, &key);
+    }
+
+    /// A node reports a replica it runs. The placement on record stands: any other
+    /// instance is revoked. An instance of an unplaced replica whose auction is awarding
+    /// that very reservation counts as its acknowledgement (the Accept was lost).
+    pub fn handle_instance(&mut self, now_ms: u64, from: &str, instance: &Instance) {
+        let Some(workload) = self.workloads.get(&instance.workload) else {
+            self.revoke(from, instance);
+            return;
+        };
+        if instance.replica >= workload.request.replicas {
+            self.revoke(from, instance);
+            return;
+        }
+        match workload.placed.get(&instance.replica) {
+            Some((node, epoch, _)) if node == from && *epoch == instance.epoch => {}
+            Some(_) => self.revoke(from, instance),
+            None => {
+                let awarding_this = workload.auction.as_ref().is_some_and(|a| {
+                    a.replica == instance.replica
+                        && matches!(a.phase, Phase::Awarding { bid, .. }
+                            if a.bids[bid].0 == from && a.bids[bid].1.reservation == instance.reservation)
+                });
+                if awarding_this {
+                    let auction = workload.auction.as_ref().map(|a| a.id).unwrap_or_default();
+                    self.handle_accept(
+                        now_ms,
+                        from,
+                        &Accept {
+                            auction,
+                            replica: instance.replica,
+                            reservation: instance.reservation.clone(),
+                        },
+                    );
+                } else {
+                    // Placed by an award whose acknowledgement never arrived, and since
+                    // superseded by a newer auction: the newer one wins.
+                    self.revoke(from, instance);
+                }
+            }
+        }
+    }
+
+    fn revoke(&mut self, node: &str, instance: &Instance) {
+        self.transmits.push_back((
+            node.to_owned(),
+            Body::Revoke(Revoke {
+                workload: instance.workload.clone(),
+                replica: instance.replica,
+                epoch: instance.epoch,
+            }),
+        ));
     }
 
     /// The winner refused: award the next acceptable bid.
@@ -631,11 +718,12 @@ impl Announcer {
                     self.transmits.push_back((node, Body::Award(award)));
                 }
                 Phase::Waiting { retry_at_ms } if now_ms >= retry_at_ms => {
-                    let (replica, backoff) = (auction.replica, auction.backoff_ms);
+                    let (replica, backoff, attempt) =
+                        (auction.replica, auction.backoff_ms, auction.attempt + 1);
                     if let Some(w) = self.workloads.get_mut(&key) {
                         w.auction = None;
                     }
-                    self.start_auction(now_ms, &key, replica, backoff);
+                    self.start_auction(now_ms, &key, replica, backoff, attempt);
                 }
                 _ => {}
             }

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::messages::{
-    Accept, Award, Bid, Body, Cfp, Decline, DeclineReason, Reject, Release, Resources, Scoring,
+    Accept, Award, Bid, Body, Cfp, Decline, DeclineReason, Instance, Reject, Release, Resources,
+    Revoke, Scoring,
 };
 
 /// What the bidder knows about its own node.
@@ -44,6 +45,8 @@ pub struct Reservation {
 /// A replica this node committed to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
+    /// The announcer that awarded it (reports go there).
+    pub announcer: String,
     /// Workload key.
     pub workload: String,
     /// Replica index.
@@ -63,6 +66,8 @@ pub enum BidderEvent {
     Committed(Committed),
     /// A reservation lapsed without an award.
     Expired(Reservation),
+    /// The announcer revoked a replica: stop it and forget it.
+    Revoked(Committed),
 }
 
 /// Bidder settings.
@@ -324,6 +329,7 @@ impl Bidder {
             return;
         };
         let committed = Committed {
+            announcer: reservation.announcer,
             workload: reservation.workload,
             replica: reservation.replica,
             epoch: award.epoch,
@@ -345,6 +351,34 @@ impl Bidder {
             .is_some_and(|r| r.announcer == from)
         {
             self.reservations.remove(&release.reservation);
+        }
+    }
+
+    /// Stops a replica if the revocation names its epoch (a newer award stands).
+    pub fn handle_revoke(&mut self, from: &str, revoke: &Revoke) {
+        let key = (revoke.workload.clone(), revoke.replica);
+        if self
+            .committed
+            .get(&key)
+            .is_some_and(|c| c.announcer == from && c.epoch == revoke.epoch)
+            && let Some(committed) = self.committed.remove(&key)
+        {
+            self.events.push_back(BidderEvent::Revoked(committed));
+        }
+    }
+
+    /// Queues a report of every committed replica to its announcer.
+    pub fn report_instances(&mut self) {
+        for c in self.committed.values() {
+            self.transmits.push_back((
+                c.announcer.clone(),
+                Body::Instance(Instance {
+                    workload: c.workload.clone(),
+                    replica: c.replica,
+                    epoch: c.epoch,
+                    reservation: c.reservation.clone(),
+                }),
+            ));
         }
     }
 

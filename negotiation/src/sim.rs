@@ -1,0 +1,688 @@
+//! A deterministic simulator: a cluster of announcers and bidders exchanging real,
+//! signed, encoded frames over a virtual network with latency, loss, a partition, forged
+//! messages and a crash, all drawn from one seed. Invariants are checked after every
+//! step; a violation reports the seed, which replays the run exactly.
+//!
+//! Failure detection is an oracle here (a crashed node is reported dead to every
+//! announcer after a fixed delay); SWIM membership replaces it as the protocol grows.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use crate::auction::{
+    Announcer, AnnouncerConfig, AnnouncerEvent, Answer, Bidder, BidderConfig, Candidate,
+    NodeProfile, PlacementRequest,
+};
+use crate::codec::{self, ReplayGuard};
+use crate::messages::{Body, Resources, Scoring};
+use crate::testing::{ChecksumVerifier, KeyedChecksum};
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+/// Virtual clock origin (ms); any positive value works, a realistic one reads better.
+const EPOCH_MS: u64 = 1_800_000_000_000;
+/// How often nodes report their instances to announcers.
+const REPORT_INTERVAL_MS: u64 = 2_000;
+/// Key shared by the cluster's cheap signatures.
+const CLUSTER_SEED: u64 = 0x5EED;
+
+/// SplitMix64: small, fast, and identical on every platform.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `low..=high`.
+    pub fn range(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next_u64() % (high - low + 1)
+    }
+
+    /// True with probability `per_mille / 1000`.
+    pub fn chance(&mut self, per_mille: u64) -> bool {
+        self.next_u64() % 1000 < per_mille
+    }
+}
+
+/// A time span during which the cluster is split in two halves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    /// Start (ms from the run's start).
+    pub start_ms: u64,
+    /// End.
+    pub end_ms: u64,
+}
+
+/// A node that crashes for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crash {
+    /// Its index.
+    pub node: usize,
+    /// When (ms from the run's start).
+    pub at_ms: u64,
+    /// How long until every announcer learns of it.
+    pub detect_after_ms: u64,
+}
+
+/// One simulated run, all drawn from `seed` by [`SimConfig::from_seed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimConfig {
+    /// The seed.
+    pub seed: u64,
+    /// Cluster size.
+    pub nodes: usize,
+    /// Workloads submitted (one more, too large to fit anywhere, is always added).
+    pub workloads: usize,
+    /// One-way latency range (ms).
+    pub latency_ms: (u64, u64),
+    /// Message loss before the network stabilizes (per mille).
+    pub loss_per_mille: u64,
+    /// Forged messages injected per mille of sent ones.
+    pub forge_per_mille: u64,
+    /// An optional partition.
+    pub partition: Option<Partition>,
+    /// An optional crash.
+    pub crash: Option<Crash>,
+    /// From this time on, no loss and no partition.
+    pub stable_after_ms: u64,
+    /// Where the run ends.
+    pub end_ms: u64,
+}
+
+impl SimConfig {
+    /// A run shaped by `seed`: 4–16 nodes, 2–6 workloads, 1–40 ms latency, up to 10 %
+    /// loss, and in some runs a partition, a crash, or both.
+    pub fn from_seed(seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let nodes = rng.range(4, 16) as usize;
+        let partition = rng.chance(400).then(|| {
+            let start_ms = rng.range(100, 3_000);
+            Partition {
+                start_ms,
+                end_ms: start_ms + rng.range(500, 8_000),
+            }
+        });
+        let crash = rng.chance(400).then(|| Crash {
+            // Node 0 announces every workload and never crashes: an owner's death needs
+            // the successor takeover, which arrives with gossiped workload specs.
+            node: rng.range(1, nodes as u64 - 1) as usize,
+            at_ms: rng.range(500, 6_000),
+            detect_after_ms: rng.range(500, 3_000),
+        });
+        Self {
+            seed,
+            nodes,
+            workloads: rng.range(2, 6) as usize,
+            latency_ms: (1, rng.range(2, 40)),
+            loss_per_mille: rng.range(0, 100),
+            forge_per_mille: rng.range(0, 50),
+            partition,
+            crash,
+            stable_after_ms: 12_000,
+            end_ms: 80_000,
+        }
+    }
+}
+
+/// What a run did, for assertions and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Frames delivered and accepted.
+    pub messages: u64,
+    /// Forged frames refused.
+    pub forged_refused: u64,
+    /// Replicas placed at the end.
+    pub replicas_placed: u64,
+    /// Auctions that ended without a winner (and were retried).
+    pub failed_auctions: u64,
+    /// Longest time from a crash's detection until its replicas were placed again (ms).
+    pub max_heal_ms: Option<u64>,
+}
+
+/// An invariant that broke, with what replays it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("seed {seed}: at {at_ms} ms: {what}")]
+pub struct Violation {
+    /// Replays the run: `SimConfig::from_seed(seed)`.
+    pub seed: u64,
+    /// Virtual time of the violation (ms from start).
+    pub at_ms: u64,
+    /// What broke.
+    pub what: String,
+}
+
+struct Node {
+    id: String,
+    signer: KeyedChecksum,
+    bidder: Bidder,
+    announcer: Announcer,
+    replays: ReplayGuard,
+    alive: bool,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Delivery {
+    at_ms: u64,
+    seq: u64,
+    to: usize,
+    from: usize,
+    forged: bool,
+    frame: Vec<u8>,
+}
+
+struct Sim {
+    config: SimConfig,
+    rng: Rng,
+    now: u64,
+    nodes: Vec<Node>,
+    in_flight: BinaryHeap<Reverse<Delivery>>,
+    seq: u64,
+    message_ids: u64,
+    outcome: Outcome,
+    requests: Vec<PlacementRequest>,
+    crash_detected: bool,
+    crash_detected_at: Option<u64>,
+    next_report: u64,
+}
+
+fn node_id(i: usize) -> String {
+    format!("spiffe://sim.test/node/n{i}")
+}
+
+impl Sim {
+    fn new(config: SimConfig) -> Self {
+        let mut rng = Rng::new(config.seed ^ 0xA5A5_A5A5);
+        let nodes = (0..config.nodes)
+            .map(|i| {
+                let id = node_id(i);
+                let profile = NodeProfile {
+                    id: id.clone(),
+                    arch: if i % 3 == 2 { "arm64" } else { "amd64" }.to_owned(),
+                    labels: BTreeMap::from([("rack".to_owned(), format!("rack-{}", i % 3))]),
+                    allocatable: Resources {
+                        cpu_millis: rng.range(2, 8) * 1000,
+                        memory_bytes: rng.range(4, 16) * GIB,
+                    },
+                };
+                let mut bidder = Bidder::new(profile, BidderConfig::default());
+                if rng.chance(500) {
+                    bidder.add_image("registry.test/app:1");
+                }
+                Node {
+                    signer: KeyedChecksum::new(id.clone(), CLUSTER_SEED),
+                    announcer: Announcer::new(
+                        id.clone(),
+                        AnnouncerConfig::default(),
+                        rng.next_u64(),
+                    ),
+                    bidder,
+                    replays: ReplayGuard::default(),
+                    alive: true,
+                    id,
+                }
+            })
+            .collect::<Vec<_>>();
+        let mut sim = Self {
+            requests: Vec::new(),
+            config,
+            rng,
+            now: 0,
+            nodes,
+            in_flight: BinaryHeap::new(),
+            seq: 0,
+            message_ids: 0,
+            outcome: Outcome::default(),
+            crash_detected: false,
+            crash_detected_at: None,
+            next_report: REPORT_INTERVAL_MS,
+        };
+        sim.requests = sim.make_requests();
+        sim
+    }
+
+    /// Workloads that fit: small replicas, total demand well under capacity, spread
+    /// across racks only with at most one replica per rack; plus one that fits nowhere.
+    fn make_requests(&mut self) -> Vec<PlacementRequest> {
+        // "Fits" is judged on the nodes that survive the run.
+        let crashed = self.config.crash.map(|c| c.node);
+        let survivors: Vec<usize> = (0..self.config.nodes)
+            .filter(|i| Some(*i) != crashed)
+            .collect();
+        let arm_nodes = survivors.iter().filter(|i| *i % 3 == 2).count() as u64;
+        let racks = survivors
+            .iter()
+            .map(|i| i % 3)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len() as u64;
+        let mut requests = Vec::new();
+        for w in 0..self.config.workloads {
+            let spread = self.rng.chance(300);
+            let arm = !spread && arm_nodes > 0 && self.rng.chance(200);
+            let max_replicas = if spread {
+                racks
+            } else if arm {
+                arm_nodes.min(2)
+            } else {
+                3.min(survivors.len() as u64)
+            };
+            requests.push(PlacementRequest {
+                workload: format!("default/w{w}"),
+                image: "registry.test/app:1".to_owned(),
+                replicas: self.rng.range(1, max_replicas) as u32,
+                resources: Resources {
+                    cpu_millis: self.rng.range(1, 4) * 100,
+                    memory_bytes: self.rng.range(1, 4) * 128 * MIB,
+                },
+                constraints: BTreeMap::new(),
+                arch: arm.then(|| "arm64".to_owned()),
+                spread_label: spread.then(|| "rack".to_owned()),
+                scoring: if self.rng.chance(500) {
+                    Scoring::Spread
+                } else {
+                    Scoring::BinPack
+                },
+            });
+        }
+        requests.push(PlacementRequest {
+            workload: "default/too-big".to_owned(),
+            image: "registry.test/huge:1".to_owned(),
+            replicas: 1,
+            resources: Resources {
+                cpu_millis: 100,
+                memory_bytes: 64 * GIB,
+            },
+            constraints: BTreeMap::new(),
+            arch: None,
+            spread_label: None,
+            scoring: Scoring::Spread,
+        });
+        requests
+    }
+
+    fn violation(&self, what: impl Into<String>) -> Violation {
+        Violation {
+            seed: self.config.seed,
+            at_ms: self.now,
+            what: what.into(),
+        }
+    }
+
+    fn members(&self) -> Vec<Candidate> {
+        let dead = self
+            .crash_detected
+            .then(|| self.config.crash.map(|c| c.node))
+            .flatten();
+        (0..self.nodes.len())
+            .filter(|i| Some(*i) != dead)
+            .map(|i| Candidate {
+                node: node_id(i),
+                compatible: true,
+            })
+            .collect()
+    }
+
+    fn partitioned(&self, a: usize, b: usize) -> bool {
+        self.config
+            .partition
+            .is_some_and(|p| self.now >= p.start_ms && self.now < p.end_ms && (a % 2) != (b % 2))
+    }
+
+    fn index_of(&self, id: &str) -> Option<usize> {
+        id.strip_prefix("spiffe://sim.test/node/n")?.parse().ok()
+    }
+
+    /// Encodes and sends everything nodes queued, through loss and the partition.
+    fn flush_transmits(&mut self) -> Result<(), Violation> {
+        for from in 0..self.nodes.len() {
+            loop {
+                let next = {
+                    let node = &mut self.nodes[from];
+                    node.announcer
+                        .poll_transmit()
+                        .or_else(|| node.bidder.poll_transmit())
+                };
+                let Some((to_id, body)) = next else { break };
+                let to = self
+                    .index_of(&to_id)
+                    .ok_or_else(|| self.violation(format!("message to unknown node {to_id}")))?;
+                self.message_ids += 1;
+                let frame = codec::encode(
+                    &body,
+                    &self.nodes[from].signer,
+                    self.message_ids,
+                    EPOCH_MS + self.now,
+                );
+                self.send(from, to, frame, false);
+                if self.rng.chance(self.config.forge_per_mille) {
+                    // An outsider claims to be `from`, with a key it does not have.
+                    let outsider = KeyedChecksum::new(self.nodes[from].id.clone(), !CLUSTER_SEED);
+                    self.message_ids += 1;
+                    let forged =
+                        codec::encode(&body, &outsider, self.message_ids, EPOCH_MS + self.now);
+                    self.send(from, to, forged, true);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, from: usize, to: usize, frame: Vec<u8>, forged: bool) {
+        let unstable = self.now < self.config.stable_after_ms;
+        if unstable && (self.rng.chance(self.config.loss_per_mille) || self.partitioned(from, to)) {
+            return;
+        }
+        let (low, high) = self.config.latency_ms;
+        self.seq += 1;
+        self.in_flight.push(Reverse(Delivery {
+            at_ms: self.now + self.rng.range(low, high),
+            seq: self.seq,
+            to,
+            from,
+            forged,
+            frame,
+        }));
+    }
+
+    fn deliver(&mut self, delivery: Delivery) -> Result<(), Violation> {
+        if !self.nodes[delivery.to].alive || !self.nodes[delivery.from].alive {
+            return Ok(());
+        }
+        let now = self.now;
+        let node = &mut self.nodes[delivery.to];
+        let received = codec::decode_frame(
+            &delivery.frame,
+            &ChecksumVerifier { seed: CLUSTER_SEED },
+            &mut node.replays,
+            EPOCH_MS + now,
+            codec::DEFAULT_TIME_WINDOW_MS,
+        );
+        let received = match (received, delivery.forged) {
+            (Ok(_), true) => return Err(self.violation("a node accepted a forged message")),
+            (Err(_), true) => {
+                self.outcome.forged_refused += 1;
+                return Ok(());
+            }
+            (Err(e), false) => {
+                return Err(self.violation(format!("an authentic frame was refused: {e}")));
+            }
+            (Ok(received), false) => received,
+        };
+        self.outcome.messages += 1;
+        let from = received.sender.as_str();
+        match &received.body {
+            Body::Cfp(cfp) => node.bidder.handle_cfp(now, from, cfp),
+            Body::Award(award) => node.bidder.handle_award(now, from, award),
+            Body::Release(release) => node.bidder.handle_release(from, release),
+            Body::Revoke(revoke) => node.bidder.handle_revoke(from, revoke),
+            Body::Bid(bid) => node.announcer.handle_bid(now, from, bid),
+            Body::Decline(decline) => node.announcer.handle_decline(from, decline),
+            Body::Accept(accept) => node.announcer.handle_accept(now, from, accept),
+            Body::Reject(reject) => node.announcer.handle_reject(now, from, reject),
+            Body::Instance(instance) => node.announcer.handle_instance(now, from, instance),
+        }
+        Ok(())
+    }
+
+    fn next_timer(&self) -> Option<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.alive)
+            .flat_map(|n| [n.bidder.poll_timeout(), n.announcer.poll_timeout()])
+            .flatten()
+            .min()
+    }
+
+    fn drain_events(&mut self) {
+        for node in &mut self.nodes {
+            while node.bidder.poll_event().is_some() {}
+            while let Some(event) = node.announcer.poll_event() {
+                if let AnnouncerEvent::NotPlaced { .. } = event {
+                    self.outcome.failed_auctions += 1;
+                }
+            }
+        }
+    }
+
+    /// Invariants that hold after every step.
+    fn check_always(&self) -> Result<(), Violation> {
+        for node in self.nodes.iter().filter(|n| n.alive) {
+            let used = node
+                .bidder
+                .committed_resources()
+                .plus(&node.bidder.reserved_resources());
+            if !used.fits_in(&node.bidder.profile().allocatable) {
+                return Err(
+                    self.violation(format!("{} commits {used:?} beyond its capacity", node.id))
+                );
+            }
+            if let Some(r) = node
+                .bidder
+                .reservations()
+                .find(|r| r.expires_at_ms <= self.now)
+            {
+                return Err(self.violation(format!(
+                    "{} still holds reservation {} past its expiry",
+                    node.id, r.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// At the end: every replica of every workload that fits runs exactly once on a live
+    /// node, matching its announcer's record; the one that fits nowhere runs nowhere and
+    /// is explained.
+    fn check_final(&mut self) -> Result<(), Violation> {
+        for request in &self.requests {
+            let mut holders: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+            for node in self.nodes.iter().filter(|n| n.alive) {
+                for c in node
+                    .bidder
+                    .committed()
+                    .filter(|c| c.workload == request.workload)
+                {
+                    holders.entry(c.replica).or_default().push(node.id.clone());
+                }
+            }
+            if request.workload == "default/too-big" {
+                if !holders.is_empty() {
+                    return Err(self.violation("a workload that fits nowhere was placed"));
+                }
+                let explanation = self.nodes[0].announcer.explain(&request.workload);
+                let declined = explanation.get(&0).is_some_and(|e| {
+                    e.answers.values().any(
+                        |a| matches!(a, Answer::Declined(r) if r.code() == "insufficient-memory"),
+                    )
+                });
+                if !declined {
+                    return Err(self.violation(format!(
+                        "no reason given for not placing too-big: {explanation:?}"
+                    )));
+                }
+                continue;
+            }
+            let record = self.nodes[0].announcer.placements(&request.workload);
+            for replica in 0..request.replicas {
+                let on = holders.get(&replica).cloned().unwrap_or_default();
+                if on.len() != 1 {
+                    return Err(self.violation(format!(
+                        "{} replica {replica} runs on {on:?}, expected exactly one node (announcer: {}; last: {:?})",
+                        request.workload,
+                        self.nodes[0].announcer.auction_state(&request.workload),
+                        self.nodes[0].announcer.explain(&request.workload).get(&replica)
+                    )));
+                }
+                if record.get(&replica).map(|(n, _)| n) != on.first() {
+                    return Err(self.violation(format!(
+                        "{} replica {replica}: the announcer records {:?} but it runs on {on:?}",
+                        request.workload,
+                        record.get(&replica)
+                    )));
+                }
+                self.outcome.replicas_placed += 1;
+            }
+            if request.spread_label.is_some() {
+                let racks: std::collections::BTreeSet<_> = holders
+                    .values()
+                    .flatten()
+                    .filter_map(|id| self.index_of(id))
+                    .map(|i| i % 3)
+                    .collect();
+                if racks.len() != request.replicas as usize {
+                    return Err(
+                        self.violation(format!("{} shares a failure domain", request.workload))
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run(mut self) -> Result<Outcome, Violation> {
+        for node in 0..self.nodes.len() {
+            let members = self.members();
+            self.nodes[node].announcer.set_members(members);
+        }
+        // Workloads arrive at node 0, one every 50 ms from 100 ms on.
+        let mut submissions: Vec<(u64, PlacementRequest)> = self
+            .requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (100 + 50 * i as u64, r.clone()))
+            .collect();
+        submissions.reverse();
+        let mut heal_started: Option<u64> = None;
+
+        loop {
+            let next_delivery = self.in_flight.peek().map(|Reverse(d)| d.at_ms);
+            let next_submission = submissions.last().map(|(at, _)| *at);
+            let next_crash = self
+                .config
+                .crash
+                .filter(|c| self.nodes[c.node].alive)
+                .map(|c| c.at_ms);
+            let next_detect = self
+                .config
+                .crash
+                .filter(|_| !self.crash_detected)
+                .map(|c| c.at_ms + c.detect_after_ms);
+            let Some(next) = [
+                next_delivery,
+                self.next_timer(),
+                next_submission,
+                next_crash,
+                next_detect,
+                Some(self.next_report),
+            ]
+            .into_iter()
+            .flatten()
+            .min() else {
+                break;
+            };
+            if next > self.config.end_ms {
+                break;
+            }
+            self.now = next.max(self.now);
+
+            while let Some(Reverse(d)) = self.in_flight.peek() {
+                if d.at_ms > self.now {
+                    break;
+                }
+                let Some(Reverse(delivery)) = self.in_flight.pop() else {
+                    break;
+                };
+                self.deliver(delivery)?;
+            }
+            while submissions.last().is_some_and(|(at, _)| *at <= self.now) {
+                if let Some((_, request)) = submissions.pop() {
+                    self.nodes[0].announcer.place(self.now, request);
+                }
+            }
+            if let Some(crash) = self.config.crash {
+                if self.nodes[crash.node].alive && self.now >= crash.at_ms {
+                    self.nodes[crash.node].alive = false;
+                }
+                if !self.crash_detected && self.now >= crash.at_ms + crash.detect_after_ms {
+                    self.crash_detected = true;
+                    self.crash_detected_at = Some(self.now);
+                    heal_started = Some(self.now);
+                    let members = self.members();
+                    let dead = node_id(crash.node);
+                    for i in 0..self.nodes.len() {
+                        self.nodes[i].announcer.set_members(members.clone());
+                    }
+                    for request in &self.requests {
+                        let lost: Vec<u32> = self.nodes[0]
+                            .announcer
+                            .placements(&request.workload)
+                            .into_iter()
+                            .filter(|(_, (node, _))| *node == dead)
+                            .map(|(replica, _)| replica)
+                            .collect();
+                        for replica in lost {
+                            self.nodes[0].announcer.replica_lost(
+                                self.now,
+                                &request.workload,
+                                replica,
+                            );
+                        }
+                    }
+                }
+            }
+            if self.now >= self.next_report {
+                self.next_report = self.now + REPORT_INTERVAL_MS;
+                for node in self.nodes.iter_mut().filter(|n| n.alive) {
+                    node.bidder.report_instances();
+                }
+            }
+            let now = self.now;
+            for node in self.nodes.iter_mut().filter(|n| n.alive) {
+                if node.bidder.poll_timeout().is_some_and(|t| t <= now) {
+                    node.bidder.handle_timeout(now);
+                }
+                if node.announcer.poll_timeout().is_some_and(|t| t <= now) {
+                    node.announcer.handle_timeout(now);
+                }
+            }
+            self.drain_events();
+            self.flush_transmits()?;
+            self.check_always()?;
+
+            if let (Some(started), Some(_)) = (heal_started, self.config.crash) {
+                let dead = node_id(self.config.crash.map(|c| c.node).unwrap_or_default());
+                let healed = self
+                    .requests
+                    .iter()
+                    .filter(|r| r.workload != "default/too-big")
+                    .all(|r| {
+                        let placed = self.nodes[0].announcer.placements(&r.workload);
+                        placed.len() == r.replicas as usize
+                            && placed.values().all(|(n, _)| *n != dead)
+                    });
+                if healed {
+                    self.outcome.max_heal_ms = Some(self.now - started);
+                    heal_started = None;
+                }
+            }
+        }
+        self.check_final()?;
+        Ok(self.outcome)
+    }
+}
+
+/// Runs one simulation and checks every invariant.
+pub fn run(config: SimConfig) -> Result<Outcome, Violation> {
+    Sim::new(config).run()
+}

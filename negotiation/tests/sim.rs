@@ -1,0 +1,67 @@
+//! The simulated cluster, over many seeds. `PARLEY_SIM_SEEDS=N` runs N seeds (default
+//! 1,000), `PARLEY_SIM_FIRST=S` starts at seed S; a failure prints the seeds that broke,
+//! and `PARLEY_SIM_FIRST=S PARLEY_SIM_SEEDS=1` replays one exactly.
+
+use parley_negotiation::sim::{self, SimConfig};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn every_seed_keeps_every_invariant() {
+    let first = env("PARLEY_SIM_FIRST", 0);
+    let seeds = env("PARLEY_SIM_SEEDS", 1_000);
+    let started = std::time::Instant::now();
+    let mut failures = Vec::new();
+    let (mut messages, mut placed, mut forged, mut crashes, mut partitions, mut heal_max) =
+        (0, 0, 0, 0, 0, 0);
+    for seed in first..first + seeds {
+        let config = SimConfig::from_seed(seed);
+        crashes += u64::from(config.crash.is_some());
+        partitions += u64::from(config.partition.is_some());
+        match sim::run(config) {
+            Ok(outcome) => {
+                messages += outcome.messages;
+                placed += outcome.replicas_placed;
+                forged += outcome.forged_refused;
+                heal_max = heal_max.max(outcome.max_heal_ms.unwrap_or(0));
+            }
+            Err(violation) => failures.push(violation.to_string()),
+        }
+    }
+    eprintln!(
+        "{seeds} seeds in {:.1} s: {placed} replicas placed, {messages} messages, {forged} forgeries refused, \
+         {partitions} runs with a partition, {crashes} with a crash (slowest heal {heal_max} ms)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        placed > seeds,
+        "the runs placed almost nothing; they prove little"
+    );
+    if seeds >= 100 {
+        assert!(
+            crashes > 0 && partitions > 0 && forged > 0,
+            "the seeds exercised no faults"
+        );
+    }
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    for seed in [3, 17, 42] {
+        assert_eq!(
+            sim::run(SimConfig::from_seed(seed)),
+            sim::run(SimConfig::from_seed(seed))
+        );
+    }
+}
