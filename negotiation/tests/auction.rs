@@ -1,0 +1,343 @@
+//! The auction's rules, driven by hand: one announcer, a few bidders, messages passed
+//! directly (the codec and the network are the simulator's business).
+
+use std::collections::BTreeMap;
+
+use parley_negotiation::auction::{
+    Announcer, AnnouncerConfig, AnnouncerEvent, Answer, Bidder, BidderConfig, BidderEvent,
+    Candidate, NodeProfile, PlacementRequest,
+};
+use parley_negotiation::messages::{Body, Resources, Scoring};
+
+const GIB: u64 = 1 << 30;
+
+fn bidder(name: &str, cpu: u64, mem_gib: u64, labels: &[(&str, &str)]) -> Bidder {
+    Bidder::new(
+        NodeProfile {
+            id: name.to_owned(),
+            arch: "amd64".to_owned(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            allocatable: Resources {
+                cpu_millis: cpu,
+                memory_bytes: mem_gib * GIB,
+            },
+        },
+        BidderConfig::default(),
+    )
+}
+
+fn request(replicas: u32, cpu: u64, mem_gib: u64) -> PlacementRequest {
+    PlacementRequest {
+        workload: "default/web".to_owned(),
+        image: "app:1".to_owned(),
+        replicas,
+        resources: Resources {
+            cpu_millis: cpu,
+            memory_bytes: mem_gib * GIB,
+        },
+        constraints: BTreeMap::new(),
+        arch: None,
+        spread_label: None,
+        scoring: Scoring::Spread,
+    }
+}
+
+/// Delivers messages until nothing moves, advancing time to each deadline.
+fn settle(
+    announcer: &mut Announcer,
+    bidders: &mut [Bidder],
+    mut now: u64,
+    until: u64,
+) -> (u64, Vec<(String, Body)>) {
+    let mut log = Vec::new();
+    loop {
+        let mut moved = false;
+        while let Some((to, body)) = announcer.poll_transmit() {
+            moved = true;
+            log.push((to.clone(), body.clone()));
+            let from = announcer.id().to_owned();
+            if let Some(b) = bidders.iter_mut().find(|b| b.profile().id == to) {
+                match &body {
+                    Body::Cfp(cfp) => b.handle_cfp(now, &from, cfp),
+                    Body::Award(award) => b.handle_award(now, &from, award),
+                    Body::Release(release) => b.handle_release(&from, release),
+                    Body::Revoke(revoke) => b.handle_revoke(&from, revoke),
+                    _ => {}
+                }
+            }
+        }
+        for b in bidders.iter_mut() {
+            let from = b.profile().id.clone();
+            while let Some((_, body)) = b.poll_transmit() {
+                moved = true;
+                match &body {
+                    Body::Bid(bid) => announcer.handle_bid(now, &from, bid),
+                    Body::Decline(decline) => announcer.handle_decline(&from, decline),
+                    Body::Accept(accept) => announcer.handle_accept(now, &from, accept),
+                    Body::Reject(reject) => announcer.handle_reject(now, &from, reject),
+                    Body::Instance(instance) => announcer.handle_instance(now, &from, instance),
+                    _ => {}
+                }
+            }
+        }
+        if !moved {
+            let next = [announcer.poll_timeout()]
+                .into_iter()
+                .chain(bidders.iter().map(Bidder::poll_timeout))
+                .flatten()
+                .min();
+            match next {
+                Some(t) if t <= until => {
+                    now = t.max(now);
+                    announcer.handle_timeout(now);
+                    for b in bidders.iter_mut() {
+                        b.handle_timeout(now);
+                    }
+                }
+                _ => return (now, log),
+            }
+        }
+    }
+}
+
+fn members(names: &[&str]) -> Vec<Candidate> {
+    names
+        .iter()
+        .map(|n| Candidate {
+            node: n.to_string(),
+            compatible: true,
+        })
+        .collect()
+}
+
+#[test]
+fn replicas_land_on_distinct_nodes_and_losers_are_released() {
+    let mut announcer = Announcer::new(
+        "a",
+        AnnouncerConfig {
+            sample_factor: 10,
+            ..Default::default()
+        },
+        1,
+    );
+    announcer.set_members(members(&["a", "b", "c"]));
+    let mut bidders = vec![
+        bidder("a", 4000, 8, &[]),
+        bidder("b", 4000, 8, &[]),
+        bidder("c", 4000, 8, &[]),
+    ];
+    announcer.place(0, request(3, 500, 1));
+    let (_, log) = settle(&mut announcer, &mut bidders, 0, 60_000);
+    let placed = announcer.placements("default/web");
+    let nodes: std::collections::BTreeSet<_> = placed.values().map(|(n, _)| n.clone()).collect();
+    assert_eq!(nodes.len(), 3, "{placed:?}");
+    for b in &bidders {
+        assert_eq!(b.committed().count(), 1);
+        assert_eq!(
+            b.reservations().count(),
+            0,
+            "a loser's reservation was not released"
+        );
+    }
+    assert!(
+        log.iter().any(|(_, body)| matches!(body, Body::Release(_))),
+        "no explicit release was sent"
+    );
+}
+
+#[test]
+fn a_placement_that_cannot_be_made_says_why_node_by_node() {
+    let mut announcer = Announcer::new(
+        "a",
+        AnnouncerConfig {
+            sample_factor: 10,
+            ..Default::default()
+        },
+        1,
+    );
+    announcer.set_members(members(&["a", "b", "c"]));
+    let mut bidders = vec![
+        bidder("a", 4000, 2, &[("disk", "ssd")]),
+        bidder("b", 100, 64, &[("disk", "ssd")]),
+        bidder("c", 4000, 64, &[("disk", "hdd")]),
+    ];
+    let mut wanted = request(1, 1000, 8);
+    wanted
+        .constraints
+        .insert("disk".to_owned(), "ssd".to_owned());
+    announcer.place(0, wanted);
+    settle(&mut announcer, &mut bidders, 0, 500);
+    let mut events = Vec::new();
+    while let Some(event) = announcer.poll_event() {
+        events.push(event);
+    }
+    let Some(AnnouncerEvent::NotPlaced { explanation, .. }) = events.first() else {
+        panic!("expected NotPlaced, got {events:?}");
+    };
+    assert_eq!(
+        explanation.counts(),
+        BTreeMap::from([
+            ("constraint-mismatch".to_owned(), 1),
+            ("insufficient-cpu".to_owned(), 1),
+            ("insufficient-memory".to_owned(), 1),
+        ])
+    );
+    assert!(matches!(
+        explanation.answers.get("b"),
+        Some(Answer::Declined(_))
+    ));
+    assert!(bidders.iter().all(|b| b.reservations().count() == 0));
+}
+
+#[test]
+fn an_unacknowledged_award_moves_to_the_next_bid_and_never_double_books() {
+    let mut announcer = Announcer::new(
+        "a",
+        AnnouncerConfig {
+            sample_factor: 10,
+            ..Default::default()
+        },
+        1,
+    );
+    announcer.set_members(members(&["b", "c"]));
+    let mut bidders = vec![bidder("b", 4000, 8, &[]), bidder("c", 1000, 2, &[])];
+    announcer.place(0, request(1, 500, 1));
+    // Collect bids, then let the award to the best bidder (b) vanish: drop b from the
+    // bidders the driver delivers to.
+    let (now, _) = settle(&mut announcer, &mut bidders, 0, 299);
+    let mut only_c = vec![bidders.remove(1)];
+    let (_, _) = settle(&mut announcer, &mut only_c, now, 60_000);
+    let placed = announcer.placements("default/web");
+    assert_eq!(
+        placed.get(&0).map(|(n, _)| n.as_str()),
+        Some("c"),
+        "{placed:?}"
+    );
+    assert!(bidders[0].committed().next().is_none());
+}
+
+#[test]
+fn bin_pack_and_spread_prefer_opposite_nodes_and_cached_images_win_ties() {
+    for (scoring, expected) in [(Scoring::Spread, "empty"), (Scoring::BinPack, "busy")] {
+        let mut announcer = Announcer::new(
+            "a",
+            AnnouncerConfig {
+                sample_factor: 10,
+                ..Default::default()
+            },
+            1,
+        );
+        announcer.set_members(members(&["busy", "empty"]));
+        let mut bidders = vec![bidder("busy", 1000, 4, &[]), bidder("empty", 8000, 32, &[])];
+        let mut wanted = request(1, 500, 1);
+        wanted.scoring = scoring;
+        announcer.place(0, wanted);
+        settle(&mut announcer, &mut bidders, 0, 60_000);
+        assert_eq!(
+            announcer.placements("default/web")[&0].0,
+            expected,
+            "{scoring:?}"
+        );
+    }
+    let mut announcer = Announcer::new(
+        "a",
+        AnnouncerConfig {
+            sample_factor: 10,
+            ..Default::default()
+        },
+        1,
+    );
+    announcer.set_members(members(&["x", "y"]));
+    let mut bidders = vec![bidder("x", 4000, 8, &[]), bidder("y", 4000, 8, &[])];
+    bidders[1].add_image("app:1");
+    announcer.place(0, request(1, 500, 1));
+    settle(&mut announcer, &mut bidders, 0, 60_000);
+    assert_eq!(announcer.placements("default/web")[&0].0, "y");
+}
+
+#[test]
+fn many_members_are_sampled_d_times_replicas() {
+    let names: Vec<String> = (0..50).map(|i| format!("n{i}")).collect();
+    let mut announcer = Announcer::new(
+        "a",
+        AnnouncerConfig {
+            sample_factor: 2,
+            ..Default::default()
+        },
+        9,
+    );
+    announcer.set_members(
+        names
+            .iter()
+            .map(|n| Candidate {
+                node: n.clone(),
+                compatible: true,
+            })
+            .collect(),
+    );
+    announcer.place(0, request(3, 100, 1));
+    let mut asked = 0;
+    while let Some((_, body)) = announcer.poll_transmit() {
+        assert!(matches!(body, Body::Cfp(_)));
+        asked += 1;
+    }
+    assert_eq!(
+        asked, 6,
+        "asked {asked} of 50 members for 3 replicas with d = 2"
+    );
+}
+
+#[test]
+fn incompatible_members_are_never_asked_and_expired_reservations_are_dropped() {
+    let mut announcer = Announcer::new("a", AnnouncerConfig::default(), 1);
+    announcer.set_members(vec![
+        Candidate {
+            node: "old".to_owned(),
+            compatible: false,
+        },
+        Candidate {
+            node: "new".to_owned(),
+            compatible: true,
+        },
+    ]);
+    announcer.place(0, request(1, 100, 1));
+    let recipients: Vec<String> = std::iter::from_fn(|| announcer.poll_transmit())
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(recipients, ["new"]);
+
+    let mut b = bidder("b", 1000, 1, &[]);
+    let cfp = parley_negotiation::messages::Cfp {
+        auction: 1,
+        workload: "default/x".to_owned(),
+        replica: 0,
+        epoch: 1,
+        image: "i".to_owned(),
+        resources: Resources {
+            cpu_millis: 600,
+            memory_bytes: 1,
+        },
+        constraints: BTreeMap::new(),
+        arch: None,
+        spread_label: None,
+        scoring: Scoring::Spread,
+        bid_deadline_ms: 100,
+    };
+    b.handle_cfp(0, "a", &cfp);
+    assert_eq!(b.free().cpu_millis, 400, "the bid holds its reservation");
+    let mut second = cfp.clone();
+    second.workload = "default/y".to_owned();
+    b.handle_cfp(1, "a", &second);
+    assert!(matches!(b.poll_transmit(), Some((_, Body::Bid(_)))));
+    assert!(
+        matches!(b.poll_transmit(), Some((_, Body::Decline(_)))),
+        "free capacity ignored the reservation"
+    );
+    let expiry = b.poll_timeout().expect("a reservation expires");
+    b.handle_timeout(expiry);
+    assert_eq!(b.free().cpu_millis, 1000);
+    assert!(matches!(b.poll_event(), Some(BidderEvent::Expired(_))));
+}
