@@ -7,6 +7,7 @@
 
 pub mod auction;
 pub mod codec;
+pub mod membership;
 pub mod messages;
 pub mod sim;
 pub mod testing;

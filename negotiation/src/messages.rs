@@ -247,6 +247,98 @@ pub struct Revoke {
     pub epoch: u64,
 }
 
+/// What a node tells the cluster about itself, spread by gossip.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMeta {
+    /// Agent version.
+    pub agent_version: String,
+    /// Oldest protocol version it speaks.
+    pub protocol_min: u16,
+    /// Newest protocol version it speaks.
+    pub protocol_max: u16,
+    /// CPU architecture.
+    pub arch: String,
+    /// Labels (failure domains, hardware, …).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Capacity available to workloads.
+    pub allocatable: Resources,
+    /// allocatable − committed − reserved, when last announced.
+    pub free: Resources,
+    /// Images held locally (for locality scoring).
+    #[serde(default)]
+    pub images: Vec<String>,
+}
+
+/// A member's liveness as gossip reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Answering probes.
+    Alive,
+    /// Missed a probe; dead unless it refutes in time.
+    Suspect,
+    /// Declared dead.
+    Dead,
+}
+
+/// One piece of membership gossip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberUpdate {
+    /// The member.
+    pub node: String,
+    /// Its state.
+    pub state: MemberState,
+    /// Its incarnation: only the member itself raises it, to refute or to announce
+    /// new metadata.
+    pub incarnation: u64,
+    /// Its metadata, when the update carries it.
+    #[serde(default)]
+    pub meta: Option<NodeMeta>,
+}
+
+/// A probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ping {
+    /// Probe sequence number, echoed in the ack.
+    pub seq: u64,
+    /// Piggybacked gossip.
+    #[serde(default)]
+    pub updates: Vec<MemberUpdate>,
+}
+
+/// "Probe `target` for me": the indirect probe of SWIM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingReq {
+    /// The requester's sequence number, echoed in the forwarded ack.
+    pub seq: u64,
+    /// Whom to probe.
+    pub target: String,
+    /// Piggybacked gossip.
+    #[serde(default)]
+    pub updates: Vec<MemberUpdate>,
+}
+
+/// Answer to a probe (direct, or forwarded for an indirect one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The probe's sequence number.
+    pub seq: u64,
+    /// Piggybacked gossip.
+    #[serde(default)]
+    pub updates: Vec<MemberUpdate>,
+}
+
+/// Full-state exchange (push-pull): on join and periodically, so that a node that missed
+/// gossip (a newcomer, a healed partition) catches up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sync {
+    /// The sender's view, in chunks small enough for one frame.
+    pub updates: Vec<MemberUpdate>,
+    /// Whether the receiver should answer with its own view.
+    pub reply: bool,
+}
+
 /// Every message body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -269,6 +361,14 @@ pub enum Body {
     Instance(Instance),
     /// Stop a stale replica.
     Revoke(Revoke),
+    /// Membership probe.
+    Ping(Ping),
+    /// Indirect probe request.
+    PingReq(PingReq),
+    /// Probe answer.
+    Ack(Ack),
+    /// Membership state exchange.
+    Sync(Sync),
 }
 
 impl Body {
@@ -284,6 +384,10 @@ impl Body {
             Self::Release(_) => "release",
             Self::Instance(_) => "instance",
             Self::Revoke(_) => "revoke",
+            Self::Ping(_) => "ping",
+            Self::PingReq(_) => "ping-req",
+            Self::Ack(_) => "ack",
+            Self::Sync(_) => "sync",
         }
     }
 }

@@ -3,8 +3,8 @@
 //! messages and a crash, all drawn from one seed. Invariants are checked after every
 //! step; a violation reports the seed, which replays the run exactly.
 //!
-//! Failure detection is an oracle here (a crashed node is reported dead to every
-//! announcer after a fixed delay); SWIM membership replaces it as the protocol grows.
+//! Every node runs SWIM membership; node 0, which takes every workload, learns of crashes
+//! from it and re-places the lost replicas.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -14,7 +14,8 @@ use crate::auction::{
     NodeProfile, PlacementRequest,
 };
 use crate::codec::{self, ReplayGuard};
-use crate::messages::{Body, Resources, Scoring};
+use crate::membership::{Membership, MembershipConfig, MembershipEvent};
+use crate::messages::{Body, MemberState, NodeMeta, Resources, Scoring};
 use crate::testing::{ChecksumVerifier, KeyedChecksum};
 
 const GIB: u64 = 1 << 30;
@@ -72,8 +73,6 @@ pub struct Crash {
     pub node: usize,
     /// When (ms from the run's start).
     pub at_ms: u64,
-    /// How long until every announcer learns of it.
-    pub detect_after_ms: u64,
 }
 
 /// One simulated run, all drawn from `seed` by [`SimConfig::from_seed`].
@@ -119,7 +118,6 @@ impl SimConfig {
             // the successor takeover, which arrives with gossiped workload specs.
             node: rng.range(1, nodes as u64 - 1) as usize,
             at_ms: rng.range(500, 6_000),
-            detect_after_ms: rng.range(500, 3_000),
         });
         Self {
             seed,
@@ -131,7 +129,7 @@ impl SimConfig {
             partition,
             crash,
             stable_after_ms: 12_000,
-            end_ms: 80_000,
+            end_ms: 50_000,
         }
     }
 }
@@ -147,8 +145,10 @@ pub struct Outcome {
     pub replicas_placed: u64,
     /// Auctions that ended without a winner (and were retried).
     pub failed_auctions: u64,
-    /// Longest time from a crash's detection until its replicas were placed again (ms).
-    pub max_heal_ms: Option<u64>,
+    /// Time from a crash until node 0 declared the node dead (ms).
+    pub detection_ms: Option<u64>,
+    /// Time from a crash until its replicas ran elsewhere (ms).
+    pub heal_ms: Option<u64>,
 }
 
 /// An invariant that broke, with what replays it.
@@ -166,6 +166,7 @@ pub struct Violation {
 struct Node {
     id: String,
     signer: KeyedChecksum,
+    membership: Membership,
     bidder: Bidder,
     announcer: Announcer,
     replays: ReplayGuard,
@@ -192,8 +193,6 @@ struct Sim {
     message_ids: u64,
     outcome: Outcome,
     requests: Vec<PlacementRequest>,
-    crash_detected: bool,
-    crash_detected_at: Option<u64>,
     next_report: u64,
 }
 
@@ -216,11 +215,28 @@ impl Sim {
                         memory_bytes: rng.range(4, 16) * GIB,
                     },
                 };
+                let meta = NodeMeta {
+                    agent_version: "sim".to_owned(),
+                    protocol_min: codec::MIN_PROTOCOL_VERSION,
+                    protocol_max: codec::PROTOCOL_VERSION,
+                    arch: profile.arch.clone(),
+                    labels: profile.labels.clone(),
+                    allocatable: profile.allocatable,
+                    free: profile.allocatable,
+                    images: Vec::new(),
+                };
                 let mut bidder = Bidder::new(profile, BidderConfig::default());
                 if rng.chance(500) {
                     bidder.add_image("registry.test/app:1");
                 }
                 Node {
+                    membership: Membership::new(
+                        id.clone(),
+                        meta,
+                        MembershipConfig::default(),
+                        0,
+                        rng.next_u64(),
+                    ),
                     signer: KeyedChecksum::new(id.clone(), CLUSTER_SEED),
                     announcer: Announcer::new(
                         id.clone(),
@@ -244,8 +260,6 @@ impl Sim {
             seq: 0,
             message_ids: 0,
             outcome: Outcome::default(),
-            crash_detected: false,
-            crash_detected_at: None,
             next_report: REPORT_INTERVAL_MS,
         };
         sim.requests = sim.make_requests();
@@ -319,18 +333,25 @@ impl Sim {
         }
     }
 
+    /// Node 0's view: itself plus the members its membership considers alive, compatible
+    /// when their announced protocol range includes ours.
     fn members(&self) -> Vec<Candidate> {
-        let dead = self
-            .crash_detected
-            .then(|| self.config.crash.map(|c| c.node))
-            .flatten();
-        (0..self.nodes.len())
-            .filter(|i| Some(*i) != dead)
-            .map(|i| Candidate {
-                node: node_id(i),
-                compatible: true,
-            })
-            .collect()
+        let view = &self.nodes[0].membership;
+        std::iter::once(Candidate {
+            node: node_id(0),
+            compatible: true,
+        })
+        .chain(
+            view.members()
+                .filter(|m| m.state == MemberState::Alive)
+                .map(|m| Candidate {
+                    node: m.id.clone(),
+                    compatible: m.meta.as_ref().is_some_and(|meta| {
+                        (meta.protocol_min..=meta.protocol_max).contains(&codec::PROTOCOL_VERSION)
+                    }),
+                }),
+        )
+        .collect()
     }
 
     fn partitioned(&self, a: usize, b: usize) -> bool {
@@ -352,6 +373,7 @@ impl Sim {
                     node.announcer
                         .poll_transmit()
                         .or_else(|| node.bidder.poll_transmit())
+                        .or_else(|| node.membership.poll_transmit())
                 };
                 let Some((to_id, body)) = next else { break };
                 let to = self
@@ -431,6 +453,10 @@ impl Sim {
             Body::Accept(accept) => node.announcer.handle_accept(now, from, accept),
             Body::Reject(reject) => node.announcer.handle_reject(now, from, reject),
             Body::Instance(instance) => node.announcer.handle_instance(now, from, instance),
+            Body::Ping(ping) => node.membership.handle_ping(now, from, ping),
+            Body::PingReq(request) => node.membership.handle_ping_req(now, from, request),
+            Body::Ack(ack) => node.membership.handle_ack(now, from, ack),
+            Body::Sync(sync) => node.membership.handle_sync(now, from, sync),
         }
         Ok(())
     }
@@ -439,13 +465,61 @@ impl Sim {
         self.nodes
             .iter()
             .filter(|n| n.alive)
-            .flat_map(|n| [n.bidder.poll_timeout(), n.announcer.poll_timeout()])
+            .flat_map(|n| {
+                [
+                    n.bidder.poll_timeout(),
+                    n.announcer.poll_timeout(),
+                    n.membership.poll_timeout(),
+                ]
+            })
             .flatten()
             .min()
     }
 
-    fn drain_events(&mut self) {
+    fn drain_events(&mut self) -> Result<(), Violation> {
+        // Node 0 announces: its membership view drives candidates and healing.
+        let mut changed = false;
+        let mut died = Vec::new();
+        while let Some(event) = self.nodes[0].membership.poll_event() {
+            changed = true;
+            if let MembershipEvent::Died(node) = event {
+                died.push(node);
+            }
+        }
+        for node in died {
+            let crashed = self.config.crash.map(|c| node_id(c.node));
+            if Some(&node) == crashed.as_ref() {
+                if let Some(crash) = self.config.crash {
+                    self.outcome
+                        .detection_ms
+                        .get_or_insert(self.now.saturating_sub(crash.at_ms));
+                }
+            } else if self.now >= self.config.stable_after_ms + 30_000 {
+                return Err(self.violation(format!(
+                    "{node} was declared dead long after the network stabilized"
+                )));
+            }
+            for request in &self.requests {
+                let lost: Vec<u32> = self.nodes[0]
+                    .announcer
+                    .placements(&request.workload)
+                    .into_iter()
+                    .filter(|(_, (on, _))| *on == node)
+                    .map(|(replica, _)| replica)
+                    .collect();
+                for replica in lost {
+                    self.nodes[0]
+                        .announcer
+                        .replica_lost(self.now, &request.workload, replica);
+                }
+            }
+        }
+        if changed {
+            let members = self.members();
+            self.nodes[0].announcer.set_members(members);
+        }
         for node in &mut self.nodes {
+            while node.membership.poll_event().is_some() {}
             while node.bidder.poll_event().is_some() {}
             while let Some(event) = node.announcer.poll_event() {
                 if let AnnouncerEvent::NotPlaced { .. } = event {
@@ -453,6 +527,7 @@ impl Sim {
                 }
             }
         }
+        Ok(())
     }
 
     /// Invariants that hold after every step.
@@ -551,39 +626,36 @@ impl Sim {
     }
 
     fn run(mut self) -> Result<Outcome, Violation> {
-        for node in 0..self.nodes.len() {
-            let members = self.members();
-            self.nodes[node].announcer.set_members(members);
-        }
-        // Workloads arrive at node 0, one every 50 ms from 100 ms on.
+        // Everyone joins through node 0, staggered over the first 100 ms.
+        let seed_node = vec![node_id(0)];
+        let mut joins: Vec<(u64, usize)> = (1..self.nodes.len())
+            .map(|i| (i as u64 * 100 / self.nodes.len() as u64, i))
+            .collect();
+        joins.reverse();
+        // Workloads arrive at node 0, one every 50 ms from 3 s on (once members are known).
         let mut submissions: Vec<(u64, PlacementRequest)> = self
             .requests
             .iter()
             .enumerate()
-            .map(|(i, r)| (100 + 50 * i as u64, r.clone()))
+            .map(|(i, r)| (3_000 + 50 * i as u64, r.clone()))
             .collect();
         submissions.reverse();
-        let mut heal_started: Option<u64> = None;
 
         loop {
             let next_delivery = self.in_flight.peek().map(|Reverse(d)| d.at_ms);
             let next_submission = submissions.last().map(|(at, _)| *at);
+            let next_join = joins.last().map(|(at, _)| *at);
             let next_crash = self
                 .config
                 .crash
                 .filter(|c| self.nodes[c.node].alive)
                 .map(|c| c.at_ms);
-            let next_detect = self
-                .config
-                .crash
-                .filter(|_| !self.crash_detected)
-                .map(|c| c.at_ms + c.detect_after_ms);
             let Some(next) = [
                 next_delivery,
                 self.next_timer(),
                 next_submission,
+                next_join,
                 next_crash,
-                next_detect,
                 Some(self.next_report),
             ]
             .into_iter()
@@ -605,41 +677,21 @@ impl Sim {
                 };
                 self.deliver(delivery)?;
             }
+            while joins.last().is_some_and(|(at, _)| *at <= self.now) {
+                if let Some((_, node)) = joins.pop() {
+                    self.nodes[node].membership.join(&seed_node);
+                }
+            }
             while submissions.last().is_some_and(|(at, _)| *at <= self.now) {
                 if let Some((_, request)) = submissions.pop() {
                     self.nodes[0].announcer.place(self.now, request);
                 }
             }
-            if let Some(crash) = self.config.crash {
-                if self.nodes[crash.node].alive && self.now >= crash.at_ms {
-                    self.nodes[crash.node].alive = false;
-                }
-                if !self.crash_detected && self.now >= crash.at_ms + crash.detect_after_ms {
-                    self.crash_detected = true;
-                    self.crash_detected_at = Some(self.now);
-                    heal_started = Some(self.now);
-                    let members = self.members();
-                    let dead = node_id(crash.node);
-                    for i in 0..self.nodes.len() {
-                        self.nodes[i].announcer.set_members(members.clone());
-                    }
-                    for request in &self.requests {
-                        let lost: Vec<u32> = self.nodes[0]
-                            .announcer
-                            .placements(&request.workload)
-                            .into_iter()
-                            .filter(|(_, (node, _))| *node == dead)
-                            .map(|(replica, _)| replica)
-                            .collect();
-                        for replica in lost {
-                            self.nodes[0].announcer.replica_lost(
-                                self.now,
-                                &request.workload,
-                                replica,
-                            );
-                        }
-                    }
-                }
+            if let Some(crash) = self.config.crash
+                && self.nodes[crash.node].alive
+                && self.now >= crash.at_ms
+            {
+                self.nodes[crash.node].alive = false;
             }
             if self.now >= self.next_report {
                 self.next_report = self.now + REPORT_INTERVAL_MS;
@@ -655,13 +707,19 @@ impl Sim {
                 if node.announcer.poll_timeout().is_some_and(|t| t <= now) {
                     node.announcer.handle_timeout(now);
                 }
+                if node.membership.poll_timeout().is_some_and(|t| t <= now) {
+                    node.membership.handle_timeout(now);
+                }
             }
-            self.drain_events();
+            self.drain_events()?;
             self.flush_transmits()?;
             self.check_always()?;
 
-            if let (Some(started), Some(_)) = (heal_started, self.config.crash) {
-                let dead = node_id(self.config.crash.map(|c| c.node).unwrap_or_default());
+            if let Some(crash) = self.config.crash
+                && self.outcome.heal_ms.is_none()
+                && self.outcome.detection_ms.is_some()
+            {
+                let dead = node_id(crash.node);
                 let healed = self
                     .requests
                     .iter()
@@ -672,8 +730,7 @@ impl Sim {
                             && placed.values().all(|(n, _)| *n != dead)
                     });
                 if healed {
-                    self.outcome.max_heal_ms = Some(self.now - started);
-                    heal_started = None;
+                    self.outcome.heal_ms = Some(self.now - crash.at_ms);
                 }
             }
         }

@@ -28,7 +28,7 @@ fn every_seed_keeps_every_invariant() {
                 messages += outcome.messages;
                 placed += outcome.replicas_placed;
                 forged += outcome.forged_refused;
-                heal_max = heal_max.max(outcome.max_heal_ms.unwrap_or(0));
+                heal_max = heal_max.max(outcome.heal_ms.unwrap_or(0));
             }
             Err(violation) => failures.push(violation.to_string()),
         }

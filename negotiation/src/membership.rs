@@ -1,0 +1,656 @@
+//! SWIM membership (Das, Gupta, Motivala 2002) with suspicion and incarnation numbers,
+//! sans-IO: failure detection by direct and indirect probes, dissemination piggybacked on
+//! probes, node metadata spread the same way, and push-pull state exchange on join and
+//! periodically so that newcomers and healed partitions catch up.
+//!
+//! Defaults follow memberlist's LAN profile: a probe every second, 500 ms to answer,
+//! three indirect probes, suspicion lasting `4 × log10(n)` probe intervals (at least 5 s).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::messages::{Ack, Body, MemberState, MemberUpdate, NodeMeta, Ping, PingReq, Sync};
+
+/// Membership settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MembershipConfig {
+    /// Time between probes.
+    pub probe_interval_ms: u64,
+    /// Time a direct probe has to be answered before indirect probes go out.
+    pub probe_timeout_ms: u64,
+    /// Members asked to probe indirectly.
+    pub indirect_probes: usize,
+    /// Suspicion lasts this many probe intervals × log10(members), at least the minimum.
+    pub suspicion_multiplier: u64,
+    /// Shortest suspicion.
+    pub min_suspicion_ms: u64,
+    /// Gossip entries piggybacked per message.
+    pub max_piggyback: usize,
+    /// Each update is sent this many × log10(members + 1) times (at least 3).
+    pub retransmit_multiplier: u64,
+    /// Time between push-pull exchanges with a random member.
+    pub sync_interval_ms: u64,
+    /// Updates per `Sync` message (keeps frames under the size cap).
+    pub max_sync_chunk: usize,
+    /// How long dead members are remembered (so late gossip does not revive them).
+    pub dead_retention_ms: u64,
+    /// Time between attempts to reach a random dead member. After a partition both sides
+    /// hold the other dead and stop probing it; this is how they find each other again.
+    pub reconnect_interval_ms: u64,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        Self {
+            probe_interval_ms: 1_000,
+            probe_timeout_ms: 500,
+            indirect_probes: 3,
+            suspicion_multiplier: 4,
+            min_suspicion_ms: 5_000,
+            max_piggyback: 8,
+            retransmit_multiplier: 4,
+            sync_interval_ms: 30_000,
+            max_sync_chunk: 100,
+            dead_retention_ms: 300_000,
+            reconnect_interval_ms: 10_000,
+        }
+    }
+}
+
+/// A member as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Node id.
+    pub id: String,
+    /// Liveness.
+    pub state: MemberState,
+    /// Latest incarnation heard.
+    pub incarnation: u64,
+    /// Latest metadata heard, if any.
+    pub meta: Option<NodeMeta>,
+    /// When the state last changed (ms).
+    pub since_ms: u64,
+}
+
+/// Changes the driver acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipEvent {
+    /// A member appeared (or came back).
+    Joined(String),
+    /// A member is suspected.
+    Suspected(String),
+    /// A suspected member refuted: alive after all.
+    Recovered(String),
+    /// A member was declared dead.
+    Died(String),
+    /// A member's metadata changed.
+    MetaChanged(String),
+}
+
+#[derive(Debug)]
+enum ProbePhase {
+    Direct { deadline_ms: u64 },
+    Indirect { deadline_ms: u64 },
+}
+
+#[derive(Debug)]
+struct Probe {
+    target: String,
+    seq: u64,
+    phase: ProbePhase,
+}
+
+#[derive(Debug)]
+struct Gossip {
+    update: MemberUpdate,
+    sent: u64,
+}
+
+/// The membership state machine of one node.
+#[derive(Debug)]
+pub struct Membership {
+    me: String,
+    incarnation: u64,
+    meta: NodeMeta,
+    config: MembershipConfig,
+    members: BTreeMap<String, Member>,
+    probe_order: Vec<String>,
+    probe_index: usize,
+    probe: Option<Probe>,
+    next_probe_ms: u64,
+    next_sync_ms: u64,
+    next_reconnect_ms: u64,
+    /// Our relay seq → (requester, requester's seq, expiry).
+    relays: HashMap<u64, (String, u64, u64)>,
+    suspicions: BTreeMap<String, u64>,
+    gossip: Vec<Gossip>,
+    next_seq: u64,
+    rng: u64,
+    /// Seed members, contacted again while no member is known (a lost join).
+    seeds: Vec<String>,
+    transmits: VecDeque<(String, Body)>,
+    events: VecDeque<MembershipEvent>,
+}
+
+impl Membership {
+    /// A member `me` with its metadata; `seed` drives probe order and sampling.
+    pub fn new(
+        me: impl Into<String>,
+        meta: NodeMeta,
+        config: MembershipConfig,
+        now_ms: u64,
+        seed: u64,
+    ) -> Self {
+        let me = me.into();
+        let mut membership = Self {
+            incarnation: 0,
+            meta,
+            config,
+            members: BTreeMap::new(),
+            probe_order: Vec::new(),
+            probe_index: 0,
+            probe: None,
+            next_probe_ms: now_ms + config.probe_interval_ms,
+            next_sync_ms: now_ms + config.sync_interval_ms,
+            next_reconnect_ms: now_ms + config.reconnect_interval_ms,
+            relays: HashMap::new(),
+            suspicions: BTreeMap::new(),
+            gossip: Vec::new(),
+            next_seq: 0,
+            rng: seed | 1,
+            seeds: Vec::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            me,
+        };
+        let announce = membership.self_update(true);
+        membership.enqueue_gossip(announce);
+        membership
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.me
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn self_update(&self, with_meta: bool) -> MemberUpdate {
+        MemberUpdate {
+            node: self.me.clone(),
+            state: MemberState::Alive,
+            incarnation: self.incarnation,
+            meta: with_meta.then(|| self.meta.clone()),
+        }
+    }
+
+    /// Contacts seed members: pushes this node's state and asks for theirs.
+    pub fn join(&mut self, seeds: &[String]) {
+        self.seeds = seeds.iter().filter(|s| **s != self.me).cloned().collect();
+        for seed in seeds {
+            if *seed != self.me {
+                self.send_sync(seed.clone(), true);
+            }
+        }
+    }
+
+    /// Announces new metadata (capacity, labels, images) under a new incarnation.
+    pub fn set_meta(&mut self, meta: NodeMeta) {
+        self.meta = meta;
+        self.incarnation += 1;
+        let update = self.self_update(true);
+        self.enqueue_gossip(update);
+    }
+
+    /// Members other than this node, in id order.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    /// A member by id.
+    pub fn member(&self, id: &str) -> Option<&Member> {
+        self.members.get(id)
+    }
+
+    /// Alive (or suspected, not yet dead) members other than this node.
+    pub fn live_members(&self) -> impl Iterator<Item = &Member> {
+        self.members
+            .values()
+            .filter(|m| m.state != MemberState::Dead)
+    }
+
+    fn live_count(&self) -> usize {
+        self.live_members().count() + 1
+    }
+
+    fn retransmit_limit(&self) -> u64 {
+        let n = self.live_count() as f64;
+        (self.config.retransmit_multiplier as f64 * (n + 1.0).log10())
+            .ceil()
+            .max(3.0) as u64
+    }
+
+    fn suspicion_ms(&self) -> u64 {
+        let n = (self.live_count() as f64).max(1.0);
+        let ms = (self.config.suspicion_multiplier as f64
+            * n.log10().max(1.0)
+            * self.config.probe_interval_ms as f64) as u64;
+        ms.max(self.config.min_suspicion_ms)
+    }
+
+    fn enqueue_gossip(&mut self, update: MemberUpdate) {
+        self.gossip.retain(|g| g.update.node != update.node);
+        self.gossip.push(Gossip { update, sent: 0 });
+    }
+
+    /// Gossip for a message to `to`: our own liveness, what we believe about `to` if it is
+    /// not "alive" (so a node wrongly suspected or declared dead learns it and refutes at
+    /// once), and the least-sent entries, counted as sent once more.
+    fn piggyback(&mut self, to: &str) -> Vec<MemberUpdate> {
+        let limit = self.retransmit_limit();
+        self.gossip.sort_by_key(|g| g.sent);
+        let mut out = vec![self.self_update(false)];
+        if let Some(member) = self.members.get(to)
+            && member.state != MemberState::Alive
+        {
+            out.push(MemberUpdate {
+                node: member.id.clone(),
+                state: member.state,
+                incarnation: member.incarnation,
+                meta: None,
+            });
+        }
+        for gossip in self.gossip.iter_mut().take(self.config.max_piggyback) {
+            gossip.sent += 1;
+            out.push(gossip.update.clone());
+        }
+        self.gossip.retain(|g| g.sent < limit);
+        out
+    }
+
+    /// Applies one piece of gossip, by SWIM's precedence rules.
+    fn apply(&mut self, now_ms: u64, update: &MemberUpdate) {
+        if update.node == self.me {
+            // Someone thinks we are suspect or dead: refute with a higher incarnation.
+            if update.state != MemberState::Alive && update.incarnation >= self.incarnation {
+                self.incarnation = update.incarnation + 1;
+                let refutation = self.self_update(true);
+                self.enqueue_gossip(refutation);
+            }
+            return;
+        }
+        let suspicion_ms = self.suspicion_ms();
+        let Some(member) = self.members.get_mut(&update.node) else {
+            if update.state == MemberState::Dead {
+                return;
+            }
+            self.members.insert(
+                update.node.clone(),
+                Member {
+                    id: update.node.clone(),
+                    state: update.state,
+                    incarnation: update.incarnation,
+                    meta: update.meta.clone(),
+                    since_ms: now_ms,
+                },
+            );
+            self.probe_order.push(update.node.clone());
+            self.events
+                .push_back(MembershipEvent::Joined(update.node.clone()));
+            if update.state == MemberState::Suspect {
+                self.suspicions
+                    .insert(update.node.clone(), now_ms + suspicion_ms);
+            }
+            self.enqueue_gossip(update.clone());
+            return;
+        };
+        let newer = match (update.state, member.state) {
+            // Alive overrides only with a higher incarnation (a refutation or new meta).
+            (MemberState::Alive, MemberState::Dead) => update.incarnation > member.incarnation,
+            (MemberState::Alive, _) => update.incarnation > member.incarnation,
+            (MemberState::Suspect, MemberState::Alive) => update.incarnation >= member.incarnation,
+            (MemberState::Suspect, MemberState::Suspect) => update.incarnation > member.incarnation,
+            (MemberState::Suspect, MemberState::Dead) => false,
+            (MemberState::Dead, MemberState::Dead) => false,
+            (MemberState::Dead, _) => update.incarnation >= member.incarnation,
+        };
+        if !newer {
+            // Metadata can still arrive late for a state already known.
+            if member.meta.is_none()
+                && update.meta.is_some()
+                && update.incarnation == member.incarnation
+            {
+                member.meta = update.meta.clone();
+                self.events
+                    .push_back(MembershipEvent::MetaChanged(update.node.clone()));
+            }
+            return;
+        }
+        let previous = member.state;
+        member.state = update.state;
+        member.incarnation = update.incarnation;
+        if update.meta.is_some() && update.meta != member.meta {
+            member.meta = update.meta.clone();
+            self.events
+                .push_back(MembershipEvent::MetaChanged(update.node.clone()));
+        }
+        if previous != update.state {
+            member.since_ms = now_ms;
+        }
+        match (previous, update.state) {
+            (MemberState::Alive, MemberState::Suspect) => {
+                self.suspicions
+                    .insert(update.node.clone(), now_ms + suspicion_ms);
+                self.events
+                    .push_back(MembershipEvent::Suspected(update.node.clone()));
+            }
+            (MemberState::Suspect, MemberState::Alive) => {
+                self.suspicions.remove(&update.node);
+                self.events
+                    .push_back(MembershipEvent::Recovered(update.node.clone()));
+            }
+            (MemberState::Dead, MemberState::Alive) => {
+                self.events
+                    .push_back(MembershipEvent::Joined(update.node.clone()));
+            }
+            (_, MemberState::Dead) if previous != MemberState::Dead => {
+                self.suspicions.remove(&update.node);
+                self.events
+                    .push_back(MembershipEvent::Died(update.node.clone()));
+            }
+            _ => {}
+        }
+        self.enqueue_gossip(update.clone());
+    }
+
+    fn apply_all(&mut self, now_ms: u64, updates: &[MemberUpdate]) {
+        for update in updates {
+            self.apply(now_ms, update);
+        }
+    }
+
+    fn send_sync(&mut self, to: String, reply: bool) {
+        let mut all: Vec<MemberUpdate> = vec![self.self_update(true)];
+        all.extend(self.members.values().map(|m| MemberUpdate {
+            node: m.id.clone(),
+            state: m.state,
+            incarnation: m.incarnation,
+            meta: m.meta.clone(),
+        }));
+        let chunk = self.config.max_sync_chunk.max(1);
+        let chunks = all.len().div_ceil(chunk);
+        for (i, updates) in all.chunks(chunk).enumerate() {
+            // Only the last chunk asks for a reply, so the exchange stays one round.
+            self.transmits.push_back((
+                to.clone(),
+                Body::Sync(Sync {
+                    updates: updates.to_vec(),
+                    reply: reply && i + 1 == chunks,
+                }),
+            ));
+        }
+    }
+
+    /// A probe: answer it.
+    pub fn handle_ping(&mut self, now_ms: u64, from: &str, ping: &Ping) {
+        self.apply_all(now_ms, &ping.updates);
+        let updates = self.piggyback(from);
+        self.transmits.push_back((
+            from.to_owned(),
+            Body::Ack(Ack {
+                seq: ping.seq,
+                updates,
+            }),
+        ));
+    }
+
+    /// An indirect probe request: probe the target and forward its answer.
+    pub fn handle_ping_req(&mut self, now_ms: u64, from: &str, request: &PingReq) {
+        self.apply_all(now_ms, &request.updates);
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        self.relays.insert(
+            seq,
+            (
+                from.to_owned(),
+                request.seq,
+                now_ms + self.config.probe_interval_ms,
+            ),
+        );
+        let updates = self.piggyback(&request.target);
+        self.transmits
+            .push_back((request.target.clone(), Body::Ping(Ping { seq, updates })));
+    }
+
+    /// A probe answer (ours, or one to forward).
+    pub fn handle_ack(&mut self, now_ms: u64, _from: &str, ack: &Ack) {
+        self.apply_all(now_ms, &ack.updates);
+        if self.probe.as_ref().is_some_and(|p| p.seq == ack.seq) {
+            self.probe = None;
+            return;
+        }
+        if let Some((requester, their_seq, _)) = self.relays.remove(&ack.seq) {
+            let updates = self.piggyback(&requester);
+            self.transmits.push_back((
+                requester,
+                Body::Ack(Ack {
+                    seq: their_seq,
+                    updates,
+                }),
+            ));
+        }
+    }
+
+    /// A state exchange: merge it, and answer with ours if asked.
+    pub fn handle_sync(&mut self, now_ms: u64, from: &str, sync: &Sync) {
+        self.apply_all(now_ms, &sync.updates);
+        if sync.reply {
+            self.send_sync(from.to_owned(), false);
+        }
+    }
+
+    fn next_probe_target(&mut self) -> Option<String> {
+        let live: Vec<String> = self.live_members().map(|m| m.id.clone()).collect();
+        if live.is_empty() {
+            return None;
+        }
+        // Round-robin over a shuffled order, reshuffled each round (SWIM's bounded
+        // detection time).
+        self.probe_order.retain(|id| live.contains(id));
+        for id in &live {
+            if !self.probe_order.contains(id) {
+                self.probe_order.push(id.clone());
+            }
+        }
+        if self.probe_index >= self.probe_order.len() {
+            self.probe_index = 0;
+            for i in (1..self.probe_order.len()).rev() {
+                let j = (self.random() % (i as u64 + 1)) as usize;
+                self.probe_order.swap(i, j);
+            }
+        }
+        let target = self.probe_order.get(self.probe_index).cloned();
+        self.probe_index += 1;
+        target
+    }
+
+    fn suspect(&mut self, now_ms: u64, target: &str) {
+        let Some(member) = self.members.get(target) else {
+            return;
+        };
+        if member.state != MemberState::Alive {
+            return;
+        }
+        let update = MemberUpdate {
+            node: target.to_owned(),
+            state: MemberState::Suspect,
+            incarnation: member.incarnation,
+            meta: None,
+        };
+        self.apply(now_ms, &update);
+    }
+
+    /// Drives probes, indirect probes, suspicion timeouts and state exchanges.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        // Probe deadlines.
+        if let Some(probe) = &self.probe {
+            match probe.phase {
+                ProbePhase::Direct { deadline_ms } if now_ms >= deadline_ms => {
+                    let (target, seq) = (probe.target.clone(), probe.seq);
+                    let mut helpers: Vec<String> = self
+                        .live_members()
+                        .filter(|m| m.id != target && m.state == MemberState::Alive)
+                        .map(|m| m.id.clone())
+                        .collect();
+                    for i in (1..helpers.len()).rev() {
+                        let j = (self.random() % (i as u64 + 1)) as usize;
+                        helpers.swap(i, j);
+                    }
+                    helpers.truncate(self.config.indirect_probes);
+                    for helper in helpers {
+                        let updates = self.piggyback(&helper);
+                        self.transmits.push_back((
+                            helper,
+                            Body::PingReq(PingReq {
+                                seq,
+                                target: target.clone(),
+                                updates,
+                            }),
+                        ));
+                    }
+                    let deadline_ms =
+                        now_ms + self.config.probe_interval_ms - self.config.probe_timeout_ms;
+                    if let Some(probe) = self.probe.as_mut() {
+                        probe.phase = ProbePhase::Indirect { deadline_ms };
+                    }
+                }
+                ProbePhase::Indirect { deadline_ms } if now_ms >= deadline_ms => {
+                    let target = probe.target.clone();
+                    self.probe = None;
+                    self.suspect(now_ms, &target);
+                }
+                _ => {}
+            }
+        }
+        // Suspicions that ran out.
+        let expired: Vec<String> = self
+            .suspicions
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.suspicions.remove(&id);
+            if let Some(member) = self.members.get(&id)
+                && member.state == MemberState::Suspect
+            {
+                let update = MemberUpdate {
+                    node: id.clone(),
+                    state: MemberState::Dead,
+                    incarnation: member.incarnation,
+                    meta: None,
+                };
+                self.apply(now_ms, &update);
+            }
+        }
+        self.relays.retain(|_, (_, _, expiry)| *expiry > now_ms);
+        let retention = self.config.dead_retention_ms;
+        self.members
+            .retain(|_, m| m.state != MemberState::Dead || m.since_ms + retention > now_ms);
+        // The next probe.
+        if now_ms >= self.next_probe_ms {
+            self.next_probe_ms = now_ms + self.config.probe_interval_ms;
+            self.catch_up();
+            if self.probe.is_none()
+                && let Some(target) = self.next_probe_target()
+            {
+                self.next_seq += 1;
+                let seq = self.next_seq;
+                self.probe = Some(Probe {
+                    target: target.clone(),
+                    seq,
+                    phase: ProbePhase::Direct {
+                        deadline_ms: now_ms + self.config.probe_timeout_ms,
+                    },
+                });
+                let updates = self.piggyback(&target);
+                self.transmits
+                    .push_back((target, Body::Ping(Ping { seq, updates })));
+            }
+        }
+        // Try to reach a random dead member: if it is alive after all, the exchange tells
+        // it what we believe and it refutes.
+        if now_ms >= self.next_reconnect_ms {
+            self.next_reconnect_ms = now_ms + self.config.reconnect_interval_ms;
+            let dead: Vec<String> = self
+                .members
+                .values()
+                .filter(|m| m.state == MemberState::Dead)
+                .map(|m| m.id.clone())
+                .collect();
+            if !dead.is_empty() {
+                let pick = dead[(self.random() % dead.len() as u64) as usize].clone();
+                self.send_sync(pick, true);
+            }
+        }
+        // Push-pull with a random live member.
+        if now_ms >= self.next_sync_ms {
+            self.next_sync_ms = now_ms + self.config.sync_interval_ms;
+            let live: Vec<String> = self.live_members().map(|m| m.id.clone()).collect();
+            if !live.is_empty() {
+                let pick = live[(self.random() % live.len() as u64) as usize].clone();
+                self.send_sync(pick, true);
+            }
+        }
+    }
+
+    /// Once per probe interval: a join whose exchange was lost tries the seeds again, and
+    /// a member known without its metadata (its announcement was lost) is asked for it.
+    fn catch_up(&mut self) {
+        if self.members.is_empty() {
+            for seed in self.seeds.clone() {
+                self.send_sync(seed, true);
+            }
+            return;
+        }
+        let missing_meta = self
+            .live_members()
+            .find(|m| m.meta.is_none())
+            .map(|m| m.id.clone());
+        if let Some(id) = missing_meta {
+            self.send_sync(id, true);
+        }
+    }
+
+    /// When [`Membership::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let probe = self.probe.as_ref().map(|p| match p.phase {
+            ProbePhase::Direct { deadline_ms } | ProbePhase::Indirect { deadline_ms } => {
+                deadline_ms
+            }
+        });
+        [
+            Some(self.next_probe_ms),
+            Some(self.next_sync_ms),
+            probe,
+            self.suspicions.values().min().copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<(String, Body)> {
+        self.transmits.pop_front()
+    }
+
+    /// The next change.
+    pub fn poll_event(&mut self) -> Option<MembershipEvent> {
+        self.events.pop_front()
+    }
+}
