@@ -243,6 +243,18 @@ impl Membership {
     }
 
     fn enqueue_gossip(&mut self, update: MemberUpdate) {
+        // A bare liveness update must not push out a pending one that carries the same
+        // incarnation's metadata.
+        if update.meta.is_none()
+            && self.gossip.iter().any(|g| {
+                g.update.node == update.node
+                    && g.update.incarnation == update.incarnation
+                    && g.update.state == update.state
+                    && g.update.meta.is_some()
+            })
+        {
+            return;
+        }
         self.gossip.retain(|g| g.update.node != update.node);
         self.gossip.push(Gossip { update, sent: 0 });
     }
@@ -319,14 +331,18 @@ impl Membership {
             (MemberState::Dead, _) => update.incarnation >= member.incarnation,
         };
         if !newer {
-            // Metadata can still arrive late for a state already known.
-            if member.meta.is_none()
-                && update.meta.is_some()
+            // A node changes its metadata only under a new incarnation, so metadata carried
+            // for the incarnation we hold is authoritative even when the state is not news
+            // (the bare liveness part of every message can announce the incarnation first).
+            if update.meta.is_some()
                 && update.incarnation == member.incarnation
+                && update.meta != member.meta
             {
                 member.meta = update.meta.clone();
                 self.events
                     .push_back(MembershipEvent::MetaChanged(update.node.clone()));
+                // Pass it on, or it reaches only the node's direct contacts.
+                self.enqueue_gossip(update.clone());
             }
             return;
         }
