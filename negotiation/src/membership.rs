@@ -608,8 +608,10 @@ impl Membership {
                 .filter(|m| m.state == MemberState::Dead)
                 .map(|m| m.id.clone())
                 .collect();
-            if !dead.is_empty() {
-                let pick = dead[(self.random() % dead.len() as u64) as usize].clone();
+            // Up to three of them: a truly dead member must not hide a live one for long.
+            let mut dead = dead;
+            for _ in 0..dead.len().min(3) {
+                let pick = dead.swap_remove((self.random() % dead.len() as u64) as usize);
                 self.send_sync(pick, true);
             }
         }

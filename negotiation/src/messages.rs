@@ -233,6 +233,9 @@ pub struct Instance {
     pub epoch: u64,
     /// The reservation the award named.
     pub reservation: String,
+    /// The node's value of the workload's spread label, if any.
+    #[serde(default)]
+    pub failure_domain: Option<String>,
 }
 
 /// The announcer tells a node to stop a replica another node holds at a newer epoch (or

@@ -114,9 +114,8 @@ impl SimConfig {
             }
         });
         let crash = rng.chance(400).then(|| Crash {
-            // Node 0 announces every workload and never crashes: an owner's death needs
-            // the successor takeover, which arrives with gossiped workload specs.
-            node: rng.range(1, nodes as u64 - 1) as usize,
+            // Any node, the owner of every workload (node 0) included.
+            node: rng.range(0, nodes as u64 - 1) as usize,
             at_ms: rng.range(500, 6_000),
         });
         Self {
@@ -193,6 +192,9 @@ struct Sim {
     message_ids: u64,
     outcome: Outcome,
     requests: Vec<PlacementRequest>,
+    /// Workload → the node it was submitted to (specs are known to every node: in the
+    /// agent they travel by gossip).
+    submitters: BTreeMap<String, String>,
     next_report: u64,
 }
 
@@ -260,6 +262,7 @@ impl Sim {
             seq: 0,
             message_ids: 0,
             outcome: Outcome::default(),
+            submitters: BTreeMap::new(),
             next_report: REPORT_INTERVAL_MS,
         };
         sim.requests = sim.make_requests();
@@ -333,12 +336,12 @@ impl Sim {
         }
     }
 
-    /// Node 0's view: itself plus the members its membership considers alive, compatible
-    /// when their announced protocol range includes ours.
-    fn members(&self) -> Vec<Candidate> {
-        let view = &self.nodes[0].membership;
+    /// Node `i`'s candidates: itself plus the members its membership considers alive,
+    /// compatible when their announced protocol range includes ours.
+    fn members(&self, i: usize) -> Vec<Candidate> {
+        let view = &self.nodes[i].membership;
         std::iter::once(Candidate {
-            node: node_id(0),
+            node: node_id(i),
             compatible: true,
         })
         .chain(
@@ -476,47 +479,101 @@ impl Sim {
             .min()
     }
 
+    /// Alive members in node `i`'s view, itself included.
+    fn view(&self, i: usize) -> Vec<String> {
+        std::iter::once(node_id(i))
+            .chain(
+                self.nodes[i]
+                    .membership
+                    .members()
+                    .filter(|m| m.state != MemberState::Dead)
+                    .map(|m| m.id.clone()),
+            )
+            .collect()
+    }
+
+    /// The owner of a submitted workload in node `i`'s view.
+    fn owner_in_view(&self, i: usize, workload: &str) -> Option<String> {
+        let submitter = self.submitters.get(workload)?;
+        let view = self.view(i);
+        let alive: Vec<&str> = view.iter().map(String::as_str).collect();
+        crate::ownership::owner(workload, submitter, &alive).map(str::to_owned)
+    }
+
+    /// Makes node `i` act on its view of ownership: adopt what it now owns, hand over
+    /// what it no longer owns, point its replicas' reports at their owners, and give its
+    /// announcer its view of the members.
+    fn apply_ownership(&mut self, i: usize) {
+        let members = self.members(i);
+        self.nodes[i].announcer.set_members(members);
+        let workloads: Vec<String> = self.submitters.keys().cloned().collect();
+        for workload in workloads {
+            let Some(owner) = self.owner_in_view(i, &workload) else {
+                continue;
+            };
+            self.nodes[i].bidder.set_owner(&workload, &owner);
+            let owns = self.nodes[i].announcer.owns(&workload);
+            if owner == self.nodes[i].id && !owns {
+                if let Some(request) = self
+                    .requests
+                    .iter()
+                    .find(|r| r.workload == workload)
+                    .cloned()
+                {
+                    let gather_until = self.now + 2 * REPORT_INTERVAL_MS;
+                    self.nodes[i].announcer.adopt(gather_until, request);
+                }
+            } else if owner != self.nodes[i].id && owns {
+                self.nodes[i].announcer.relinquish(&workload);
+            }
+        }
+    }
+
     fn drain_events(&mut self) -> Result<(), Violation> {
-        // Node 0 announces: its membership view drives candidates and healing.
-        let mut changed = false;
-        let mut died = Vec::new();
-        while let Some(event) = self.nodes[0].membership.poll_event() {
-            changed = true;
-            if let MembershipEvent::Died(node) = event {
-                died.push(node);
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].alive {
+                continue;
             }
-        }
-        for node in died {
-            let crashed = self.config.crash.map(|c| node_id(c.node));
-            if Some(&node) == crashed.as_ref() {
-                if let Some(crash) = self.config.crash {
-                    self.outcome
-                        .detection_ms
-                        .get_or_insert(self.now.saturating_sub(crash.at_ms));
+            let mut changed = false;
+            let mut died = Vec::new();
+            while let Some(event) = self.nodes[i].membership.poll_event() {
+                changed = true;
+                if let MembershipEvent::Died(node) = event {
+                    died.push(node);
                 }
-            } else if self.now >= self.config.stable_after_ms + 30_000 {
-                return Err(self.violation(format!(
-                    "{node} was declared dead long after the network stabilized"
-                )));
             }
-            for request in &self.requests {
-                let lost: Vec<u32> = self.nodes[0]
-                    .announcer
-                    .placements(&request.workload)
-                    .into_iter()
-                    .filter(|(_, (on, _))| *on == node)
-                    .map(|(replica, _)| replica)
-                    .collect();
-                for replica in lost {
-                    self.nodes[0]
+            for node in died {
+                let crashed = self.config.crash.map(|c| node_id(c.node));
+                if Some(&node) == crashed.as_ref() {
+                    if let Some(crash) = self.config.crash {
+                        self.outcome
+                            .detection_ms
+                            .get_or_insert(self.now.saturating_sub(crash.at_ms));
+                    }
+                } else if self.now >= self.config.stable_after_ms + 30_000 {
+                    return Err(self.violation(format!(
+                        "{} declared {node} dead long after the network stabilized",
+                        self.nodes[i].id
+                    )));
+                }
+                for request in &self.requests {
+                    let lost: Vec<u32> = self.nodes[i]
                         .announcer
-                        .replica_lost(self.now, &request.workload, replica);
+                        .placements(&request.workload)
+                        .into_iter()
+                        .filter(|(_, (on, _))| *on == node)
+                        .map(|(replica, _)| replica)
+                        .collect();
+                    for replica in lost {
+                        self.nodes[i]
+                            .announcer
+                            .replica_lost(self.now, &request.workload, replica);
+                    }
                 }
             }
-        }
-        if changed {
-            let members = self.members();
-            self.nodes[0].announcer.set_members(members);
+            if changed {
+                self.apply_ownership(i);
+            }
         }
         for node in &mut self.nodes {
             while node.membership.poll_event().is_some() {}
@@ -528,6 +585,43 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// The node every alive node agrees owns `workload`; a violation if they disagree.
+    fn agreed_owner(&self, workload: &str) -> Result<usize, Violation> {
+        let mut owners = std::collections::BTreeSet::new();
+        for i in (0..self.nodes.len()).filter(|i| self.nodes[*i].alive) {
+            owners.insert(self.owner_in_view(i, workload));
+        }
+        match owners.into_iter().collect::<Vec<_>>().as_slice() {
+            [Some(owner)] => self
+                .index_of(owner)
+                .ok_or_else(|| self.violation("owner is not a node")),
+            other => {
+                let views: Vec<String> = (0..self.nodes.len())
+                    .filter(|i| self.nodes[*i].alive)
+                    .map(|i| {
+                        let states: Vec<String> = self.nodes[i]
+                            .membership
+                            .members()
+                            .map(|m| {
+                                format!(
+                                    "{}:{:?}/{}",
+                                    &m.id[m.id.len() - 2..],
+                                    m.state,
+                                    m.incarnation
+                                )
+                            })
+                            .collect();
+                        format!("n{i} sees [{}]", states.join(" "))
+                    })
+                    .collect();
+                Err(self.violation(format!(
+                    "nodes disagree on the owner of {workload}: {other:?}; {}",
+                    views.join("; ")
+                )))
+            }
+        }
     }
 
     /// Invariants that hold after every step.
@@ -571,11 +665,15 @@ impl Sim {
                     holders.entry(c.replica).or_default().push(node.id.clone());
                 }
             }
+            let owner = self.agreed_owner(&request.workload)?;
+            if !self.nodes[owner].announcer.owns(&request.workload) {
+                return Err(self.violation(format!("{} has no announcer", request.workload)));
+            }
             if request.workload == "default/too-big" {
                 if !holders.is_empty() {
                     return Err(self.violation("a workload that fits nowhere was placed"));
                 }
-                let explanation = self.nodes[0].announcer.explain(&request.workload);
+                let explanation = self.nodes[owner].announcer.explain(&request.workload);
                 let declined = explanation.get(&0).is_some_and(|e| {
                     e.answers.values().any(
                         |a| matches!(a, Answer::Declined(r) if r.code() == "insufficient-memory"),
@@ -588,15 +686,15 @@ impl Sim {
                 }
                 continue;
             }
-            let record = self.nodes[0].announcer.placements(&request.workload);
+            let record = self.nodes[owner].announcer.placements(&request.workload);
             for replica in 0..request.replicas {
                 let on = holders.get(&replica).cloned().unwrap_or_default();
                 if on.len() != 1 {
                     return Err(self.violation(format!(
                         "{} replica {replica} runs on {on:?}, expected exactly one node (announcer: {}; last: {:?})",
                         request.workload,
-                        self.nodes[0].announcer.auction_state(&request.workload),
-                        self.nodes[0].announcer.explain(&request.workload).get(&replica)
+                        self.nodes[owner].announcer.auction_state(&request.workload),
+                        self.nodes[owner].announcer.explain(&request.workload).get(&replica)
                     )));
                 }
                 if record.get(&replica).map(|(n, _)| n) != on.first() {
@@ -627,7 +725,16 @@ impl Sim {
 
     fn run(mut self) -> Result<Outcome, Violation> {
         // Everyone joins through node 0, staggered over the first 100 ms.
-        let seed_node = vec![node_id(0)];
+        // Every node joins through two seeds, as an operator would configure it: with one,
+        // a node whose seed dies before answering stays alone forever.
+        let cluster = self.nodes.len();
+        let seeds_of = move |i: usize| -> Vec<String> {
+            (0..cluster)
+                .filter(|s| *s != i)
+                .take(2)
+                .map(node_id)
+                .collect()
+        };
         let mut joins: Vec<(u64, usize)> = (1..self.nodes.len())
             .map(|i| (i as u64 * 100 / self.nodes.len() as u64, i))
             .collect();
@@ -679,12 +786,25 @@ impl Sim {
             }
             while joins.last().is_some_and(|(at, _)| *at <= self.now) {
                 if let Some((_, node)) = joins.pop() {
-                    self.nodes[node].membership.join(&seed_node);
+                    let seeds = seeds_of(node);
+                    self.nodes[node].membership.join(&seeds);
                 }
             }
             while submissions.last().is_some_and(|(at, _)| *at <= self.now) {
                 if let Some((_, request)) = submissions.pop() {
-                    self.nodes[0].announcer.place(self.now, request);
+                    // The user submits to node 0, or to the next node up if it is down.
+                    let Some(to) = (0..self.nodes.len()).find(|i| self.nodes[*i].alive) else {
+                        continue;
+                    };
+                    self.submitters
+                        .insert(request.workload.clone(), self.nodes[to].id.clone());
+                    self.nodes[to].announcer.place(self.now, request);
+                    let alive: Vec<usize> = (0..self.nodes.len())
+                        .filter(|i| self.nodes[*i].alive)
+                        .collect();
+                    for i in alive {
+                        self.apply_ownership(i);
+                    }
                 }
             }
             if let Some(crash) = self.config.crash
@@ -725,7 +845,10 @@ impl Sim {
                     .iter()
                     .filter(|r| r.workload != "default/too-big")
                     .all(|r| {
-                        let placed = self.nodes[0].announcer.placements(&r.workload);
+                        let placed = self
+                            .agreed_owner(&r.workload)
+                            .map(|o| self.nodes[o].announcer.placements(&r.workload))
+                            .unwrap_or_default();
                         placed.len() == r.replicas as usize
                             && placed.values().all(|(n, _)| *n != dead)
                     });

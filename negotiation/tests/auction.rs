@@ -53,6 +53,7 @@ fn settle(
     until: u64,
 ) -> (u64, Vec<(String, Body)>) {
     let mut log = Vec::new();
+    let mut pending_timeout = None;
     loop {
         let mut moved = false;
         while let Some((to, body)) = announcer.poll_transmit() {
@@ -84,6 +85,12 @@ fn settle(
             }
         }
         if !moved {
+            // The announcer's deadlines run after the messages of the same instant, so a
+            // report sent then counts.
+            if let Some(at) = pending_timeout.take() {
+                announcer.handle_timeout(at);
+                continue;
+            }
             let next = [announcer.poll_timeout()]
                 .into_iter()
                 .chain(bidders.iter().map(Bidder::poll_timeout))
@@ -92,10 +99,12 @@ fn settle(
             match next {
                 Some(t) if t <= until => {
                     now = t.max(now);
-                    announcer.handle_timeout(now);
                     for b in bidders.iter_mut() {
                         b.handle_timeout(now);
+                        // Nodes report what they run; unreported replicas are re-placed.
+                        b.report_instances();
                     }
+                    pending_timeout = Some(now);
                 }
                 _ => return (now, log),
             }

@@ -54,6 +54,9 @@ pub struct AnnouncerConfig {
     pub retry_max_ms: u64,
     /// Power of d choices: ask `d × replicas` sampled members when there are more.
     pub sample_factor: usize,
+    /// A placed replica not reported by its node for this long is presumed gone (its
+    /// container was removed, or another owner revoked it) and placed again.
+    pub instance_timeout_ms: u64,
 }
 
 impl Default for AnnouncerConfig {
@@ -64,6 +67,7 @@ impl Default for AnnouncerConfig {
             retry_initial_ms: 1_000,
             retry_max_ms: 30_000,
             sample_factor: 2,
+            instance_timeout_ms: 10_000,
         }
     }
 }
@@ -167,13 +171,16 @@ struct Auction {
 #[derive(Debug)]
 struct Workload {
     request: PlacementRequest,
-    /// Replica → (node, epoch, failure domain) once placed.
-    placed: BTreeMap<u32, (String, u64, Option<String>)>,
+    /// Replica → (node, epoch, failure domain, last heard of in ms) once placed.
+    placed: BTreeMap<u32, (String, u64, Option<String>, u64)>,
     auction: Option<Auction>,
     last_explanation: BTreeMap<u32, Explanation>,
     /// Every auction of the workload gets a higher epoch than the one before, so a newer
     /// award always fences an older one.
     next_epoch: u64,
+    /// Set while a new owner collects instance reports before placing anything, so it
+    /// adopts what already runs instead of placing duplicates.
+    gathering_until_ms: Option<u64>,
 }
 
 /// The announcer's state machine.
@@ -220,9 +227,49 @@ impl Announcer {
                 auction: None,
                 last_explanation: BTreeMap::new(),
                 next_epoch: 1,
+                gathering_until_ms: None,
             },
         );
         self.advance(now_ms, &key);
+    }
+
+    /// Takes over a workload whose owner died (or moved): first collects the running
+    /// replicas from instance reports until `gather_until_ms`, then places what is
+    /// missing at epochs above any it has seen.
+    pub fn adopt(&mut self, gather_until_ms: u64, request: PlacementRequest) {
+        let key = request.workload.clone();
+        self.workloads.entry(key).or_insert(Workload {
+            request,
+            placed: BTreeMap::new(),
+            auction: None,
+            last_explanation: BTreeMap::new(),
+            next_epoch: 1,
+            gathering_until_ms: Some(gather_until_ms),
+        });
+    }
+
+    /// Hands a workload over to another owner: stops its auction (releasing held bids)
+    /// and forgets it. Running replicas are not touched.
+    pub fn relinquish(&mut self, workload: &str) {
+        let Some(w) = self.workloads.remove(workload) else {
+            return;
+        };
+        if let Some(auction) = w.auction {
+            for (node, bid) in auction.bids {
+                self.transmits.push_back((
+                    node,
+                    Body::Release(Release {
+                        auction: auction.id,
+                        reservation: bid.reservation,
+                    }),
+                ));
+            }
+        }
+    }
+
+    /// Whether this announcer currently owns `workload`.
+    pub fn owns(&self, workload: &str) -> bool {
+        self.workloads.contains_key(workload)
     }
 
     /// Forgets a workload's placement of `replica` (its node died) so it is placed again
@@ -241,7 +288,7 @@ impl Announcer {
             .map(|w| {
                 w.placed
                     .iter()
-                    .map(|(r, (n, e, _))| (*r, (n.clone(), *e)))
+                    .map(|(r, (n, e, _, _))| (*r, (n.clone(), *e)))
                     .collect()
             })
             .unwrap_or_default()
@@ -314,7 +361,7 @@ impl Announcer {
         let Some(workload) = self.workloads.get(key) else {
             return;
         };
-        let hosting: BTreeSet<&String> = workload.placed.values().map(|(n, _, _)| n).collect();
+        let hosting: BTreeSet<&String> = workload.placed.values().map(|(n, _, _, _)| n).collect();
         let mut candidates: Vec<String> = self
             .members
             .iter()
@@ -455,6 +502,7 @@ impl Announcer {
                 winner.clone(),
                 auction.epoch,
                 winning_bid.failure_domain.clone(),
+                now_ms,
             ),
         );
         workload
@@ -490,8 +538,20 @@ impl Announcer {
             self.revoke(from, instance);
             return;
         }
+        if workload.gathering_until_ms.is_some() {
+            self.gather(now_ms, from, instance);
+            return;
+        }
         match workload.placed.get(&instance.replica) {
-            Some((node, epoch, _)) if node == from && *epoch == instance.epoch => {}
+            Some((node, epoch, _, _)) if node == from && *epoch == instance.epoch => {
+                if let Some(placed) = self
+                    .workloads
+                    .get_mut(&instance.workload)
+                    .and_then(|w| w.placed.get_mut(&instance.replica))
+                {
+                    placed.3 = now_ms;
+                }
+            }
             Some(_) => self.revoke(from, instance),
             None => {
                 let awarding_this = workload.auction.as_ref().is_some_and(|a| {
@@ -516,6 +576,48 @@ impl Announcer {
                     self.revoke(from, instance);
                 }
             }
+        }
+    }
+
+    /// While taking over: the instance with the highest epoch of each replica is adopted;
+    /// any other is revoked.
+    fn gather(&mut self, now_ms: u64, from: &str, instance: &Instance) {
+        let Some(workload) = self.workloads.get_mut(&instance.workload) else {
+            return;
+        };
+        workload.next_epoch = workload.next_epoch.max(instance.epoch + 1);
+        let superseded = match workload.placed.get(&instance.replica) {
+            Some((node, epoch, _, _)) if node == from && *epoch == instance.epoch => return,
+            Some((node, epoch, _, _)) if *epoch >= instance.epoch => {
+                // The one on record is newer (or equal: keep the first, deterministically
+                // the lower node id wins below).
+                if *epoch > instance.epoch || node.as_str() < from {
+                    self.revoke(from, instance);
+                    return;
+                }
+                Some((node.clone(), *epoch))
+            }
+            Some((node, epoch, _, _)) => Some((node.clone(), *epoch)),
+            None => None,
+        };
+        workload.placed.insert(
+            instance.replica,
+            (
+                from.to_owned(),
+                instance.epoch,
+                instance.failure_domain.clone(),
+                now_ms,
+            ),
+        );
+        if let Some((node, epoch)) = superseded {
+            let stale = Instance {
+                workload: instance.workload.clone(),
+                replica: instance.replica,
+                epoch,
+                reservation: String::new(),
+                failure_domain: None,
+            };
+            self.revoke(&node, &stale);
         }
     }
 
@@ -554,11 +656,12 @@ impl Announcer {
         let Some(workload) = self.workloads.get_mut(key) else {
             return;
         };
-        let taken_nodes: BTreeSet<&String> = workload.placed.values().map(|(n, _, _)| n).collect();
+        let taken_nodes: BTreeSet<&String> =
+            workload.placed.values().map(|(n, _, _, _)| n).collect();
         let taken_domains: BTreeSet<&String> = workload
             .placed
             .values()
-            .filter_map(|(_, _, d)| d.as_ref())
+            .filter_map(|(_, _, d, _)| d.as_ref())
             .collect();
         let spread = workload.request.spread_label.is_some();
         let Some(auction) = workload.auction.as_mut() else {
@@ -653,6 +756,21 @@ impl Announcer {
     /// re-runs auctions whose backoff has passed.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         let keys: Vec<String> = self.workloads.keys().cloned().collect();
+        let instance_timeout = self.config.instance_timeout_ms;
+        for key in &keys {
+            let Some(w) = self.workloads.get_mut(key) else {
+                continue;
+            };
+            if w.gathering_until_ms.is_some_and(|until| now_ms >= until) {
+                w.gathering_until_ms = None;
+            }
+            if w.gathering_until_ms.is_none() {
+                w.placed.retain(|_, (_, _, _, seen_ms)| {
+                    seen_ms.saturating_add(instance_timeout) > now_ms
+                });
+            }
+            self.advance(now_ms, key);
+        }
         for key in keys {
             let Some(auction) = self.workloads.get(&key).and_then(|w| w.auction.as_ref()) else {
                 continue;
@@ -732,6 +850,18 @@ impl Announcer {
 
     /// When [`Announcer::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<u64> {
+        let gathering = self
+            .workloads
+            .values()
+            .filter_map(|w| {
+                w.gathering_until_ms.or_else(|| {
+                    w.placed
+                        .values()
+                        .map(|(_, _, _, seen_ms)| seen_ms + self.config.instance_timeout_ms)
+                        .min()
+                })
+            })
+            .min();
         self.workloads
             .values()
             .filter_map(|w| w.auction.as_ref())
@@ -744,6 +874,7 @@ impl Announcer {
                 } => resend_at_ms.min(expires_at_ms),
                 Phase::Waiting { retry_at_ms } => retry_at_ms,
             })
+            .chain(gathering)
             .min()
     }
 

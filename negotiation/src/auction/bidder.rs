@@ -40,6 +40,8 @@ pub struct Reservation {
     pub resources: Resources,
     /// When the hold lapses (ms).
     pub expires_at_ms: u64,
+    /// The node's value of the workload's spread label, if any.
+    pub failure_domain: Option<String>,
 }
 
 /// A replica this node committed to run.
@@ -57,6 +59,8 @@ pub struct Committed {
     pub resources: Resources,
     /// The reservation it came from (to answer a repeated award).
     pub reservation: String,
+    /// The node's value of the workload's spread label, if any.
+    pub failure_domain: Option<String>,
 }
 
 /// Something the driver must act on before sending this bidder's messages.
@@ -267,6 +271,10 @@ impl Bidder {
             epoch: cfp.epoch,
             resources: cfp.resources,
             expires_at_ms: now_ms + self.config.reservation_ttl_ms,
+            failure_domain: cfp
+                .spread_label
+                .as_ref()
+                .and_then(|label| self.profile.labels.get(label).cloned()),
         };
         let bid = Bid {
             auction: cfp.auction,
@@ -335,6 +343,7 @@ impl Bidder {
             epoch: award.epoch,
             resources: reservation.resources,
             reservation: reservation.id,
+            failure_domain: reservation.failure_domain,
         };
         self.committed.insert(key, committed.clone());
         // The event comes first: the driver persists it before sending the Accept.
@@ -367,6 +376,18 @@ impl Bidder {
         }
     }
 
+    /// Points a workload's replicas at a new owner: reports go there, and only it may
+    /// revoke them.
+    pub fn set_owner(&mut self, workload: &str, owner: &str) {
+        for c in self
+            .committed
+            .values_mut()
+            .filter(|c| c.workload == workload)
+        {
+            c.announcer = owner.to_owned();
+        }
+    }
+
     /// Queues a report of every committed replica to its announcer.
     pub fn report_instances(&mut self) {
         for c in self.committed.values() {
@@ -377,6 +398,7 @@ impl Bidder {
                     replica: c.replica,
                     epoch: c.epoch,
                     reservation: c.reservation.clone(),
+                    failure_domain: c.failure_domain.clone(),
                 }),
             ));
         }
