@@ -477,21 +477,26 @@ impl Announcer {
         }
     }
 
+    /// The workload key and bid index if auction `id` is awarding `reservation` to `from`.
+    fn awarding(&self, id: AuctionId, from: &str, reservation: &str) -> Option<(String, usize)> {
+        self.workloads.iter().find_map(|(key, w)| {
+            let auction = w.auction.as_ref().filter(|a| a.id == id)?;
+            let Phase::Awarding { bid, .. } = auction.phase else {
+                return None;
+            };
+            let (winner, winning) = &auction.bids[bid];
+            (winner == from && winning.reservation == reservation).then(|| (key.clone(), bid))
+        })
+    }
+
     /// The winner took the award: the replica is placed, the other bids are released.
     pub fn handle_accept(&mut self, now_ms: u64, from: &str, accept: &Accept) {
-        let Some((workload, key)) = self.auction_mut(accept.auction) else {
+        let Some((key, bid)) = self.awarding(accept.auction, from, &accept.reservation) else {
             return;
         };
-        let Some(auction) = workload.auction.as_ref() else {
+        let Some(workload) = self.workloads.get_mut(&key) else {
             return;
         };
-        let Phase::Awarding { bid, .. } = auction.phase else {
-            return;
-        };
-        let (winner, winning_bid) = &auction.bids[bid];
-        if winner != from || winning_bid.reservation != accept.reservation {
-            return;
-        }
         let Some(auction) = workload.auction.take() else {
             return;
         };
@@ -634,18 +639,9 @@ impl Announcer {
 
     /// The winner refused: award the next acceptable bid.
     pub fn handle_reject(&mut self, now_ms: u64, from: &str, reject: &Reject) {
-        let Some((workload, key)) = self.auction_mut(reject.auction) else {
+        let Some((key, bid)) = self.awarding(reject.auction, from, &reject.reservation) else {
             return;
         };
-        let Some(auction) = workload.auction.as_ref() else {
-            return;
-        };
-        let Phase::Awarding { bid, .. } = auction.phase else {
-            return;
-        };
-        if auction.bids[bid].0 != from || auction.bids[bid].1.reservation != reject.reservation {
-            return;
-        }
         self.award_next(now_ms, &key, bid + 1);
     }
 
