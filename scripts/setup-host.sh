@@ -22,7 +22,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 say() { echo "setup-host: $*"; }
 
 # 1. Packages. Only what is missing is installed, so a prepared host costs nothing.
-packages=(podman runc uidmap slirp4netns fuse-overlayfs busybox-static iproute2 gcc pkg-config)
+packages=(podman runc uidmap slirp4netns fuse-overlayfs busybox-static iproute2 systemd gcc pkg-config)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

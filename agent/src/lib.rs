@@ -11,3 +11,4 @@ pub mod config;
 pub mod node;
 pub mod reconcile;
 pub mod runtime;
+pub mod systemd;

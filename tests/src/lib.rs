@@ -92,6 +92,11 @@ impl TestUser {
         test_user
     }
 
+    /// The `parley` binary, copied where the user can run it.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
     /// The user's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -304,6 +309,8 @@ pub struct Agent {
     dir: tempfile::TempDir,
     node: String,
     extra_args: Vec<String>,
+    extra_env: Vec<(String, String)>,
+    wrapper: Vec<String>,
     child: Option<Child>,
 }
 
@@ -315,6 +322,17 @@ impl Agent {
 
     /// Starts an agent with extra `parley agent` arguments.
     pub fn start_with(tag: &str, extra_args: &[&str]) -> Self {
+        Self::start_custom(tag, extra_args, &[], &[])
+    }
+
+    /// Starts an agent with extra arguments, extra environment variables, and a wrapper
+    /// program the agent is started through (`systemd-socket-activate …`, say).
+    pub fn start_custom(
+        tag: &str,
+        extra_args: &[&str],
+        extra_env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let user = test_user();
         let dir = tempfile::Builder::new()
@@ -332,6 +350,11 @@ impl Agent {
             dir,
             node,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_env: extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         agent.launch();
@@ -345,7 +368,20 @@ impl Agent {
 
     /// The local API socket.
     pub fn api_socket(&self) -> PathBuf {
-        self.dir.path().join("api.sock")
+        match self.extra_args.iter().position(|a| a == "--api-socket") {
+            Some(at) => PathBuf::from(&self.extra_args[at + 1]),
+            None => self.dir.path().join("api.sock"),
+        }
+    }
+
+    /// The agent's own directory (sockets, data, log), owned by the test user.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The binary the agent runs.
+    pub fn binary(&self) -> &Path {
+        &self.user.binary
     }
 
     /// The data directory (unless the test passed its own `--data-dir`).
@@ -379,11 +415,17 @@ impl Agent {
             .open(self.log_path())
             .expect("open the agent log");
         self.user.chown(&self.log_path());
-        let mut command = self.user.command(&self.user.binary);
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = self.user.command(program);
+                command.args(args).arg(&self.user.binary);
+                command
+            }
+            None => self.user.command(&self.user.binary),
+        };
+        command.envs(self.extra_env.iter().map(|(k, v)| (k, v)));
         command
             .arg("agent")
-            .arg("--api-socket")
-            .arg(self.api_socket())
             .arg("--node-name")
             .arg(&self.node)
             .args(&self.extra_args)
@@ -392,6 +434,9 @@ impl Agent {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log);
+        if !self.extra_args.iter().any(|a| a == "--api-socket") {
+            command.arg("--api-socket").arg(self.api_socket());
+        }
         if !self.extra_args.iter().any(|a| a == "--data-dir") {
             command.arg("--data-dir").arg(self.data_dir());
         }

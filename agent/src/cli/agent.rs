@@ -114,10 +114,22 @@ async fn serve(config: Config, reset_state: bool) -> anyhow::Result<()> {
 
     // Bound first so that a second agent on the same socket fails before it touches any
     // state; requests that arrive before serving starts wait in the listen backlog.
-    let listener = crate::api::bind(&config.api_socket)
-        .with_context(|| format!("cannot listen on {}", config.api_socket.display()))?;
+    let activated = crate::systemd::activated_api_socket()
+        .context("cannot use the API socket passed by systemd")?;
+    let (listener, owns_socket) = match activated {
+        Some(listener) => {
+            tracing::info!("using the API socket passed by systemd (socket activation)");
+            (listener, false)
+        }
+        None => (
+            crate::api::bind(&config.api_socket)
+                .with_context(|| format!("cannot listen on {}", config.api_socket.display()))?,
+            true,
+        ),
+    };
     let result = serve_on(&config, listener, reset_state).await;
-    if let Err(e) = std::fs::remove_file(&config.api_socket) {
+    // A socket systemd passed stays: systemd owns it and accepts on it while we restart.
+    if owns_socket && let Err(e) = std::fs::remove_file(&config.api_socket) {
         tracing::debug!(error = %e, "could not remove the API socket");
     }
     result
@@ -180,9 +192,20 @@ async fn serve_on(
         shutdown.clone(),
     ));
 
+    let watchdog = crate::systemd::spawn_watchdog(shutdown.clone());
+    crate::systemd::ready(&format!(
+        "listening on {}; node {}",
+        config.api_socket.display(),
+        config.node_name
+    ));
+
     signal.await;
     tracing::info!("shutting down");
+    crate::systemd::stopping();
     shutdown.cancel();
+    if let Some(watchdog) = watchdog {
+        let _ = watchdog.await;
+    }
 
     let stopped = tokio::time::timeout(SHUTDOWN_GRACE, async {
         if let Ok(Err(e)) = api.await {

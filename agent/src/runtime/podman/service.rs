@@ -92,6 +92,14 @@ async fn start_service(
     let mut child = Command::new(&settings.podman_binary)
         .args(["system", "service", "--time=0"])
         .arg(format!("unix://{}", settings.socket.display()))
+        // What systemd handed the agent is the agent's: Podman must not report readiness or
+        // ping the watchdog in its name, nor take over an activated socket.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
