@@ -10,6 +10,7 @@ use crate::config::Environment;
 
 pub mod agent;
 pub mod events;
+pub mod generate;
 pub mod identity;
 pub mod ps;
 pub mod rm;
@@ -47,7 +48,8 @@ pub struct Cli {
 /// Options shared by all subcommands.
 #[derive(Debug, clap::Args)]
 pub struct GlobalOptions {
-    /// The agent's local API socket [default: $XDG_RUNTIME_DIR/parley/parley.sock]
+    /// The agent's local API socket, also set by PARLEY_API_SOCKET [default:
+    /// $XDG_RUNTIME_DIR/parley/parley.sock]
     #[arg(long, global = true, env = "PARLEY_API_SOCKET", value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
     /// Output format: a table for people, JSON for scripts
@@ -81,6 +83,10 @@ pub enum Command {
     Events(events::EventsArgs),
     /// Manage identities: create a trust domain, enroll this node, show what it holds
     Identity(identity::IdentityArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell)
+    Completions(generate::CompletionsArgs),
+    /// Print the man page (roff): `parley man | man -l -`
+    Man,
 }
 
 impl Cli {
@@ -89,6 +95,8 @@ impl Cli {
         match self.command {
             Command::Agent(args) => agent::execute(args, &self.global),
             Command::Identity(args) => identity::execute(args, self.global.output),
+            Command::Completions(args) => generate::completions(args),
+            Command::Man => generate::man(),
             Command::Run(args) => with_client(&self.global, |client| {
                 run::execute(args, client, self.global.output)
             }),
