@@ -14,7 +14,7 @@
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -238,6 +238,9 @@ pub struct Store {
     instances: sled::Tree,
     reservations: sled::Tree,
     events: sled::Tree,
+    /// Entries in `events`, counted once at open: sled's `len()` walks the whole tree,
+    /// too slow to call on every appended event.
+    events_len: Arc<AtomicUsize>,
 }
 
 /// How long [`Store::open`] waits for a file lock still held by a store that was just
@@ -258,10 +261,12 @@ impl Store {
         let path: Arc<Path> = Arc::from(path.as_ref());
         let db = open_sled(&path)?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| classify(&path, e));
+        let events = tree(EVENTS_TREE)?;
         let store = Self {
             instances: tree(INSTANCES_TREE)?,
             reservations: tree(RESERVATIONS_TREE)?,
-            events: tree(EVENTS_TREE)?,
+            events_len: Arc::new(AtomicUsize::new(events.len())),
+            events,
             generation: Arc::new(AtomicU64::new(0)),
             db,
             path,
@@ -523,10 +528,12 @@ impl Store {
         self.events
             .insert(seq.to_be_bytes(), tree::encode(&event)?)
             .map_err(|e| self.fail(e))?;
-        while self.events.len() > self.options.max_events {
+        let mut len = self.events_len.fetch_add(1, Ordering::SeqCst) + 1;
+        while len > self.options.max_events {
             if self.events.pop_min().map_err(|e| self.fail(e))?.is_none() {
                 break;
             }
+            len = self.events_len.fetch_sub(1, Ordering::SeqCst) - 1;
         }
         Ok(event)
     }
