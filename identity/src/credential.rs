@@ -302,15 +302,12 @@ impl Issuer {
         if validity.not_after < validity.not_before {
             return Err(refuse("the validity ends before it starts"));
         }
-        let segments: Vec<&str> = subject.segments().collect();
         let kind = match self.kind {
-            IssuerKind::Root if matches!(segments.as_slice(), ["node", _]) => CertKind::Node,
+            IssuerKind::Root if is_node_id(subject) => CertKind::Node,
             IssuerKind::Root => {
                 return Err(refuse("a root issues node identities (/node/NAME) only"));
             }
-            IssuerKind::Node if matches!(segments.as_slice(), ["ns", _, "wl", _]) => {
-                CertKind::Workload
-            }
+            IssuerKind::Node if is_workload_id(subject) => CertKind::Workload,
             IssuerKind::Node => {
                 return Err(refuse(
                     "a node issues workload identities (/ns/NS/wl/NAME) only",
@@ -457,6 +454,19 @@ impl Credential {
     }
 }
 
+/// `spiffe://TD/node/NAME`: the only identities a root issues.
+fn is_node_id(id: &SpiffeId) -> bool {
+    matches!(id.segments().collect::<Vec<_>>().as_slice(), ["node", _])
+}
+
+/// `spiffe://TD/ns/NS/wl/NAME`: the only identities a node issues.
+fn is_workload_id(id: &SpiffeId) -> bool {
+    matches!(
+        id.segments().collect::<Vec<_>>().as_slice(),
+        ["ns", _, "wl", _]
+    )
+}
+
 fn signed_bytes(context: &str, message: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(SIGNATURE_DOMAIN.len() + context.len() + 1 + message.len());
     bytes.extend_from_slice(SIGNATURE_DOMAIN);
@@ -546,12 +556,7 @@ impl TrustBundle {
                 ));
             }
         };
-        if node.kind != CertKind::Node
-            || !matches!(
-                node.subject.segments().collect::<Vec<_>>().as_slice(),
-                ["node", _]
-            )
-        {
+        if node.kind != CertKind::Node || !is_node_id(&node.subject) {
             return Err(IdentityError::BadChain(
                 "the first certificate is not a node's",
             ));
@@ -582,10 +587,7 @@ impl TrustBundle {
         };
         if workload.kind != CertKind::Workload
             || workload.subject.trust_domain() != domain
-            || !matches!(
-                workload.subject.segments().collect::<Vec<_>>().as_slice(),
-                ["ns", _, "wl", _]
-            )
+            || !is_workload_id(&workload.subject)
         {
             return Err(IdentityError::NotAllowed {
                 issuer: node.subject.to_string(),

@@ -559,13 +559,15 @@ impl Announcer {
             }
             Some(_) => self.revoke(from, instance),
             None => {
-                let awarding_this = workload.auction.as_ref().is_some_and(|a| {
-                    a.replica == instance.replica
-                        && matches!(a.phase, Phase::Awarding { bid, .. }
-                            if a.bids[bid].0 == from && a.bids[bid].1.reservation == instance.reservation)
-                });
-                if awarding_this {
-                    let auction = workload.auction.as_ref().map(|a| a.id).unwrap_or_default();
+                let awarding_this = workload
+                    .auction
+                    .as_ref()
+                    .filter(|a| a.replica == instance.replica)
+                    .and_then(|a| {
+                        self.awarding(a.id, from, &instance.reservation)
+                            .map(|_| a.id)
+                    });
+                if let Some(auction) = awarding_this {
                     self.handle_accept(
                         now_ms,
                         from,
