@@ -271,3 +271,62 @@ fn an_invalid_config_file_exits_64_naming_the_field() {
         "a socket was opened despite the bad config"
     );
 }
+
+/// Polls `check` every 200 ms for up to 20 s.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[test]
+fn reconcile_replaces_a_removed_container_and_removes_an_unknown_one() {
+    let agent = Agent::start_with("reconcile", &["--reconcile-interval", "1"]);
+    agent.run_sleeper("keep").ok();
+    let first = replica(&agent.ps(), "keep")["container_id"]
+        .as_str()
+        .expect("container id")
+        .to_owned();
+
+    // Someone removes the container behind the agent's back: a new one replaces it.
+    let removed = test_user().podman(["rm", "-f", "-t", "0", &first]);
+    assert!(removed.status.success(), "{removed:?}");
+    eventually("a replacement container runs", || {
+        let now = replica(&agent.ps(), "keep");
+        now["state"] == "running" && now["container_id"] != first.as_str()
+    });
+    assert_eq!(agent.podman_containers().len(), 1);
+
+    // A container labelled as this node's, for a workload it does not have and without a
+    // spec to restore it from, is removed.
+    let node_label = format!("io.parley.node={}", agent.node());
+    let stray = test_user().podman([
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--label",
+        "io.parley.managed=true",
+        "--label",
+        &node_label,
+        "--label",
+        "io.parley.workload=stray",
+        "--label",
+        "io.parley.replica=0",
+        TEST_IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    assert!(stray.status.success(), "{stray:?}");
+    let stray_id = String::from_utf8_lossy(&stray.stdout).trim().to_owned();
+    eventually("the stray container is gone", || {
+        !agent.podman_containers().iter().any(|id| id == &stray_id)
+    });
+    assert_eq!(agent.workload_names(), ["keep"], "the stray was adopted");
+    assert_eq!(agent.podman_containers().len(), 1);
+}
