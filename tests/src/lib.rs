@@ -302,6 +302,18 @@ impl CliOutput {
     }
 }
 
+/// The first replica of workload `name` in a `parley ps -o json` answer.
+#[track_caller]
+pub fn first_replica(ps: &serde_json::Value, name: &str) -> serde_json::Value {
+    let workload = ps["workloads"]
+        .as_array()
+        .expect("workloads array")
+        .iter()
+        .find(|w| w["name"] == name)
+        .unwrap_or_else(|| panic!("{name} is not listed: {ps}"));
+    workload["replicas"][0].clone()
+}
+
 /// A `parley agent` process with its own directory, sockets, Podman service and node name.
 #[derive(Debug)]
 pub struct Agent {
@@ -542,6 +554,16 @@ impl Agent {
     /// `parley ps -o json`.
     pub fn ps(&self) -> serde_json::Value {
         self.cli(["ps", "-o", "json"]).json()
+    }
+
+    /// The container id of workload `name`'s first replica.
+    #[track_caller]
+    pub fn container_id(&self, name: &str) -> String {
+        let replica = first_replica(&self.ps(), name);
+        replica["container_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has no container: {replica}"))
+            .to_owned()
     }
 
     /// Names of the workloads `parley ps` lists, sorted.

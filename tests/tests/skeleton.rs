@@ -3,19 +3,8 @@
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
-use parley_e2e::{Agent, TEST_IMAGE, test_user};
+use parley_e2e::{Agent, TEST_IMAGE, first_replica, test_user};
 use serde_json::Value;
-
-/// The first replica of workload `name` in `parley ps -o json`.
-fn replica(ps: &Value, name: &str) -> Value {
-    let workload = ps["workloads"]
-        .as_array()
-        .expect("workloads array")
-        .iter()
-        .find(|w| w["name"] == name)
-        .unwrap_or_else(|| panic!("{name} is not listed: {ps}"));
-    workload["replicas"][0].clone()
-}
 
 #[test]
 fn run_ps_restart_adopt_rm_on_rootless_podman() {
@@ -44,7 +33,7 @@ fn run_ps_restart_adopt_rm_on_rootless_podman() {
         ])
         .ok();
     let ps = agent.ps();
-    let first = replica(&ps, "hello");
+    let first = first_replica(&ps, "hello");
     assert_eq!(first["state"], "running", "{ps}");
     assert_eq!(first["container"], "parley-hello-0");
     let id = first["container_id"]
@@ -76,7 +65,7 @@ fn run_ps_restart_adopt_rm_on_rootless_podman() {
     // A restarted agent lists the stored workload and adopts the container it runs.
     agent.restart();
     let ps = agent.ps();
-    let after = replica(&ps, "hello");
+    let after = first_replica(&ps, "hello");
     assert_eq!(
         after["container_id"],
         id.as_str(),
@@ -288,7 +277,7 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 fn reconcile_replaces_a_removed_container_and_removes_an_unknown_one() {
     let agent = Agent::start_with("reconcile", &["--reconcile-interval", "1"]);
     agent.run_sleeper("keep").ok();
-    let first = replica(&agent.ps(), "keep")["container_id"]
+    let first = first_replica(&agent.ps(), "keep")["container_id"]
         .as_str()
         .expect("container id")
         .to_owned();
@@ -297,7 +286,7 @@ fn reconcile_replaces_a_removed_container_and_removes_an_unknown_one() {
     let removed = test_user().podman(["rm", "-f", "-t", "0", &first]);
     assert!(removed.status.success(), "{removed:?}");
     eventually("a replacement container runs", || {
-        let now = replica(&agent.ps(), "keep");
+        let now = first_replica(&agent.ps(), "keep");
         now["state"] == "running" && now["container_id"] != first.as_str()
     });
     assert_eq!(agent.podman_containers().len(), 1);

@@ -6,18 +6,6 @@ use std::io::{Seek, SeekFrom, Write};
 use parley_e2e::{Agent, SmallFs, TEST_IMAGE};
 use serde_json::Value;
 
-fn container_id(agent: &Agent, name: &str) -> String {
-    let ps = agent.ps();
-    ps["workloads"]
-        .as_array()
-        .expect("workloads")
-        .iter()
-        .find(|w| w["name"] == name)
-        .and_then(|w| w["replicas"][0]["container_id"].as_str())
-        .unwrap_or_else(|| panic!("{name} has no container: {ps}"))
-        .to_owned()
-}
-
 #[test]
 fn a_corrupt_store_is_refused_clearly_and_reset_state_rebuilds_it_from_podman() {
     let mut agent = Agent::start("corrupt");
@@ -36,7 +24,7 @@ fn a_corrupt_store_is_refused_clearly_and_reset_state_rebuilds_it_from_podman() 
             "3600",
         ])
         .ok();
-    let id = container_id(&agent, "keep");
+    let id = agent.container_id("keep");
     assert!(agent.stop().success());
 
     // Garble the store's data file.
@@ -80,11 +68,7 @@ fn a_corrupt_store_is_refused_clearly_and_reset_state_rebuilds_it_from_podman() 
         .try_launch(&["--reset-state"])
         .expect("start with --reset-state");
     assert_eq!(agent.workload_names(), ["keep"]);
-    assert_eq!(
-        container_id(&agent, "keep"),
-        id,
-        "the container was replaced"
-    );
+    assert_eq!(agent.container_id("keep"), id, "the container was replaced");
     assert_eq!(agent.podman_containers(), std::slice::from_ref(&id));
     let aside: Vec<_> = std::fs::read_dir(agent.data_dir())
         .expect("read data dir")
