@@ -277,10 +277,12 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 fn reconcile_replaces_a_removed_container_and_removes_an_unknown_one() {
     let agent = Agent::start_with("reconcile", &["--reconcile-interval", "1"]);
     agent.run_sleeper("keep").ok();
-    let first = first_replica(&agent.ps(), "keep")["container_id"]
-        .as_str()
-        .expect("container id")
-        .to_owned();
+    // Under load a listing can miss Podman's answer (ps then reports unknown states);
+    // wait for the container to be listed rather than read the first answer.
+    eventually("the container is listed", || {
+        first_replica(&agent.ps(), "keep")["container_id"].is_string()
+    });
+    let first = agent.container_id("keep");
 
     // Someone removes the container behind the agent's back: a new one replaces it.
     let removed = test_user().podman(["rm", "-f", "-t", "0", &first]);
