@@ -276,19 +276,16 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 #[test]
 fn reconcile_replaces_a_removed_container_and_removes_an_unknown_one() {
     let agent = Agent::start_with("reconcile", &["--reconcile-interval", "1"]);
-    agent.run_sleeper("keep").ok();
-    // Under load a listing can miss Podman's answer (ps then reports unknown states);
-    // wait for the container to be listed rather than read the first answer.
-    eventually("the container is listed", || {
-        first_replica(&agent.ps(), "keep")["container_id"].is_string()
-    });
-    let first = agent.container_id("keep");
+    // Container names are per Podman user, and tests run in parallel as one user: each
+    // test uses its own workload names.
+    agent.run_sleeper("healme").ok();
+    let first = agent.container_id("healme");
 
     // Someone removes the container behind the agent's back: a new one replaces it.
     let removed = test_user().podman(["rm", "-f", "-t", "0", &first]);
     assert!(removed.status.success(), "{removed:?}");
     eventually("a replacement container runs", || {
-        let now = first_replica(&agent.ps(), "keep");
+        let now = first_replica(&agent.ps(), "healme");
         now["state"] == "running" && now["container_id"] != first.as_str()
     });
     assert_eq!(agent.podman_containers().len(), 1);
@@ -318,6 +315,6 @@ fn reconcile_replaces_a_removed_container_and_removes_an_unknown_one() {
     eventually("the stray container is gone", || {
         !agent.podman_containers().iter().any(|id| id == &stray_id)
     });
-    assert_eq!(agent.workload_names(), ["keep"], "the stray was adopted");
+    assert_eq!(agent.workload_names(), ["healme"], "the stray was adopted");
     assert_eq!(agent.podman_containers().len(), 1);
 }
