@@ -1,6 +1,7 @@
 //! A deterministic simulator: a cluster of announcers and bidders exchanging real,
 //! signed, encoded frames over a virtual network with latency, loss, a partition, forged
-//! messages and a crash, all drawn from one seed. Invariants are checked after every
+//! messages and a crash (followed, in some runs, by a restart with the node's store),
+//! all drawn from one seed. Invariants are checked after every
 //! step; a violation reports the seed, which replays the run exactly.
 //!
 //! Every node runs SWIM membership; node 0, which takes every workload, learns of crashes
@@ -10,7 +11,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
 use crate::auction::{
-    Announcer, AnnouncerConfig, AnnouncerEvent, Answer, Bidder, BidderConfig, Candidate,
+    Announcer, AnnouncerConfig, AnnouncerEvent, Answer, Bidder, BidderConfig, Candidate, Committed,
     NodeProfile, PlacementRequest,
 };
 use crate::codec::{self, ReplayGuard};
@@ -66,13 +67,17 @@ pub struct Partition {
     pub end_ms: u64,
 }
 
-/// A node that crashes for good.
+/// A node that crashes, and may come back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Crash {
     /// Its index.
     pub node: usize,
     /// When (ms from the run's start).
     pub at_ms: u64,
+    /// When it restarts with what it had persisted (its committed replicas), if it does.
+    /// It comes back with a fresh membership at incarnation 0, as an agent that lost its
+    /// in-memory state would, and must refute its own death to rejoin.
+    pub restart_at_ms: Option<u64>,
 }
 
 /// One simulated run, all drawn from `seed` by [`SimConfig::from_seed`].
@@ -113,10 +118,15 @@ impl SimConfig {
                 end_ms: start_ms + rng.range(500, 8_000),
             }
         });
-        let crash = rng.chance(400).then(|| Crash {
-            // Any node, the owner of every workload (node 0) included.
-            node: rng.range(0, nodes as u64 - 1) as usize,
-            at_ms: rng.range(500, 6_000),
+        let crash = rng.chance(400).then(|| {
+            let at_ms = rng.range(500, 6_000);
+            Crash {
+                // Any node, the owner of every workload (node 0) included.
+                node: rng.range(0, nodes as u64 - 1) as usize,
+                at_ms,
+                // Some before membership can declare it dead, some long after.
+                restart_at_ms: rng.chance(500).then(|| at_ms + rng.range(300, 20_000)),
+            }
         });
         Self {
             seed,
@@ -148,6 +158,8 @@ pub struct Outcome {
     pub detection_ms: Option<u64>,
     /// Time from a crash until its replicas ran elsewhere (ms).
     pub heal_ms: Option<u64>,
+    /// Nodes that came back after a crash.
+    pub restarts: u64,
 }
 
 /// An invariant that broke, with what replays it.
@@ -164,6 +176,11 @@ pub struct Violation {
 
 struct Node {
     id: String,
+    profile: NodeProfile,
+    meta: NodeMeta,
+    /// Counts the node's starts; frames sent to or by an earlier run are dropped, as the
+    /// QUIC connections carrying them die with the process.
+    boot: u64,
     signer: KeyedChecksum,
     membership: Membership,
     bidder: Bidder,
@@ -177,7 +194,9 @@ struct Delivery {
     at_ms: u64,
     seq: u64,
     to: usize,
+    to_boot: u64,
     from: usize,
+    from_boot: u64,
     forged: bool,
     frame: Vec<u8>,
 }
@@ -196,6 +215,43 @@ struct Sim {
     /// agent they travel by gossip).
     submitters: BTreeMap<String, String>,
     next_report: u64,
+}
+
+impl Node {
+    /// Starts (or restarts, with `boot` > 0 and what it had persisted) a node.
+    fn start(
+        profile: NodeProfile,
+        meta: NodeMeta,
+        has_image: bool,
+        boot: u64,
+        persisted: Vec<Committed>,
+        rng: &mut Rng,
+    ) -> Self {
+        let id = profile.id.clone();
+        let mut bidder =
+            Bidder::restarted(profile.clone(), BidderConfig::default(), boot, persisted);
+        if has_image {
+            bidder.add_image("registry.test/app:1");
+        }
+        Self {
+            membership: Membership::new(
+                id.clone(),
+                meta.clone(),
+                MembershipConfig::default(),
+                0,
+                rng.next_u64(),
+            ),
+            signer: KeyedChecksum::new(id.clone(), CLUSTER_SEED),
+            announcer: Announcer::new(id.clone(), AnnouncerConfig::default(), rng.next_u64()),
+            bidder,
+            replays: ReplayGuard::default(),
+            alive: true,
+            boot,
+            profile,
+            meta,
+            id,
+        }
+    }
 }
 
 fn node_id(i: usize) -> String {
@@ -227,29 +283,8 @@ impl Sim {
                     free: profile.allocatable,
                     images: Vec::new(),
                 };
-                let mut bidder = Bidder::new(profile, BidderConfig::default());
-                if rng.chance(500) {
-                    bidder.add_image("registry.test/app:1");
-                }
-                Node {
-                    membership: Membership::new(
-                        id.clone(),
-                        meta,
-                        MembershipConfig::default(),
-                        0,
-                        rng.next_u64(),
-                    ),
-                    signer: KeyedChecksum::new(id.clone(), CLUSTER_SEED),
-                    announcer: Announcer::new(
-                        id.clone(),
-                        AnnouncerConfig::default(),
-                        rng.next_u64(),
-                    ),
-                    bidder,
-                    replays: ReplayGuard::default(),
-                    alive: true,
-                    id,
-                }
+                let has_image = rng.chance(500);
+                Node::start(profile, meta, has_image, 0, Vec::new(), &mut rng)
             })
             .collect::<Vec<_>>();
         let mut sim = Self {
@@ -414,14 +449,21 @@ impl Sim {
             at_ms: self.now + self.rng.range(low, high),
             seq: self.seq,
             to,
+            to_boot: self.nodes[to].boot,
             from,
+            from_boot: self.nodes[from].boot,
             forged,
             frame,
         }));
     }
 
     fn deliver(&mut self, delivery: Delivery) -> Result<(), Violation> {
-        if !self.nodes[delivery.to].alive || !self.nodes[delivery.from].alive {
+        let (to, from) = (&self.nodes[delivery.to], &self.nodes[delivery.from]);
+        if !to.alive
+            || !from.alive
+            || to.boot != delivery.to_boot
+            || from.boot != delivery.from_boot
+        {
             return Ok(());
         }
         let now = self.now;
@@ -723,6 +765,23 @@ impl Sim {
         Ok(())
     }
 
+    /// Brings a crashed node back with what it persisted: its committed replicas (the
+    /// agent flushes an award before accepting it). Everything else starts afresh.
+    fn restart(&mut self, i: usize) {
+        let old = &self.nodes[i];
+        let persisted: Vec<Committed> = old.bidder.committed().cloned().collect();
+        let has_image = old.bidder.has_image("registry.test/app:1");
+        let (profile, meta, boot) = (old.profile.clone(), old.meta.clone(), old.boot + 1);
+        self.nodes[i] = Node::start(profile, meta, has_image, boot, persisted, &mut self.rng);
+        let seeds: Vec<String> = (0..self.nodes.len())
+            .filter(|s| *s != i)
+            .take(2)
+            .map(node_id)
+            .collect();
+        self.nodes[i].membership.join(&seeds);
+        self.outcome.restarts += 1;
+    }
+
     fn run(mut self) -> Result<Outcome, Violation> {
         // Everyone joins through node 0, staggered over the first 100 ms.
         // Every node joins through two seeds, as an operator would configure it: with one,
@@ -752,11 +811,16 @@ impl Sim {
             let next_delivery = self.in_flight.peek().map(|Reverse(d)| d.at_ms);
             let next_submission = submissions.last().map(|(at, _)| *at);
             let next_join = joins.last().map(|(at, _)| *at);
-            let next_crash = self
-                .config
-                .crash
-                .filter(|c| self.nodes[c.node].alive)
-                .map(|c| c.at_ms);
+            let next_crash = self.config.crash.and_then(|c| {
+                let node = &self.nodes[c.node];
+                if node.alive && node.boot == 0 {
+                    Some(c.at_ms)
+                } else if !node.alive {
+                    c.restart_at_ms
+                } else {
+                    None
+                }
+            });
             let Some(next) = [
                 next_delivery,
                 self.next_timer(),
@@ -807,11 +871,13 @@ impl Sim {
                     }
                 }
             }
-            if let Some(crash) = self.config.crash
-                && self.nodes[crash.node].alive
-                && self.now >= crash.at_ms
-            {
-                self.nodes[crash.node].alive = false;
+            if let Some(crash) = self.config.crash {
+                let node = &self.nodes[crash.node];
+                if node.alive && node.boot == 0 && self.now >= crash.at_ms {
+                    self.nodes[crash.node].alive = false;
+                } else if !node.alive && crash.restart_at_ms.is_some_and(|at| self.now >= at) {
+                    self.restart(crash.node);
+                }
             }
             if self.now >= self.next_report {
                 self.next_report = self.now + REPORT_INTERVAL_MS;
@@ -838,6 +904,7 @@ impl Sim {
             if let Some(crash) = self.config.crash
                 && self.outcome.heal_ms.is_none()
                 && self.outcome.detection_ms.is_some()
+                && !self.nodes[crash.node].alive
             {
                 let dead = node_id(crash.node);
                 let healed = self

@@ -19,6 +19,7 @@ fn every_seed_keeps_every_invariant() {
     let mut failures = Vec::new();
     let (mut messages, mut placed, mut forged, mut crashes, mut partitions, mut heal_max) =
         (0, 0, 0, 0, 0, 0);
+    let mut restarts = 0;
     for seed in first..first + seeds {
         let config = SimConfig::from_seed(seed);
         crashes += u64::from(config.crash.is_some());
@@ -29,13 +30,14 @@ fn every_seed_keeps_every_invariant() {
                 placed += outcome.replicas_placed;
                 forged += outcome.forged_refused;
                 heal_max = heal_max.max(outcome.heal_ms.unwrap_or(0));
+                restarts += outcome.restarts;
             }
             Err(violation) => failures.push(violation.to_string()),
         }
     }
     eprintln!(
         "{seeds} seeds in {:.1} s: {placed} replicas placed, {messages} messages, {forged} forgeries refused, \
-         {partitions} runs with a partition, {crashes} with a crash (slowest heal {heal_max} ms)",
+         {partitions} runs with a partition, {crashes} with a crash, {restarts} restarts (slowest heal {heal_max} ms)",
         started.elapsed().as_secs_f64()
     );
     assert!(
@@ -50,7 +52,7 @@ fn every_seed_keeps_every_invariant() {
     );
     if seeds >= 100 {
         assert!(
-            crashes > 0 && partitions > 0 && forged > 0,
+            crashes > 0 && restarts > 0 && partitions > 0 && forged > 0,
             "the seeds exercised no faults"
         );
     }

@@ -98,6 +98,9 @@ pub struct Bidder {
     draining: bool,
     reservations: BTreeMap<String, Reservation>,
     committed: BTreeMap<(String, u32), Committed>,
+    /// Distinguishes this run's reservation ids from those of an earlier run of the node,
+    /// which an announcer may still hold.
+    boot: u64,
     next_reservation: u64,
     transmits: VecDeque<(String, Body)>,
     events: VecDeque<BidderEvent>,
@@ -113,10 +116,30 @@ impl Bidder {
             draining: false,
             reservations: BTreeMap::new(),
             committed: BTreeMap::new(),
+            boot: 0,
             next_reservation: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// A bidder for a node that ran before: `boot` is a number that differs from every
+    /// earlier run's (the agent counts its starts in its store), and `committed` are the
+    /// replicas the node persisted. They are reported as before, and an owner that
+    /// re-placed them meanwhile revokes them by epoch.
+    pub fn restarted(
+        profile: NodeProfile,
+        config: BidderConfig,
+        boot: u64,
+        committed: impl IntoIterator<Item = Committed>,
+    ) -> Self {
+        let mut bidder = Self::new(profile, config);
+        bidder.boot = boot;
+        bidder.committed = committed
+            .into_iter()
+            .map(|c| ((c.workload.clone(), c.replica), c))
+            .collect();
+        bidder
     }
 
     /// The node's profile.
@@ -127,6 +150,11 @@ impl Bidder {
     /// Records that the node holds `image` (for locality scoring).
     pub fn add_image(&mut self, image: &str) {
         self.images.insert(image.to_owned());
+    }
+
+    /// Whether the node holds `image`.
+    pub fn has_image(&self, image: &str) -> bool {
+        self.images.contains(image)
     }
 
     /// Stops or resumes taking new work.
@@ -263,7 +291,10 @@ impl Bidder {
         }
         self.next_reservation += 1;
         let reservation = Reservation {
-            id: format!("{}#{}", self.profile.id, self.next_reservation),
+            id: format!(
+                "{}#{}.{}",
+                self.profile.id, self.boot, self.next_reservation
+            ),
             announcer: from.to_owned(),
             auction: cfp.auction,
             workload: cfp.workload.clone(),
