@@ -490,6 +490,24 @@ pub struct VerifiedIdentity {
     pub not_after: u64,
 }
 
+impl VerifiedIdentity {
+    /// Verifies a signature made by this identity over `message` for `context`. A peer
+    /// whose chain was checked once (at the handshake) is verified this way afterwards,
+    /// at the price of a plain ECDSA verification.
+    pub fn verify(
+        &self,
+        context: &str,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), IdentityError> {
+        let signature =
+            Signature::from_slice(signature).map_err(|_| IdentityError::BadSignature)?;
+        VerifyingKey::from(&self.public_key)
+            .verify(&signed_bytes(context, message), &signature)
+            .map_err(|_| IdentityError::BadSignature)
+    }
+}
+
 /// The roots a node trusts: one public key per trust domain (several for federation).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustBundle {
@@ -622,11 +640,7 @@ impl TrustBundle {
         now: u64,
     ) -> Result<VerifiedIdentity, IdentityError> {
         let identity = self.verify_chain(chain, now)?;
-        let signature =
-            Signature::from_slice(signature).map_err(|_| IdentityError::BadSignature)?;
-        VerifyingKey::from(&identity.public_key)
-            .verify(&signed_bytes(context, message), &signature)
-            .map_err(|_| IdentityError::BadSignature)?;
+        identity.verify(context, message, signature)?;
         Ok(identity)
     }
 }

@@ -11,10 +11,10 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
 use crate::auction::{
-    Announcer, AnnouncerConfig, AnnouncerEvent, Answer, Bidder, BidderConfig, Candidate, Committed,
-    NodeProfile, PlacementRequest,
+    Announced, Announcer, AnnouncerConfig, AnnouncerEvent, Answer, Bidder, BidderConfig, Candidate,
+    Committed, NodeProfile, PlacementRequest,
 };
-use crate::codec::{self, ReplayGuard};
+use crate::codec::{self, ReplayGuard, Signer, Verifier};
 use crate::membership::{Membership, MembershipConfig, MembershipEvent};
 use crate::messages::{Body, MemberState, NodeMeta, Resources, Scoring};
 use crate::testing::{ChecksumVerifier, KeyedChecksum};
@@ -103,6 +103,20 @@ pub struct SimConfig {
     pub stable_after_ms: u64,
     /// Where the run ends.
     pub end_ms: u64,
+    /// When the first workload is submitted (ms), and the gap between submissions.
+    pub submit_from_ms: u64,
+    /// Gap between submissions (ms; 0 submits them all at once).
+    pub submit_interval_ms: u64,
+    /// Workloads go to the first this many nodes in turn (a user talks to their local
+    /// agent); 1 sends them all to node 0.
+    pub submitters: usize,
+    /// Replicas small enough that thousands of workloads fit (for benchmarks).
+    pub small_workloads: bool,
+    /// Every node knows every other from the start and SWIM does not run: measures the
+    /// auction alone at sizes where N² membership records do not fit in one process.
+    pub static_membership: bool,
+    /// Every node's SWIM settings.
+    pub membership: MembershipConfig,
 }
 
 impl SimConfig {
@@ -139,6 +153,68 @@ impl SimConfig {
             crash,
             stable_after_ms: 12_000,
             end_ms: 50_000,
+            submit_from_ms: 3_000,
+            submit_interval_ms: 50,
+            submitters: 1,
+            small_workloads: false,
+            static_membership: false,
+            membership: MembershipConfig::default(),
+        }
+    }
+
+    /// A benchmark run: `nodes` nodes and `workloads` small workloads submitted through
+    /// up to 100 nodes in turn, 1 ms apart once membership has settled, on a lossless
+    /// network with 1–5 ms latency; no crash, no partition, no forgery.
+    pub fn placement_benchmark(seed: u64, nodes: usize, workloads: usize) -> Self {
+        let settle_ms = if nodes > 200 { 20_000 } else { 5_000 };
+        let submit_interval_ms = 1;
+        Self {
+            seed,
+            nodes,
+            workloads,
+            latency_ms: (1, 5),
+            loss_per_mille: 0,
+            forge_per_mille: 0,
+            partition: None,
+            crash: None,
+            stable_after_ms: 0,
+            end_ms: settle_ms + workloads as u64 * submit_interval_ms + 60_000,
+            submit_from_ms: settle_ms,
+            submit_interval_ms,
+            submitters: nodes.min(100),
+            small_workloads: true,
+            static_membership: false,
+            membership: MembershipConfig::default(),
+        }
+    }
+
+    /// A failure-detection run: `nodes` nodes with SWIM, 1 % message loss throughout,
+    /// and one node crashing at 30 s (after membership has settled); no workloads but the
+    /// one that fits nowhere.
+    pub fn detection_benchmark(seed: u64, nodes: usize) -> Self {
+        let crash_at_ms = 30_000;
+        Self {
+            seed,
+            nodes,
+            workloads: 0,
+            latency_ms: (1, 5),
+            loss_per_mille: 10,
+            forge_per_mille: 0,
+            partition: None,
+            crash: Some(Crash {
+                node: nodes / 2,
+                at_ms: crash_at_ms,
+                restart_at_ms: None,
+            }),
+            // Loss never stops.
+            stable_after_ms: u64::MAX,
+            end_ms: crash_at_ms + 40_000,
+            submit_from_ms: 1_000,
+            submit_interval_ms: 0,
+            submitters: 1,
+            small_workloads: false,
+            static_membership: false,
+            membership: MembershipConfig::default(),
         }
     }
 }
@@ -160,6 +236,51 @@ pub struct Outcome {
     pub heal_ms: Option<u64>,
     /// Nodes that came back after a crash.
     pub restarts: u64,
+    /// Accepted frames by message kind (`cfp`, `bid`, `ping`, …).
+    pub messages_by_kind: BTreeMap<&'static str, u64>,
+    /// For each node that declared the crashed node dead: how long after the crash (ms).
+    pub learned_of_crash_ms: Vec<u64>,
+    /// For each node that stopped counting the crashed node as alive (suspected it, or
+    /// declared it dead without suspecting it first): how long after the crash (ms).
+    /// From then on it offers it no new work.
+    pub suspected_crash_ms: Vec<u64>,
+    /// Alive nodes declared dead by someone (false positives).
+    pub false_deaths: u64,
+}
+
+impl Outcome {
+    /// Accepted frames of the auction proper: calls, bids, declines, awards, accepts,
+    /// rejects and releases (not instance reports, revocations or membership).
+    pub fn auction_messages(&self) -> u64 {
+        [
+            "cfp", "bid", "decline", "award", "accept", "reject", "release",
+        ]
+        .iter()
+        .map(|kind| self.messages_by_kind.get(kind).copied().unwrap_or(0))
+        .sum()
+    }
+}
+
+/// How the simulated nodes sign and verify their frames.
+pub trait SimCrypto {
+    /// The signer of node `id`.
+    fn signer(&self, id: &str) -> Box<dyn Signer>;
+    /// A verifier of every node's signatures.
+    fn verifier(&self) -> &dyn Verifier;
+}
+
+/// Keyed checksums ([`KeyedChecksum`]): fast, not cryptography.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheapCrypto;
+
+impl SimCrypto for CheapCrypto {
+    fn signer(&self, id: &str) -> Box<dyn Signer> {
+        Box::new(KeyedChecksum::new(id, CLUSTER_SEED))
+    }
+
+    fn verifier(&self) -> &dyn Verifier {
+        &ChecksumVerifier { seed: CLUSTER_SEED }
+    }
 }
 
 /// An invariant that broke, with what replays it.
@@ -181,7 +302,7 @@ struct Node {
     /// Counts the node's starts; frames sent to or by an earlier run are dropped, as the
     /// QUIC connections carrying them die with the process.
     boot: u64,
-    signer: KeyedChecksum,
+    signer: Box<dyn Signer>,
     membership: Membership,
     bidder: Bidder,
     announcer: Announcer,
@@ -201,8 +322,9 @@ struct Delivery {
     frame: Vec<u8>,
 }
 
-struct Sim {
+struct Sim<'c> {
     config: SimConfig,
+    crypto: &'c dyn SimCrypto,
     rng: Rng,
     now: u64,
     nodes: Vec<Node>,
@@ -215,6 +337,16 @@ struct Sim {
     /// agent they travel by gossip).
     submitters: BTreeMap<String, String>,
     next_report: u64,
+    /// Each node's next timer as last computed, and a heap of them (entries that no
+    /// longer match `timer_of` are stale and skipped).
+    timer_of: Vec<Option<u64>>,
+    timers: BinaryHeap<Reverse<(u64, usize)>>,
+    /// Nodes that received input this step: only they can have output, events, broken
+    /// invariants or new timers. Keeps a step's cost independent of the cluster's size.
+    touched: Vec<usize>,
+    is_touched: Vec<bool>,
+    /// Which nodes stopped counting the crashed node as alive.
+    suspected_crash: Vec<bool>,
 }
 
 impl Node {
@@ -222,26 +354,27 @@ impl Node {
     fn start(
         profile: NodeProfile,
         meta: NodeMeta,
-        has_image: bool,
         boot: u64,
         persisted: Vec<Committed>,
+        signer: Box<dyn Signer>,
+        membership_config: MembershipConfig,
         rng: &mut Rng,
     ) -> Self {
         let id = profile.id.clone();
         let mut bidder =
             Bidder::restarted(profile.clone(), BidderConfig::default(), boot, persisted);
-        if has_image {
-            bidder.add_image("registry.test/app:1");
+        for image in &meta.images {
+            bidder.add_image(image);
         }
         Self {
             membership: Membership::new(
                 id.clone(),
                 meta.clone(),
-                MembershipConfig::default(),
+                membership_config,
                 0,
                 rng.next_u64(),
             ),
-            signer: KeyedChecksum::new(id.clone(), CLUSTER_SEED),
+            signer,
             announcer: Announcer::new(id.clone(), AnnouncerConfig::default(), rng.next_u64()),
             bidder,
             replays: ReplayGuard::default(),
@@ -258,8 +391,8 @@ fn node_id(i: usize) -> String {
     format!("spiffe://sim.test/node/n{i}")
 }
 
-impl Sim {
-    fn new(config: SimConfig) -> Self {
+impl<'c> Sim<'c> {
+    fn new(config: SimConfig, crypto: &'c dyn SimCrypto) -> Self {
         let mut rng = Rng::new(config.seed ^ 0xA5A5_A5A5);
         let nodes = (0..config.nodes)
             .map(|i| {
@@ -273,6 +406,7 @@ impl Sim {
                         memory_bytes: rng.range(4, 16) * GIB,
                     },
                 };
+                let has_image = rng.chance(500);
                 let meta = NodeMeta {
                     agent_version: "sim".to_owned(),
                     protocol_min: codec::MIN_PROTOCOL_VERSION,
@@ -281,15 +415,29 @@ impl Sim {
                     labels: profile.labels.clone(),
                     allocatable: profile.allocatable,
                     free: profile.allocatable,
-                    images: Vec::new(),
+                    images: if has_image {
+                        vec!["registry.test/app:1".to_owned()]
+                    } else {
+                        Vec::new()
+                    },
                 };
-                let has_image = rng.chance(500);
-                Node::start(profile, meta, has_image, 0, Vec::new(), &mut rng)
+                let signer = crypto.signer(&id);
+                Node::start(
+                    profile,
+                    meta,
+                    0,
+                    Vec::new(),
+                    signer,
+                    config.membership,
+                    &mut rng,
+                )
             })
             .collect::<Vec<_>>();
+        let count = nodes.len();
         let mut sim = Self {
             requests: Vec::new(),
             config,
+            crypto,
             rng,
             now: 0,
             nodes,
@@ -299,8 +447,23 @@ impl Sim {
             outcome: Outcome::default(),
             submitters: BTreeMap::new(),
             next_report: REPORT_INTERVAL_MS,
+            timer_of: vec![None; count],
+            timers: BinaryHeap::new(),
+            touched: Vec::new(),
+            is_touched: vec![false; count],
+            suspected_crash: vec![false; count],
         };
         sim.requests = sim.make_requests();
+        if sim.config.static_membership {
+            // Only nodes that take submissions announce; only they need the member list.
+            for i in 0..sim.config.submitters.min(count) {
+                let members = sim.members(i);
+                sim.nodes[i].announcer.set_members(members);
+            }
+        }
+        for i in 0..count {
+            sim.touch(i);
+        }
         sim
     }
 
@@ -318,6 +481,11 @@ impl Sim {
             .map(|i| i % 3)
             .collect::<std::collections::BTreeSet<_>>()
             .len() as u64;
+        let (cpu_unit, memory_unit) = if self.config.small_workloads {
+            (10, 16 * MIB)
+        } else {
+            (100, 128 * MIB)
+        };
         let mut requests = Vec::new();
         for w in 0..self.config.workloads {
             let spread = self.rng.chance(300);
@@ -334,8 +502,8 @@ impl Sim {
                 image: "registry.test/app:1".to_owned(),
                 replicas: self.rng.range(1, max_replicas) as u32,
                 resources: Resources {
-                    cpu_millis: self.rng.range(1, 4) * 100,
-                    memory_bytes: self.rng.range(1, 4) * 128 * MIB,
+                    cpu_millis: self.rng.range(1, 4) * cpu_unit,
+                    memory_bytes: self.rng.range(1, 4) * memory_unit,
                 },
                 constraints: BTreeMap::new(),
                 arch: arm.then(|| "arm64".to_owned()),
@@ -348,7 +516,7 @@ impl Sim {
             });
         }
         requests.push(PlacementRequest {
-            workload: "default/too-big".to_owned(),
+            workload: TOO_BIG.to_owned(),
             image: "registry.test/huge:1".to_owned(),
             replicas: 1,
             resources: Resources {
@@ -371,15 +539,39 @@ impl Sim {
         }
     }
 
+    fn touch(&mut self, i: usize) {
+        if !self.is_touched[i] {
+            self.is_touched[i] = true;
+            self.touched.push(i);
+        }
+    }
+
     /// Node `i`'s candidates: itself plus the members its membership considers alive,
     /// compatible when their announced protocol range includes ours.
     fn members(&self, i: usize) -> Vec<Candidate> {
+        let announced = |meta: &NodeMeta| Announced {
+            arch: meta.arch.clone(),
+            labels: meta.labels.clone(),
+            free: Some(meta.free),
+        };
+        if self.config.static_membership {
+            // Static facts only: arch and labels, no free capacity.
+            return (0..self.nodes.len())
+                .map(|j| Candidate {
+                    announced: Some(Announced {
+                        free: None,
+                        ..announced(&self.nodes[j].meta)
+                    }),
+                    ..Candidate::new(node_id(j))
+                })
+                .collect();
+        }
+        let me = std::iter::once(Candidate {
+            announced: Some(announced(&self.nodes[i].meta)),
+            ..Candidate::new(node_id(i))
+        });
         let view = &self.nodes[i].membership;
-        std::iter::once(Candidate {
-            node: node_id(i),
-            compatible: true,
-        })
-        .chain(
+        me.chain(
             view.members()
                 .filter(|m| m.state == MemberState::Alive)
                 .map(|m| Candidate {
@@ -387,6 +579,7 @@ impl Sim {
                     compatible: m.meta.as_ref().is_some_and(|meta| {
                         (meta.protocol_min..=meta.protocol_max).contains(&codec::PROTOCOL_VERSION)
                     }),
+                    announced: m.meta.as_ref().map(announced),
                 }),
         )
         .collect()
@@ -402,37 +595,34 @@ impl Sim {
         id.strip_prefix("spiffe://sim.test/node/n")?.parse().ok()
     }
 
-    /// Encodes and sends everything nodes queued, through loss and the partition.
-    fn flush_transmits(&mut self) -> Result<(), Violation> {
-        for from in 0..self.nodes.len() {
-            loop {
-                let next = {
-                    let node = &mut self.nodes[from];
-                    node.announcer
-                        .poll_transmit()
-                        .or_else(|| node.bidder.poll_transmit())
-                        .or_else(|| node.membership.poll_transmit())
-                };
-                let Some((to_id, body)) = next else { break };
-                let to = self
-                    .index_of(&to_id)
-                    .ok_or_else(|| self.violation(format!("message to unknown node {to_id}")))?;
+    /// Encodes and sends everything node `from` queued, through loss and the partition.
+    fn flush_transmits(&mut self, from: usize) -> Result<(), Violation> {
+        loop {
+            let next = {
+                let node = &mut self.nodes[from];
+                node.announcer
+                    .poll_transmit()
+                    .or_else(|| node.bidder.poll_transmit())
+                    .or_else(|| node.membership.poll_transmit())
+            };
+            let Some((to_id, body)) = next else { break };
+            let to = self
+                .index_of(&to_id)
+                .ok_or_else(|| self.violation(format!("message to unknown node {to_id}")))?;
+            self.message_ids += 1;
+            let frame = codec::encode(
+                &body,
+                self.nodes[from].signer.as_ref(),
+                self.message_ids,
+                EPOCH_MS + self.now,
+            );
+            self.send(from, to, frame, false);
+            if self.rng.chance(self.config.forge_per_mille) {
+                // An outsider claims to be `from`, with a key it does not have.
+                let outsider = KeyedChecksum::new(self.nodes[from].id.clone(), !CLUSTER_SEED);
                 self.message_ids += 1;
-                let frame = codec::encode(
-                    &body,
-                    &self.nodes[from].signer,
-                    self.message_ids,
-                    EPOCH_MS + self.now,
-                );
-                self.send(from, to, frame, false);
-                if self.rng.chance(self.config.forge_per_mille) {
-                    // An outsider claims to be `from`, with a key it does not have.
-                    let outsider = KeyedChecksum::new(self.nodes[from].id.clone(), !CLUSTER_SEED);
-                    self.message_ids += 1;
-                    let forged =
-                        codec::encode(&body, &outsider, self.message_ids, EPOCH_MS + self.now);
-                    self.send(from, to, forged, true);
-                }
+                let forged = codec::encode(&body, &outsider, self.message_ids, EPOCH_MS + self.now);
+                self.send(from, to, forged, true);
             }
         }
         Ok(())
@@ -466,11 +656,12 @@ impl Sim {
         {
             return Ok(());
         }
+        self.touch(delivery.to);
         let now = self.now;
         let node = &mut self.nodes[delivery.to];
         let received = codec::decode_frame(
             &delivery.frame,
-            &ChecksumVerifier { seed: CLUSTER_SEED },
+            self.crypto.verifier(),
             &mut node.replays,
             EPOCH_MS + now,
             codec::DEFAULT_TIME_WINDOW_MS,
@@ -487,6 +678,11 @@ impl Sim {
             (Ok(received), false) => received,
         };
         self.outcome.messages += 1;
+        *self
+            .outcome
+            .messages_by_kind
+            .entry(received.body.kind())
+            .or_default() += 1;
         let from = received.sender.as_str();
         match &received.body {
             Body::Cfp(cfp) => node.bidder.handle_cfp(now, from, cfp),
@@ -506,30 +702,94 @@ impl Sim {
         Ok(())
     }
 
-    fn next_timer(&self) -> Option<u64> {
-        self.nodes
-            .iter()
-            .filter(|n| n.alive)
-            .flat_map(|n| {
-                [
-                    n.bidder.poll_timeout(),
-                    n.announcer.poll_timeout(),
-                    n.membership.poll_timeout(),
-                ]
-            })
-            .flatten()
-            .min()
+    /// When node `i` next needs [`Sim::fire_timers`].
+    fn timer(&self, i: usize) -> Option<u64> {
+        let node = &self.nodes[i];
+        if !node.alive {
+            return None;
+        }
+        let membership = if self.config.static_membership {
+            None
+        } else {
+            node.membership.poll_timeout()
+        };
+        [
+            node.bidder.poll_timeout(),
+            node.announcer.poll_timeout(),
+            membership,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn schedule_timer(&mut self, i: usize) {
+        let next = self.timer(i);
+        if next != self.timer_of[i] {
+            self.timer_of[i] = next;
+            if let Some(at) = next {
+                self.timers.push(Reverse((at, i)));
+            }
+        }
+    }
+
+    fn next_timer(&mut self) -> Option<u64> {
+        while let Some(Reverse((at, i))) = self.timers.peek().copied() {
+            if self.timer_of[i] == Some(at) {
+                return Some(at);
+            }
+            self.timers.pop();
+        }
+        None
+    }
+
+    /// Lets every node whose timer is due handle its timeouts.
+    fn fire_timers(&mut self) {
+        let now = self.now;
+        while let Some(Reverse((at, i))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if self.timer_of[i] != Some(at) {
+                continue;
+            }
+            self.timer_of[i] = None;
+            self.touch(i);
+            let node = &mut self.nodes[i];
+            if node.bidder.poll_timeout().is_some_and(|t| t <= now) {
+                node.bidder.handle_timeout(now);
+            }
+            if node.announcer.poll_timeout().is_some_and(|t| t <= now) {
+                node.announcer.handle_timeout(now);
+            }
+            if !self.config.static_membership
+                && node.membership.poll_timeout().is_some_and(|t| t <= now)
+            {
+                node.membership.handle_timeout(now);
+            }
+        }
+    }
+
+    /// Whether node `i` holds `id` (itself included) as not dead.
+    fn sees_alive(&self, i: usize, id: &str) -> bool {
+        id == self.nodes[i].id
+            || self.config.static_membership
+            || self.nodes[i]
+                .membership
+                .member(id)
+                .is_some_and(|m| m.state != MemberState::Dead)
     }
 
     /// Alive members in node `i`'s view, itself included.
-    fn view(&self, i: usize) -> Vec<String> {
-        std::iter::once(node_id(i))
+    fn view(&self, i: usize) -> Vec<&str> {
+        std::iter::once(self.nodes[i].id.as_str())
             .chain(
                 self.nodes[i]
                     .membership
                     .members()
                     .filter(|m| m.state != MemberState::Dead)
-                    .map(|m| m.id.clone()),
+                    .map(|m| m.id.as_str()),
             )
             .collect()
     }
@@ -537,93 +797,110 @@ impl Sim {
     /// The owner of a submitted workload in node `i`'s view.
     fn owner_in_view(&self, i: usize, workload: &str) -> Option<String> {
         let submitter = self.submitters.get(workload)?;
+        // The submitter owns while alive: a lookup, not a pass over every member.
+        if self.sees_alive(i, submitter) {
+            return Some(submitter.clone());
+        }
         let view = self.view(i);
-        let alive: Vec<&str> = view.iter().map(String::as_str).collect();
-        crate::ownership::owner(workload, submitter, &alive).map(str::to_owned)
+        crate::ownership::successor(workload, view.iter().copied()).map(str::to_owned)
     }
 
-    /// Makes node `i` act on its view of ownership: adopt what it now owns, hand over
-    /// what it no longer owns, point its replicas' reports at their owners, and give its
-    /// announcer its view of the members.
+    /// Makes node `i` act on its view of ownership of `workload`: adopt it if it now owns
+    /// it, hand it over if it no longer does, and point its replicas' reports at the owner.
+    fn apply_ownership_of(&mut self, i: usize, workload: &str) {
+        let Some(owner) = self.owner_in_view(i, workload) else {
+            return;
+        };
+        self.nodes[i].bidder.set_owner(workload, &owner);
+        let owns = self.nodes[i].announcer.owns(workload);
+        if owner == self.nodes[i].id && !owns {
+            if let Some(request) = self
+                .requests
+                .iter()
+                .find(|r| r.workload == workload)
+                .cloned()
+            {
+                let gather_until = self.now + 2 * REPORT_INTERVAL_MS;
+                self.nodes[i].announcer.adopt(gather_until, request);
+            }
+        } else if owner != self.nodes[i].id && owns {
+            self.nodes[i].announcer.relinquish(workload);
+        }
+    }
+
+    /// Gives node `i`'s announcer its view of the members, and applies its view of
+    /// ownership to every workload.
     fn apply_ownership(&mut self, i: usize) {
         let members = self.members(i);
         self.nodes[i].announcer.set_members(members);
         let workloads: Vec<String> = self.submitters.keys().cloned().collect();
         for workload in workloads {
-            let Some(owner) = self.owner_in_view(i, &workload) else {
-                continue;
-            };
-            self.nodes[i].bidder.set_owner(&workload, &owner);
-            let owns = self.nodes[i].announcer.owns(&workload);
-            if owner == self.nodes[i].id && !owns {
-                if let Some(request) = self
-                    .requests
-                    .iter()
-                    .find(|r| r.workload == workload)
-                    .cloned()
-                {
-                    let gather_until = self.now + 2 * REPORT_INTERVAL_MS;
-                    self.nodes[i].announcer.adopt(gather_until, request);
-                }
-            } else if owner != self.nodes[i].id && owns {
-                self.nodes[i].announcer.relinquish(&workload);
-            }
+            self.apply_ownership_of(i, &workload);
         }
     }
 
-    fn drain_events(&mut self) -> Result<(), Violation> {
-        for i in 0..self.nodes.len() {
-            if !self.nodes[i].alive {
-                continue;
+    fn drain_events(&mut self, i: usize) -> Result<(), Violation> {
+        if !self.nodes[i].alive {
+            return Ok(());
+        }
+        let mut changed = false;
+        let mut died = Vec::new();
+        let crashed = self.config.crash.map(|c| node_id(c.node));
+        while let Some(event) = self.nodes[i].membership.poll_event() {
+            changed = true;
+            if let MembershipEvent::Suspected(node) | MembershipEvent::Died(node) = &event
+                && Some(node) == crashed.as_ref()
+                && !self.suspected_crash[i]
+                && let Some(crash) = self.config.crash
+            {
+                self.suspected_crash[i] = true;
+                self.outcome
+                    .suspected_crash_ms
+                    .push(self.now.saturating_sub(crash.at_ms));
             }
-            let mut changed = false;
-            let mut died = Vec::new();
-            while let Some(event) = self.nodes[i].membership.poll_event() {
-                changed = true;
-                if let MembershipEvent::Died(node) = event {
-                    died.push(node);
+            if let MembershipEvent::Died(node) = event {
+                died.push(node);
+            }
+        }
+        for node in died {
+            if Some(&node) == crashed.as_ref() {
+                if let Some(crash) = self.config.crash {
+                    let after = self.now.saturating_sub(crash.at_ms);
+                    self.outcome.detection_ms.get_or_insert(after);
+                    self.outcome.learned_of_crash_ms.push(after);
                 }
-            }
-            for node in died {
-                let crashed = self.config.crash.map(|c| node_id(c.node));
-                if Some(&node) == crashed.as_ref() {
-                    if let Some(crash) = self.config.crash {
-                        self.outcome
-                            .detection_ms
-                            .get_or_insert(self.now.saturating_sub(crash.at_ms));
-                    }
-                } else if self.now >= self.config.stable_after_ms + 30_000 {
+            } else {
+                self.outcome.false_deaths += 1;
+                if self.now >= self.config.stable_after_ms.saturating_add(30_000) {
                     return Err(self.violation(format!(
                         "{} declared {node} dead long after the network stabilized",
                         self.nodes[i].id
                     )));
                 }
-                for request in &self.requests {
-                    let lost: Vec<u32> = self.nodes[i]
-                        .announcer
-                        .placements(&request.workload)
-                        .into_iter()
-                        .filter(|(_, (on, _))| *on == node)
-                        .map(|(replica, _)| replica)
-                        .collect();
-                    for replica in lost {
-                        self.nodes[i]
-                            .announcer
-                            .replica_lost(self.now, &request.workload, replica);
-                    }
-                }
             }
-            if changed {
-                self.apply_ownership(i);
+            for request in &self.requests {
+                let lost: Vec<u32> = self.nodes[i]
+                    .announcer
+                    .placements(&request.workload)
+                    .into_iter()
+                    .filter(|(_, (on, _))| *on == node)
+                    .map(|(replica, _)| replica)
+                    .collect();
+                for replica in lost {
+                    self.nodes[i]
+                        .announcer
+                        .replica_lost(self.now, &request.workload, replica);
+                }
             }
         }
-        for node in &mut self.nodes {
-            while node.membership.poll_event().is_some() {}
-            while node.bidder.poll_event().is_some() {}
-            while let Some(event) = node.announcer.poll_event() {
-                if let AnnouncerEvent::NotPlaced { .. } = event {
-                    self.outcome.failed_auctions += 1;
-                }
+        if changed {
+            self.apply_ownership(i);
+        }
+        let node = &mut self.nodes[i];
+        while node.bidder.poll_event().is_some() {}
+        while let Some(event) = node.announcer.poll_event() {
+            if let AnnouncerEvent::NotPlaced { .. } = event {
+                self.outcome.failed_auctions += 1;
             }
         }
         Ok(())
@@ -666,28 +943,29 @@ impl Sim {
         }
     }
 
-    /// Invariants that hold after every step.
-    fn check_always(&self) -> Result<(), Violation> {
-        for node in self.nodes.iter().filter(|n| n.alive) {
-            let used = node
-                .bidder
-                .committed_resources()
-                .plus(&node.bidder.reserved_resources());
-            if !used.fits_in(&node.bidder.profile().allocatable) {
-                return Err(
-                    self.violation(format!("{} commits {used:?} beyond its capacity", node.id))
-                );
-            }
-            if let Some(r) = node
-                .bidder
-                .reservations()
-                .find(|r| r.expires_at_ms <= self.now)
-            {
-                return Err(self.violation(format!(
-                    "{} still holds reservation {} past its expiry",
-                    node.id, r.id
-                )));
-            }
+    /// Invariants that hold after every step, checked on the nodes the step touched
+    /// (the others did not change).
+    fn check_always(&self, i: usize) -> Result<(), Violation> {
+        let node = &self.nodes[i];
+        if !node.alive {
+            return Ok(());
+        }
+        let used = node
+            .bidder
+            .committed_resources()
+            .plus(&node.bidder.reserved_resources());
+        if !used.fits_in(&node.bidder.profile().allocatable) {
+            return Err(self.violation(format!("{} commits {used:?} beyond its capacity", node.id)));
+        }
+        if let Some(r) = node
+            .bidder
+            .reservations()
+            .find(|r| r.expires_at_ms <= self.now)
+        {
+            return Err(self.violation(format!(
+                "{} still holds reservation {} past its expiry",
+                node.id, r.id
+            )));
         }
         Ok(())
     }
@@ -696,22 +974,28 @@ impl Sim {
     /// node, matching its announcer's record; the one that fits nowhere runs nowhere and
     /// is explained.
     fn check_final(&mut self) -> Result<(), Violation> {
-        for request in &self.requests {
-            let mut holders: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-            for node in self.nodes.iter().filter(|n| n.alive) {
-                for c in node
-                    .bidder
-                    .committed()
-                    .filter(|c| c.workload == request.workload)
-                {
-                    holders.entry(c.replica).or_default().push(node.id.clone());
-                }
+        let mut holders_of: BTreeMap<&str, BTreeMap<u32, Vec<String>>> = BTreeMap::new();
+        for node in self.nodes.iter().filter(|n| n.alive) {
+            for c in node.bidder.committed() {
+                holders_of
+                    .entry(c.workload.as_str())
+                    .or_default()
+                    .entry(c.replica)
+                    .or_default()
+                    .push(node.id.clone());
             }
+        }
+        let mut placed = 0;
+        for request in &self.requests {
+            let holders = holders_of
+                .get(request.workload.as_str())
+                .cloned()
+                .unwrap_or_default();
             let owner = self.agreed_owner(&request.workload)?;
             if !self.nodes[owner].announcer.owns(&request.workload) {
                 return Err(self.violation(format!("{} has no announcer", request.workload)));
             }
-            if request.workload == "default/too-big" {
+            if request.workload == TOO_BIG {
                 if !holders.is_empty() {
                     return Err(self.violation("a workload that fits nowhere was placed"));
                 }
@@ -746,7 +1030,7 @@ impl Sim {
                         record.get(&replica)
                     )));
                 }
-                self.outcome.replicas_placed += 1;
+                placed += 1;
             }
             if request.spread_label.is_some() {
                 let racks: std::collections::BTreeSet<_> = holders
@@ -762,6 +1046,7 @@ impl Sim {
                 }
             }
         }
+        self.outcome.replicas_placed = placed;
         Ok(())
     }
 
@@ -770,22 +1055,75 @@ impl Sim {
     fn restart(&mut self, i: usize) {
         let old = &self.nodes[i];
         let persisted: Vec<Committed> = old.bidder.committed().cloned().collect();
-        let has_image = old.bidder.has_image("registry.test/app:1");
         let (profile, meta, boot) = (old.profile.clone(), old.meta.clone(), old.boot + 1);
-        self.nodes[i] = Node::start(profile, meta, has_image, boot, persisted, &mut self.rng);
+        let signer = self.crypto.signer(&old.id);
+        self.nodes[i] = Node::start(
+            profile,
+            meta,
+            boot,
+            persisted,
+            signer,
+            self.config.membership,
+            &mut self.rng,
+        );
         let seeds: Vec<String> = (0..self.nodes.len())
             .filter(|s| *s != i)
             .take(2)
             .map(node_id)
             .collect();
         self.nodes[i].membership.join(&seeds);
+        self.timer_of[i] = None;
+        self.touch(i);
         self.outcome.restarts += 1;
     }
 
+    /// Whether every replica of the crashed node runs elsewhere, by its owners' records.
+    fn healed(&self, crash: Crash) -> bool {
+        let dead = node_id(crash.node);
+        self.requests
+            .iter()
+            .filter(|r| r.workload != TOO_BIG)
+            .all(|r| {
+                let placed = self
+                    .agreed_owner(&r.workload)
+                    .map(|o| self.nodes[o].announcer.placements(&r.workload))
+                    .unwrap_or_default();
+                placed.len() == r.replicas as usize && placed.values().all(|(n, _)| *n != dead)
+            })
+    }
+
+    fn submit(&mut self, request: PlacementRequest, index: usize) {
+        // The user submits to their node, or to the next one up if it is down.
+        let count = self.nodes.len();
+        let first = index % self.config.submitters.clamp(1, count);
+        let Some(to) = (0..count)
+            .map(|k| (first + k) % count)
+            .find(|i| self.nodes[*i].alive)
+        else {
+            return;
+        };
+        let workload = request.workload.clone();
+        self.submitters
+            .insert(workload.clone(), self.nodes[to].id.clone());
+        self.nodes[to].announcer.place(self.now, request);
+        self.touch(to);
+        if self.config.static_membership {
+            return;
+        }
+        for i in 0..count {
+            if self.nodes[i].alive {
+                self.apply_ownership_of(i, &workload);
+                if i != to && self.nodes[i].announcer.owns(&workload) {
+                    self.touch(i);
+                }
+            }
+        }
+    }
+
     fn run(mut self) -> Result<Outcome, Violation> {
-        // Everyone joins through node 0, staggered over the first 100 ms.
         // Every node joins through two seeds, as an operator would configure it: with one,
-        // a node whose seed dies before answering stays alone forever.
+        // a node whose seed dies before answering stays alone forever. Joins are staggered
+        // over the first 100 ms (the first second, in large clusters).
         let cluster = self.nodes.len();
         let seeds_of = move |i: usize| -> Vec<String> {
             (0..cluster)
@@ -794,22 +1132,29 @@ impl Sim {
                 .map(node_id)
                 .collect()
         };
-        let mut joins: Vec<(u64, usize)> = (1..self.nodes.len())
-            .map(|i| (i as u64 * 100 / self.nodes.len() as u64, i))
-            .collect();
+        let stagger_ms = if cluster > 200 { 1_000 } else { 100 };
+        let mut joins: Vec<(u64, usize)> = if self.config.static_membership {
+            Vec::new()
+        } else {
+            (1..cluster)
+                .map(|i| (i as u64 * stagger_ms / cluster as u64, i))
+                .collect()
+        };
         joins.reverse();
-        // Workloads arrive at node 0, one every 50 ms from 3 s on (once members are known).
-        let mut submissions: Vec<(u64, PlacementRequest)> = self
+        let mut submissions: Vec<(u64, usize, PlacementRequest)> = self
             .requests
             .iter()
             .enumerate()
-            .map(|(i, r)| (3_000 + 50 * i as u64, r.clone()))
+            .map(|(i, r)| {
+                let at = self.config.submit_from_ms + self.config.submit_interval_ms * i as u64;
+                (at, i, r.clone())
+            })
             .collect();
         submissions.reverse();
 
         loop {
             let next_delivery = self.in_flight.peek().map(|Reverse(d)| d.at_ms);
-            let next_submission = submissions.last().map(|(at, _)| *at);
+            let next_submission = submissions.last().map(|(at, _, _)| *at);
             let next_join = joins.last().map(|(at, _)| *at);
             let next_crash = self.config.crash.and_then(|c| {
                 let node = &self.nodes[c.node];
@@ -852,76 +1197,76 @@ impl Sim {
                 if let Some((_, node)) = joins.pop() {
                     let seeds = seeds_of(node);
                     self.nodes[node].membership.join(&seeds);
+                    self.touch(node);
                 }
             }
-            while submissions.last().is_some_and(|(at, _)| *at <= self.now) {
-                if let Some((_, request)) = submissions.pop() {
-                    // The user submits to node 0, or to the next node up if it is down.
-                    let Some(to) = (0..self.nodes.len()).find(|i| self.nodes[*i].alive) else {
-                        continue;
-                    };
-                    self.submitters
-                        .insert(request.workload.clone(), self.nodes[to].id.clone());
-                    self.nodes[to].announcer.place(self.now, request);
-                    let alive: Vec<usize> = (0..self.nodes.len())
-                        .filter(|i| self.nodes[*i].alive)
-                        .collect();
-                    for i in alive {
-                        self.apply_ownership(i);
-                    }
+            while submissions.last().is_some_and(|(at, _, _)| *at <= self.now) {
+                if let Some((_, index, request)) = submissions.pop() {
+                    self.submit(request, index);
                 }
             }
             if let Some(crash) = self.config.crash {
                 let node = &self.nodes[crash.node];
                 if node.alive && node.boot == 0 && self.now >= crash.at_ms {
                     self.nodes[crash.node].alive = false;
+                    self.timer_of[crash.node] = None;
                 } else if !node.alive && crash.restart_at_ms.is_some_and(|at| self.now >= at) {
                     self.restart(crash.node);
                 }
             }
             if self.now >= self.next_report {
                 self.next_report = self.now + REPORT_INTERVAL_MS;
-                for node in self.nodes.iter_mut().filter(|n| n.alive) {
-                    node.bidder.report_instances();
+                for i in 0..cluster {
+                    let static_membership = self.config.static_membership;
+                    let node = &mut self.nodes[i];
+                    if !node.alive {
+                        continue;
+                    }
+                    let mut spoke = false;
+                    if node.bidder.committed().next().is_some() {
+                        node.bidder.report_instances();
+                        spoke = true;
+                    }
+                    // Free capacity is re-announced when it changed, as the agent does.
+                    let free = node.bidder.free();
+                    if free != node.meta.free {
+                        node.meta.free = free;
+                        if !static_membership {
+                            node.membership.set_meta(node.meta.clone());
+                            spoke = true;
+                        }
+                    }
+                    if spoke {
+                        self.touch(i);
+                    }
                 }
             }
-            let now = self.now;
-            for node in self.nodes.iter_mut().filter(|n| n.alive) {
-                if node.bidder.poll_timeout().is_some_and(|t| t <= now) {
-                    node.bidder.handle_timeout(now);
-                }
-                if node.announcer.poll_timeout().is_some_and(|t| t <= now) {
-                    node.announcer.handle_timeout(now);
-                }
-                if node.membership.poll_timeout().is_some_and(|t| t <= now) {
-                    node.membership.handle_timeout(now);
-                }
+            self.fire_timers();
+            let touched = std::mem::take(&mut self.touched);
+            for &i in &touched {
+                self.drain_events(i)?;
             }
-            self.drain_events()?;
-            self.flush_transmits()?;
-            self.check_always()?;
+            // Events may have touched more nodes (adoptions); settle those too.
+            let touched: Vec<usize> = touched
+                .into_iter()
+                .chain(std::mem::take(&mut self.touched))
+                .collect();
+            for &i in &touched {
+                self.is_touched[i] = false;
+                if self.nodes[i].alive {
+                    self.flush_transmits(i)?;
+                    self.check_always(i)?;
+                }
+                self.schedule_timer(i);
+            }
 
             if let Some(crash) = self.config.crash
                 && self.outcome.heal_ms.is_none()
                 && self.outcome.detection_ms.is_some()
                 && !self.nodes[crash.node].alive
+                && self.healed(crash)
             {
-                let dead = node_id(crash.node);
-                let healed = self
-                    .requests
-                    .iter()
-                    .filter(|r| r.workload != "default/too-big")
-                    .all(|r| {
-                        let placed = self
-                            .agreed_owner(&r.workload)
-                            .map(|o| self.nodes[o].announcer.placements(&r.workload))
-                            .unwrap_or_default();
-                        placed.len() == r.replicas as usize
-                            && placed.values().all(|(n, _)| *n != dead)
-                    });
-                if healed {
-                    self.outcome.heal_ms = Some(self.now - crash.at_ms);
-                }
+                self.outcome.heal_ms = Some(self.now - crash.at_ms);
             }
         }
         self.check_final()?;
@@ -929,7 +1274,15 @@ impl Sim {
     }
 }
 
-/// Runs one simulation and checks every invariant.
+/// The workload that fits on no node, in every run.
+const TOO_BIG: &str = "default/too-big";
+
+/// Runs one simulation with cheap signatures and checks every invariant.
 pub fn run(config: SimConfig) -> Result<Outcome, Violation> {
-    Sim::new(config).run()
+    run_with(config, &CheapCrypto)
+}
+
+/// Runs one simulation with `crypto` signing and verifying every frame.
+pub fn run_with(config: SimConfig, crypto: &dyn SimCrypto) -> Result<Outcome, Violation> {
+    Sim::new(config, crypto).run()
 }

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use parley_negotiation::auction::{
-    Announcer, AnnouncerConfig, AnnouncerEvent, Answer, Bidder, BidderConfig, BidderEvent,
-    Candidate, NodeProfile, PlacementRequest,
+    Announced, Announcer, AnnouncerConfig, AnnouncerEvent, Answer, Bidder, BidderConfig,
+    BidderEvent, Candidate, NodeProfile, PlacementRequest,
 };
 use parley_negotiation::messages::{Body, Resources, Scoring};
 
@@ -113,13 +113,7 @@ fn settle(
 }
 
 fn members(names: &[&str]) -> Vec<Candidate> {
-    names
-        .iter()
-        .map(|n| Candidate {
-            node: n.to_string(),
-            compatible: true,
-        })
-        .collect()
+    names.iter().map(|n| Candidate::new(*n)).collect()
 }
 
 #[test]
@@ -268,8 +262,21 @@ fn bin_pack_and_spread_prefer_opposite_nodes_and_cached_images_win_ties() {
 }
 
 #[test]
-fn many_members_are_sampled_d_times_replicas() {
-    let names: Vec<String> = (0..50).map(|i| format!("n{i}")).collect();
+fn a_replica_asks_d_sampled_members_among_those_that_look_able() {
+    // 60 members: a third arm64, a third announcing too little free memory, a third able.
+    let members: Vec<Candidate> = (0..60)
+        .map(|i| Candidate {
+            announced: Some(Announced {
+                arch: if i % 3 == 0 { "arm64" } else { "amd64" }.to_owned(),
+                labels: BTreeMap::new(),
+                free: Some(Resources {
+                    cpu_millis: 4_000,
+                    memory_bytes: if i % 3 == 1 { GIB / 2 } else { 8 * GIB },
+                }),
+            }),
+            ..Candidate::new(format!("n{i}"))
+        })
+        .collect();
     let mut announcer = Announcer::new(
         "a",
         AnnouncerConfig {
@@ -278,25 +285,42 @@ fn many_members_are_sampled_d_times_replicas() {
         },
         9,
     );
-    announcer.set_members(
-        names
-            .iter()
-            .map(|n| Candidate {
-                node: n.clone(),
-                compatible: true,
-            })
-            .collect(),
+    announcer.set_members(members);
+    let mut wanted = request(3, 100, 1);
+    wanted.arch = Some("amd64".to_owned());
+    announcer.place(0, wanted);
+    let asked: Vec<usize> = std::iter::from_fn(|| announcer.poll_transmit())
+        .map(|(to, body)| {
+            assert!(matches!(body, Body::Cfp(_)));
+            to[1..].parse().unwrap()
+        })
+        .collect();
+    assert_eq!(asked.len(), 2, "asked {asked:?} of 60 members with d = 2");
+    assert!(
+        asked.iter().all(|i| i % 3 == 2),
+        "asked {asked:?}: only members announcing amd64 and enough free memory look able"
     );
-    announcer.place(0, request(3, 100, 1));
-    let mut asked = 0;
-    while let Some((_, body)) = announcer.poll_transmit() {
-        assert!(matches!(body, Body::Cfp(_)));
-        asked += 1;
-    }
-    assert_eq!(
-        asked, 6,
-        "asked {asked} of 50 members for 3 replicas with d = 2"
-    );
+}
+
+#[test]
+fn when_no_member_looks_able_everyone_is_asked_so_their_declines_explain() {
+    let members: Vec<Candidate> = (0..5)
+        .map(|i| Candidate {
+            announced: Some(Announced {
+                arch: "amd64".to_owned(),
+                labels: BTreeMap::new(),
+                free: Some(Resources {
+                    cpu_millis: 1_000,
+                    memory_bytes: GIB,
+                }),
+            }),
+            ..Candidate::new(format!("n{i}"))
+        })
+        .collect();
+    let mut announcer = Announcer::new("a", AnnouncerConfig::default(), 9);
+    announcer.set_members(members);
+    announcer.place(0, request(1, 100, 64));
+    assert_eq!(std::iter::from_fn(|| announcer.poll_transmit()).count(), 5);
 }
 
 #[test]
@@ -304,13 +328,10 @@ fn incompatible_members_are_never_asked_and_expired_reservations_are_dropped() {
     let mut announcer = Announcer::new("a", AnnouncerConfig::default(), 1);
     announcer.set_members(vec![
         Candidate {
-            node: "old".to_owned(),
             compatible: false,
+            ..Candidate::new("old")
         },
-        Candidate {
-            node: "new".to_owned(),
-            compatible: true,
-        },
+        Candidate::new("new"),
     ]);
     announcer.place(0, request(1, 100, 1));
     let recipients: Vec<String> = std::iter::from_fn(|| announcer.poll_transmit())

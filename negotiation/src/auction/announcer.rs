@@ -39,6 +39,51 @@ pub struct Candidate {
     pub node: String,
     /// Whether its protocol range overlaps ours.
     pub compatible: bool,
+    /// What the member last announced about itself, if anything: used to ask members
+    /// that look able to host first, never to decide (only a bid commits a node).
+    pub announced: Option<Announced>,
+}
+
+impl Candidate {
+    /// A compatible member about which nothing else is known.
+    pub fn new(node: impl Into<String>) -> Self {
+        Self {
+            node: node.into(),
+            compatible: true,
+            announced: None,
+        }
+    }
+}
+
+/// A member's self-description, as spread by membership (possibly stale).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announced {
+    /// CPU architecture.
+    pub arch: String,
+    /// Node labels.
+    pub labels: BTreeMap<String, String>,
+    /// Free capacity when it last said, if it did.
+    pub free: Option<Resources>,
+}
+
+impl Announced {
+    /// Whether a node described so could host a replica of `request` outside the
+    /// failure domains in `taken`.
+    fn looks_able(&self, request: &PlacementRequest, taken: &BTreeSet<&str>) -> bool {
+        request.arch.as_ref().is_none_or(|arch| *arch == self.arch)
+            && request
+                .constraints
+                .iter()
+                .all(|(k, v)| self.labels.get(k) == Some(v))
+            && self
+                .free
+                .is_none_or(|free| request.resources.fits_in(&free))
+            && request.spread_label.as_ref().is_none_or(|label| {
+                self.labels
+                    .get(label)
+                    .is_some_and(|value| !taken.contains(value.as_str()))
+            })
+    }
 }
 
 /// Announcer settings.
@@ -52,7 +97,9 @@ pub struct AnnouncerConfig {
     pub retry_initial_ms: u64,
     /// Longest wait between retries.
     pub retry_max_ms: u64,
-    /// Power of d choices: ask `d × replicas` sampled members when there are more.
+    /// Power of d choices: each replica's first auction asks `d` members sampled from
+    /// those that look able to host it (so a workload asks `d × replicas` in all); the
+    /// second asks `4 × d`; later ones ask every compatible member.
     pub sample_factor: usize,
     /// A placed replica not reported by its node for this long is presumed gone (its
     /// container was removed, or another owner revoked it) and placed again.
@@ -346,9 +393,11 @@ impl Announcer {
         self.start_auction(now_ms, key, replica, self.config.retry_initial_ms, 0);
     }
 
-    /// Starts an auction for `replica`. The first attempt asks a sample of `d × replicas`
-    /// members (power of d choices); a retry asks every compatible member, so a replica
-    /// that fits anywhere is found even when the sample missed it. Nodes already running
+    /// Starts an auction for `replica`. The first attempt asks a sample of `d` members
+    /// among those whose announced metadata says they could host it (power of d choices),
+    /// the second `4 × d`, and later attempts every compatible member, so a replica that
+    /// fits anywhere is found even when announcements were stale. When no member looks
+    /// able, everyone is asked at once: their declines explain why. Nodes already running
     /// a replica of the workload are never asked.
     fn start_auction(
         &mut self,
@@ -362,16 +411,32 @@ impl Announcer {
             return;
         };
         let hosting: BTreeSet<&String> = workload.placed.values().map(|(n, _, _, _)| n).collect();
-        let mut candidates: Vec<String> = self
+        let taken: BTreeSet<&str> = workload
+            .placed
+            .values()
+            .filter_map(|(_, _, domain, _)| domain.as_deref())
+            .collect();
+        let compatible = self
             .members
             .iter()
-            .filter(|m| m.compatible && !hosting.contains(&m.node))
+            .filter(|m| m.compatible && !hosting.contains(&m.node));
+        let mut candidates: Vec<String> = compatible
+            .clone()
+            .filter(|m| {
+                m.announced
+                    .as_ref()
+                    .is_none_or(|a| a.looks_able(&workload.request, &taken))
+            })
             .map(|m| m.node.clone())
             .collect();
+        let everyone = candidates.is_empty() || attempt >= 2;
+        if everyone {
+            candidates = compatible.map(|m| m.node.clone()).collect();
+        }
         candidates.sort();
-        let limit =
-            (self.config.sample_factor.max(1) * workload.request.replicas.max(1) as usize).max(2);
-        if attempt == 0 && candidates.len() > limit {
+        let d = self.config.sample_factor.max(1);
+        let limit = if attempt == 0 { d } else { 4 * d };
+        if !everyone && candidates.len() > limit {
             // Sample without replacement.
             for i in 0..limit {
                 let j = i + (self.random() as usize) % (candidates.len() - i);

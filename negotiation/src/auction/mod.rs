@@ -9,6 +9,7 @@ mod announcer;
 mod bidder;
 
 pub use announcer::{
-    Announcer, AnnouncerConfig, AnnouncerEvent, Answer, Candidate, Explanation, PlacementRequest,
+    Announced, Announcer, AnnouncerConfig, AnnouncerEvent, Answer, Candidate, Explanation,
+    PlacementRequest,
 };
 pub use bidder::{Bidder, BidderConfig, BidderEvent, Committed, NodeProfile, Reservation};

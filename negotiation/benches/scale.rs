@@ -1,0 +1,283 @@
+//! Scale benchmarks of the negotiation protocol, run in the deterministic simulator.
+//!
+//! ```sh
+//! cargo bench -p parley-negotiation --bench scale                # everything (~15 min)
+//! cargo bench -p parley-negotiation --bench scale -- placement   # one section
+//! ```
+//!
+//! Sections: `placement` (1,000 nodes, 10,000 workloads: placements per CPU-second with
+//! cheap and with real P-256 signatures, messages per placement), `messages` (auction
+//! messages per placement as the cluster grows) and `detection` (how long until every
+//! member learns of a crashed node, with 1 % message loss). CPU time is the thread's own
+//! (`/proc/thread-self/schedstat`), so a busy machine slows the run but not the figure.
+//! Every run also checks all of the simulator's invariants; a violation aborts the bench.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use parley_identity::{
+    Credential, Issuer, PendingRequest, SpiffeId, TrustBundle, Validity, VerifiedIdentity,
+};
+use parley_negotiation::codec::{Signer, Verifier};
+use parley_negotiation::membership::MembershipConfig;
+use parley_negotiation::sim::{self, CheapCrypto, Outcome, SimConfig, SimCrypto};
+
+/// CPU time this thread has used so far.
+fn thread_cpu_time() -> Duration {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat")
+        .expect("/proc/thread-self/schedstat is readable on Linux");
+    let nanos: u64 = text
+        .split_whitespace()
+        .next()
+        .and_then(|field| field.parse().ok())
+        .expect("schedstat starts with nanoseconds on CPU");
+    Duration::from_nanos(nanos)
+}
+
+/// Runs `config`, returning what it did and the CPU time it took.
+fn measure(config: SimConfig, crypto: &dyn SimCrypto) -> (Outcome, Duration) {
+    let started = thread_cpu_time();
+    let outcome = match sim::run_with(config, crypto) {
+        Ok(outcome) => outcome,
+        Err(violation) => panic!("invariant broken during the benchmark: {violation}"),
+    };
+    (outcome, thread_cpu_time() - started)
+}
+
+/// Real node identities: an ECQV credential per node from one root. A receiver verifies
+/// with the sender's key reconstructed once from its chain, as the agent's transport does
+/// at the handshake; each message then costs one ECDSA signature and one verification.
+struct RealCrypto {
+    credentials: BTreeMap<String, std::rc::Rc<Credential>>,
+    verifier: KeyedVerifier,
+}
+
+struct KeyedVerifier {
+    peers: BTreeMap<String, VerifiedIdentity>,
+}
+
+impl Verifier for KeyedVerifier {
+    fn verify(&self, sender: &str, context: &str, bytes: &[u8], signature: &[u8]) -> bool {
+        self.peers
+            .get(sender)
+            .is_some_and(|peer| peer.verify(context, bytes, signature).is_ok())
+    }
+}
+
+struct CredentialSigner {
+    id: String,
+    credential: std::rc::Rc<Credential>,
+}
+
+impl Signer for CredentialSigner {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn sign(&self, context: &str, bytes: &[u8]) -> Vec<u8> {
+        self.credential.sign(context, bytes)
+    }
+}
+
+impl RealCrypto {
+    fn enroll(nodes: usize) -> Self {
+        const NOW: u64 = 1_800_000_000;
+        let root = Issuer::generate_root("sim.test").expect("valid trust domain");
+        let mut bundle = TrustBundle::new();
+        bundle.add("sim.test", root.public_key());
+        let mut credentials = BTreeMap::new();
+        let mut peers = BTreeMap::new();
+        for i in 0..nodes {
+            let id = format!("spiffe://sim.test/node/n{i}");
+            let pending = PendingRequest::new(SpiffeId::parse(&id).expect("valid node id"));
+            let issued = root
+                .issue(pending.request(), Validity::starting(NOW, 86_400))
+                .expect("root issues node identities");
+            let credential = pending
+                .accept(&issued, &root.public_key())
+                .expect("issued credential checks out");
+            let verified = bundle
+                .verify_chain(&[credential.cert().clone()], NOW)
+                .expect("chain verifies");
+            peers.insert(id.clone(), verified);
+            credentials.insert(id, std::rc::Rc::new(credential));
+        }
+        Self {
+            credentials,
+            verifier: KeyedVerifier { peers },
+        }
+    }
+}
+
+impl SimCrypto for RealCrypto {
+    fn signer(&self, id: &str) -> Box<dyn Signer> {
+        Box::new(CredentialSigner {
+            id: id.to_owned(),
+            credential: self.credentials[id].clone(),
+        })
+    }
+
+    fn verifier(&self) -> &dyn Verifier {
+        &self.verifier
+    }
+}
+
+fn per(count: u64, of: u64) -> f64 {
+    count as f64 / of.max(1) as f64
+}
+
+fn placement() {
+    println!("## placement: 1,000 nodes, 10,000 workloads (SWIM membership running)\n");
+    println!(
+        "| signatures | replicas placed | CPU time | placements / CPU-s | auction msgs / placement | all msgs / placement |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let config = SimConfig::placement_benchmark(1, 1_000, 10_000);
+    let cheap = measure(config.clone(), &CheapCrypto);
+    let enroll_started = thread_cpu_time();
+    let real_crypto = RealCrypto::enroll(1_000);
+    eprintln!(
+        "enrolled 1,000 nodes in {:.1} s of CPU",
+        (thread_cpu_time() - enroll_started).as_secs_f64()
+    );
+    let real = measure(config, &real_crypto);
+    for (name, (outcome, cpu)) in [("cheap checksum", cheap), ("ECQV P-256", real)] {
+        println!(
+            "| {name} | {} | {:.1} s | {:.0} | {:.2} | {:.2} |",
+            outcome.replicas_placed,
+            cpu.as_secs_f64(),
+            outcome.replicas_placed as f64 / cpu.as_secs_f64(),
+            per(outcome.auction_messages(), outcome.replicas_placed),
+            per(outcome.messages, outcome.replicas_placed),
+        );
+    }
+    println!();
+}
+
+fn messages() {
+    println!("## messages: auction messages per placement as the cluster grows\n");
+    println!(
+        "Ten workloads per node, submitted through 100 nodes; `static` gives every node the \
+         full member list instead of running SWIM (N² member records do not fit in one process \
+         at 10,000 nodes).\n"
+    );
+    println!(
+        "| nodes | workloads | membership | replicas placed | auction msgs / placement | cfp | bid | decline | award | accept | release |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let runs = [
+        (100, false),
+        (1_000, false),
+        (100, true),
+        (1_000, true),
+        (10_000, true),
+    ];
+    for (nodes, static_membership) in runs {
+        let mut config = SimConfig::placement_benchmark(2, nodes, nodes * 10);
+        config.static_membership = static_membership;
+        let (outcome, _) = measure(config, &CheapCrypto);
+        let kind = |k: &str| {
+            per(
+                outcome.messages_by_kind.get(k).copied().unwrap_or(0),
+                outcome.replicas_placed,
+            )
+        };
+        println!(
+            "| {nodes} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            nodes * 10,
+            if static_membership { "static" } else { "SWIM" },
+            outcome.replicas_placed,
+            per(outcome.auction_messages(), outcome.replicas_placed),
+            kind("cfp"),
+            kind("bid"),
+            kind("decline"),
+            kind("award"),
+            kind("accept"),
+            kind("release"),
+        );
+    }
+    println!();
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn detection() {
+    println!("## detection: one node crashes, 1 % of messages are lost throughout\n");
+    println!(
+        "Per observer: time from the crash until it stops offering the node work (suspects it) \
+         and until it declares it dead (its replicas are re-placed). p50/p99/max over every \
+         observer of every seed; false positives are live nodes declared dead.\n"
+    );
+    println!(
+        "| nodes | profile | seeds | suspected p50 / p99 / max | dead p50 / p99 / max | observers that learned | false positives |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let fast = MembershipConfig {
+        probe_interval_ms: 500,
+        probe_timeout_ms: 200,
+        suspicion_multiplier: 2,
+        min_suspicion_ms: 2_000,
+        ..MembershipConfig::default()
+    };
+    let runs = [
+        (100, "LAN (default)", MembershipConfig::default(), 10),
+        (100, "fast", fast, 10),
+        (1_000, "LAN (default)", MembershipConfig::default(), 2),
+        (1_000, "fast", fast, 2),
+        (3_000, "LAN (default)", MembershipConfig::default(), 1),
+    ];
+    for (nodes, profile, membership, seeds) in runs {
+        let (mut suspected, mut dead, mut false_positives, mut expected) =
+            (Vec::new(), Vec::new(), 0, 0);
+        for seed in 0..seeds {
+            let mut config = SimConfig::detection_benchmark(seed, nodes);
+            config.membership = membership;
+            let (outcome, _) = measure(config, &CheapCrypto);
+            suspected.extend(outcome.suspected_crash_ms);
+            dead.extend(outcome.learned_of_crash_ms);
+            false_positives += outcome.false_deaths;
+            expected += nodes as u64 - 1;
+        }
+        suspected.sort_unstable();
+        dead.sort_unstable();
+        let stats = |v: &[u64]| {
+            format!(
+                "{:.1} / {:.1} / {:.1} s",
+                percentile(v, 50.0) as f64 / 1000.0,
+                percentile(v, 99.0) as f64 / 1000.0,
+                v.last().copied().unwrap_or(0) as f64 / 1000.0
+            )
+        };
+        println!(
+            "| {nodes} | {profile} | {seeds} | {} | {} | {} of {expected} | {false_positives} |",
+            stats(&suspected),
+            stats(&dead),
+            dead.len(),
+        );
+    }
+    println!();
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else names sections to run.
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with("--"))
+        .collect();
+    let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
+    if run("placement") {
+        placement();
+    }
+    if run("messages") {
+        messages();
+    }
+    if run("detection") {
+        detection();
+    }
+}
