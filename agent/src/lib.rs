@@ -12,3 +12,4 @@ pub mod node;
 pub mod reconcile;
 pub mod runtime;
 pub mod systemd;
+pub mod transport;

@@ -183,7 +183,7 @@ fn messages() {
             )
         };
         println!(
-            "| {nodes} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {nodes} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             nodes * 10,
             if static_membership { "static" } else { "SWIM" },
             outcome.replicas_placed,
@@ -194,6 +194,7 @@ fn messages() {
             kind("award"),
             kind("accept"),
             kind("release"),
+            kind("revoke"),
         );
     }
     println!();

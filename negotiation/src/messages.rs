@@ -271,6 +271,9 @@ pub struct NodeMeta {
     /// Images held locally (for locality scoring).
     #[serde(default)]
     pub images: Vec<String>,
+    /// Where its QUIC endpoint listens (`IP:PORT`), so that members can reach it.
+    #[serde(default)]
+    pub address: Option<String>,
 }
 
 /// A member's liveness as gossip reports it.

@@ -420,6 +420,7 @@ impl<'c> Sim<'c> {
                     } else {
                         Vec::new()
                     },
+                    address: None,
                 };
                 let signer = crypto.signer(&id);
                 Node::start(

@@ -1,0 +1,576 @@
+//! The QUIC transport between agents: mutual authentication with the identity crate's
+//! verifiers, one protocol message per unidirectional stream, framed and signed by the
+//! negotiation codec, one connection reused per peer.
+//!
+//! The transport checks, for every frame, that it fits the size cap (before reading
+//! more), that the envelope's sender is the SPIFFE ID the connection proved at the
+//! handshake, that the sender's signature verifies against the key reconstructed from
+//! its chain, that the timestamp is inside the window and that the message id was not
+//! seen before. What passes reaches the agent as a [`Received`]; nothing in here decides
+//! what a message means. Per peer it bounds concurrent streams and the rate of frames.
+//! 0-RTT is disabled in the TLS configurations, so no message can be replayed that way.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parley_identity::tls::{self, PeerVerifier, TlsIdentity};
+use parley_identity::{Credential, TrustBundle, VerifiedIdentity};
+use parley_negotiation::codec::{self, DecodeError, Received, ReplayGuard, Signer, Verifier};
+use parley_negotiation::messages::Body;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::mpsc;
+
+#[cfg(test)]
+mod tests;
+
+/// Limits applied to every peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Concurrent unidirectional streams a peer may open (each carries one message).
+    pub streams_per_peer: u32,
+    /// Frames a peer may send per second, on average.
+    pub frames_per_second: u32,
+    /// Frames a peer may send in a burst above the average.
+    pub frame_burst: u32,
+    /// How long a connection attempt may take.
+    pub connect_timeout: Duration,
+    /// How long a silent connection lives.
+    pub idle_timeout: Duration,
+    /// How long a peer may take to deliver one frame once its stream opened.
+    pub frame_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            streams_per_peer: 64,
+            frames_per_second: 500,
+            frame_burst: 1_000,
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            frame_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the transport could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The endpoint could not be set up.
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        reason: String,
+    },
+    /// No connection could be made.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        reason: String,
+    },
+    /// A peer is not connected and no address is known for it.
+    #[error("no connection to {0} and no address to reach it")]
+    Unreachable(String),
+    /// A connected peer's stream failed.
+    #[error("sending to {peer}: {reason}")]
+    Send {
+        /// The peer.
+        peer: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Why an incoming frame or connection was refused, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Refusal {
+    /// The handshake failed (identity refused, or not a Parley peer).
+    Handshake,
+    /// A frame exceeded the size cap.
+    TooLarge,
+    /// Bytes that are not a valid envelope.
+    Malformed,
+    /// The signature did not verify, or the envelope named someone other than the peer.
+    Forged,
+    /// A message id seen before.
+    Replayed,
+    /// A timestamp outside the window.
+    Stale,
+    /// A protocol version this node does not speak.
+    Version,
+    /// The peer exceeded its frame rate.
+    RateLimited,
+    /// The peer took too long to deliver a frame.
+    Slow,
+}
+
+impl Refusal {
+    /// A short stable name (for metrics labels and JSON).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Handshake => "handshake",
+            Self::TooLarge => "too-large",
+            Self::Malformed => "malformed",
+            Self::Forged => "forged",
+            Self::Replayed => "replayed",
+            Self::Stale => "stale",
+            Self::Version => "version",
+            Self::RateLimited => "rate-limited",
+            Self::Slow => "slow",
+        }
+    }
+
+    fn of(error: &DecodeError) -> Self {
+        match error {
+            DecodeError::TooLarge(_) => Self::TooLarge,
+            DecodeError::BadSignature(_) => Self::Forged,
+            DecodeError::Replay { .. } => Self::Replayed,
+            DecodeError::OutsideWindow { .. } => Self::Stale,
+            DecodeError::UnsupportedVersion { .. } => Self::Version,
+            _ => Self::Malformed,
+        }
+    }
+}
+
+/// A verified message from a peer.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The message; `received.sender` is the peer's proven SPIFFE ID.
+    pub received: Received,
+    /// The peer's address.
+    pub remote: SocketAddr,
+}
+
+/// This node's credentials, as the transport needs them.
+pub struct NodeCredentials {
+    /// The node's ECQV credential (signs every message).
+    pub credential: Credential,
+    /// Its X.509 wrapper for the TLS handshake.
+    pub tls: TlsIdentity,
+    /// The trust domains whose nodes are accepted.
+    pub bundle: Arc<TrustBundle>,
+}
+
+/// The agent's QUIC endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: quinn::Endpoint,
+    signer: CredentialSigner,
+    bundle: Arc<TrustBundle>,
+    limits: Limits,
+    peers: Mutex<HashMap<String, quinn::Connection>>,
+    replays: Mutex<ReplayGuard>,
+    next_message_id: AtomicU64,
+    refusals: Mutex<HashMap<Refusal, u64>>,
+    inbound: mpsc::Sender<Inbound>,
+}
+
+struct CredentialSigner {
+    id: String,
+    credential: Credential,
+}
+
+impl Signer for CredentialSigner {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn sign(&self, context: &str, bytes: &[u8]) -> Vec<u8> {
+        self.credential.sign(context, bytes)
+    }
+}
+
+/// Verifies a frame against the identity its connection proved: a peer can only speak
+/// for itself.
+struct ConnectionPeer<'a>(&'a VerifiedIdentity);
+
+impl Verifier for ConnectionPeer<'_> {
+    fn verify(&self, sender: &str, context: &str, bytes: &[u8], signature: &[u8]) -> bool {
+        sender == self.0.id.as_str() && self.0.verify(context, bytes, signature).is_ok()
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Transport {
+    /// Listens on `listen` and returns the transport and the stream of verified messages.
+    pub fn bind(
+        listen: SocketAddr,
+        credentials: NodeCredentials,
+        limits: Limits,
+    ) -> Result<(Self, mpsc::Receiver<Inbound>), TransportError> {
+        let bind_error = |reason: String| TransportError::Bind {
+            addr: listen,
+            reason,
+        };
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_uni_streams(limits.streams_per_peer.into())
+            // Control requests (later) use a few bidirectional streams.
+            .max_concurrent_bidi_streams(8u32.into())
+            .max_idle_timeout(Some(
+                limits
+                    .idle_timeout
+                    .try_into()
+                    .map_err(|_| bind_error("idle timeout out of range".into()))?,
+            ))
+            .keep_alive_interval(Some(limits.idle_timeout / 3));
+        let transport = Arc::new(transport);
+
+        let server_verifier = PeerVerifier::new(credentials.bundle.clone());
+        let tls_copy = TlsIdentity::from_der(
+            credentials.tls.certificate().clone(),
+            credentials.tls.key().clone_key(),
+        );
+        let server_tls =
+            tls::server_config(tls_copy, server_verifier).map_err(|e| bind_error(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+            QuicServerConfig::try_from(server_tls).map_err(|e| bind_error(e.to_string()))?,
+        ));
+        server.transport_config(transport.clone());
+        let client_verifier = PeerVerifier::new(credentials.bundle.clone());
+        let client_tls = tls::client_config(credentials.tls, client_verifier)
+            .map_err(|e| bind_error(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(
+            QuicClientConfig::try_from(client_tls).map_err(|e| bind_error(e.to_string()))?,
+        ));
+        client.transport_config(transport);
+
+        // One endpoint serves and connects, so a peer's remote address is its listening
+        // address and either side can reuse the connection.
+        let mut endpoint =
+            quinn::Endpoint::server(server, listen).map_err(|e| bind_error(e.to_string()))?;
+        endpoint.set_default_client_config(client);
+
+        let (inbound, receiver) = mpsc::channel(1_024);
+        let mut first_id = [0u8; 8];
+        // Message ids start at a random point so that a restarted node's ids are not
+        // replays of its previous run's.
+        rand_start(&mut first_id);
+        let inner = Arc::new(Inner {
+            endpoint,
+            signer: CredentialSigner {
+                id: credentials.credential.id().to_string(),
+                credential: credentials.credential,
+            },
+            bundle: credentials.bundle,
+            limits,
+            peers: Mutex::new(HashMap::new()),
+            replays: Mutex::new(ReplayGuard::default()),
+            next_message_id: AtomicU64::new(u64::from_be_bytes(first_id) >> 1),
+            refusals: Mutex::new(HashMap::new()),
+            inbound,
+        });
+        tokio::spawn(accept_loop(inner.clone()));
+        Ok((Self { inner }, receiver))
+    }
+
+    /// The address the endpoint listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.endpoint.local_addr()
+    }
+
+    /// This node's SPIFFE ID.
+    pub fn id(&self) -> &str {
+        &self.inner.signer.id
+    }
+
+    /// Connects to `addr` (or reuses a connection to it) and returns the SPIFFE ID the
+    /// peer proved.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<String, TransportError> {
+        let existing = lock(&self.inner.peers)
+            .iter()
+            .find(|(_, c)| c.remote_address() == addr && c.close_reason().is_none())
+            .map(|(id, _)| id.clone());
+        if let Some(id) = existing {
+            return Ok(id);
+        }
+        let (id, _) = self.inner.clone().dial(addr).await?;
+        Ok(id)
+    }
+
+    /// Signs and sends `body` to peer `to`, over its connection or, when there is none,
+    /// a new one to `addr`.
+    pub async fn send(
+        &self,
+        to: &str,
+        addr: Option<SocketAddr>,
+        body: &Body,
+    ) -> Result<(), TransportError> {
+        let connection = match self.connection_to(to) {
+            Some(connection) => connection,
+            None => {
+                let addr = addr.ok_or_else(|| TransportError::Unreachable(to.to_owned()))?;
+                let (id, connection) = self.inner.clone().dial(addr).await?;
+                if id != to {
+                    return Err(TransportError::Send {
+                        peer: to.to_owned(),
+                        reason: format!("{addr} is {id}"),
+                    });
+                }
+                connection
+            }
+        };
+        let message_id = self.inner.next_message_id.fetch_add(1, Ordering::Relaxed);
+        let frame = codec::encode(body, &self.inner.signer, message_id, unix_ms());
+        let send_error = |reason: String| TransportError::Send {
+            peer: to.to_owned(),
+            reason,
+        };
+        let mut stream = connection
+            .open_uni()
+            .await
+            .map_err(|e| send_error(e.to_string()))?;
+        stream
+            .write_all(&frame)
+            .await
+            .map_err(|e| send_error(e.to_string()))?;
+        stream.finish().map_err(|e| send_error(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Frames and connections refused so far, by reason.
+    pub fn refusals(&self) -> HashMap<Refusal, u64> {
+        lock(&self.inner.refusals).clone()
+    }
+
+    /// Peers with an open connection.
+    pub fn connected_peers(&self) -> Vec<String> {
+        lock(&self.inner.peers)
+            .iter()
+            .filter(|(_, c)| c.close_reason().is_none())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Closes every connection and the endpoint.
+    pub async fn close(&self) {
+        self.inner.endpoint.close(0u32.into(), b"shutting down");
+        self.inner.endpoint.wait_idle().await;
+    }
+
+    fn connection_to(&self, peer: &str) -> Option<quinn::Connection> {
+        lock(&self.inner.peers)
+            .get(peer)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind, still usable.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn rand_start(bytes: &mut [u8; 8]) {
+    // The clock's nanoseconds mixed with the process id: unique enough for a starting
+    // point, and message ids need uniqueness, not secrecy.
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mixed = nanos ^ (u64::from(std::process::id()) << 40);
+    *bytes = mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes();
+}
+
+impl Inner {
+    fn refuse(&self, refusal: Refusal) {
+        *lock(&self.refusals).entry(refusal).or_insert(0) += 1;
+    }
+
+    async fn dial(
+        self: Arc<Self>,
+        addr: SocketAddr,
+    ) -> Result<(String, quinn::Connection), TransportError> {
+        let connect_error = |reason: String| TransportError::Connect { addr, reason };
+        let connecting = self
+            .endpoint
+            .connect(addr, "parley")
+            .map_err(|e| connect_error(e.to_string()))?;
+        let connection = tokio::time::timeout(self.limits.connect_timeout, connecting)
+            .await
+            .map_err(|_| connect_error("timed out".into()))?
+            .map_err(|e| connect_error(e.to_string()))?;
+        let peer = self.peer_of(&connection).map_err(connect_error)?;
+        let id = peer.id.to_string();
+        self.register(peer, connection.clone());
+        Ok((id, connection))
+    }
+
+    /// The identity a connection's peer proved in the handshake, checked again here to
+    /// obtain its reconstructed key.
+    fn peer_of(&self, connection: &quinn::Connection) -> Result<VerifiedIdentity, String> {
+        let certificates = connection
+            .peer_identity()
+            .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .ok_or("the peer presented no certificate")?;
+        let first = certificates
+            .first()
+            .ok_or("the peer presented no certificate")?;
+        tls::verify_peer_certificate(first.as_ref(), &self.bundle, unix_ms() / 1000)
+            .map_err(|e| e.to_string())
+    }
+
+    fn register(self: &Arc<Self>, peer: VerifiedIdentity, connection: quinn::Connection) {
+        lock(&self.peers).insert(peer.id.to_string(), connection.clone());
+        tokio::spawn(read_loop(self.clone(), peer, connection));
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>) {
+    while let Some(incoming) = inner.endpoint.accept().await {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let connection =
+                match tokio::time::timeout(inner.limits.connect_timeout, incoming).await {
+                    Ok(Ok(connection)) => connection,
+                    Ok(Err(error)) => {
+                        inner.refuse(Refusal::Handshake);
+                        tracing::warn!(%remote, %error, "refused a connection");
+                        return;
+                    }
+                    Err(_) => {
+                        inner.refuse(Refusal::Handshake);
+                        tracing::warn!(%remote, "refused a connection: handshake timed out");
+                        return;
+                    }
+                };
+            match inner.peer_of(&connection) {
+                Ok(peer) => {
+                    tracing::debug!(%remote, peer = %peer.id, "peer connected");
+                    inner.register(peer, connection);
+                }
+                Err(error) => {
+                    inner.refuse(Refusal::Handshake);
+                    tracing::warn!(%remote, %error, "refused a connection");
+                    connection.close(1u32.into(), b"identity refused");
+                }
+            }
+        });
+    }
+}
+
+/// A token bucket: `rate` per second, up to `burst` at once.
+struct RateLimit {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+async fn read_loop(inner: Arc<Inner>, peer: VerifiedIdentity, connection: quinn::Connection) {
+    let mut rate = RateLimit::new(inner.limits.frames_per_second, inner.limits.frame_burst);
+    let remote = connection.remote_address();
+    loop {
+        let mut stream = match connection.accept_uni().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(peer = %peer.id, %error, "connection ended");
+                break;
+            }
+        };
+        if !rate.allow() {
+            inner.refuse(Refusal::RateLimited);
+            let _ = stream.stop(2u32.into());
+            continue;
+        }
+        // The cap is enforced while reading: a longer stream is cut off, never buffered.
+        let read = tokio::time::timeout(
+            inner.limits.frame_timeout,
+            stream.read_to_end(codec::MAX_FRAME_LEN + 4),
+        )
+        .await;
+        let frame = match read {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(quinn::ReadToEndError::TooLong)) => {
+                inner.refuse(Refusal::TooLarge);
+                tracing::warn!(peer = %peer.id, "refused a frame over {} bytes", codec::MAX_FRAME_LEN);
+                continue;
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(peer = %peer.id, %error, "stream failed");
+                continue;
+            }
+            Err(_) => {
+                inner.refuse(Refusal::Slow);
+                continue;
+            }
+        };
+        let decoded = {
+            let mut replays = lock(&inner.replays);
+            codec::decode_frame(
+                &frame,
+                &ConnectionPeer(&peer),
+                &mut replays,
+                unix_ms(),
+                codec::DEFAULT_TIME_WINDOW_MS,
+            )
+        };
+        match decoded {
+            Ok(received) => {
+                if inner
+                    .inbound
+                    .send(Inbound { received, remote })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Err(error) => {
+                let refusal = Refusal::of(&error);
+                inner.refuse(refusal);
+                tracing::warn!(peer = %peer.id, %error, reason = refusal.code(), "refused a message");
+            }
+        }
+    }
+    let mut peers = lock(&inner.peers);
+    if peers
+        .get(peer.id.as_str())
+        .is_some_and(|c| c.stable_id() == connection.stable_id())
+    {
+        peers.remove(peer.id.as_str());
+    }
+}
