@@ -223,8 +223,11 @@ impl Membership {
             .filter(|m| m.state != MemberState::Dead)
     }
 
+    /// The cluster size for SWIM's logarithmic timeouts. Counts recently dead members
+    /// too (they are kept for a while): a slight overestimate, which only lengthens
+    /// timeouts, bought for constant time on every piece of gossip.
     fn live_count(&self) -> usize {
-        self.live_members().count() + 1
+        self.members.len() + 1
     }
 
     fn retransmit_limit(&self) -> u64 {
@@ -470,28 +473,28 @@ impl Membership {
     }
 
     fn next_probe_target(&mut self) -> Option<String> {
-        let live: Vec<String> = self.live_members().map(|m| m.id.clone()).collect();
-        if live.is_empty() {
-            return None;
-        }
         // Round-robin over a shuffled order, reshuffled each round (SWIM's bounded
-        // detection time).
-        self.probe_order.retain(|id| live.contains(id));
-        for id in &live {
-            if !self.probe_order.contains(id) {
-                self.probe_order.push(id.clone());
+        // detection time). Members that died during a round are skipped; the next round
+        // is built from the live members of the moment. Constant work per probe, amortized.
+        for _ in 0..2 {
+            while let Some(id) = self.probe_order.get(self.probe_index) {
+                self.probe_index += 1;
+                if self
+                    .members
+                    .get(id)
+                    .is_some_and(|m| m.state != MemberState::Dead)
+                {
+                    return Some(id.clone());
+                }
             }
-        }
-        if self.probe_index >= self.probe_order.len() {
+            self.probe_order = self.live_members().map(|m| m.id.clone()).collect();
             self.probe_index = 0;
             for i in (1..self.probe_order.len()).rev() {
                 let j = (self.random() % (i as u64 + 1)) as usize;
                 self.probe_order.swap(i, j);
             }
         }
-        let target = self.probe_order.get(self.probe_index).cloned();
-        self.probe_index += 1;
-        target
+        None
     }
 
     fn suspect(&mut self, now_ms: u64, target: &str) {

@@ -347,6 +347,8 @@ struct Sim<'c> {
     is_touched: Vec<bool>,
     /// Which nodes stopped counting the crashed node as alive.
     suspected_crash: Vec<bool>,
+    /// Nodes whose announcer's member list is out of date.
+    members_stale: Vec<bool>,
 }
 
 impl Node {
@@ -453,6 +455,7 @@ impl<'c> Sim<'c> {
             touched: Vec::new(),
             is_touched: vec![false; count],
             suspected_crash: vec![false; count],
+            members_stale: vec![true; count],
         };
         sim.requests = sim.make_requests();
         if sim.config.static_membership {
@@ -461,6 +464,7 @@ impl<'c> Sim<'c> {
                 let members = sim.members(i);
                 sim.nodes[i].announcer.set_members(members);
             }
+            sim.members_stale.fill(false);
         }
         for i in 0..count {
             sim.touch(i);
@@ -829,14 +833,25 @@ impl<'c> Sim<'c> {
         }
     }
 
-    /// Gives node `i`'s announcer its view of the members, and applies its view of
-    /// ownership to every workload.
+    /// Applies node `i`'s view of ownership to every workload, and refreshes its
+    /// announcer's view of the members.
     fn apply_ownership(&mut self, i: usize) {
-        let members = self.members(i);
-        self.nodes[i].announcer.set_members(members);
+        self.members_stale[i] = true;
         let workloads: Vec<String> = self.submitters.keys().cloned().collect();
         for workload in workloads {
             self.apply_ownership_of(i, &workload);
+        }
+        self.refresh_members(i, false);
+    }
+
+    /// Gives node `i`'s announcer its current view of the members, if it changed and the
+    /// announcer has workloads (or `force`): building the list costs O(N), and during a
+    /// large cluster's join every node sees N changes.
+    fn refresh_members(&mut self, i: usize, force: bool) {
+        if self.members_stale[i] && (force || self.nodes[i].announcer.workload_count() > 0) {
+            let members = self.members(i);
+            self.nodes[i].announcer.set_members(members);
+            self.members_stale[i] = false;
         }
     }
 
@@ -1106,6 +1121,7 @@ impl<'c> Sim<'c> {
         let workload = request.workload.clone();
         self.submitters
             .insert(workload.clone(), self.nodes[to].id.clone());
+        self.refresh_members(to, true);
         self.nodes[to].announcer.place(self.now, request);
         self.touch(to);
         if self.config.static_membership {

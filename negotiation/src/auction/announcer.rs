@@ -314,6 +314,11 @@ impl Announcer {
         }
     }
 
+    /// How many workloads this announcer owns.
+    pub fn workload_count(&self) -> usize {
+        self.workloads.len()
+    }
+
     /// Whether this announcer currently owns `workload`.
     pub fn owns(&self, workload: &str) -> bool {
         self.workloads.contains_key(workload)
