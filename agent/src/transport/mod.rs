@@ -25,7 +25,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::mpsc;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// Limits applied to every peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

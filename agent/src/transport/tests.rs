@@ -12,15 +12,16 @@ use quinn::crypto::rustls::QuicClientConfig;
 
 use super::*;
 
-const LOOPBACK: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+pub(crate) const LOOPBACK: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
-struct Domain {
+pub(crate) struct Domain {
     root: Issuer,
     bundle: Arc<TrustBundle>,
 }
 
 impl Domain {
-    fn new(trust_domain: &str) -> Self {
+    pub(crate) fn new(trust_domain: &str) -> Self {
         let root = Issuer::generate_root(trust_domain).unwrap();
         let mut bundle = TrustBundle::new();
         bundle.add(trust_domain, root.public_key());
@@ -38,7 +39,7 @@ impl Domain {
         pending.accept(&issued, &self.root.public_key()).unwrap()
     }
 
-    fn credentials(&self, name: &str) -> NodeCredentials {
+    pub(crate) fn credentials(&self, name: &str) -> NodeCredentials {
         let credential = self.enroll(name);
         let tls = TlsIdentity::new(&credential, &[credential.cert().clone()]).unwrap();
         NodeCredentials {
@@ -48,7 +49,7 @@ impl Domain {
         }
     }
 
-    fn transport(&self, name: &str) -> (Transport, mpsc::Receiver<Inbound>) {
+    pub(crate) fn transport(&self, name: &str) -> (Transport, mpsc::Receiver<Inbound>) {
         Transport::bind(LOOPBACK, self.credentials(name), Limits::default()).unwrap()
     }
 }

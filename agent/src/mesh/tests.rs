@@ -1,0 +1,108 @@
+//! Three agents' membership over real QUIC on loopback: they find each other through one
+//! seed, and the survivors declare a stopped one dead.
+
+use std::time::Duration;
+
+use parley_negotiation::membership::MembershipConfig;
+use parley_negotiation::messages::{MemberState, NodeMeta};
+
+use super::*;
+use crate::transport::tests::Domain;
+
+struct Running {
+    id: String,
+    view: watch::Receiver<Vec<Member>>,
+    shutdown: CancellationToken,
+    transport: Transport,
+}
+
+fn start(domain: &Domain, name: &str, seeds: Vec<SocketAddr>) -> Running {
+    let (transport, inbox) = domain.transport(name);
+    let address = transport.local_addr().unwrap().to_string();
+    let meta = NodeMeta {
+        agent_version: "test".to_owned(),
+        protocol_min: 1,
+        protocol_max: 1,
+        arch: "amd64".to_owned(),
+        address: Some(address),
+        ..NodeMeta::default()
+    };
+    let config = MembershipConfig {
+        probe_interval_ms: 200,
+        probe_timeout_ms: 100,
+        min_suspicion_ms: 1_000,
+        ..MembershipConfig::default()
+    };
+    let membership = Membership::new(transport.id(), meta, config, 0, 7);
+    let (view_tx, view) = watch::channel(Vec::new());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(run(
+        transport.clone(),
+        inbox,
+        membership,
+        seeds,
+        view_tx,
+        shutdown.clone(),
+    ));
+    Running {
+        id: transport.id().to_owned(),
+        view,
+        shutdown,
+        transport,
+    }
+}
+
+fn states(node: &Running) -> Vec<(String, MemberState)> {
+    node.view
+        .borrow()
+        .iter()
+        .map(|m| (m.id.clone(), m.state))
+        .collect()
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_find_each_other_through_one_seed_and_declare_a_stopped_one_dead() {
+    let domain = Domain::new("mesh.test");
+    let a = start(&domain, "a", Vec::new());
+    let seed = a.transport.local_addr().unwrap();
+    let b = start(&domain, "b", vec![seed]);
+    let c = start(&domain, "c", vec![seed]);
+
+    for node in [&a, &b, &c] {
+        until(&format!("{} sees two alive members", node.id), || {
+            let seen = states(node);
+            seen.len() == 2 && seen.iter().all(|(_, s)| *s == MemberState::Alive)
+        })
+        .await;
+    }
+    // b learned of c through gossip, never having been told its address.
+    assert!(states(&b).iter().any(|(id, _)| *id == c.id));
+
+    c.shutdown.cancel();
+    c.transport.close().await;
+    for node in [&a, &b] {
+        until(&format!("{} declares c dead", node.id), || {
+            states(node)
+                .iter()
+                .any(|(id, s)| *id == c.id && *s == MemberState::Dead)
+        })
+        .await;
+        assert!(
+            states(node)
+                .iter()
+                .all(|(id, s)| *id == c.id || *s == MemberState::Alive),
+            "a live member was declared dead: {:?}",
+            states(node)
+        );
+    }
+    a.shutdown.cancel();
+    b.shutdown.cancel();
+}
