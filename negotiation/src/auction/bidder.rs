@@ -152,11 +152,6 @@ impl Bidder {
         self.images.insert(image.to_owned());
     }
 
-    /// Whether the node holds `image`.
-    pub fn has_image(&self, image: &str) -> bool {
-        self.images.contains(image)
-    }
-
     /// Stops or resumes taking new work.
     pub fn set_draining(&mut self, draining: bool) {
         self.draining = draining;
