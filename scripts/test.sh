@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: prepares the host (packages, a rootless test user,
 # the test image), then format and lint checks, then every test, including end-to-end
-# tests that drive real agents against that user's rootless Podman.
+# tests that drive real agents against that user's rootless Podman, then the package
+# tests (packaging/build.sh, packaging/test.sh).
 #
 #   bash scripts/test.sh
 set -euo pipefail
@@ -24,3 +25,10 @@ echo "== cargo build (the binary the end-to-end tests run)"
 cargo build --workspace --locked
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast
+echo "== packages: build the .deb and .rpm, install, run a workload, purge, inspect"
+bash packaging/build.sh
+if [[ $EUID -eq 0 ]]; then
+    bash packaging/test.sh --user "$PARLEY_E2E_USER"
+else
+    sudo bash packaging/test.sh --user "$PARLEY_E2E_USER"
+fi

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Exit code for a configuration error (`EX_CONFIG`-like `EX_USAGE`, as sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
@@ -42,7 +42,7 @@ pub enum ConfigError {
 
 /// The config file's contents; every key is optional. Unknown keys are refused so that a
 /// typo does not silently fall back to a default.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// See [`Config::node_name`].
@@ -68,7 +68,12 @@ impl FileConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::load_str(&text, path)
+    }
+
+    /// Parses a config file's text; `path` names it in errors.
+    pub fn load_str(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })
@@ -108,7 +113,12 @@ pub struct Config {
     pub podman_binary: PathBuf,
     /// Time between reconcile passes. Default: 10 s.
     pub reconcile_interval: Duration,
+    /// The config file these values were read from, if any (for logs).
+    pub config_file: Option<PathBuf>,
 }
+
+/// The system-wide config file, installed (all commented out) by the .deb and .rpm.
+pub const SYSTEM_CONFIG_FILE: &str = "/etc/parley/agent.toml";
 
 /// Longest name accepted for a node (it travels in labels and later in SPIFFE IDs).
 const MAX_NODE_NAME_LEN: usize = 63;
@@ -121,6 +131,8 @@ pub struct Environment {
     pub xdg_runtime_dir: Option<PathBuf>,
     /// `$XDG_DATA_HOME`.
     pub xdg_data_home: Option<PathBuf>,
+    /// `$XDG_CONFIG_HOME`.
+    pub xdg_config_home: Option<PathBuf>,
     /// `$HOME`.
     pub home: Option<PathBuf>,
     /// The host name.
@@ -138,6 +150,7 @@ impl Environment {
         Self {
             xdg_runtime_dir: var("XDG_RUNTIME_DIR"),
             xdg_data_home: var("XDG_DATA_HOME"),
+            xdg_config_home: var("XDG_CONFIG_HOME"),
             home: var("HOME"),
             hostname: nix::unistd::gethostname()
                 .ok()
@@ -154,6 +167,27 @@ impl Environment {
                       /run/user/$UID) or give the path explicitly"
                     .to_owned(),
             })
+    }
+
+    /// The config files read when `--config` is not given, in order of preference: the
+    /// user's own (`$XDG_CONFIG_HOME/parley/agent.toml`, else
+    /// `~/.config/parley/agent.toml`), then the system-wide one the packages install.
+    pub fn config_file_candidates(&self) -> Vec<PathBuf> {
+        let user = match (&self.xdg_config_home, &self.home) {
+            (Some(config), _) => Some(config.join("parley/agent.toml")),
+            (None, Some(home)) => Some(home.join(".config/parley/agent.toml")),
+            (None, None) => None,
+        };
+        user.into_iter()
+            .chain(std::iter::once(PathBuf::from(SYSTEM_CONFIG_FILE)))
+            .collect()
+    }
+
+    /// The first of [`Self::config_file_candidates`] that exists, if any.
+    pub fn default_config_file(&self) -> Option<PathBuf> {
+        self.config_file_candidates()
+            .into_iter()
+            .find(|path| path.exists())
     }
 
     /// Default local API socket: `$XDG_RUNTIME_DIR/parley/parley.sock`.
@@ -243,6 +277,7 @@ impl Config {
                 .podman_binary
                 .unwrap_or_else(|| PathBuf::from("podman")),
             reconcile_interval: Duration::from_secs(reconcile_interval_secs),
+            config_file: None,
         })
     }
 }
@@ -273,6 +308,7 @@ mod tests {
         Environment {
             xdg_runtime_dir: Some("/run/user/1000".into()),
             xdg_data_home: None,
+            xdg_config_home: None,
             home: Some("/home/ada".into()),
             hostname: Some("edge-1".into()),
         }
@@ -296,6 +332,71 @@ mod tests {
         );
         assert!(config.podman_autostart);
         assert_eq!(config.reconcile_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_users_config_file_is_preferred_to_the_system_one() {
+        assert_eq!(
+            env().config_file_candidates(),
+            [
+                PathBuf::from("/home/ada/.config/parley/agent.toml"),
+                PathBuf::from(SYSTEM_CONFIG_FILE),
+            ]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let with_xdg = Environment {
+            xdg_config_home: Some(dir.path().to_path_buf()),
+            ..env()
+        };
+        std::fs::create_dir(dir.path().join("parley")).unwrap();
+        std::fs::write(dir.path().join("parley/agent.toml"), "").unwrap();
+        assert_eq!(
+            with_xdg.default_config_file(),
+            Some(dir.path().join("parley/agent.toml"))
+        );
+    }
+
+    #[test]
+    fn the_packaged_config_file_parses_and_changes_nothing() {
+        // Every key in it is commented out: installing the package must not change the
+        // agent's behaviour, only document it.
+        let packaged = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/agent.toml");
+        let file = FileConfig::load(Path::new(packaged)).unwrap();
+        assert_eq!(
+            Config::resolve(file, &env()).unwrap(),
+            Config::resolve(FileConfig::default(), &env()).unwrap()
+        );
+
+        // Uncommenting its examples gives a valid file that sets every key the agent knows
+        // (the struct literal below stops compiling when a field is added).
+        let text = std::fs::read_to_string(packaged).unwrap();
+        let examples: String = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter(|line| {
+                line.split_once(" = ")
+                    .is_some_and(|(key, _)| !key.contains(' '))
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        FileConfig::load_str(&examples, Path::new(packaged)).unwrap();
+        let documented: toml::Table = toml::from_str(&examples).unwrap();
+        let every_key = FileConfig {
+            node_name: Some(String::new()),
+            data_dir: Some(PathBuf::new()),
+            api_socket: Some(PathBuf::new()),
+            podman_socket: Some(PathBuf::new()),
+            podman_autostart: Some(true),
+            podman_binary: Some(PathBuf::new()),
+            reconcile_interval_secs: Some(0),
+        };
+        let known = toml::Table::try_from(every_key).unwrap();
+        let documented: Vec<_> = documented.keys().collect();
+        let known: Vec<_> = known.keys().collect();
+        assert_eq!(
+            documented, known,
+            "packaging/agent.toml documents other keys"
+        );
     }
 
     #[test]

@@ -30,7 +30,8 @@ podman_socket, podman_autostart, podman_binary, reconcile_interval_secs.
 The agent listens on --api-socket (a global option, also PARLEY_API_SOCKET)."
 )]
 pub struct AgentArgs {
-    /// TOML configuration file
+    /// TOML configuration file [default: $XDG_CONFIG_HOME/parley/agent.toml if present,
+    /// else /etc/parley/agent.toml if present]
     #[arg(long, short = 'c', env = "PARLEY_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Directory for the agent's state [data_dir; default: $XDG_DATA_HOME/parley]
@@ -61,7 +62,9 @@ impl AgentArgs {
         global: &GlobalOptions,
         env: &Environment,
     ) -> Result<Config, ConfigError> {
-        let file = match &self.config {
+        // An explicit file must exist; the default ones are read only when present.
+        let file_path = self.config.clone().or_else(|| env.default_config_file());
+        let file = match &file_path {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
@@ -74,7 +77,9 @@ impl AgentArgs {
             podman_binary: None,
             reconcile_interval_secs: self.reconcile_interval,
         };
-        Config::resolve(flags.or(file), env)
+        let mut config = Config::resolve(flags.or(file), env)?;
+        config.config_file = file_path;
+        Ok(config)
     }
 }
 
@@ -175,7 +180,13 @@ async fn serve_on(
         podman,
     )?;
 
-    tracing::info!(socket = %config.api_socket.display(), node = %config.node_name, data_dir = %config.data_dir.display(), "agent listening");
+    tracing::info!(
+        socket = %config.api_socket.display(),
+        node = %config.node_name,
+        data_dir = %config.data_dir.display(),
+        config_file = config.config_file.as_ref().map(|path| path.display().to_string()).unwrap_or_else(|| "none (defaults)".to_owned()),
+        "agent listening"
+    );
 
     let api = {
         let shutdown = shutdown.clone();

@@ -1,6 +1,7 @@
 //! `parley completions SHELL` and `parley man`: shell completions and the man page,
 //! generated from the same definitions as `--help` so they never drift.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::CommandFactory;
@@ -26,13 +27,31 @@ pub fn completions(args: CompletionsArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Prints the man page (roff) on stdout: `parley man | man -l -`.
-pub fn man() -> ExitCode {
-    let page = clap_mangen::Man::new(Cli::command());
-    match page.render(&mut std::io::stdout()) {
+/// Arguments of `parley man`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  parley man | man -l -
+  parley man --dir /tmp/man && man -l /tmp/man/parley-run.1")]
+pub struct ManArgs {
+    /// Write one page per command (parley.1, parley-run.1, parley-identity-init.1, …)
+    /// into this existing directory instead of printing the main page
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// Prints the main man page (roff) on stdout, or writes every page into a directory.
+pub fn man(args: ManArgs) -> ExitCode {
+    let result = match &args.dir {
+        Some(dir) => clap_mangen::generate_to(Cli::command(), dir),
+        None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: cannot write the man page: {e}");
+            match &args.dir {
+                Some(dir) => eprintln!("error: cannot write man pages to {}: {e}", dir.display()),
+                None => eprintln!("error: cannot write the man page: {e}"),
+            }
             ExitCode::FAILURE
         }
     }

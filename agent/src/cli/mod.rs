@@ -85,8 +85,8 @@ pub enum Command {
     Identity(identity::IdentityArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell)
     Completions(generate::CompletionsArgs),
-    /// Print the man page (roff): `parley man | man -l -`
-    Man,
+    /// Print the man page (roff), or write one per command with --dir
+    Man(generate::ManArgs),
 }
 
 impl Cli {
@@ -96,7 +96,7 @@ impl Cli {
             Command::Agent(args) => agent::execute(args, &self.global),
             Command::Identity(args) => identity::execute(args, self.global.output),
             Command::Completions(args) => generate::completions(args),
-            Command::Man => generate::man(),
+            Command::Man(args) => generate::man(args),
             Command::Run(args) => with_client(&self.global, |client| {
                 run::execute(args, client, self.global.output)
             }),
