@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod hostcheck;
 pub mod mesh;
 pub mod node;
 pub mod reconcile;

@@ -4,6 +4,7 @@
 //! Everything here works through the [`ContainerRuntime`] trait and the store, so the
 //! logic is unit-tested against the fake runtime and end-to-end against real Podman.
 
+use crate::hostcheck::HostWarning;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -74,6 +75,8 @@ pub struct NodeInfo {
     pub podman_socket: String,
     /// Where the Podman service came from.
     pub podman_origin: ServiceOrigin,
+    /// Problems found on the host at start (see [`crate::hostcheck`]).
+    pub host_warnings: Vec<HostWarning>,
 }
 
 /// What the node knows about its store's ability to take writes.
@@ -393,6 +396,7 @@ impl<R: ContainerRuntime> Node<R> {
             podman,
             podman_error,
             store_error: self.health().fault.clone(),
+            host_warnings: self.info.host_warnings.clone(),
         }
     }
 
@@ -577,6 +581,7 @@ mod tests {
             data_dir: "/tmp/unused".to_owned(),
             podman_socket: "fake".to_owned(),
             podman_origin: ServiceOrigin::Existing,
+            host_warnings: Vec::new(),
         };
         Node::new(info, store.clone(), runtime.clone()).unwrap()
     }

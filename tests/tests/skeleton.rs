@@ -318,3 +318,36 @@ fn reconcile_replaces_a_removed_container_and_removes_an_unknown_one() {
     assert_eq!(agent.workload_names(), ["healme"], "the stray was adopted");
     assert_eq!(agent.podman_containers().len(), 1);
 }
+
+#[test]
+fn host_checks_describe_the_real_host() {
+    let agent = Agent::start("hostcheck");
+    let status = agent.cli(["status", "-o", "json"]).json();
+    let checks: Vec<&str> = status["host_warnings"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no host_warnings in {status}"))
+        .iter()
+        .map(|w| w["check"].as_str().expect("check name"))
+        .collect();
+    // scripts/setup-host.sh gave the test user subordinate ids and a usable /dev/net/tun.
+    for fixed in ["subuid", "subgid", "tun", "rootful"] {
+        assert!(!checks.contains(&fixed), "{fixed} reported: {status}");
+    }
+    // Podman's own report decides whether the cgroup v1 finding is due.
+    let v1 = status["podman"]["cgroup_version"] == "v1";
+    assert_eq!(checks.contains(&"cgroup-v1"), v1, "{status}");
+    if v1 {
+        assert!(
+            agent
+                .log()
+                .contains("cgroup v1: rootless containers cannot be given"),
+            "the agent did not log the finding: {}",
+            agent.log()
+        );
+        let table = agent.cli(["status"]).ok().to_owned();
+        assert!(
+            table.contains("warning:") && table.contains("fix:"),
+            "{table}"
+        );
+    }
+}

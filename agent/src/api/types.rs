@@ -94,4 +94,7 @@ pub struct AgentStatus {
     pub podman_error: Option<String>,
     /// Set when the state store cannot take writes; the agent then takes no new work.
     pub store_error: Option<String>,
+    /// Host problems found at start: what is wrong and how to fix it.
+    #[serde(default)]
+    pub host_warnings: Vec<crate::hostcheck::HostWarning>,
 }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::GlobalOptions;
 use crate::config::{self, Config, ConfigError, Environment, FileConfig};
+use crate::hostcheck::HostFacts;
 use crate::node::{Node, NodeInfo};
 use crate::runtime::podman::service::{self, ServiceSettings};
 
@@ -169,12 +170,21 @@ async fn serve_on(
     };
     let (podman, origin, podman_supervisor) = service::connect(&settings, shutdown.clone()).await?;
 
+    let host_warnings = {
+        use crate::runtime::ContainerRuntime as _;
+        HostFacts::gather(podman.info().await.ok()).warnings()
+    };
+    for warning in &host_warnings {
+        tracing::warn!(check = %warning.check, fix = %warning.fix, "{}", warning.problem);
+    }
+
     let node = Node::new(
         NodeInfo {
             name: config.node_name.clone(),
             data_dir: config.data_dir.display().to_string(),
             podman_socket: config.podman_socket.display().to_string(),
             podman_origin: origin,
+            host_warnings,
         },
         store.clone(),
         podman,

@@ -50,6 +50,10 @@ pub async fn execute(_args: StatusArgs, client: ApiClient, output: Output) -> Re
                 (None, Some(error)) => println!("podman:    unreachable: {error}"),
                 (None, None) => println!("podman:    unknown"),
             }
+            for warning in &status.host_warnings {
+                println!("warning:   {} [{}]", warning.problem, warning.check);
+                println!("  fix:     {}", warning.fix);
+            }
         }
     }
     Ok(())
