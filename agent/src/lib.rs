@@ -6,6 +6,7 @@
 //! and [`reconcile`] keeps Podman in line with the store.
 
 pub mod api;
+pub mod capacity;
 pub mod cli;
 pub mod config;
 pub mod hostcheck;
