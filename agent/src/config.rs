@@ -2,9 +2,12 @@
 //! validated before any socket opens. A bad value stops the agent with exit code 64 and a
 //! message naming the field.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use parley_negotiation::messages::Resources;
 use serde::{Deserialize, Serialize};
 
 /// Exit code for a configuration error (`EX_CONFIG`-like `EX_USAGE`, as sysexits.h).
@@ -59,6 +62,20 @@ pub struct FileConfig {
     pub podman_binary: Option<PathBuf>,
     /// See [`Config::reconcile_interval`], in seconds.
     pub reconcile_interval_secs: Option<u64>,
+    /// See [`Config::labels`].
+    pub labels: Option<BTreeMap<String, String>>,
+    /// See [`Config::reserve`], thousandths of a CPU.
+    pub reserve_cpu_millis: Option<u64>,
+    /// See [`Config::reserve`], MiB.
+    pub reserve_memory_mib: Option<u64>,
+    /// See [`MeshSettings::listen`].
+    pub listen: Option<SocketAddr>,
+    /// See [`MeshSettings::advertise`].
+    pub advertise: Option<SocketAddr>,
+    /// See [`MeshSettings::join`].
+    pub join: Option<Vec<String>>,
+    /// See [`MeshSettings::identity_dir`].
+    pub identity_dir: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -91,6 +108,13 @@ impl FileConfig {
             reconcile_interval_secs: self
                 .reconcile_interval_secs
                 .or(lower.reconcile_interval_secs),
+            labels: self.labels.or(lower.labels),
+            reserve_cpu_millis: self.reserve_cpu_millis.or(lower.reserve_cpu_millis),
+            reserve_memory_mib: self.reserve_memory_mib.or(lower.reserve_memory_mib),
+            listen: self.listen.or(lower.listen),
+            advertise: self.advertise.or(lower.advertise),
+            join: self.join.or(lower.join),
+            identity_dir: self.identity_dir.or(lower.identity_dir),
         }
     }
 }
@@ -113,12 +137,42 @@ pub struct Config {
     pub podman_binary: PathBuf,
     /// Time between reconcile passes. Default: 10 s.
     pub reconcile_interval: Duration,
+    /// This node's labels, announced to the mesh and matched by workload constraints.
+    /// Default: none.
+    pub labels: BTreeMap<String, String>,
+    /// Capacity kept back for the host itself. Default: 100 millicpus and 256 MiB.
+    pub reserve: Resources,
+    /// The mesh, when `listen` is set; without it the agent schedules onto this host only.
+    pub mesh: Option<MeshSettings>,
     /// The config file these values were read from, if any (for logs).
     pub config_file: Option<PathBuf>,
 }
 
+/// How the agent takes part in the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshSettings {
+    /// The UDP address the QUIC endpoint binds (`IP:PORT`; port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// The address announced to peers. Default: the bound address, which must then not be
+    /// unspecified (`0.0.0.0`).
+    pub advertise: Option<SocketAddr>,
+    /// Members to join through (`HOST:PORT`), resolved at start. Default: none (this node
+    /// starts a mesh of its own, which others join).
+    pub join: Vec<String>,
+    /// Where the node's identity (key, certificate, trust bundle) lives. Default:
+    /// `DATA_DIR/identity`, where `parley identity` puts it.
+    pub identity_dir: PathBuf,
+}
+
 /// The system-wide config file, installed (all commented out) by the .deb and .rpm.
 pub const SYSTEM_CONFIG_FILE: &str = "/etc/parley/agent.toml";
+
+/// Default CPU kept back for the host, in thousandths of a CPU.
+pub const DEFAULT_RESERVE_CPU_MILLIS: u64 = 100;
+/// Default memory kept back for the host, in MiB.
+pub const DEFAULT_RESERVE_MEMORY_MIB: u64 = 256;
+/// Longest label key or value accepted.
+const MAX_LABEL_LEN: usize = 63;
 
 /// Longest name accepted for a node (it travels in labels and later in SPIFFE IDs).
 const MAX_NODE_NAME_LEN: usize = 63;
@@ -198,7 +252,14 @@ impl Environment {
 
 impl Config {
     /// Merges `layered` (flags over environment over file) with defaults and validates.
-    pub fn resolve(layered: FileConfig, env: &Environment) -> Result<Self, ConfigError> {
+    pub fn resolve(mut layered: FileConfig, env: &Environment) -> Result<Self, ConfigError> {
+        let mesh_layer = FileConfig {
+            listen: layered.listen,
+            advertise: layered.advertise,
+            join: layered.join.take(),
+            identity_dir: layered.identity_dir.take(),
+            ..FileConfig::default()
+        };
         let node_name = match layered.node_name.or_else(|| env.hostname.clone()) {
             Some(name) => name,
             None => {
@@ -267,6 +328,21 @@ impl Config {
             });
         }
 
+        let labels = layered.labels.take().unwrap_or_default();
+        for (key, value) in &labels {
+            validate_label(key, value)?;
+        }
+        let reserve = Resources {
+            cpu_millis: layered
+                .reserve_cpu_millis
+                .unwrap_or(DEFAULT_RESERVE_CPU_MILLIS),
+            memory_bytes: layered
+                .reserve_memory_mib
+                .unwrap_or(DEFAULT_RESERVE_MEMORY_MIB)
+                .saturating_mul(1 << 20),
+        };
+        let mesh = resolve_mesh(&mesh_layer, &data_dir)?;
+
         Ok(Self {
             node_name,
             data_dir,
@@ -277,7 +353,100 @@ impl Config {
                 .podman_binary
                 .unwrap_or_else(|| PathBuf::from("podman")),
             reconcile_interval: Duration::from_secs(reconcile_interval_secs),
+            labels,
+            reserve,
+            mesh,
             config_file: None,
+        })
+    }
+}
+
+fn resolve_mesh(layered: &FileConfig, data_dir: &Path) -> Result<Option<MeshSettings>, ConfigError> {
+    let join = layered.join.clone().unwrap_or_default();
+    let Some(listen) = layered.listen else {
+        let field = if !join.is_empty() {
+            "join"
+        } else if layered.advertise.is_some() {
+            "advertise"
+        } else {
+            return Ok(None);
+        };
+        return Err(ConfigError::Invalid {
+            field,
+            message: "taking part in a mesh needs `listen`, the UDP address this agent's QUIC \
+                      endpoint serves on (e.g. --listen 0.0.0.0:7946)"
+                .to_owned(),
+        });
+    };
+    if listen.ip().is_unspecified() && layered.advertise.is_none() {
+        return Err(ConfigError::Invalid {
+            field: "advertise",
+            message: format!(
+                "listen is {listen}, an address peers cannot dial; set advertise to this \
+                 node's address on the network the peers use (e.g. --advertise 192.0.2.10:{})",
+                listen.port()
+            ),
+        });
+    }
+    if let Some(advertise) = layered.advertise
+        && (advertise.ip().is_unspecified() || advertise.port() == 0)
+    {
+        return Err(ConfigError::Invalid {
+            field: "advertise",
+            message: format!("{advertise} cannot be dialled: give a concrete IP and port"),
+        });
+    }
+    for seed in &join {
+        let valid = seed
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+        if !valid {
+            return Err(ConfigError::Invalid {
+                field: "join",
+                message: format!("{seed:?} is not HOST:PORT (e.g. 192.0.2.10:7946 or edge-1.lan:7946)"),
+            });
+        }
+    }
+    let identity_dir = layered
+        .identity_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("identity"));
+    if !identity_dir.is_absolute() {
+        return Err(ConfigError::Invalid {
+            field: "identity_dir",
+            message: format!("{} is not an absolute path", identity_dir.display()),
+        });
+    }
+    Ok(Some(MeshSettings {
+        listen,
+        advertise: layered.advertise,
+        join,
+        identity_dir,
+    }))
+}
+
+/// Label keys: lowercase letters, digits, `.`, `-`, `_` and `/` (`zone`,
+/// `topology.example.org/rack`); values: letters, digits, `.`, `-`, `_`; both 1 to 63 bytes.
+pub fn validate_label(key: &str, value: &str) -> Result<(), ConfigError> {
+    let key_ok = !key.is_empty()
+        && key.len() <= MAX_LABEL_LEN
+        && key.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_' | b'/')
+        });
+    let value_ok = !value.is_empty()
+        && value.len() <= MAX_LABEL_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if key_ok && value_ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            field: "labels",
+            message: format!(
+                "{key:?}={value:?}: keys are 1 to {MAX_LABEL_LEN} lowercase letters, digits, \
+                 '.', '-', '_' or '/'; values 1 to {MAX_LABEL_LEN} letters, digits, '.', '-' or '_'"
+            ),
         })
     }
 }
@@ -389,6 +558,13 @@ mod tests {
             podman_autostart: Some(true),
             podman_binary: Some(PathBuf::new()),
             reconcile_interval_secs: Some(0),
+            labels: Some(BTreeMap::new()),
+            reserve_cpu_millis: Some(0),
+            reserve_memory_mib: Some(0),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 1))),
+            advertise: Some(SocketAddr::from(([127, 0, 0, 1], 1))),
+            join: Some(Vec::new()),
+            identity_dir: Some(PathBuf::new()),
         };
         let known = toml::Table::try_from(every_key).unwrap();
         let documented: Vec<_> = documented.keys().collect();
@@ -397,6 +573,58 @@ mod tests {
             documented, known,
             "packaging/agent.toml documents other keys"
         );
+    }
+
+    #[test]
+    fn mesh_settings_are_validated_and_defaulted() {
+        let resolve = |toml_text: &str| {
+            let file: FileConfig = toml::from_str(toml_text).unwrap();
+            Config::resolve(file, &env())
+        };
+        assert_eq!(resolve("").unwrap().mesh, None);
+        let mesh = resolve("listen = \"127.0.0.1:0\"\njoin = [\"edge-1.lan:7946\", \"10.0.0.2:7946\"]\n")
+            .unwrap()
+            .mesh
+            .unwrap();
+        assert_eq!(mesh.join, ["edge-1.lan:7946", "10.0.0.2:7946"]);
+        assert_eq!(
+            mesh.identity_dir,
+            PathBuf::from("/home/ada/.local/share/parley/identity")
+        );
+        let refused = [
+            ("join = [\"10.0.0.2:7946\"]", "join", "needs `listen`"),
+            ("listen = \"0.0.0.0:7946\"", "advertise", "set advertise"),
+            (
+                "listen = \"127.0.0.1:7946\"\njoin = [\"edge-1.lan\"]",
+                "join",
+                "not HOST:PORT",
+            ),
+            (
+                "listen = \"0.0.0.0:7946\"\nadvertise = \"0.0.0.0:7946\"",
+                "advertise",
+                "cannot be dialled",
+            ),
+            ("[labels]\nZone = \"a\"", "labels", "lowercase"),
+        ];
+        for (text, field, needle) in refused {
+            let err = resolve(text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{field}`")) && err.contains(needle), "{text}: {err}");
+        }
+        let unspecified_but_advertised =
+            resolve("listen = \"0.0.0.0:7946\"\nadvertise = \"192.0.2.10:7946\"\n").unwrap();
+        assert!(unspecified_but_advertised.mesh.is_some());
+    }
+
+    #[test]
+    fn the_reserve_defaults_and_labels_parse() {
+        let config = Config::resolve(FileConfig::default(), &env()).unwrap();
+        assert_eq!(config.reserve.cpu_millis, DEFAULT_RESERVE_CPU_MILLIS);
+        assert_eq!(config.reserve.memory_bytes, DEFAULT_RESERVE_MEMORY_MIB << 20);
+        let file: FileConfig =
+            toml::from_str("reserve_memory_mib = 1024\n[labels]\nzone = \"eu-1\"\n").unwrap();
+        let config = Config::resolve(file, &env()).unwrap();
+        assert_eq!(config.reserve.memory_bytes, 1 << 30);
+        assert_eq!(config.labels["zone"], "eu-1");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! can serve requests. Shutdown runs the other way round, through one cancellation token,
 //! and flushes the store last.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -27,7 +28,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Configuration file keys (TOML): node_name, data_dir, api_socket, \
-podman_socket, podman_autostart, podman_binary, reconcile_interval_secs.
+podman_socket, podman_autostart, podman_binary, reconcile_interval_secs, labels, \
+reserve_cpu_millis, reserve_memory_mib, listen, advertise, join, identity_dir.
 The agent listens on --api-socket (a global option, also PARLEY_API_SOCKET)."
 )]
 pub struct AgentArgs {
@@ -50,6 +52,29 @@ pub struct AgentArgs {
     /// Seconds between reconcile passes [reconcile_interval_secs; default: 10]
     #[arg(long, value_name = "SECS")]
     pub reconcile_interval: Option<u64>,
+    /// A label of this node, KEY=VALUE (repeatable) [labels; default: none]
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// CPU kept back for the host, in thousandths of a CPU [reserve_cpu_millis; default: 100]
+    #[arg(long, value_name = "MILLICPUS")]
+    pub reserve_cpu_millis: Option<u64>,
+    /// Memory kept back for the host, in MiB [reserve_memory_mib; default: 256]
+    #[arg(long, value_name = "MIB")]
+    pub reserve_memory_mib: Option<u64>,
+    /// Take part in a mesh: the UDP address the QUIC endpoint serves on, e.g.
+    /// 0.0.0.0:7946 [listen; default: none, this host only]
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// The address peers reach this node at, when it differs from --listen
+    /// [advertise; default: the listen address]
+    #[arg(long, value_name = "IP:PORT")]
+    pub advertise: Option<SocketAddr>,
+    /// Join the mesh through this member (repeatable) [join; default: none]
+    #[arg(long = "join", value_name = "HOST:PORT")]
+    pub join: Vec<String>,
+    /// This node's identity directory [identity_dir; default: DATA_DIR/identity]
+    #[arg(long, value_name = "DIR")]
+    pub identity_dir: Option<PathBuf>,
     /// Move an unusable state store aside (to DATA_DIR/store.broken-TIMESTAMP) and start
     /// with a fresh one, rebuilt from the labels of the containers this node runs
     #[arg(long)]
@@ -77,11 +102,26 @@ impl AgentArgs {
             podman_autostart: self.podman_autostart,
             podman_binary: None,
             reconcile_interval_secs: self.reconcile_interval,
+            labels: (!self.labels.is_empty()).then(|| self.labels.iter().cloned().collect()),
+            reserve_cpu_millis: self.reserve_cpu_millis,
+            reserve_memory_mib: self.reserve_memory_mib,
+            listen: self.listen,
+            advertise: self.advertise,
+            join: (!self.join.is_empty()).then(|| self.join.clone()),
+            identity_dir: self.identity_dir.clone(),
         };
         let mut config = Config::resolve(flags.or(file), env)?;
         config.config_file = file_path;
         Ok(config)
     }
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    config::validate_label(key, value).map_err(|e| e.to_string())?;
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
