@@ -361,7 +361,10 @@ impl Config {
     }
 }
 
-fn resolve_mesh(layered: &FileConfig, data_dir: &Path) -> Result<Option<MeshSettings>, ConfigError> {
+fn resolve_mesh(
+    layered: &FileConfig,
+    data_dir: &Path,
+) -> Result<Option<MeshSettings>, ConfigError> {
     let join = layered.join.clone().unwrap_or_default();
     let Some(listen) = layered.listen else {
         let field = if !join.is_empty() {
@@ -397,13 +400,15 @@ fn resolve_mesh(layered: &FileConfig, data_dir: &Path) -> Result<Option<MeshSett
         });
     }
     for seed in &join {
-        let valid = seed
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+        let valid = seed.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+        });
         if !valid {
             return Err(ConfigError::Invalid {
                 field: "join",
-                message: format!("{seed:?} is not HOST:PORT (e.g. 192.0.2.10:7946 or edge-1.lan:7946)"),
+                message: format!(
+                    "{seed:?} is not HOST:PORT (e.g. 192.0.2.10:7946 or edge-1.lan:7946)"
+                ),
             });
         }
     }
@@ -582,10 +587,11 @@ mod tests {
             Config::resolve(file, &env())
         };
         assert_eq!(resolve("").unwrap().mesh, None);
-        let mesh = resolve("listen = \"127.0.0.1:0\"\njoin = [\"edge-1.lan:7946\", \"10.0.0.2:7946\"]\n")
-            .unwrap()
-            .mesh
-            .unwrap();
+        let mesh =
+            resolve("listen = \"127.0.0.1:0\"\njoin = [\"edge-1.lan:7946\", \"10.0.0.2:7946\"]\n")
+                .unwrap()
+                .mesh
+                .unwrap();
         assert_eq!(mesh.join, ["edge-1.lan:7946", "10.0.0.2:7946"]);
         assert_eq!(
             mesh.identity_dir,
@@ -608,7 +614,10 @@ mod tests {
         ];
         for (text, field, needle) in refused {
             let err = resolve(text).unwrap_err().to_string();
-            assert!(err.contains(&format!("`{field}`")) && err.contains(needle), "{text}: {err}");
+            assert!(
+                err.contains(&format!("`{field}`")) && err.contains(needle),
+                "{text}: {err}"
+            );
         }
         let unspecified_but_advertised =
             resolve("listen = \"0.0.0.0:7946\"\nadvertise = \"192.0.2.10:7946\"\n").unwrap();
@@ -619,7 +628,10 @@ mod tests {
     fn the_reserve_defaults_and_labels_parse() {
         let config = Config::resolve(FileConfig::default(), &env()).unwrap();
         assert_eq!(config.reserve.cpu_millis, DEFAULT_RESERVE_CPU_MILLIS);
-        assert_eq!(config.reserve.memory_bytes, DEFAULT_RESERVE_MEMORY_MIB << 20);
+        assert_eq!(
+            config.reserve.memory_bytes,
+            DEFAULT_RESERVE_MEMORY_MIB << 20
+        );
         let file: FileConfig =
             toml::from_str("reserve_memory_mib = 1024\n[labels]\nzone = \"eu-1\"\n").unwrap();
         let config = Config::resolve(file, &env()).unwrap();

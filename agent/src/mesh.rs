@@ -8,17 +8,193 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parley_negotiation::membership::{Member, Membership};
-use parley_negotiation::messages::Body;
+use parley_identity::files::IdentityDir;
+use parley_identity::tls::TlsIdentity;
+use parley_negotiation::membership::{Member, Membership, MembershipConfig};
+use parley_negotiation::messages::{Body, NodeMeta};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::transport::{Inbound, Transport};
+use crate::config::MeshSettings;
+use crate::transport::{Inbound, Limits, NodeCredentials, Transport};
 
 /// How often an unreachable seed is dialled again.
 const SEED_RETRY: Duration = Duration::from_secs(1);
+
+/// The running mesh, as the rest of the agent sees it.
+#[derive(Clone)]
+pub struct MeshHandle {
+    /// This node's SPIFFE ID, its name in the mesh.
+    pub id: String,
+    /// The address announced to peers.
+    pub address: SocketAddr,
+    /// The member list, updated on every change (this node not included).
+    pub view: watch::Receiver<Vec<Member>>,
+    /// The QUIC endpoint.
+    pub transport: Transport,
+}
+
+impl std::fmt::Debug for MeshHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshHandle")
+            .field("id", &self.id)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the agent could not join the mesh.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshStartError {
+    /// No usable identity in the identity directory.
+    #[error(
+        "cannot load this node's identity from {dir}: {reason}\n\
+         hint: enrol the node first: `parley identity request --id spiffe://TRUST_DOMAIN/node/NAME`, \
+         `parley identity issue` where the root key is, then `parley identity accept` here \
+         (docs/three-hosts.md); or point --identity-dir at it"
+    )]
+    Identity {
+        /// The identity directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The node's certificate is outside its validity period.
+    #[error(
+        "this node's identity {id} is {when} (valid {not_before} to {not_after}, seconds since \
+         1970, now {now}); renew it with `parley identity request`, `issue` and `accept`, or \
+         check this host's clock"
+    )]
+    Expired {
+        /// The node's SPIFFE ID.
+        id: String,
+        /// "expired" or "not yet valid".
+        when: &'static str,
+        /// Start of validity.
+        not_before: u64,
+        /// End of validity.
+        not_after: u64,
+        /// This host's clock.
+        now: u64,
+    },
+    /// The QUIC endpoint could not be set up.
+    #[error("cannot start the mesh endpoint: {0}")]
+    Transport(#[from] crate::transport::TransportError),
+    /// A `join` address does not resolve.
+    #[error("cannot resolve join address {seed}: {reason}")]
+    Resolve {
+        /// The address as configured.
+        seed: String,
+        /// The resolver's error.
+        reason: String,
+    },
+}
+
+/// Loads the node identity, binds the QUIC endpoint and starts membership, joining through
+/// `settings.join`. `meta` is what this node announces; its address is filled in here.
+pub async fn start(
+    settings: &MeshSettings,
+    mut meta: NodeMeta,
+    shutdown: CancellationToken,
+) -> Result<MeshHandle, MeshStartError> {
+    let credentials = load_credentials(&settings.identity_dir, unix_now())?;
+    let (transport, inbox) = Transport::bind(settings.listen, credentials, Limits::default())?;
+    let bound = transport.local_addr().map_err(|e| {
+        MeshStartError::Transport(crate::transport::TransportError::Bind {
+            addr: settings.listen,
+            reason: e.to_string(),
+        })
+    })?;
+    let address = settings.advertise.unwrap_or(bound);
+    meta.address = Some(address.to_string());
+
+    let mut seeds = Vec::new();
+    for seed in &settings.join {
+        let resolved =
+            tokio::net::lookup_host(seed.as_str())
+                .await
+                .map_err(|e| MeshStartError::Resolve {
+                    seed: seed.clone(),
+                    reason: e.to_string(),
+                })?;
+        seeds.extend(resolved.filter(|addr| *addr != address && *addr != bound));
+    }
+
+    let id = transport.id().to_owned();
+    let membership = Membership::new(&id, meta, MembershipConfig::default(), 0, random_seed());
+    let (view_tx, view) = watch::channel(Vec::new());
+    tracing::info!(id = %id, listen = %bound, advertise = %address, seeds = ?seeds, "mesh endpoint up");
+    tokio::spawn(run(
+        transport.clone(),
+        inbox,
+        membership,
+        seeds,
+        view_tx,
+        shutdown,
+    ));
+    Ok(MeshHandle {
+        id,
+        address,
+        view,
+        transport,
+    })
+}
+
+/// Reads the node's credential and trust bundle and checks the certificate is valid now.
+fn load_credentials(dir: &Path, now: u64) -> Result<NodeCredentials, MeshStartError> {
+    let identity_error = |reason: String| MeshStartError::Identity {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    let files = IdentityDir::new(dir);
+    let credential = files
+        .load_credential()
+        .map_err(|e| identity_error(e.to_string()))?;
+    let bundle = files
+        .load_bundle()
+        .map_err(|e| identity_error(e.to_string()))?;
+    let cert = credential.cert();
+    let when = if now > cert.not_after {
+        Some("expired")
+    } else if now < cert.not_before {
+        Some("not yet valid")
+    } else {
+        None
+    };
+    if let Some(when) = when {
+        return Err(MeshStartError::Expired {
+            id: cert.subject.to_string(),
+            when,
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+            now,
+        });
+    }
+    let tls = TlsIdentity::new(&credential, std::slice::from_ref(cert))
+        .map_err(|e| identity_error(e.to_string()))?;
+    Ok(NodeCredentials {
+        credential,
+        tls,
+        bundle: Arc::new(bundle),
+    })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A seed for membership's probe order: it need not be secret, only differ between nodes
+/// (std's hasher keys are random per process).
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::process::id())
+}
 
 /// Runs membership until `shutdown`. `view` receives the member list after every change.
 pub async fn run(

@@ -4,16 +4,20 @@
 //! Everything here works through the [`ContainerRuntime`] trait and the store, so the
 //! logic is unit-tested against the fake runtime and end-to-end against real Podman.
 
-use crate::hostcheck::HostWarning;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use parley_negotiation::messages::{MemberState, NodeMeta};
 use parley_negotiation::{SpecError, WorkloadName, WorkloadSpec};
 use parley_store::records::Event;
 use parley_store::{DEFAULT_NAMESPACE, Store, StoreError, Tree};
 
-use crate::api::types::{AgentStatus, ReplicaStatus, WorkloadList, WorkloadRecord, WorkloadStatus};
+use crate::api::types::{
+    AgentStatus, NodeEntry, NodeList, ReplicaStatus, WorkloadList, WorkloadRecord, WorkloadStatus,
+};
+use crate::hostcheck::HostWarning;
+use crate::mesh::MeshHandle;
 use crate::runtime::podman::service::ServiceOrigin;
 use crate::runtime::{
     ContainerRuntime, ContainerSpec, ContainerState, ManagedContainer, RuntimeError, labels,
@@ -77,6 +81,10 @@ pub struct NodeInfo {
     pub podman_origin: ServiceOrigin,
     /// Problems found on the host at start (see [`crate::hostcheck`]).
     pub host_warnings: Vec<HostWarning>,
+    /// What this node announces: version, arch, labels, capacity.
+    pub meta: NodeMeta,
+    /// The mesh, when the agent takes part in one.
+    pub mesh: Option<MeshHandle>,
 }
 
 /// What the node knows about its store's ability to take writes.
@@ -379,6 +387,43 @@ impl<R: ContainerRuntime> Node<R> {
         }
     }
 
+    /// This node and, in a mesh, every member it knows of, this node first.
+    pub fn nodes(&self) -> NodeList {
+        let (id, address) = match &self.info.mesh {
+            Some(mesh) => (mesh.id.clone(), Some(mesh.address.to_string())),
+            None => (self.info.name.clone(), None),
+        };
+        let mut meta = self.info.meta.clone();
+        meta.address = address;
+        let mut nodes = vec![NodeEntry {
+            id,
+            this_node: true,
+            state: MemberState::Alive,
+            incarnation: None,
+            meta: Some(meta),
+        }];
+        if let Some(mesh) = &self.info.mesh {
+            let mut members: Vec<NodeEntry> = mesh
+                .view
+                .borrow()
+                .iter()
+                .map(|member| NodeEntry {
+                    id: member.id.clone(),
+                    this_node: false,
+                    state: member.state,
+                    incarnation: Some(member.incarnation),
+                    meta: member.meta.clone(),
+                })
+                .collect();
+            members.sort_by(|a, b| a.id.cmp(&b.id));
+            nodes.extend(members);
+        }
+        NodeList {
+            mesh: self.info.mesh.is_some(),
+            nodes,
+        }
+    }
+
     /// The agent's own status and Podman's.
     pub async fn status(&self) -> AgentStatus {
         let (podman, podman_error) = match self.runtime.info().await {
@@ -582,6 +627,8 @@ mod tests {
             podman_socket: "fake".to_owned(),
             podman_origin: ServiceOrigin::Existing,
             host_warnings: Vec::new(),
+            meta: NodeMeta::default(),
+            mesh: None,
         };
         Node::new(info, store.clone(), runtime.clone()).unwrap()
     }

@@ -345,6 +345,18 @@ impl Agent {
         extra_env: &[(&str, &str)],
         wrapper: &[&str],
     ) -> Self {
+        let mut agent = Self::unstarted(tag, extra_args, extra_env, wrapper);
+        agent.launch();
+        agent
+    }
+
+    /// An agent set up but not started: start it with [`Agent::try_launch`].
+    pub fn unstarted(
+        tag: &str,
+        extra_args: &[&str],
+        extra_env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let user = test_user();
         let dir = tempfile::Builder::new()
@@ -357,7 +369,7 @@ impl Agent {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let mut agent = Self {
+        Self {
             user,
             dir,
             node,
@@ -368,9 +380,7 @@ impl Agent {
                 .collect(),
             wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
             child: None,
-        };
-        agent.launch();
-        agent
+        }
     }
 
     /// The agent's node name (written into its containers' labels).
@@ -509,6 +519,14 @@ impl Agent {
         }
     }
 
+    /// Kills the agent with SIGKILL, as a crash would, and reaps it. The Podman service it
+    /// started and its containers are left as a crash leaves them.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("the agent is not running");
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        let _ = child.wait();
+    }
+
     /// Stops the agent and starts it again over the same data directory and node name.
     pub fn restart(&mut self) {
         let status = self.stop();
@@ -606,6 +624,15 @@ impl Drop for Agent {
         if self.child.is_some() {
             let _ = self.stop();
         }
+        // A killed agent leaves the Podman service it started running; stop it.
+        let podman_socket = self.dir.path().join("podman.sock");
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(format!(
+                "podman system service --time=0 unix://{}",
+                podman_socket.display()
+            ))
+            .status();
         // Leave no container behind, whatever the test did.
         let ids = self.podman_containers_quietly();
         if !ids.is_empty() {
@@ -716,5 +743,72 @@ impl Drop for SmallFs {
             sudo
         };
         let _ = command.arg("-l").arg(self.dir.path()).output();
+    }
+}
+
+/// A trust domain for tests: a root key in a directory of the test user's, and node
+/// identities enrolled from it through the real `parley identity` commands.
+#[derive(Debug)]
+pub struct TrustDomain {
+    name: String,
+    dir: tempfile::TempDir,
+}
+
+impl TrustDomain {
+    /// Creates the root of trust domain `name` (`parley identity init`).
+    pub fn new(name: &str) -> Self {
+        let user = test_user();
+        let dir = tempfile::Builder::new()
+            .prefix("parley-e2e-td-")
+            .tempdir_in("/tmp")
+            .expect("create a trust domain directory");
+        user.chown(dir.path());
+        let domain = Self {
+            name: name.to_owned(),
+            dir,
+        };
+        domain
+            .identity(&domain.root(), ["init", "--trust-domain", name])
+            .ok();
+        domain
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn identity<I, S>(&self, dir: &Path, args: I) -> CliOutput
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let user = test_user();
+        let mut command = user.command(&user.binary);
+        command.arg("identity").arg("--dir").arg(dir).args(args);
+        let output = command.output().expect("run parley identity");
+        CliOutput {
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Enrols `spiffe://DOMAIN/node/NODE` (request, issue, accept) and returns its
+    /// identity directory, for `parley agent --identity-dir`.
+    pub fn enroll(&self, node: &str) -> PathBuf {
+        let dir = self.dir.path().join(node);
+        let id = format!("spiffe://{}/node/{node}", self.name);
+        let request = self.identity(&dir, ["request", "--id", id.as_str()]);
+        let request_file = self.dir.path().join(format!("{node}.request.json"));
+        std::fs::write(&request_file, request.ok()).expect("write the request");
+        let response = self.identity(
+            &self.root(),
+            [OsStr::new("issue"), request_file.as_os_str()],
+        );
+        let response_file = self.dir.path().join(format!("{node}.response.json"));
+        std::fs::write(&response_file, response.ok()).expect("write the response");
+        self.identity(&dir, [OsStr::new("accept"), response_file.as_os_str()])
+            .ok();
+        dir
     }
 }

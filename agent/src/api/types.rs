@@ -1,6 +1,7 @@
 //! JSON bodies of the local API, shared by the agent (server) and the CLI (client).
 
 use parley_negotiation::WorkloadSpec;
+use parley_negotiation::messages::{MemberState, NodeMeta};
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::podman::service::ServiceOrigin;
@@ -59,6 +60,43 @@ pub struct WorkloadStatus {
     pub created_at: u64,
     /// Its replicas.
     pub replicas: Vec<ReplicaStatus>,
+}
+
+/// Answer to `GET /v1/nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeList {
+    /// Whether this agent takes part in a mesh (`listen` set); without one, only this
+    /// node is listed.
+    pub mesh: bool,
+    /// This node first, then the members it knows of, by id.
+    pub nodes: Vec<NodeEntry>,
+}
+
+/// One node as this agent knows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeEntry {
+    /// The node's SPIFFE ID in a mesh; its node name otherwise.
+    pub id: String,
+    /// Whether this is the agent answering.
+    pub this_node: bool,
+    /// Liveness as membership sees it.
+    pub state: MemberState,
+    /// The latest incarnation heard (members only).
+    pub incarnation: Option<u64>,
+    /// What the node announced: version, arch, labels, capacity, address. Absent until
+    /// its first announcement arrives.
+    pub meta: Option<NodeMeta>,
+}
+
+impl NodeEntry {
+    /// The state as `parley nodes` prints it.
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Dead => "dead",
+        }
+    }
 }
 
 /// Answer to `GET /v1/workloads`.

@@ -15,10 +15,14 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use super::GlobalOptions;
+use crate::capacity::HostCapacity;
 use crate::config::{self, Config, ConfigError, Environment, FileConfig};
 use crate::hostcheck::HostFacts;
+use crate::mesh;
 use crate::node::{Node, NodeInfo};
 use crate::runtime::podman::service::{self, ServiceSettings};
+use parley_negotiation::codec::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use parley_negotiation::messages::NodeMeta;
 
 /// How long tasks get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -124,6 +128,16 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     Ok((key.to_owned(), value.to_owned()))
 }
 
+/// The architecture name OCI images use for this build (`amd64`, `arm64`, …).
+fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn execute(args: AgentArgs, global: &GlobalOptions) -> ExitCode {
     let config = match args.resolve(global, &Environment::current()) {
@@ -218,6 +232,33 @@ async fn serve_on(
         tracing::warn!(check = %warning.check, fix = %warning.fix, "{}", warning.problem);
     }
 
+    let capacity = HostCapacity::read();
+    let allocatable = capacity.allocatable(&config.reserve);
+    tracing::info!(
+        host_cpu_millis = capacity.cpu_millis,
+        host_memory_mib = capacity.memory_bytes >> 20,
+        allocatable_cpu_millis = allocatable.cpu_millis,
+        allocatable_memory_mib = allocatable.memory_bytes >> 20,
+        "capacity (host, lowered by cgroup limits, minus the reserve)"
+    );
+    let meta = NodeMeta {
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        protocol_min: MIN_PROTOCOL_VERSION,
+        protocol_max: PROTOCOL_VERSION,
+        arch: oci_arch().to_owned(),
+        labels: config.labels.clone(),
+        allocatable,
+        // Workloads do not ask for resources yet (`parley run` has no --cpu/--memory), so
+        // nothing is committed against the allocatable capacity.
+        free: allocatable,
+        images: Vec::new(),
+        address: None,
+    };
+    let mesh = match &config.mesh {
+        Some(settings) => Some(mesh::start(settings, meta.clone(), shutdown.clone()).await?),
+        None => None,
+    };
+
     let node = Node::new(
         NodeInfo {
             name: config.node_name.clone(),
@@ -225,6 +266,8 @@ async fn serve_on(
             podman_socket: config.podman_socket.display().to_string(),
             podman_origin: origin,
             host_warnings,
+            meta,
+            mesh,
         },
         store.clone(),
         podman,

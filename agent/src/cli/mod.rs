@@ -12,6 +12,7 @@ pub mod agent;
 pub mod events;
 pub mod generate;
 pub mod identity;
+pub mod nodes;
 pub mod ps;
 pub mod rm;
 pub mod run;
@@ -79,6 +80,8 @@ pub enum Command {
     Rm(rm::RmArgs),
     /// Show the agent's and Podman's status
     Status(status::StatusArgs),
+    /// List this node and the mesh members it knows of: state, version, capacity, labels
+    Nodes(nodes::NodesArgs),
     /// Show the agent's audit log (what it started, removed, restored, and why)
     Events(events::EventsArgs),
     /// Manage identities: create a trust domain, enroll this node, show what it holds
@@ -99,6 +102,9 @@ impl Cli {
             Command::Man(args) => generate::man(args),
             Command::Run(args) => with_client(&self.global, |client| {
                 run::execute(args, client, self.global.output)
+            }),
+            Command::Nodes(args) => with_client(&self.global, |client| {
+                nodes::execute(args, client, self.global.output)
             }),
             Command::Ps(args) => with_client(&self.global, |client| {
                 ps::execute(args, client, self.global.output)
