@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use parley_negotiation::messages::{MemberState, NodeMeta};
+use parley_negotiation::messages::{MemberState, NodeMeta, Resources};
 use parley_negotiation::{SpecError, WorkloadName, WorkloadSpec};
 use parley_store::records::Event;
 use parley_store::{DEFAULT_NAMESPACE, Store, StoreError, Tree};
@@ -50,6 +50,29 @@ pub enum NodeError {
     NotFound {
         /// The name.
         name: String,
+    },
+    /// More replicas than this node can place: each replica needs its own node, and this
+    /// version places workloads on the agent's own host only.
+    #[error(
+        "{name} asks for {replicas} replicas, but this agent places workloads on its own host \
+         only, one replica each (placing replicas across the mesh is not in this version); \
+         use --replicas 1"
+    )]
+    TooManyReplicas {
+        /// The workload.
+        name: String,
+        /// Replicas asked for.
+        replicas: u32,
+    },
+    /// The workload does not fit this node: its resources or constraints.
+    #[error("{name} cannot run on this node ({node}): {}", .reasons.join("; "))]
+    DoesNotFit {
+        /// The workload.
+        name: String,
+        /// This node.
+        node: String,
+        /// Each reason, for people (the same reasons a bidder declines with).
+        reasons: Vec<String>,
     },
     /// The container engine failed.
     #[error(transparent)]
@@ -214,10 +237,18 @@ impl<R: ContainerRuntime> Node<R> {
         if self.workloads.get(&key)?.is_some() {
             return Err(NodeError::AlreadyExists { name });
         }
+        if spec.replicas > REPLICAS {
+            return Err(NodeError::TooManyReplicas {
+                name,
+                replicas: spec.replicas,
+            });
+        }
         // Pulling can take long; do it before taking the lock so other requests proceed.
         self.runtime.ensure_image(&spec.image).await?;
 
         let _changing = self.changes.lock().await;
+        // Under the lock, so that two requests cannot both take the last free capacity.
+        self.check_fits(&spec)?;
         let record = WorkloadRecord {
             spec,
             created_at: unix_now(),
@@ -387,6 +418,63 @@ impl<R: ContainerRuntime> Node<R> {
         }
     }
 
+    /// Capacity not yet committed to stored workloads.
+    pub fn free(&self) -> Result<Resources, NodeError> {
+        let committed = self
+            .desired()?
+            .into_iter()
+            .map(|(_, record)| record.spec.resources);
+        Ok(crate::capacity::free(
+            &self.info.meta.allocatable,
+            committed,
+        ))
+    }
+
+    /// Refuses a spec this node cannot host, with every reason (not just the first).
+    fn check_fits(&self, spec: &WorkloadSpec) -> Result<(), NodeError> {
+        let free = self.free()?;
+        let allocatable = self.info.meta.allocatable;
+        let mut reasons = Vec::new();
+        let wanted = spec.resources;
+        if wanted.cpu_millis > free.cpu_millis {
+            reasons.push(format!(
+                "insufficient CPU: needs {} CPUs, {} free of {} allocatable",
+                wanted.cpu_millis as f64 / 1000.0,
+                free.cpu_millis as f64 / 1000.0,
+                allocatable.cpu_millis as f64 / 1000.0
+            ));
+        }
+        if wanted.memory_bytes > free.memory_bytes {
+            reasons.push(format!(
+                "insufficient memory: needs {} MiB, {} MiB free of {} MiB allocatable",
+                wanted.memory_bytes >> 20,
+                free.memory_bytes >> 20,
+                allocatable.memory_bytes >> 20
+            ));
+        }
+        for (key, value) in &spec.constraints {
+            match self.info.meta.labels.get(key) {
+                Some(found) if found == value => {}
+                Some(found) => reasons.push(format!(
+                    "constraint {key}={value} not met: this node has {key}={found}"
+                )),
+                None => reasons.push(format!(
+                    "constraint {key}={value} not met: this node has no label {key} \
+                     (set it with --label {key}={value} or `labels` in the config)"
+                )),
+            }
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(NodeError::DoesNotFit {
+                name: spec.name.to_string(),
+                node: self.info.name.clone(),
+                reasons,
+            })
+        }
+    }
+
     /// This node and, in a mesh, every member it knows of, this node first.
     pub fn nodes(&self) -> NodeList {
         let (id, address) = match &self.info.mesh {
@@ -395,6 +483,9 @@ impl<R: ContainerRuntime> Node<R> {
         };
         let mut meta = self.info.meta.clone();
         meta.address = address;
+        if let Ok(free) = self.free() {
+            meta.free = free;
+        }
         let mut nodes = vec![NodeEntry {
             id,
             this_node: true,
@@ -621,13 +712,21 @@ mod tests {
     const IMAGE: &str = "localhost/parley-test:latest";
 
     fn node_over(store: &Store, runtime: &FakeRuntime) -> Arc<Node<FakeRuntime>> {
+        node_with_meta(store, runtime, NodeMeta::default())
+    }
+
+    fn node_with_meta(
+        store: &Store,
+        runtime: &FakeRuntime,
+        meta: NodeMeta,
+    ) -> Arc<Node<FakeRuntime>> {
         let info = NodeInfo {
             name: "node-a".to_owned(),
             data_dir: "/tmp/unused".to_owned(),
             podman_socket: "fake".to_owned(),
             podman_origin: ServiceOrigin::Existing,
             host_warnings: Vec::new(),
-            meta: NodeMeta::default(),
+            meta,
             mesh: None,
         };
         Node::new(info, store.clone(), runtime.clone()).unwrap()
@@ -654,6 +753,71 @@ mod tests {
             vec![EnvVar::parse("A=1").unwrap()],
         )
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_workload_that_does_not_fit_is_refused_with_every_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let runtime = FakeRuntime::with_images([IMAGE]);
+        let meta = NodeMeta {
+            allocatable: Resources {
+                cpu_millis: 1000,
+                memory_bytes: 1 << 30,
+            },
+            labels: [("zone".to_owned(), "eu-1".to_owned())].into(),
+            ..NodeMeta::default()
+        };
+        let node = node_with_meta(&store, &runtime, meta);
+
+        let mut first = spec("first", IMAGE);
+        first.resources.cpu_millis = 600;
+        first
+            .constraints
+            .insert("zone".to_owned(), "eu-1".to_owned());
+        node.run(first).await.unwrap();
+        assert_eq!(node.free().unwrap().cpu_millis, 400);
+        assert_eq!(
+            node.nodes().nodes[0].meta.as_ref().unwrap().free.cpu_millis,
+            400
+        );
+
+        let mut second = spec("second", IMAGE);
+        second.resources.cpu_millis = 600;
+        second.resources.memory_bytes = 2 << 30;
+        second
+            .constraints
+            .insert("zone".to_owned(), "us-2".to_owned());
+        second
+            .constraints
+            .insert("gpu".to_owned(), "yes".to_owned());
+        let err = node.run(second).await.unwrap_err();
+        let NodeError::DoesNotFit { reasons, .. } = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(reasons.len(), 4, "{err}");
+        let message = err.to_string();
+        for needle in [
+            "insufficient CPU",
+            "insufficient memory",
+            "zone=eu-1",
+            "no label gpu",
+        ] {
+            assert!(message.contains(needle), "{needle}: {message}");
+        }
+        // Nothing was stored or started for it.
+        assert_eq!(stored_names(&node), ["default/first"]);
+        assert_eq!(runtime.container_names().len(), 1);
+
+        let mut three = spec("three", IMAGE);
+        three.replicas = 3;
+        assert!(matches!(
+            node.run(three).await,
+            Err(NodeError::TooManyReplicas { replicas: 3, .. })
+        ));
+        // Removing the first frees its capacity.
+        node.remove("first").await.unwrap();
+        assert_eq!(node.free().unwrap().cpu_millis, 1000);
     }
 
     fn stored_names(node: &Node<FakeRuntime>) -> Vec<String> {

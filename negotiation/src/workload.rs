@@ -3,9 +3,12 @@
 //! Every spec is validated here, once, before anything is stored or sent, so that the
 //! store, the runtime and peers only ever see well-formed values.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use crate::messages::Resources;
 
 /// Longest accepted workload name. Container names are `parley-<name>-<replica>`, and the
 /// name also travels in labels and (later) in SPIFFE IDs, so it is kept well inside the
@@ -30,6 +33,16 @@ pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 10;
 
 /// Longest accepted single value (an environment value or a command argument).
 pub const MAX_VALUE_LEN: usize = 32 * 1024;
+
+/// Most replicas one workload may ask for.
+pub const MAX_REPLICAS: u32 = 100;
+
+/// Most label constraints one workload may carry.
+pub const MAX_CONSTRAINTS: usize = 32;
+
+/// Largest encoded spec: it travels whole in an award, which must fit in one frame
+/// (`codec::MAX_FRAME_LEN`, 64 KiB) with the envelope around it.
+pub const MAX_SPEC_BYTES: usize = 48 * 1024;
 
 /// Why a workload specification was refused. Each variant names the offending field so that
 /// the message shown to a user can say what to change.
@@ -73,6 +86,28 @@ pub enum SpecError {
     InvalidStopTimeout {
         /// The value given.
         secs: u32,
+    },
+    /// The replica count is out of range.
+    #[error("invalid replica count {replicas}: 1 to {MAX_REPLICAS}")]
+    InvalidReplicas {
+        /// The value given.
+        replicas: u32,
+    },
+    /// A label constraint is malformed.
+    #[error("invalid constraint {entry:?}: {reason}")]
+    InvalidConstraint {
+        /// The constraint as given.
+        entry: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The whole spec is too large to send to peers.
+    #[error(
+        "the workload spec is {bytes} bytes encoded, more than the {MAX_SPEC_BYTES} that fit in one message; shorten the environment or command"
+    )]
+    TooLarge {
+        /// Its encoded size.
+        bytes: usize,
     },
 }
 
@@ -207,6 +242,20 @@ pub struct WorkloadSpec {
     /// Seconds between SIGTERM and SIGKILL when the workload's containers are stopped.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout_secs: u32,
+    /// How many replicas to run, each on a different node.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    /// What each replica needs (accounted against a node's capacity; enforced as container
+    /// limits where the host allows).
+    #[serde(default)]
+    pub resources: Resources,
+    /// Labels a node must carry, with these values, to host a replica.
+    #[serde(default)]
+    pub constraints: BTreeMap<String, String>,
+}
+
+fn default_replicas() -> u32 {
+    1
 }
 
 fn default_stop_timeout() -> u32 {
@@ -227,6 +276,9 @@ impl WorkloadSpec {
             command,
             env,
             stop_timeout_secs: DEFAULT_STOP_TIMEOUT_SECS,
+            replicas: 1,
+            resources: Resources::default(),
+            constraints: BTreeMap::new(),
         };
         spec.validate()?;
         Ok(spec)
@@ -264,6 +316,36 @@ impl WorkloadSpec {
                 ),
             });
         }
+        if !(1..=MAX_REPLICAS).contains(&self.replicas) {
+            return Err(SpecError::InvalidReplicas {
+                replicas: self.replicas,
+            });
+        }
+        if self.constraints.len() > MAX_CONSTRAINTS {
+            return Err(SpecError::InvalidConstraint {
+                entry: format!("({} constraints)", self.constraints.len()),
+                reason: "more than 32 constraints",
+            });
+        }
+        for (key, value) in &self.constraints {
+            let key_ok = !key.is_empty()
+                && key.len() <= 63
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b));
+            let value_ok = !value.is_empty()
+                && value.len() <= 63
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !key_ok || !value_ok {
+                return Err(SpecError::InvalidConstraint {
+                    entry: format!("{}={}", truncate(key, 40), truncate(value, 40)),
+                    reason: "keys are 1 to 63 lowercase letters, digits, '.', '-', '_' or '/'; \
+                             values 1 to 63 letters, digits, '.', '-' or '_'",
+                });
+            }
+        }
         if self.command.first().is_some_and(|exe| exe.is_empty()) {
             return Err(SpecError::InvalidCommand {
                 reason: "the executable is an empty string".to_owned(),
@@ -279,6 +361,13 @@ impl WorkloadSpec {
                     "argument {:?} is longer than 32 KiB or contains a NUL byte",
                     truncate(arg, 40)
                 ),
+            });
+        }
+        // Checked last, once every part is within its own bound, so the encoding is cheap.
+        let mut encoded = Vec::new();
+        if ciborium::into_writer(self, &mut encoded).is_ok() && encoded.len() > MAX_SPEC_BYTES {
+            return Err(SpecError::TooLarge {
+                bytes: encoded.len(),
             });
         }
         Ok(())
@@ -380,6 +469,44 @@ mod tests {
             command.iter().map(|s| s.to_string()).collect(),
             env.iter().map(|e| EnvVar::parse(e).unwrap()).collect(),
         )
+    }
+
+    #[test]
+    fn replicas_constraints_and_total_size_are_bounded() {
+        let mut spec = spec("busybox", &[], &[]).unwrap();
+        assert_eq!(spec.replicas, 1);
+        for bad in [0, MAX_REPLICAS + 1] {
+            spec.replicas = bad;
+            assert!(matches!(
+                spec.validate(),
+                Err(SpecError::InvalidReplicas { .. })
+            ));
+        }
+        spec.replicas = 3;
+        spec.constraints
+            .insert("zone".to_owned(), "eu-1".to_owned());
+        assert!(spec.validate().is_ok());
+        spec.constraints.insert("Zone".to_owned(), "x".to_owned());
+        assert!(matches!(
+            spec.validate(),
+            Err(SpecError::InvalidConstraint { .. })
+        ));
+        spec.constraints.clear();
+        // Each value within its bound, the whole too large for one frame.
+        let big = "x".repeat(MAX_VALUE_LEN);
+        spec.env = (0..2)
+            .map(|i| EnvVar::parse(&format!("V{i}={big}")).unwrap())
+            .collect();
+        assert!(matches!(spec.validate(), Err(SpecError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn a_spec_from_an_older_agent_gets_the_defaults() {
+        let old: WorkloadSpec =
+            serde_json::from_str(r#"{"name":"web","image":"busybox"}"#).unwrap();
+        assert_eq!(old.replicas, 1);
+        assert_eq!(old.resources, Resources::default());
+        assert!(old.constraints.is_empty());
     }
 
     #[test]

@@ -351,3 +351,80 @@ fn host_checks_describe_the_real_host() {
         );
     }
 }
+
+#[test]
+fn a_workload_too_large_for_the_node_is_refused_with_the_reasons() {
+    let agent = Agent::start("capacity");
+    let nodes = agent.cli(["nodes", "-o", "json"]).json();
+    let allocatable = &nodes["nodes"][0]["meta"]["allocatable"];
+    let cpu = allocatable["cpu_millis"].as_u64().expect("allocatable cpu");
+
+    agent
+        .cli([
+            "run",
+            "huge",
+            "--image",
+            TEST_IMAGE,
+            "--cpu",
+            "100000",
+            "--memory",
+            "1000T",
+            "--constraint",
+            "zone=nowhere",
+            "--",
+            "sleep",
+            "60",
+        ])
+        .fails_with(1, "cannot run on this node");
+    let refused = agent.cli([
+        "run", "huge", "--image", TEST_IMAGE, "--cpu", "100000", "--memory", "1000T", "--",
+        "sleep", "60",
+    ]);
+    for needle in ["insufficient CPU", "insufficient memory"] {
+        assert!(refused.stderr.contains(needle), "{needle}: {refused:?}");
+    }
+    agent
+        .cli([
+            "run",
+            "many",
+            "--image",
+            TEST_IMAGE,
+            "--replicas",
+            "3",
+            "--",
+            "sleep",
+            "60",
+        ])
+        .fails_with(1, "3 replicas");
+    assert!(
+        agent.workload_names().is_empty(),
+        "a refused workload was stored"
+    );
+    assert!(
+        agent.podman_containers().is_empty(),
+        "a refused workload started"
+    );
+
+    // A workload that fits takes its share of the free capacity.
+    agent
+        .cli([
+            "run",
+            "small",
+            "--image",
+            TEST_IMAGE,
+            "--cpu",
+            "50m",
+            "--stop-timeout",
+            "1",
+            "--",
+            "sleep",
+            "60",
+        ])
+        .ok();
+    let nodes = agent.cli(["nodes", "-o", "json"]).json();
+    assert_eq!(
+        nodes["nodes"][0]["meta"]["free"]["cpu_millis"].as_u64(),
+        Some(cpu - 50),
+        "{nodes}"
+    );
+}

@@ -87,6 +87,10 @@ impl From<NodeError> for Failure {
             NodeError::InvalidSpec(_) => (StatusCode::BAD_REQUEST, "invalid-spec"),
             NodeError::AlreadyExists { .. } => (StatusCode::CONFLICT, "already-exists"),
             NodeError::NotFound { .. } => (StatusCode::NOT_FOUND, "not-found"),
+            NodeError::TooManyReplicas { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "too-many-replicas")
+            }
+            NodeError::DoesNotFit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "does-not-fit"),
             NodeError::Runtime(RuntimeError::ImageNotFound { .. }) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "image-not-found")
             }

@@ -11,7 +11,12 @@ use crate::api::types::WorkloadStatus;
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   parley run hello --image localhost/parley-test:latest -- sleep 3600
-  parley run web --image docker.io/library/nginx:1.27 --env MODE=prod")]
+  parley run web --image docker.io/library/nginx:1.27 --env MODE=prod
+  parley run cache --image docker.io/library/redis:7 --cpu 0.5 --memory 256M --constraint zone=eu-1
+
+--cpu and --memory are accounted against the node's capacity (see `parley nodes`): a
+workload that does not fit is refused with the reason. They are not yet applied as
+container limits.")]
 pub struct RunArgs {
     /// Workload name: lowercase letters, digits and '-', starting with a letter
     pub name: String,
@@ -21,6 +26,18 @@ pub struct RunArgs {
     /// Environment variable for the container (repeatable)
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// Replicas to run, each on a different node (more than 1 needs a mesh)
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub replicas: u32,
+    /// CPUs each replica needs: 0.5, 2, 250m
+    #[arg(long, value_name = "CPUS", value_parser = parse_cpu)]
+    pub cpu: Option<u64>,
+    /// Memory each replica needs: 256M, 1.5G, 1073741824
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+    pub memory: Option<u64>,
+    /// A label the node must carry, KEY=VALUE (repeatable)
+    #[arg(long = "constraint", value_name = "KEY=VALUE")]
+    pub constraints: Vec<String>,
     /// Seconds to wait after SIGTERM before SIGKILL when the workload is stopped
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_STOP_TIMEOUT_SECS)]
     pub stop_timeout: u32,
@@ -44,9 +61,59 @@ impl RunArgs {
         let mut spec = WorkloadSpec::new(name, self.image.clone(), self.command.clone(), env)
             .map_err(invalid)?;
         spec.stop_timeout_secs = self.stop_timeout;
+        spec.replicas = self.replicas;
+        spec.resources.cpu_millis = self.cpu.unwrap_or(0);
+        spec.resources.memory_bytes = self.memory.unwrap_or(0);
+        for entry in &self.constraints {
+            let (key, value) = entry.split_once('=').ok_or_else(|| {
+                CliError::Usage(format!("invalid constraint {entry:?}: expected KEY=VALUE"))
+            })?;
+            spec.constraints.insert(key.to_owned(), value.to_owned());
+        }
         spec.validate().map_err(invalid)?;
         Ok(spec)
     }
+}
+
+/// Parses a CPU amount into thousandths of a CPU: `0.5`, `2`, `250m`.
+fn parse_cpu(text: &str) -> Result<u64, String> {
+    let invalid = || format!("{text:?} is not a CPU amount (0.5, 2, 250m)");
+    let millis = match text.strip_suffix('m') {
+        Some(millis) => millis.parse::<u64>().map_err(|_| invalid())?,
+        None => {
+            let cpus: f64 = text.parse().map_err(|_| invalid())?;
+            if !cpus.is_finite() || cpus < 0.0 || cpus > 1_000_000.0 {
+                return Err(invalid());
+            }
+            (cpus * 1000.0).round() as u64
+        }
+    };
+    if millis == 0 {
+        return Err(format!(
+            "{text:?} is no CPU at all; leave --cpu out instead"
+        ));
+    }
+    Ok(millis)
+}
+
+/// Parses a memory size into bytes: `256M`, `1.5G`, `512Mi`, `1073741824`. Units are
+/// binary (`M` = MiB), as Podman's `--memory`.
+fn parse_memory(text: &str) -> Result<u64, String> {
+    let invalid = || format!("{text:?} is not a memory size (256M, 1.5G, 1073741824)");
+    let trimmed = text.trim_end_matches(['i', 'B', 'b']);
+    let (number, shift) = match trimmed.char_indices().last() {
+        Some((at, 'k' | 'K')) => (&trimmed[..at], 10),
+        Some((at, 'm' | 'M')) => (&trimmed[..at], 20),
+        Some((at, 'g' | 'G')) => (&trimmed[..at], 30),
+        Some((at, 't' | 'T')) => (&trimmed[..at], 40),
+        _ => (trimmed, 0),
+    };
+    let value: f64 = number.parse().map_err(|_| invalid())?;
+    let bytes = value * f64::from(1u32 << (shift / 2)) * f64::from(1u32 << (shift - shift / 2));
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(invalid());
+    }
+    Ok(bytes as u64)
 }
 
 /// Runs `parley run`.
@@ -70,4 +137,31 @@ pub async fn execute(args: RunArgs, client: ApiClient, output: Output) -> Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_amounts() {
+        assert_eq!(parse_cpu("0.5"), Ok(500));
+        assert_eq!(parse_cpu("2"), Ok(2000));
+        assert_eq!(parse_cpu("250m"), Ok(250));
+        for bad in ["", "-1", "x", "0", "NaN", "1e9"] {
+            assert!(parse_cpu(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("256M"), Ok(256 << 20));
+        assert_eq!(parse_memory("512Mi"), Ok(512 << 20));
+        assert_eq!(parse_memory("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_memory("4096"), Ok(4096));
+        assert_eq!(parse_memory("1k"), Ok(1024));
+        for bad in ["", "M", "-1G", "0", "lots", "99999999999T"] {
+            assert!(parse_memory(bad).is_err(), "{bad}");
+        }
+    }
 }
