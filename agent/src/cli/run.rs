@@ -82,7 +82,7 @@ fn parse_cpu(text: &str) -> Result<u64, String> {
         Some(millis) => millis.parse::<u64>().map_err(|_| invalid())?,
         None => {
             let cpus: f64 = text.parse().map_err(|_| invalid())?;
-            if !cpus.is_finite() || cpus < 0.0 || cpus > 1_000_000.0 {
+            if !cpus.is_finite() || !(0.0..=1_000_000.0).contains(&cpus) {
                 return Err(invalid());
             }
             (cpus * 1000.0).round() as u64
