@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::WorkloadSpec;
 use serde::{Deserialize, Serialize};
 
 /// Identifies one call for proposals, unique per announcer.
@@ -186,6 +187,9 @@ pub struct Award {
     pub epoch: u64,
     /// The bid's reservation.
     pub reservation: String,
+    /// The workload, so that the winner can start the replica (absent in simulations).
+    #[serde(default)]
+    pub spec: Option<WorkloadSpec>,
 }
 
 /// The winner persisted the award and will run the replica.

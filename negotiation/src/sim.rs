@@ -518,6 +518,7 @@ impl<'c> Sim<'c> {
                 } else {
                     Scoring::BinPack
                 },
+                spec: None,
             });
         }
         requests.push(PlacementRequest {
@@ -532,6 +533,7 @@ impl<'c> Sim<'c> {
             arch: None,
             spread_label: None,
             scoring: Scoring::Spread,
+            spec: None,
         });
         requests
     }

@@ -42,6 +42,7 @@ fn request(replicas: u32, cpu: u64, mem_gib: u64) -> PlacementRequest {
         arch: None,
         spread_label: None,
         scoring: Scoring::Spread,
+        spec: None,
     }
 }
 
@@ -370,4 +371,59 @@ fn incompatible_members_are_never_asked_and_expired_reservations_are_dropped() {
     b.handle_timeout(expiry);
     assert_eq!(b.free().cpu_millis, 1000);
     assert!(matches!(b.poll_event(), Some(BidderEvent::Expired(_))));
+}
+
+#[test]
+fn awards_carry_the_spec_and_removing_a_workload_revokes_its_replicas() {
+    let mut announcer = Announcer::new("a", AnnouncerConfig::default(), 1);
+    announcer.set_members(members(&["a", "b"]));
+    let mut bidders = vec![bidder("a", 4000, 8, &[]), bidder("b", 4000, 8, &[])];
+    let spec = parley_negotiation::WorkloadSpec::new(
+        parley_negotiation::WorkloadName::new("web").unwrap(),
+        "app:1",
+        vec!["serve".to_owned()],
+        Vec::new(),
+    )
+    .unwrap();
+    announcer.place(
+        0,
+        PlacementRequest {
+            spec: Some(spec.clone()),
+            ..request(2, 500, 1)
+        },
+    );
+    let (now, log) = settle(&mut announcer, &mut bidders, 0, 60_000);
+    let awards: Vec<_> = log
+        .iter()
+        .filter_map(|(_, body)| match body {
+            Body::Award(award) => Some(award),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(awards.len(), 2, "{log:?}");
+    assert!(awards.iter().all(|a| a.spec.as_ref() == Some(&spec)));
+
+    announcer.remove("default/web");
+    let (_, log) = settle(&mut announcer, &mut bidders, now, now + 1);
+    let revoked: Vec<_> = log
+        .iter()
+        .filter(|(_, body)| matches!(body, Body::Revoke(_)))
+        .map(|(to, _)| to.as_str())
+        .collect();
+    assert_eq!(revoked.len(), 2, "{log:?}");
+    assert!(!announcer.owns("default/web"));
+    for b in &mut bidders {
+        assert_eq!(
+            b.committed().count(),
+            0,
+            "{} still runs a replica",
+            b.profile().id
+        );
+        assert!(
+            std::iter::from_fn(|| b.poll_event())
+                .any(|e| matches!(e, parley_negotiation::auction::BidderEvent::Revoked(_))),
+            "{} was not told to stop",
+            b.profile().id
+        );
+    }
 }

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use crate::WorkloadSpec;
 use crate::messages::{
     Accept, AuctionId, Award, Bid, Body, Cfp, Decline, DeclineReason, Instance, Reject, Release,
     Resources, Revoke, Scoring,
@@ -30,6 +31,9 @@ pub struct PlacementRequest {
     pub spread_label: Option<String>,
     /// Scoring mode.
     pub scoring: Scoring,
+    /// The whole workload, sent to each winner with its award so that it can start the
+    /// replica. `None` in simulations, which start nothing.
+    pub spec: Option<WorkloadSpec>,
 }
 
 /// A member the announcer may ask.
@@ -311,6 +315,32 @@ impl Announcer {
                     }),
                 ));
             }
+        }
+    }
+
+    /// Forgets a workload the user removed: releases any bids of its running auction and
+    /// revokes every placed replica, so that the nodes running them stop them.
+    pub fn remove(&mut self, workload: &str) {
+        let placed: Vec<(u32, String, u64)> = self
+            .workloads
+            .get(workload)
+            .map(|w| {
+                w.placed
+                    .iter()
+                    .map(|(replica, (node, epoch, _, _))| (*replica, node.clone(), *epoch))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.relinquish(workload);
+        for (replica, node, epoch) in placed {
+            self.transmits.push_back((
+                node,
+                Body::Revoke(Revoke {
+                    workload: workload.to_owned(),
+                    replica,
+                    epoch,
+                }),
+            ));
         }
     }
 
@@ -732,6 +762,7 @@ impl Announcer {
             .filter_map(|(_, _, d, _)| d.as_ref())
             .collect();
         let spread = workload.request.spread_label.is_some();
+        let spec = workload.request.spec.clone();
         let Some(auction) = workload.auction.as_mut() else {
             return;
         };
@@ -780,6 +811,7 @@ impl Announcer {
                     replica: auction.replica,
                     epoch: auction.epoch,
                     reservation: bid.reservation.clone(),
+                    spec,
                 };
                 self.transmits.push_back((node, Body::Award(award)));
             }
@@ -881,6 +913,10 @@ impl Announcer {
                 } if now_ms >= resend_at_ms => {
                     // Resend: the award or its acknowledgement may have been lost.
                     let ack_timeout = self.config.ack_timeout_ms;
+                    let spec = self
+                        .workloads
+                        .get(&key)
+                        .and_then(|w| w.request.spec.clone());
                     let Some(auction) = self
                         .workloads
                         .get_mut(&key)
@@ -900,6 +936,7 @@ impl Announcer {
                         replica: auction.replica,
                         epoch: auction.epoch,
                         reservation: winning.reservation,
+                        spec,
                     };
                     self.transmits.push_back((node, Body::Award(award)));
                 }
