@@ -6,19 +6,28 @@
 //! member's address comes from the metadata it announces (`NodeMeta::address`); a seed's,
 //! from the address it was dialled at.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parley_identity::files::IdentityDir;
 use parley_identity::tls::TlsIdentity;
-use parley_negotiation::membership::{Member, Membership, MembershipConfig};
-use parley_negotiation::messages::{Body, NodeMeta};
+use parley_negotiation::WorkloadSpec;
+use parley_negotiation::auction::{
+    Announced, Announcer, AnnouncerConfig, AnnouncerEvent, Bidder, BidderConfig, BidderEvent,
+    Candidate, Committed, NodeProfile, PlacementRequest,
+};
+use parley_negotiation::codec::PROTOCOL_VERSION;
+use parley_negotiation::membership::{Member, Membership, MembershipConfig, MembershipEvent};
+use parley_negotiation::messages::{Body, MemberState, NodeMeta};
+use tokio::sync::oneshot;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::types::Assignment;
 use crate::config::MeshSettings;
 use crate::transport::{Inbound, Limits, NodeCredentials, Transport};
 
@@ -36,6 +45,8 @@ pub struct MeshHandle {
     pub view: watch::Receiver<Vec<Member>>,
     /// The QUIC endpoint.
     pub transport: Transport,
+    /// Requests to the negotiation loop.
+    pub commands: mpsc::Sender<Command>,
 }
 
 impl std::fmt::Debug for MeshHandle {
@@ -94,13 +105,51 @@ pub enum MeshStartError {
     },
 }
 
-/// Loads the node identity, binds the QUIC endpoint and starts membership, joining through
-/// `settings.join`. `meta` is what this node announces; its address is filled in here.
+/// A mesh endpoint that is bound but whose negotiation loop has not started: the node
+/// it serves must exist first ([`Prepared::spawn`]).
+pub struct Prepared {
+    /// What the rest of the agent holds.
+    pub handle: MeshHandle,
+    inbox: mpsc::Receiver<Inbound>,
+    membership: Membership,
+    meta: NodeMeta,
+    seeds: Vec<SocketAddr>,
+    view: watch::Sender<Vec<Member>>,
+    commands: mpsc::Receiver<Command>,
+}
+
+impl Prepared {
+    /// Starts the negotiation loop for `host`, which already committed `committed`.
+    pub fn spawn<H: Host>(
+        self,
+        host: Arc<H>,
+        committed: Vec<Assignment>,
+        shutdown: CancellationToken,
+    ) {
+        tokio::spawn(run(
+            self.handle.transport.clone(),
+            self.inbox,
+            Negotiation {
+                membership: self.membership,
+                meta: self.meta,
+                committed,
+            },
+            self.seeds,
+            self.view,
+            host,
+            self.commands,
+            shutdown,
+        ));
+    }
+}
+
+/// Loads the node identity, binds the QUIC endpoint and sets up membership, to join
+/// through `settings.join`. `meta` is what this node announces; its address is filled in
+/// here.
 pub async fn start(
     settings: &MeshSettings,
     mut meta: NodeMeta,
-    shutdown: CancellationToken,
-) -> Result<MeshHandle, MeshStartError> {
+) -> Result<Prepared, MeshStartError> {
     let credentials = load_credentials(&settings.identity_dir, unix_now())?;
     let (transport, inbox) = Transport::bind(settings.listen, credentials, Limits::default())?;
     let bound = transport.local_addr().map_err(|e| {
@@ -125,22 +174,30 @@ pub async fn start(
     }
 
     let id = transport.id().to_owned();
-    let membership = Membership::new(&id, meta, MembershipConfig::default(), 0, random_seed());
+    let membership = Membership::new(
+        &id,
+        meta.clone(),
+        MembershipConfig::default(),
+        unix_millis(),
+        random_seed(),
+    );
     let (view_tx, view) = watch::channel(Vec::new());
+    let (commands_tx, commands) = mpsc::channel(64);
     tracing::info!(id = %id, listen = %bound, advertise = %address, seeds = ?seeds, "mesh endpoint up");
-    tokio::spawn(run(
-        transport.clone(),
+    Ok(Prepared {
+        handle: MeshHandle {
+            id,
+            address,
+            view,
+            transport,
+            commands: commands_tx,
+        },
         inbox,
         membership,
+        meta,
         seeds,
-        view_tx,
-        shutdown,
-    ));
-    Ok(MeshHandle {
-        id,
-        address,
-        view,
-        transport,
+        view: view_tx,
+        commands,
     })
 }
 
@@ -196,18 +253,102 @@ fn random_seed() -> u64 {
     RandomState::new().hash_one(std::process::id())
 }
 
-/// Runs membership until `shutdown`. `view` receives the member list after every change.
-pub async fn run(
+/// What the mesh needs from the node it runs on: somewhere to keep the replicas it is
+/// awarded, and a container engine to run them.
+pub trait Host: Send + Sync + 'static {
+    /// Persists (flushed) a replica awarded to this node; the award is acknowledged only
+    /// once this returns `Ok`.
+    fn commit(&self, assignment: Assignment) -> impl Future<Output = Result<(), String>> + Send;
+    /// Starts the container of a committed replica (pulling its image if needed).
+    fn start(&self, workload: String, replica: u32) -> impl Future<Output = ()> + Send;
+    /// Stops and forgets a replica its owner revoked.
+    fn revoke(&self, workload: String, replica: u32, epoch: u64)
+    -> impl Future<Output = ()> + Send;
+}
+
+/// Requests from the node (the local API) to the mesh.
+#[derive(Debug)]
+pub enum Command {
+    /// Place a workload this node now owns.
+    Place(Box<PlacementRequest>),
+    /// Forget a workload this node owns and stop its replicas everywhere.
+    Remove(String),
+    /// Where a workload this node owns has replicas: replica → (node, epoch).
+    Placements {
+        /// Workload key (`namespace/name`).
+        workload: String,
+        /// Where the answer goes.
+        reply: oneshot::Sender<BTreeMap<u32, (String, u64)>>,
+    },
+}
+
+/// How often this node reports the replicas it runs to their owners.
+const REPORT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The negotiation state of one node: membership, the announcer for the workloads it
+/// owns and the bidder for the replicas it may host, driven together by [`run`].
+pub struct Negotiation {
+    /// SWIM membership, started by [`start`].
+    pub membership: Membership,
+    /// This node's self-description (bidder profile, candidate entry).
+    pub meta: NodeMeta,
+    /// Replicas this node committed to before a restart.
+    pub committed: Vec<Assignment>,
+}
+
+/// Wall-clock milliseconds: the auction compares times across nodes (reservation expiry),
+/// so each node's clock must mean the same instant; NTP keeps them within the skew the
+/// codec already tolerates.
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs membership, the announcer and the bidder until `shutdown`. `view` receives the
+/// member list after every change.
+#[allow(clippy::too_many_arguments)]
+pub async fn run<H: Host>(
     transport: Transport,
     mut inbox: mpsc::Receiver<Inbound>,
-    mut membership: Membership,
+    negotiation: Negotiation,
     seeds: Vec<SocketAddr>,
     view: watch::Sender<Vec<Member>>,
+    host: Arc<H>,
+    mut commands: mpsc::Receiver<Command>,
     shutdown: CancellationToken,
 ) {
-    let started = Instant::now();
-    let now_ms = move || started.elapsed().as_millis() as u64;
+    let Negotiation {
+        mut membership,
+        meta,
+        committed,
+    } = negotiation;
+    let id = transport.id().to_owned();
+    let profile = NodeProfile {
+        id: id.clone(),
+        arch: meta.arch.clone(),
+        labels: meta.labels.clone(),
+        allocatable: meta.allocatable,
+    };
+    let committed = committed.into_iter().map(|a| Committed {
+        announcer: a.owner,
+        workload: workload_key(a.spec.name.as_str()),
+        replica: a.replica,
+        epoch: a.epoch,
+        resources: a.spec.resources,
+        reservation: a.reservation,
+        failure_domain: a.failure_domain,
+    });
+    // Each run's reservation ids differ from the last run's: the boot number is the start
+    // time, which only moves forward between runs of one node.
+    let mut bidder = Bidder::restarted(profile, BidderConfig::default(), unix_millis(), committed);
+    let mut announcer = Announcer::new(&id, AnnouncerConfig::default(), random_seed());
+    let mut owned: BTreeSet<String> = BTreeSet::new();
+    // Specs of awards being committed, by (workload, replica), until the bidder decides.
+    let mut award_specs: HashMap<(String, u32), WorkloadSpec> = HashMap::new();
+    let mut local: VecDeque<(String, Body)> = VecDeque::new();
     let mut addresses: HashMap<String, SocketAddr> = HashMap::new();
+    let mut report = tokio::time::interval(REPORT_INTERVAL);
 
     let (seed_found, mut seeds_found) = mpsc::channel(seeds.len().max(1));
     for seed in seeds {
@@ -219,63 +360,291 @@ pub async fn run(
         ));
     }
     drop(seed_found);
+    announcer.set_members(candidates(&id, &meta, &membership));
 
     loop {
-        let deadline = membership
-            .poll_timeout()
-            .map(|at| started + Duration::from_millis(at));
+        let deadline = [
+            membership.poll_timeout(),
+            announcer.poll_timeout(),
+            bidder.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let sleep = async {
             match deadline {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
+                Some(at) => {
+                    tokio::time::sleep(Duration::from_millis(at.saturating_sub(unix_millis())))
+                        .await;
+                }
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
             () = shutdown.cancelled() => break,
-            Some((id, addr)) = seeds_found.recv() => {
-                addresses.insert(id.clone(), addr);
-                membership.join(&[id]);
+            Some((peer, addr)) = seeds_found.recv() => {
+                addresses.insert(peer.clone(), addr);
+                membership.join(&[peer]);
             }
             message = inbox.recv() => {
                 let Some(Inbound { received, remote }) = message else { break };
-                let from = received.sender.as_str();
-                addresses.entry(from.to_owned()).or_insert(remote);
-                let now = now_ms();
-                match &received.body {
-                    Body::Ping(ping) => membership.handle_ping(now, from, ping),
-                    Body::PingReq(request) => membership.handle_ping_req(now, from, request),
-                    Body::Ack(ack) => membership.handle_ack(now, from, ack),
-                    Body::Sync(sync) => membership.handle_sync(now, from, sync),
-                    other => tracing::debug!(kind = other.kind(), %from, "message for the auction, which this agent does not run yet"),
+                addresses.entry(received.sender.clone()).or_insert(remote);
+                local.push_back((received.sender, received.body));
+            }
+            Some(command) = commands.recv() => match command {
+                Command::Place(request) => {
+                    tracing::info!(workload = %request.workload, replicas = request.replicas, "placing");
+                    owned.insert(request.workload.clone());
+                    announcer.set_members(candidates(&id, &meta, &membership));
+                    announcer.place(unix_millis(), *request);
+                }
+                Command::Remove(workload) => {
+                    owned.remove(&workload);
+                    announcer.remove(&workload);
+                }
+                Command::Placements { workload, reply } => {
+                    let _ = reply.send(announcer.placements(&workload));
+                }
+            },
+            _ = report.tick() => bidder.report_instances(),
+            () = sleep => {
+                let now = unix_millis();
+                membership.handle_timeout(now);
+                announcer.handle_timeout(now);
+                bidder.handle_timeout(now);
+            }
+        }
+
+        // Deliver messages (from peers, and from this node to itself) until none is left.
+        loop {
+            while let Some((from, body)) = local.pop_front() {
+                dispatch(
+                    &from,
+                    body,
+                    &mut membership,
+                    &mut announcer,
+                    &mut bidder,
+                    &mut award_specs,
+                );
+            }
+            membership_events(&id, &meta, &mut membership, &mut announcer, &owned, &view);
+            // The bidder's events come before its messages: an award is persisted before
+            // the Accept that acknowledges it leaves.
+            let mut withheld = BTreeSet::new();
+            while let Some(event) = bidder.poll_event() {
+                match event {
+                    BidderEvent::Committed(c) => {
+                        let name = workload_name(&c.workload).to_owned();
+                        let Some(spec) = award_specs.remove(&(c.workload.clone(), c.replica))
+                        else {
+                            tracing::warn!(workload = %c.workload, replica = c.replica, "award without a spec; refusing it");
+                            bidder.remove_instance(&c.workload, c.replica);
+                            withheld.insert(c.reservation.clone());
+                            continue;
+                        };
+                        let assignment = Assignment {
+                            spec,
+                            replica: c.replica,
+                            epoch: c.epoch,
+                            owner: c.announcer.clone(),
+                            reservation: c.reservation.clone(),
+                            failure_domain: c.failure_domain.clone(),
+                            assigned_at_ms: unix_millis(),
+                        };
+                        match host.commit(assignment).await {
+                            Ok(()) => {
+                                tracing::info!(workload = %c.workload, replica = c.replica, epoch = c.epoch, owner = %c.announcer, "replica awarded; starting it");
+                                let host = Arc::clone(&host);
+                                tokio::spawn(async move { host.start(name, c.replica).await });
+                            }
+                            Err(error) => {
+                                // Not acknowledged: the owner re-awards elsewhere.
+                                tracing::error!(workload = %c.workload, replica = c.replica, %error, "could not persist an award; not acknowledging it");
+                                bidder.remove_instance(&c.workload, c.replica);
+                                withheld.insert(c.reservation.clone());
+                            }
+                        }
+                    }
+                    BidderEvent::Revoked(c) => {
+                        tracing::info!(workload = %c.workload, replica = c.replica, epoch = c.epoch, "replica revoked by its owner; stopping it");
+                        let host = Arc::clone(&host);
+                        let name = workload_name(&c.workload).to_owned();
+                        tokio::spawn(async move { host.revoke(name, c.replica, c.epoch).await });
+                    }
+                    BidderEvent::Expired(r) => {
+                        tracing::debug!(reservation = %r.id, workload = %r.workload, "reservation lapsed");
+                    }
                 }
             }
-            () = sleep => membership.handle_timeout(now_ms()),
-        }
-        let mut changed = false;
-        while let Some(event) = membership.poll_event() {
-            tracing::info!(?event, "membership");
-            changed = true;
-        }
-        if changed {
-            view.send_replace(membership.members().cloned().collect());
-        }
-        while let Some((to, body)) = membership.poll_transmit() {
-            let addr = membership
-                .member(&to)
-                .and_then(|m| m.meta.as_ref())
-                .and_then(|meta| meta.address.as_deref())
-                .and_then(|a| a.parse().ok())
-                .or_else(|| addresses.get(&to).copied());
-            let transport = transport.clone();
-            // Sends run beside the loop: a slow peer must not stall probes of the others.
-            // A lost message is what SWIM is built to survive.
-            tokio::spawn(async move {
-                if let Err(error) = transport.send(&to, addr, &body).await {
-                    tracing::debug!(%error, "membership message not sent");
+            while let Some(event) = announcer.poll_event() {
+                match event {
+                    AnnouncerEvent::Placed {
+                        workload,
+                        replica,
+                        node,
+                        epoch,
+                    } => {
+                        tracing::info!(%workload, replica, %node, epoch, "replica placed");
+                    }
+                    AnnouncerEvent::NotPlaced {
+                        workload,
+                        replica,
+                        explanation,
+                        retry_at_ms,
+                    } => {
+                        tracing::warn!(%workload, replica, reasons = ?explanation.counts(), retry_in_ms = retry_at_ms.saturating_sub(unix_millis()), "replica not placed; retrying");
+                    }
                 }
-            });
+            }
+            let outgoing: Vec<(String, Body)> = std::iter::from_fn(|| membership.poll_transmit())
+                .chain(std::iter::from_fn(|| announcer.poll_transmit()))
+                .chain(std::iter::from_fn(|| bidder.poll_transmit()))
+                .collect();
+            for (to, body) in outgoing {
+                if let Body::Accept(accept) = &body
+                    && withheld.contains(&accept.reservation)
+                {
+                    continue;
+                }
+                if to == id {
+                    local.push_back((id.clone(), body));
+                    continue;
+                }
+                let addr = membership
+                    .member(&to)
+                    .and_then(|m| m.meta.as_ref())
+                    .and_then(|meta| meta.address.as_deref())
+                    .and_then(|a| a.parse().ok())
+                    .or_else(|| addresses.get(&to).copied());
+                let transport = transport.clone();
+                // Sends run beside the loop: a slow peer must not stall the others. The
+                // protocol survives lost messages (probes time out, awards are resent).
+                tokio::spawn(async move {
+                    if let Err(error) = transport.send(&to, addr, &body).await {
+                        tracing::debug!(%error, kind = body.kind(), "message not sent");
+                    }
+                });
+            }
+            if local.is_empty() {
+                break;
+            }
         }
     }
+}
+
+/// Hands one message to the state machine it is for.
+fn dispatch(
+    from: &str,
+    body: Body,
+    membership: &mut Membership,
+    announcer: &mut Announcer,
+    bidder: &mut Bidder,
+    award_specs: &mut HashMap<(String, u32), WorkloadSpec>,
+) {
+    let now = unix_millis();
+    match body {
+        Body::Ping(ping) => membership.handle_ping(now, from, &ping),
+        Body::PingReq(request) => membership.handle_ping_req(now, from, &request),
+        Body::Ack(ack) => membership.handle_ack(now, from, &ack),
+        Body::Sync(sync) => membership.handle_sync(now, from, &sync),
+        Body::Cfp(cfp) => bidder.handle_cfp(now, from, &cfp),
+        Body::Award(award) => {
+            if let Some(spec) = &award.spec {
+                award_specs.insert((award.workload.clone(), award.replica), spec.clone());
+            }
+            bidder.handle_award(now, from, &award);
+            // An award that did not commit (rejected, or a repeat) leaves no spec behind.
+            if !bidder.committed().any(|c| {
+                c.workload == award.workload && c.replica == award.replica && c.epoch == award.epoch
+            }) {
+                award_specs.remove(&(award.workload.clone(), award.replica));
+            }
+        }
+        Body::Release(release) => bidder.handle_release(from, &release),
+        Body::Revoke(revoke) => bidder.handle_revoke(from, &revoke),
+        Body::Bid(bid) => announcer.handle_bid(now, from, &bid),
+        Body::Decline(decline) => announcer.handle_decline(from, &decline),
+        Body::Accept(accept) => announcer.handle_accept(now, from, &accept),
+        Body::Reject(reject) => announcer.handle_reject(now, from, &reject),
+        Body::Instance(instance) => announcer.handle_instance(now, from, &instance),
+    }
+}
+
+/// Acts on membership changes: publishes the view, refreshes the announcer's candidates,
+/// and re-places replicas of owned workloads that were on a node declared dead.
+fn membership_events(
+    id: &str,
+    meta: &NodeMeta,
+    membership: &mut Membership,
+    announcer: &mut Announcer,
+    owned: &BTreeSet<String>,
+    view: &watch::Sender<Vec<Member>>,
+) {
+    let mut changed = false;
+    let mut died = Vec::new();
+    while let Some(event) = membership.poll_event() {
+        tracing::info!(?event, "membership");
+        if let MembershipEvent::Died(node) = &event {
+            died.push(node.clone());
+        }
+        changed = true;
+    }
+    if !changed {
+        return;
+    }
+    view.send_replace(membership.members().cloned().collect());
+    announcer.set_members(candidates(id, meta, membership));
+    let now = unix_millis();
+    for node in died {
+        for workload in owned {
+            let lost: Vec<u32> = announcer
+                .placements(workload)
+                .into_iter()
+                .filter(|(_, (on, _))| *on == node)
+                .map(|(replica, _)| replica)
+                .collect();
+            for replica in lost {
+                tracing::warn!(%workload, replica, %node, "replica lost with its node; placing it again");
+                announcer.replica_lost(now, workload, replica);
+            }
+        }
+    }
+}
+
+/// The members an announcer may ask: this node and every alive member.
+fn candidates(id: &str, meta: &NodeMeta, membership: &Membership) -> Vec<Candidate> {
+    let announced = |meta: &NodeMeta| Announced {
+        arch: meta.arch.clone(),
+        labels: meta.labels.clone(),
+        free: Some(meta.free),
+    };
+    std::iter::once(Candidate {
+        announced: Some(announced(meta)),
+        ..Candidate::new(id)
+    })
+    .chain(
+        membership
+            .members()
+            .filter(|m| m.state == MemberState::Alive)
+            .map(|m| Candidate {
+                node: m.id.clone(),
+                compatible: m.meta.as_ref().is_some_and(|meta| {
+                    (meta.protocol_min..=meta.protocol_max).contains(&PROTOCOL_VERSION)
+                }),
+                announced: m.meta.as_ref().map(announced),
+            }),
+    )
+    .collect()
+}
+
+/// `default/NAME` for a workload name.
+pub fn workload_key(name: &str) -> String {
+    format!("{}/{name}", parley_store::DEFAULT_NAMESPACE)
+}
+
+/// The name in a `namespace/name` key.
+fn workload_name(key: &str) -> &str {
+    key.rsplit_once('/').map_or(key, |(_, name)| name)
 }
 
 async fn dial_seed(

@@ -14,14 +14,17 @@ use parley_store::records::Event;
 use parley_store::{DEFAULT_NAMESPACE, Store, StoreError, Tree};
 
 use crate::api::types::{
-    AgentStatus, NodeEntry, NodeList, ReplicaStatus, WorkloadList, WorkloadRecord, WorkloadStatus,
+    AgentStatus, Assignment, NodeEntry, NodeList, ReplicaStatus, WorkloadList, WorkloadRecord,
+    WorkloadStatus,
 };
 use crate::hostcheck::HostWarning;
-use crate::mesh::MeshHandle;
+use crate::mesh::{Command, Host, MeshHandle};
 use crate::runtime::podman::service::ServiceOrigin;
 use crate::runtime::{
     ContainerRuntime, ContainerSpec, ContainerState, ManagedContainer, RuntimeError, labels,
 };
+use parley_negotiation::auction::PlacementRequest;
+use parley_negotiation::messages::Scoring;
 
 /// Replicas per workload on a single node; placement across nodes comes with negotiation.
 const REPLICAS: u32 = 1;
@@ -74,6 +77,9 @@ pub enum NodeError {
         /// Each reason, for people (the same reasons a bidder declines with).
         reasons: Vec<String>,
     },
+    /// The mesh's negotiation loop is not running (the agent is shutting down).
+    #[error("the mesh is not running (the agent is shutting down); try again once it is back")]
+    MeshStopped,
     /// The container engine failed.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -126,6 +132,8 @@ pub struct Node<R> {
     info: NodeInfo,
     store: Store,
     workloads: Tree<WorkloadRecord>,
+    /// Replicas awarded to this node by owners in the mesh.
+    assignments: Tree<Assignment>,
     runtime: R,
     started: Instant,
     health: Mutex<StoreHealth>,
@@ -143,10 +151,12 @@ impl<R: ContainerRuntime> Node<R> {
     /// A node over an open store and a runtime.
     pub fn new(info: NodeInfo, store: Store, runtime: R) -> Result<Arc<Self>, NodeError> {
         let workloads = store.workloads()?;
+        let assignments = store.assignments()?;
         Ok(Arc::new(Self {
             info,
             store,
             workloads,
+            assignments,
             runtime,
             started: Instant::now(),
             health: Mutex::new(StoreHealth::default()),
@@ -196,14 +206,14 @@ impl<R: ContainerRuntime> Node<R> {
         }
     }
 
-    fn container_spec(&self, record: &WorkloadRecord, replica: u32) -> ContainerSpec {
+    fn container_spec(&self, record: &WorkloadRecord, replica: u32, epoch: u64) -> ContainerSpec {
         let spec = &record.spec;
         let mut labels = BTreeMap::from([
             (labels::MANAGED.to_owned(), "true".to_owned()),
             (labels::NODE.to_owned(), self.info.name.clone()),
             (labels::WORKLOAD.to_owned(), spec.name.to_string()),
             (labels::REPLICA.to_owned(), replica.to_string()),
-            (labels::EPOCH.to_owned(), "0".to_owned()),
+            (labels::EPOCH.to_owned(), epoch.to_string()),
         ]);
         match serde_json::to_string(spec) {
             Ok(json) if json.len() <= MAX_SPEC_LABEL_BYTES => {
@@ -237,6 +247,9 @@ impl<R: ContainerRuntime> Node<R> {
         if self.workloads.get(&key)?.is_some() {
             return Err(NodeError::AlreadyExists { name });
         }
+        if let Some(mesh) = &self.info.mesh {
+            return self.place_in_mesh(mesh, spec).await;
+        }
         if spec.replicas > REPLICAS {
             return Err(NodeError::TooManyReplicas {
                 name,
@@ -269,7 +282,7 @@ impl<R: ContainerRuntime> Node<R> {
         for replica in 0..REPLICAS {
             match self
                 .runtime
-                .create_and_start(&self.container_spec(&record, replica))
+                .create_and_start(&self.container_spec(&record, replica, 0))
                 .await
             {
                 Ok(id) => started.push(id),
@@ -318,6 +331,9 @@ impl<R: ContainerRuntime> Node<R> {
     /// Stops and removes a workload's containers, then forgets the workload. If the
     /// containers cannot be removed, the workload stays stored and the error says why.
     pub async fn remove(&self, name: &str) -> Result<(), NodeError> {
+        if let Some(mesh) = &self.info.mesh {
+            return self.remove_from_mesh(mesh, name).await;
+        }
         let _changing = self.changes.lock().await;
         let key = key(name);
         let stored = self.workloads.get(&key)?.is_some() && !self.is_unpersisted(&key);
@@ -369,6 +385,9 @@ impl<R: ContainerRuntime> Node<R> {
     /// All stored workloads with the states of their containers. Works with Podman down,
     /// reporting unknown states and the reason.
     pub async fn list(&self) -> Result<WorkloadList, NodeError> {
+        if let Some(mesh) = &self.info.mesh {
+            return self.list_in_mesh(mesh).await;
+        }
         let records = self.desired()?;
         let (containers, runtime_error) = match self.runtime.list_managed(&self.info.name).await {
             Ok(containers) => (containers, None),
@@ -401,6 +420,8 @@ impl<R: ContainerRuntime> Node<R> {
                     .find(|c| c.workload == name && c.replica == replica);
                 ReplicaStatus {
                     replica,
+                    epoch: 0,
+                    remote: false,
                     node: self.info.name.clone(),
                     container: container.map(|c| c.name.clone()),
                     container_id: container.map(|c| c.id.clone()),
@@ -416,6 +437,211 @@ impl<R: ContainerRuntime> Node<R> {
             created_at: record.created_at,
             replicas,
         }
+    }
+
+    /// The replicas this node was awarded.
+    pub fn assignments(&self) -> Result<Vec<Assignment>, NodeError> {
+        Ok(self
+            .assignments
+            .list()?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect())
+    }
+
+    /// Stores a workload this node now owns and hands it to the mesh to place.
+    async fn place_in_mesh(
+        &self,
+        mesh: &MeshHandle,
+        spec: WorkloadSpec,
+    ) -> Result<WorkloadStatus, NodeError> {
+        let name = spec.name.to_string();
+        let key = key(&name);
+        let _changing = self.changes.lock().await;
+        let record = WorkloadRecord {
+            spec,
+            created_at: unix_now(),
+        };
+        let inserted = self
+            .workloads
+            .insert_new(&key, &record)
+            .map_err(|e| self.note_store_error(e))?;
+        if !inserted {
+            return Err(NodeError::AlreadyExists { name });
+        }
+        if let Err(error) = self.store.flush().await {
+            self.forget_unpersisted(&key);
+            return Err(self.note_store_error(error));
+        }
+        let spec = &record.spec;
+        let request = PlacementRequest {
+            workload: key.clone(),
+            image: spec.image.clone(),
+            replicas: spec.replicas,
+            resources: spec.resources,
+            constraints: spec.constraints.clone(),
+            arch: None,
+            spread_label: None,
+            scoring: Scoring::Spread,
+            spec: Some(spec.clone()),
+        };
+        if mesh
+            .commands
+            .send(Command::Place(Box::new(request)))
+            .await
+            .is_err()
+        {
+            return Err(NodeError::MeshStopped);
+        }
+        tracing::info!(workload = %name, replicas = spec.replicas, "workload accepted; placing it across the mesh");
+        self.record_event(
+            "workload-accepted",
+            Some(&key),
+            &format!(
+                "placing {} replica(s) of {} across the mesh",
+                spec.replicas, spec.image
+            ),
+        );
+        Ok(WorkloadStatus {
+            name,
+            image: spec.image.clone(),
+            command: spec.command.clone(),
+            created_at: record.created_at,
+            replicas: Vec::new(),
+        })
+    }
+
+    /// Forgets a workload this node owns; the mesh revokes its replicas wherever they run.
+    async fn remove_from_mesh(&self, mesh: &MeshHandle, name: &str) -> Result<(), NodeError> {
+        let _changing = self.changes.lock().await;
+        let key = key(name);
+        if self.workloads.get(&key)?.is_none() || self.is_unpersisted(&key) {
+            return Err(NodeError::NotFound {
+                name: name.to_owned(),
+            });
+        }
+        self.workloads
+            .remove(&key)
+            .map_err(|e| self.note_store_error(e))?;
+        self.store
+            .flush()
+            .await
+            .map_err(|e| self.note_store_error(e))?;
+        if mesh
+            .commands
+            .send(Command::Remove(key.clone()))
+            .await
+            .is_err()
+        {
+            return Err(NodeError::MeshStopped);
+        }
+        tracing::info!(workload = %name, "workload removed; revoking its replicas");
+        self.record_event(
+            "workload-removed",
+            Some(&key),
+            "revoking its replicas across the mesh",
+        );
+        Ok(())
+    }
+
+    /// Workloads this node owns, with where their replicas were placed, and the replicas
+    /// this node runs for other owners.
+    async fn list_in_mesh(&self, mesh: &MeshHandle) -> Result<WorkloadList, NodeError> {
+        let (containers, runtime_error) = match self.runtime.list_managed(&self.info.name).await {
+            Ok(containers) => (containers, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        let local = |name: &str, replica: u32| {
+            containers
+                .iter()
+                .find(|c| c.workload == name && c.replica == replica)
+        };
+        let mut workloads = Vec::new();
+        let mut listed = std::collections::BTreeSet::new();
+        for (key, record) in self.desired()? {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let asked = mesh
+                .commands
+                .send(Command::Placements {
+                    workload: key.clone(),
+                    reply,
+                })
+                .await;
+            let placements = match asked {
+                Ok(()) => answer.await.unwrap_or_default(),
+                Err(_) => BTreeMap::new(),
+            };
+            let name = record.spec.name.to_string();
+            let replicas = (0..record.spec.replicas)
+                .map(|replica| match placements.get(&replica) {
+                    Some((node, epoch)) => {
+                        let container = (node == &mesh.id).then(|| local(&name, replica)).flatten();
+                        ReplicaStatus {
+                            replica,
+                            epoch: *epoch,
+                            remote: node != &mesh.id,
+                            node: node.clone(),
+                            container: container.map(|c| c.name.clone()),
+                            container_id: container.map(|c| c.id.clone()),
+                            state: container.map(|c| c.state.clone()),
+                            exit_code: container.and_then(|c| c.exit_code),
+                        }
+                    }
+                    None => ReplicaStatus {
+                        replica,
+                        epoch: 0,
+                        remote: false,
+                        node: "-".to_owned(),
+                        container: None,
+                        container_id: None,
+                        state: None,
+                        exit_code: None,
+                    },
+                })
+                .collect();
+            listed.insert(name.clone());
+            workloads.push(WorkloadStatus {
+                name,
+                image: record.spec.image.clone(),
+                command: record.spec.command.clone(),
+                created_at: record.created_at,
+                replicas,
+            });
+        }
+        // Replicas this node runs for workloads owned elsewhere.
+        let mut others: BTreeMap<String, WorkloadStatus> = BTreeMap::new();
+        for assignment in self.assignments()? {
+            let name = assignment.spec.name.to_string();
+            if listed.contains(&name) {
+                continue;
+            }
+            let container = local(&name, assignment.replica);
+            others
+                .entry(name.clone())
+                .or_insert_with(|| WorkloadStatus {
+                    name: name.clone(),
+                    image: assignment.spec.image.clone(),
+                    command: assignment.spec.command.clone(),
+                    created_at: assignment.assigned_at_ms / 1000,
+                    replicas: Vec::new(),
+                })
+                .replicas
+                .push(ReplicaStatus {
+                    replica: assignment.replica,
+                    epoch: assignment.epoch,
+                    remote: false,
+                    node: mesh.id.clone(),
+                    container: container.map(|c| c.name.clone()),
+                    container_id: container.map(|c| c.id.clone()),
+                    state: container.map(|c| c.state.clone()),
+                    exit_code: container.and_then(|c| c.exit_code),
+                });
+        }
+        workloads.extend(others.into_values());
+        Ok(WorkloadList {
+            workloads,
+            runtime_error,
+        })
     }
 
     /// Capacity not yet committed to stored workloads.
@@ -552,7 +778,8 @@ impl<R: ContainerRuntime> Node<R> {
         let mut report = ReconcileReport::default();
 
         for container in &actual {
-            if !desired.contains_key(&container.workload)
+            if self.info.mesh.is_none()
+                && !desired.contains_key(&container.workload)
                 && let Some(record) = self.restore_from_label(container)
             {
                 report.restored += 1;
@@ -567,8 +794,29 @@ impl<R: ContainerRuntime> Node<R> {
                 .or_default()
                 .push(container);
         }
+        // In a mesh this node runs what it was awarded; alone, replica 0 of what it stores.
+        let wanted: BTreeMap<(String, u32), (WorkloadRecord, u64)> = if self.info.mesh.is_some() {
+            self.assignments
+                .list()?
+                .into_iter()
+                .map(|(_, a)| {
+                    let record = WorkloadRecord {
+                        spec: a.spec,
+                        created_at: a.assigned_at_ms / 1000,
+                    };
+                    ((record.spec.name.to_string(), a.replica), (record, a.epoch))
+                })
+                .collect()
+        } else {
+            desired
+                .iter()
+                .flat_map(|(name, record)| {
+                    (0..REPLICAS).map(move |replica| ((name.clone(), replica), (record.clone(), 0)))
+                })
+                .collect()
+        };
         for ((workload, replica), mut containers) in by_replica {
-            if desired.contains_key(&workload) && replica < REPLICAS {
+            if wanted.contains_key(&(workload.clone(), replica)) {
                 // Keep one container per replica, preferring one that runs.
                 containers.sort_by_key(|c| c.state != ContainerState::Running);
                 containers.remove(0);
@@ -597,8 +845,9 @@ impl<R: ContainerRuntime> Node<R> {
             // that forgets them; wait until the store takes writes again.
             return Ok(report);
         }
-        for (name, record) in &desired {
-            for replica in 0..REPLICAS {
+        for ((name, replica), (record, epoch)) in &wanted {
+            let replica = *replica;
+            {
                 let present = actual
                     .iter()
                     .any(|c| &c.workload == name && c.replica == replica);
@@ -609,7 +858,7 @@ impl<R: ContainerRuntime> Node<R> {
                 let started = match self.runtime.ensure_image(&record.spec.image).await {
                     Ok(()) => {
                         self.runtime
-                            .create_and_start(&self.container_spec(record, replica))
+                            .create_and_start(&self.container_spec(record, replica, *epoch))
                             .await
                     }
                     Err(e) => Err(e),
@@ -665,6 +914,114 @@ impl<R: ContainerRuntime> Node<R> {
                 None
             }
         }
+    }
+}
+
+fn assignment_key(workload: &str, replica: u32) -> String {
+    format!("{}#{replica}", key(workload))
+}
+
+impl<R: ContainerRuntime> Host for Node<R> {
+    async fn commit(&self, assignment: Assignment) -> Result<(), String> {
+        let _changing = self.changes.lock().await;
+        let name = assignment.spec.name.to_string();
+        let key = assignment_key(&name, assignment.replica);
+        self.check_writable().map_err(|e| e.to_string())?;
+        self.assignments
+            .put(&key, &assignment)
+            .map_err(|e| self.note_store_error(e).to_string())?;
+        self.store
+            .flush()
+            .await
+            .map_err(|e| self.note_store_error(e).to_string())?;
+        self.record_event(
+            "replica-assigned",
+            Some(&self::key(&name)),
+            &format!(
+                "replica {} at epoch {} for {}",
+                assignment.replica, assignment.epoch, assignment.owner
+            ),
+        );
+        Ok(())
+    }
+
+    async fn start(&self, workload: String, replica: u32) {
+        let _changing = self.changes.lock().await;
+        let Ok(Some(assignment)) = self.assignments.get(&assignment_key(&workload, replica)) else {
+            return;
+        };
+        let already = self
+            .runtime
+            .list_managed(&self.info.name)
+            .await
+            .is_ok_and(|cs| {
+                cs.iter()
+                    .any(|c| c.workload == workload && c.replica == replica)
+            });
+        if already {
+            return;
+        }
+        let record = WorkloadRecord {
+            spec: assignment.spec,
+            created_at: unix_now(),
+        };
+        let started = match self.runtime.ensure_image(&record.spec.image).await {
+            Ok(()) => {
+                self.runtime
+                    .create_and_start(&self.container_spec(&record, replica, assignment.epoch))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(_) => {
+                tracing::info!(%workload, replica, epoch = assignment.epoch, "replica started");
+                self.record_event(
+                    "replica-started",
+                    Some(&key(&workload)),
+                    &format!("replica {replica}"),
+                );
+            }
+            Err(error) => {
+                // The reconciler retries; the owner hears of the replica in reports either way.
+                tracing::warn!(%workload, replica, %error, "could not start an awarded replica; will retry");
+                self.record_event("replica-failed", Some(&key(&workload)), &error.to_string());
+            }
+        }
+    }
+
+    async fn revoke(&self, workload: String, replica: u32, epoch: u64) {
+        let _changing = self.changes.lock().await;
+        let akey = assignment_key(&workload, replica);
+        if let Ok(Some(assignment)) = self.assignments.get(&akey)
+            && assignment.epoch == epoch
+        {
+            let removed = self.assignments.remove(&akey).map(|_| ());
+            if let Err(error) = removed.and(self.store.flush().await) {
+                tracing::error!(%workload, replica, %error, "could not forget a revoked replica");
+                return;
+            }
+        }
+        if let Ok(containers) = self.runtime.list_managed(&self.info.name).await {
+            for container in containers
+                .iter()
+                .filter(|c| c.workload == workload && c.replica == replica)
+            {
+                match self.runtime.remove(&container.id).await {
+                    Ok(()) => {
+                        tracing::info!(%workload, replica, container = %container.name, "stopped a revoked replica")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%workload, replica, %error, "could not stop a revoked replica; the reconciler will")
+                    }
+                }
+            }
+        }
+        self.record_event(
+            "replica-revoked",
+            Some(&key(&workload)),
+            &format!("replica {replica} at epoch {epoch}"),
+        );
     }
 }
 
@@ -932,7 +1289,7 @@ mod tests {
         runtime.remove(&id).await.unwrap();
         // ... and a container of a workload the store no longer has is still around.
         let mut orphan =
-            node.container_spec(&node.workloads.get("default/web").unwrap().unwrap(), 0);
+            node.container_spec(&node.workloads.get("default/web").unwrap().unwrap(), 0, 0);
         orphan.name = "parley-gone-0".to_owned();
         orphan
             .labels
@@ -999,6 +1356,7 @@ mod tests {
                 spec: spec("web", IMAGE),
                 created_at: 0,
             },
+            0,
             0,
         );
         foreign

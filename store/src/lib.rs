@@ -50,6 +50,7 @@ const INSTANCES_TREE: &str = "instances";
 const RESERVATIONS_TREE: &str = "reservations";
 const MEMBERS_TREE: &str = "members";
 const IDENTITY_TREE: &str = "identity";
+const ASSIGNMENTS_TREE: &str = "assignments";
 const EVENTS_TREE: &str = "events";
 
 /// How to get out of a store that cannot be used, for error messages.
@@ -370,6 +371,13 @@ impl Store {
     /// The last known view of the members, keyed by node id, of the caller's type.
     pub fn members<T: Serialize + DeserializeOwned>(&self) -> Result<Tree<T>> {
         self.typed(MEMBERS_TREE)
+    }
+
+    /// Replicas awarded to this node by their workloads' owners (spec, replica, epoch,
+    /// owner), keyed `namespace/name#replica`, of the caller's type. An award is flushed
+    /// here before it is acknowledged.
+    pub fn assignments<T: Serialize + DeserializeOwned>(&self) -> Result<Tree<T>> {
+        self.typed(ASSIGNMENTS_TREE)
     }
 
     /// Where this node's identity material lives, keyed by kind.

@@ -197,3 +197,121 @@ fn without_listen_nodes_shows_this_node_alone() {
         .unwrap();
     assert!(allocatable > 0 && allocatable <= cpus * 1000, "{list}");
 }
+
+/// Names of the running containers of `workload` on `agent`'s node (by their labels).
+fn replicas_on(agent: &Agent, workload: &str) -> Vec<String> {
+    let out = parley_e2e::test_user().podman([
+        "ps",
+        "--filter",
+        &format!("label=io.parley.node={}", agent.node()),
+        "--filter",
+        &format!("label=io.parley.workload={workload}"),
+        "--filter",
+        "status=running",
+        "--format",
+        "{{.Names}}",
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_three_replica_workload_lands_on_three_nodes_and_rm_removes_it_everywhere() {
+    let domain = TrustDomain::new("place.e2e");
+    let a = mesh_agent("place-a", &domain.enroll("a"), &[], &[]);
+    let seed = address(&a);
+    let b = mesh_agent("place-b", &domain.enroll("b"), &[&seed], &[]);
+    let c = mesh_agent("place-c", &domain.enroll("c"), &[&seed], &[]);
+    for (name, agent) in [("a", &a), ("b", &b), ("c", &c)] {
+        wait_until(
+            &format!("{name} sees two alive members"),
+            Duration::from_secs(30),
+            || {
+                let states = member_states(agent);
+                states.len() == 2 && states.iter().all(|(_, s)| s == "alive")
+            },
+        );
+    }
+
+    a.cli([
+        "run",
+        "trio",
+        "--image",
+        parley_e2e::TEST_IMAGE,
+        "--replicas",
+        "3",
+        "--stop-timeout",
+        "1",
+        "--",
+        "sleep",
+        "3600",
+    ])
+    .ok();
+
+    // Each node runs exactly one replica, in its own Podman service.
+    let agents = [&a, &b, &c];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !agents
+        .iter()
+        .all(|agent| replicas_on(agent, "trio").len() == 1)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the replicas did not all start within 60 s; logs:\n--- a\n{}\n--- b\n{}\n--- c\n{}",
+            a.log(),
+            b.log(),
+            c.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut names: Vec<String> = agents
+        .iter()
+        .map(|agent| replicas_on(agent, "trio")[0].clone())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["parley-trio-0", "parley-trio-1", "parley-trio-2"]);
+
+    // The owner's `ps` shows the three placements on three distinct nodes.
+    let ps = a.ps();
+    let workload = ps["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "trio")
+        .unwrap_or_else(|| panic!("trio not listed: {ps}"))
+        .clone();
+    let nodes: std::collections::BTreeSet<&str> = workload["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        nodes.into_iter().collect::<Vec<_>>(),
+        [
+            "spiffe://place.e2e/node/a",
+            "spiffe://place.e2e/node/b",
+            "spiffe://place.e2e/node/c"
+        ],
+        "{ps}"
+    );
+    let table = a.cli(["ps"]).ok().to_owned();
+    assert!(
+        table.contains("EPOCH") && table.contains("placed"),
+        "{table}"
+    );
+
+    // A non-owner lists the replica it runs.
+    let b_ps = b.ps();
+    assert!(b_ps.to_string().contains("trio"), "{b_ps}");
+
+    // Removing it on the owner stops the replicas on every node.
+    a.cli(["rm", "trio"]).ok();
+    wait_until("every replica is gone", Duration::from_secs(30), || {
+        agents
+            .iter()
+            .all(|agent| replicas_on(agent, "trio").is_empty())
+    });
+}

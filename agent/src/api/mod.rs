@@ -91,6 +91,7 @@ impl From<NodeError> for Failure {
                 (StatusCode::UNPROCESSABLE_ENTITY, "too-many-replicas")
             }
             NodeError::DoesNotFit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "does-not-fit"),
+            NodeError::MeshStopped => (StatusCode::SERVICE_UNAVAILABLE, "mesh-stopped"),
             NodeError::Runtime(RuntimeError::ImageNotFound { .. }) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "image-not-found")
             }

@@ -30,11 +30,37 @@ pub struct WorkloadRecord {
     pub created_at: u64,
 }
 
+/// A replica this node was awarded by the workload's owner: what it must run. Stored
+/// (flushed) before the award is acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The workload, as the owner sent it with the award.
+    pub spec: WorkloadSpec,
+    /// Replica index.
+    pub replica: u32,
+    /// Fencing epoch of the award.
+    pub epoch: u64,
+    /// The owner (the announcer that awarded it), by SPIFFE ID.
+    pub owner: String,
+    /// The reservation the award named.
+    pub reservation: String,
+    /// This node's value of the workload's spread label, if any.
+    pub failure_domain: Option<String>,
+    /// When it was awarded (milliseconds since the Unix epoch).
+    pub assigned_at_ms: u64,
+}
+
 /// One replica of a workload and the container that runs it, if any.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplicaStatus {
     /// Replica index.
     pub replica: u32,
+    /// Fencing epoch of its placement (0 on a node alone).
+    #[serde(default)]
+    pub epoch: u64,
+    /// Placed on another node, whose container this agent cannot see.
+    #[serde(default)]
+    pub remote: bool,
     /// Node the replica runs on.
     pub node: String,
     /// Container name, when a container exists.

@@ -254,10 +254,11 @@ async fn serve_on(
         images: Vec::new(),
         address: None,
     };
-    let mesh = match &config.mesh {
-        Some(settings) => Some(mesh::start(settings, meta.clone(), shutdown.clone()).await?),
+    let prepared = match &config.mesh {
+        Some(settings) => Some(mesh::start(settings, meta.clone()).await?),
         None => None,
     };
+    let mesh = prepared.as_ref().map(|p| p.handle.clone());
 
     let node = Node::new(
         NodeInfo {
@@ -272,6 +273,11 @@ async fn serve_on(
         store.clone(),
         podman,
     )?;
+
+    if let Some(prepared) = prepared {
+        let committed = node.assignments()?;
+        prepared.spawn(Arc::clone(&node), committed, shutdown.clone());
+    }
 
     tracing::info!(
         socket = %config.api_socket.display(),

@@ -33,10 +33,19 @@ fn render(list: &WorkloadList) -> String {
                     (None, _) if list.runtime_error.is_some() => "unknown".to_owned(),
                     (None, _) => "missing".to_owned(),
                 };
+                let state = if r.remote {
+                    // Placed on another node: its container is not visible from here.
+                    "placed".to_owned()
+                } else if r.node == "-" {
+                    "pending".to_owned()
+                } else {
+                    state
+                };
                 vec![
                     w.name.clone(),
                     r.replica.to_string(),
                     r.node.clone(),
+                    r.epoch.to_string(),
                     state,
                     r.container.clone().unwrap_or_else(|| "-".to_owned()),
                     w.image.clone(),
@@ -45,7 +54,15 @@ fn render(list: &WorkloadList) -> String {
         })
         .collect();
     table::render(
-        &["NAME", "REPLICA", "NODE", "STATE", "CONTAINER", "IMAGE"],
+        &[
+            "NAME",
+            "REPLICA",
+            "NODE",
+            "EPOCH",
+            "STATE",
+            "CONTAINER",
+            "IMAGE",
+        ],
         &rows,
     )
 }

@@ -1,13 +1,24 @@
 //! Three agents' membership over real QUIC on loopback: they find each other through one
 //! seed, and the survivors declare a stopped one dead.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parley_negotiation::membership::MembershipConfig;
 use parley_negotiation::messages::{MemberState, NodeMeta};
 
 use super::*;
 use crate::transport::tests::Domain;
+
+/// A host that is never awarded anything (these tests place no workloads).
+struct NoWork;
+
+impl Host for NoWork {
+    async fn commit(&self, _: Assignment) -> Result<(), String> {
+        Err("this test host runs nothing".to_owned())
+    }
+    async fn start(&self, _: String, _: u32) {}
+    async fn revoke(&self, _: String, _: u32, _: u64) {}
+}
 
 struct Running {
     id: String,
@@ -33,15 +44,22 @@ fn start(domain: &Domain, name: &str, seeds: Vec<SocketAddr>) -> Running {
         min_suspicion_ms: 1_000,
         ..MembershipConfig::default()
     };
-    let membership = Membership::new(transport.id(), meta, config, 0, 7);
+    let membership = Membership::new(transport.id(), meta.clone(), config, unix_millis(), 7);
     let (view_tx, view) = watch::channel(Vec::new());
     let shutdown = CancellationToken::new();
+    let (_commands, commands_rx) = mpsc::channel(1);
     tokio::spawn(run(
         transport.clone(),
         inbox,
-        membership,
+        Negotiation {
+            membership,
+            meta,
+            committed: Vec::new(),
+        },
         seeds,
         view_tx,
+        Arc::new(NoWork),
+        commands_rx,
         shutdown.clone(),
     ));
     Running {
