@@ -150,6 +150,74 @@ impl TestUser {
         }
     }
 
+    /// A storage.conf for a separate container storage under `dir`, with the same driver
+    /// (and overlay mount program) as the user's own storage.
+    fn isolated_storage_conf(&self, dir: &Path) -> String {
+        let info = self.podman([
+            "info",
+            "--format",
+            "{{.Store.GraphDriverName}}\n{{index .Store.GraphOptions \"overlay.mount_program\"}}",
+        ]);
+        assert!(
+            info.status.success(),
+            "podman info failed: {}",
+            String::from_utf8_lossy(&info.stderr)
+        );
+        let info = String::from_utf8_lossy(&info.stdout).into_owned();
+        let mut lines = info.lines();
+        let driver = lines.next().unwrap_or("vfs").trim().to_owned();
+        let mount_program = lines
+            .next()
+            // "map[Executable:/usr/bin/fuse-overlayfs Package:… Version:…]", or "<no value>".
+            .and_then(|l| {
+                l.trim()
+                    .trim_start_matches("map[Executable:")
+                    .split_whitespace()
+                    .next()
+            })
+            .filter(|program| program.starts_with('/'))
+            .map(str::to_owned);
+        let mut conf = format!(
+            "[storage]\ndriver = \"{driver}\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+            dir.join("storage").display(),
+            dir.join("storage-run").display(),
+        );
+        if let Some(program) = mount_program {
+            conf.push_str(&format!(
+                "\n[storage.options.overlay]\nmount_program = \"{program}\"\n"
+            ));
+        }
+        conf
+    }
+
+    /// The test image saved as an archive (once per test process), for loading into
+    /// separate storages.
+    fn test_image_archive(&self) -> &'static Path {
+        static ARCHIVE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+        let (_, path) = ARCHIVE.get_or_init(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("parley-e2e-image-")
+                .tempdir_in("/tmp")
+                .expect("create a directory for the image archive");
+            self.chown(dir.path());
+            let path = dir.path().join("parley-test.tar");
+            let saved = self.podman([
+                OsStr::new("save"),
+                OsStr::new("-q"),
+                OsStr::new("-o"),
+                path.as_os_str(),
+                OsStr::new(TEST_IMAGE),
+            ]);
+            assert!(
+                saved.status.success(),
+                "could not save the test image: {}",
+                String::from_utf8_lossy(&saved.stderr)
+            );
+            (dir, path)
+        });
+        path
+    }
+
     fn chown(&self, path: &Path) {
         if self.switch {
             nix::unistd::chown(
@@ -519,6 +587,57 @@ impl Agent {
         }
     }
 
+    /// Starts an agent with its own container storage, as if on a host of its own: its
+    /// containers are invisible to every other agent's Podman (names may repeat across
+    /// agents, as across hosts). Images come read-only from the test user's storage (an
+    /// additional image store), so the test image needs no copying.
+    pub fn start_isolated(tag: &str, extra_args: &[&str]) -> Self {
+        let mut agent = Self::unstarted(tag, extra_args, &[], &[]);
+        // Rootless Podman reads its storage settings from $XDG_CONFIG_HOME/containers
+        // (CONTAINERS_STORAGE_CONF is ignored for rootless users in Podman 4.3).
+        let config_home = agent.dir.path().join("config");
+        let containers = config_home.join("containers");
+        std::fs::create_dir_all(&containers).expect("create the containers config dir");
+        let conf = containers.join("storage.conf");
+        std::fs::write(&conf, agent.user.isolated_storage_conf(agent.dir.path()))
+            .expect("write storage.conf");
+        for path in [&config_home, &containers, &conf] {
+            agent.user.chown(path);
+        }
+        agent.extra_env.push((
+            "XDG_CONFIG_HOME".to_owned(),
+            config_home.display().to_string(),
+        ));
+        let archive = agent.user.test_image_archive();
+        let loaded = agent.podman([
+            OsStr::new("load"),
+            OsStr::new("-q"),
+            OsStr::new("-i"),
+            archive.as_os_str(),
+        ]);
+        assert!(
+            loaded.status.success(),
+            "could not load the test image into an agent's storage: {}",
+            String::from_utf8_lossy(&loaded.stderr)
+        );
+        agent.launch();
+        agent
+    }
+
+    /// Runs `podman ARGS…` as the test user against this agent's container storage.
+    pub fn podman<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.user
+            .command("podman")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
+            .args(args)
+            .output()
+            .expect("cannot run podman")
+    }
+
     /// Kills the agent with SIGKILL, as a crash would, and reaps it. The Podman service it
     /// started and its containers are left as a crash leaves them.
     pub fn kill(&mut self) {
@@ -599,7 +718,7 @@ impl Agent {
 
     /// Ids of the containers Podman holds for this agent's node, in any state.
     pub fn podman_containers(&self) -> Vec<String> {
-        let out = self.user.podman([
+        let out = self.podman([
             "ps",
             "-a",
             "-q",
@@ -643,14 +762,14 @@ impl Drop for Agent {
                 "0".to_owned(),
             ];
             args.extend(ids);
-            let _ = self.user.podman(args);
+            let _ = self.podman(args);
         }
     }
 }
 
 impl Agent {
     fn podman_containers_quietly(&self) -> Vec<String> {
-        let out = self.user.podman([
+        let out = self.podman([
             "ps",
             "-a",
             "-q",

@@ -14,7 +14,8 @@ fn mesh_agent(tag: &str, identity: &std::path::Path, seeds: &[&str], extra: &[&s
         args.extend(["--join", seed]);
     }
     args.extend(extra);
-    Agent::start_with(tag, &args)
+    // Each agent has its own container storage, as on a host of its own.
+    Agent::start_isolated(tag, &args)
 }
 
 fn nodes(agent: &Agent) -> Value {
@@ -200,7 +201,7 @@ fn without_listen_nodes_shows_this_node_alone() {
 
 /// Names of the running containers of `workload` on `agent`'s node (by their labels).
 fn replicas_on(agent: &Agent, workload: &str) -> Vec<String> {
-    let out = parley_e2e::test_user().podman([
+    let out = agent.podman([
         "ps",
         "--filter",
         &format!("label=io.parley.node={}", agent.node()),
@@ -314,4 +315,86 @@ fn a_three_replica_workload_lands_on_three_nodes_and_rm_removes_it_everywhere() 
             .iter()
             .all(|agent| replicas_on(agent, "trio").is_empty())
     });
+}
+
+#[test]
+fn a_killed_nodes_replica_is_placed_again_and_a_restarted_node_adopts_its_own() {
+    let domain = TrustDomain::new("heal.e2e");
+    let a = mesh_agent("heal-a", &domain.enroll("a"), &[], &[]);
+    let seed = address(&a);
+    let mut b = mesh_agent("heal-b", &domain.enroll("b"), &[&seed], &[]);
+    let mut c = mesh_agent("heal-c", &domain.enroll("c"), &[&seed], &[]);
+    for (name, agent) in [("a", &a), ("b", &b), ("c", &c)] {
+        wait_until(
+            &format!("{name} sees two alive members"),
+            Duration::from_secs(30),
+            || {
+                member_states(agent)
+                    .iter()
+                    .filter(|(_, s)| s == "alive")
+                    .count()
+                    == 2
+            },
+        );
+    }
+    a.cli([
+        "run",
+        "pair",
+        "--image",
+        parley_e2e::TEST_IMAGE,
+        "--replicas",
+        "2",
+        "--stop-timeout",
+        "1",
+        "--",
+        "sleep",
+        "3600",
+    ])
+    .ok();
+    let running = |agent: &Agent| replicas_on(agent, "pair").len();
+    wait_until("both replicas run", Duration::from_secs(60), || {
+        running(&a) + running(&b) + running(&c) == 2
+    });
+
+    // A restarted holder adopts its container: same container, no duplicate.
+    let holder = if running(&b) == 1 { &mut b } else { &mut c };
+    let before = replicas_on(holder, "pair");
+    let id_before = holder.container_id("pair");
+    holder.restart();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(replicas_on(holder, "pair"), before, "{}", holder.log());
+    assert_eq!(
+        holder.container_id("pair"),
+        id_before,
+        "the container was replaced"
+    );
+    wait_until("still two replicas in all", Duration::from_secs(30), || {
+        running(&a) + running(&b) + running(&c) == 2
+    });
+
+    // A holder killed with SIGKILL: once membership declares it dead, the owner places its
+    // replica on the node without one.
+    let (victim, survivor) = if running(&b) == 1 {
+        (&mut b, &c)
+    } else {
+        (&mut c, &b)
+    };
+    let started = Instant::now();
+    victim.kill();
+    // The killed agent's container still runs in its own storage (a crashed agent stops
+    // nothing); what matters is that a survivor now runs the replica.
+    let survivors_running = || running(&a) + running(survivor);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while survivors_running() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the replica was not placed again within 90 s; owner's log:\n{}\nsurvivor's log:\n{}",
+            a.log(),
+            survivor.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("re-placed {:?} after the kill", started.elapsed());
+    assert_eq!(running(&a), 1, "{}", a.log());
+    assert_eq!(running(survivor), 1, "{}", a.log());
 }
