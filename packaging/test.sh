@@ -116,18 +116,22 @@ as_user=(setpriv --reuid "$user" --regid "$(id -g "$user")" --init-groups
     env -i HOME="$home" USER="$user" XDG_RUNTIME_DIR="/run/user/$uid" PATH=/usr/bin:/bin)
 as_user() { "${as_user[@]}" "$@"; }
 socket="$work/parley.sock"
+# Names of this run's own, so that nothing left by another run (or test) is mistaken for
+# what this agent starts.
+node="pkg-test-$$"
+workload="pkg-smoke-$$"
 agent_pid=""
 cleanup() {
     if [[ -n "$agent_pid" ]] && kill -0 "$agent_pid" 2>/dev/null; then
         kill -TERM "$agent_pid" 2>/dev/null || true
         wait "$agent_pid" 2>/dev/null || true
     fi
-    as_user podman rm -f -t 0 parley-pkg-smoke-0 >/dev/null 2>&1 || true
+    as_user podman rm -f -t 0 "parley-$workload-0" >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-"${as_user[@]}" /usr/bin/parley --api-socket "$socket" agent --node-name pkg-test --data-dir "$work/data" \
+"${as_user[@]}" /usr/bin/parley --api-socket "$socket" agent --node-name "$node" --data-dir "$work/data" \
     >"$work/agent.log" 2>&1 &
 agent_pid=$!
 for _ in $(seq 1 120); do
@@ -142,13 +146,13 @@ else
 fi
 check "the agent read the installed config file" grep -q 'config_file="/etc/parley/agent.toml"' "$work/agent.log"
 check "parley run starts a workload" \
-    as_user /usr/bin/parley --api-socket "$socket" run pkg-smoke --image localhost/parley-test:latest --stop-timeout 2 -- sleep 300
-state=$(as_user podman inspect -f '{{.State.Status}}' parley-pkg-smoke-0 2>&1 || true)
+    as_user /usr/bin/parley --api-socket "$socket" run "$workload" --image localhost/parley-test:latest --stop-timeout 2 -- sleep 300
+state=$(as_user podman inspect -f '{{.State.Status}}' "parley-$workload-0" 2>&1 || true)
 if [[ "$state" == running ]]; then pass "its container runs in $user's rootless Podman"; else fail "its container is not running: $state"; fi
 check "parley ps -o json lists it" \
-    grep -q '"pkg-smoke"' <<<"$(as_user /usr/bin/parley --api-socket "$socket" -o json ps 2>&1)"
-check "parley rm removes it" as_user /usr/bin/parley --api-socket "$socket" rm pkg-smoke
-if as_user podman container exists parley-pkg-smoke-0; then fail "its container is still there"; else pass "its container is gone"; fi
+    grep -q "\"$workload\"" <<<"$(as_user /usr/bin/parley --api-socket "$socket" -o json ps 2>&1)"
+check "parley rm removes it" as_user /usr/bin/parley --api-socket "$socket" rm "$workload"
+if as_user podman container exists "parley-$workload-0"; then fail "its container is still there"; else pass "its container is gone"; fi
 kill -TERM "$agent_pid"
 status=0
 wait "$agent_pid" || status=$?
