@@ -262,21 +262,7 @@ impl<R: ContainerRuntime> Node<R> {
         let _changing = self.changes.lock().await;
         // Under the lock, so that two requests cannot both take the last free capacity.
         self.check_fits(&spec)?;
-        let record = WorkloadRecord {
-            spec,
-            created_at: unix_now(),
-        };
-        let inserted = self
-            .workloads
-            .insert_new(&key, &record)
-            .map_err(|e| self.note_store_error(e))?;
-        if !inserted {
-            return Err(NodeError::AlreadyExists { name });
-        }
-        if let Err(error) = self.store.flush().await {
-            self.forget_unpersisted(&key);
-            return Err(self.note_store_error(error));
-        }
+        let record = self.store_new_workload(&key, name.clone(), spec).await?;
 
         let mut started = Vec::new();
         for replica in 0..REPLICAS {
@@ -449,6 +435,31 @@ impl<R: ContainerRuntime> Node<R> {
             .collect())
     }
 
+    /// Stores a new workload record, flushed. Call with `changes` held.
+    async fn store_new_workload(
+        &self,
+        key: &str,
+        name: String,
+        spec: WorkloadSpec,
+    ) -> Result<WorkloadRecord, NodeError> {
+        let record = WorkloadRecord {
+            spec,
+            created_at: unix_now(),
+        };
+        let inserted = self
+            .workloads
+            .insert_new(key, &record)
+            .map_err(|e| self.note_store_error(e))?;
+        if !inserted {
+            return Err(NodeError::AlreadyExists { name });
+        }
+        if let Err(error) = self.store.flush().await {
+            self.forget_unpersisted(key);
+            return Err(self.note_store_error(error));
+        }
+        Ok(record)
+    }
+
     /// Stores a workload this node now owns and hands it to the mesh to place.
     async fn place_in_mesh(
         &self,
@@ -458,21 +469,7 @@ impl<R: ContainerRuntime> Node<R> {
         let name = spec.name.to_string();
         let key = key(&name);
         let _changing = self.changes.lock().await;
-        let record = WorkloadRecord {
-            spec,
-            created_at: unix_now(),
-        };
-        let inserted = self
-            .workloads
-            .insert_new(&key, &record)
-            .map_err(|e| self.note_store_error(e))?;
-        if !inserted {
-            return Err(NodeError::AlreadyExists { name });
-        }
-        if let Err(error) = self.store.flush().await {
-            self.forget_unpersisted(&key);
-            return Err(self.note_store_error(error));
-        }
+        let record = self.store_new_workload(&key, name.clone(), spec).await?;
         let spec = &record.spec;
         let request = PlacementRequest {
             workload: key.clone(),

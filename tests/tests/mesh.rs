@@ -59,6 +59,21 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until every agent sees all the others alive.
+#[track_caller]
+fn wait_for_full_mesh(agents: &[&Agent]) {
+    for agent in agents {
+        wait_until(
+            &format!("{} sees the other {} alive", agent.node(), agents.len() - 1),
+            Duration::from_secs(30),
+            || {
+                let states = member_states(agent);
+                states.len() == agents.len() - 1 && states.iter().all(|(_, s)| s == "alive")
+            },
+        );
+    }
+}
+
 #[test]
 fn three_agents_find_each_other_share_capacity_and_see_a_killed_one_die() {
     let domain = TrustDomain::new("mesh.e2e");
@@ -77,16 +92,7 @@ fn three_agents_find_each_other_share_capacity_and_see_a_killed_one_die() {
         &["--label", "zone=z3"],
     );
 
-    for (name, agent) in [("a", &a), ("b", &b), ("c", &c)] {
-        wait_until(
-            &format!("{name} sees two alive members"),
-            Duration::from_secs(30),
-            || {
-                let states = member_states(agent);
-                states.len() == 2 && states.iter().all(|(_, s)| s == "alive")
-            },
-        );
-    }
+    wait_for_full_mesh(&[&a, &b, &c]);
 
     // Every member's metadata reached `a`: version, capacity, labels, address.
     let list = nodes(&a);
@@ -225,16 +231,7 @@ fn a_three_replica_workload_lands_on_three_nodes_and_rm_removes_it_everywhere() 
     let seed = address(&a);
     let b = mesh_agent("place-b", &domain.enroll("b"), &[&seed], &[]);
     let c = mesh_agent("place-c", &domain.enroll("c"), &[&seed], &[]);
-    for (name, agent) in [("a", &a), ("b", &b), ("c", &c)] {
-        wait_until(
-            &format!("{name} sees two alive members"),
-            Duration::from_secs(30),
-            || {
-                let states = member_states(agent);
-                states.len() == 2 && states.iter().all(|(_, s)| s == "alive")
-            },
-        );
-    }
+    wait_for_full_mesh(&[&a, &b, &c]);
 
     a.cli([
         "run",
@@ -324,19 +321,7 @@ fn a_killed_nodes_replica_is_placed_again_and_a_restarted_node_adopts_its_own() 
     let seed = address(&a);
     let mut b = mesh_agent("heal-b", &domain.enroll("b"), &[&seed], &[]);
     let mut c = mesh_agent("heal-c", &domain.enroll("c"), &[&seed], &[]);
-    for (name, agent) in [("a", &a), ("b", &b), ("c", &c)] {
-        wait_until(
-            &format!("{name} sees two alive members"),
-            Duration::from_secs(30),
-            || {
-                member_states(agent)
-                    .iter()
-                    .filter(|(_, s)| s == "alive")
-                    .count()
-                    == 2
-            },
-        );
-    }
+    wait_for_full_mesh(&[&a, &b, &c]);
     a.cli([
         "run",
         "pair",
