@@ -320,7 +320,7 @@ pub async fn run<H: Host>(
 ) {
     let Negotiation {
         mut membership,
-        meta,
+        mut meta,
         committed,
     } = negotiation;
     let id = transport.id().to_owned();
@@ -475,6 +475,15 @@ pub async fn run<H: Host>(
                         tracing::debug!(reservation = %r.id, workload = %r.workload, "reservation lapsed");
                     }
                 }
+            }
+            // Free capacity travels in membership metadata, so that announcers ask the
+            // members that look able to host first.
+            // (Committed replicas only: reservations come and go with every call for
+            // proposals, and each change of metadata is gossiped to every member.)
+            let free = meta.allocatable.minus(&bidder.committed_resources());
+            if free != meta.free {
+                meta.free = free;
+                membership.set_meta(meta.clone());
             }
             while let Some(event) = announcer.poll_event() {
                 match event {

@@ -641,12 +641,21 @@ impl<R: ContainerRuntime> Node<R> {
         })
     }
 
-    /// Capacity not yet committed to stored workloads.
+    /// Capacity not yet committed: to stored workloads alone, to awarded replicas in a
+    /// mesh.
     pub fn free(&self) -> Result<Resources, NodeError> {
-        let committed = self
-            .desired()?
-            .into_iter()
-            .map(|(_, record)| record.spec.resources);
+        // In a mesh this node hosts what it was awarded; alone, what it stores.
+        let committed: Vec<Resources> = if self.info.mesh.is_some() {
+            self.assignments()?
+                .into_iter()
+                .map(|a| a.spec.resources)
+                .collect()
+        } else {
+            self.desired()?
+                .into_iter()
+                .map(|(_, record)| record.spec.resources)
+                .collect()
+        };
         Ok(crate::capacity::free(
             &self.info.meta.allocatable,
             committed,

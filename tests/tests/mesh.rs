@@ -236,6 +236,8 @@ fn a_three_replica_workload_lands_on_three_nodes_and_rm_removes_it_everywhere() 
     a.cli([
         "run",
         "trio",
+        "--cpu",
+        "100m",
         "--image",
         parley_e2e::TEST_IMAGE,
         "--replicas",
@@ -280,14 +282,14 @@ fn a_three_replica_workload_lands_on_three_nodes_and_rm_removes_it_everywhere() 
         .find(|w| w["name"] == "trio")
         .unwrap_or_else(|| panic!("trio not listed: {ps}"))
         .clone();
-    let nodes: std::collections::BTreeSet<&str> = workload["replicas"]
+    let placed_on: std::collections::BTreeSet<&str> = workload["replicas"]
         .as_array()
         .unwrap()
         .iter()
         .map(|r| r["node"].as_str().unwrap())
         .collect();
     assert_eq!(
-        nodes.into_iter().collect::<Vec<_>>(),
+        placed_on.into_iter().collect::<Vec<_>>(),
         [
             "spiffe://place.e2e/node/a",
             "spiffe://place.e2e/node/b",
@@ -299,6 +301,20 @@ fn a_three_replica_workload_lands_on_three_nodes_and_rm_removes_it_everywhere() 
     assert!(
         table.contains("EPOCH") && table.contains("placed"),
         "{table}"
+    );
+
+    // Each node's free capacity, as gossiped, reflects the replica it committed to.
+    wait_until(
+        "every member announces 100m less free CPU",
+        Duration::from_secs(30),
+        || {
+            nodes(&a)["nodes"].as_array().unwrap().iter().all(|n| {
+                let meta = &n["meta"];
+                meta["allocatable"]["cpu_millis"].as_u64().unwrap()
+                    - meta["free"]["cpu_millis"].as_u64().unwrap()
+                    == 100
+            })
+        },
     );
 
     // A non-owner lists the replica it runs.
