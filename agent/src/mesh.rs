@@ -18,7 +18,7 @@ use parley_identity::tls::TlsIdentity;
 use parley_negotiation::WorkloadSpec;
 use parley_negotiation::auction::{
     Announced, Announcer, AnnouncerConfig, AnnouncerEvent, Bidder, BidderConfig, BidderEvent,
-    Candidate, Committed, NodeProfile, PlacementRequest,
+    Candidate, Committed, Explanation, NodeProfile, PlacementRequest,
 };
 use parley_negotiation::codec::PROTOCOL_VERSION;
 use parley_negotiation::membership::{Member, Membership, MembershipConfig, MembershipEvent};
@@ -266,6 +266,9 @@ pub trait Host: Send + Sync + 'static {
     -> impl Future<Output = ()> + Send;
 }
 
+/// Where a workload's replicas run: replica → (node, epoch).
+pub type Placements = BTreeMap<u32, (String, u64)>;
+
 /// Requests from the node (the local API) to the mesh.
 #[derive(Debug)]
 pub enum Command {
@@ -273,12 +276,19 @@ pub enum Command {
     Place(Box<PlacementRequest>),
     /// Forget a workload this node owns and stop its replicas everywhere.
     Remove(String),
+    /// Why each replica of a workload this node owns is or is not placed.
+    Explain {
+        /// Workload key (`namespace/name`).
+        workload: String,
+        /// Where the answer goes: placements, and each replica's last auction.
+        reply: oneshot::Sender<(Placements, BTreeMap<u32, Explanation>)>,
+    },
     /// Where a workload this node owns has replicas: replica → (node, epoch).
     Placements {
         /// Workload key (`namespace/name`).
         workload: String,
         /// Where the answer goes.
-        reply: oneshot::Sender<BTreeMap<u32, (String, u64)>>,
+        reply: oneshot::Sender<Placements>,
     },
 }
 
@@ -401,6 +411,9 @@ pub async fn run<H: Host>(
                 Command::Remove(workload) => {
                     owned.remove(&workload);
                     announcer.remove(&workload);
+                }
+                Command::Explain { workload, reply } => {
+                    let _ = reply.send((announcer.placements(&workload), announcer.explain(&workload)));
                 }
                 Command::Placements { workload, reply } => {
                     let _ = reply.send(announcer.placements(&workload));

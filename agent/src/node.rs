@@ -14,8 +14,8 @@ use parley_store::records::Event;
 use parley_store::{DEFAULT_NAMESPACE, Store, StoreError, Tree};
 
 use crate::api::types::{
-    AgentStatus, Assignment, NodeEntry, NodeList, ReplicaStatus, WorkloadList, WorkloadRecord,
-    WorkloadStatus,
+    AgentStatus, Assignment, NodeAnswer, NodeEntry, NodeList, ReplicaExplanation, ReplicaStatus,
+    WorkloadExplanation, WorkloadList, WorkloadRecord, WorkloadStatus,
 };
 use crate::hostcheck::HostWarning;
 use crate::mesh::{Command, Host, MeshHandle};
@@ -23,8 +23,8 @@ use crate::runtime::podman::service::ServiceOrigin;
 use crate::runtime::{
     ContainerRuntime, ContainerSpec, ContainerState, ManagedContainer, RuntimeError, labels,
 };
-use parley_negotiation::auction::PlacementRequest;
-use parley_negotiation::messages::Scoring;
+use parley_negotiation::auction::{Answer, PlacementRequest};
+use parley_negotiation::messages::{DeclineReason, Scoring};
 
 /// Replicas per workload on a single node; placement across nodes comes with negotiation.
 const REPLICAS: u32 = 1;
@@ -641,6 +641,68 @@ impl<R: ContainerRuntime> Node<R> {
         })
     }
 
+    /// Why each replica of a workload is or is not placed: in a mesh, the answers of its
+    /// last auctions; alone, where it runs.
+    pub async fn explain(&self, name: &str) -> Result<WorkloadExplanation, NodeError> {
+        let key = key(name);
+        let Some(record) = self
+            .workloads
+            .get(&key)?
+            .filter(|_| !self.is_unpersisted(&key))
+        else {
+            return Err(NodeError::NotFound {
+                name: name.to_owned(),
+            });
+        };
+        let replicas = record.spec.replicas;
+        let Some(mesh) = &self.info.mesh else {
+            return Ok(WorkloadExplanation {
+                name: name.to_owned(),
+                replicas,
+                placements: vec![ReplicaExplanation {
+                    replica: 0,
+                    node: Some(self.info.name.clone()),
+                    epoch: Some(0),
+                    answers: Vec::new(),
+                }],
+            });
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        mesh.commands
+            .send(Command::Explain {
+                workload: key,
+                reply,
+            })
+            .await
+            .map_err(|_| NodeError::MeshStopped)?;
+        let (placements, explanations) = answer.await.map_err(|_| NodeError::MeshStopped)?;
+        let placements = (0..replicas)
+            .map(|replica| {
+                let placed = placements.get(&replica);
+                let answers = explanations
+                    .get(&replica)
+                    .map(|e| {
+                        e.answers
+                            .iter()
+                            .map(|(node, a)| node_answer(node, a))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                ReplicaExplanation {
+                    replica,
+                    node: placed.map(|(node, _)| node.clone()),
+                    epoch: placed.map(|(_, epoch)| *epoch),
+                    answers,
+                }
+            })
+            .collect();
+        Ok(WorkloadExplanation {
+            name: name.to_owned(),
+            replicas,
+            placements,
+        })
+    }
+
     /// Capacity not yet committed: to stored workloads alone, to awarded replicas in a
     /// mesh.
     pub fn free(&self) -> Result<Resources, NodeError> {
@@ -920,6 +982,59 @@ impl<R: ContainerRuntime> Node<R> {
                 None
             }
         }
+    }
+}
+
+/// One auction answer, as `parley explain` shows it.
+fn node_answer(node: &str, answer: &Answer) -> NodeAnswer {
+    let (outcome, reason, detail) = match answer {
+        Answer::Bid { score } => ("bid", None, Some(format!("score {score}"))),
+        Answer::Declined(reason) => (
+            "declined",
+            Some(reason.code().to_owned()),
+            Some(describe_decline(reason)),
+        ),
+        Answer::Excluded(why) => ("excluded", Some((*why).to_owned()), None),
+        Answer::NoAnswer => ("no-answer", None, None),
+    };
+    NodeAnswer {
+        node: node.to_owned(),
+        outcome: outcome.to_owned(),
+        reason,
+        detail,
+    }
+}
+
+fn describe_decline(reason: &DeclineReason) -> String {
+    let mib = |bytes: u64| bytes >> 20;
+    let cpus = |millis: u64| millis as f64 / 1000.0;
+    match reason {
+        DeclineReason::InsufficientCpu {
+            free_millis,
+            needed_millis,
+        } => format!(
+            "needs {} CPUs, {} free",
+            cpus(*needed_millis),
+            cpus(*free_millis)
+        ),
+        DeclineReason::InsufficientMemory {
+            free_bytes,
+            needed_bytes,
+        } => format!(
+            "needs {} MiB, {} MiB free",
+            mib(*needed_bytes),
+            mib(*free_bytes)
+        ),
+        DeclineReason::ConstraintMismatch { key, wanted, found } => match found {
+            Some(found) => format!("wants {key}={wanted}, the node has {key}={found}"),
+            None => format!("wants {key}={wanted}, the node has no {key} label"),
+        },
+        DeclineReason::WrongArch { wanted, found } => {
+            format!("wants arch {wanted}, the node is {found}")
+        }
+        DeclineReason::AlreadyHostsReplica => "already hosts a replica of it".to_owned(),
+        DeclineReason::Draining => "draining: takes no new work".to_owned(),
+        DeclineReason::PolicyDenied => "policy forbids it".to_owned(),
     }
 }
 

@@ -328,6 +328,44 @@ fn a_three_replica_workload_lands_on_three_nodes_and_rm_removes_it_everywhere() 
             .iter()
             .all(|agent| replicas_on(agent, "trio").is_empty())
     });
+
+    // A workload too large for every node stays pending, and the owner says why, node by
+    // node.
+    a.cli([
+        "run",
+        "huge",
+        "--image",
+        parley_e2e::TEST_IMAGE,
+        "--memory",
+        "1000T",
+        "--",
+        "sleep",
+        "60",
+    ])
+    .ok();
+    wait_until(
+        "every node declined the huge workload",
+        Duration::from_secs(30),
+        || {
+            let explanation = a.cli(["explain", "huge", "-o", "json"]).json();
+            let answers = &explanation["placements"][0]["answers"];
+            explanation["placements"][0]["node"].is_null()
+                && answers.as_array().is_some_and(|a| {
+                    a.len() == 3 && a.iter().all(|x| x["reason"] == "insufficient-memory")
+                })
+        },
+    );
+    let table = a.cli(["explain", "huge"]).ok().to_owned();
+    assert!(
+        table.contains("NOT PLACED (insufficient-memory: 3)"),
+        "{table}"
+    );
+    assert!(table.contains("MiB free"), "{table}");
+    assert!(
+        agents
+            .iter()
+            .all(|agent| replicas_on(agent, "huge").is_empty())
+    );
 }
 
 #[test]

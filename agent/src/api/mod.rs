@@ -3,6 +3,7 @@
 //! Routes (all under [`types::API_PREFIX`]):
 //! - `GET /v1/status`: agent and Podman status
 //! - `GET /v1/nodes`: this node and the mesh members it knows of
+//! - `GET /v1/workloads/{name}/explain`: why each replica is or is not placed
 //! - `GET /v1/workloads`: workloads with container states
 //! - `POST /v1/workloads`: run a workload (body: a `WorkloadSpec`)
 //! - `DELETE /v1/workloads/{name}`: remove a workload
@@ -40,6 +41,7 @@ pub fn router<R: ContainerRuntime>(node: Arc<Node<R>>) -> Router {
     Router::new()
         .route("/v1/status", get(status::<R>))
         .route("/v1/nodes", get(nodes::<R>))
+        .route("/v1/workloads/{name}/explain", get(explain::<R>))
         .route("/v1/workloads", get(list::<R>).post(run::<R>))
         .route("/v1/workloads/{name}", delete(remove::<R>))
         .route("/v1/events", get(events::<R>))
@@ -137,6 +139,13 @@ async fn not_found() -> Failure {
             message: "no such API endpoint; is the CLI newer than the agent?".to_owned(),
         },
     )
+}
+
+async fn explain<R: ContainerRuntime>(
+    State(node): State<Arc<Node<R>>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Response, Failure> {
+    Ok(axum::Json(node.explain(&name).await?).into_response())
 }
 
 async fn nodes<R: ContainerRuntime>(State(node): State<Arc<Node<R>>>) -> Response {

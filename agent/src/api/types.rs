@@ -88,6 +88,44 @@ pub struct WorkloadStatus {
     pub replicas: Vec<ReplicaStatus>,
 }
 
+/// Answer to `GET /v1/workloads/{name}/explain`: why each replica is or is not placed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkloadExplanation {
+    /// Workload name.
+    pub name: String,
+    /// Replicas asked for.
+    pub replicas: u32,
+    /// Each replica, in order.
+    pub placements: Vec<ReplicaExplanation>,
+}
+
+/// One replica's placement and the answers of its last auction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaExplanation {
+    /// Replica index.
+    pub replica: u32,
+    /// Where it runs, if placed.
+    pub node: Option<String>,
+    /// Its placement epoch, if placed.
+    pub epoch: Option<u64>,
+    /// What each node asked answered, in node order.
+    pub answers: Vec<NodeAnswer>,
+}
+
+/// What one node answered a call for proposals.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeAnswer {
+    /// The node.
+    pub node: String,
+    /// `bid`, `declined`, `excluded` (bid, but its node or failure domain already has a
+    /// replica, or its reservation lapsed) or `no-answer`.
+    pub outcome: String,
+    /// A stable reason code, for declines and exclusions (`insufficient-memory`, …).
+    pub reason: Option<String>,
+    /// The same, for people, with the numbers.
+    pub detail: Option<String>,
+}
+
 /// Answer to `GET /v1/nodes`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeList {

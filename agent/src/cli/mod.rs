@@ -10,6 +10,7 @@ use crate::config::Environment;
 
 pub mod agent;
 pub mod events;
+pub mod explain;
 pub mod generate;
 pub mod identity;
 pub mod nodes;
@@ -82,6 +83,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// List this node and the mesh members it knows of: state, version, capacity, labels
     Nodes(nodes::NodesArgs),
+    /// Explain why each replica of a workload is or is not placed, node by node
+    Explain(explain::ExplainArgs),
     /// Show the agent's audit log (what it started, removed, restored, and why)
     Events(events::EventsArgs),
     /// Manage identities: create a trust domain, enroll this node, show what it holds
@@ -102,6 +105,9 @@ impl Cli {
             Command::Man(args) => generate::man(args),
             Command::Run(args) => with_client(&self.global, |client| {
                 run::execute(args, client, self.global.output)
+            }),
+            Command::Explain(args) => with_client(&self.global, |client| {
+                explain::execute(args, client, self.global.output)
             }),
             Command::Nodes(args) => with_client(&self.global, |client| {
                 nodes::execute(args, client, self.global.output)
