@@ -22,7 +22,10 @@ use parley_negotiation::auction::{
 };
 use parley_negotiation::codec::PROTOCOL_VERSION;
 use parley_negotiation::membership::{Member, Membership, MembershipConfig, MembershipEvent};
-use parley_negotiation::messages::{Body, MemberState, NodeMeta};
+use parley_negotiation::messages::{
+    Body, MAX_REPORTED_WORKLOADS, MemberState, NodeMeta, OwnedWorkload, Placement, RemoveWorkload,
+    WorkloadQuery, WorkloadReport,
+};
 use tokio::sync::oneshot;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -261,6 +264,8 @@ pub trait Host: Send + Sync + 'static {
     fn commit(&self, assignment: Assignment) -> impl Future<Output = Result<(), String>> + Send;
     /// Starts the container of a committed replica (pulling its image if needed).
     fn start(&self, workload: String, replica: u32) -> impl Future<Output = ()> + Send;
+    /// Forgets a workload this node owns, removed at another node's request.
+    fn forget(&self, workload: String) -> impl Future<Output = ()> + Send;
     /// Stops and forgets a replica its owner revoked.
     fn revoke(&self, workload: String, replica: u32, epoch: u64)
     -> impl Future<Output = ()> + Send;
@@ -283,6 +288,17 @@ pub enum Command {
         /// Where the answer goes: placements, and each replica's last auction.
         reply: oneshot::Sender<(Placements, BTreeMap<u32, Explanation>)>,
     },
+    /// Every workload any alive member owns (this node included), as their owners report
+    /// them; members that do not answer within [`QUERY_TIMEOUT`] are left out.
+    ListMesh {
+        /// Where the answer goes: (owner, workload) pairs.
+        reply: oneshot::Sender<Vec<(String, OwnedWorkload)>>,
+    },
+    /// Asks every alive member to remove a workload; its owner does.
+    RemoveRemote {
+        /// Workload key (`namespace/name`).
+        workload: String,
+    },
     /// Where a workload this node owns has replicas: replica → (node, epoch).
     Placements {
         /// Workload key (`namespace/name`).
@@ -290,6 +306,17 @@ pub enum Command {
         /// Where the answer goes.
         reply: oneshot::Sender<Placements>,
     },
+}
+
+/// How long `parley ps` waits for the members' reports.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A `ListMesh` waiting for members' reports.
+struct PendingQuery {
+    waiting: BTreeSet<String>,
+    collected: Vec<(String, OwnedWorkload)>,
+    reply: oneshot::Sender<Vec<(String, OwnedWorkload)>>,
+    deadline_ms: u64,
 }
 
 /// How often this node reports the replicas it runs to their owners.
@@ -353,7 +380,12 @@ pub async fn run<H: Host>(
     // time, which only moves forward between runs of one node.
     let mut bidder = Bidder::restarted(profile, BidderConfig::default(), unix_millis(), committed);
     let mut announcer = Announcer::new(&id, AnnouncerConfig::default(), random_seed());
-    let mut owned: BTreeSet<String> = BTreeSet::new();
+    // Workloads this node owns: key → (image, replicas), for reports to other nodes.
+    let mut owned: BTreeMap<String, (String, u32)> = BTreeMap::new();
+    let mut queries: BTreeMap<u64, PendingQuery> = BTreeMap::new();
+    let mut next_query: u64 = 0;
+    // Messages this loop sends of its own accord (answers to queries, query fan-out).
+    let mut outbox: Vec<(String, Body)> = Vec::new();
     // Specs of awards being committed, by (workload, replica), until the bidder decides.
     let mut award_specs: HashMap<(String, u32), WorkloadSpec> = HashMap::new();
     let mut local: VecDeque<(String, Body)> = VecDeque::new();
@@ -377,6 +409,7 @@ pub async fn run<H: Host>(
             membership.poll_timeout(),
             announcer.poll_timeout(),
             bidder.poll_timeout(),
+            queries.values().map(|q| q.deadline_ms).min(),
         ]
         .into_iter()
         .flatten()
@@ -404,7 +437,7 @@ pub async fn run<H: Host>(
             Some(command) = commands.recv() => match command {
                 Command::Place(request) => {
                     tracing::info!(workload = %request.workload, replicas = request.replicas, "placing");
-                    owned.insert(request.workload.clone());
+                    owned.insert(request.workload.clone(), (request.image.clone(), request.replicas));
                     announcer.set_members(candidates(&id, &meta, &membership));
                     announcer.place(unix_millis(), *request);
                 }
@@ -418,6 +451,42 @@ pub async fn run<H: Host>(
                 Command::Placements { workload, reply } => {
                     let _ = reply.send(announcer.placements(&workload));
                 }
+                Command::ListMesh { reply } => {
+                    next_query += 1;
+                    let collected = owned_report(&owned, &announcer)
+                        .into_iter()
+                        .map(|w| (id.clone(), w))
+                        .collect();
+                    let waiting: BTreeSet<String> =
+                        membership.live_members().map(|m| m.id.clone()).collect();
+                    for member in &waiting {
+                        outbox.push((
+                            member.clone(),
+                            Body::WorkloadQuery(WorkloadQuery { request: next_query }),
+                        ));
+                    }
+                    let query = PendingQuery {
+                        waiting,
+                        collected,
+                        reply,
+                        deadline_ms: unix_millis() + QUERY_TIMEOUT.as_millis() as u64,
+                    };
+                    if query.waiting.is_empty() {
+                        let _ = query.reply.send(query.collected);
+                    } else {
+                        queries.insert(next_query, query);
+                    }
+                }
+                Command::RemoveRemote { workload } => {
+                    for member in membership.live_members() {
+                        outbox.push((
+                            member.id.clone(),
+                            Body::RemoveWorkload(RemoveWorkload {
+                                workload: workload.clone(),
+                            }),
+                        ));
+                    }
+                }
             },
             _ = report.tick() => bidder.report_instances(),
             () = sleep => {
@@ -425,12 +494,62 @@ pub async fn run<H: Host>(
                 membership.handle_timeout(now);
                 announcer.handle_timeout(now);
                 bidder.handle_timeout(now);
+                let expired: Vec<u64> = queries
+                    .iter()
+                    .filter(|(_, q)| q.deadline_ms <= now)
+                    .map(|(request, _)| *request)
+                    .collect();
+                for request in expired {
+                    if let Some(query) = queries.remove(&request) {
+                        tracing::debug!(unanswered = ?query.waiting, "workload query timed out");
+                        let _ = query.reply.send(query.collected);
+                    }
+                }
             }
         }
 
         // Deliver messages (from peers, and from this node to itself) until none is left.
         loop {
             while let Some((from, body)) = local.pop_front() {
+                let body = match body {
+                    Body::WorkloadQuery(query) => {
+                        let mut workloads = owned_report(&owned, &announcer);
+                        workloads.truncate(MAX_REPORTED_WORKLOADS);
+                        outbox.push((
+                            from,
+                            Body::WorkloadReport(WorkloadReport {
+                                request: query.request,
+                                workloads,
+                            }),
+                        ));
+                        continue;
+                    }
+                    Body::WorkloadReport(report) => {
+                        if let Some(query) = queries.get_mut(&report.request)
+                            && query.waiting.remove(&from)
+                        {
+                            query
+                                .collected
+                                .extend(report.workloads.into_iter().map(|w| (from.clone(), w)));
+                            if query.waiting.is_empty()
+                                && let Some(query) = queries.remove(&report.request)
+                            {
+                                let _ = query.reply.send(query.collected);
+                            }
+                        }
+                        continue;
+                    }
+                    Body::RemoveWorkload(remove) => {
+                        if owned.remove(&remove.workload).is_some() {
+                            tracing::info!(workload = %remove.workload, by = %from, "removing a workload at another node's request; revoking its replicas");
+                            announcer.remove(&remove.workload);
+                            host.forget(workload_name(&remove.workload).to_owned())
+                                .await;
+                        }
+                        continue;
+                    }
+                    other => other,
+                };
                 dispatch(
                     &from,
                     body,
@@ -518,7 +637,9 @@ pub async fn run<H: Host>(
                     }
                 }
             }
-            let outgoing: Vec<(String, Body)> = std::iter::from_fn(|| membership.poll_transmit())
+            let outgoing: Vec<(String, Body)> = outbox
+                .drain(..)
+                .chain(std::iter::from_fn(|| membership.poll_transmit()))
                 .chain(std::iter::from_fn(|| announcer.poll_transmit()))
                 .chain(std::iter::from_fn(|| bidder.poll_transmit()))
                 .collect();
@@ -589,6 +710,8 @@ fn dispatch(
         Body::Accept(accept) => announcer.handle_accept(now, from, &accept),
         Body::Reject(reject) => announcer.handle_reject(now, from, &reject),
         Body::Instance(instance) => announcer.handle_instance(now, from, &instance),
+        // Answered by the loop itself, which holds what they need.
+        Body::WorkloadQuery(_) | Body::WorkloadReport(_) | Body::RemoveWorkload(_) => {}
     }
 }
 
@@ -599,7 +722,7 @@ fn membership_events(
     meta: &NodeMeta,
     membership: &mut Membership,
     announcer: &mut Announcer,
-    owned: &BTreeSet<String>,
+    owned: &BTreeMap<String, (String, u32)>,
     view: &watch::Sender<Vec<Member>>,
 ) {
     let mut changed = false;
@@ -618,7 +741,7 @@ fn membership_events(
     announcer.set_members(candidates(id, meta, membership));
     let now = unix_millis();
     for node in died {
-        for workload in owned {
+        for workload in owned.keys() {
             let lost: Vec<u32> = announcer
                 .placements(workload)
                 .into_iter()
@@ -631,6 +754,30 @@ fn membership_events(
             }
         }
     }
+}
+
+/// The workloads this node owns, with their placements, as reported to other nodes.
+fn owned_report(
+    owned: &BTreeMap<String, (String, u32)>,
+    announcer: &Announcer,
+) -> Vec<OwnedWorkload> {
+    owned
+        .iter()
+        .map(|(workload, (image, replicas))| OwnedWorkload {
+            workload: workload.clone(),
+            image: image.clone(),
+            replicas: *replicas,
+            placements: announcer
+                .placements(workload)
+                .into_iter()
+                .map(|(replica, (node, epoch))| Placement {
+                    replica,
+                    node,
+                    epoch,
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// The members an announcer may ask: this node and every alive member.

@@ -24,7 +24,7 @@ use crate::runtime::{
     ContainerRuntime, ContainerSpec, ContainerState, ManagedContainer, RuntimeError, labels,
 };
 use parley_negotiation::auction::{Answer, PlacementRequest};
-use parley_negotiation::messages::{DeclineReason, Scoring};
+use parley_negotiation::messages::{DeclineReason, OwnedWorkload, Scoring};
 
 /// Replicas per workload on a single node; placement across nodes comes with negotiation.
 const REPLICAS: u32 = 1;
@@ -510,13 +510,34 @@ impl<R: ContainerRuntime> Node<R> {
 
     /// Forgets a workload this node owns; the mesh revokes its replicas wherever they run.
     async fn remove_from_mesh(&self, mesh: &MeshHandle, name: &str) -> Result<(), NodeError> {
-        let _changing = self.changes.lock().await;
         let key = key(name);
         if self.workloads.get(&key)?.is_none() || self.is_unpersisted(&key) {
-            return Err(NodeError::NotFound {
-                name: name.to_owned(),
-            });
+            // Owned elsewhere? Ask the members; the owner removes it.
+            let owned_elsewhere = self
+                .mesh_workloads(mesh)
+                .await
+                .iter()
+                .any(|(owner, w)| owner != &mesh.id && w.workload == key);
+            if !owned_elsewhere {
+                return Err(NodeError::NotFound {
+                    name: name.to_owned(),
+                });
+            }
+            mesh.commands
+                .send(Command::RemoveRemote {
+                    workload: key.clone(),
+                })
+                .await
+                .map_err(|_| NodeError::MeshStopped)?;
+            tracing::info!(workload = %name, "asked the owner to remove the workload");
+            self.record_event(
+                "workload-remove-requested",
+                Some(&key),
+                "asked its owner to remove it",
+            );
+            return Ok(());
         }
+        let _changing = self.changes.lock().await;
         self.workloads
             .remove(&key)
             .map_err(|e| self.note_store_error(e))?;
@@ -541,8 +562,23 @@ impl<R: ContainerRuntime> Node<R> {
         Ok(())
     }
 
-    /// Workloads this node owns, with where their replicas were placed, and the replicas
-    /// this node runs for other owners.
+    /// Every workload the alive members own, as their owners report them.
+    async fn mesh_workloads(&self, mesh: &MeshHandle) -> Vec<(String, OwnedWorkload)> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if mesh
+            .commands
+            .send(Command::ListMesh { reply })
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    /// Workloads this node owns, with where their replicas were placed; those other
+    /// members own, as their owners report them; and any replica this node runs that
+    /// neither covers.
     async fn list_in_mesh(&self, mesh: &MeshHandle) -> Result<WorkloadList, NodeError> {
         let (containers, runtime_error) = match self.runtime.list_managed(&self.info.name).await {
             Ok(containers) => (containers, None),
@@ -605,7 +641,51 @@ impl<R: ContainerRuntime> Node<R> {
                 replicas,
             });
         }
-        // Replicas this node runs for workloads owned elsewhere.
+        // Workloads owned elsewhere, as their owners report them.
+        for (owner, reported) in self.mesh_workloads(mesh).await {
+            let name = workload_name(&reported.workload).to_owned();
+            if owner == mesh.id || !listed.insert(name.clone()) {
+                continue;
+            }
+            let replicas = (0..reported.replicas)
+                .map(
+                    |replica| match reported.placements.iter().find(|p| p.replica == replica) {
+                        Some(placement) => {
+                            let here = placement.node == mesh.id;
+                            let container = here.then(|| local(&name, replica)).flatten();
+                            ReplicaStatus {
+                                replica,
+                                epoch: placement.epoch,
+                                remote: !here,
+                                node: placement.node.clone(),
+                                container: container.map(|c| c.name.clone()),
+                                container_id: container.map(|c| c.id.clone()),
+                                state: container.map(|c| c.state.clone()),
+                                exit_code: container.and_then(|c| c.exit_code),
+                            }
+                        }
+                        None => ReplicaStatus {
+                            replica,
+                            epoch: 0,
+                            remote: false,
+                            node: "-".to_owned(),
+                            container: None,
+                            container_id: None,
+                            state: None,
+                            exit_code: None,
+                        },
+                    },
+                )
+                .collect();
+            workloads.push(WorkloadStatus {
+                name,
+                image: reported.image,
+                command: Vec::new(),
+                created_at: 0,
+                replicas,
+            });
+        }
+        // Replicas this node runs for workloads no answer covered.
         let mut others: BTreeMap<String, WorkloadStatus> = BTreeMap::new();
         for assignment in self.assignments()? {
             let name = assignment.spec.name.to_string();
@@ -985,6 +1065,11 @@ impl<R: ContainerRuntime> Node<R> {
     }
 }
 
+/// The name in a `namespace/name` key.
+fn workload_name(key: &str) -> &str {
+    key.rsplit_once('/').map_or(key, |(_, name)| name)
+}
+
 /// One auction answer, as `parley explain` shows it.
 fn node_answer(node: &str, answer: &Answer) -> NodeAnswer {
     let (outcome, reason, detail) = match answer {
@@ -1109,6 +1194,21 @@ impl<R: ContainerRuntime> Host for Node<R> {
                 self.record_event("replica-failed", Some(&key(&workload)), &error.to_string());
             }
         }
+    }
+
+    async fn forget(&self, workload: String) {
+        let _changing = self.changes.lock().await;
+        let key = key(&workload);
+        let removed = self.workloads.remove(&key).map(|_| ());
+        if let Err(error) = removed.and(self.store.flush().await) {
+            tracing::error!(%workload, %error, "could not forget a workload removed from another node");
+            return;
+        }
+        self.record_event(
+            "workload-removed",
+            Some(&key),
+            "at another node's request; revoking its replicas",
+        );
     }
 
     async fn revoke(&self, workload: String, replica: u32, epoch: u64) {

@@ -379,6 +379,62 @@ pub enum Body {
     Ack(Ack),
     /// Membership state exchange.
     Sync(Sync),
+    /// "Which workloads do you own?" (for `parley ps` on any node).
+    WorkloadQuery(WorkloadQuery),
+    /// The workloads a node owns and where their replicas run.
+    WorkloadReport(WorkloadReport),
+    /// Asks a workload's owner to remove it (`parley rm` on another node).
+    RemoveWorkload(RemoveWorkload),
+}
+
+/// Most workloads one [`WorkloadReport`] carries, so that it fits in a frame.
+pub const MAX_REPORTED_WORKLOADS: usize = 200;
+
+/// Asks a node for the workloads it owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadQuery {
+    /// Matches the report to the query.
+    pub request: u64,
+}
+
+/// A node's answer to a [`WorkloadQuery`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadReport {
+    /// The query answered.
+    pub request: u64,
+    /// The workloads it owns (at most [`MAX_REPORTED_WORKLOADS`]).
+    pub workloads: Vec<OwnedWorkload>,
+}
+
+/// A workload as its owner knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedWorkload {
+    /// Workload key (`namespace/name`).
+    pub workload: String,
+    /// Image reference.
+    pub image: String,
+    /// Replicas wanted.
+    pub replicas: u32,
+    /// Where the placed ones run.
+    pub placements: Vec<Placement>,
+}
+
+/// Where one replica runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// Replica index.
+    pub replica: u32,
+    /// The node running it.
+    pub node: String,
+    /// Its placement epoch.
+    pub epoch: u64,
+}
+
+/// Asks the owner of a workload to remove it and stop its replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveWorkload {
+    /// Workload key (`namespace/name`).
+    pub workload: String,
 }
 
 impl Body {
@@ -398,6 +454,9 @@ impl Body {
             Self::PingReq(_) => "ping-req",
             Self::Ack(_) => "ack",
             Self::Sync(_) => "sync",
+            Self::WorkloadQuery(_) => "workload-query",
+            Self::WorkloadReport(_) => "workload-report",
+            Self::RemoveWorkload(_) => "remove-workload",
         }
     }
 }

@@ -705,6 +705,8 @@ impl<'c> Sim<'c> {
             Body::PingReq(request) => node.membership.handle_ping_req(now, from, request),
             Body::Ack(ack) => node.membership.handle_ack(now, from, ack),
             Body::Sync(sync) => node.membership.handle_sync(now, from, sync),
+            // The simulator's users ask nothing of other nodes.
+            Body::WorkloadQuery(_) | Body::WorkloadReport(_) | Body::RemoveWorkload(_) => {}
         }
         Ok(())
     }

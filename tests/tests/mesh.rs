@@ -317,12 +317,36 @@ fn a_three_replica_workload_lands_on_three_nodes_and_rm_removes_it_everywhere() 
         },
     );
 
-    // A non-owner lists the replica it runs.
-    let b_ps = b.ps();
-    assert!(b_ps.to_string().contains("trio"), "{b_ps}");
+    // Every node shows the same placement: the owner's, as it reports it.
+    let placement_seen_by = |agent: &Agent| -> Vec<(u64, String, u64)> {
+        let ps = agent.ps();
+        let workload = ps["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == "trio")
+            .unwrap_or_else(|| panic!("{} does not list trio: {ps}", agent.node()))
+            .clone();
+        workload["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["replica"].as_u64().unwrap(),
+                    r["node"].as_str().unwrap().to_owned(),
+                    r["epoch"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let owners_view = placement_seen_by(&a);
+    assert_eq!(placement_seen_by(&b), owners_view);
+    assert_eq!(placement_seen_by(&c), owners_view);
 
-    // Removing it on the owner stops the replicas on every node.
-    a.cli(["rm", "trio"]).ok();
+    // Removing it on a node that does not own it asks the owner, which stops the replicas
+    // on every node.
+    c.cli(["rm", "trio"]).ok();
     wait_until("every replica is gone", Duration::from_secs(30), || {
         agents
             .iter()

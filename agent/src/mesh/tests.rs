@@ -17,6 +17,7 @@ impl Host for NoWork {
         Err("this test host runs nothing".to_owned())
     }
     async fn start(&self, _: String, _: u32) {}
+    async fn forget(&self, _: String) {}
     async fn revoke(&self, _: String, _: u32, _: u64) {}
 }
 
