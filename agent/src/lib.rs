@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod hostcheck;
 pub mod mesh;
+pub mod metrics;
 pub mod node;
 pub mod reconcile;
 pub mod runtime;

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::types::Assignment;
 use crate::config::MeshSettings;
+use crate::metrics::Metrics;
 use crate::transport::{Inbound, Limits, NodeCredentials, Transport};
 
 /// How often an unreachable seed is dialled again.
@@ -50,6 +51,8 @@ pub struct MeshHandle {
     pub transport: Transport,
     /// Requests to the negotiation loop.
     pub commands: mpsc::Sender<Command>,
+    /// What the negotiation loop counts, for `GET /metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for MeshHandle {
@@ -141,6 +144,7 @@ impl Prepared {
             self.view,
             host,
             self.commands,
+            self.handle.metrics.clone(),
             shutdown,
         ));
     }
@@ -194,6 +198,7 @@ pub async fn start(
             view,
             transport,
             commands: commands_tx,
+            metrics: Arc::new(Metrics::default()),
         },
         inbox,
         membership,
@@ -353,6 +358,7 @@ pub async fn run<H: Host>(
     view: watch::Sender<Vec<Member>>,
     host: Arc<H>,
     mut commands: mpsc::Receiver<Command>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     let Negotiation {
@@ -559,7 +565,15 @@ pub async fn run<H: Host>(
                     &mut award_specs,
                 );
             }
-            membership_events(&id, &meta, &mut membership, &mut announcer, &owned, &view);
+            membership_events(
+                &id,
+                &meta,
+                &mut membership,
+                &mut announcer,
+                &owned,
+                &view,
+                &metrics,
+            );
             // The bidder's events come before its messages: an award is persisted before
             // the Accept that acknowledges it leaves.
             let mut withheld = BTreeSet::new();
@@ -625,6 +639,7 @@ pub async fn run<H: Host>(
                         node,
                         epoch,
                     } => {
+                        Metrics::inc(&metrics.placements);
                         tracing::info!(%workload, replica, %node, epoch, "replica placed");
                     }
                     AnnouncerEvent::NotPlaced {
@@ -633,6 +648,7 @@ pub async fn run<H: Host>(
                         explanation,
                         retry_at_ms,
                     } => {
+                        Metrics::inc(&metrics.failed_auctions);
                         tracing::warn!(%workload, replica, reasons = ?explanation.counts(), retry_in_ms = retry_at_ms.saturating_sub(unix_millis()), "replica not placed; retrying");
                     }
                 }
@@ -648,6 +664,12 @@ pub async fn run<H: Host>(
                     && withheld.contains(&accept.reservation)
                 {
                     continue;
+                }
+                match &body {
+                    Body::Bid(_) => Metrics::inc(&metrics.bids),
+                    Body::Decline(decline) => metrics.decline(decline.reason.code()),
+                    Body::Award(_) => Metrics::inc(&metrics.awards),
+                    _ => {}
                 }
                 if to == id {
                     local.push_back((id.clone(), body));
@@ -724,6 +746,7 @@ fn membership_events(
     announcer: &mut Announcer,
     owned: &BTreeMap<String, (String, u32)>,
     view: &watch::Sender<Vec<Member>>,
+    metrics: &Metrics,
 ) {
     let mut changed = false;
     let mut died = Vec::new();
@@ -751,6 +774,7 @@ fn membership_events(
             for replica in lost {
                 tracing::warn!(%workload, replica, %node, "replica lost with its node; placing it again");
                 announcer.replica_lost(now, workload, replica);
+                Metrics::inc(&metrics.reauctions);
             }
         }
     }

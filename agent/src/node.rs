@@ -849,6 +849,29 @@ impl<R: ContainerRuntime> Node<R> {
         }
     }
 
+    /// The metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        let mut snapshot = crate::metrics::Snapshot {
+            workloads: self.desired().map_or(0, |d| d.len() as u64),
+            assignments: self.assignments.len() as u64,
+            ..Default::default()
+        };
+        if let Some(mesh) = &self.info.mesh {
+            for member in mesh.view.borrow().iter() {
+                let state = match member.state {
+                    MemberState::Alive => "alive",
+                    MemberState::Suspect => "suspect",
+                    MemberState::Dead => "dead",
+                };
+                *snapshot.peers.entry(state).or_insert(0) += 1;
+            }
+            for (refusal, count) in mesh.transport.refusals() {
+                snapshot.message_errors.insert(refusal.code(), count);
+            }
+        }
+        crate::metrics::render(self.info.mesh.as_ref().map(|m| &*m.metrics), &snapshot)
+    }
+
     /// This node and, in a mesh, every member it knows of, this node first.
     pub fn nodes(&self) -> NodeList {
         let (id, address) = match &self.info.mesh {

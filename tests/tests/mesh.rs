@@ -317,6 +317,28 @@ fn a_three_replica_workload_lands_on_three_nodes_and_rm_removes_it_everywhere() 
         },
     );
 
+    let explained = a.cli(["explain", "trio"]).ok().to_owned();
+    assert_eq!(
+        explained
+            .matches(": placed on spiffe://place.e2e/node/")
+            .count(),
+        3,
+        "{explained}"
+    );
+    let metrics = a.cli(["metrics"]).ok().to_owned();
+    for line in [
+        "parley_placements_total 3",
+        "parley_awards_total 3",
+        "parley_peers{state=\"alive\"} 2",
+        "parley_workloads 1",
+        "parley_assignments 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in:\n{metrics}"
+        );
+    }
+
     // Every node shows the same placement: the owner's, as it reports it.
     let placement_seen_by = |agent: &Agent| -> Vec<(u64, String, u64)> {
         let ps = agent.ps();
@@ -378,6 +400,13 @@ fn a_three_replica_workload_lands_on_three_nodes_and_rm_removes_it_everywhere() 
                     a.len() == 3 && a.iter().all(|x| x["reason"] == "insufficient-memory")
                 })
         },
+    );
+    let declines = b.cli(["metrics"]).ok().to_owned();
+    assert!(
+        declines
+            .lines()
+            .any(|l| l == "parley_declines_total{reason=\"insufficient-memory\"} 1"),
+        "{declines}"
     );
     let table = a.cli(["explain", "huge"]).ok().to_owned();
     assert!(

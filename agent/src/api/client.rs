@@ -146,6 +146,15 @@ impl ApiClient {
         self.call_json(Method::POST, path, Some(body)).await
     }
 
+    /// `GET path`, returning the body as text (for non-JSON endpoints like `/metrics`).
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let (status, body) = self.call(Method::GET, path, None).await?;
+        if !status.is_success() {
+            return Err(self.api_error(status, &body));
+        }
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// `DELETE path`, expecting no body.
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
         let (status, body) = self.call(Method::DELETE, path, None).await?;

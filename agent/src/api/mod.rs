@@ -3,6 +3,8 @@
 //! Routes (all under [`types::API_PREFIX`]):
 //! - `GET /v1/status`: agent and Podman status
 //! - `GET /v1/nodes`: this node and the mesh members it knows of
+//! - `GET /metrics`: Prometheus metrics (placements, bids, declines by reason, awards,
+//!   re-auctions, peers by state, refused messages by kind)
 //! - `GET /v1/workloads/{name}/explain`: why each replica is or is not placed
 //! - `GET /v1/workloads`: workloads with container states
 //! - `POST /v1/workloads`: run a workload (body: a `WorkloadSpec`)
@@ -41,6 +43,7 @@ pub fn router<R: ContainerRuntime>(node: Arc<Node<R>>) -> Router {
     Router::new()
         .route("/v1/status", get(status::<R>))
         .route("/v1/nodes", get(nodes::<R>))
+        .route("/metrics", get(metrics::<R>))
         .route("/v1/workloads/{name}/explain", get(explain::<R>))
         .route("/v1/workloads", get(list::<R>).post(run::<R>))
         .route("/v1/workloads/{name}", delete(remove::<R>))
@@ -146,6 +149,17 @@ async fn explain<R: ContainerRuntime>(
     UrlPath(name): UrlPath<String>,
 ) -> Result<Response, Failure> {
     Ok(axum::Json(node.explain(&name).await?).into_response())
+}
+
+async fn metrics<R: ContainerRuntime>(State(node): State<Arc<Node<R>>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        node.metrics_text(),
+    )
+        .into_response()
 }
 
 async fn nodes<R: ContainerRuntime>(State(node): State<Arc<Node<R>>>) -> Response {

@@ -13,6 +13,7 @@ pub mod events;
 pub mod explain;
 pub mod generate;
 pub mod identity;
+pub mod metrics;
 pub mod nodes;
 pub mod ps;
 pub mod rm;
@@ -85,6 +86,8 @@ pub enum Command {
     Nodes(nodes::NodesArgs),
     /// Explain why each replica of a workload is or is not placed, node by node
     Explain(explain::ExplainArgs),
+    /// Print the agent's Prometheus metrics
+    Metrics(metrics::MetricsArgs),
     /// Show the agent's audit log (what it started, removed, restored, and why)
     Events(events::EventsArgs),
     /// Manage identities: create a trust domain, enroll this node, show what it holds
@@ -106,6 +109,9 @@ impl Cli {
             Command::Run(args) => with_client(&self.global, |client| {
                 run::execute(args, client, self.global.output)
             }),
+            Command::Metrics(args) => {
+                with_client(&self.global, |client| metrics::execute(args, client))
+            }
             Command::Explain(args) => with_client(&self.global, |client| {
                 explain::execute(args, client, self.global.output)
             }),

@@ -61,6 +61,7 @@ fn start(domain: &Domain, name: &str, seeds: Vec<SocketAddr>) -> Running {
         view_tx,
         Arc::new(NoWork),
         commands_rx,
+        Arc::new(crate::metrics::Metrics::default()),
         shutdown.clone(),
     ));
     Running {
