@@ -276,13 +276,21 @@ fn readable_copy_of_binary() -> PathBuf {
     let dir = PathBuf::from(format!("/tmp/parley-e2e-bin-{}-{stamp}", meta.len()));
     let copy = dir.join("parley");
     if !copy.exists() {
-        // Copies of earlier builds are of no further use.
+        // Copies of earlier builds are of no further use once an hour old (a younger one
+        // may belong to a test run of another checkout, going on right now).
         if let Ok(entries) = std::fs::read_dir("/tmp") {
             for entry in entries.flatten() {
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with("parley-e2e-bin-")
+                let stale = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|modified| modified.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(3600));
+                if stale
+                    && entry
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("parley-e2e-bin-")
                 {
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
