@@ -284,6 +284,10 @@ pub type Placements = BTreeMap<u32, (String, u64)>;
 pub enum Command {
     /// Place a workload this node now owns.
     Place(Box<PlacementRequest>),
+    /// Take up a workload this node owned before a restart: its running replicas report
+    /// themselves first, then what is missing is placed (never a duplicate of a replica
+    /// that still runs).
+    Adopt(Box<PlacementRequest>),
     /// Forget a workload this node owns and stop its replicas everywhere.
     Remove(String),
     /// Why each replica of a workload this node owns is or is not placed.
@@ -446,6 +450,15 @@ pub async fn run<H: Host>(
                     owned.insert(request.workload.clone(), (request.image.clone(), request.replicas));
                     announcer.set_members(candidates(&id, &meta, &membership));
                     announcer.place(unix_millis(), *request);
+                }
+                Command::Adopt(request) => {
+                    tracing::info!(workload = %request.workload, replicas = request.replicas, "taking up a workload owned before the restart");
+                    owned.insert(request.workload.clone(), (request.image.clone(), request.replicas));
+                    announcer.set_members(candidates(&id, &meta, &membership));
+                    // Three report intervals: time to rejoin through a seed, after which every
+                    // replica still running reports within one interval.
+                    let gather_until = unix_millis() + 3 * REPORT_INTERVAL.as_millis() as u64;
+                    announcer.adopt(gather_until, *request);
                 }
                 Command::Remove(workload) => {
                     owned.remove(&workload);

@@ -425,6 +425,22 @@ impl<R: ContainerRuntime> Node<R> {
         }
     }
 
+    /// Hands the workloads this node owned before a restart back to the mesh, which
+    /// adopts their running replicas and places what is missing.
+    pub async fn resume_ownership(&self) -> Result<(), NodeError> {
+        let Some(mesh) = &self.info.mesh else {
+            return Ok(());
+        };
+        for (key, record) in self.desired()? {
+            let request = placement_request(&key, &record.spec);
+            mesh.commands
+                .send(Command::Adopt(Box::new(request)))
+                .await
+                .map_err(|_| NodeError::MeshStopped)?;
+        }
+        Ok(())
+    }
+
     /// The replicas this node was awarded.
     pub fn assignments(&self) -> Result<Vec<Assignment>, NodeError> {
         Ok(self
@@ -471,17 +487,7 @@ impl<R: ContainerRuntime> Node<R> {
         let _changing = self.changes.lock().await;
         let record = self.store_new_workload(&key, name.clone(), spec).await?;
         let spec = &record.spec;
-        let request = PlacementRequest {
-            workload: key.clone(),
-            image: spec.image.clone(),
-            replicas: spec.replicas,
-            resources: spec.resources,
-            constraints: spec.constraints.clone(),
-            arch: None,
-            spread_label: None,
-            scoring: Scoring::Spread,
-            spec: Some(spec.clone()),
-        };
+        let request = placement_request(&key, spec);
         if mesh
             .commands
             .send(Command::Place(Box::new(request)))
@@ -1085,6 +1091,21 @@ impl<R: ContainerRuntime> Node<R> {
                 None
             }
         }
+    }
+}
+
+/// What the announcer needs to place `spec`.
+fn placement_request(key: &str, spec: &WorkloadSpec) -> PlacementRequest {
+    PlacementRequest {
+        workload: key.to_owned(),
+        image: spec.image.clone(),
+        replicas: spec.replicas,
+        resources: spec.resources,
+        constraints: spec.constraints.clone(),
+        arch: None,
+        spread_label: None,
+        scoring: Scoring::Spread,
+        spec: Some(spec.clone()),
     }
 }
 

@@ -277,6 +277,7 @@ async fn serve_on(
     if let Some(prepared) = prepared {
         let committed = node.assignments()?;
         prepared.spawn(Arc::clone(&node), committed, shutdown.clone());
+        node.resume_ownership().await?;
     }
 
     tracing::info!(
