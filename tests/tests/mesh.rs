@@ -171,6 +171,32 @@ fn a_node_of_another_trust_domain_is_refused() {
 }
 
 #[test]
+fn a_node_with_a_forged_identity_is_refused() {
+    // Same trust domain name, another root key: a certificate for
+    // spiffe://forge.e2e/node/x that the real root never issued.
+    let real = TrustDomain::new("forge.e2e");
+    let forger = TrustDomain::new("forge.e2e");
+    let a = mesh_agent("forge-a", &real.enroll("a"), &[], &[]);
+    let seed = address(&a);
+    let forged = mesh_agent("forge-x", &forger.enroll("x"), &[&seed], &[]);
+
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        member_states(&a).is_empty(),
+        "a accepted a forged node: {}",
+        nodes(&a)
+    );
+    assert!(member_states(&forged).is_empty(), "{}", nodes(&forged));
+    let metrics = a.cli(["metrics"]).ok().to_owned();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("parley_message_errors_total{kind=\"handshake\"} ")),
+        "a did not count the refused handshake: {metrics}"
+    );
+}
+
+#[test]
 fn an_agent_without_an_identity_refuses_to_join_and_says_how_to_enrol() {
     // Nothing enrolled in the default place, DATA_DIR/identity.
     let mut agent = Agent::unstarted("no-identity", &["--listen", "127.0.0.1:0"], &[], &[]);
