@@ -612,30 +612,9 @@ impl<R: ContainerRuntime> Node<R> {
             };
             let name = record.spec.name.to_string();
             let replicas = (0..record.spec.replicas)
-                .map(|replica| match placements.get(&replica) {
-                    Some((node, epoch)) => {
-                        let container = (node == &mesh.id).then(|| local(&name, replica)).flatten();
-                        ReplicaStatus {
-                            replica,
-                            epoch: *epoch,
-                            remote: node != &mesh.id,
-                            node: node.clone(),
-                            container: container.map(|c| c.name.clone()),
-                            container_id: container.map(|c| c.id.clone()),
-                            state: container.map(|c| c.state.clone()),
-                            exit_code: container.and_then(|c| c.exit_code),
-                        }
-                    }
-                    None => ReplicaStatus {
-                        replica,
-                        epoch: 0,
-                        remote: false,
-                        node: "-".to_owned(),
-                        container: None,
-                        container_id: None,
-                        state: None,
-                        exit_code: None,
-                    },
+                .map(|replica| {
+                    let placed = placements.get(&replica).map(|(n, e)| (n.as_str(), *e));
+                    placed_replica(&mesh.id, replica, placed, local(&name, replica))
                 })
                 .collect();
             listed.insert(name.clone());
@@ -654,34 +633,14 @@ impl<R: ContainerRuntime> Node<R> {
                 continue;
             }
             let replicas = (0..reported.replicas)
-                .map(
-                    |replica| match reported.placements.iter().find(|p| p.replica == replica) {
-                        Some(placement) => {
-                            let here = placement.node == mesh.id;
-                            let container = here.then(|| local(&name, replica)).flatten();
-                            ReplicaStatus {
-                                replica,
-                                epoch: placement.epoch,
-                                remote: !here,
-                                node: placement.node.clone(),
-                                container: container.map(|c| c.name.clone()),
-                                container_id: container.map(|c| c.id.clone()),
-                                state: container.map(|c| c.state.clone()),
-                                exit_code: container.and_then(|c| c.exit_code),
-                            }
-                        }
-                        None => ReplicaStatus {
-                            replica,
-                            epoch: 0,
-                            remote: false,
-                            node: "-".to_owned(),
-                            container: None,
-                            container_id: None,
-                            state: None,
-                            exit_code: None,
-                        },
-                    },
-                )
+                .map(|replica| {
+                    let placed = reported
+                        .placements
+                        .iter()
+                        .find(|p| p.replica == replica)
+                        .map(|p| (p.node.as_str(), p.epoch));
+                    placed_replica(&mesh.id, replica, placed, local(&name, replica))
+                })
                 .collect();
             workloads.push(WorkloadStatus {
                 name,
@@ -1091,6 +1050,28 @@ impl<R: ContainerRuntime> Node<R> {
                 None
             }
         }
+    }
+}
+
+/// A replica as `ps` shows it in a mesh: where it was placed (`-` when not yet), and the
+/// local container's state when it was placed on this node (`this_node`).
+fn placed_replica(
+    this_node: &str,
+    replica: u32,
+    placed: Option<(&str, u64)>,
+    local: Option<&ManagedContainer>,
+) -> ReplicaStatus {
+    let here = placed.is_some_and(|(node, _)| node == this_node);
+    let container = local.filter(|_| here);
+    ReplicaStatus {
+        replica,
+        epoch: placed.map_or(0, |(_, epoch)| epoch),
+        remote: placed.is_some() && !here,
+        node: placed.map_or_else(|| "-".to_owned(), |(node, _)| node.to_owned()),
+        container: container.map(|c| c.name.clone()),
+        container_id: container.map(|c| c.id.clone()),
+        state: container.map(|c| c.state.clone()),
+        exit_code: container.and_then(|c| c.exit_code),
     }
 }
 
