@@ -344,13 +344,7 @@ impl<R: ContainerRuntime> Node<R> {
         for container in ours {
             self.runtime.remove(&container.id).await?;
         }
-        self.workloads
-            .remove(&key)
-            .map_err(|e| self.note_store_error(e))?;
-        self.store
-            .flush()
-            .await
-            .map_err(|e| self.note_store_error(e))?;
+        self.delete_workload_record(&key).await?;
         tracing::info!(workload = %name, "workload removed");
         self.record_event("workload-removed", Some(&key), "removed on request");
         Ok(())
@@ -451,6 +445,17 @@ impl<R: ContainerRuntime> Node<R> {
             .collect())
     }
 
+    /// Deletes a workload record, flushed. Call with `changes` held.
+    async fn delete_workload_record(&self, key: &str) -> Result<(), NodeError> {
+        self.workloads
+            .remove(key)
+            .map_err(|e| self.note_store_error(e))?;
+        self.store
+            .flush()
+            .await
+            .map_err(|e| self.note_store_error(e))
+    }
+
     /// Stores a new workload record, flushed. Call with `changes` held.
     async fn store_new_workload(
         &self,
@@ -544,13 +549,7 @@ impl<R: ContainerRuntime> Node<R> {
             return Ok(());
         }
         let _changing = self.changes.lock().await;
-        self.workloads
-            .remove(&key)
-            .map_err(|e| self.note_store_error(e))?;
-        self.store
-            .flush()
-            .await
-            .map_err(|e| self.note_store_error(e))?;
+        self.delete_workload_record(&key).await?;
         if mesh
             .commands
             .send(Command::Remove(key.clone()))
@@ -1224,8 +1223,7 @@ impl<R: ContainerRuntime> Host for Node<R> {
     async fn forget(&self, workload: String) {
         let _changing = self.changes.lock().await;
         let key = key(&workload);
-        let removed = self.workloads.remove(&key).map(|_| ());
-        if let Err(error) = removed.and(self.store.flush().await) {
+        if let Err(error) = self.delete_workload_record(&key).await {
             tracing::error!(%workload, %error, "could not forget a workload removed from another node");
             return;
         }
