@@ -76,6 +76,8 @@ pub struct FileConfig {
     pub join: Option<Vec<String>>,
     /// See [`MeshSettings::identity_dir`].
     pub identity_dir: Option<PathBuf>,
+    /// See [`MeshSettings::policy`].
+    pub policy: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -115,6 +117,7 @@ impl FileConfig {
             advertise: self.advertise.or(lower.advertise),
             join: self.join.or(lower.join),
             identity_dir: self.identity_dir.or(lower.identity_dir),
+            policy: self.policy.or(lower.policy),
         }
     }
 }
@@ -162,6 +165,9 @@ pub struct MeshSettings {
     /// Where the node's identity (key, certificate, trust bundle) lives. Default:
     /// `DATA_DIR/identity`, where `parley identity` puts it.
     pub identity_dir: PathBuf,
+    /// The authorization policy file (reloaded on SIGHUP). Default: none, and every node
+    /// of this node's trust domain may do everything.
+    pub policy: Option<PathBuf>,
 }
 
 /// The system-wide config file, installed (all commented out) by the .deb and .rpm.
@@ -258,6 +264,7 @@ impl Config {
             advertise: layered.advertise,
             join: layered.join.take(),
             identity_dir: layered.identity_dir.take(),
+            policy: layered.policy.take(),
             ..FileConfig::default()
         };
         let node_name = match layered.node_name.or_else(|| env.hostname.clone()) {
@@ -422,11 +429,20 @@ fn resolve_mesh(
             message: format!("{} is not an absolute path", identity_dir.display()),
         });
     }
+    if let Some(policy) = &layered.policy
+        && !policy.is_absolute()
+    {
+        return Err(ConfigError::Invalid {
+            field: "policy",
+            message: format!("{} is not an absolute path", policy.display()),
+        });
+    }
     Ok(Some(MeshSettings {
         listen,
         advertise: layered.advertise,
         join,
         identity_dir,
+        policy: layered.policy.clone(),
     }))
 }
 
@@ -570,6 +586,7 @@ mod tests {
             advertise: Some(SocketAddr::from(([127, 0, 0, 1], 1))),
             join: Some(Vec::new()),
             identity_dir: Some(PathBuf::new()),
+            policy: Some(PathBuf::new()),
         };
         let known = toml::Table::try_from(every_key).unwrap();
         let documented: Vec<_> = documented.keys().collect();

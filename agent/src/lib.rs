@@ -13,6 +13,7 @@ pub mod hostcheck;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
+pub mod policy;
 pub mod reconcile;
 pub mod runtime;
 pub mod systemd;

@@ -23,8 +23,8 @@ use parley_negotiation::auction::{
 use parley_negotiation::codec::PROTOCOL_VERSION;
 use parley_negotiation::membership::{Member, Membership, MembershipConfig, MembershipEvent};
 use parley_negotiation::messages::{
-    Body, MAX_REPORTED_WORKLOADS, MemberState, NodeMeta, OwnedWorkload, Placement, RemoveWorkload,
-    WorkloadQuery, WorkloadReport,
+    Body, Decline, DeclineReason, MAX_REPORTED_WORKLOADS, MemberState, NodeMeta, OwnedWorkload,
+    Placement, Reject, RemoveWorkload, WorkloadQuery, WorkloadReport,
 };
 use tokio::sync::oneshot;
 use tokio::sync::{mpsc, watch};
@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::types::Assignment;
 use crate::config::MeshSettings;
 use crate::metrics::Metrics;
+use crate::policy::{Action, Policy, PolicyError, PolicyHandle};
 use crate::transport::{Inbound, Limits, NodeCredentials, Transport};
 
 /// How often an unreachable seed is dialled again.
@@ -53,6 +54,8 @@ pub struct MeshHandle {
     pub commands: mpsc::Sender<Command>,
     /// What the negotiation loop counts, for `GET /metrics`.
     pub metrics: Arc<Metrics>,
+    /// Who may do what; checked on every request from a peer and from the local API.
+    pub policy: PolicyHandle,
 }
 
 impl std::fmt::Debug for MeshHandle {
@@ -101,6 +104,9 @@ pub enum MeshStartError {
     /// The QUIC endpoint could not be set up.
     #[error("cannot start the mesh endpoint: {0}")]
     Transport(#[from] crate::transport::TransportError),
+    /// The policy file is unusable.
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
     /// A `join` address does not resolve.
     #[error("cannot resolve join address {seed}: {reason}")]
     Resolve {
@@ -144,7 +150,10 @@ impl Prepared {
             self.view,
             host,
             self.commands,
-            self.handle.metrics.clone(),
+            Checks {
+                metrics: self.handle.metrics.clone(),
+                policy: self.handle.policy.clone(),
+            },
             shutdown,
         ));
     }
@@ -158,6 +167,18 @@ pub async fn start(
     mut meta: NodeMeta,
 ) -> Result<Prepared, MeshStartError> {
     let credentials = load_credentials(&settings.identity_dir, unix_now())?;
+    let policy = match &settings.policy {
+        Some(file) => PolicyHandle::new(Policy::load(file)?, Some(file.clone())),
+        None => PolicyHandle::new(
+            Policy::trust_domain_nodes(credentials.credential.cert().subject.trust_domain()),
+            None,
+        ),
+    };
+    tracing::info!(
+        policy = policy.current().source(),
+        grants = policy.current().grants(),
+        "authorization policy"
+    );
     let (transport, inbox) = Transport::bind(settings.listen, credentials, Limits::default())?;
     let bound = transport.local_addr().map_err(|e| {
         MeshStartError::Transport(crate::transport::TransportError::Bind {
@@ -199,6 +220,7 @@ pub async fn start(
             transport,
             commands: commands_tx,
             metrics: Arc::new(Metrics::default()),
+            policy,
         },
         inbox,
         membership,
@@ -351,6 +373,14 @@ fn unix_millis() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What the negotiation loop checks messages against and counts them in.
+pub struct Checks {
+    /// Counters for `GET /metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Who may do what.
+    pub policy: PolicyHandle,
+}
+
 /// Runs membership, the announcer and the bidder until `shutdown`. `view` receives the
 /// member list after every change.
 #[allow(clippy::too_many_arguments)]
@@ -362,9 +392,10 @@ pub async fn run<H: Host>(
     view: watch::Sender<Vec<Member>>,
     host: Arc<H>,
     mut commands: mpsc::Receiver<Command>,
-    metrics: Arc<Metrics>,
+    checks: Checks,
     shutdown: CancellationToken,
 ) {
+    let Checks { metrics, policy } = checks;
     let Negotiation {
         mut membership,
         mut meta,
@@ -530,9 +561,28 @@ pub async fn run<H: Host>(
         // Deliver messages (from peers, and from this node to itself) until none is left.
         loop {
             while let Some((from, body)) = local.pop_front() {
+                let Some(body) = authorize(
+                    &from,
+                    body,
+                    &policy.current(),
+                    &mut announcer,
+                    &mut outbox,
+                    &metrics,
+                ) else {
+                    continue;
+                };
                 let body = match body {
                     Body::WorkloadQuery(query) => {
-                        let mut workloads = owned_report(&owned, &announcer);
+                        // A member sees the workloads of the namespaces it may list.
+                        let policy = policy.current();
+                        let mut workloads: Vec<OwnedWorkload> = owned_report(&owned, &announcer)
+                            .into_iter()
+                            .filter(|w| {
+                                policy
+                                    .check(&from, Action::List, workload_namespace(&w.workload))
+                                    .is_ok()
+                            })
+                            .collect();
                         workloads.truncate(MAX_REPORTED_WORKLOADS);
                         outbox.push((
                             from,
@@ -710,6 +760,65 @@ pub async fn run<H: Host>(
     }
 }
 
+/// Applies the policy to a message before any state machine sees it: a call for proposals
+/// or an award from an owner that may not submit to the workload's namespace is declined
+/// or rejected; a bid from a node that may not host there counts as a policy decline; a
+/// removal the sender may not ask for is dropped. Returns the message when it may pass.
+fn authorize(
+    from: &str,
+    body: Body,
+    policy: &Policy,
+    announcer: &mut Announcer,
+    outbox: &mut Vec<(String, Body)>,
+    metrics: &Metrics,
+) -> Option<Body> {
+    let (action, workload) = match &body {
+        Body::Cfp(cfp) => (Action::Submit, cfp.workload.as_str()),
+        Body::Award(award) => (Action::Submit, award.workload.as_str()),
+        Body::Bid(bid) => match announcer.auction_workload(bid.auction) {
+            Some(workload) => (Action::Bid, workload),
+            // Not an auction in progress: the announcer ignores it anyway.
+            None => return Some(body),
+        },
+        Body::RemoveWorkload(remove) => (Action::Remove, remove.workload.as_str()),
+        _ => return Some(body),
+    };
+    let Err(denied) = policy.check(from, action, workload_namespace(workload)) else {
+        return Some(body);
+    };
+    tracing::warn!(kind = body.kind(), %workload, "refused by policy: {denied}");
+    metrics.denial(action.name());
+    match body {
+        Body::Cfp(cfp) => outbox.push((
+            from.to_owned(),
+            Body::Decline(Decline {
+                auction: cfp.auction,
+                replica: cfp.replica,
+                reason: DeclineReason::PolicyDenied,
+            }),
+        )),
+        Body::Award(award) => outbox.push((
+            from.to_owned(),
+            Body::Reject(Reject {
+                auction: award.auction,
+                replica: award.replica,
+                reservation: award.reservation,
+                reason: denied.to_string(),
+            }),
+        )),
+        Body::Bid(bid) => announcer.handle_decline(
+            from,
+            &Decline {
+                auction: bid.auction,
+                replica: bid.replica,
+                reason: DeclineReason::PolicyDenied,
+            },
+        ),
+        _ => {}
+    }
+    None
+}
+
 /// Hands one message to the state machine it is for.
 fn dispatch(
     from: &str,
@@ -846,6 +955,12 @@ fn candidates(id: &str, meta: &NodeMeta, membership: &Membership) -> Vec<Candida
 /// `default/NAME` for a workload name.
 pub fn workload_key(name: &str) -> String {
     format!("{}/{name}", parley_store::DEFAULT_NAMESPACE)
+}
+
+/// The namespace in a `namespace/name` key.
+fn workload_namespace(key: &str) -> &str {
+    key.split_once('/')
+        .map_or(parley_store::DEFAULT_NAMESPACE, |(namespace, _)| namespace)
 }
 
 /// The name in a `namespace/name` key.

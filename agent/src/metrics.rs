@@ -23,29 +23,39 @@ pub struct Metrics {
     pub reauctions: AtomicU64,
     /// Declines this node sent, by reason code.
     declines: Mutex<BTreeMap<&'static str, u64>>,
+    /// Requests the policy refused, by action.
+    denials: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+fn bump(counts: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
+    *counts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(key)
+        .or_insert(0) += 1;
+}
+
+fn read(counts: &Mutex<BTreeMap<&'static str, u64>>) -> BTreeMap<&'static str, u64> {
+    counts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }
 
 impl Metrics {
     /// Counts one decline with reason `code`.
     pub fn decline(&self, code: &'static str) {
-        *self
-            .declines
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(code)
-            .or_insert(0) += 1;
+        bump(&self.declines, code);
+    }
+
+    /// Counts one request the policy refused, by its action.
+    pub fn denial(&self, action: &'static str) {
+        bump(&self.denials, action);
     }
 
     /// Adds one to `counter`.
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn declines(&self) -> BTreeMap<&'static str, u64> {
-        self.declines
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
     }
 }
 
@@ -128,7 +138,13 @@ pub fn render(metrics: Option<&Metrics>, snapshot: &Snapshot) -> String {
         "parley_declines_total",
         "counter",
         "Calls for proposals this node declined, by reason.",
-        &labelled("reason", &m.declines()),
+        &labelled("reason", &read(&m.declines)),
+    );
+    metric(
+        "parley_policy_denials_total",
+        "counter",
+        "Requests the authorization policy refused, by action.",
+        &labelled("action", &read(&m.denials)),
     );
     metric(
         "parley_awards_total",
@@ -155,6 +171,7 @@ mod tests {
         Metrics::inc(&metrics.bids);
         Metrics::inc(&metrics.bids);
         metrics.decline("insufficient-memory");
+        metrics.denial("submit");
         let snapshot = Snapshot {
             workloads: 3,
             peers: [("alive", 2), ("dead", 1)].into(),
@@ -166,6 +183,7 @@ mod tests {
             "parley_bids_total 2",
             "parley_declines_total{reason=\"insufficient-memory\"} 1",
             "parley_peers{state=\"alive\"} 2",
+            "parley_policy_denials_total{action=\"submit\"} 1",
             "parley_peers{state=\"dead\"} 1",
             "parley_workloads 3",
             "parley_placements_total 0",

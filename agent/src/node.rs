@@ -19,6 +19,7 @@ use crate::api::types::{
 };
 use crate::hostcheck::HostWarning;
 use crate::mesh::{Command, Host, MeshHandle};
+use crate::policy::Action;
 use crate::runtime::podman::service::ServiceOrigin;
 use crate::runtime::{
     ContainerRuntime, ContainerSpec, ContainerState, ManagedContainer, RuntimeError, labels,
@@ -54,12 +55,12 @@ pub enum NodeError {
         /// The name.
         name: String,
     },
-    /// More replicas than this node can place: each replica needs its own node, and this
-    /// version places workloads on the agent's own host only.
+    /// More replicas than this node can place: each replica needs its own node, and an
+    /// agent outside a mesh has only its own.
     #[error(
-        "{name} asks for {replicas} replicas, but this agent places workloads on its own host \
-         only, one replica each (placing replicas across the mesh is not in this version); \
-         use --replicas 1"
+        "{name} asks for {replicas} replicas, but this agent is not in a mesh (no `listen`), \
+         so it places workloads on its own host only, one replica each; use --replicas 1, or \
+         join a mesh (docs/three-hosts.md)"
     )]
     TooManyReplicas {
         /// The workload.
@@ -77,6 +78,9 @@ pub enum NodeError {
         /// Each reason, for people (the same reasons a bidder declines with).
         reasons: Vec<String>,
     },
+    /// The authorization policy refuses the request.
+    #[error("refused: {0}; a grant in the policy must allow it")]
+    Denied(#[from] crate::policy::Denied),
     /// The mesh's negotiation loop is not running (the agent is shutting down).
     #[error("the mesh is not running (the agent is shutting down); try again once it is back")]
     MeshStopped,
@@ -487,6 +491,8 @@ impl<R: ContainerRuntime> Node<R> {
         mesh: &MeshHandle,
         spec: WorkloadSpec,
     ) -> Result<WorkloadStatus, NodeError> {
+        mesh.policy
+            .check(&mesh.id, Action::Submit, DEFAULT_NAMESPACE)?;
         let name = spec.name.to_string();
         let key = key(&name);
         let _changing = self.changes.lock().await;
@@ -521,6 +527,8 @@ impl<R: ContainerRuntime> Node<R> {
 
     /// Forgets a workload this node owns; the mesh revokes its replicas wherever they run.
     async fn remove_from_mesh(&self, mesh: &MeshHandle, name: &str) -> Result<(), NodeError> {
+        mesh.policy
+            .check(&mesh.id, Action::Remove, DEFAULT_NAMESPACE)?;
         let key = key(name);
         if self.workloads.get(&key)?.is_none() || self.is_unpersisted(&key) {
             // Owned elsewhere? Ask the members; the owner removes it.
@@ -585,6 +593,8 @@ impl<R: ContainerRuntime> Node<R> {
     /// members own, as their owners report them; and any replica this node runs that
     /// neither covers.
     async fn list_in_mesh(&self, mesh: &MeshHandle) -> Result<WorkloadList, NodeError> {
+        mesh.policy
+            .check(&mesh.id, Action::List, DEFAULT_NAMESPACE)?;
         let (containers, runtime_error) = match self.runtime.list_managed(&self.info.name).await {
             Ok(containers) => (containers, None),
             Err(e) => (Vec::new(), Some(e.to_string())),

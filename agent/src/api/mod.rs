@@ -97,6 +97,7 @@ impl From<NodeError> for Failure {
             }
             NodeError::DoesNotFit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "does-not-fit"),
             NodeError::MeshStopped => (StatusCode::SERVICE_UNAVAILABLE, "mesh-stopped"),
+            NodeError::Denied(_) => (StatusCode::FORBIDDEN, "policy-denied"),
             NodeError::Runtime(RuntimeError::ImageNotFound { .. }) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "image-not-found")
             }

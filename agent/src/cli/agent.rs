@@ -33,7 +33,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[command(
     after_help = "Configuration file keys (TOML): node_name, data_dir, api_socket, \
 podman_socket, podman_autostart, podman_binary, reconcile_interval_secs, labels, \
-reserve_cpu_millis, reserve_memory_mib, listen, advertise, join, identity_dir.
+reserve_cpu_millis, reserve_memory_mib, listen, advertise, join, identity_dir, policy.
 The agent listens on --api-socket (a global option, also PARLEY_API_SOCKET)."
 )]
 pub struct AgentArgs {
@@ -79,6 +79,10 @@ pub struct AgentArgs {
     /// This node's identity directory [identity_dir; default: DATA_DIR/identity]
     #[arg(long, value_name = "DIR")]
     pub identity_dir: Option<PathBuf>,
+    /// Authorization policy file, reloaded on SIGHUP [policy; default: none, every node of
+    /// this node's trust domain may do everything]
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
     /// Move an unusable state store aside (to DATA_DIR/store.broken-TIMESTAMP) and start
     /// with a fresh one, rebuilt from the labels of the containers this node runs
     #[arg(long)]
@@ -113,6 +117,7 @@ impl AgentArgs {
             advertise: self.advertise,
             join: (!self.join.is_empty()).then(|| self.join.clone()),
             identity_dir: self.identity_dir.clone(),
+            policy: self.policy.clone(),
         };
         let mut config = Config::resolve(flags.or(file), env)?;
         config.config_file = file_path;
@@ -203,6 +208,9 @@ async fn serve_on(
     // Watched from the start, so a signal during a slow start-up (a Podman service that
     // takes seconds to come up) still ends in an orderly shutdown.
     let signal = wait_for_signal()?;
+    // SIGHUP's default action ends the process; it must be caught before anyone sends it.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot watch SIGHUP")?;
 
     service::create_private_dir(&config.data_dir).with_context(|| {
         format!(
@@ -259,6 +267,11 @@ async fn serve_on(
         None => None,
     };
     let mesh = prepared.as_ref().map(|p| p.handle.clone());
+    tokio::spawn(reload_on_hangup(
+        hangups,
+        mesh.as_ref().map(|m| m.policy.clone()),
+        shutdown.clone(),
+    ));
 
     let node = Node::new(
         NodeInfo {
@@ -349,6 +362,38 @@ fn wait_for_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "signal received"),
         }
     })
+}
+
+/// Reloads the authorization policy on each SIGHUP. A policy file that no longer parses
+/// is reported and the policy in force stays.
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    policy: Option<crate::policy::PolicyHandle>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = hangups.recv() => if received.is_none() { return },
+        }
+        let Some(policy) = &policy else {
+            tracing::info!(signal = "SIGHUP", "not in a mesh: no policy to reload");
+            continue;
+        };
+        match policy.reload() {
+            Ok(now) => tracing::info!(
+                signal = "SIGHUP",
+                policy = now.source(),
+                grants = now.grants(),
+                "authorization policy reloaded"
+            ),
+            Err(error) => tracing::error!(
+                signal = "SIGHUP",
+                %error,
+                "authorization policy not reloaded; the previous one stays in force"
+            ),
+        }
+    }
 }
 
 /// Renames the store directory to `store.broken-<unix seconds>` so that a fresh one can be

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::api::client::{ApiClient, ClientError};
 use crate::config::Environment;
+use hyper::StatusCode;
 
 pub mod agent;
 pub mod events;
@@ -25,6 +26,8 @@ mod table;
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code when the agent cannot be reached (`EX_UNAVAILABLE`).
 pub const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code when the authorization policy refuses the request (`EX_NOPERM`).
+pub const EXIT_DENIED: u8 = 77;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -184,6 +187,9 @@ fn fail(error: &CliError) -> ExitCode {
     eprintln!("error: {error}");
     ExitCode::from(match error {
         CliError::Client(ClientError::Unreachable { .. }) => EXIT_UNAVAILABLE,
+        CliError::Client(ClientError::Api { status, .. }) if *status == StatusCode::FORBIDDEN => {
+            EXIT_DENIED
+        }
         CliError::Usage(_) => 2,
         CliError::Client(_) => EXIT_FAILED,
     })

@@ -376,6 +376,15 @@ impl Announcer {
             .unwrap_or_default()
     }
 
+    /// The workload (`namespace/name`) an auction in progress is for: bids name only their
+    /// auction, and the host checks its policy by namespace.
+    pub fn auction_workload(&self, auction: AuctionId) -> Option<&str> {
+        self.workloads
+            .iter()
+            .find(|(_, w)| w.auction.as_ref().is_some_and(|a| a.id == auction))
+            .map(|(key, _)| key.as_str())
+    }
+
     /// A one-line description of the auction in progress for `workload`, for diagnostics.
     pub fn auction_state(&self, workload: &str) -> String {
         match self
