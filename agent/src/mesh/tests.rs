@@ -61,7 +61,10 @@ fn start(domain: &Domain, name: &str, seeds: Vec<SocketAddr>) -> Running {
         view_tx,
         Arc::new(NoWork),
         commands_rx,
-        Arc::new(crate::metrics::Metrics::default()),
+        Checks {
+            metrics: Arc::new(crate::metrics::Metrics::default()),
+            policy: PolicyHandle::new(Policy::trust_domain_nodes("mesh.test"), None),
+        },
         shutdown.clone(),
     ));
     Running {
@@ -125,4 +128,129 @@ async fn agents_find_each_other_through_one_seed_and_declare_a_stopped_one_dead(
     }
     a.shutdown.cancel();
     b.shutdown.cancel();
+}
+
+mod authorization {
+    use parley_negotiation::messages::{Cfp, Ping, Resources};
+
+    use super::*;
+
+    const OWNER: &str = "spiffe://td/node/owner";
+    const HOST: &str = "spiffe://td/node/host";
+
+    /// A policy granting `id` the `actions`, in every namespace.
+    fn granting(id: &str, actions: &[&str]) -> Policy {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        let actions: Vec<String> = actions.iter().map(|a| format!("{a:?}")).collect();
+        std::fs::write(
+            &path,
+            format!(
+                "[[allow]]\nids = [{id:?}]\nactions = [{}]\n",
+                actions.join(", ")
+            ),
+        )
+        .unwrap();
+        Policy::load(&path).unwrap()
+    }
+
+    fn cfp() -> Body {
+        Body::Cfp(Cfp {
+            auction: 9,
+            workload: "default/web".to_owned(),
+            replica: 0,
+            epoch: 1,
+            image: "img".to_owned(),
+            resources: Resources::default(),
+            constraints: BTreeMap::new(),
+            arch: None,
+            spread_label: None,
+            scoring: Default::default(),
+            bid_deadline_ms: 0,
+        })
+    }
+
+    #[test]
+    fn a_call_for_proposals_from_an_owner_that_may_not_submit_is_declined_for_policy() {
+        let metrics = Metrics::default();
+        let mut announcer = Announcer::new(HOST, AnnouncerConfig::default(), 1);
+        let mut outbox = Vec::new();
+        let refused = authorize(
+            OWNER,
+            cfp(),
+            &granting(OWNER, &["bid", "list"]),
+            &mut announcer,
+            &mut outbox,
+            &metrics,
+        );
+        assert!(refused.is_none());
+        assert_eq!(
+            outbox,
+            [(
+                OWNER.to_owned(),
+                Body::Decline(Decline {
+                    auction: 9,
+                    replica: 0,
+                    reason: DeclineReason::PolicyDenied
+                })
+            )]
+        );
+
+        outbox.clear();
+        let passed = authorize(
+            OWNER,
+            cfp(),
+            &granting(OWNER, &["submit"]),
+            &mut announcer,
+            &mut outbox,
+            &metrics,
+        );
+        assert_eq!(passed, Some(cfp()));
+        assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn a_removal_the_sender_may_not_ask_for_is_dropped() {
+        let metrics = Metrics::default();
+        let mut announcer = Announcer::new(OWNER, AnnouncerConfig::default(), 1);
+        let remove = Body::RemoveWorkload(RemoveWorkload {
+            workload: "default/web".to_owned(),
+        });
+        let policy = granting(HOST, &["submit", "bid", "logs", "list"]);
+        let mut outbox = Vec::new();
+        assert!(
+            authorize(
+                HOST,
+                remove.clone(),
+                &policy,
+                &mut announcer,
+                &mut outbox,
+                &metrics
+            )
+            .is_none()
+        );
+        assert!(outbox.is_empty());
+        // Membership traffic is not a request: it always passes.
+        let ping = Body::Ping(Ping {
+            seq: 1,
+            updates: Vec::new(),
+        });
+        assert_eq!(
+            authorize(
+                HOST,
+                ping.clone(),
+                &policy,
+                &mut announcer,
+                &mut outbox,
+                &metrics
+            ),
+            Some(ping)
+        );
+        let text = crate::metrics::render(Some(&metrics), &Default::default());
+        assert!(
+            text.lines()
+                .any(|l| l == "parley_policy_denials_total{action=\"remove\"} 1"),
+            "{text}"
+        );
+    }
 }
