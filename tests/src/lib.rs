@@ -654,6 +654,12 @@ impl Agent {
         let _ = child.wait();
     }
 
+    /// Sends SIGHUP (reload the policy) to the running agent.
+    pub fn hangup(&self) {
+        let child = self.child.as_ref().expect("the agent is not running");
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP).expect("send SIGHUP");
+    }
+
     /// Stops the agent and starts it again over the same data directory and node name.
     pub fn restart(&mut self) {
         let status = self.stop();
@@ -918,6 +924,15 @@ impl TrustDomain {
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         }
+    }
+
+    /// Writes a file the test user may read and the test may rewrite (a policy file, say)
+    /// beside the domain's identities, and returns its path.
+    pub fn write_file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).expect("write a file for the agents");
+        test_user().chown(&path);
+        path
     }
 
     /// Enrols `spiffe://DOMAIN/node/NODE` (request, issue, accept) and returns its

@@ -563,3 +563,129 @@ fn a_killed_nodes_replica_is_placed_again_and_a_restarted_node_adopts_its_own() 
         running(&a) + running(survivor) == 0
     });
 }
+
+/// A policy granting nodes a and b everything and node c what `c_actions` lists.
+fn policy(domain: &str, c_actions: &[&str]) -> String {
+    let quoted: Vec<String> = c_actions.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "[[allow]]\n\
+         ids = [\"spiffe://{domain}/node/a\", \"spiffe://{domain}/node/b\"]\n\
+         actions = [\"submit\", \"bid\", \"logs\", \"remove\", \"list\"]\n\
+         \n\
+         [[allow]]\n\
+         ids = [\"spiffe://{domain}/node/c\"]\n\
+         actions = [{}]\n",
+        quoted.join(", ")
+    )
+}
+
+#[test]
+fn the_policy_decides_who_may_place_work_and_a_sighup_reloads_it() {
+    let domain = TrustDomain::new("policy.e2e");
+    let limited = policy("policy.e2e", &["bid", "list"]);
+    let shared = domain.write_file("policy-ab.toml", &limited);
+    let own = domain.write_file("policy-c.toml", &limited);
+    let shared_flag = format!("--policy={}", shared.display());
+    let a = mesh_agent("pol-a", &domain.enroll("a"), &[], &[&shared_flag]);
+    let seed = address(&a);
+    let b = mesh_agent("pol-b", &domain.enroll("b"), &[&seed], &[&shared_flag]);
+    let own_flag = format!("--policy={}", own.display());
+    let c = mesh_agent("pol-c", &domain.enroll("c"), &[&seed], &[&own_flag]);
+    wait_for_full_mesh(&[&a, &b, &c]);
+    assert!(
+        c.log().contains("policy file"),
+        "c does not log its policy:\n{}",
+        c.log()
+    );
+
+    // c's own policy refuses it: a clear refusal, exit code 77, nothing stored.
+    let run_duo = || {
+        c.cli([
+            "run",
+            "duo",
+            "--image",
+            parley_e2e::TEST_IMAGE,
+            "--replicas",
+            "2",
+            "--",
+            "sleep",
+            "3600",
+        ])
+    };
+    run_duo().fails_with(
+        77,
+        "refused: spiffe://policy.e2e/node/c may not submit in namespace \"default\"",
+    );
+
+    // c's operator grants c `submit` locally and reloads; a and b still refuse c's calls.
+    std::fs::write(&own, policy("policy.e2e", &["bid", "list", "submit"])).unwrap();
+    c.hangup();
+    wait_until(
+        "c's reloaded policy lets it submit",
+        Duration::from_secs(15),
+        || run_duo().code() == 0,
+    );
+    assert!(
+        c.log().contains("authorization policy reloaded"),
+        "{}",
+        c.log()
+    );
+    wait_until(
+        "replica 0 runs on c and a and b decline replica 1 for policy",
+        Duration::from_secs(30),
+        || {
+            let explanation = c.cli(["explain", "duo", "-o", "json"]).json();
+            let first = &explanation["placements"][0];
+            let second = &explanation["placements"][1];
+            let policy_declines = second["answers"].as_array().map_or(0, |answers| {
+                answers
+                    .iter()
+                    .filter(|x| x["reason"] == "policy-denied")
+                    .count()
+            });
+            first["node"] == "spiffe://policy.e2e/node/c"
+                && second["node"].is_null()
+                && policy_declines == 2
+        },
+    );
+    let table = c.cli(["explain", "duo"]).ok().to_owned();
+    assert!(table.contains("policy forbids it"), "{table}");
+    for refusing in [&a, &b] {
+        let metrics = refusing.cli(["metrics"]).ok().to_owned();
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("parley_policy_denials_total{action=\"submit\"} ")),
+            "{metrics}"
+        );
+        assert!(replicas_on(refusing, "duo").is_empty());
+    }
+    assert_eq!(replicas_on(&c, "duo"), ["parley-duo-0"]);
+
+    // a's operator grants c too and reloads: a takes replica 1 at the next retry; b,
+    // not reloaded, still refuses.
+    std::fs::write(&shared, policy("policy.e2e", &["bid", "list", "submit"])).unwrap();
+    a.hangup();
+    wait_until("replica 1 is placed on a", Duration::from_secs(60), || {
+        replicas_on(&a, "duo") == ["parley-duo-1"]
+    });
+    assert!(replicas_on(&b, "duo").is_empty());
+
+    // A broken edit is reported and changes nothing.
+    std::fs::write(&shared, "[[allow]]\nids = [").unwrap();
+    a.hangup();
+    wait_until(
+        "a reports the broken policy",
+        Duration::from_secs(10),
+        || a.log().contains("authorization policy not reloaded"),
+    );
+    assert_eq!(c.cli(["ps", "-o", "json"]).code(), 0);
+    // c may not remove, even its own workload; a may, through c.
+    c.cli(["rm", "duo"]).fails_with(77, "may not remove");
+    a.cli(["rm", "duo"]).ok();
+    wait_until("duo is gone everywhere", Duration::from_secs(30), || {
+        [&a, &b, &c]
+            .iter()
+            .all(|agent| replicas_on(agent, "duo").is_empty())
+    });
+}
