@@ -23,8 +23,9 @@ use parley_negotiation::auction::{
 use parley_negotiation::codec::PROTOCOL_VERSION;
 use parley_negotiation::membership::{Member, Membership, MembershipConfig, MembershipEvent};
 use parley_negotiation::messages::{
-    Body, Decline, DeclineReason, MAX_REPORTED_WORKLOADS, MemberState, NodeMeta, OwnedWorkload,
-    Placement, Reject, RemoveWorkload, WorkloadQuery, WorkloadReport,
+    Body, Decline, DeclineReason, LogChunk, LogWindow, LogsFailure, LogsReply, LogsRequest,
+    MAX_REPORTED_WORKLOADS, MemberState, NodeMeta, OwnedWorkload, Placement, Reject,
+    RemoveWorkload, WorkloadQuery, WorkloadReport,
 };
 use tokio::sync::oneshot;
 use tokio::sync::{mpsc, watch};
@@ -296,6 +297,13 @@ pub trait Host: Send + Sync + 'static {
     /// Stops and forgets a replica its owner revoked.
     fn revoke(&self, workload: String, replica: u32, epoch: u64)
     -> impl Future<Output = ()> + Send;
+    /// The output of a replica this node runs.
+    fn logs(
+        &self,
+        workload: String,
+        replica: u32,
+        window: LogWindow,
+    ) -> impl Future<Output = Result<LogChunk, String>> + Send;
 }
 
 /// Where a workload's replicas run: replica → (node, epoch).
@@ -329,6 +337,19 @@ pub enum Command {
     RemoveRemote {
         /// Workload key (`namespace/name`).
         workload: String,
+    },
+    /// Reads a replica's output from the node that runs it.
+    Logs {
+        /// The node running the replica.
+        node: String,
+        /// Workload key (`namespace/name`).
+        workload: String,
+        /// Replica index.
+        replica: u32,
+        /// Which lines.
+        window: LogWindow,
+        /// Where the answer goes (dropped if the node never answers).
+        reply: oneshot::Sender<Result<LogChunk, LogsFailure>>,
     },
     /// Where a workload this node owns has replicas: replica → (node, epoch).
     Placements {
@@ -424,6 +445,12 @@ pub async fn run<H: Host>(
     // Workloads this node owns: key → (image, replicas), for reports to other nodes.
     let mut owned: BTreeMap<String, (String, u32)> = BTreeMap::new();
     let mut queries: BTreeMap<u64, PendingQuery> = BTreeMap::new();
+    // Logs asked of other nodes: request → (node, where the answer goes). An asker that
+    // gave up (its receiver is closed) is forgotten at the next request.
+    type LogsAnswer = oneshot::Sender<Result<LogChunk, LogsFailure>>;
+    let mut log_requests: HashMap<u64, (String, LogsAnswer)> = HashMap::new();
+    // Logs read for other nodes, read beside the loop, come back here to be sent.
+    let (logs_read, mut logs_ready) = mpsc::channel::<(String, Body)>(16);
     let mut next_query: u64 = 0;
     // Messages this loop sends of its own accord (answers to queries, query fan-out).
     let mut outbox: Vec<(String, Body)> = Vec::new();
@@ -501,6 +528,15 @@ pub async fn run<H: Host>(
                 Command::Placements { workload, reply } => {
                     let _ = reply.send(announcer.placements(&workload));
                 }
+                Command::Logs { node, workload, replica, window, reply } => {
+                    log_requests.retain(|_, (_, waiting)| !waiting.is_closed());
+                    next_query += 1;
+                    log_requests.insert(next_query, (node.clone(), reply));
+                    outbox.push((
+                        node,
+                        Body::LogsRequest(LogsRequest { request: next_query, workload, replica, window }),
+                    ));
+                }
                 Command::ListMesh { reply } => {
                     next_query += 1;
                     let collected = owned_report(&owned, &announcer)
@@ -538,6 +574,7 @@ pub async fn run<H: Host>(
                     }
                 }
             },
+            Some(reply) = logs_ready.recv() => outbox.push(reply),
             _ = report.tick() => bidder.report_instances(),
             () = sleep => {
                 let now = unix_millis();
@@ -605,6 +642,36 @@ pub async fn run<H: Host>(
                             {
                                 let _ = query.reply.send(query.collected);
                             }
+                        }
+                        continue;
+                    }
+                    Body::LogsRequest(request) => {
+                        let host = Arc::clone(&host);
+                        let done = logs_read.clone();
+                        tokio::spawn(async move {
+                            let name = workload_name(&request.workload).to_owned();
+                            let result = host
+                                .logs(name, request.replica, request.window)
+                                .await
+                                .map_err(|message| LogsFailure {
+                                    denied: false,
+                                    message,
+                                });
+                            let reply = LogsReply {
+                                request: request.request,
+                                result,
+                            };
+                            let _ = done.send((from, Body::LogsReply(reply))).await;
+                        });
+                        continue;
+                    }
+                    Body::LogsReply(reply) => {
+                        if log_requests
+                            .get(&reply.request)
+                            .is_some_and(|(node, _)| *node == from)
+                            && let Some((_, waiting)) = log_requests.remove(&reply.request)
+                        {
+                            let _ = waiting.send(reply.result);
                         }
                         continue;
                     }
@@ -781,6 +848,7 @@ fn authorize(
             None => return Some(body),
         },
         Body::RemoveWorkload(remove) => (Action::Remove, remove.workload.as_str()),
+        Body::LogsRequest(request) => (Action::Logs, request.workload.as_str()),
         _ => return Some(body),
     };
     let Err(denied) = policy.check(from, action, workload_namespace(workload)) else {
@@ -804,6 +872,16 @@ fn authorize(
                 replica: award.replica,
                 reservation: award.reservation,
                 reason: denied.to_string(),
+            }),
+        )),
+        Body::LogsRequest(request) => outbox.push((
+            from.to_owned(),
+            Body::LogsReply(LogsReply {
+                request: request.request,
+                result: Err(LogsFailure {
+                    denied: true,
+                    message: denied.to_string(),
+                }),
             }),
         )),
         Body::Bid(bid) => announcer.handle_decline(
@@ -855,7 +933,11 @@ fn dispatch(
         Body::Reject(reject) => announcer.handle_reject(now, from, &reject),
         Body::Instance(instance) => announcer.handle_instance(now, from, &instance),
         // Answered by the loop itself, which holds what they need.
-        Body::WorkloadQuery(_) | Body::WorkloadReport(_) | Body::RemoveWorkload(_) => {}
+        Body::WorkloadQuery(_)
+        | Body::WorkloadReport(_)
+        | Body::RemoveWorkload(_)
+        | Body::LogsRequest(_)
+        | Body::LogsReply(_) => {}
     }
 }
 

@@ -14,8 +14,8 @@ use parley_store::records::Event;
 use parley_store::{DEFAULT_NAMESPACE, Store, StoreError, Tree};
 
 use crate::api::types::{
-    AgentStatus, Assignment, NodeAnswer, NodeEntry, NodeList, ReplicaExplanation, ReplicaStatus,
-    WorkloadExplanation, WorkloadList, WorkloadRecord, WorkloadStatus,
+    AgentStatus, Assignment, LogsQuery, NodeAnswer, NodeEntry, NodeList, ReplicaExplanation,
+    ReplicaStatus, WorkloadExplanation, WorkloadList, WorkloadLogs, WorkloadRecord, WorkloadStatus,
 };
 use crate::hostcheck::HostWarning;
 use crate::mesh::{Command, Host, MeshHandle};
@@ -25,9 +25,13 @@ use crate::runtime::{
     ContainerRuntime, ContainerSpec, ContainerState, ManagedContainer, RuntimeError, labels,
 };
 use parley_negotiation::auction::{Answer, PlacementRequest};
-use parley_negotiation::messages::{DeclineReason, OwnedWorkload, Scoring};
+use parley_negotiation::messages::{DeclineReason, LogChunk, LogWindow, OwnedWorkload, Scoring};
 
-/// Replicas per workload on a single node; placement across nodes comes with negotiation.
+/// How long the node running a replica gets to return its logs.
+const LOGS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Replicas per workload an agent outside a mesh runs: each replica needs a node of its
+/// own.
 const REPLICAS: u32 = 1;
 
 /// Largest spec copied into a container label. Labels let a node rebuild its store from
@@ -81,6 +85,26 @@ pub enum NodeError {
     /// The authorization policy refuses the request.
     #[error("refused: {0}; a grant in the policy must allow it")]
     Denied(#[from] crate::policy::Denied),
+    /// No replica of the workload runs where the request can reach it.
+    #[error("{name} has no replica {replica} placed{hint}")]
+    ReplicaNotPlaced {
+        /// The workload.
+        name: String,
+        /// The replica asked for (or the lowest one).
+        replica: u32,
+        /// What to try instead.
+        hint: &'static str,
+    },
+    /// The node running the replica refused or failed the request, or did not answer.
+    #[error("{node} did not return the logs: {message}")]
+    Remote {
+        /// The node asked.
+        node: String,
+        /// Its answer, or that none came.
+        message: String,
+        /// Whether its policy refused this node.
+        denied: bool,
+    },
     /// The mesh's negotiation loop is not running (the agent is shutting down).
     #[error("the mesh is not running (the agent is shutting down); try again once it is back")]
     MeshStopped,
@@ -695,6 +719,141 @@ impl<R: ContainerRuntime> Node<R> {
         })
     }
 
+    /// A replica's output, from this node's Podman or, in a mesh, from the node that runs
+    /// it. Without `query.replica`, the lowest-numbered replica placed.
+    pub async fn logs(&self, name: &str, query: &LogsQuery) -> Result<WorkloadLogs, NodeError> {
+        let window = LogWindow {
+            since_micros: query.since_micros,
+            until_micros: None,
+            tail: query.tail,
+            follow: query.follow,
+        };
+        let key = key(name);
+        let local = match self.runtime.list_managed(&self.info.name).await {
+            Ok(containers) => containers,
+            // In a mesh the replica may run elsewhere; alone, Podman is the only source.
+            Err(_) if self.info.mesh.is_some() => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let here = |replica: u32| {
+            local
+                .iter()
+                .find(|c| c.workload == name && c.replica == replica)
+        };
+        let mut replicas_here: Vec<u32> = local
+            .iter()
+            .filter(|c| c.workload == name)
+            .map(|c| c.replica)
+            .collect();
+        replicas_here.sort_unstable();
+        let answer = |replica, node: String, chunk| WorkloadLogs {
+            name: name.to_owned(),
+            replica,
+            node,
+            chunk,
+        };
+
+        let Some(mesh) = &self.info.mesh else {
+            let replica = query
+                .replica
+                .or_else(|| replicas_here.first().copied())
+                .unwrap_or(0);
+            if let Some(container) = here(replica) {
+                let chunk = self.local_logs(&container.id, window).await?;
+                return Ok(answer(replica, self.info.name.clone(), chunk));
+            }
+            if self.workloads.get(&key)?.is_none() {
+                return Err(NodeError::NotFound {
+                    name: name.to_owned(),
+                });
+            }
+            return Err(NodeError::ReplicaNotPlaced {
+                name: name.to_owned(),
+                replica,
+                hint: "; `parley ps` shows its state",
+            });
+        };
+        mesh.policy
+            .check(&mesh.id, Action::Logs, DEFAULT_NAMESPACE)?;
+        if let Some(replica) = query.replica
+            && let Some(container) = here(replica)
+        {
+            let chunk = self.local_logs(&container.id, window).await?;
+            return Ok(answer(replica, mesh.id.clone(), chunk));
+        }
+        let placements: Vec<(u32, String)> = self
+            .mesh_workloads(mesh)
+            .await
+            .into_iter()
+            .filter(|(_, w)| w.workload == key)
+            .flat_map(|(_, w)| w.placements)
+            .map(|p| (p.replica, p.node))
+            .collect();
+        if placements.is_empty() && replicas_here.is_empty() {
+            return Err(NodeError::NotFound {
+                name: name.to_owned(),
+            });
+        }
+        let replica = query.replica.unwrap_or_else(|| {
+            placements
+                .iter()
+                .map(|(replica, _)| *replica)
+                .chain(replicas_here.iter().copied())
+                .min()
+                .unwrap_or(0)
+        });
+        if let Some(container) = here(replica) {
+            let chunk = self.local_logs(&container.id, window).await?;
+            return Ok(answer(replica, mesh.id.clone(), chunk));
+        }
+        let Some(node) = placements
+            .into_iter()
+            .find(|(r, node)| *r == replica && *node != mesh.id)
+            .map(|(_, node)| node)
+        else {
+            return Err(NodeError::ReplicaNotPlaced {
+                name: name.to_owned(),
+                replica,
+                hint: "; `parley explain` says why",
+            });
+        };
+        let (reply, answered) = tokio::sync::oneshot::channel();
+        mesh.commands
+            .send(Command::Logs {
+                node: node.clone(),
+                workload: key,
+                replica,
+                window,
+                reply,
+            })
+            .await
+            .map_err(|_| NodeError::MeshStopped)?;
+        let remote = |message: String, denied| NodeError::Remote {
+            node: node.clone(),
+            message,
+            denied,
+        };
+        match tokio::time::timeout(LOGS_TIMEOUT, answered).await {
+            Ok(Ok(Ok(chunk))) => Ok(answer(replica, node.clone(), chunk)),
+            Ok(Ok(Err(failure))) => Err(remote(failure.message, failure.denied)),
+            Ok(Err(_)) | Err(_) => Err(remote(format!("no answer within {LOGS_TIMEOUT:?}"), false)),
+        }
+    }
+
+    /// Reads a container's output here. When following, the window ends a second before
+    /// now (a line can take that long to reach the log), and the answer says where.
+    async fn local_logs(&self, id: &str, mut window: LogWindow) -> Result<LogChunk, RuntimeError> {
+        if window.follow && window.until_micros.is_none() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            window.until_micros = Some(now.saturating_sub(1_000_000));
+        }
+        let mut chunk = self.runtime.logs(id, &window).await?;
+        chunk.until_micros = window.until_micros.filter(|_| window.follow);
+        Ok(chunk)
+    }
+
     /// Why each replica of a workload is or is not placed: in a mesh, the answers of its
     /// last auctions; alone, where it runs.
     pub async fn explain(&self, name: &str) -> Result<WorkloadExplanation, NodeError> {
@@ -1242,6 +1401,30 @@ impl<R: ContainerRuntime> Host for Node<R> {
             Some(&key),
             "at another node's request; revoking its replicas",
         );
+    }
+
+    async fn logs(
+        &self,
+        workload: String,
+        replica: u32,
+        window: LogWindow,
+    ) -> Result<LogChunk, String> {
+        let containers = self
+            .runtime
+            .list_managed(&self.info.name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(container) = containers
+            .iter()
+            .find(|c| c.workload == workload && c.replica == replica)
+        else {
+            return Err(format!(
+                "replica {replica} of {workload} has no container on this node"
+            ));
+        };
+        self.local_logs(&container.id, window)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn revoke(&self, workload: String, replica: u32, epoch: u64) {

@@ -66,8 +66,15 @@ impl Action {
 }
 
 impl fmt::Display for Action {
+    /// What the action does, for refusals ("may not read logs").
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.write_str(match self {
+            Self::Submit => "submit workloads",
+            Self::Bid => "bid for workloads",
+            Self::Logs => "read logs",
+            Self::Remove => "remove workloads",
+            Self::List => "list workloads",
+        })
     }
 }
 
@@ -94,7 +101,7 @@ pub enum PolicyError {
 
 /// A request the policy refuses, worded for the one who asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{id} may not {action} in namespace {namespace:?} ({source_name})")]
+#[error("{id} may not {action} in namespace {namespace:?} (`{}` is not granted by the {source_name})", .action.name())]
 pub struct Denied {
     /// Who asked.
     pub id: String,
@@ -155,7 +162,7 @@ impl Policy {
                 actions: Action::ALL.into_iter().collect(),
                 namespaces: vec![Pattern::new("*").expect("`*` is a pattern")],
             }],
-            source: format!("built-in policy: every node of {trust_domain} may do everything"),
+            source: format!("built-in policy (every node of {trust_domain} may do everything)"),
         }
     }
 
@@ -350,7 +357,8 @@ mod tests {
         assert_eq!(
             denied.to_string(),
             format!(
-                "spiffe://td/node/web1 may not remove in namespace \"prod\" (policy file {})",
+                "spiffe://td/node/web1 may not remove workloads in namespace \"prod\" \
+                 (`remove` is not granted by the policy file {})",
                 path.display()
             )
         );

@@ -385,6 +385,10 @@ pub enum Body {
     WorkloadReport(WorkloadReport),
     /// Asks a workload's owner to remove it (`parley rm` on another node).
     RemoveWorkload(RemoveWorkload),
+    /// Asks the node running a replica for its output (`parley logs`).
+    LogsRequest(LogsRequest),
+    /// The output asked for, or why there is none.
+    LogsReply(LogsReply),
 }
 
 /// Most workloads one [`WorkloadReport`] carries, so that it fits in a frame.
@@ -437,6 +441,151 @@ pub struct RemoveWorkload {
     pub workload: String,
 }
 
+/// Most bytes of log text one [`LogsReply`] carries, so that it fits in a frame with room
+/// to spare for the envelope and per-line overhead.
+pub const MAX_LOG_REPLY_BYTES: usize = 32 * 1024;
+
+/// Longest log line kept whole; longer ones are cut (a line is not a file).
+pub const MAX_LOG_LINE_BYTES: usize = 4 * 1024;
+
+/// Which part of a container's output to read. Times are unix microseconds, as read by
+/// the clock of the node running the replica.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogWindow {
+    /// Only lines logged at or after this time.
+    #[serde(default)]
+    pub since_micros: Option<u64>,
+    /// Only lines logged at or before this time.
+    #[serde(default)]
+    pub until_micros: Option<u64>,
+    /// Only the last this many lines.
+    #[serde(default)]
+    pub tail: Option<u32>,
+    /// For following a log: without `until_micros`, the node running the replica ends the
+    /// window one second before its own now, so that no line can still arrive inside it,
+    /// and says where it ended; the next window starts just after.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// Which stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// One line of a container's output, without its newline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Where it was written.
+    pub stream: LogStream,
+    /// The text (invalid UTF-8 replaced, cut at [`MAX_LOG_LINE_BYTES`]).
+    pub text: String,
+}
+
+/// The newest lines of a window, at most [`MAX_LOG_REPLY_BYTES`] of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    /// The lines, oldest first.
+    pub lines: Vec<LogLine>,
+    /// Older lines of the window left out to respect the size bound.
+    pub skipped: u64,
+    /// Where the window ended, when the node running the replica chose it (`follow`).
+    #[serde(default)]
+    pub until_micros: Option<u64>,
+}
+
+/// What a line counts against [`MAX_LOG_REPLY_BYTES`] beyond its text: the encoding's
+/// per-line overhead (a two-key map), so that many short lines cannot outgrow a frame.
+const LOG_LINE_OVERHEAD: usize = 32;
+
+impl LogChunk {
+    /// Keeps the newest of `lines` (oldest first) that fit [`MAX_LOG_REPLY_BYTES`],
+    /// cutting each to [`MAX_LOG_LINE_BYTES`], and counts the rest as skipped.
+    pub fn newest(lines: Vec<LogLine>) -> Self {
+        let mut tail = LogTail::default();
+        for line in lines {
+            tail.push(line);
+        }
+        tail.finish()
+    }
+}
+
+/// Collects a stream of log lines of any length in bounded memory: it keeps the newest
+/// that fit [`MAX_LOG_REPLY_BYTES`] and counts the ones it drops.
+#[derive(Debug, Default)]
+pub struct LogTail {
+    lines: std::collections::VecDeque<LogLine>,
+    bytes: usize,
+    skipped: u64,
+}
+
+impl LogTail {
+    /// Adds the next line, cut to [`MAX_LOG_LINE_BYTES`]; drops the oldest kept lines
+    /// while the total is over the bound.
+    pub fn push(&mut self, mut line: LogLine) {
+        if line.text.len() > MAX_LOG_LINE_BYTES {
+            let mut cut = MAX_LOG_LINE_BYTES;
+            while !line.text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.text.truncate(cut);
+        }
+        self.bytes += line.text.len() + LOG_LINE_OVERHEAD;
+        self.lines.push_back(line);
+        while self.bytes > MAX_LOG_REPLY_BYTES
+            && let Some(oldest) = self.lines.pop_front()
+        {
+            self.bytes -= oldest.text.len() + LOG_LINE_OVERHEAD;
+            self.skipped += 1;
+        }
+    }
+
+    /// The lines kept, oldest first.
+    pub fn finish(self) -> LogChunk {
+        LogChunk {
+            lines: self.lines.into(),
+            skipped: self.skipped,
+            until_micros: None,
+        }
+    }
+}
+
+/// Asks the node running a replica for its output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsRequest {
+    /// Matches the reply to the request.
+    pub request: u64,
+    /// Workload key (`namespace/name`).
+    pub workload: String,
+    /// Replica index.
+    pub replica: u32,
+    /// Which lines.
+    pub window: LogWindow,
+}
+
+/// The answer to a [`LogsRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsReply {
+    /// The request answered.
+    pub request: u64,
+    /// The lines, or why there are none.
+    pub result: Result<LogChunk, LogsFailure>,
+}
+
+/// Why a node returned no logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsFailure {
+    /// The policy refused the asker (as opposed to: no such replica here, Podman down).
+    pub denied: bool,
+    /// What happened, for people.
+    pub message: String,
+}
+
 impl Body {
     /// The kind, also the signature context.
     pub fn kind(&self) -> &'static str {
@@ -457,6 +606,8 @@ impl Body {
             Self::WorkloadQuery(_) => "workload-query",
             Self::WorkloadReport(_) => "workload-report",
             Self::RemoveWorkload(_) => "remove-workload",
+            Self::LogsRequest(_) => "logs-request",
+            Self::LogsReply(_) => "logs-reply",
         }
     }
 }

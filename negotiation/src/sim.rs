@@ -706,7 +706,11 @@ impl<'c> Sim<'c> {
             Body::Ack(ack) => node.membership.handle_ack(now, from, ack),
             Body::Sync(sync) => node.membership.handle_sync(now, from, sync),
             // The simulator's users ask nothing of other nodes.
-            Body::WorkloadQuery(_) | Body::WorkloadReport(_) | Body::RemoveWorkload(_) => {}
+            Body::WorkloadQuery(_)
+            | Body::WorkloadReport(_)
+            | Body::RemoveWorkload(_)
+            | Body::LogsRequest(_)
+            | Body::LogsReply(_) => {}
         }
         Ok(())
     }

@@ -5,7 +5,9 @@ use parley_negotiation::codec::{
     self, DEFAULT_TIME_WINDOW_MS, DecodeError, Envelope, MAX_FRAME_LEN, PROTOCOL_VERSION,
     ReplayGuard, Signer,
 };
-use parley_negotiation::messages::{Bid, Body, Release};
+use parley_negotiation::messages::{
+    Bid, Body, LogChunk, LogLine, LogStream, LogsReply, MAX_LOG_LINE_BYTES, Release,
+};
 use parley_negotiation::testing::{ChecksumVerifier, KeyedChecksum};
 use proptest::prelude::*;
 
@@ -278,5 +280,46 @@ proptest! {
         if let Ok(body) = decode(&bad, &mut ReplayGuard::default(), NOW) {
             prop_assert_eq!(body, bid());
         }
+    }
+}
+
+/// A logs reply filled to its bound, with the worst lines for overhead (empty, many) and
+/// for size (long, multi-byte), still fits a frame and round-trips.
+#[test]
+fn a_full_logs_reply_fits_a_frame() {
+    let line = |text: String| LogLine {
+        stream: LogStream::Stderr,
+        text,
+    };
+    for lines in [
+        (0..100_000)
+            .map(|_| line(String::new()))
+            .collect::<Vec<_>>(),
+        (0..100).map(|i| line("é".repeat(3_000 + i))).collect(),
+    ] {
+        let total = lines.len() as u64;
+        let chunk = LogChunk::newest(lines);
+        assert!(chunk.skipped > 0 && chunk.skipped < total);
+        assert_eq!(chunk.lines.len() as u64 + chunk.skipped, total);
+        assert!(
+            chunk
+                .lines
+                .iter()
+                .all(|l| l.text.len() <= MAX_LOG_LINE_BYTES)
+        );
+        let body = Body::LogsReply(LogsReply {
+            request: 1,
+            result: Ok(chunk),
+        });
+        let frame = codec::encode(&body, &signer(), 1, NOW);
+        assert!(
+            frame.len() <= MAX_FRAME_LEN,
+            "{} bytes > {MAX_FRAME_LEN}",
+            frame.len()
+        );
+        assert_eq!(
+            decode(&frame, &mut ReplayGuard::default(), NOW).unwrap(),
+            body
+        );
     }
 }

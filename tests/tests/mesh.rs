@@ -614,7 +614,7 @@ fn the_policy_decides_who_may_place_work_and_a_sighup_reloads_it() {
     };
     run_duo().fails_with(
         77,
-        "refused: spiffe://policy.e2e/node/c may not submit in namespace \"default\"",
+        "refused: spiffe://policy.e2e/node/c may not submit workloads in namespace \"default\"",
     );
 
     // c's operator grants c `submit` locally and reloads; a and b still refuse c's calls.

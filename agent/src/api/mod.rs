@@ -6,6 +6,8 @@
 //! - `GET /metrics`: Prometheus metrics (placements, bids, declines by reason, awards,
 //!   re-auctions, peers by state, refused messages by kind)
 //! - `GET /v1/workloads/{name}/explain`: why each replica is or is not placed
+//! - `GET /v1/workloads/{name}/logs?replica=I&tail=N&since_micros=T&follow=true`: a
+//!   replica's output, from whichever node runs it
 //! - `GET /v1/workloads`: workloads with container states
 //! - `POST /v1/workloads`: run a workload (body: a `WorkloadSpec`)
 //! - `DELETE /v1/workloads/{name}`: remove a workload
@@ -18,7 +20,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
@@ -45,6 +47,7 @@ pub fn router<R: ContainerRuntime>(node: Arc<Node<R>>) -> Router {
         .route("/v1/nodes", get(nodes::<R>))
         .route("/metrics", get(metrics::<R>))
         .route("/v1/workloads/{name}/explain", get(explain::<R>))
+        .route("/v1/workloads/{name}/logs", get(logs::<R>))
         .route("/v1/workloads", get(list::<R>).post(run::<R>))
         .route("/v1/workloads/{name}", delete(remove::<R>))
         .route("/v1/events", get(events::<R>))
@@ -97,7 +100,11 @@ impl From<NodeError> for Failure {
             }
             NodeError::DoesNotFit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "does-not-fit"),
             NodeError::MeshStopped => (StatusCode::SERVICE_UNAVAILABLE, "mesh-stopped"),
-            NodeError::Denied(_) => (StatusCode::FORBIDDEN, "policy-denied"),
+            NodeError::Denied(_) | NodeError::Remote { denied: true, .. } => {
+                (StatusCode::FORBIDDEN, "policy-denied")
+            }
+            NodeError::Remote { .. } => (StatusCode::BAD_GATEWAY, "node-unavailable"),
+            NodeError::ReplicaNotPlaced { .. } => (StatusCode::NOT_FOUND, "not-placed"),
             NodeError::Runtime(RuntimeError::ImageNotFound { .. }) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "image-not-found")
             }
@@ -150,6 +157,14 @@ async fn explain<R: ContainerRuntime>(
     UrlPath(name): UrlPath<String>,
 ) -> Result<Response, Failure> {
     Ok(axum::Json(node.explain(&name).await?).into_response())
+}
+
+async fn logs<R: ContainerRuntime>(
+    State(node): State<Arc<Node<R>>>,
+    UrlPath(name): UrlPath<String>,
+    Query(query): Query<types::LogsQuery>,
+) -> Result<Response, Failure> {
+    Ok(axum::Json(node.logs(&name, &query).await?).into_response())
 }
 
 async fn metrics<R: ContainerRuntime>(State(node): State<Arc<Node<R>>>) -> Response {

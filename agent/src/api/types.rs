@@ -88,6 +88,34 @@ pub struct WorkloadStatus {
     pub replicas: Vec<ReplicaStatus>,
 }
 
+/// Answer to `GET /v1/workloads/{name}/logs`: a replica's output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkloadLogs {
+    /// Workload name.
+    pub name: String,
+    /// Replica index.
+    pub replica: u32,
+    /// The node running it (its SPIFFE ID in a mesh, its name alone).
+    pub node: String,
+    /// The lines, oldest first, with older ones left out when over the size bound.
+    #[serde(flatten)]
+    pub chunk: parley_negotiation::messages::LogChunk,
+}
+
+/// Query of `GET /v1/workloads/{name}/logs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LogsQuery {
+    /// Which replica (default: the lowest-numbered one placed).
+    pub replica: Option<u32>,
+    /// Only the last this many lines.
+    pub tail: Option<u32>,
+    /// Only lines at or after this time (unix microseconds, the running node's clock).
+    pub since_micros: Option<u64>,
+    /// End the window a second before now and say where (see `LogWindow::follow`).
+    #[serde(default)]
+    pub follow: bool,
+}
+
 /// Answer to `GET /v1/workloads/{name}/explain`: why each replica is or is not placed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkloadExplanation {

@@ -14,6 +14,7 @@ pub mod events;
 pub mod explain;
 pub mod generate;
 pub mod identity;
+pub mod logs;
 pub mod metrics;
 pub mod nodes;
 pub mod ps;
@@ -87,6 +88,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// List this node and the mesh members it knows of: state, version, capacity, labels
     Nodes(nodes::NodesArgs),
+    /// Print a replica's output, from whichever node runs it
+    Logs(logs::LogsArgs),
     /// Explain why each replica of a workload is or is not placed, node by node
     Explain(explain::ExplainArgs),
     /// Print the agent's Prometheus metrics
@@ -115,6 +118,9 @@ impl Cli {
             Command::Metrics(args) => {
                 with_client(&self.global, |client| metrics::execute(args, client))
             }
+            Command::Logs(args) => with_client(&self.global, |client| {
+                logs::execute(args, client, self.global.output)
+            }),
             Command::Explain(args) => with_client(&self.global, |client| {
                 explain::execute(args, client, self.global.output)
             }),

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
-    ContainerRuntime, ContainerSpec, ContainerState, ManagedContainer, RuntimeError, RuntimeInfo,
-    labels,
+    ContainerRuntime, ContainerSpec, ContainerState, LineSplitter, LogChunk, LogStream, LogWindow,
+    ManagedContainer, RuntimeError, RuntimeInfo, labels,
 };
 
 #[derive(Debug, Default)]
@@ -22,6 +22,8 @@ struct State {
     /// Images whose containers fail to start (a bad command, say).
     failing_images: HashSet<String>,
     creates: u64,
+    /// What each container wrote, by container name.
+    output: BTreeMap<String, Vec<u8>>,
 }
 
 /// A fake engine. Clones share state, so a test keeps one clone to inspect and steer.
@@ -51,6 +53,15 @@ impl FakeRuntime {
     /// Makes containers of `image` fail at start.
     pub fn fail_starts_of(&self, image: &str) {
         self.lock().failing_images.insert(image.to_owned());
+    }
+
+    /// Makes the container named `name` write `text` on its standard output.
+    pub fn write_output(&self, name: &str, text: &str) {
+        self.lock()
+            .output
+            .entry(name.to_owned())
+            .or_default()
+            .extend_from_slice(text.as_bytes());
     }
 
     /// Simulates a container exiting on its own.
@@ -187,5 +198,29 @@ impl ContainerRuntime for FakeRuntime {
         Self::check_up(&state)?;
         state.containers.remove(id);
         Ok(())
+    }
+
+    /// The whole output, or its last `tail` lines; the fake keeps no timestamps, so the
+    /// window's times are ignored.
+    async fn logs(&self, id: &str, window: &LogWindow) -> Result<LogChunk, RuntimeError> {
+        let state = self.lock();
+        Self::check_up(&state)?;
+        let Some((spec, _)) = state.containers.get(id) else {
+            return Err(RuntimeError::Failed {
+                operation: "read a container's logs",
+                message: format!("no such container {id} (HTTP 404)"),
+            });
+        };
+        let mut lines = LineSplitter::default();
+        lines.push(
+            LogStream::Stdout,
+            state.output.get(&spec.name).map_or(&[][..], Vec::as_slice),
+        );
+        let mut chunk = lines.finish();
+        if let Some(tail) = window.tail {
+            let keep = chunk.lines.len().min(tail as usize);
+            chunk.lines.drain(..chunk.lines.len() - keep);
+        }
+        Ok(chunk)
     }
 }

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 
+pub use parley_negotiation::messages::{LogChunk, LogLine, LogStream, LogWindow};
+use parley_negotiation::messages::{LogTail, MAX_LOG_LINE_BYTES};
 use serde::{Deserialize, Serialize};
 
 pub mod fake;
@@ -195,4 +197,57 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Stops (within the container's stop timeout) and removes a container. Removing one
     /// that no longer exists succeeds.
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// A container's output within `window`: the newest lines that fit one reply
+    /// ([`LogChunk`] says how many older ones were left out), read in bounded memory.
+    fn logs(
+        &self,
+        id: &str,
+        window: &LogWindow,
+    ) -> impl Future<Output = Result<LogChunk, RuntimeError>> + Send;
+}
+
+/// Splits a container's output, delivered in chunks of any size, into lines per stream,
+/// holding at most one partial line of [`MAX_LOG_LINE_BYTES`] per stream.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    tail: LogTail,
+    partial: [Vec<u8>; 2],
+}
+
+impl LineSplitter {
+    /// Adds a chunk written to `stream`.
+    pub fn push(&mut self, stream: LogStream, bytes: &[u8]) {
+        let index = stream as usize;
+        let mut rest = bytes;
+        while let Some(end) = rest.iter().position(|b| *b == b'\n') {
+            self.append(index, &rest[..end]);
+            self.emit(stream);
+            rest = &rest[end + 1..];
+        }
+        self.append(index, rest);
+    }
+
+    fn append(&mut self, index: usize, bytes: &[u8]) {
+        let room = MAX_LOG_LINE_BYTES.saturating_sub(self.partial[index].len());
+        self.partial[index].extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn emit(&mut self, stream: LogStream) {
+        let bytes = std::mem::take(&mut self.partial[stream as usize]);
+        self.tail.push(LogLine {
+            stream,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        });
+    }
+
+    /// The lines, including an unterminated last one.
+    pub fn finish(mut self) -> LogChunk {
+        for stream in [LogStream::Stdout, LogStream::Stderr] {
+            if !self.partial[stream as usize].is_empty() {
+                self.emit(stream);
+            }
+        }
+        self.tail.finish()
+    }
 }

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use futures_util::StreamExt;
 use podman_api::Podman;
 use podman_api::opts::{
-    ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter, ContainerListOpts, PullOpts,
+    ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter, ContainerListOpts,
+    ContainerLogsOpts, PullOpts,
 };
 
 use super::{
-    ContainerRuntime, ContainerSpec, ContainerState, ManagedContainer, RuntimeError, RuntimeInfo,
-    labels,
+    ContainerRuntime, ContainerSpec, ContainerState, LineSplitter, LogChunk, LogStream, LogWindow,
+    ManagedContainer, RuntimeError, RuntimeInfo, labels,
 };
 
 pub mod service;
@@ -255,5 +256,34 @@ impl ContainerRuntime for PodmanRuntime {
                 other => Err(other),
             },
         }
+    }
+
+    async fn logs(&self, id: &str, window: &LogWindow) -> Result<LogChunk, RuntimeError> {
+        // Podman takes times as (fractional) unix seconds.
+        let seconds = |micros: u64| format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+        let mut opts = ContainerLogsOpts::builder().stdout(true).stderr(true);
+        if let Some(since) = window.since_micros {
+            opts = opts.since(seconds(since));
+        }
+        if let Some(until) = window.until_micros {
+            opts = opts.until(seconds(until));
+        }
+        if let Some(tail) = window.tail {
+            opts = opts.tail(tail.to_string());
+        }
+        let container = self.podman.containers().get(id);
+        let opts = opts.build();
+        let mut chunks = container.logs(&opts);
+        let mut lines = LineSplitter::default();
+        while let Some(chunk) = chunks.next().await {
+            match chunk.map_err(|e| self.classify("read a container's logs", e))? {
+                podman_api::conn::TtyChunk::StdErr(bytes) => lines.push(LogStream::Stderr, &bytes),
+                podman_api::conn::TtyChunk::StdOut(bytes)
+                | podman_api::conn::TtyChunk::StdIn(bytes) => {
+                    lines.push(LogStream::Stdout, &bytes);
+                }
+            }
+        }
+        Ok(lines.finish())
     }
 }
