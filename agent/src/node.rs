@@ -1550,6 +1550,91 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn logs_come_from_the_container_and_unknown_names_say_so() {
+        let (_dir, _store, runtime, node) = fixture();
+        node.run(spec("talker", IMAGE)).await.unwrap();
+        runtime.write_output("parley-talker-0", "one\ntwo\nthree\npartial");
+        let logs = node.logs("talker", &LogsQuery::default()).await.unwrap();
+        let texts: Vec<&str> = logs.chunk.lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["one", "two", "three", "partial"]);
+        assert_eq!((logs.replica, logs.node.as_str()), (0, "node-a"));
+        assert_eq!(logs.chunk.until_micros, None);
+
+        let tail = LogsQuery {
+            tail: Some(2),
+            ..LogsQuery::default()
+        };
+        let logs = node.logs("talker", &tail).await.unwrap();
+        assert_eq!(logs.chunk.lines.len(), 2);
+
+        // Following: the window ends a second before now, and the answer says where.
+        let follow = LogsQuery {
+            follow: true,
+            ..LogsQuery::default()
+        };
+        let until = node
+            .logs("talker", &follow)
+            .await
+            .unwrap()
+            .chunk
+            .until_micros;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64;
+        assert!(
+            until.is_some_and(|u| u < now && now - u < 5_000_000),
+            "{until:?}"
+        );
+
+        assert!(matches!(
+            node.logs("nosuch", &LogsQuery::default()).await,
+            Err(NodeError::NotFound { .. })
+        ));
+        let other = LogsQuery {
+            replica: Some(3),
+            ..LogsQuery::default()
+        };
+        let err = node.logs("talker", &other).await.unwrap_err();
+        assert!(
+            matches!(err, NodeError::ReplicaNotPlaced { replica: 3, .. }),
+            "{err}"
+        );
+
+        runtime.set_down(true);
+        assert!(matches!(
+            node.logs("talker", &LogsQuery::default()).await,
+            Err(NodeError::Runtime(RuntimeError::Unavailable { .. }))
+        ));
+    }
+
+    #[test]
+    fn output_is_split_into_lines_per_stream_in_bounded_memory() {
+        use crate::runtime::{LineSplitter, LogStream};
+        let mut lines = LineSplitter::default();
+        lines.push(LogStream::Stdout, b"hel");
+        lines.push(LogStream::Stderr, b"warn\n");
+        lines.push(LogStream::Stdout, b"lo\nworld\n\xff\n");
+        lines.push(LogStream::Stdout, &vec![b'x'; 100_000]);
+        let chunk = lines.finish();
+        let seen: Vec<(LogStream, usize, &str)> = chunk
+            .lines
+            .iter()
+            .map(|l| (l.stream, l.text.len(), &l.text[..l.text.len().min(6)]))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (LogStream::Stderr, 4, "warn"),
+                (LogStream::Stdout, 5, "hello"),
+                (LogStream::Stdout, 5, "world"),
+                (LogStream::Stdout, 3, "\u{fffd}"),
+                (LogStream::Stdout, 4096, "xxxxxx"),
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn a_workload_that_does_not_fit_is_refused_with_every_reason() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

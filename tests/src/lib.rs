@@ -687,6 +687,24 @@ impl Agent {
         self.user.parley(&self.api_socket(), args)
     }
 
+    /// Starts `parley ARGS…` against this agent, as the test user, with its stdout piped
+    /// (for commands that keep running, like `logs --follow`).
+    pub fn cli_spawn<I, S>(&self, args: I) -> Child
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.user
+            .command(&self.user.binary)
+            .env("PARLEY_API_SOCKET", self.api_socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the parley CLI")
+    }
+
     /// `parley run NAME` of a container that sleeps for an hour and stops at once.
     pub fn run_sleeper(&self, name: &str) -> CliOutput {
         self.cli([

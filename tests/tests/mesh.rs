@@ -617,8 +617,16 @@ fn the_policy_decides_who_may_place_work_and_a_sighup_reloads_it() {
         "refused: spiffe://policy.e2e/node/c may not submit workloads in namespace \"default\"",
     );
 
-    // c's operator grants c `submit` locally and reloads; a and b still refuse c's calls.
-    std::fs::write(&own, policy("policy.e2e", &["bid", "list", "submit"])).unwrap();
+    c.cli(["logs", "duo"])
+        .fails_with(77, "c may not read logs in namespace \"default\"");
+
+    // c's operator grants c `submit` and `logs` locally and reloads; a and b still refuse
+    // c's calls.
+    std::fs::write(
+        &own,
+        policy("policy.e2e", &["bid", "list", "submit", "logs"]),
+    )
+    .unwrap();
     c.hangup();
     wait_until(
         "c's reloaded policy lets it submit",
@@ -671,6 +679,15 @@ fn the_policy_decides_who_may_place_work_and_a_sighup_reloads_it() {
     });
     assert!(replicas_on(&b, "duo").is_empty());
 
+    // Logs: a's policy does not grant c `logs`, so a refuses to send c its replica's
+    // output; c's grants a, so a reads c's.
+    c.cli(["logs", "duo", "--replica", "1"]).fails_with(
+        77,
+        "spiffe://policy.e2e/node/a did not return the logs: spiffe://policy.e2e/node/c may \
+         not read logs",
+    );
+    a.cli(["logs", "duo", "--replica", "0"]).ok();
+
     // A broken edit is reported and changes nothing.
     std::fs::write(&shared, "[[allow]]\nids = [").unwrap();
     a.hangup();
@@ -688,4 +705,106 @@ fn the_policy_decides_who_may_place_work_and_a_sighup_reloads_it() {
             .iter()
             .all(|agent| replicas_on(agent, "duo").is_empty())
     });
+}
+
+#[test]
+fn logs_come_from_whichever_node_runs_the_replica() {
+    let domain = TrustDomain::new("logs.e2e");
+    let a = mesh_agent("logs-a", &domain.enroll("a"), &[], &[]);
+    let seed = address(&a);
+    let b = mesh_agent("logs-b", &domain.enroll("b"), &[&seed], &[]);
+    wait_for_full_mesh(&[&a, &b]);
+
+    // Each replica counts on stdout and stderr, five lines a second.
+    a.cli([
+        "run",
+        "talker",
+        "--image",
+        parley_e2e::TEST_IMAGE,
+        "--replicas",
+        "2",
+        "--stop-timeout",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo tick $i; echo oops $i >&2; sleep 0.2; done",
+    ])
+    .ok();
+    wait_until("both replicas run", Duration::from_secs(60), || {
+        replicas_on(&a, "talker").len() == 1 && replicas_on(&b, "talker").len() == 1
+    });
+    // The replica on a, read from b: b asks the mesh where it runs, then asks a.
+    let on_a: u32 = replicas_on(&a, "talker")[0]
+        .rsplit('-')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let replica = on_a.to_string();
+    wait_until("a's replica has written", Duration::from_secs(20), || {
+        b.cli(["logs", "talker", "--replica", &replica])
+            .stdout
+            .contains("tick 3")
+    });
+    let read = b.cli(["logs", "talker", "--replica", &replica]);
+    assert!(read.ok().starts_with("tick 1\ntick 2\n"), "{}", read.stdout);
+    assert!(
+        read.stderr.starts_with("oops 1\noops 2\n"),
+        "{}",
+        read.stderr
+    );
+    let json = b
+        .cli([
+            "logs",
+            "talker",
+            "--replica",
+            &replica,
+            "--tail",
+            "2",
+            "-o",
+            "json",
+        ])
+        .json();
+    assert_eq!(json["node"], "spiffe://logs.e2e/node/a", "{json}");
+    assert_eq!(json["replica"], on_a, "{json}");
+    assert_eq!(json["lines"].as_array().map(Vec::len), Some(2), "{json}");
+
+    // Following from b: every line once, in order, none lost between windows.
+    let mut follow = b.cli_spawn(["logs", "talker", "--replica", &replica, "--tail", "1", "-f"]);
+    let stdout = follow.stdout.take().unwrap();
+    let (seen_tx, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if seen_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut ticks = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ticks.len() < 20 && Instant::now() < deadline {
+        if let Ok(line) = seen.recv_timeout(Duration::from_secs(1)) {
+            let tick: u64 = line
+                .strip_prefix("tick ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+            ticks.push(tick);
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(ticks.len() >= 20, "only {ticks:?} within 30 s");
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "lines repeated or lost while following: {ticks:?}"
+    );
+
+    b.cli(["logs", "nosuch"])
+        .fails_with(1, "no workload named nosuch");
+    b.cli(["logs", "talker", "--replica", "7"])
+        .fails_with(1, "talker has no replica 7 placed");
+    a.cli(["rm", "talker"]).ok();
 }

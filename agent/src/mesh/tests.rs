@@ -19,6 +19,9 @@ impl Host for NoWork {
     async fn start(&self, _: String, _: u32) {}
     async fn forget(&self, _: String) {}
     async fn revoke(&self, _: String, _: u32, _: u64) {}
+    async fn logs(&self, _: String, _: u32, _: LogWindow) -> Result<LogChunk, String> {
+        Err("this test host runs nothing".to_owned())
+    }
 }
 
 struct Running {
