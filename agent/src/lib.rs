@@ -10,6 +10,7 @@ pub mod capacity;
 pub mod cli;
 pub mod config;
 pub mod hostcheck;
+pub mod join;
 pub mod mesh;
 pub mod metrics;
 pub mod node;

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon logs what it does; client commands stay quiet unless asked (PARLEY_LOG).
     let default_level = match cli.command {
-        Command::Agent(_) => "info",
+        Command::Agent(_) | Command::Join(_) => "info",
         _ => "warn",
     };
     let filter =

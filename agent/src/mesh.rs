@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::types::Assignment;
 use crate::config::MeshSettings;
+use crate::join::Enrollment;
 use crate::metrics::Metrics;
 use crate::policy::{Action, Policy, PolicyError, PolicyHandle};
 use crate::transport::{Inbound, Limits, NodeCredentials, Transport};
@@ -57,6 +58,8 @@ pub struct MeshHandle {
     pub metrics: Arc<Metrics>,
     /// Who may do what; checked on every request from a peer and from the local API.
     pub policy: PolicyHandle,
+    /// The enrollment service, on a node that holds its trust domain's root key.
+    pub enrollment: Option<Arc<Enrollment>>,
 }
 
 impl std::fmt::Debug for MeshHandle {
@@ -129,6 +132,7 @@ pub struct Prepared {
     seeds: Vec<SocketAddr>,
     view: watch::Sender<Vec<Member>>,
     commands: mpsc::Receiver<Command>,
+    joining: Option<mpsc::Receiver<quinn::Connection>>,
 }
 
 impl Prepared {
@@ -139,6 +143,13 @@ impl Prepared {
         committed: Vec<Assignment>,
         shutdown: CancellationToken,
     ) {
+        if let (Some(joining), Some(enrollment)) = (self.joining, &self.handle.enrollment) {
+            tokio::spawn(crate::join::serve(
+                joining,
+                Arc::clone(enrollment),
+                shutdown.clone(),
+            ));
+        }
         tokio::spawn(run(
             self.handle.transport.clone(),
             self.inbox,
@@ -162,12 +173,34 @@ impl Prepared {
 
 /// Loads the node identity, binds the QUIC endpoint and sets up membership, to join
 /// through `settings.join`. `meta` is what this node announces; its address is filled in
-/// here.
+/// here. A node whose identity directory holds the root key also enrolls new nodes, with
+/// join tokens kept in `store`.
 pub async fn start(
     settings: &MeshSettings,
     mut meta: NodeMeta,
+    store: &parley_store::Store,
 ) -> Result<Prepared, MeshStartError> {
     let credentials = load_credentials(&settings.identity_dir, unix_now())?;
+    let identity_dir = IdentityDir::new(&settings.identity_dir);
+    let enrollment = if identity_dir.has_root() {
+        let issuer = identity_dir
+            .load_root()
+            .map_err(|e| MeshStartError::Identity {
+                dir: settings.identity_dir.clone(),
+                reason: format!("it holds a root key, which cannot be used: {e}"),
+            })?;
+        let enrollment = Enrollment::new(issuer, store).map_err(|e| MeshStartError::Identity {
+            dir: settings.identity_dir.clone(),
+            reason: format!("cannot keep join tokens: {e}"),
+        })?;
+        tracing::info!(
+            trust_domain = enrollment.trust_domain(),
+            "this node holds the root key: it enrolls new nodes with join tokens (`parley identity token`)"
+        );
+        Some(Arc::new(enrollment))
+    } else {
+        None
+    };
     let policy = match &settings.policy {
         Some(file) => PolicyHandle::new(Policy::load(file)?, Some(file.clone())),
         None => PolicyHandle::new(
@@ -180,7 +213,14 @@ pub async fn start(
         grants = policy.current().grants(),
         "authorization policy"
     );
-    let (transport, inbox) = Transport::bind(settings.listen, credentials, Limits::default())?;
+    let (transport, inbox, joining) = if enrollment.is_some() {
+        let (transport, inbox, joining) =
+            Transport::bind_accepting_enrollment(settings.listen, credentials, Limits::default())?;
+        (transport, inbox, Some(joining))
+    } else {
+        let (transport, inbox) = Transport::bind(settings.listen, credentials, Limits::default())?;
+        (transport, inbox, None)
+    };
     let bound = transport.local_addr().map_err(|e| {
         MeshStartError::Transport(crate::transport::TransportError::Bind {
             addr: settings.listen,
@@ -222,6 +262,7 @@ pub async fn start(
             commands: commands_tx,
             metrics: Arc::new(Metrics::default()),
             policy,
+            enrollment,
         },
         inbox,
         membership,
@@ -229,6 +270,7 @@ pub async fn start(
         seeds,
         view: view_tx,
         commands,
+        joining,
     })
 }
 

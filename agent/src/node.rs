@@ -14,8 +14,9 @@ use parley_store::records::Event;
 use parley_store::{DEFAULT_NAMESPACE, Store, StoreError, Tree};
 
 use crate::api::types::{
-    AgentStatus, Assignment, LogsQuery, NodeAnswer, NodeEntry, NodeList, ReplicaExplanation,
-    ReplicaStatus, WorkloadExplanation, WorkloadList, WorkloadLogs, WorkloadRecord, WorkloadStatus,
+    AgentStatus, Assignment, JoinTokenIssued, LogsQuery, NodeAnswer, NodeEntry, NodeList,
+    ReplicaExplanation, ReplicaStatus, WorkloadExplanation, WorkloadList, WorkloadLogs,
+    WorkloadRecord, WorkloadStatus,
 };
 use crate::hostcheck::HostWarning;
 use crate::mesh::{Command, Host, MeshHandle};
@@ -105,6 +106,12 @@ pub enum NodeError {
         /// Whether its policy refused this node.
         denied: bool,
     },
+    /// Join tokens come from an agent that holds the root key.
+    #[error("{0}")]
+    NotIssuer(String),
+    /// A join token cannot be made as asked.
+    #[error(transparent)]
+    Token(#[from] crate::join::TokenError),
     /// The mesh's negotiation loop is not running (the agent is shutting down).
     #[error("the mesh is not running (the agent is shutting down); try again once it is back")]
     MeshStopped,
@@ -716,6 +723,39 @@ impl<R: ContainerRuntime> Node<R> {
         Ok(WorkloadList {
             workloads,
             runtime_error,
+        })
+    }
+
+    /// Makes a one-time join token valid for `ttl_secs`, on an agent that holds its trust
+    /// domain's root key.
+    pub async fn create_join_token(&self, ttl_secs: u64) -> Result<JoinTokenIssued, NodeError> {
+        let Some(mesh) = &self.info.mesh else {
+            return Err(NodeError::NotIssuer(
+                "this agent is not in a mesh (no `listen`); join tokens come from a mesh agent \
+                 that holds the root key"
+                    .to_owned(),
+            ));
+        };
+        let Some(enrollment) = &mesh.enrollment else {
+            return Err(NodeError::NotIssuer(format!(
+                "this agent ({}) does not hold its trust domain's root key, so it cannot \
+                 enroll nodes; ask for a token on the agent whose identity directory holds \
+                 root.key",
+                mesh.id
+            )));
+        };
+        let token = enrollment.create_token(ttl_secs).await?;
+        tracing::info!(token = %token.id, ttl_secs, "join token issued");
+        self.record_event(
+            "join-token-issued",
+            None,
+            &format!("token {} for {ttl_secs} s", token.id),
+        );
+        Ok(JoinTokenIssued {
+            trust_domain: token.trust_domain.clone(),
+            expires_at: unix_now().saturating_add(ttl_secs),
+            address: mesh.address.to_string(),
+            token: token.to_string(),
         })
     }
 

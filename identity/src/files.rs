@@ -181,6 +181,34 @@ impl IdentityDir {
                 "pending.key does not belong to pending.json".to_owned(),
             ));
         }
+        let credential = self.accept_pending(pending, response, now, clock_skew_secs)?;
+        for leftover in ["pending.key", "pending.json"] {
+            let _ = std::fs::remove_file(self.file(leftover));
+        }
+        Ok(credential)
+    }
+
+    /// Whether a trust domain's root key is kept here (this is an issuer's directory).
+    pub fn has_root(&self) -> bool {
+        self.file("root.key").exists()
+    }
+
+    /// Whether a node credential is stored here (valid or not).
+    pub fn has_credential(&self) -> bool {
+        self.file("node.cert").exists()
+    }
+
+    /// Finishes a request held in memory (enrollment over the network, where the request
+    /// and its answer travel in one exchange) with the issuer's answer: derives and checks
+    /// the key, checks validity at `now`, stores the credential and trusts the root.
+    pub fn accept_pending(
+        &self,
+        pending: PendingRequest,
+        response: &IssueResponse,
+        now: u64,
+        clock_skew_secs: u64,
+    ) -> Result<Credential, FilesError> {
+        let request = pending.request().clone();
         let root_key = decode_public_key(&response.root_public_key)?;
         let mut bundle_file = self.load_bundle_file()?;
         if let Some(existing) = bundle_file.trust_domains.get(&response.trust_domain)
@@ -210,9 +238,6 @@ impl IdentityDir {
             response.root_public_key.clone(),
         );
         self.write_json("trust-bundle.json", &bundle_file)?;
-        for leftover in ["pending.key", "pending.json"] {
-            let _ = std::fs::remove_file(self.file(leftover));
-        }
         Ok(credential)
     }
 

@@ -29,6 +29,10 @@ use crate::credential::{Credential, IdentityError, TrustBundle, VerifiedIdentity
 /// ALPN protocol of Parley's peer protocol.
 pub const ALPN: &[u8] = b"parley/1";
 
+/// ALPN protocol of enrollment: a node without an identity yet asks an issuer for one.
+/// Only the server is authenticated; the request carries its own proof (a join token).
+pub const JOIN_ALPN: &[u8] = b"parley-join/1";
+
 /// OID of the X.509 extension carrying the implicit certificate chain. It sits under a
 /// private-enterprise arc chosen for Parley; nothing outside Parley interprets it.
 pub const CHAIN_EXTENSION_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 61_000, 1, 1];
@@ -168,6 +172,8 @@ pub struct PeerVerifier {
     bundle: Arc<TrustBundle>,
     provider: Arc<CryptoProvider>,
     rejections: Mutex<Vec<IdentityError>>,
+    /// Whether a client may connect without a certificate (to enroll).
+    anonymous_clients: bool,
 }
 
 impl PeerVerifier {
@@ -177,6 +183,20 @@ impl PeerVerifier {
             bundle,
             provider: provider(),
             rejections: Mutex::new(Vec::new()),
+            anonymous_clients: false,
+        })
+    }
+
+    /// A server-side verifier for an issuer: as [`PeerVerifier::new`], but a client may
+    /// also connect without a certificate, to enroll over [`JOIN_ALPN`]. A certificate
+    /// that is presented is verified all the same, and the caller must refuse
+    /// certificate-less connections on any other protocol.
+    pub fn accepting_enrollment(bundle: Arc<TrustBundle>) -> Arc<Self> {
+        Arc::new(Self {
+            bundle,
+            provider: provider(),
+            rejections: Mutex::new(Vec::new()),
+            anonymous_clients: true,
         })
     }
 
@@ -270,7 +290,7 @@ impl ClientCertVerifier for PeerVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        !self.anonymous_clients
     }
 
     fn verify_client_cert(
@@ -306,16 +326,21 @@ impl ClientCertVerifier for PeerVerifier {
     }
 }
 
-/// A server configuration that requires and verifies client identities.
+/// A server configuration that verifies client identities: required, unless `verifier`
+/// accepts enrollment, in which case [`JOIN_ALPN`] is offered too.
 pub fn server_config(
     identity: TlsIdentity,
     verifier: Arc<PeerVerifier>,
 ) -> Result<rustls::ServerConfig, TlsError> {
+    let enrollment = verifier.anonymous_clients;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![identity.certificate], identity.key)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
+    if enrollment {
+        config.alpn_protocols.push(JOIN_ALPN.to_vec());
+    }
     config.max_early_data_size = 0;
     Ok(config)
 }
@@ -331,6 +356,20 @@ pub fn client_config(
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(vec![identity.certificate], identity.key)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
+    config.enable_early_data = false;
+    Ok(config)
+}
+
+/// A client configuration for enrolling: no client identity (there is none yet), the
+/// server verified against `verifier`'s bundle (built from the join token), ALPN
+/// [`JOIN_ALPN`].
+pub fn join_client_config(verifier: Arc<PeerVerifier>) -> Result<rustls::ClientConfig, TlsError> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![JOIN_ALPN.to_vec()];
     config.enable_early_data = false;
     Ok(config)
 }

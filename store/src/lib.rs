@@ -52,6 +52,7 @@ const MEMBERS_TREE: &str = "members";
 const IDENTITY_TREE: &str = "identity";
 const ASSIGNMENTS_TREE: &str = "assignments";
 const EVENTS_TREE: &str = "events";
+const JOIN_TOKENS_TREE: &str = "join_tokens";
 
 /// How to get out of a store that cannot be used, for error messages.
 const WAY_OUT: &str = "move it aside and rebuild it from Podman labels and peers with \
@@ -378,6 +379,12 @@ impl Store {
     /// here before it is acknowledged.
     pub fn assignments<T: Serialize + DeserializeOwned>(&self) -> Result<Tree<T>> {
         self.typed(ASSIGNMENTS_TREE)
+    }
+
+    /// Join tokens this node issued and that were not used yet, keyed by token id, of
+    /// the caller's type (a digest of the secret, never the secret).
+    pub fn join_tokens<T: Serialize + DeserializeOwned>(&self) -> Result<Tree<T>> {
+        self.typed(JOIN_TOKENS_TREE)
     }
 
     /// Where this node's identity material lives, keyed by kind.

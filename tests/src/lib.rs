@@ -399,6 +399,8 @@ pub struct Agent {
     extra_args: Vec<String>,
     extra_env: Vec<(String, String)>,
     wrapper: Vec<String>,
+    /// The subcommand (and its arguments) the agent runs as: `agent`, or `join ADDR …`.
+    subcommand: Vec<String>,
     child: Option<Child>,
 }
 
@@ -455,6 +457,7 @@ impl Agent {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
+            subcommand: vec!["agent".to_owned()],
             child: None,
         }
     }
@@ -523,7 +526,7 @@ impl Agent {
         };
         command.envs(self.extra_env.iter().map(|(k, v)| (k, v)));
         command
-            .arg("agent")
+            .args(&self.subcommand)
             .arg("--node-name")
             .arg(&self.node)
             .args(&self.extra_args)
@@ -600,7 +603,14 @@ impl Agent {
     /// agents, as across hosts). Images come read-only from the test user's storage (an
     /// additional image store), so the test image needs no copying.
     pub fn start_isolated(tag: &str, extra_args: &[&str]) -> Self {
+        Self::start_isolated_as(tag, &["agent"], extra_args)
+    }
+
+    /// As [`Agent::start_isolated`], started as `parley SUBCOMMAND… OPTIONS…` (`join ADDR
+    /// --token T`, say) rather than `parley agent OPTIONS…`.
+    pub fn start_isolated_as(tag: &str, subcommand: &[&str], extra_args: &[&str]) -> Self {
         let mut agent = Self::unstarted(tag, extra_args, &[], &[]);
+        agent.subcommand = subcommand.iter().map(|s| s.to_string()).collect();
         // Rootless Podman reads its storage settings from $XDG_CONFIG_HOME/containers
         // (CONTAINERS_STORAGE_CONF is ignored for rootless users in Podman 4.3).
         let config_home = agent.dir.path().join("config");
@@ -953,10 +963,34 @@ impl TrustDomain {
         path
     }
 
+    /// A directory of the test user's, for files and identities of a test's own.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The root's public key (hex), as `parley identity show` prints it.
+    pub fn root_public_key(&self) -> String {
+        let shown = self.identity(&self.root(), ["show", "-o", "json"]).json();
+        shown["trust_bundle"][0]["root_public_key"]
+            .as_str()
+            .expect("the root directory trusts its own root")
+            .to_owned()
+    }
+
+    /// Enrols `spiffe://DOMAIN/node/NODE` in the root's own directory, which then holds
+    /// the node's identity beside the root key: an agent using it is an issuer.
+    pub fn enroll_issuer(&self, node: &str) -> PathBuf {
+        self.enroll_into(&self.root(), node)
+    }
+
     /// Enrols `spiffe://DOMAIN/node/NODE` (request, issue, accept) and returns its
     /// identity directory, for `parley agent --identity-dir`.
     pub fn enroll(&self, node: &str) -> PathBuf {
-        let dir = self.dir.path().join(node);
+        self.enroll_into(&self.dir.path().join(node), node)
+    }
+
+    fn enroll_into(&self, dir: &Path, node: &str) -> PathBuf {
+        let dir = dir.to_path_buf();
         let id = format!("spiffe://{}/node/{node}", self.name);
         let request = self.identity(&dir, ["request", "--id", id.as_str()]);
         let request_file = self.dir.path().join(format!("{node}.request.json"));

@@ -1,6 +1,7 @@
 //! End-to-end tests of the mesh: real agents on loopback, each with its own identity,
 //! Podman service and store, finding each other over QUIC.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::time::{Duration, Instant};
 
 use parley_e2e::{Agent, TrustDomain};
@@ -807,4 +808,119 @@ fn logs_come_from_whichever_node_runs_the_replica() {
     b.cli(["logs", "talker", "--replica", "7"])
         .fails_with(1, "talker has no replica 7 placed");
     a.cli(["rm", "talker"]).ok();
+}
+
+#[test]
+fn a_new_host_joins_the_mesh_with_a_one_time_token() {
+    let domain = TrustDomain::new("join.e2e");
+    let a = mesh_agent("join-a", &domain.enroll_issuer("a"), &[], &[]);
+    let seed = address(&a);
+    let issued = a
+        .cli(["identity", "token", "--ttl", "10m", "-o", "json"])
+        .json();
+    assert_eq!(issued["address"], seed.as_str(), "{issued}");
+    assert_eq!(issued["trust_domain"], "join.e2e", "{issued}");
+    let token = issued["token"].as_str().unwrap().to_owned();
+
+    // A token whose root key is another's: the joining host cannot authenticate the
+    // issuer, and says so; the token is not spent.
+    let impostor = TrustDomain::new("join.e2e").root_public_key();
+    let mut fields: Vec<&str> = token.split(':').collect();
+    fields[2] = &impostor;
+    let forged = fields.join(":");
+    let trial_dir = domain.dir().join("trial");
+    let trial = |token: &str| {
+        let dir = trial_dir.display().to_string();
+        a.cli([
+            "join",
+            &seed,
+            "--token",
+            token,
+            "--listen",
+            "127.0.0.1:0",
+            "--no-start",
+            "--node-name",
+            "trial",
+            "--data-dir",
+            &dir,
+        ])
+    };
+    trial(&forged).fails_with(1, "is not an issuer of trust domain join.e2e");
+    let mut wrong_secret = token.clone();
+    wrong_secret.replace_range(token.len() - 4.., "0000");
+    trial(&wrong_secret).fails_with(1, "unknown, used or expired join token");
+
+    // The new host enrolls and starts in one command; its key never left it.
+    let mut b = Agent::start_isolated_as(
+        "join-b",
+        &["join", &seed, "--token", &token],
+        &["--listen", "127.0.0.1:0"],
+    );
+    assert!(
+        b.log().contains("enrolled as spiffe://join.e2e/node/"),
+        "{}",
+        b.log()
+    );
+    wait_for_full_mesh(&[&a, &b]);
+    let b_id = format!("spiffe://join.e2e/node/{}", b.node());
+    assert!(
+        member_states(&a).contains(&(b_id.clone(), "alive".to_owned())),
+        "{:?}",
+        member_states(&a)
+    );
+    let key = b.data_dir().join("identity/node.key");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", key.display());
+
+    // One time only.
+    trial(&token).fails_with(1, "unknown, used or expired join token");
+    // A node without the root key does not enroll anyone.
+    let b_address = address(&b);
+    let dir = trial_dir.display().to_string();
+    a.cli([
+        "join",
+        &b_address,
+        "--token",
+        &token,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-start",
+        "--data-dir",
+        &dir,
+    ])
+    .fails_with(1, "does not enroll nodes");
+    // Only an agent holding the root key makes tokens.
+    b.cli(["identity", "token"])
+        .fails_with(1, "does not hold its trust domain's root key");
+    // The same command again (a unit file's ExecStart) starts with the stored identity.
+    b.restart();
+    assert!(
+        b.log()
+            .contains("already enrolled; the join token is not used"),
+        "{}",
+        b.log()
+    );
+    wait_for_full_mesh(&[&a, &b]);
+
+    // The joined node takes work like any other.
+    a.cli([
+        "run",
+        "pair",
+        "--image",
+        parley_e2e::TEST_IMAGE,
+        "--replicas",
+        "2",
+        "--stop-timeout",
+        "1",
+        "--",
+        "sleep",
+        "3600",
+    ])
+    .ok();
+    wait_until(
+        "a replica runs on each node",
+        Duration::from_secs(60),
+        || replicas_on(&a, "pair").len() == 1 && replicas_on(&b, "pair").len() == 1,
+    );
+    a.cli(["rm", "pair"]).ok();
 }

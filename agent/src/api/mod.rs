@@ -12,6 +12,8 @@
 //! - `POST /v1/workloads`: run a workload (body: a `WorkloadSpec`)
 //! - `DELETE /v1/workloads/{name}`: remove a workload
 //! - `GET /v1/events?limit=N`: the newest audit events
+//! - `POST /v1/join-tokens`: a one-time join token (body: `{"ttl_secs": N}`), on an agent
+//!   that holds the root key
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -51,6 +53,7 @@ pub fn router<R: ContainerRuntime>(node: Arc<Node<R>>) -> Router {
         .route("/v1/workloads", get(list::<R>).post(run::<R>))
         .route("/v1/workloads/{name}", delete(remove::<R>))
         .route("/v1/events", get(events::<R>))
+        .route("/v1/join-tokens", axum::routing::post(join_token::<R>))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
@@ -105,6 +108,13 @@ impl From<NodeError> for Failure {
             }
             NodeError::Remote { .. } => (StatusCode::BAD_GATEWAY, "node-unavailable"),
             NodeError::ReplicaNotPlaced { .. } => (StatusCode::NOT_FOUND, "not-placed"),
+            NodeError::NotIssuer(_) => (StatusCode::CONFLICT, "not-an-issuer"),
+            NodeError::Token(crate::join::TokenError::Ttl(_)) => {
+                (StatusCode::BAD_REQUEST, "invalid-ttl")
+            }
+            NodeError::Token(crate::join::TokenError::Store(_)) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "store-failed")
+            }
             NodeError::Runtime(RuntimeError::ImageNotFound { .. }) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "image-not-found")
             }
@@ -200,6 +210,16 @@ async fn run<R: ContainerRuntime>(
         .map_err(|e| bad_request(format!("invalid workload spec: {e}")))?;
     let status = node.run(spec).await?;
     Ok((StatusCode::CREATED, axum::Json(status)).into_response())
+}
+
+async fn join_token<R: ContainerRuntime>(
+    State(node): State<Arc<Node<R>>>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let request: types::JoinTokenRequest = serde_json::from_slice(&body)
+        .map_err(|e| bad_request(format!("invalid join token request: {e}")))?;
+    let issued = node.create_join_token(request.ttl_secs).await?;
+    Ok((StatusCode::CREATED, axum::Json(issued)).into_response())
 }
 
 async fn remove<R: ContainerRuntime>(

@@ -88,6 +88,26 @@ pub struct WorkloadStatus {
     pub replicas: Vec<ReplicaStatus>,
 }
 
+/// Body of `POST /v1/join-tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinTokenRequest {
+    /// How long the token may be used, in seconds.
+    pub ttl_secs: u64,
+}
+
+/// Answer to `POST /v1/join-tokens`: a one-time token for `parley join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinTokenIssued {
+    /// The token, to pass to `parley join ADDR --token`.
+    pub token: String,
+    /// The trust domain it enrolls into.
+    pub trust_domain: String,
+    /// Unix seconds after which it is refused.
+    pub expires_at: u64,
+    /// Where joining nodes reach this agent (its announced mesh address).
+    pub address: String,
+}
+
 /// Answer to `GET /v1/workloads/{name}/logs`: a replica's output.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkloadLogs {

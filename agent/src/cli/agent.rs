@@ -152,6 +152,11 @@ pub fn execute(args: AgentArgs, global: &GlobalOptions) -> ExitCode {
             return ExitCode::from(config::EXIT_CONFIG as u8);
         }
     };
+    run_agent(config, args.reset_state)
+}
+
+/// Runs the agent with a resolved configuration until SIGTERM or SIGINT.
+pub fn run_agent(config: Config, reset_state: bool) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -163,7 +168,7 @@ pub fn execute(args: AgentArgs, global: &GlobalOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, args.reset_state)) {
+    match runtime.block_on(serve(config, reset_state)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "agent stopped");
@@ -263,7 +268,7 @@ async fn serve_on(
         address: None,
     };
     let prepared = match &config.mesh {
-        Some(settings) => Some(mesh::start(settings, meta.clone()).await?),
+        Some(settings) => Some(mesh::start(settings, meta.clone(), &store).await?),
         None => None,
     };
     let mesh = prepared.as_ref().map(|p| p.handle.clone());

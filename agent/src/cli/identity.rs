@@ -66,10 +66,46 @@ pub enum IdentityCommand {
     },
     /// Show this node's identity and the trust domains it trusts
     Show,
+    /// Print a one-time join token for `parley join` (asks the local agent, which must
+    /// hold the trust domain's root key)
+    Token {
+        /// How long the token may be used: 90s, 30m, 12h, 7d (at most 7d)
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: u64,
+    },
+}
+
+/// Runs `parley identity token` against the local agent.
+pub async fn token(
+    ttl: u64,
+    client: crate::api::client::ApiClient,
+    output: Output,
+) -> Result<(), super::CliError> {
+    let issued: crate::api::types::JoinTokenIssued = client
+        .post(
+            "/v1/join-tokens",
+            &crate::api::types::JoinTokenRequest { ttl_secs: ttl },
+        )
+        .await?;
+    match output {
+        Output::Json => super::print_json(&issued)?,
+        Output::Table => {
+            // The token alone on stdout, for `T=$(parley identity token)`.
+            println!("{}", issued.token);
+            eprintln!(
+                "one-time token for trust domain {}, valid until {}; on the new host:\n  \
+                 parley join {} --token TOKEN --listen IP:PORT",
+                issued.trust_domain,
+                super::events::format_millis(issued.expires_at.saturating_mul(1000)),
+                issued.address
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Parses `90s`, `30m`, `12h`, `7d` (or plain seconds) into seconds.
-fn parse_ttl(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_ttl(text: &str) -> Result<u64, String> {
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(at) => text.split_at(at),
         None => (text, "s"),
@@ -206,6 +242,10 @@ fn run(
                     super::events::format_millis(cert.not_after.saturating_mul(1000))
                 ),
             }
+        }
+        // Answered by the agent (`token`), never from files.
+        IdentityCommand::Token { .. } => {
+            return Err("`parley identity token` asks the running agent for a token".into());
         }
         IdentityCommand::Show => {
             let bundle = dir.load_bundle()?;

@@ -14,6 +14,7 @@ pub mod events;
 pub mod explain;
 pub mod generate;
 pub mod identity;
+pub mod join;
 pub mod logs;
 pub mod metrics;
 pub mod nodes;
@@ -98,6 +99,8 @@ pub enum Command {
     Events(events::EventsArgs),
     /// Manage identities: create a trust domain, enroll this node, show what it holds
     Identity(identity::IdentityArgs),
+    /// Enroll this host with a join token over QUIC, then run the agent in the mesh
+    Join(join::JoinArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell)
     Completions(generate::CompletionsArgs),
     /// Print the man page (roff), or write one per command with --dir
@@ -109,7 +112,14 @@ impl Cli {
     pub fn execute(self) -> ExitCode {
         match self.command {
             Command::Agent(args) => agent::execute(args, &self.global),
+            Command::Identity(identity::IdentityArgs {
+                command: identity::IdentityCommand::Token { ttl },
+                ..
+            }) => with_client(&self.global, |client| {
+                identity::token(ttl, client, self.global.output)
+            }),
             Command::Identity(args) => identity::execute(args, self.global.output),
+            Command::Join(args) => join::execute(args, &self.global),
             Command::Completions(args) => generate::completions(args),
             Command::Man(args) => generate::man(args),
             Command::Run(args) => with_client(&self.global, |client| {

@@ -175,7 +175,12 @@ struct Inner {
     next_message_id: AtomicU64,
     refusals: Mutex<HashMap<Refusal, u64>>,
     inbound: mpsc::Sender<Inbound>,
+    /// Where enrollment connections go, on an issuer.
+    enrollment: Option<mpsc::Sender<quinn::Connection>>,
 }
+
+/// Enrollment connections waiting for the enrollment service; more are refused as busy.
+const MAX_PENDING_ENROLLMENTS: usize = 16;
 
 struct CredentialSigner {
     id: String,
@@ -215,6 +220,36 @@ impl Transport {
         credentials: NodeCredentials,
         limits: Limits,
     ) -> Result<(Self, mpsc::Receiver<Inbound>), TransportError> {
+        Self::bind_with(listen, credentials, limits, None)
+    }
+
+    /// As [`Transport::bind`], for an issuer: clients without a certificate may also
+    /// connect over [`tls::JOIN_ALPN`], and those connections (authenticated on the
+    /// server's side only) come out of the third value for the enrollment service. A
+    /// certificate-less connection on the peer protocol is refused as before.
+    pub fn bind_accepting_enrollment(
+        listen: SocketAddr,
+        credentials: NodeCredentials,
+        limits: Limits,
+    ) -> Result<
+        (
+            Self,
+            mpsc::Receiver<Inbound>,
+            mpsc::Receiver<quinn::Connection>,
+        ),
+        TransportError,
+    > {
+        let (joins, joining) = mpsc::channel(MAX_PENDING_ENROLLMENTS);
+        let (transport, inbox) = Self::bind_with(listen, credentials, limits, Some(joins))?;
+        Ok((transport, inbox, joining))
+    }
+
+    fn bind_with(
+        listen: SocketAddr,
+        credentials: NodeCredentials,
+        limits: Limits,
+        enrollment: Option<mpsc::Sender<quinn::Connection>>,
+    ) -> Result<(Self, mpsc::Receiver<Inbound>), TransportError> {
         let bind_error = |reason: String| TransportError::Bind {
             addr: listen,
             reason,
@@ -233,7 +268,11 @@ impl Transport {
             .keep_alive_interval(Some(limits.idle_timeout / 3));
         let transport = Arc::new(transport);
 
-        let server_verifier = PeerVerifier::new(credentials.bundle.clone());
+        let server_verifier = if enrollment.is_some() {
+            PeerVerifier::accepting_enrollment(credentials.bundle.clone())
+        } else {
+            PeerVerifier::new(credentials.bundle.clone())
+        };
         let tls_copy = TlsIdentity::from_der(
             credentials.tls.certificate().clone(),
             credentials.tls.key().clone_key(),
@@ -276,6 +315,7 @@ impl Transport {
             next_message_id: AtomicU64::new(u64::from_be_bytes(first_id) >> 1),
             refusals: Mutex::new(HashMap::new()),
             inbound,
+            enrollment,
         });
         tokio::spawn(accept_loop(inner.clone()));
         Ok((Self { inner }, receiver))
@@ -453,6 +493,21 @@ async fn accept_loop(inner: Arc<Inner>) {
                         return;
                     }
                 };
+            let protocol = connection
+                .handshake_data()
+                .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                .and_then(|data| data.protocol);
+            if protocol.as_deref() == Some(tls::JOIN_ALPN) {
+                let handed_over = inner
+                    .enrollment
+                    .as_ref()
+                    .is_some_and(|joins| joins.try_send(connection.clone()).is_ok());
+                if !handed_over {
+                    tracing::warn!(%remote, "refused an enrollment connection: too many at once");
+                    connection.close(2u32.into(), b"busy");
+                }
+                return;
+            }
             match inner.peer_of(&connection) {
                 Ok(peer) => {
                     tracing::debug!(%remote, peer = %peer.id, "peer connected");

@@ -268,3 +268,47 @@ async fn a_peer_sending_faster_than_its_rate_is_cut_off_at_the_limit() {
         "{delivered} of 20 frames delivered with a burst of 5 at 1/s"
     );
 }
+
+#[tokio::test]
+async fn an_issuer_hands_certificate_less_joiners_over_but_refuses_them_on_the_peer_protocol() {
+    let domain = Domain::new("mesh.test");
+    let (issuer, mut inbox, mut joining) = Transport::bind_accepting_enrollment(
+        LOOPBACK,
+        domain.credentials("root"),
+        Limits::default(),
+    )
+    .unwrap();
+    let addr = issuer.local_addr().unwrap();
+    let client = quinn::Endpoint::client(LOOPBACK).unwrap();
+    let no_identity = |alpn: &[u8]| {
+        let mut config = tls::join_client_config(PeerVerifier::new(domain.bundle.clone())).unwrap();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(config).unwrap()))
+    };
+
+    // Enrollment: the connection goes to the enrollment service.
+    let joiner = client
+        .connect_with(no_identity(tls::JOIN_ALPN), addr, "parley")
+        .unwrap()
+        .await
+        .unwrap();
+    let handed = tokio::time::timeout(Duration::from_secs(5), joining.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(handed.remote_address(), client.local_addr().unwrap());
+    drop(joiner);
+
+    // The peer protocol without a certificate: refused, nothing delivered.
+    let sneaky = client
+        .connect_with(no_identity(tls::ALPN), addr, "parley")
+        .unwrap()
+        .await
+        .unwrap();
+    refused(&issuer, Refusal::Handshake, 1).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), sneaky.closed())
+        .await
+        .unwrap();
+    assert!(closed.to_string().contains("identity refused"), "{closed}");
+    assert!(inbox.try_recv().is_err());
+}

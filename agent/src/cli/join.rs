@@ -1,0 +1,157 @@
+//! `parley join`: enroll this host with a join token over QUIC, then run the agent.
+
+use std::process::ExitCode;
+
+use parley_identity::files::IdentityDir;
+use parley_identity::{PendingRequest, SpiffeId};
+
+use super::GlobalOptions;
+use super::agent::AgentArgs;
+use crate::config::{self, Environment};
+use crate::join::{self, JoinToken};
+
+/// Arguments of `parley join`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "On an agent that holds the trust domain's root key, \
+`parley identity token --ttl 1h` prints a one-time token. On the new host, `parley join` \
+makes this node's key (it never leaves the host), sends a certificate request for \
+spiffe://TRUST_DOMAIN/node/NODE_NAME with the token to ADDRESS over QUIC, checks that the \
+answer comes from the trust domain's root, stores the identity in the identity directory, \
+and starts the agent joined to the mesh through ADDRESS. Every `parley agent` option \
+applies; --listen is required.
+
+A host that already holds an identity of the token's trust domain skips enrollment and \
+starts (the token is not spent), so the same command can stay in a unit file. Next time, \
+`parley agent --join ADDRESS` (or `join` in the config file) does the same.
+
+Examples:
+  parley join 192.0.2.10:7946 --token parley1:lab.example:… --listen 0.0.0.0:7946 \\
+      --advertise 192.0.2.11:7946
+  parley join edge-1.lan:7946 --token \"$T\" --listen 10.0.0.7:7946 --no-start")]
+pub struct JoinArgs {
+    /// The issuing agent's mesh address, HOST:PORT (`parley identity token` prints it)
+    #[arg(value_name = "ADDRESS")]
+    pub address: String,
+    /// The join token from `parley identity token`
+    #[arg(
+        long,
+        env = "PARLEY_JOIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: String,
+    /// Enroll only; do not start the agent
+    #[arg(long)]
+    pub no_start: bool,
+    /// Agent options, as for `parley agent`.
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// Runs `parley join`.
+pub fn execute(mut args: JoinArgs, global: &GlobalOptions) -> ExitCode {
+    let fail = |message: String| {
+        eprintln!("error: {message}");
+        ExitCode::from(super::EXIT_FAILED)
+    };
+    let token: JoinToken = match args.token.parse() {
+        Ok(token) => token,
+        Err(e) => return fail(e.to_string()),
+    };
+    args.agent.join.push(args.address.clone());
+    let config = match args.agent.resolve(global, &Environment::current()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(config::EXIT_CONFIG as u8);
+        }
+    };
+    let Some(mesh) = &config.mesh else {
+        return fail(
+            "joining a mesh needs --listen (the UDP address this agent serves on)".to_owned(),
+        );
+    };
+    let identity = IdentityDir::new(&mesh.identity_dir);
+    if identity.has_credential() {
+        match identity.load_credential() {
+            Ok(credential) if credential.id().trust_domain() == token.trust_domain => {
+                tracing::info!(id = %credential.id(), dir = %mesh.identity_dir.display(), "already enrolled; the join token is not used");
+            }
+            Ok(credential) => {
+                return fail(format!(
+                    "{} already holds the identity {} of another trust domain; use another \
+                     --identity-dir to join {}",
+                    mesh.identity_dir.display(),
+                    credential.id(),
+                    token.trust_domain
+                ));
+            }
+            Err(e) => {
+                return fail(format!(
+                    "{} holds an identity that cannot be used ({e}); move it aside to enroll again",
+                    mesh.identity_dir.display()
+                ));
+            }
+        }
+    } else {
+        let subject =
+            match SpiffeId::from_segments(&token.trust_domain, &["node", &config.node_name]) {
+                Ok(subject) => subject,
+                Err(e) => {
+                    return fail(format!(
+                        "node name {:?} cannot be a SPIFFE ID: {e}",
+                        config.node_name
+                    ));
+                }
+            };
+        match enroll(&args.address, &token, subject, &identity) {
+            Ok(message) => println!("{message}"),
+            Err(message) => return fail(message),
+        }
+    }
+    if args.no_start {
+        return ExitCode::SUCCESS;
+    }
+    super::agent::run_agent(config, args.agent.reset_state)
+}
+
+/// Enrolls through `address`; returns what to tell the user.
+fn enroll(
+    address: &str,
+    token: &JoinToken,
+    subject: SpiffeId,
+    identity: &IdentityDir,
+) -> Result<String, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let pending = PendingRequest::new(subject);
+    let response = runtime.block_on(async {
+        let addr = tokio::net::lookup_host(address)
+            .await
+            .map_err(|e| format!("cannot resolve {address}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{address} resolves to no address"))?;
+        join::enroll(addr, token, pending.request())
+            .await
+            .map_err(|e| e.to_string())
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let credential = identity
+        .accept_pending(
+            pending,
+            &response,
+            now,
+            parley_identity::credential::DEFAULT_CLOCK_SKEW_SECS,
+        )
+        .map_err(|e| format!("the issuer's answer cannot be used: {e}"))?;
+    Ok(format!(
+        "enrolled as {} (valid until {}), identity in {}",
+        credential.id(),
+        super::events::format_millis(credential.cert().not_after.saturating_mul(1000)),
+        identity.path().display()
+    ))
+}

@@ -1,0 +1,534 @@
+//! Enrollment over QUIC with a one-time join token.
+//!
+//! An agent whose identity directory also holds the trust domain's root key is an
+//! *issuer*. `parley identity token` asks it for a join token; `parley join ADDR --token T`
+//! on a new host then:
+//!
+//! 1. reads the trust domain and root public key from the token, and so can authenticate
+//!    the issuer (the server) without knowing anything else;
+//! 2. makes an ECQV certificate request for `spiffe://TD/node/NAME` — the private key
+//!    never leaves the new host;
+//! 3. connects to the issuer with ALPN [`tls::JOIN_ALPN`] (no client certificate: it has
+//!    none yet), sends the token's id and secret with the request on one stream, and gets
+//!    the implicit certificate back;
+//! 4. derives and checks its key, and stores its identity.
+//!
+//! The issuer keeps only a SHA-256 digest of each token's secret, deletes a token when it
+//! is used (so it works once) and refuses expired ones. The secret travels inside TLS to
+//! the authenticated issuer only.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parley_identity::credential::{Validity, decode_public_key, encode_public_key};
+use parley_identity::files::IssueResponse;
+use parley_identity::tls::{self, PeerVerifier};
+use parley_identity::{CertRequest, Issuer, SpiffeId, TrustBundle};
+use parley_store::{Store, Tree};
+use quinn::crypto::rustls::QuicClientConfig;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+/// Largest enrollment message either side reads: a request or answer is well under 1 KiB.
+pub const MAX_JOIN_MESSAGE: usize = 16 * 1024;
+
+/// How long one enrollment exchange may take, end to end.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a join token may live: tokens are for joining now, not for keeping.
+pub const MAX_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// How long the certificates issued to joining nodes are valid.
+pub const NODE_CERT_TTL_SECS: u64 = 30 * 24 * 3600;
+
+const TOKEN_PREFIX: &str = "parley1";
+
+/// A join token as printed by `parley identity token`:
+/// `parley1:TRUST_DOMAIN:ROOT_PUBLIC_KEY:ID:SECRET`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    /// The trust domain the new node joins.
+    pub trust_domain: String,
+    /// Its root public key (compressed SEC1, hex), which authenticates the issuer.
+    pub root_public_key: String,
+    /// Names the token at the issuer (hex).
+    pub id: String,
+    /// Proves the holder was given the token (hex); zeroized when dropped.
+    pub secret: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinToken")
+            .field("trust_domain", &self.trust_domain)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{TOKEN_PREFIX}:{}:{}:{}:{}",
+            self.trust_domain,
+            self.root_public_key,
+            self.id,
+            self.secret.as_str()
+        )
+    }
+}
+
+impl std::str::FromStr for JoinToken {
+    type Err = JoinError;
+
+    fn from_str(text: &str) -> Result<Self, JoinError> {
+        let malformed = |why: &str| {
+            JoinError::Token(format!(
+                "{why}; a join token looks like {TOKEN_PREFIX}:TRUST_DOMAIN:ROOT_KEY:ID:SECRET \
+                 (print one with `parley identity token` on an issuing agent)"
+            ))
+        };
+        let parts: Vec<&str> = text.trim().split(':').collect();
+        let [prefix, trust_domain, root, id, secret] = parts.as_slice() else {
+            return Err(malformed("not five ':'-separated fields"));
+        };
+        if *prefix != TOKEN_PREFIX {
+            return Err(malformed(&format!("unknown token version {prefix:?}")));
+        }
+        SpiffeId::for_trust_domain(trust_domain)
+            .map_err(|e| malformed(&format!("invalid trust domain: {e}")))?;
+        decode_public_key(root).map_err(|_| malformed("the root key is not a P-256 point"))?;
+        let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex(id, 16) || !hex(secret, 32) {
+            return Err(malformed("the id or secret is not of the right length"));
+        }
+        Ok(Self {
+            trust_domain: (*trust_domain).to_owned(),
+            root_public_key: (*root).to_owned(),
+            id: (*id).to_owned(),
+            secret: Zeroizing::new((*secret).to_owned()),
+        })
+    }
+}
+
+/// Why enrollment failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The token is malformed.
+    #[error("invalid join token: {0}")]
+    Token(String),
+    /// The issuer could not be reached or the exchange broke down.
+    #[error("cannot enroll through {addr}: {reason}")]
+    Exchange {
+        /// The issuer's address.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The issuer refused.
+    #[error("{addr} refused to enroll this node: {reason}")]
+    Refused {
+        /// The issuer's address.
+        addr: SocketAddr,
+        /// Its reason.
+        reason: String,
+    },
+}
+
+/// What a joining node sends.
+#[derive(Serialize, Deserialize)]
+struct JoinRequest {
+    token_id: String,
+    secret: Zeroizing<String>,
+    request: CertRequest,
+}
+
+/// What an issuer answers.
+#[derive(Serialize, Deserialize)]
+enum JoinReply {
+    Issued(IssueResponse),
+    Refused(String),
+}
+
+/// Enrolls through the issuer at `addr`: sends the token and `request`, returns the
+/// issuer's answer (to pass to `IdentityDir::accept_pending`).
+pub async fn enroll(
+    addr: SocketAddr,
+    token: &JoinToken,
+    request: &CertRequest,
+) -> Result<IssueResponse, JoinError> {
+    let exchange = |reason: String| JoinError::Exchange { addr, reason };
+    let mut bundle = TrustBundle::new();
+    bundle.add(
+        &token.trust_domain,
+        decode_public_key(&token.root_public_key).map_err(|e| JoinError::Token(e.to_string()))?,
+    );
+    let verifier = PeerVerifier::new(Arc::new(bundle));
+    let tls = tls::join_client_config(verifier).map_err(|e| exchange(e.to_string()))?;
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| exchange(e.to_string()))?;
+    let local: SocketAddr = if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let endpoint = quinn::Endpoint::client(local).map_err(|e| exchange(e.to_string()))?;
+    let message = serde_json::to_vec(&JoinRequest {
+        token_id: token.id.clone(),
+        secret: token.secret.clone(),
+        request: request.clone(),
+    })
+    .map_err(|e| exchange(e.to_string()))?;
+    let conversation = async {
+        let connection = endpoint
+            .connect_with(quinn::ClientConfig::new(Arc::new(quic)), addr, "parley")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| match e {
+                // TLS alert 120, no_application_protocol: the node does not offer enrollment.
+                quinn::ConnectionError::ConnectionClosed(closed)
+                    if closed.error_code == quinn::TransportErrorCode::crypto(120) =>
+                {
+                    format!(
+                        "the node at {addr} does not enroll nodes (only an agent whose identity \
+                         directory holds the root key does; use the address `parley identity \
+                         token` printed)"
+                    )
+                }
+                quinn::ConnectionError::TransportError(t) if t.to_string().contains("certificate") => format!(
+                    "{t}; the node at {addr} is not an issuer of trust domain {} (check the address and the token)",
+                    token.trust_domain
+                ),
+                other => other.to_string(),
+            })?;
+        let (mut send, mut receive) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(&message).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        let answer = receive
+            .read_to_end(MAX_JOIN_MESSAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        connection.close(0u32.into(), b"done");
+        serde_json::from_slice::<JoinReply>(&answer).map_err(|e| format!("malformed answer: {e}"))
+    };
+    let reply = tokio::time::timeout(EXCHANGE_TIMEOUT, conversation)
+        .await
+        .map_err(|_| exchange(format!("no answer within {EXCHANGE_TIMEOUT:?}")))?
+        .map_err(exchange)?;
+    endpoint.wait_idle().await;
+    match reply {
+        JoinReply::Issued(response) => Ok(response),
+        JoinReply::Refused(reason) => Err(JoinError::Refused { addr, reason }),
+    }
+}
+
+/// A token as the issuer keeps it.
+#[derive(Debug, Serialize, Deserialize)]
+struct TokenRecord {
+    /// SHA-256 of the secret, hex.
+    secret_sha256: String,
+    /// Unix seconds after which it is refused.
+    expires_at: u64,
+}
+
+/// Why an issuer could not make a token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The lifetime asked for is out of range.
+    #[error("a join token lives 1 second to {MAX_TOKEN_TTL_SECS} seconds (7 days), not {0}")]
+    Ttl(u64),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] parley_store::StoreError),
+}
+
+/// The issuing side: the trust domain's root key and the tokens it handed out.
+pub struct Enrollment {
+    issuer: Issuer,
+    tokens: Tree<TokenRecord>,
+    store: Store,
+}
+
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrollment")
+            .field("trust_domain", &self.issuer.id().trust_domain())
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn sha256_hex(text: &str) -> String {
+    parley_identity::cert::to_hex(&Sha256::digest(text.as_bytes()))
+}
+
+fn random_hex<const N: usize>() -> String {
+    let mut bytes = Zeroizing::new([0u8; N]);
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, bytes.as_mut());
+    parley_identity::cert::to_hex(bytes.as_ref())
+}
+
+impl Enrollment {
+    /// Issues with `issuer` (the root), keeping tokens in `store`.
+    pub fn new(issuer: Issuer, store: &Store) -> Result<Self, parley_store::StoreError> {
+        Ok(Self {
+            issuer,
+            tokens: store.join_tokens()?,
+            store: store.clone(),
+        })
+    }
+
+    /// The trust domain this issuer enrolls nodes into.
+    pub fn trust_domain(&self) -> &str {
+        self.issuer.id().trust_domain()
+    }
+
+    /// Makes a one-time token valid for `ttl_secs`, stored (flushed) before it is
+    /// returned.
+    pub async fn create_token(&self, ttl_secs: u64) -> Result<JoinToken, TokenError> {
+        if !(1..=MAX_TOKEN_TTL_SECS).contains(&ttl_secs) {
+            return Err(TokenError::Ttl(ttl_secs));
+        }
+        let now = unix_now();
+        // Expired tokens are of no use to anyone; drop them as new ones are made.
+        for (id, record) in self.tokens.list()? {
+            if record.expires_at < now {
+                self.tokens.remove(&id)?;
+            }
+        }
+        let token = JoinToken {
+            trust_domain: self.trust_domain().to_owned(),
+            root_public_key: encode_public_key(&self.issuer.public_key()),
+            id: random_hex::<8>(),
+            secret: Zeroizing::new(random_hex::<16>()),
+        };
+        self.tokens.put(
+            &token.id,
+            &TokenRecord {
+                secret_sha256: sha256_hex(&token.secret),
+                expires_at: now.saturating_add(ttl_secs),
+            },
+        )?;
+        self.store.flush().await?;
+        Ok(token)
+    }
+
+    /// Answers one enrollment request: the token must exist, match and be unexpired; it is
+    /// spent (deleted, flushed) before the certificate is issued.
+    async fn answer(&self, request: JoinRequest) -> Result<IssueResponse, String> {
+        const UNKNOWN: &str =
+            "unknown, used or expired join token; ask for a new one with `parley identity token`";
+        let record = self
+            .tokens
+            .get(&request.token_id)
+            .map_err(|e| format!("the issuer's store failed: {e}"))?
+            .ok_or(UNKNOWN)?;
+        if record.secret_sha256 != sha256_hex(&request.secret) {
+            return Err(UNKNOWN.to_owned());
+        }
+        let subject = &request.request.subject;
+        let is_node = subject.trust_domain() == self.trust_domain()
+            && subject.segments().count() == 2
+            && subject.segments().next() == Some("node");
+        if !is_node {
+            return Err(format!(
+                "a join token enrolls a node (spiffe://{}/node/NAME), not {subject}",
+                self.trust_domain()
+            ));
+        }
+        let now = unix_now();
+        if record.expires_at < now {
+            let _ = self.tokens.remove(&request.token_id);
+            return Err(UNKNOWN.to_owned());
+        }
+        // Spent first: a crash after this refuses a retry rather than issuing twice.
+        if !self
+            .tokens
+            .remove(&request.token_id)
+            .map_err(|e| format!("the issuer's store failed: {e}"))?
+        {
+            return Err(UNKNOWN.to_owned());
+        }
+        self.store
+            .flush()
+            .await
+            .map_err(|e| format!("the issuer's store failed: {e}"))?;
+        let issued = self
+            .issuer
+            .issue(
+                &request.request,
+                Validity::starting(now, NODE_CERT_TTL_SECS),
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(IssueResponse {
+            issued,
+            trust_domain: self.trust_domain().to_owned(),
+            root_public_key: encode_public_key(&self.issuer.public_key()),
+        })
+    }
+}
+
+/// Answers enrollment connections (handed over by the transport) until `shutdown`.
+pub async fn serve(
+    mut connections: mpsc::Receiver<quinn::Connection>,
+    enrollment: Arc<Enrollment>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let connection = tokio::select! {
+            () = shutdown.cancelled() => return,
+            next = connections.recv() => match next {
+                Some(connection) => connection,
+                None => return,
+            },
+        };
+        let enrollment = Arc::clone(&enrollment);
+        tokio::spawn(async move {
+            let remote = connection.remote_address();
+            match tokio::time::timeout(EXCHANGE_TIMEOUT, answer_one(&connection, &enrollment)).await
+            {
+                Ok(Ok(subject)) => {
+                    tracing::info!(%remote, node = %subject, "enrolled a node with a join token");
+                }
+                Ok(Err(reason)) => {
+                    tracing::warn!(%remote, %reason, "refused an enrollment");
+                }
+                Err(_) => tracing::warn!(%remote, "enrollment timed out"),
+            }
+            connection.close(0u32.into(), b"done");
+        });
+    }
+}
+
+/// Reads one request, answers it; returns the enrolled subject or why not.
+async fn answer_one(
+    connection: &quinn::Connection,
+    enrollment: &Enrollment,
+) -> Result<String, String> {
+    let (mut send, mut receive) = connection.accept_bi().await.map_err(|e| e.to_string())?;
+    let bytes = receive
+        .read_to_end(MAX_JOIN_MESSAGE)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (reply, outcome) = match serde_json::from_slice::<JoinRequest>(&bytes) {
+        Err(e) => {
+            let reason = format!("malformed enrollment request: {e}");
+            (JoinReply::Refused(reason.clone()), Err(reason))
+        }
+        Ok(request) => {
+            let subject = request.request.subject.to_string();
+            match enrollment.answer(request).await {
+                Ok(response) => (JoinReply::Issued(response), Ok(subject)),
+                Err(reason) => (
+                    JoinReply::Refused(reason.clone()),
+                    Err(format!("{subject}: {reason}")),
+                ),
+            }
+        }
+    };
+    let answer = serde_json::to_vec(&reply).map_err(|e| e.to_string())?;
+    send.write_all(&answer).await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    // Let the answer reach the peer before the connection closes.
+    let _ = send.stopped().await;
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_malformed_ones_say_what_is_wrong() {
+        let root = Issuer::generate_root("example.org").unwrap();
+        let token = JoinToken {
+            trust_domain: "example.org".to_owned(),
+            root_public_key: encode_public_key(&root.public_key()),
+            id: random_hex::<8>(),
+            secret: Zeroizing::new(random_hex::<16>()),
+        };
+        let text = token.to_string();
+        assert!(text.starts_with("parley1:example.org:"), "{text}");
+        assert_eq!(text.parse::<JoinToken>().unwrap(), token);
+        // The secret never shows in debug output (logs).
+        assert!(!format!("{token:?}").contains(token.secret.as_str()));
+
+        for (bad, why) in [
+            ("parley1:example.org", "five"),
+            (
+                &text.replacen("parley1", "parley9", 1),
+                "unknown token version",
+            ),
+            (
+                &text.replacen("example.org", "Bad Domain", 1),
+                "invalid trust domain",
+            ),
+            (&text[..text.len() - 1], "right length"),
+        ] {
+            let error = bad.parse::<JoinToken>().unwrap_err().to_string();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_works_once_and_only_for_a_node_of_its_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let enrollment =
+            Enrollment::new(Issuer::generate_root("example.org").unwrap(), &store).unwrap();
+        assert!(matches!(
+            enrollment.create_token(0).await,
+            Err(TokenError::Ttl(0))
+        ));
+        let request = |token: &JoinToken, id: &str, secret: &str| JoinRequest {
+            token_id: token.id.clone(),
+            secret: Zeroizing::new(secret.to_owned()),
+            request: parley_identity::PendingRequest::new(SpiffeId::parse(id).unwrap())
+                .request()
+                .clone(),
+        };
+        let token = enrollment.create_token(60).await.unwrap();
+        let wrong = enrollment
+            .answer(request(
+                &token,
+                "spiffe://example.org/node/a",
+                &"0".repeat(32),
+            ))
+            .await;
+        assert!(wrong.unwrap_err().contains("unknown, used or expired"));
+        let workload = enrollment
+            .answer(request(
+                &token,
+                "spiffe://example.org/ns/x/wl/y",
+                &token.secret,
+            ))
+            .await;
+        assert!(workload.unwrap_err().contains("enrolls a node"));
+        let issued = enrollment
+            .answer(request(
+                &token,
+                "spiffe://example.org/node/a",
+                &token.secret,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(issued.trust_domain, "example.org");
+        let again = enrollment
+            .answer(request(
+                &token,
+                "spiffe://example.org/node/b",
+                &token.secret,
+            ))
+            .await;
+        assert!(again.unwrap_err().contains("unknown, used or expired"));
+    }
+}
