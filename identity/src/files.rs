@@ -231,8 +231,16 @@ impl IdentityDir {
         bundle.add(&response.trust_domain, root_key);
         bundle.verify_chain(std::slice::from_ref(credential.cert()), now)?;
 
-        keyfile::write_secret(&self.file("node.key"), &credential.secret_bytes(), true)?;
-        self.write_text("node.cert", &to_hex(credential.cert().as_bytes()))?;
+        // Key and certificate are a pair, replaced together even across a crash: both are
+        // written beside the old ones (the certificate last, which commits the swap), then
+        // renamed over them; `finish_swap` completes a swap a crash interrupted.
+        keyfile::write_secret(
+            &self.file("node.key.next"),
+            &credential.secret_bytes(),
+            true,
+        )?;
+        self.write_text("node.cert.next", &to_hex(credential.cert().as_bytes()))?;
+        self.finish_swap()?;
         bundle_file.trust_domains.insert(
             response.trust_domain.clone(),
             response.root_public_key.clone(),
@@ -253,6 +261,7 @@ impl IdentityDir {
 
     /// This node's credential, checked against the trust bundle's root.
     pub fn load_credential(&self) -> Result<Credential, FilesError> {
+        self.finish_swap()?;
         let cert_hex = self.read_text("node.cert", "node certificate")?;
         let cert_bytes = from_hex(&cert_hex).ok_or_else(|| FilesError::Invalid {
             path: self.file("node.cert"),
@@ -266,6 +275,23 @@ impl IdentityDir {
         })?;
         let secret = keyfile::read_secret(&self.file("node.key"))?;
         Ok(Credential::from_parts(&cert_bytes, &secret, root)?)
+    }
+
+    /// Completes a replacement of the key and certificate that [`Self::accept_pending`]
+    /// committed (`node.cert.next` written), or drops one it did not (`node.key.next`
+    /// alone).
+    fn finish_swap(&self) -> Result<(), FilesError> {
+        let io = |path: PathBuf| move |source| FilesError::Io { path, source };
+        let (key_next, cert_next) = (self.file("node.key.next"), self.file("node.cert.next"));
+        if cert_next.exists() {
+            if key_next.exists() {
+                std::fs::rename(&key_next, self.file("node.key")).map_err(io(key_next))?;
+            }
+            std::fs::rename(&cert_next, self.file("node.cert")).map_err(io(cert_next))?;
+        } else if key_next.exists() {
+            std::fs::remove_file(&key_next).map_err(io(key_next))?;
+        }
+        Ok(())
     }
 
     fn load_bundle_file(&self) -> Result<BundleFile, FilesError> {
@@ -362,4 +388,59 @@ pub fn read_json_file<T: serde::de::DeserializeOwned>(
         what,
         reason: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credential::Validity;
+
+    /// Enrols `node` of `root` into `dir` through an in-memory request.
+    fn enroll(root: &Issuer, dir: &IdentityDir, node: &str) -> Credential {
+        let subject = SpiffeId::from_segments(root.id().trust_domain(), &["node", node]).unwrap();
+        let pending = PendingRequest::new(subject);
+        let response = IssueResponse {
+            issued: root
+                .issue(pending.request(), Validity::starting(1_000, 3_600))
+                .unwrap(),
+            trust_domain: root.id().trust_domain().to_owned(),
+            root_public_key: encode_public_key(&root.public_key()),
+        };
+        dir.accept_pending(pending, &response, 1_100, 60).unwrap()
+    }
+
+    #[test]
+    fn a_replaced_key_and_certificate_stay_a_pair_across_a_crash() {
+        let root = Issuer::generate_root("example.org").unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let dir = IdentityDir::new(temp.path().join("node"));
+        let old = enroll(&root, &dir, "a");
+        let other = IdentityDir::new(temp.path().join("renewed"));
+        let new = enroll(&root, &other, "a");
+        let file = |d: &IdentityDir, name: &str| d.path().join(name);
+        let copy = |name: &str, to: &str| {
+            std::fs::copy(file(&other, name), file(&dir, to)).unwrap();
+        };
+        let loaded_key = || dir.load_credential().unwrap().public_key();
+
+        // Crash before the commit: only the new key was written; the old pair stays.
+        copy("node.key", "node.key.next");
+        assert_eq!(loaded_key(), old.public_key());
+        assert!(!file(&dir, "node.key.next").exists());
+
+        // Crash after the commit, before the renames: the swap is completed.
+        copy("node.key", "node.key.next");
+        copy("node.cert", "node.cert.next");
+        assert_eq!(loaded_key(), new.public_key());
+
+        // Crash between the two renames: the certificate follows the key.
+        let third = IdentityDir::new(temp.path().join("third"));
+        let newest = enroll(&root, &third, "a");
+        std::fs::copy(file(&third, "node.key"), file(&dir, "node.key")).unwrap();
+        std::fs::copy(file(&third, "node.cert"), file(&dir, "node.cert.next")).unwrap();
+        assert_eq!(loaded_key(), newest.public_key());
+        for leftover in ["node.key.next", "node.cert.next"] {
+            assert!(!file(&dir, leftover).exists(), "{leftover} left behind");
+        }
+    }
 }
