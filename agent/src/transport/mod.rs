@@ -60,6 +60,9 @@ impl Default for Limits {
 /// Why the transport could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
+    /// A renewed identity could not be put in use.
+    #[error("cannot use the renewed identity: {0}")]
+    Rotate(String),
     /// The endpoint could not be set up.
     #[error("cannot listen on {addr}: {reason}")]
     Bind {
@@ -167,7 +170,14 @@ pub struct Transport {
 
 struct Inner {
     endpoint: quinn::Endpoint,
-    signer: CredentialSigner,
+    /// This node's SPIFFE ID; renewal keeps it.
+    id: String,
+    /// Signs outgoing messages; replaced when the identity is renewed.
+    signer: Mutex<Arc<CredentialSigner>>,
+    /// Presents this node's identity when dialling; replaced when it is renewed.
+    client_config: Mutex<quinn::ClientConfig>,
+    transport_config: Arc<quinn::TransportConfig>,
+    accepts_enrollment: bool,
     bundle: Arc<TrustBundle>,
     limits: Limits,
     peers: Mutex<HashMap<String, quinn::Connection>>,
@@ -267,35 +277,14 @@ impl Transport {
             ))
             .keep_alive_interval(Some(limits.idle_timeout / 3));
         let transport = Arc::new(transport);
-
-        let server_verifier = if enrollment.is_some() {
-            PeerVerifier::accepting_enrollment(credentials.bundle.clone())
-        } else {
-            PeerVerifier::new(credentials.bundle.clone())
-        };
-        let tls_copy = TlsIdentity::from_der(
-            credentials.tls.certificate().clone(),
-            credentials.tls.key().clone_key(),
-        );
-        let server_tls =
-            tls::server_config(tls_copy, server_verifier).map_err(|e| bind_error(e.to_string()))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
-            QuicServerConfig::try_from(server_tls).map_err(|e| bind_error(e.to_string()))?,
-        ));
-        server.transport_config(transport.clone());
-        let client_verifier = PeerVerifier::new(credentials.bundle.clone());
-        let client_tls = tls::client_config(credentials.tls, client_verifier)
-            .map_err(|e| bind_error(e.to_string()))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(
-            QuicClientConfig::try_from(client_tls).map_err(|e| bind_error(e.to_string()))?,
-        ));
-        client.transport_config(transport);
+        let accepts_enrollment = enrollment.is_some();
+        let (server, client) =
+            tls_configs(&credentials, &transport, accepts_enrollment).map_err(bind_error)?;
 
         // One endpoint serves and connects, so a peer's remote address is its listening
         // address and either side can reuse the connection.
-        let mut endpoint =
+        let endpoint =
             quinn::Endpoint::server(server, listen).map_err(|e| bind_error(e.to_string()))?;
-        endpoint.set_default_client_config(client);
 
         let (inbound, receiver) = mpsc::channel(1_024);
         let mut first_id = [0u8; 8];
@@ -304,10 +293,14 @@ impl Transport {
         rand_start(&mut first_id);
         let inner = Arc::new(Inner {
             endpoint,
-            signer: CredentialSigner {
+            id: credentials.credential.id().to_string(),
+            signer: Mutex::new(Arc::new(CredentialSigner {
                 id: credentials.credential.id().to_string(),
                 credential: credentials.credential,
-            },
+            })),
+            client_config: Mutex::new(client),
+            transport_config: transport,
+            accepts_enrollment,
             bundle: credentials.bundle,
             limits,
             peers: Mutex::new(HashMap::new()),
@@ -328,7 +321,37 @@ impl Transport {
 
     /// This node's SPIFFE ID.
     pub fn id(&self) -> &str {
-        &self.inner.signer.id
+        &self.inner.id
+    }
+
+    /// Starts using a renewed identity (same SPIFFE ID, new key and certificate): new
+    /// handshakes present it and new messages are signed with it. Open connections are
+    /// closed, because their peers verify messages against the key proven when they were
+    /// made; they are dialled again on the next message.
+    pub fn rotate(&self, credentials: NodeCredentials) -> Result<(), TransportError> {
+        let renewed = credentials.credential.id().to_string();
+        if renewed != self.inner.id {
+            return Err(TransportError::Rotate(format!(
+                "the renewed identity {renewed} is not this node's ({})",
+                self.inner.id
+            )));
+        }
+        let (server, client) = tls_configs(
+            &credentials,
+            &self.inner.transport_config,
+            self.inner.accepts_enrollment,
+        )
+        .map_err(TransportError::Rotate)?;
+        self.inner.endpoint.set_server_config(Some(server));
+        *lock(&self.inner.client_config) = client;
+        *lock(&self.inner.signer) = Arc::new(CredentialSigner {
+            id: renewed,
+            credential: credentials.credential,
+        });
+        for (_, connection) in lock(&self.inner.peers).drain() {
+            connection.close(0u32.into(), b"identity renewed");
+        }
+        Ok(())
     }
 
     /// Connects to `addr` (or reuses a connection to it) and returns the SPIFFE ID the
@@ -368,7 +391,8 @@ impl Transport {
             }
         };
         let message_id = self.inner.next_message_id.fetch_add(1, Ordering::Relaxed);
-        let frame = codec::encode(body, &self.inner.signer, message_id, unix_ms());
+        let signer = Arc::clone(&lock(&self.inner.signer));
+        let frame = codec::encode(body, signer.as_ref(), message_id, unix_ms());
         let send_error = |reason: String| TransportError::Send {
             peer: to.to_owned(),
             reason,
@@ -413,6 +437,37 @@ impl Transport {
     }
 }
 
+/// The QUIC server and client configurations presenting `credentials`.
+fn tls_configs(
+    credentials: &NodeCredentials,
+    transport: &Arc<quinn::TransportConfig>,
+    accepts_enrollment: bool,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), String> {
+    let copy = || {
+        TlsIdentity::from_der(
+            credentials.tls.certificate().clone(),
+            credentials.tls.key().clone_key(),
+        )
+    };
+    let server_verifier = if accepts_enrollment {
+        PeerVerifier::accepting_enrollment(credentials.bundle.clone())
+    } else {
+        PeerVerifier::new(credentials.bundle.clone())
+    };
+    let server_tls = tls::server_config(copy(), server_verifier).map_err(|e| e.to_string())?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+        QuicServerConfig::try_from(server_tls).map_err(|e| e.to_string())?,
+    ));
+    server.transport_config(transport.clone());
+    let client_verifier = PeerVerifier::new(credentials.bundle.clone());
+    let client_tls = tls::client_config(copy(), client_verifier).map_err(|e| e.to_string())?;
+    let mut client = quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(client_tls).map_err(|e| e.to_string())?,
+    ));
+    client.transport_config(transport.clone());
+    Ok((server, client))
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind, still usable.
     mutex
@@ -442,7 +497,7 @@ impl Inner {
         let connect_error = |reason: String| TransportError::Connect { addr, reason };
         let connecting = self
             .endpoint
-            .connect(addr, "parley")
+            .connect_with(lock(&self.client_config).clone(), addr, "parley")
             .map_err(|e| connect_error(e.to_string()))?;
         let connection = tokio::time::timeout(self.limits.connect_timeout, connecting)
             .await

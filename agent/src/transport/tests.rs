@@ -312,3 +312,30 @@ async fn an_issuer_hands_certificate_less_joiners_over_but_refuses_them_on_the_p
     assert!(closed.to_string().contains("identity refused"), "{closed}");
     assert!(inbox.try_recv().is_err());
 }
+
+#[tokio::test]
+async fn a_renewed_identity_is_used_for_new_handshakes_and_messages() {
+    let domain = Domain::new("mesh.test");
+    let (a, _a_inbox) = domain.transport("a");
+    let (b, mut b_inbox) = domain.transport("b");
+    let b_id = a.connect(b.local_addr().unwrap()).await.unwrap();
+    a.send(&b_id, None, &ping(1)).await.unwrap();
+    next(&mut b_inbox).await;
+
+    // Same SPIFFE ID, new key and certificate.
+    let renewed = domain.credentials("a");
+    a.rotate(renewed).unwrap();
+    assert!(a.connected_peers().is_empty(), "old connections stay open");
+    a.send(&b_id, Some(b.local_addr().unwrap()), &ping(2))
+        .await
+        .unwrap();
+    let got = next(&mut b_inbox).await;
+    assert_eq!(got.received.body, ping(2));
+    assert_eq!(got.received.sender, a.id());
+    // b verified the message against the key a proved in the new handshake.
+    assert!(b.refusals().is_empty(), "{:?}", b.refusals());
+
+    // Another node's identity is not a renewal.
+    let error = a.rotate(domain.credentials("c")).unwrap_err();
+    assert!(error.to_string().contains("is not this node's"), "{error}");
+}
