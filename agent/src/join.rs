@@ -140,12 +140,49 @@ pub enum JoinError {
     },
 }
 
-/// What a joining node sends.
+/// What a node sends an issuer.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+enum Request {
+    /// A new node, with a join token.
+    Enroll(JoinRequest),
+    /// An enrolled node, before (or shortly after) its certificate expires.
+    Renew(RenewRequest),
+}
+
+/// A joining node's request.
 #[derive(Serialize, Deserialize)]
 struct JoinRequest {
     token_id: String,
     secret: Zeroizing<String>,
     request: CertRequest,
+}
+
+/// A renewal: the new request, signed with the key of the certificate it replaces, which
+/// proves the sender holds that identity even when the certificate has lapsed.
+#[derive(Serialize, Deserialize)]
+struct RenewRequest {
+    /// The current certificate, hex.
+    certificate: String,
+    /// The request for the same SPIFFE ID, with a new key.
+    request: CertRequest,
+    /// When it was signed (unix seconds); old signatures are refused.
+    signed_at: u64,
+    /// The current key's signature over the request and `signed_at`, hex.
+    signature: String,
+}
+
+/// The signature context of renewal requests.
+const RENEW_CONTEXT: &str = "parley-renew/1";
+
+/// How long after its certificate lapsed a node may still renew with it.
+pub const RENEW_GRACE_SECS: u64 = 30 * 24 * 3600;
+
+/// How far a renewal's signing time may be from the issuer's clock.
+const RENEW_WINDOW_SECS: u64 = 300;
+
+fn renew_signed_bytes(request: &CertRequest, signed_at: u64) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(&(request, signed_at)).map_err(|e| e.to_string())
 }
 
 /// What an issuer answers.
@@ -162,12 +199,48 @@ pub async fn enroll(
     token: &JoinToken,
     request: &CertRequest,
 ) -> Result<IssueResponse, JoinError> {
-    let exchange = |reason: String| JoinError::Exchange { addr, reason };
     let mut bundle = TrustBundle::new();
     bundle.add(
         &token.trust_domain,
         decode_public_key(&token.root_public_key).map_err(|e| JoinError::Token(e.to_string()))?,
     );
+    let request = Request::Enroll(JoinRequest {
+        token_id: token.id.clone(),
+        secret: token.secret.clone(),
+        request: request.clone(),
+    });
+    exchange(addr, bundle, &token.trust_domain, &request).await
+}
+
+/// Renews `credential` through the issuer at `addr` (authenticated with `bundle`):
+/// sends `request` (same SPIFFE ID, new key) signed with the current key.
+pub async fn renew(
+    addr: SocketAddr,
+    bundle: TrustBundle,
+    credential: &parley_identity::Credential,
+    request: &CertRequest,
+) -> Result<IssueResponse, JoinError> {
+    let signed_at = unix_now();
+    let bytes = renew_signed_bytes(request, signed_at)
+        .map_err(|reason| JoinError::Exchange { addr, reason })?;
+    let renewal = Request::Renew(RenewRequest {
+        certificate: parley_identity::cert::to_hex(credential.cert().as_bytes()),
+        request: request.clone(),
+        signed_at,
+        signature: parley_identity::cert::to_hex(&credential.sign(RENEW_CONTEXT, &bytes)),
+    });
+    let trust_domain = credential.id().trust_domain().to_owned();
+    exchange(addr, bundle, &trust_domain, &renewal).await
+}
+
+/// One request to an issuer and its answer.
+async fn exchange(
+    addr: SocketAddr,
+    bundle: TrustBundle,
+    trust_domain: &str,
+    request: &Request,
+) -> Result<IssueResponse, JoinError> {
+    let exchange = |reason: String| JoinError::Exchange { addr, reason };
     let verifier = PeerVerifier::new(Arc::new(bundle));
     let tls = tls::join_client_config(verifier).map_err(|e| exchange(e.to_string()))?;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| exchange(e.to_string()))?;
@@ -177,12 +250,7 @@ pub async fn enroll(
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let endpoint = quinn::Endpoint::client(local).map_err(|e| exchange(e.to_string()))?;
-    let message = serde_json::to_vec(&JoinRequest {
-        token_id: token.id.clone(),
-        secret: token.secret.clone(),
-        request: request.clone(),
-    })
-    .map_err(|e| exchange(e.to_string()))?;
+    let message = serde_json::to_vec(request).map_err(|e| exchange(e.to_string()))?;
     let conversation = async {
         let connection = endpoint
             .connect_with(quinn::ClientConfig::new(Arc::new(quic)), addr, "parley")
@@ -200,8 +268,7 @@ pub async fn enroll(
                     )
                 }
                 quinn::ConnectionError::TransportError(t) if t.to_string().contains("certificate") => format!(
-                    "{t}; the node at {addr} is not an issuer of trust domain {} (check the address and the token)",
-                    token.trust_domain
+                    "{t}; the node at {addr} is not an issuer of trust domain {trust_domain} (check the address and the token)"
                 ),
                 other => other.to_string(),
             })?;
@@ -322,6 +389,87 @@ impl Enrollment {
         Ok(token)
     }
 
+    /// Answers a renewal: the current certificate must chain to this root and be valid or
+    /// lapsed for less than [`RENEW_GRACE_SECS`], the new request must be for the same
+    /// SPIFFE ID, and its signature by the current key must verify and be recent. The
+    /// new certificate lives as long as the old one did (at most [`NODE_CERT_TTL_SECS`]).
+    fn renew(&self, renewal: &RenewRequest) -> Result<IssueResponse, String> {
+        let now = unix_now();
+        let cert_bytes = parley_identity::cert::from_hex(&renewal.certificate)
+            .ok_or("the certificate is not hex")?;
+        let cert = parley_identity::cert::ImplicitCert::decode(&cert_bytes)
+            .map_err(|e| format!("malformed certificate: {e}"))?;
+        if now > cert.not_after.saturating_add(RENEW_GRACE_SECS) {
+            return Err(format!(
+                "the certificate lapsed more than {} days ago; enroll the node again with a join token",
+                RENEW_GRACE_SECS / 86_400
+            ));
+        }
+        let mut bundle = TrustBundle::new();
+        bundle.add(self.trust_domain(), self.issuer.public_key());
+        // Checked as of a moment it was valid: the grace period above bounds lapses.
+        let at = now.clamp(cert.not_before, cert.not_after);
+        let current = bundle
+            .verify_chain(std::slice::from_ref(&cert), at)
+            .map_err(|e| format!("the certificate is not this trust domain's: {e}"))?;
+        if renewal.request.subject != current.id {
+            return Err(format!(
+                "{} may renew only itself, not {}",
+                current.id, renewal.request.subject
+            ));
+        }
+        if now.abs_diff(renewal.signed_at) > RENEW_WINDOW_SECS {
+            return Err(format!(
+                "the request was signed at {} but it is {now} here; check the clocks",
+                renewal.signed_at
+            ));
+        }
+        let signature = parley_identity::cert::from_hex(&renewal.signature)
+            .ok_or("the signature is not hex")?;
+        current
+            .verify(
+                RENEW_CONTEXT,
+                &renew_signed_bytes(&renewal.request, renewal.signed_at)?,
+                &signature,
+            )
+            // ECQV: a certificate of another root yields a key nobody holds, so this one
+            // check refuses both a forged request and a foreign certificate.
+            .map_err(|_| {
+                "the signature does not verify with the key this root gives the certificate \
+                 (a forged request, or a certificate of another root)"
+                    .to_owned()
+            })?;
+        let lifetime = cert
+            .not_after
+            .saturating_sub(cert.not_before)
+            .clamp(60, NODE_CERT_TTL_SECS);
+        let issued = self
+            .issuer
+            .issue(&renewal.request, Validity::starting(now, lifetime))
+            .map_err(|e| e.to_string())?;
+        Ok(IssueResponse {
+            issued,
+            trust_domain: self.trust_domain().to_owned(),
+            root_public_key: encode_public_key(&self.issuer.public_key()),
+        })
+    }
+
+    /// Renews this issuer's own node identity without the network.
+    pub fn renew_locally(
+        &self,
+        credential: &parley_identity::Credential,
+        request: &CertRequest,
+    ) -> Result<IssueResponse, String> {
+        let signed_at = unix_now();
+        let bytes = renew_signed_bytes(request, signed_at)?;
+        self.renew(&RenewRequest {
+            certificate: parley_identity::cert::to_hex(credential.cert().as_bytes()),
+            request: request.clone(),
+            signed_at,
+            signature: parley_identity::cert::to_hex(&credential.sign(RENEW_CONTEXT, &bytes)),
+        })
+    }
+
     /// Answers one enrollment request: the token must exist, match and be unexpired; it is
     /// spent (deleted, flushed) before the certificate is issued.
     async fn answer(&self, request: JoinRequest) -> Result<IssueResponse, String> {
@@ -419,14 +567,23 @@ async fn answer_one(
         .read_to_end(MAX_JOIN_MESSAGE)
         .await
         .map_err(|e| e.to_string())?;
-    let (reply, outcome) = match serde_json::from_slice::<JoinRequest>(&bytes) {
+    let (reply, outcome) = match serde_json::from_slice::<Request>(&bytes) {
         Err(e) => {
             let reason = format!("malformed enrollment request: {e}");
             (JoinReply::Refused(reason.clone()), Err(reason))
         }
         Ok(request) => {
-            let subject = request.request.subject.to_string();
-            match enrollment.answer(request).await {
+            let (subject, answered) = match request {
+                Request::Enroll(join) => {
+                    let subject = join.request.subject.to_string();
+                    (subject, enrollment.answer(join).await)
+                }
+                Request::Renew(renewal) => {
+                    let subject = renewal.request.subject.to_string();
+                    (format!("{subject} (renewal)"), enrollment.renew(&renewal))
+                }
+            };
+            match answered {
                 Ok(response) => (JoinReply::Issued(response), Ok(subject)),
                 Err(reason) => (
                     JoinReply::Refused(reason.clone()),
@@ -530,5 +687,93 @@ mod tests {
             ))
             .await;
         assert!(again.unwrap_err().contains("unknown, used or expired"));
+    }
+
+    /// A node credential issued by `root`, valid from `start` for `ttl` seconds.
+    fn node(root: &Issuer, name: &str, start: u64, ttl: u64) -> parley_identity::Credential {
+        let id = SpiffeId::from_segments(root.id().trust_domain(), &["node", name]).unwrap();
+        let pending = parley_identity::PendingRequest::new(id);
+        let issued = root
+            .issue(pending.request(), Validity::starting(start, ttl))
+            .unwrap();
+        pending.accept(&issued, &root.public_key()).unwrap()
+    }
+
+    fn new_request(credential: &parley_identity::Credential) -> CertRequest {
+        parley_identity::PendingRequest::new(credential.id().clone())
+            .request()
+            .clone()
+    }
+
+    #[tokio::test]
+    async fn a_node_renews_itself_only_with_its_own_key_and_within_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let root = Issuer::generate_root("example.org").unwrap();
+        let a = node(&root, "a", unix_now() - 100, 3_600);
+        let b = node(&root, "b", unix_now() - 100, 3_600);
+        let enrollment = Enrollment::new(root, &store).unwrap();
+
+        let renewed = enrollment.renew_locally(&a, &new_request(&a)).unwrap();
+        let cert = parley_identity::cert::ImplicitCert::decode(
+            &parley_identity::cert::from_hex(&renewed.issued.certificate).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(&cert.subject, a.id());
+        assert_eq!(cert.not_after - cert.not_before, 3_600);
+
+        // Another node's SPIFFE ID.
+        let error = enrollment.renew_locally(&a, &new_request(&b)).unwrap_err();
+        assert!(error.contains("may renew only itself"), "{error}");
+        // Signed by someone else.
+        let request = new_request(&a);
+        let signed_at = unix_now();
+        let forged = RenewRequest {
+            certificate: parley_identity::cert::to_hex(a.cert().as_bytes()),
+            request: request.clone(),
+            signed_at,
+            signature: parley_identity::cert::to_hex(&b.sign(
+                RENEW_CONTEXT,
+                &renew_signed_bytes(&request, signed_at).unwrap(),
+            )),
+        };
+        let error = enrollment.renew(&forged).unwrap_err();
+        assert!(
+            error.contains("a forged request"),
+            "{error}"
+        );
+        // An old signature.
+        let stale = RenewRequest {
+            signed_at: signed_at - 3_600,
+            signature: parley_identity::cert::to_hex(&a.sign(
+                RENEW_CONTEXT,
+                &renew_signed_bytes(&request, signed_at - 3_600).unwrap(),
+            )),
+            ..forged
+        };
+        let error = enrollment.renew(&stale).unwrap_err();
+        assert!(error.contains("check the clocks"), "{error}");
+
+        // Lapsed two days ago: still renewable. Forty days ago: enroll again.
+        let day = 86_400;
+        let lapsed = node(&enrollment.issuer, "c", unix_now() - 3 * day, day);
+        assert!(
+            enrollment
+                .renew_locally(&lapsed, &new_request(&lapsed))
+                .is_ok()
+        );
+        let gone = node(&enrollment.issuer, "d", unix_now() - 41 * day, day);
+        let error = enrollment
+            .renew_locally(&gone, &new_request(&gone))
+            .unwrap_err();
+        assert!(error.contains("enroll the node again"), "{error}");
+
+        // A certificate of another root.
+        let stranger_root = Issuer::generate_root("example.org").unwrap();
+        let stranger = node(&stranger_root, "a", unix_now() - 100, 3_600);
+        let error = enrollment
+            .renew_locally(&stranger, &new_request(&stranger))
+            .unwrap_err();
+        assert!(error.contains("another root"), "{error}");
     }
 }
