@@ -738,10 +738,7 @@ mod tests {
             )),
         };
         let error = enrollment.renew(&forged).unwrap_err();
-        assert!(
-            error.contains("a forged request"),
-            "{error}"
-        );
+        assert!(error.contains("a forged request"), "{error}");
         // An old signature.
         let stale = RenewRequest {
             signed_at: signed_at - 3_600,

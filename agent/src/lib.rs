@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod node;
 pub mod policy;
 pub mod reconcile;
+pub mod renew;
 pub mod runtime;
 pub mod systemd;
 pub mod transport;

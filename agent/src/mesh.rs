@@ -36,6 +36,7 @@ use crate::config::MeshSettings;
 use crate::join::Enrollment;
 use crate::metrics::Metrics;
 use crate::policy::{Action, Policy, PolicyError, PolicyHandle};
+use crate::renew::Renewal;
 use crate::transport::{Inbound, Limits, NodeCredentials, Transport};
 
 /// How often an unreachable seed is dialled again.
@@ -133,6 +134,7 @@ pub struct Prepared {
     view: watch::Sender<Vec<Member>>,
     commands: mpsc::Receiver<Command>,
     joining: Option<mpsc::Receiver<quinn::Connection>>,
+    renewal: Renewal,
 }
 
 impl Prepared {
@@ -143,6 +145,12 @@ impl Prepared {
         committed: Vec<Assignment>,
         shutdown: CancellationToken,
     ) {
+        tokio::spawn(crate::renew::keep_renewed(
+            self.renewal,
+            self.handle.transport.clone(),
+            self.handle.view.clone(),
+            shutdown.clone(),
+        ));
         if let (Some(joining), Some(enrollment)) = (self.joining, &self.handle.enrollment) {
             tokio::spawn(crate::join::serve(
                 joining,
@@ -180,7 +188,6 @@ pub async fn start(
     mut meta: NodeMeta,
     store: &parley_store::Store,
 ) -> Result<Prepared, MeshStartError> {
-    let credentials = load_credentials(&settings.identity_dir, unix_now())?;
     let identity_dir = IdentityDir::new(&settings.identity_dir);
     let enrollment = if identity_dir.has_root() {
         let issuer = identity_dir
@@ -200,6 +207,34 @@ pub async fn start(
         Some(Arc::new(enrollment))
     } else {
         None
+    };
+    meta.issuer = enrollment.is_some();
+    let mut joins = Vec::new();
+    for seed in &settings.join {
+        let resolved =
+            tokio::net::lookup_host(seed.as_str())
+                .await
+                .map_err(|e| MeshStartError::Resolve {
+                    seed: seed.clone(),
+                    reason: e.to_string(),
+                })?;
+        joins.extend(resolved);
+    }
+    let renewal = Renewal {
+        identity_dir: settings.identity_dir.clone(),
+        enrollment: enrollment.clone(),
+        seeds: joins.clone(),
+    };
+    let credentials = match load_credentials(&settings.identity_dir, unix_now()) {
+        Err(MeshStartError::Expired {
+            id,
+            when: "expired",
+            not_after,
+            ..
+        }) if renewal.enrollment.is_some() || !joins.is_empty() => {
+            renew_lapsed(&renewal, &identity_dir, &id, not_after).await
+        }
+        other => other?,
     };
     let policy = match &settings.policy {
         Some(file) => PolicyHandle::new(Policy::load(file)?, Some(file.clone())),
@@ -230,17 +265,10 @@ pub async fn start(
     let address = settings.advertise.unwrap_or(bound);
     meta.address = Some(address.to_string());
 
-    let mut seeds = Vec::new();
-    for seed in &settings.join {
-        let resolved =
-            tokio::net::lookup_host(seed.as_str())
-                .await
-                .map_err(|e| MeshStartError::Resolve {
-                    seed: seed.clone(),
-                    reason: e.to_string(),
-                })?;
-        seeds.extend(resolved.filter(|addr| *addr != address && *addr != bound));
-    }
+    let seeds: Vec<SocketAddr> = joins
+        .into_iter()
+        .filter(|addr| *addr != address && *addr != bound)
+        .collect();
 
     let id = transport.id().to_owned();
     let membership = Membership::new(
@@ -271,7 +299,42 @@ pub async fn start(
         view: view_tx,
         commands,
         joining,
+        renewal,
     })
+}
+
+/// How often a node whose identity lapsed asks an issuer again.
+const LAPSED_RETRY: Duration = Duration::from_secs(5);
+
+/// Renews an identity that lapsed while the agent was down, through the `join` addresses
+/// (or this node's own root), trying until it succeeds: peers refuse a lapsed identity, so
+/// there is nothing else to do, and each failure is logged with its reason.
+async fn renew_lapsed(
+    renewal: &Renewal,
+    dir: &IdentityDir,
+    id: &str,
+    expired_at: u64,
+) -> NodeCredentials {
+    loop {
+        let attempt = match dir.load_credential() {
+            Ok(credential) => renewal.renew_once(&credential, &renewal.seeds).await,
+            Err(error) => Err(error.to_string()),
+        };
+        match attempt {
+            Ok(renewed) => {
+                tracing::info!(%id, valid_until = renewed.credential.cert().not_after, "lapsed identity renewed");
+                return renewed;
+            }
+            Err(reason) => tracing::error!(
+                %id,
+                expired_at,
+                %reason,
+                retry_in = ?LAPSED_RETRY,
+                "this node's identity has EXPIRED: peers refuse it until an issuer renews it"
+            ),
+        }
+        tokio::time::sleep(LAPSED_RETRY).await;
+    }
 }
 
 /// Reads the node's credential and trust bundle and checks the certificate is valid now.

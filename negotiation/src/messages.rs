@@ -278,6 +278,9 @@ pub struct NodeMeta {
     /// Where its QUIC endpoint listens (`IP:PORT`), so that members can reach it.
     #[serde(default)]
     pub address: Option<String>,
+    /// Whether it holds the trust domain's root key: members renew their identities there.
+    #[serde(default)]
+    pub issuer: bool,
 }
 
 /// A member's liveness as gossip reports it.

@@ -423,6 +423,7 @@ impl<'c> Sim<'c> {
                         Vec::new()
                     },
                     address: None,
+                    issuer: false,
                 };
                 let signer = crypto.signer(&id);
                 Node::start(

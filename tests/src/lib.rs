@@ -980,16 +980,21 @@ impl TrustDomain {
     /// Enrols `spiffe://DOMAIN/node/NODE` in the root's own directory, which then holds
     /// the node's identity beside the root key: an agent using it is an issuer.
     pub fn enroll_issuer(&self, node: &str) -> PathBuf {
-        self.enroll_into(&self.root(), node)
+        self.enroll_into(&self.root(), node, "24h")
+    }
+
+    /// As [`TrustDomain::enroll`], with a certificate valid for `ttl` (`20s`, `5m`, …).
+    pub fn enroll_for(&self, node: &str, ttl: &str) -> PathBuf {
+        self.enroll_into(&self.dir.path().join(node), node, ttl)
     }
 
     /// Enrols `spiffe://DOMAIN/node/NODE` (request, issue, accept) and returns its
     /// identity directory, for `parley agent --identity-dir`.
     pub fn enroll(&self, node: &str) -> PathBuf {
-        self.enroll_into(&self.dir.path().join(node), node)
+        self.enroll_into(&self.dir.path().join(node), node, "24h")
     }
 
-    fn enroll_into(&self, dir: &Path, node: &str) -> PathBuf {
+    fn enroll_into(&self, dir: &Path, node: &str, ttl: &str) -> PathBuf {
         let dir = dir.to_path_buf();
         let id = format!("spiffe://{}/node/{node}", self.name);
         let request = self.identity(&dir, ["request", "--id", id.as_str()]);
@@ -997,7 +1002,12 @@ impl TrustDomain {
         std::fs::write(&request_file, request.ok()).expect("write the request");
         let response = self.identity(
             &self.root(),
-            [OsStr::new("issue"), request_file.as_os_str()],
+            [
+                OsStr::new("issue"),
+                request_file.as_os_str(),
+                OsStr::new("--ttl"),
+                OsStr::new(ttl),
+            ],
         );
         let response_file = self.dir.path().join(format!("{node}.response.json"));
         std::fs::write(&response_file, response.ok()).expect("write the response");

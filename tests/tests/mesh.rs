@@ -924,3 +924,54 @@ fn a_new_host_joins_the_mesh_with_a_one_time_token() {
     );
     a.cli(["rm", "pair"]).ok();
 }
+
+/// `not_after` of the node identity in `dir`, as `parley identity show` reads it.
+fn identity_expiry(agent: &Agent, dir: &std::path::Path) -> u64 {
+    let shown = agent
+        .cli([
+            std::ffi::OsStr::new("identity"),
+            std::ffi::OsStr::new("--dir"),
+            dir.as_os_str(),
+            std::ffi::OsStr::new("show"),
+            std::ffi::OsStr::new("-o"),
+            std::ffi::OsStr::new("json"),
+        ])
+        .json();
+    shown["node"]["not_after"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no identity in {shown}"))
+}
+
+#[test]
+fn identities_are_renewed_from_the_issuer_before_they_expire_and_after_they_lapse() {
+    let domain = TrustDomain::new("renew.e2e");
+    let a = mesh_agent("renew-a", &domain.enroll_issuer("a"), &[], &[]);
+    let seed = address(&a);
+
+    // b's certificate lives 20 s: it renews at half-life, again and again.
+    let b_dir = domain.enroll_for("b", "20s");
+    let first_expiry = identity_expiry(&a, &b_dir);
+    let b = mesh_agent("renew-b", &b_dir, &[&seed], &[]);
+    wait_for_full_mesh(&[&a, &b]);
+    wait_until(
+        "b renews its identity twice",
+        Duration::from_secs(40),
+        || b.log().matches("identity renewed").count() >= 2,
+    );
+    assert!(identity_expiry(&a, &b_dir) > first_expiry + 10);
+    // Still a member: its peers verify its new key.
+    wait_for_full_mesh(&[&a, &b]);
+    assert!(
+        a.log().contains("renew.e2e/node/b (renewal)"),
+        "the issuer did not log the renewal:\n{}",
+        a.log()
+    );
+
+    // c's certificate lapsed before its agent started: it renews through its join
+    // address, says so, and joins.
+    let c_dir = domain.enroll_for("c", "2s");
+    std::thread::sleep(Duration::from_secs(3));
+    let c = mesh_agent("renew-c", &c_dir, &[&seed], &[]);
+    assert!(c.log().contains("lapsed identity renewed"), "{}", c.log());
+    wait_for_full_mesh(&[&a, &b, &c]);
+}

@@ -213,6 +213,7 @@ async fn serve_on(
     // Watched from the start, so a signal during a slow start-up (a Podman service that
     // takes seconds to come up) still ends in an orderly shutdown.
     let signal = wait_for_signal()?;
+    tokio::pin!(signal);
     // SIGHUP's default action ends the process; it must be caught before anyone sends it.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot watch SIGHUP")?;
@@ -266,9 +267,20 @@ async fn serve_on(
         free: allocatable,
         images: Vec::new(),
         address: None,
+        issuer: false,
     };
     let prepared = match &config.mesh {
-        Some(settings) => Some(mesh::start(settings, meta.clone(), &store).await?),
+        // Starting can wait on an issuer (a lapsed identity); a signal still stops it.
+        Some(settings) => tokio::select! {
+            prepared = mesh::start(settings, meta.clone(), &store) => Some(prepared?),
+            () = &mut signal => {
+                tracing::info!("stopped while joining the mesh");
+                shutdown.cancel();
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, podman_supervisor).await;
+                store.close().context("could not flush the state store on shutdown")?;
+                return Ok(());
+            }
+        },
         None => None,
     };
     let mesh = prepared.as_ref().map(|p| p.handle.clone());
