@@ -23,9 +23,9 @@ use parley_negotiation::auction::{
 use parley_negotiation::codec::PROTOCOL_VERSION;
 use parley_negotiation::membership::{Member, Membership, MembershipConfig, MembershipEvent};
 use parley_negotiation::messages::{
-    Body, Decline, DeclineReason, LogChunk, LogWindow, LogsFailure, LogsReply, LogsRequest,
-    MAX_REPORTED_WORKLOADS, MemberState, NodeMeta, OwnedWorkload, Placement, Reject,
-    RemoveWorkload, WorkloadQuery, WorkloadReport,
+    Body, Decline, DeclineReason, Handover, LogChunk, LogWindow, LogsFailure, LogsReply,
+    LogsRequest, MAX_REPORTED_WORKLOADS, MemberState, NodeMeta, OwnedWorkload, Placement, Reject,
+    RemoveWorkload, Scoring, WorkloadQuery, WorkloadReport,
 };
 use tokio::sync::oneshot;
 use tokio::sync::{mpsc, watch};
@@ -38,6 +38,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Action, Policy, PolicyError, PolicyHandle};
 use crate::renew::Renewal;
 use crate::transport::{Inbound, Limits, NodeCredentials, Transport};
+use succession::{Step, Succession};
 
 /// How often an unreachable seed is dialled again.
 const SEED_RETRY: Duration = Duration::from_secs(1);
@@ -397,8 +398,16 @@ pub trait Host: Send + Sync + 'static {
     fn commit(&self, assignment: Assignment) -> impl Future<Output = Result<(), String>> + Send;
     /// Starts the container of a committed replica (pulling its image if needed).
     fn start(&self, workload: String, replica: u32) -> impl Future<Output = ()> + Send;
-    /// Forgets a workload this node owns, removed at another node's request.
-    fn forget(&self, workload: String) -> impl Future<Output = ()> + Send;
+    /// Forgets a workload this node owns: removed at another node's request, or given
+    /// back to its submitter; `why` goes into the audit log.
+    fn forget(&self, workload: String, why: &'static str) -> impl Future<Output = ()> + Send;
+    /// Stores (flushed) a workload this node now owns as the successor of `submitter`,
+    /// which died.
+    fn adopt(
+        &self,
+        spec: WorkloadSpec,
+        submitter: String,
+    ) -> impl Future<Output = Result<(), String>> + Send;
     /// Stops and forgets a replica its owner revoked.
     fn revoke(&self, workload: String, replica: u32, epoch: u64)
     -> impl Future<Output = ()> + Send;
@@ -534,6 +543,18 @@ pub async fn run<H: Host>(
         labels: meta.labels.clone(),
         allocatable: meta.allocatable,
     };
+    // Each run's reservation ids differ from the last run's: the boot number is the start
+    // time, which only moves forward between runs of one node.
+    let mut succession = Succession::new(&id);
+    for a in &committed {
+        let key = workload_key(a.spec.name.as_str());
+        succession.learn(
+            &key,
+            a.submitter.as_deref().unwrap_or(&a.owner),
+            &a.spec,
+            None,
+        );
+    }
     let committed = committed.into_iter().map(|a| Committed {
         announcer: a.owner,
         workload: workload_key(a.spec.name.as_str()),
@@ -543,8 +564,6 @@ pub async fn run<H: Host>(
         reservation: a.reservation,
         failure_domain: a.failure_domain,
     });
-    // Each run's reservation ids differ from the last run's: the boot number is the start
-    // time, which only moves forward between runs of one node.
     let mut bidder = Bidder::restarted(profile, BidderConfig::default(), unix_millis(), committed);
     let mut announcer = Announcer::new(&id, AnnouncerConfig::default(), random_seed());
     // Workloads this node owns: key → (image, replicas), for reports to other nodes.
@@ -560,7 +579,9 @@ pub async fn run<H: Host>(
     // Messages this loop sends of its own accord (answers to queries, query fan-out).
     let mut outbox: Vec<(String, Body)> = Vec::new();
     // Specs of awards being committed, by (workload, replica), until the bidder decides.
-    let mut award_specs: HashMap<(String, u32), WorkloadSpec> = HashMap::new();
+    let mut award_specs: HashMap<(String, u32), (WorkloadSpec, Option<String>)> = HashMap::new();
+    // Set when ownership may have moved: membership changed or a workload became known.
+    let mut ownership_stale = true;
     let mut local: VecDeque<(String, Body)> = VecDeque::new();
     let mut addresses: HashMap<String, SocketAddr> = HashMap::new();
     let mut report = tokio::time::interval(REPORT_INTERVAL);
@@ -610,12 +631,20 @@ pub async fn run<H: Host>(
             Some(command) = commands.recv() => match command {
                 Command::Place(request) => {
                     tracing::info!(workload = %request.workload, replicas = request.replicas, "placing");
+                    if let Some(spec) = &request.spec {
+                        succession.learn(&request.workload, &id, spec, None);
+                    }
                     owned.insert(request.workload.clone(), (request.image.clone(), request.replicas));
                     announcer.set_members(candidates(&id, &meta, &membership));
                     announcer.place(unix_millis(), *request);
                 }
                 Command::Adopt(request) => {
                     tracing::info!(workload = %request.workload, replicas = request.replicas, "taking up a workload owned before the restart");
+                    if let Some(spec) = &request.spec {
+                        let submitter = request.submitter.as_deref().unwrap_or(&id);
+                        succession.learn(&request.workload, submitter, spec, None);
+                        ownership_stale = true;
+                    }
                     owned.insert(request.workload.clone(), (request.image.clone(), request.replicas));
                     announcer.set_members(candidates(&id, &meta, &membership));
                     // Three report intervals: time to rejoin through a seed, after which every
@@ -625,6 +654,7 @@ pub async fn run<H: Host>(
                 }
                 Command::Remove(workload) => {
                     owned.remove(&workload);
+                    succession.forget(&workload);
                     announcer.remove(&workload);
                 }
                 Command::Explain { workload, reply } => {
@@ -680,7 +710,11 @@ pub async fn run<H: Host>(
                 }
             },
             Some(reply) = logs_ready.recv() => outbox.push(reply),
-            _ = report.tick() => bidder.report_instances(),
+            _ = report.tick() => {
+                bidder.report_instances();
+                // Repeats handovers a successor may have let pass.
+                ownership_stale = true;
+            }
             () = sleep => {
                 let now = unix_millis();
                 membership.handle_timeout(now);
@@ -750,6 +784,17 @@ pub async fn run<H: Host>(
                         }
                         continue;
                     }
+                    Body::Handover(handover) => {
+                        tracing::info!(workload = %handover.workload, submitter = %handover.submitter, by = %from, "handed a workload whose owner died");
+                        succession.learn(
+                            &handover.workload,
+                            &handover.submitter,
+                            &handover.spec,
+                            Some(unix_millis()),
+                        );
+                        ownership_stale = true;
+                        continue;
+                    }
                     Body::LogsRequest(request) => {
                         let host = Arc::clone(&host);
                         let done = logs_read.clone();
@@ -782,10 +827,14 @@ pub async fn run<H: Host>(
                     }
                     Body::RemoveWorkload(remove) => {
                         if owned.remove(&remove.workload).is_some() {
+                            succession.forget(&remove.workload);
                             tracing::info!(workload = %remove.workload, by = %from, "removing a workload at another node's request; revoking its replicas");
                             announcer.remove(&remove.workload);
-                            host.forget(workload_name(&remove.workload).to_owned())
-                                .await;
+                            host.forget(
+                                workload_name(&remove.workload).to_owned(),
+                                "at another node's request; revoking its replicas",
+                            )
+                            .await;
                         }
                         continue;
                     }
@@ -800,7 +849,7 @@ pub async fn run<H: Host>(
                     &mut award_specs,
                 );
             }
-            membership_events(
+            ownership_stale |= membership_events(
                 &id,
                 &meta,
                 &mut membership,
@@ -809,6 +858,19 @@ pub async fn run<H: Host>(
                 &view,
                 &metrics,
             );
+            if std::mem::take(&mut ownership_stale) {
+                follow_ownership(
+                    &id,
+                    &membership,
+                    &mut succession,
+                    &mut announcer,
+                    &mut bidder,
+                    &mut owned,
+                    &mut outbox,
+                    host.as_ref(),
+                )
+                .await;
+            }
             // The bidder's events come before its messages: an award is persisted before
             // the Accept that acknowledges it leaves.
             let mut withheld = BTreeSet::new();
@@ -816,18 +878,27 @@ pub async fn run<H: Host>(
                 match event {
                     BidderEvent::Committed(c) => {
                         let name = workload_name(&c.workload).to_owned();
-                        let Some(spec) = award_specs.remove(&(c.workload.clone(), c.replica))
+                        let Some((spec, submitter)) =
+                            award_specs.remove(&(c.workload.clone(), c.replica))
                         else {
                             tracing::warn!(workload = %c.workload, replica = c.replica, "award without a spec; refusing it");
                             bidder.remove_instance(&c.workload, c.replica);
                             withheld.insert(c.reservation.clone());
                             continue;
                         };
+                        succession.learn(
+                            &c.workload,
+                            submitter.as_deref().unwrap_or(&c.announcer),
+                            &spec,
+                            None,
+                        );
+                        ownership_stale = true;
                         let assignment = Assignment {
                             spec,
                             replica: c.replica,
                             epoch: c.epoch,
                             owner: c.announcer.clone(),
+                            submitter,
                             reservation: c.reservation.clone(),
                             failure_domain: c.failure_domain.clone(),
                             assigned_at_ms: unix_millis(),
@@ -954,6 +1025,8 @@ fn authorize(
         },
         Body::RemoveWorkload(remove) => (Action::Remove, remove.workload.as_str()),
         Body::LogsRequest(request) => (Action::Logs, request.workload.as_str()),
+        // Handing a workload over makes its receiver place it: a submission.
+        Body::Handover(handover) => (Action::Submit, handover.workload.as_str()),
         _ => return Some(body),
     };
     let Err(denied) = policy.check(from, action, workload_namespace(workload)) else {
@@ -1009,7 +1082,7 @@ fn dispatch(
     membership: &mut Membership,
     announcer: &mut Announcer,
     bidder: &mut Bidder,
-    award_specs: &mut HashMap<(String, u32), WorkloadSpec>,
+    award_specs: &mut HashMap<(String, u32), (WorkloadSpec, Option<String>)>,
 ) {
     let now = unix_millis();
     match body {
@@ -1020,7 +1093,10 @@ fn dispatch(
         Body::Cfp(cfp) => bidder.handle_cfp(now, from, &cfp),
         Body::Award(award) => {
             if let Some(spec) = &award.spec {
-                award_specs.insert((award.workload.clone(), award.replica), spec.clone());
+                award_specs.insert(
+                    (award.workload.clone(), award.replica),
+                    (spec.clone(), award.submitter.clone()),
+                );
             }
             bidder.handle_award(now, from, &award);
             // An award that did not commit (rejected, or a repeat) leaves no spec behind.
@@ -1042,12 +1118,107 @@ fn dispatch(
         | Body::WorkloadReport(_)
         | Body::RemoveWorkload(_)
         | Body::LogsRequest(_)
-        | Body::LogsReply(_) => {}
+        | Body::LogsReply(_)
+        | Body::Handover(_) => {}
+    }
+}
+
+/// Brings this node in line with its view of who owns what ([`Succession`]): reports
+/// replicas to their owner, takes over the workloads of a dead submitter whose successor
+/// it is, gives them back when the submitter returns, and hands them to the successor.
+#[allow(clippy::too_many_arguments)]
+async fn follow_ownership<H: Host>(
+    id: &str,
+    membership: &Membership,
+    succession: &mut Succession,
+    announcer: &mut Announcer,
+    bidder: &mut Bidder,
+    owned: &mut BTreeMap<String, (String, u32)>,
+    outbox: &mut Vec<(String, Body)>,
+    host: &H,
+) {
+    let alive: Vec<&str> = std::iter::once(id)
+        .chain(
+            membership
+                .members()
+                .filter(|m| m.state != MemberState::Dead)
+                .map(|m| m.id.as_str()),
+        )
+        .collect();
+    let held: BTreeSet<String> = bidder.committed().map(|c| c.workload.clone()).collect();
+    let now = unix_millis();
+    let steps = succession.decide(now, &alive, |w| announcer.owns(w), |w| held.contains(w));
+    for step in steps {
+        match step {
+            Step::SetOwner { workload, owner } => bidder.set_owner(&workload, &owner),
+            Step::Adopt {
+                workload,
+                submitter,
+                spec,
+            } => {
+                if let Err(error) = host.adopt((*spec).clone(), submitter.clone()).await {
+                    tracing::error!(%workload, %error, "cannot store a workload to take over; leaving it");
+                    continue;
+                }
+                tracing::warn!(%workload, %submitter, "its owner is dead and this node is the successor: taking the workload over");
+                let request = PlacementRequest {
+                    submitter: Some(submitter),
+                    ..placement_request(&workload, &spec)
+                };
+                owned.insert(workload, (request.image.clone(), request.replicas));
+                // As after a restart: the running replicas report first, then what is
+                // missing is placed.
+                announcer.adopt(now + 3 * REPORT_INTERVAL.as_millis() as u64, request);
+            }
+            Step::Relinquish { workload } => {
+                tracing::info!(%workload, "its submitter is back: giving the workload back");
+                announcer.relinquish(&workload);
+                owned.remove(&workload);
+                host.forget(
+                    workload_name(&workload).to_owned(),
+                    "its submitter is back and owns it again",
+                )
+                .await;
+            }
+            Step::Handover {
+                to,
+                workload,
+                submitter,
+                spec,
+            } => {
+                tracing::info!(%workload, successor = %to, "owner dead: handing the workload to its successor");
+                outbox.push((
+                    to,
+                    Body::Handover(Handover {
+                        workload,
+                        submitter,
+                        spec: *spec,
+                    }),
+                ));
+            }
+        }
+    }
+}
+
+/// What the announcer needs to place `spec`, stored under `key`.
+pub fn placement_request(key: &str, spec: &WorkloadSpec) -> PlacementRequest {
+    PlacementRequest {
+        workload: key.to_owned(),
+        image: spec.image.clone(),
+        replicas: spec.replicas,
+        resources: spec.resources,
+        constraints: spec.constraints.clone(),
+        arch: None,
+        spread_label: None,
+        scoring: Scoring::Spread,
+        spec: Some(spec.clone()),
+        submitter: None,
     }
 }
 
 /// Acts on membership changes: publishes the view, refreshes the announcer's candidates,
-/// and re-places replicas of owned workloads that were on a node declared dead.
+/// and re-places replicas of owned workloads that were on a node declared dead. Returns
+/// whether anything changed.
 fn membership_events(
     id: &str,
     meta: &NodeMeta,
@@ -1056,7 +1227,7 @@ fn membership_events(
     owned: &BTreeMap<String, (String, u32)>,
     view: &watch::Sender<Vec<Member>>,
     metrics: &Metrics,
-) {
+) -> bool {
     let mut changed = false;
     let mut died = Vec::new();
     while let Some(event) = membership.poll_event() {
@@ -1067,7 +1238,7 @@ fn membership_events(
         changed = true;
     }
     if !changed {
-        return;
+        return false;
     }
     view.send_replace(membership.members().cloned().collect());
     announcer.set_members(candidates(id, meta, membership));
@@ -1087,6 +1258,7 @@ fn membership_events(
             }
         }
     }
+    true
 }
 
 /// The workloads this node owns, with their placements, as reported to other nodes.
@@ -1183,5 +1355,6 @@ async fn dial_seed(
     }
 }
 
+mod succession;
 #[cfg(test)]
 mod tests;

@@ -19,14 +19,14 @@ use crate::api::types::{
     WorkloadRecord, WorkloadStatus,
 };
 use crate::hostcheck::HostWarning;
-use crate::mesh::{Command, Host, MeshHandle};
+use crate::mesh::{Command, Host, MeshHandle, placement_request};
 use crate::policy::Action;
 use crate::runtime::podman::service::ServiceOrigin;
 use crate::runtime::{
     ContainerRuntime, ContainerSpec, ContainerState, ManagedContainer, RuntimeError, labels,
 };
 use parley_negotiation::auction::{Answer, PlacementRequest};
-use parley_negotiation::messages::{DeclineReason, LogChunk, LogWindow, OwnedWorkload, Scoring};
+use parley_negotiation::messages::{DeclineReason, LogChunk, LogWindow, OwnedWorkload};
 
 /// How long the node running a replica gets to return its logs.
 const LOGS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -451,6 +451,7 @@ impl<R: ContainerRuntime> Node<R> {
             command: record.spec.command.clone(),
             created_at: record.created_at,
             replicas,
+            owner: None,
         }
     }
 
@@ -461,7 +462,10 @@ impl<R: ContainerRuntime> Node<R> {
             return Ok(());
         };
         for (key, record) in self.desired()? {
-            let request = placement_request(&key, &record.spec);
+            let request = PlacementRequest {
+                submitter: record.submitter,
+                ..placement_request(&key, &record.spec)
+            };
             mesh.commands
                 .send(Command::Adopt(Box::new(request)))
                 .await
@@ -501,6 +505,7 @@ impl<R: ContainerRuntime> Node<R> {
         let record = WorkloadRecord {
             spec,
             created_at: unix_now(),
+            submitter: None,
         };
         let inserted = self
             .workloads
@@ -553,6 +558,7 @@ impl<R: ContainerRuntime> Node<R> {
             command: spec.command.clone(),
             created_at: record.created_at,
             replicas: Vec::new(),
+            owner: Some(mesh.id.clone()),
         })
     }
 
@@ -664,6 +670,7 @@ impl<R: ContainerRuntime> Node<R> {
                 command: record.spec.command.clone(),
                 created_at: record.created_at,
                 replicas,
+                owner: Some(mesh.id.clone()),
             });
         }
         // Workloads owned elsewhere, as their owners report them.
@@ -688,6 +695,7 @@ impl<R: ContainerRuntime> Node<R> {
                 command: Vec::new(),
                 created_at: 0,
                 replicas,
+                owner: Some(owner),
             });
         }
         // Replicas this node runs for workloads no answer covered.
@@ -706,6 +714,7 @@ impl<R: ContainerRuntime> Node<R> {
                     command: assignment.spec.command.clone(),
                     created_at: assignment.assigned_at_ms / 1000,
                     replicas: Vec::new(),
+                    owner: None,
                 })
                 .replicas
                 .push(ReplicaStatus {
@@ -1147,6 +1156,7 @@ impl<R: ContainerRuntime> Node<R> {
                     let record = WorkloadRecord {
                         spec: a.spec,
                         created_at: a.assigned_at_ms / 1000,
+                        submitter: None,
                     };
                     ((record.spec.name.to_string(), a.replica), (record, a.epoch))
                 })
@@ -1237,6 +1247,7 @@ impl<R: ContainerRuntime> Node<R> {
         let record = WorkloadRecord {
             spec,
             created_at: unix_now(),
+            submitter: None,
         };
         let key = key(&container.workload);
         match self.workloads.insert_new(&key, &record) {
@@ -1280,21 +1291,6 @@ fn placed_replica(
         container_id: container.map(|c| c.id.clone()),
         state: container.map(|c| c.state.clone()),
         exit_code: container.and_then(|c| c.exit_code),
-    }
-}
-
-/// What the announcer needs to place `spec`.
-fn placement_request(key: &str, spec: &WorkloadSpec) -> PlacementRequest {
-    PlacementRequest {
-        workload: key.to_owned(),
-        image: spec.image.clone(),
-        replicas: spec.replicas,
-        resources: spec.resources,
-        constraints: spec.constraints.clone(),
-        arch: None,
-        spread_label: None,
-        scoring: Scoring::Spread,
-        spec: Some(spec.clone()),
     }
 }
 
@@ -1403,6 +1399,7 @@ impl<R: ContainerRuntime> Host for Node<R> {
         let record = WorkloadRecord {
             spec: assignment.spec,
             created_at: unix_now(),
+            submitter: None,
         };
         let started = match self.runtime.ensure_image(&record.spec.image).await {
             Ok(()) => {
@@ -1429,18 +1426,38 @@ impl<R: ContainerRuntime> Host for Node<R> {
         }
     }
 
-    async fn forget(&self, workload: String) {
+    async fn adopt(&self, spec: WorkloadSpec, submitter: String) -> Result<(), String> {
+        let _changing = self.changes.lock().await;
+        let key = key(spec.name.as_str());
+        self.check_writable().map_err(|e| e.to_string())?;
+        let record = WorkloadRecord {
+            spec,
+            created_at: unix_now(),
+            submitter: Some(submitter.clone()),
+        };
+        self.workloads
+            .put(&key, &record)
+            .map_err(|e| self.note_store_error(e).to_string())?;
+        self.store
+            .flush()
+            .await
+            .map_err(|e| self.note_store_error(e).to_string())?;
+        self.record_event(
+            "workload-adopted",
+            Some(&key),
+            &format!("its owner {submitter} died; this node is its successor"),
+        );
+        Ok(())
+    }
+
+    async fn forget(&self, workload: String, why: &'static str) {
         let _changing = self.changes.lock().await;
         let key = key(&workload);
         if let Err(error) = self.delete_workload_record(&key).await {
-            tracing::error!(%workload, %error, "could not forget a workload removed from another node");
+            tracing::error!(%workload, %error, why, "could not forget a workload");
             return;
         }
-        self.record_event(
-            "workload-removed",
-            Some(&key),
-            "at another node's request; revoking its replicas",
-        );
+        self.record_event("workload-forgotten", Some(&key), why);
     }
 
     async fn logs(
@@ -1917,6 +1934,7 @@ mod tests {
             &WorkloadRecord {
                 spec: spec("web", IMAGE),
                 created_at: 0,
+                submitter: None,
             },
             0,
             0,

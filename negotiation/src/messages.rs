@@ -190,6 +190,9 @@ pub struct Award {
     /// The workload, so that the winner can start the replica (absent in simulations).
     #[serde(default)]
     pub spec: Option<WorkloadSpec>,
+    /// The node the workload was submitted to, when the sender owns it as its successor.
+    #[serde(default)]
+    pub submitter: Option<String>,
 }
 
 /// The winner persisted the award and will run the replica.
@@ -392,6 +395,20 @@ pub enum Body {
     LogsRequest(LogsRequest),
     /// The output asked for, or why there is none.
     LogsReply(LogsReply),
+    /// "The owner of this workload died and you are its successor": sent by the nodes
+    /// running its replicas, with the workload, so that the successor can take it over.
+    Handover(Handover),
+}
+
+/// A workload handed to its owner's successor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    /// Workload key (`namespace/name`).
+    pub workload: String,
+    /// The node it was submitted to.
+    pub submitter: String,
+    /// The workload.
+    pub spec: WorkloadSpec,
 }
 
 /// Most workloads one [`WorkloadReport`] carries, so that it fits in a frame.
@@ -611,6 +628,7 @@ impl Body {
             Self::RemoveWorkload(_) => "remove-workload",
             Self::LogsRequest(_) => "logs-request",
             Self::LogsReply(_) => "logs-reply",
+            Self::Handover(_) => "handover",
         }
     }
 }

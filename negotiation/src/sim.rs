@@ -520,6 +520,7 @@ impl<'c> Sim<'c> {
                     Scoring::BinPack
                 },
                 spec: None,
+                submitter: None,
             });
         }
         requests.push(PlacementRequest {
@@ -535,6 +536,7 @@ impl<'c> Sim<'c> {
             spread_label: None,
             scoring: Scoring::Spread,
             spec: None,
+            submitter: None,
         });
         requests
     }
@@ -711,7 +713,8 @@ impl<'c> Sim<'c> {
             | Body::WorkloadReport(_)
             | Body::RemoveWorkload(_)
             | Body::LogsRequest(_)
-            | Body::LogsReply(_) => {}
+            | Body::LogsReply(_)
+            | Body::Handover(_) => {}
         }
         Ok(())
     }

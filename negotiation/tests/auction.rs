@@ -43,6 +43,7 @@ fn request(replicas: u32, cpu: u64, mem_gib: u64) -> PlacementRequest {
         spread_label: None,
         scoring: Scoring::Spread,
         spec: None,
+        submitter: None,
     }
 }
 
@@ -426,4 +427,22 @@ fn awards_carry_the_spec_and_removing_a_workload_revokes_its_replicas() {
             b.profile().id
         );
     }
+}
+
+#[test]
+fn an_adopting_owner_places_nothing_until_its_gathering_ends() {
+    let mut announcer = Announcer::new("a", AnnouncerConfig::default(), 1);
+    announcer.set_members(members(&["a", "b", "c"]));
+    announcer.adopt(10_000, request(2, 100, 1));
+    // Other deadlines (membership, other workloads) wake the announcer meanwhile.
+    for now in [1, 2_000, 9_999] {
+        announcer.handle_timeout(now);
+        assert!(
+            announcer.poll_transmit().is_none(),
+            "an auction started at {now} ms, during the gathering"
+        );
+    }
+    assert_eq!(announcer.poll_timeout(), Some(10_000));
+    announcer.handle_timeout(10_000);
+    assert!(matches!(announcer.poll_transmit(), Some((_, Body::Cfp(_)))));
 }

@@ -975,3 +975,121 @@ fn identities_are_renewed_from_the_issuer_before_they_expire_and_after_they_laps
     assert!(c.log().contains("lapsed identity renewed"), "{}", c.log());
     wait_for_full_mesh(&[&a, &b, &c]);
 }
+
+/// The owner of `workload` as `agent`'s `parley ps` reports it.
+fn owner_seen_by(agent: &Agent, workload: &str) -> Option<String> {
+    let ps = agent.ps();
+    ps["workloads"]
+        .as_array()?
+        .iter()
+        .find(|w| w["name"] == workload)?["owner"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[test]
+fn a_dead_owners_workload_is_taken_over_by_its_successor_and_given_back() {
+    let domain = TrustDomain::new("heir.e2e");
+    let mut a = mesh_agent("heir-a", &domain.enroll("a"), &[], &[]);
+    let seed = address(&a);
+    let b = mesh_agent("heir-b", &domain.enroll("b"), &[&seed], &[]);
+    let c = mesh_agent("heir-c", &domain.enroll("c"), &[&seed], &[]);
+    wait_for_full_mesh(&[&a, &b, &c]);
+    let a_id = "spiffe://heir.e2e/node/a".to_owned();
+
+    a.cli([
+        "run",
+        "heir",
+        "--image",
+        parley_e2e::TEST_IMAGE,
+        "--replicas",
+        "2",
+        "--stop-timeout",
+        "1",
+        "--",
+        "sleep",
+        "3600",
+    ])
+    .ok();
+    let running =
+        |agents: &[&Agent]| -> usize { agents.iter().map(|x| replicas_on(x, "heir").len()).sum() };
+    wait_until("both replicas run", Duration::from_secs(60), || {
+        running(&[&a, &b, &c]) == 2
+    });
+    assert_eq!(owner_seen_by(&b, "heir"), Some(a_id.clone()));
+
+    // The owner crashes. Its successor, one of b and c, takes the workload over and
+    // places again what ran on a; both survivors agree who that is.
+    a.kill();
+    let mut heir = String::new();
+    wait_until(
+        "a successor owns heir and both replicas run on b and c",
+        Duration::from_secs(90),
+        || {
+            let (Some(on_b), Some(on_c)) = (owner_seen_by(&b, "heir"), owner_seen_by(&c, "heir"))
+            else {
+                return false;
+            };
+            heir = on_b.clone();
+            on_b == on_c && on_b != a_id && running(&[&b, &c]) == 2
+        },
+    );
+    let (successor, other) = if heir.ends_with("/b") {
+        (&b, &c)
+    } else {
+        (&c, &b)
+    };
+    assert!(
+        successor
+            .log()
+            .contains("this node is the successor: taking the workload over"),
+        "{}",
+        successor.log()
+    );
+    let explained = successor.cli(["explain", "heir", "-o", "json"]).json();
+    assert_eq!(
+        explained["placements"]
+            .as_array()
+            .map(|p| p.iter().filter(|r| !r["node"].is_null()).count()),
+        Some(2),
+        "{explained}\n{}",
+        successor.log()
+    );
+    if !replicas_on(other, "heir").is_empty() {
+        assert!(
+            other
+                .log()
+                .contains("handing the workload to its successor"),
+            "{}",
+            other.log()
+        );
+    }
+
+    // a comes back: it owns its workload again, the successor lets go, and exactly two
+    // replicas run (a's stale one, left running by the crash, gave way to the newer).
+    // a was the first member: it rejoins through b.
+    let rejoin = address(&b);
+    if let Err((status, log)) = a.try_launch(&["--join", &rejoin]) {
+        panic!("a did not restart ({status}):\n{log}");
+    }
+    wait_until(
+        "a owns heir again, two replicas run",
+        Duration::from_secs(90),
+        || {
+            owner_seen_by(&b, "heir").as_deref() == Some(a_id.as_str())
+                && owner_seen_by(&c, "heir").as_deref() == Some(a_id.as_str())
+                && running(&[&a, &b, &c]) == 2
+        },
+    );
+    assert!(
+        successor
+            .log()
+            .contains("its submitter is back: giving the workload back"),
+        "{}",
+        successor.log()
+    );
+    a.cli(["rm", "heir"]).ok();
+    wait_until("heir is gone everywhere", Duration::from_secs(30), || {
+        running(&[&a, &b, &c]) == 0
+    });
+}

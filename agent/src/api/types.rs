@@ -28,6 +28,10 @@ pub struct WorkloadRecord {
     pub spec: WorkloadSpec,
     /// When the agent accepted it (seconds since the Unix epoch).
     pub created_at: u64,
+    /// The node it was submitted to, when this node owns it as that node's successor
+    /// (the submitter died); ownership returns to the submitter when it is back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitter: Option<String>,
 }
 
 /// A replica this node was awarded by the workload's owner: what it must run. Stored
@@ -42,6 +46,10 @@ pub struct Assignment {
     pub epoch: u64,
     /// The owner (the announcer that awarded it), by SPIFFE ID.
     pub owner: String,
+    /// The node the workload was submitted to, when the owner awarded it as that node's
+    /// successor (`None`: the owner is the submitter).
+    #[serde(default)]
+    pub submitter: Option<String>,
     /// The reservation the award named.
     pub reservation: String,
     /// This node's value of the workload's spread label, if any.
@@ -86,6 +94,10 @@ pub struct WorkloadStatus {
     pub created_at: u64,
     /// Its replicas.
     pub replicas: Vec<ReplicaStatus>,
+    /// In a mesh, the node that owns (places) it, when known: the node it was submitted
+    /// to, or that node's successor while it is dead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// Body of `POST /v1/join-tokens`.

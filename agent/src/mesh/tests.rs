@@ -17,7 +17,10 @@ impl Host for NoWork {
         Err("this test host runs nothing".to_owned())
     }
     async fn start(&self, _: String, _: u32) {}
-    async fn forget(&self, _: String) {}
+    async fn forget(&self, _: String, _: &'static str) {}
+    async fn adopt(&self, _: WorkloadSpec, _: String) -> Result<(), String> {
+        Err("this test host runs nothing".to_owned())
+    }
     async fn revoke(&self, _: String, _: u32, _: u64) {}
     async fn logs(&self, _: String, _: u32, _: LogWindow) -> Result<LogChunk, String> {
         Err("this test host runs nothing".to_owned())

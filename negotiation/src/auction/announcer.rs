@@ -34,6 +34,9 @@ pub struct PlacementRequest {
     /// The whole workload, sent to each winner with its award so that it can start the
     /// replica. `None` in simulations, which start nothing.
     pub spec: Option<WorkloadSpec>,
+    /// The node the workload was submitted to, when this announcer placed it as that
+    /// node's successor; carried in awards so that holders know whom ownership returns to.
+    pub submitter: Option<String>,
 }
 
 /// A member the announcer may ask.
@@ -426,7 +429,9 @@ impl Announcer {
         let Some(workload) = self.workloads.get(key) else {
             return;
         };
-        if workload.auction.is_some() {
+        // While a new owner gathers reports, nothing is placed: what still runs must be
+        // heard from first, or it would be placed twice.
+        if workload.auction.is_some() || workload.gathering_until_ms.is_some() {
             return;
         }
         let Some(replica) =
@@ -772,6 +777,7 @@ impl Announcer {
             .collect();
         let spread = workload.request.spread_label.is_some();
         let spec = workload.request.spec.clone();
+        let submitter = workload.request.submitter.clone();
         let Some(auction) = workload.auction.as_mut() else {
             return;
         };
@@ -821,6 +827,7 @@ impl Announcer {
                     epoch: auction.epoch,
                     reservation: bid.reservation.clone(),
                     spec,
+                    submitter,
                 };
                 self.transmits.push_back((node, Body::Award(award)));
             }
@@ -922,10 +929,11 @@ impl Announcer {
                 } if now_ms >= resend_at_ms => {
                     // Resend: the award or its acknowledgement may have been lost.
                     let ack_timeout = self.config.ack_timeout_ms;
-                    let spec = self
+                    let (spec, submitter) = self
                         .workloads
                         .get(&key)
-                        .and_then(|w| w.request.spec.clone());
+                        .map(|w| (w.request.spec.clone(), w.request.submitter.clone()))
+                        .unwrap_or_default();
                     let Some(auction) = self
                         .workloads
                         .get_mut(&key)
@@ -946,6 +954,7 @@ impl Announcer {
                         epoch: auction.epoch,
                         reservation: winning.reservation,
                         spec,
+                        submitter,
                     };
                     self.transmits.push_back((node, Body::Award(award)));
                 }
