@@ -78,6 +78,8 @@ pub struct FileConfig {
     pub identity_dir: Option<PathBuf>,
     /// See [`MeshSettings::policy`].
     pub policy: Option<PathBuf>,
+    /// See [`MeshSettings::workload_identity_ttl_secs`].
+    pub workload_identity_ttl_secs: Option<u64>,
 }
 
 impl FileConfig {
@@ -118,6 +120,9 @@ impl FileConfig {
             join: self.join.or(lower.join),
             identity_dir: self.identity_dir.or(lower.identity_dir),
             policy: self.policy.or(lower.policy),
+            workload_identity_ttl_secs: self
+                .workload_identity_ttl_secs
+                .or(lower.workload_identity_ttl_secs),
         }
     }
 }
@@ -168,6 +173,9 @@ pub struct MeshSettings {
     /// The authorization policy file (reloaded on SIGHUP). Default: none, and every node
     /// of this node's trust domain may do everything.
     pub policy: Option<PathBuf>,
+    /// Lifetime of the identities issued to the replicas this node runs, in seconds
+    /// (renewed at half of it). Default: 3600.
+    pub workload_identity_ttl_secs: u64,
 }
 
 /// The system-wide config file, installed (all commented out) by the .deb and .rpm.
@@ -265,6 +273,7 @@ impl Config {
             join: layered.join.take(),
             identity_dir: layered.identity_dir.take(),
             policy: layered.policy.take(),
+            workload_identity_ttl_secs: layered.workload_identity_ttl_secs,
             ..FileConfig::default()
         };
         let node_name = match layered.node_name.or_else(|| env.hostname.clone()) {
@@ -437,12 +446,22 @@ fn resolve_mesh(
             message: format!("{} is not an absolute path", policy.display()),
         });
     }
+    let workload_identity_ttl_secs = layered
+        .workload_identity_ttl_secs
+        .unwrap_or(crate::workload_identity::DEFAULT_TTL_SECS);
+    if !(10..=86_400).contains(&workload_identity_ttl_secs) {
+        return Err(ConfigError::Invalid {
+            field: "workload_identity_ttl_secs",
+            message: format!("{workload_identity_ttl_secs} is outside 10..=86400"),
+        });
+    }
     Ok(Some(MeshSettings {
         listen,
         advertise: layered.advertise,
         join,
         identity_dir,
         policy: layered.policy.clone(),
+        workload_identity_ttl_secs,
     }))
 }
 
@@ -587,6 +606,7 @@ mod tests {
             join: Some(Vec::new()),
             identity_dir: Some(PathBuf::new()),
             policy: Some(PathBuf::new()),
+            workload_identity_ttl_secs: Some(0),
         };
         let known = toml::Table::try_from(every_key).unwrap();
         let documented: Vec<_> = documented.keys().collect();

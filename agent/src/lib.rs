@@ -20,3 +20,4 @@ pub mod renew;
 pub mod runtime;
 pub mod systemd;
 pub mod transport;
+pub mod workload_identity;

@@ -23,8 +23,10 @@ use crate::mesh::{Command, Host, MeshHandle, placement_request};
 use crate::policy::Action;
 use crate::runtime::podman::service::ServiceOrigin;
 use crate::runtime::{
-    ContainerRuntime, ContainerSpec, ContainerState, ManagedContainer, RuntimeError, labels,
+    BindMount, ContainerRuntime, ContainerSpec, ContainerState, ManagedContainer, RuntimeError,
+    labels,
 };
+use crate::workload_identity::WorkloadIdentities;
 use parley_negotiation::auction::{Answer, PlacementRequest};
 use parley_negotiation::messages::{DeclineReason, LogChunk, LogWindow, OwnedWorkload};
 
@@ -149,6 +151,8 @@ pub struct NodeInfo {
     pub meta: NodeMeta,
     /// The mesh, when the agent takes part in one.
     pub mesh: Option<MeshHandle>,
+    /// The workload identities of the replicas this node runs (in a mesh).
+    pub identities: Option<WorkloadIdentities>,
 }
 
 /// What the node knows about its store's ability to take writes.
@@ -269,6 +273,74 @@ impl<R: ContainerRuntime> Node<R> {
                 .collect(),
             labels,
             stop_timeout_secs: spec.stop_timeout_secs.into(),
+            mounts: self
+                .info
+                .identities
+                .iter()
+                .map(|identities| BindMount {
+                    source: identities.dir(spec.name.as_str(), replica),
+                    target: crate::workload_identity::MOUNT_TARGET.to_owned(),
+                    read_only: true,
+                })
+                .collect(),
+        }
+    }
+
+    /// Starts an awarded replica's container: pulls its image, issues its workload
+    /// identity (due or missing), creates and starts it.
+    async fn launch_replica(
+        &self,
+        record: &WorkloadRecord,
+        replica: u32,
+        epoch: u64,
+    ) -> Result<String, String> {
+        self.runtime
+            .ensure_image(&record.spec.image)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = record.spec.name.as_str();
+        if let Some(identities) = &self.info.identities {
+            let now = unix_now();
+            if identities.due(name, replica, now) {
+                identities.issue(DEFAULT_NAMESPACE, name, replica, now)?;
+            }
+        }
+        self.runtime
+            .create_and_start(&self.container_spec(record, replica, epoch))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Renews the workload identities of running replicas past half their lifetime, and
+    /// deletes those of replicas this node no longer runs.
+    fn renew_workload_identities(
+        &self,
+        wanted: &BTreeMap<(String, u32), (WorkloadRecord, u64)>,
+        running: &[ManagedContainer],
+    ) {
+        let Some(identities) = &self.info.identities else {
+            return;
+        };
+        let now = unix_now();
+        for (name, replica) in wanted.keys() {
+            let runs = running
+                .iter()
+                .any(|c| &c.workload == name && c.replica == *replica);
+            if runs && identities.due(name, *replica, now) {
+                match identities.issue(DEFAULT_NAMESPACE, name, *replica, now) {
+                    Ok(until) => {
+                        tracing::info!(workload = %name, replica, valid_until = until, "workload identity renewed");
+                    }
+                    Err(error) => {
+                        tracing::warn!(workload = %name, replica, %error, "could not renew a workload identity; will retry");
+                    }
+                }
+            }
+        }
+        for (name, replica) in identities.present() {
+            if !wanted.contains_key(&(name.clone(), replica)) {
+                identities.remove(&name, replica);
+            }
         }
     }
 
@@ -1209,15 +1281,7 @@ impl<R: ContainerRuntime> Node<R> {
                     report.adopted += 1;
                     continue;
                 }
-                let started = match self.runtime.ensure_image(&record.spec.image).await {
-                    Ok(()) => {
-                        self.runtime
-                            .create_and_start(&self.container_spec(record, replica, *epoch))
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
-                match started {
+                match self.launch_replica(record, replica, *epoch).await {
                     Ok(_) => {
                         tracing::info!(workload = %name, replica, "started a missing container");
                         self.record_event(
@@ -1234,6 +1298,7 @@ impl<R: ContainerRuntime> Node<R> {
                 }
             }
         }
+        self.renew_workload_identities(&wanted, &actual);
         Ok(report)
     }
 
@@ -1401,15 +1466,10 @@ impl<R: ContainerRuntime> Host for Node<R> {
             created_at: unix_now(),
             submitter: None,
         };
-        let started = match self.runtime.ensure_image(&record.spec.image).await {
-            Ok(()) => {
-                self.runtime
-                    .create_and_start(&self.container_spec(&record, replica, assignment.epoch))
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        match started {
+        match self
+            .launch_replica(&record, replica, assignment.epoch)
+            .await
+        {
             Ok(_) => {
                 tracing::info!(%workload, replica, epoch = assignment.epoch, "replica started");
                 self.record_event(
@@ -1579,6 +1639,7 @@ mod tests {
             host_warnings: Vec::new(),
             meta,
             mesh: None,
+            identities: None,
         };
         Node::new(info, store.clone(), runtime.clone()).unwrap()
     }

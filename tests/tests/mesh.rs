@@ -1093,3 +1093,96 @@ fn a_dead_owners_workload_is_taken_over_by_its_successor_and_given_back() {
         running(&[&a, &b, &c]) == 0
     });
 }
+
+/// The workload identity file inside `container`, read through `agent`'s Podman.
+fn svid_in(agent: &Agent, container: &str) -> Value {
+    let out = agent.podman(["exec", container, "cat", "/run/parley/identity/svid.json"]);
+    assert!(
+        out.status.success(),
+        "cannot read the identity in {container}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("svid.json is JSON")
+}
+
+#[test]
+fn each_replica_gets_a_workload_identity_mounted_read_only_and_renewed() {
+    let domain = TrustDomain::new("wid.e2e");
+    let fast = ["--workload-identity-ttl", "20", "--reconcile-interval", "1"];
+    let a = mesh_agent("wid-a", &domain.enroll("a"), &[], &fast);
+    let seed = address(&a);
+    let b = mesh_agent("wid-b", &domain.enroll("b"), &[&seed], &fast);
+    wait_for_full_mesh(&[&a, &b]);
+    a.cli([
+        "run",
+        "idw",
+        "--image",
+        parley_e2e::TEST_IMAGE,
+        "--replicas",
+        "2",
+        "--stop-timeout",
+        "1",
+        "--",
+        "sleep",
+        "3600",
+    ])
+    .ok();
+    wait_until(
+        "a replica runs on each node",
+        Duration::from_secs(60),
+        || replicas_on(&a, "idw").len() == 1 && replicas_on(&b, "idw").len() == 1,
+    );
+
+    for (agent, node) in [(&a, "a"), (&b, "b")] {
+        let container = replicas_on(agent, "idw").remove(0);
+        let svid = svid_in(agent, &container);
+        assert_eq!(
+            svid["spiffe_id"], "spiffe://wid.e2e/ns/default/wl/idw",
+            "{svid}"
+        );
+        assert_eq!(svid["trust_domain"], "wid.e2e", "{svid}");
+        assert_eq!(svid["chain"].as_array().map(Vec::len), Some(2), "{svid}");
+        assert_eq!(
+            svid["not_after"].as_u64().unwrap() - svid["not_before"].as_u64().unwrap(),
+            20,
+            "{svid}"
+        );
+        // The chain starts with the node's own certificate, which names it.
+        let node_id_hex: String = format!("spiffe://wid.e2e/node/{node}")
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(
+            svid["chain"][0].as_str().unwrap().contains(&node_id_hex),
+            "{svid}"
+        );
+        let write = agent.podman(["exec", &container, "touch", "/run/parley/identity/x"]);
+        assert!(!write.status.success(), "the identity mount is writable");
+        assert!(
+            String::from_utf8_lossy(&write.stderr).contains("Read-only file system"),
+            "{}",
+            String::from_utf8_lossy(&write.stderr)
+        );
+
+        // Renewed at half-life, in place: the container sees the new one.
+        let first = svid["not_after"].as_u64().unwrap();
+        wait_until(
+            "the workload identity is renewed",
+            Duration::from_secs(30),
+            || svid_in(agent, &container)["not_after"].as_u64().unwrap() > first,
+        );
+    }
+
+    a.cli(["rm", "idw"]).ok();
+    wait_until(
+        "the identities are deleted with the replicas",
+        Duration::from_secs(30),
+        || {
+            [&a, &b].iter().all(|agent| {
+                std::fs::read_dir(agent.data_dir().join("workload-identities"))
+                    .map(|mut entries| entries.next().is_none())
+                    .unwrap_or(true)
+            })
+        },
+    );
+}

@@ -33,7 +33,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[command(
     after_help = "Configuration file keys (TOML): node_name, data_dir, api_socket, \
 podman_socket, podman_autostart, podman_binary, reconcile_interval_secs, labels, \
-reserve_cpu_millis, reserve_memory_mib, listen, advertise, join, identity_dir, policy.
+reserve_cpu_millis, reserve_memory_mib, listen, advertise, join, identity_dir, policy, workload_identity_ttl_secs.
 The agent listens on --api-socket (a global option, also PARLEY_API_SOCKET)."
 )]
 pub struct AgentArgs {
@@ -83,6 +83,10 @@ pub struct AgentArgs {
     /// this node's trust domain may do everything]
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// Lifetime of the identities given to the replicas this node runs, renewed at half
+    /// of it [workload_identity_ttl_secs; default: 3600]
+    #[arg(long = "workload-identity-ttl", value_name = "SECS")]
+    pub workload_identity_ttl_secs: Option<u64>,
     /// Move an unusable state store aside (to DATA_DIR/store.broken-TIMESTAMP) and start
     /// with a fresh one, rebuilt from the labels of the containers this node runs
     #[arg(long)]
@@ -118,6 +122,7 @@ impl AgentArgs {
             join: (!self.join.is_empty()).then(|| self.join.clone()),
             identity_dir: self.identity_dir.clone(),
             policy: self.policy.clone(),
+            workload_identity_ttl_secs: self.workload_identity_ttl_secs,
         };
         let mut config = Config::resolve(flags.or(file), env)?;
         config.config_file = file_path;
@@ -299,6 +304,13 @@ async fn serve_on(
             host_warnings,
             meta,
             mesh,
+            identities: config.mesh.as_ref().map(|settings| {
+                crate::workload_identity::WorkloadIdentities::new(
+                    config.data_dir.join("workload-identities"),
+                    settings.identity_dir.clone(),
+                    settings.workload_identity_ttl_secs,
+                )
+            }),
         },
         store.clone(),
         podman,

@@ -47,6 +47,19 @@ pub struct ContainerSpec {
     pub labels: BTreeMap<String, String>,
     /// Seconds the engine waits after SIGTERM before SIGKILL when stopping or removing.
     pub stop_timeout_secs: u64,
+    /// Host directories bind-mounted into the container.
+    pub mounts: Vec<BindMount>,
+}
+
+/// A host directory mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// The host directory.
+    pub source: std::path::PathBuf,
+    /// Where it appears in the container.
+    pub target: String,
+    /// Whether the container may only read it.
+    pub read_only: bool,
 }
 
 /// Lifecycle state of a container as the engine reports it.

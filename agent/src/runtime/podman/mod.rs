@@ -160,6 +160,21 @@ impl ContainerRuntime for PodmanRuntime {
         if !spec.command.is_empty() {
             builder = builder.command(spec.command.iter());
         }
+        if !spec.mounts.is_empty() {
+            builder =
+                builder.mounts(
+                    spec.mounts
+                        .iter()
+                        .map(|m| podman_api::models::ContainerMount {
+                            destination: Some(m.target.clone()),
+                            source: Some(m.source.display().to_string()),
+                            _type: Some("bind".to_owned()),
+                            options: Some(vec![if m.read_only { "ro" } else { "rw" }.to_owned()]),
+                            uid_mappings: None,
+                            gid_mappings: None,
+                        }),
+                );
+        }
         let created = self
             .podman
             .containers()

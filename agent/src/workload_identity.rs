@@ -1,0 +1,278 @@
+//! Workload identities: each replica this node runs in a mesh gets an ECQV credential for
+//! `spiffe://TD/ns/NAMESPACE/wl/NAME`, issued by this node (chain: root → node →
+//! workload), short-lived, renewed at half its lifetime, and mounted read-only into the
+//! container at [`MOUNT_TARGET`].
+//!
+//! The credential is one file, `svid.json` (mode 0600: the container's root is the
+//! agent's user in a rootless container), replaced atomically so a reader never sees half
+//! of one. Its `chain` verifies against the trust domain's root key like a node's, and the
+//! workload signs with `private_key` (a P-256 scalar, hex).
+
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+
+use parley_identity::cert::to_hex;
+use parley_identity::credential::{Validity, encode_public_key};
+use parley_identity::files::IdentityDir;
+use parley_identity::{PendingRequest, SpiffeId};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// Where the identity directory appears inside a container.
+pub const MOUNT_TARGET: &str = "/run/parley/identity";
+
+/// The credential file in that directory.
+pub const SVID_FILE: &str = "svid.json";
+
+/// Default lifetime of a workload credential.
+pub const DEFAULT_TTL_SECS: u64 = 3_600;
+
+/// A workload credential as written for the container.
+#[derive(Serialize, Deserialize)]
+pub struct SvidFile {
+    /// The workload's SPIFFE ID.
+    pub spiffe_id: String,
+    /// Its private key, a P-256 scalar (hex).
+    pub private_key: Zeroizing<String>,
+    /// The implicit certificates, node first, then the workload's (hex).
+    pub chain: Vec<String>,
+    /// The trust domain.
+    pub trust_domain: String,
+    /// The trust domain's root public key (hex), to verify the chain.
+    pub root_public_key: String,
+    /// Start of validity (unix seconds).
+    pub not_before: u64,
+    /// End of validity (unix seconds).
+    pub not_after: u64,
+}
+
+/// Issues, renews and removes the workload credentials of this node's replicas.
+#[derive(Debug, Clone)]
+pub struct WorkloadIdentities {
+    root: PathBuf,
+    node_identity: PathBuf,
+    ttl_secs: u64,
+}
+
+impl WorkloadIdentities {
+    /// Credentials kept under `root` (one directory per replica), issued with the node
+    /// identity in `node_identity`, valid `ttl_secs` (less if the node's own ends sooner).
+    pub fn new(root: PathBuf, node_identity: PathBuf, ttl_secs: u64) -> Self {
+        Self {
+            root,
+            node_identity,
+            ttl_secs,
+        }
+    }
+
+    /// The directory mounted into replica `replica` of `name`.
+    pub fn dir(&self, name: &str, replica: u32) -> PathBuf {
+        self.root.join(format!("{name}-{replica}"))
+    }
+
+    /// Issues (or replaces) the credential of replica `replica` of `name`, in namespace
+    /// `namespace`, valid from `now`. Returns its end of validity.
+    pub fn issue(
+        &self,
+        namespace: &str,
+        name: &str,
+        replica: u32,
+        now: u64,
+    ) -> Result<u64, String> {
+        let node_dir = IdentityDir::new(&self.node_identity);
+        let node = node_dir
+            .load_credential()
+            .map_err(|e| format!("cannot read this node's identity: {e}"))?;
+        let bundle = node_dir.load_bundle().map_err(|e| e.to_string())?;
+        let trust_domain = node.id().trust_domain().to_owned();
+        let root = bundle
+            .root(&trust_domain)
+            .ok_or_else(|| format!("this node does not trust a root for {trust_domain}"))?;
+        let subject = SpiffeId::from_segments(&trust_domain, &["ns", namespace, "wl", name])
+            .map_err(|e| format!("{name} cannot be a SPIFFE ID: {e}"))?;
+        let not_after = now.saturating_add(self.ttl_secs).min(node.cert().not_after);
+        if not_after <= now {
+            return Err(
+                "this node's own identity has expired; workload identities wait for its renewal"
+                    .to_owned(),
+            );
+        }
+        let issuer = node.workload_issuer().map_err(|e| e.to_string())?;
+        let pending = PendingRequest::new(subject.clone());
+        let issued = issuer
+            .issue(
+                pending.request(),
+                Validity {
+                    not_before: now,
+                    not_after,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        let workload = pending
+            .accept(&issued, &node.public_key())
+            .map_err(|e| e.to_string())?;
+        let file = SvidFile {
+            spiffe_id: subject.to_string(),
+            private_key: Zeroizing::new(to_hex(&workload.secret_bytes())),
+            chain: vec![to_hex(node.cert().as_bytes()), issued.certificate],
+            trust_domain,
+            root_public_key: encode_public_key(root),
+            not_before: now,
+            not_after,
+        };
+        let json = Zeroizing::new(serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?);
+        write_private(&self.dir(name, replica), SVID_FILE, &json)
+            .map_err(|e| format!("cannot write the workload identity of {name}: {e}"))?;
+        Ok(not_after)
+    }
+
+    /// Whether replica `replica` of `name` needs a credential now: none yet, unreadable,
+    /// or past half its lifetime.
+    pub fn due(&self, name: &str, replica: u32, now: u64) -> bool {
+        let path = self.dir(name, replica).join(SVID_FILE);
+        let Ok(text) = std::fs::read(&path) else {
+            return true;
+        };
+        let Ok(file) = serde_json::from_slice::<SvidFile>(&text) else {
+            return true;
+        };
+        let half = file.not_before + file.not_after.saturating_sub(file.not_before) / 2;
+        now >= half
+    }
+
+    /// The replicas that have a credential directory, as (name, replica).
+    pub fn present(&self) -> Vec<(String, u32)> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().into_string().ok()?;
+                let (workload, replica) = name.rsplit_once('-')?;
+                Some((workload.to_owned(), replica.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Deletes the credential of a replica this node no longer runs.
+    pub fn remove(&self, name: &str, replica: u32) {
+        let dir = self.dir(name, replica);
+        if let Err(error) = std::fs::remove_dir_all(&dir)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), %error, "could not remove a workload identity");
+        }
+    }
+}
+
+/// Writes `dir/name` with mode 0600 through a temporary file and a rename, creating `dir`
+/// (0700) if needed.
+fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let partial = dir.join(format!(".{name}.partial"));
+    let _ = std::fs::remove_file(&partial);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&partial, dir.join(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use parley_identity::cert::{ImplicitCert, from_hex};
+    use parley_identity::files::IssueResponse;
+    use parley_identity::{Issuer, TrustBundle};
+
+    use super::*;
+
+    /// A node identity directory of trust domain `example.org`, valid from `start` for
+    /// `ttl` seconds.
+    fn node_identity(dir: &Path, start: u64, ttl: u64) -> Issuer {
+        let root = Issuer::generate_root("example.org").unwrap();
+        let id = SpiffeId::parse("spiffe://example.org/node/a").unwrap();
+        let pending = PendingRequest::new(id);
+        let response = IssueResponse {
+            issued: root
+                .issue(pending.request(), Validity::starting(start, ttl))
+                .unwrap(),
+            trust_domain: "example.org".to_owned(),
+            root_public_key: encode_public_key(&root.public_key()),
+        };
+        IdentityDir::new(dir)
+            .accept_pending(pending, &response, start, 60)
+            .unwrap();
+        root
+    }
+
+    #[test]
+    fn a_replica_gets_a_chain_from_the_root_through_this_node_renewed_at_half_life() {
+        let temp = tempfile::tempdir().unwrap();
+        let now = 1_800_000_000;
+        let root = node_identity(&temp.path().join("node"), now - 10, 86_400);
+        let identities =
+            WorkloadIdentities::new(temp.path().join("wl"), temp.path().join("node"), 600);
+        assert!(identities.due("web", 2, now));
+        let not_after = identities.issue("default", "web", 2, now).unwrap();
+        assert_eq!(not_after, now + 600);
+
+        let path = identities.dir("web", 2).join(SVID_FILE);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let file: SvidFile = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(file.spiffe_id, "spiffe://example.org/ns/default/wl/web");
+        let chain: Vec<ImplicitCert> = file
+            .chain
+            .iter()
+            .map(|hex| ImplicitCert::decode(&from_hex(hex).unwrap()).unwrap())
+            .collect();
+        let mut bundle = TrustBundle::new();
+        bundle.add("example.org", root.public_key());
+        let verified = bundle.verify_chain(&chain, now + 1).unwrap();
+        assert_eq!(verified.id.as_str(), file.spiffe_id);
+        assert_eq!(file.root_public_key, encode_public_key(&root.public_key()));
+        // The private key is the one the chain yields.
+        let node = IdentityDir::new(temp.path().join("node"))
+            .load_credential()
+            .unwrap();
+        let workload = parley_identity::Credential::from_parts(
+            &from_hex(&file.chain[1]).unwrap(),
+            &from_hex(&file.private_key).unwrap(),
+            &node.public_key(),
+        )
+        .unwrap();
+        assert_eq!(workload.public_key(), verified.public_key);
+
+        assert!(!identities.due("web", 2, now + 299));
+        assert!(identities.due("web", 2, now + 300));
+        assert_eq!(identities.present(), [("web".to_owned(), 2)]);
+        identities.remove("web", 2);
+        assert!(identities.present().is_empty());
+    }
+
+    #[test]
+    fn a_workload_identity_never_outlives_the_node_and_waits_for_its_renewal() {
+        let temp = tempfile::tempdir().unwrap();
+        let now = 1_800_000_000;
+        node_identity(&temp.path().join("node"), now - 10, 110);
+        let identities =
+            WorkloadIdentities::new(temp.path().join("wl"), temp.path().join("node"), 600);
+        assert_eq!(
+            identities.issue("default", "web", 0, now).unwrap(),
+            now + 100
+        );
+        let error = identities
+            .issue("default", "web", 0, now + 100)
+            .unwrap_err();
+        assert!(error.contains("has expired"), "{error}");
+    }
+}
