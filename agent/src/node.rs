@@ -153,6 +153,8 @@ pub struct NodeInfo {
     pub mesh: Option<MeshHandle>,
     /// The workload identities of the replicas this node runs (in a mesh).
     pub identities: Option<WorkloadIdentities>,
+    /// Whether the engine can enforce CPU and memory limits (not rootless on cgroup v1).
+    pub enforce_limits: bool,
 }
 
 /// What the node knows about its store's ability to take writes.
@@ -283,6 +285,8 @@ impl<R: ContainerRuntime> Node<R> {
                     read_only: true,
                 })
                 .collect(),
+            limits: (self.info.enforce_limits && spec.resources != Resources::default())
+                .then_some(spec.resources),
         }
     }
 
@@ -1640,6 +1644,7 @@ mod tests {
             meta,
             mesh: None,
             identities: None,
+            enforce_limits: false,
         };
         Node::new(info, store.clone(), runtime.clone()).unwrap()
     }
@@ -1665,6 +1670,42 @@ mod tests {
             vec![EnvVar::parse("A=1").unwrap()],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn limits_go_to_the_engine_only_where_it_enforces_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut record = WorkloadRecord {
+            spec: spec("web", IMAGE),
+            created_at: 0,
+            submitter: None,
+        };
+        record.spec.resources = Resources {
+            cpu_millis: 250,
+            memory_bytes: 64 << 20,
+        };
+        let node = |enforce_limits| {
+            let info = NodeInfo {
+                name: "node-a".to_owned(),
+                data_dir: "/tmp/unused".to_owned(),
+                podman_socket: "fake".to_owned(),
+                podman_origin: ServiceOrigin::Existing,
+                host_warnings: Vec::new(),
+                meta: NodeMeta::default(),
+                mesh: None,
+                identities: None,
+                enforce_limits,
+            };
+            Node::new(info, store.clone(), FakeRuntime::default()).unwrap()
+        };
+        assert_eq!(
+            node(true).container_spec(&record, 0, 0).limits,
+            Some(record.spec.resources)
+        );
+        assert_eq!(node(false).container_spec(&record, 0, 0).limits, None);
+        record.spec.resources = Resources::default();
+        assert_eq!(node(true).container_spec(&record, 0, 0).limits, None);
     }
 
     #[tokio::test]

@@ -243,10 +243,17 @@ async fn serve_on(
     };
     let (podman, origin, podman_supervisor) = service::connect(&settings, shutdown.clone()).await?;
 
-    let host_warnings = {
+    let engine = {
         use crate::runtime::ContainerRuntime as _;
-        HostFacts::gather(podman.info().await.ok()).warnings()
+        podman.info().await.ok()
     };
+    // Rootless containers on cgroup v1 get no limits (Podman ignores them); everywhere
+    // else the engine enforces what workloads ask for. An engine not answering yet is
+    // assumed to enforce: the create call would say otherwise.
+    let enforce_limits = engine
+        .as_ref()
+        .is_none_or(|info| !(info.rootless && info.cgroup_version == "v1"));
+    let host_warnings = HostFacts::gather(engine).warnings();
     for warning in &host_warnings {
         tracing::warn!(check = %warning.check, fix = %warning.fix, "{}", warning.problem);
     }
@@ -311,6 +318,7 @@ async fn serve_on(
                     settings.workload_identity_ttl_secs,
                 )
             }),
+            enforce_limits,
         },
         store.clone(),
         podman,

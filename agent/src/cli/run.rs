@@ -15,8 +15,9 @@ use crate::api::types::WorkloadStatus;
   parley run cache --image docker.io/library/redis:7 --cpu 0.5 --memory 256M --constraint zone=eu-1
 
 --cpu and --memory are accounted against the node's capacity (see `parley nodes`): a
-workload that does not fit is refused with the reason. They are not yet applied as
-container limits.")]
+workload that does not fit is refused with the reason, and each replica's container gets
+them as limits (a CPU quota, a memory limit) where the engine enforces them: everywhere
+but rootless Podman on cgroup v1, where the agent warns at start.")]
 pub struct RunArgs {
     /// Workload name: lowercase letters, digits and '-', starting with a letter
     pub name: String,

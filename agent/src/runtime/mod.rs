@@ -49,6 +49,9 @@ pub struct ContainerSpec {
     pub stop_timeout_secs: u64,
     /// Host directories bind-mounted into the container.
     pub mounts: Vec<BindMount>,
+    /// CPU and memory limits the engine enforces, where the host allows it (`None`: not
+    /// enforced, see [`crate::hostcheck`]).
+    pub limits: Option<parley_negotiation::messages::Resources>,
 }
 
 /// A host directory mounted into a container.

@@ -11,6 +11,8 @@ use podman_api::opts::{
     ContainerLogsOpts, PullOpts,
 };
 
+use parley_negotiation::messages::Resources;
+
 use super::{
     ContainerRuntime, ContainerSpec, ContainerState, LineSplitter, LogChunk, LogStream, LogWindow,
     ManagedContainer, RuntimeError, RuntimeInfo, labels,
@@ -160,6 +162,9 @@ impl ContainerRuntime for PodmanRuntime {
         if !spec.command.is_empty() {
             builder = builder.command(spec.command.iter());
         }
+        if let Some(limits) = &spec.limits {
+            builder = builder.resource_limits(resource_limits(limits));
+        }
         if !spec.mounts.is_empty() {
             builder =
                 builder.mounts(
@@ -300,5 +305,48 @@ impl ContainerRuntime for PodmanRuntime {
             }
         }
         Ok(lines.finish())
+    }
+}
+
+/// The cgroup limits for `limits`: a CPU quota of `cpu_millis` thousandths of a CPU (per
+/// 100 ms period) and a memory limit; a zero means no limit of that kind.
+fn resource_limits(limits: &Resources) -> podman_api::models::LinuxResources {
+    // The generated model has some twenty optional fields; JSON fills the two we set and
+    // leaves the others out, as Podman expects.
+    let mut json = serde_json::Map::new();
+    if limits.cpu_millis > 0 {
+        json.insert(
+            "cpu".to_owned(),
+            serde_json::json!({ "quota": limits.cpu_millis * CPU_PERIOD_MICROS / 1_000, "period": CPU_PERIOD_MICROS }),
+        );
+    }
+    if limits.memory_bytes > 0 {
+        json.insert(
+            "memory".to_owned(),
+            serde_json::json!({ "limit": limits.memory_bytes }),
+        );
+    }
+    serde_json::from_value(serde_json::Value::Object(json))
+        .expect("the limits JSON matches Podman's model")
+}
+
+/// The CFS period the CPU quota is expressed in, in microseconds (the kernel default).
+const CPU_PERIOD_MICROS: u64 = 100_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_become_a_cpu_quota_and_a_memory_limit() {
+        let limits = resource_limits(&Resources {
+            cpu_millis: 500,
+            memory_bytes: 256 << 20,
+        });
+        let cpu = limits.cpu.unwrap();
+        assert_eq!((cpu.quota, cpu.period), (Some(50_000), Some(100_000)));
+        assert_eq!(limits.memory.unwrap().limit, Some(256 << 20));
+        let none = resource_limits(&Resources::default());
+        assert!(none.cpu.is_none() && none.memory.is_none());
     }
 }
