@@ -49,6 +49,16 @@ impl HostCapacity {
     }
 }
 
+/// Space left for unprivileged users on the filesystem holding `path` (statvfs), in bytes.
+pub fn disk_available(path: &Path) -> Option<u64> {
+    let stats = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(
+        stats
+            .blocks_available()
+            .saturating_mul(stats.fragment_size()),
+    )
+}
+
 /// Free capacity: allocatable minus the sum of what committed workloads ask for.
 pub fn free(allocatable: &Resources, committed: impl IntoIterator<Item = Resources>) -> Resources {
     committed
@@ -195,5 +205,13 @@ mod tests {
             .flatten()
             .unwrap_or(1) as u64;
         assert!(host.cpu_millis <= cpus * 1000, "{host:?} with {cpus} CPUs");
+    }
+
+    #[test]
+    fn disk_space_is_measured_on_the_filesystem_of_a_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let available = disk_available(dir.path()).unwrap();
+        assert!(available > 0);
+        assert!(disk_available(Path::new("/nonexistent/parley")).is_none());
     }
 }

@@ -68,6 +68,8 @@ pub struct FileConfig {
     pub reserve_cpu_millis: Option<u64>,
     /// See [`Config::reserve`], MiB.
     pub reserve_memory_mib: Option<u64>,
+    /// See [`Config::reserve_disk_bytes`], MiB.
+    pub reserve_disk_mib: Option<u64>,
     /// See [`MeshSettings::listen`].
     pub listen: Option<SocketAddr>,
     /// See [`MeshSettings::advertise`].
@@ -115,6 +117,7 @@ impl FileConfig {
             labels: self.labels.or(lower.labels),
             reserve_cpu_millis: self.reserve_cpu_millis.or(lower.reserve_cpu_millis),
             reserve_memory_mib: self.reserve_memory_mib.or(lower.reserve_memory_mib),
+            reserve_disk_mib: self.reserve_disk_mib.or(lower.reserve_disk_mib),
             listen: self.listen.or(lower.listen),
             advertise: self.advertise.or(lower.advertise),
             join: self.join.or(lower.join),
@@ -150,6 +153,9 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     /// Capacity kept back for the host itself. Default: 100 millicpus and 256 MiB.
     pub reserve: Resources,
+    /// Space kept free on the container storage's filesystem: below it, the node takes no
+    /// new replicas. Default: 1 GiB.
+    pub reserve_disk_bytes: u64,
     /// The mesh, when `listen` is set; without it the agent schedules onto this host only.
     pub mesh: Option<MeshSettings>,
     /// The config file these values were read from, if any (for logs).
@@ -183,6 +189,8 @@ pub const SYSTEM_CONFIG_FILE: &str = "/etc/parley/agent.toml";
 
 /// Default CPU kept back for the host, in thousandths of a CPU.
 pub const DEFAULT_RESERVE_CPU_MILLIS: u64 = 100;
+/// Default space kept free on the container storage's filesystem, in MiB.
+pub const DEFAULT_RESERVE_DISK_MIB: u64 = 1024;
 /// Default memory kept back for the host, in MiB.
 pub const DEFAULT_RESERVE_MEMORY_MIB: u64 = 256;
 /// Longest label key or value accepted.
@@ -371,6 +379,10 @@ impl Config {
             reconcile_interval: Duration::from_secs(reconcile_interval_secs),
             labels,
             reserve,
+            reserve_disk_bytes: layered
+                .reserve_disk_mib
+                .unwrap_or(DEFAULT_RESERVE_DISK_MIB)
+                .saturating_mul(1 << 20),
             mesh,
             config_file: None,
         })
@@ -601,6 +613,7 @@ mod tests {
             labels: Some(BTreeMap::new()),
             reserve_cpu_millis: Some(0),
             reserve_memory_mib: Some(0),
+            reserve_disk_mib: Some(0),
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 1))),
             advertise: Some(SocketAddr::from(([127, 0, 0, 1], 1))),
             join: Some(Vec::new()),

@@ -209,6 +209,7 @@ mod tests {
             rootless,
             cgroup_version: cgroup.to_owned(),
             oci_runtime: runtime.to_owned(),
+            graph_root: None,
         }
     }
 

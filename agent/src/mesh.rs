@@ -136,7 +136,23 @@ pub struct Prepared {
     commands: mpsc::Receiver<Command>,
     joining: Option<mpsc::Receiver<quinn::Connection>>,
     renewal: Renewal,
+    disk: Option<DiskWatch>,
 }
+
+/// Where the container storage lives and how much space the node keeps free on it.
+#[derive(Debug, Clone)]
+pub struct DiskWatch {
+    /// A path on the container storage's filesystem (Podman's graph root).
+    pub path: PathBuf,
+    /// Space kept free: below it, the node declines new replicas.
+    pub reserve_bytes: u64,
+}
+
+/// How often the space left on the container storage is measured.
+const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A change of free disk smaller than this is not worth gossiping to every member.
+const DISK_GOSSIP_STEP: u64 = 64 << 20;
 
 impl Prepared {
     /// Starts the negotiation loop for `host`, which already committed `committed`.
@@ -166,6 +182,7 @@ impl Prepared {
                 membership: self.membership,
                 meta: self.meta,
                 committed,
+                disk: self.disk,
             },
             self.seeds,
             self.view,
@@ -188,6 +205,7 @@ pub async fn start(
     settings: &MeshSettings,
     mut meta: NodeMeta,
     store: &parley_store::Store,
+    disk: Option<DiskWatch>,
 ) -> Result<Prepared, MeshStartError> {
     let identity_dir = IdentityDir::new(&settings.identity_dir);
     let enrollment = if identity_dir.has_root() {
@@ -301,6 +319,7 @@ pub async fn start(
         commands,
         joining,
         renewal,
+        disk,
     })
 }
 
@@ -497,6 +516,8 @@ pub struct Negotiation {
     pub meta: NodeMeta,
     /// Replicas this node committed to before a restart.
     pub committed: Vec<Assignment>,
+    /// The container storage to watch for space, if known.
+    pub disk: Option<DiskWatch>,
 }
 
 /// Wall-clock milliseconds: the auction compares times across nodes (reservation expiry),
@@ -535,7 +556,9 @@ pub async fn run<H: Host>(
         mut membership,
         mut meta,
         committed,
+        disk,
     } = negotiation;
+    let mut disk_check = tokio::time::interval(DISK_CHECK_INTERVAL);
     let id = transport.id().to_owned();
     let profile = NodeProfile {
         id: id.clone(),
@@ -710,6 +733,22 @@ pub async fn run<H: Host>(
                 }
             },
             Some(reply) = logs_ready.recv() => outbox.push(reply),
+            _ = disk_check.tick(), if disk.is_some() => {
+                if let Some(watch) = &disk
+                    && let Some(available) = crate::capacity::disk_available(&watch.path)
+                {
+                    bidder.set_disk(available, watch.reserve_bytes);
+                    let free = available.saturating_sub(watch.reserve_bytes);
+                    let announced = meta.disk_free_bytes.unwrap_or(u64::MAX);
+                    if free.abs_diff(announced) >= DISK_GOSSIP_STEP || (free == 0) != (announced == 0) {
+                        if free == 0 {
+                            tracing::warn!(available_mib = available >> 20, reserve_mib = watch.reserve_bytes >> 20, path = %watch.path.display(), "the container storage is below its reserve: declining new replicas");
+                        }
+                        meta.disk_free_bytes = Some(free);
+                        membership.set_meta(meta.clone());
+                    }
+                }
+            }
             _ = report.tick() => {
                 bidder.report_instances();
                 // Repeats handovers a successor may have let pass.

@@ -1418,6 +1418,14 @@ fn describe_decline(reason: &DeclineReason) -> String {
         DeclineReason::AlreadyHostsReplica => "already hosts a replica of it".to_owned(),
         DeclineReason::Draining => "draining: takes no new work".to_owned(),
         DeclineReason::PolicyDenied => "policy forbids it".to_owned(),
+        DeclineReason::DiskFull {
+            available_bytes,
+            reserve_bytes,
+        } => format!(
+            "disk full: {} MiB left for containers, below the {} MiB reserve",
+            available_bytes >> 20,
+            reserve_bytes >> 20
+        ),
     }
 }
 

@@ -125,6 +125,13 @@ pub enum DeclineReason {
     Draining,
     /// Policy forbids the announcer to place this workload here.
     PolicyDenied,
+    /// The node's container storage has less space left than its reserve.
+    DiskFull {
+        /// Space left on the filesystem.
+        available_bytes: u64,
+        /// Space the node keeps back.
+        reserve_bytes: u64,
+    },
 }
 
 impl DeclineReason {
@@ -138,6 +145,7 @@ impl DeclineReason {
             Self::AlreadyHostsReplica => "already-hosts-replica",
             Self::Draining => "draining",
             Self::PolicyDenied => "policy-denied",
+            Self::DiskFull { .. } => "disk-full",
         }
     }
 }
@@ -284,6 +292,9 @@ pub struct NodeMeta {
     /// Whether it holds the trust domain's root key: members renew their identities there.
     #[serde(default)]
     pub issuer: bool,
+    /// Space left for container storage beyond the node's disk reserve, when measured.
+    #[serde(default)]
+    pub disk_free_bytes: Option<u64>,
 }
 
 /// A member's liveness as gossip reports it.

@@ -424,6 +424,7 @@ impl<'c> Sim<'c> {
                     },
                     address: None,
                     issuer: false,
+                    disk_free_bytes: None,
                 };
                 let signer = crypto.signer(&id);
                 Node::start(

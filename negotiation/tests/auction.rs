@@ -446,3 +446,28 @@ fn an_adopting_owner_places_nothing_until_its_gathering_ends() {
     announcer.handle_timeout(10_000);
     assert!(matches!(announcer.poll_transmit(), Some((_, Body::Cfp(_)))));
 }
+
+#[test]
+fn a_node_whose_disk_is_below_its_reserve_declines_and_says_so() {
+    let mut announcer = Announcer::new("a", AnnouncerConfig::default(), 1);
+    announcer.set_members(members(&["full", "roomy"]));
+    let mut full = bidder("full", 4_000, 8, &[]);
+    full.set_disk(100 << 20, 1 << 30);
+    let mut roomy = bidder("roomy", 4_000, 8, &[]);
+    roomy.set_disk(50 << 30, 1 << 30);
+    let mut bidders = [full, roomy];
+    announcer.place(0, request(1, 100, 1));
+    settle(&mut announcer, &mut bidders, 0, 60_000);
+    assert_eq!(announcer.placements("default/web")[&0].0, "roomy");
+    let explained = announcer.explain("default/web");
+    assert!(
+        matches!(
+            explained[&0].answers.get("full"),
+            Some(Answer::Declined(parley_negotiation::messages::DeclineReason::DiskFull {
+                available_bytes,
+                reserve_bytes,
+            })) if *available_bytes == 100 << 20 && *reserve_bytes == 1 << 30
+        ),
+        "{explained:?}"
+    );
+}

@@ -1186,3 +1186,65 @@ fn each_replica_gets_a_workload_identity_mounted_read_only_and_renewed() {
         },
     );
 }
+
+#[test]
+fn a_node_short_of_disk_declines_new_replicas_and_says_why() {
+    let domain = TrustDomain::new("disk.e2e");
+    let a = mesh_agent("disk-a", &domain.enroll("a"), &[], &[]);
+    let seed = address(&a);
+    // b keeps back more than any disk holds: it is "full".
+    let b = mesh_agent(
+        "disk-b",
+        &domain.enroll("b"),
+        &[&seed],
+        &["--reserve-disk-mib", "100000000"],
+    );
+    wait_for_full_mesh(&[&a, &b]);
+    let disk_of = |id: &str| -> Option<u64> {
+        nodes(&a)["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["id"] == id)?["meta"]["disk_free_bytes"]
+            .as_u64()
+    };
+    assert!(disk_of("spiffe://disk.e2e/node/a").is_some_and(|free| free > 0));
+    wait_until("b announces no free disk", Duration::from_secs(30), || {
+        disk_of("spiffe://disk.e2e/node/b") == Some(0)
+    });
+
+    a.cli([
+        "run",
+        "roomy",
+        "--image",
+        parley_e2e::TEST_IMAGE,
+        "--replicas",
+        "2",
+        "--",
+        "sleep",
+        "3600",
+    ])
+    .ok();
+    wait_until(
+        "replica 1 is declined by b for its disk",
+        Duration::from_secs(30),
+        || {
+            let explanation = a.cli(["explain", "roomy", "-o", "json"]).json();
+            explanation["placements"]
+                .as_array()
+                .is_some_and(|replicas| {
+                    replicas.iter().any(|r| {
+                        r["answers"].as_array().is_some_and(|answers| {
+                            answers.iter().any(|x| {
+                                x["node"] == "spiffe://disk.e2e/node/b"
+                                    && x["reason"] == "disk-full"
+                            })
+                        })
+                    })
+                })
+        },
+    );
+    let table = a.cli(["explain", "roomy"]).ok().to_owned();
+    assert!(table.contains("below the 100000000 MiB reserve"), "{table}");
+    assert!(replicas_on(&b, "roomy").is_empty());
+    a.cli(["rm", "roomy"]).ok();
+}

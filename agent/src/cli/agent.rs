@@ -33,7 +33,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[command(
     after_help = "Configuration file keys (TOML): node_name, data_dir, api_socket, \
 podman_socket, podman_autostart, podman_binary, reconcile_interval_secs, labels, \
-reserve_cpu_millis, reserve_memory_mib, listen, advertise, join, identity_dir, policy, workload_identity_ttl_secs.
+reserve_cpu_millis, reserve_memory_mib, reserve_disk_mib, listen, advertise, join, identity_dir, policy, workload_identity_ttl_secs.
 The agent listens on --api-socket (a global option, also PARLEY_API_SOCKET)."
 )]
 pub struct AgentArgs {
@@ -65,6 +65,10 @@ pub struct AgentArgs {
     /// Memory kept back for the host, in MiB [reserve_memory_mib; default: 256]
     #[arg(long, value_name = "MIB")]
     pub reserve_memory_mib: Option<u64>,
+    /// Space kept free on the container storage's filesystem, in MiB; below it the node
+    /// takes no new replicas [reserve_disk_mib; default: 1024]
+    #[arg(long, value_name = "MIB")]
+    pub reserve_disk_mib: Option<u64>,
     /// Take part in a mesh: the UDP address the QUIC endpoint serves on, e.g.
     /// 0.0.0.0:7946 [listen; default: none, this host only]
     #[arg(long, value_name = "IP:PORT")]
@@ -117,6 +121,7 @@ impl AgentArgs {
             labels: (!self.labels.is_empty()).then(|| self.labels.iter().cloned().collect()),
             reserve_cpu_millis: self.reserve_cpu_millis,
             reserve_memory_mib: self.reserve_memory_mib,
+            reserve_disk_mib: self.reserve_disk_mib,
             listen: self.listen,
             advertise: self.advertise,
             join: (!self.join.is_empty()).then(|| self.join.clone()),
@@ -253,6 +258,15 @@ async fn serve_on(
     let enforce_limits = engine
         .as_ref()
         .is_none_or(|info| !(info.rootless && info.cgroup_version == "v1"));
+    // Container storage: where Podman says, else (Podman not answering) the data
+    // directory, usually on the same filesystem.
+    let disk = mesh::DiskWatch {
+        path: engine
+            .as_ref()
+            .and_then(|info| info.graph_root.clone())
+            .map_or_else(|| config.data_dir.clone(), PathBuf::from),
+        reserve_bytes: config.reserve_disk_bytes,
+    };
     let host_warnings = HostFacts::gather(engine).warnings();
     for warning in &host_warnings {
         tracing::warn!(check = %warning.check, fix = %warning.fix, "{}", warning.problem);
@@ -274,17 +288,18 @@ async fn serve_on(
         arch: oci_arch().to_owned(),
         labels: config.labels.clone(),
         allocatable,
-        // Workloads do not ask for resources yet (`parley run` has no --cpu/--memory), so
-        // nothing is committed against the allocatable capacity.
+        // The negotiation loop lowers it by what committed replicas ask for.
         free: allocatable,
         images: Vec::new(),
         address: None,
         issuer: false,
+        disk_free_bytes: crate::capacity::disk_available(&disk.path)
+            .map(|available| available.saturating_sub(disk.reserve_bytes)),
     };
     let prepared = match &config.mesh {
         // Starting can wait on an issuer (a lapsed identity); a signal still stops it.
         Some(settings) => tokio::select! {
-            prepared = mesh::start(settings, meta.clone(), &store) => Some(prepared?),
+            prepared = mesh::start(settings, meta.clone(), &store, Some(disk)) => Some(prepared?),
             () = &mut signal => {
                 tracing::info!("stopped while joining the mesh");
                 shutdown.cancel();

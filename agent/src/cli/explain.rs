@@ -12,7 +12,7 @@ use crate::api::types::WorkloadExplanation;
     after_help = "In a mesh, run it on the workload's owner (the agent that accepted it). \
 For each replica it shows where it runs and what every node asked in its last auction \
 answered: a bid (with its score), a decline with the reason (insufficient-cpu, \
-insufficient-memory, constraint-mismatch, wrong-arch, already-hosts-replica, draining, \
+insufficient-memory, constraint-mismatch, wrong-arch, already-hosts-replica, draining, disk-full, \
 policy-denied), \
 an exclusion (its node or failure domain already has a replica), or no answer.
 

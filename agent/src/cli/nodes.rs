@@ -8,7 +8,7 @@ use crate::api::types::NodeList;
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Columns: CPU and MEMORY are free / allocatable (allocatable = the host's \
-capacity, lowered by cgroup limits, minus the agent's reserve). STATE is membership's view: \
+capacity, lowered by cgroup limits, minus the agent's reserve). DISK is the space left on the container storage beyond the disk reserve (0: the node declines new replicas). STATE is membership's view: \
 alive, suspect (missed probes; gets no new work) or dead. This node is marked with *.
 
 Examples:
@@ -59,12 +59,13 @@ fn render(list: &NodeList) -> String {
                         gib(meta.free.memory_bytes),
                         gib(meta.allocatable.memory_bytes)
                     ),
+                    meta.disk_free_bytes.map_or_else(|| "?".to_owned(), gib),
                     meta.address.clone().unwrap_or_else(|| "-".to_owned()),
                     labels(&meta.labels),
                 ],
                 None => {
                     let mut row = vec![name, state];
-                    row.extend(std::iter::repeat_n("?".to_owned(), 6));
+                    row.extend(std::iter::repeat_n("?".to_owned(), 7));
                     row
                 }
             }
@@ -72,7 +73,7 @@ fn render(list: &NodeList) -> String {
         .collect();
     table::render(
         &[
-            "NODE", "STATE", "VERSION", "ARCH", "CPU", "MEMORY", "ADDRESS", "LABELS",
+            "NODE", "STATE", "VERSION", "ARCH", "CPU", "MEMORY", "DISK", "ADDRESS", "LABELS",
         ],
         &rows,
     )
@@ -119,6 +120,7 @@ mod tests {
             },
             labels: [("zone".to_owned(), "eu-1".to_owned())].into(),
             address: Some("127.0.0.1:7946".to_owned()),
+            disk_free_bytes: Some(40 << 30),
             ..NodeMeta::default()
         };
         let list = NodeList {
@@ -145,7 +147,9 @@ mod tests {
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[1].contains("spiffe://lab/node/a *"), "{text}");
         assert!(
-            lines[1].contains("0.9/1.9") && lines[1].contains("3.0G/7.0G"),
+            lines[1].contains("0.9/1.9")
+                && lines[1].contains("3.0G/7.0G")
+                && lines[1].contains("40.0G"),
             "{text}"
         );
         assert!(lines[1].contains("zone=eu-1"), "{text}");

@@ -62,6 +62,7 @@ fn start(domain: &Domain, name: &str, seeds: Vec<SocketAddr>) -> Running {
             membership,
             meta,
             committed: Vec::new(),
+            disk: None,
         },
         seeds,
         view_tx,

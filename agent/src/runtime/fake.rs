@@ -108,6 +108,7 @@ impl ContainerRuntime for FakeRuntime {
             rootless: true,
             cgroup_version: "v2".to_owned(),
             oci_runtime: "fake".to_owned(),
+            graph_root: None,
         })
     }
 

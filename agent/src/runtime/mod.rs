@@ -144,6 +144,9 @@ pub struct RuntimeInfo {
     pub cgroup_version: String,
     /// OCI runtime in use (runc, crun, …).
     pub oci_runtime: String,
+    /// Where the engine keeps images and containers, when it says.
+    #[serde(default)]
+    pub graph_root: Option<String>,
 }
 
 /// Errors from a container engine, by what the caller can do about them.

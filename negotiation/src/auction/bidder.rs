@@ -96,6 +96,8 @@ pub struct Bidder {
     config: BidderConfig,
     images: BTreeSet<String>,
     draining: bool,
+    /// Space left on the container storage and the reserve kept back, when measured.
+    disk: Option<(u64, u64)>,
     reservations: BTreeMap<String, Reservation>,
     committed: BTreeMap<(String, u32), Committed>,
     /// Distinguishes this run's reservation ids from those of an earlier run of the node,
@@ -114,6 +116,7 @@ impl Bidder {
             config,
             images: BTreeSet::new(),
             draining: false,
+            disk: None,
             reservations: BTreeMap::new(),
             committed: BTreeMap::new(),
             boot: 0,
@@ -150,6 +153,12 @@ impl Bidder {
     /// Records that the node holds `image` (for locality scoring).
     pub fn add_image(&mut self, image: &str) {
         self.images.insert(image.to_owned());
+    }
+
+    /// Records the space left on the container storage and the reserve kept back: below
+    /// the reserve, the node declines new work (`DiskFull`).
+    pub fn set_disk(&mut self, available_bytes: u64, reserve_bytes: u64) {
+        self.disk = Some((available_bytes, reserve_bytes));
     }
 
     /// Stops or resumes taking new work.
@@ -202,6 +211,14 @@ impl Bidder {
     fn decline_reason(&self, cfp: &Cfp) -> Option<DeclineReason> {
         if self.draining {
             return Some(DeclineReason::Draining);
+        }
+        if let Some((available_bytes, reserve_bytes)) = self.disk
+            && available_bytes < reserve_bytes
+        {
+            return Some(DeclineReason::DiskFull {
+                available_bytes,
+                reserve_bytes,
+            });
         }
         if let Some(wanted) = &cfp.arch
             && wanted != &self.profile.arch

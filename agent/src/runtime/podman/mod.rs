@@ -89,6 +89,7 @@ impl ContainerRuntime for PodmanRuntime {
             .map_err(|e| self.classify("report its info", e))?;
         let host = info.host;
         let version = info.version;
+        let graph_root = info.store.and_then(|s| s.graph_root);
         Ok(RuntimeInfo {
             version: version
                 .as_ref()
@@ -108,6 +109,7 @@ impl ContainerRuntime for PodmanRuntime {
                 .and_then(|h| h.oci_runtime)
                 .and_then(|r| r.name)
                 .unwrap_or_default(),
+            graph_root,
         })
     }
 
