@@ -1280,9 +1280,33 @@ impl<R: ContainerRuntime> Node<R> {
             {
                 let present = actual
                     .iter()
-                    .any(|c| &c.workload == name && c.replica == replica);
-                if present {
-                    report.adopted += 1;
+                    .filter(|c| &c.workload == name && c.replica == replica)
+                    .min_by_key(|c| c.state != ContainerState::Running);
+                if let Some(container) = present {
+                    let restart = container.state == ContainerState::Exited
+                        && record.spec.restart.restarts(container.exit_code);
+                    if !restart {
+                        report.adopted += 1;
+                        continue;
+                    }
+                    let exit = container
+                        .exit_code
+                        .map_or_else(|| "unknown".to_owned(), |code| code.to_string());
+                    match self.runtime.start(&container.id).await {
+                        Ok(()) => {
+                            tracing::info!(workload = %name, replica, exit_code = %exit, "restarted an exited container");
+                            self.record_event(
+                                "container-restarted",
+                                Some(&key(name)),
+                                &format!("{} exited with code {exit}", container.name),
+                            );
+                            report.restarted += 1;
+                        }
+                        Err(e) => {
+                            tracing::warn!(workload = %name, replica, error = %e, "could not restart an exited container; will retry");
+                            report.failed += 1;
+                        }
+                    }
                     continue;
                 }
                 match self.launch_replica(record, replica, *epoch).await {
@@ -1600,6 +1624,8 @@ pub struct ReconcileReport {
     pub restored: usize,
     /// Containers started for replicas that had none.
     pub started: usize,
+    /// Exited containers started again, as their workload's restart policy says.
+    pub restarted: usize,
     /// Unwanted containers removed.
     pub removed: usize,
     /// Items that failed and will be retried.
@@ -1627,7 +1653,7 @@ fn unix_millis() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use parley_negotiation::EnvVar;
+    use parley_negotiation::{EnvVar, RestartPolicy};
 
     use super::*;
     use crate::runtime::fake::FakeRuntime;
@@ -1678,6 +1704,41 @@ mod tests {
             vec![EnvVar::parse("A=1").unwrap()],
         )
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn exited_containers_restart_as_their_policy_says() {
+        let (_dir, _store, runtime, node) = fixture();
+        for (name, restart) in [
+            ("always", RestartPolicy::Always),
+            ("on-failure", RestartPolicy::OnFailure),
+            ("never", RestartPolicy::Never),
+        ] {
+            let mut workload = spec(name, IMAGE);
+            workload.restart = restart;
+            node.run(workload).await.unwrap();
+        }
+        for code in [0, 3] {
+            for name in ["always", "on-failure", "never"] {
+                runtime.exit_container(&format!("parley-{name}-0"), code);
+            }
+            let report = node.reconcile().await.unwrap();
+            let running = |name: &str| {
+                runtime.state_of(&format!("parley-{name}-0")) == Some(ContainerState::Running)
+            };
+            assert!(running("always"), "exit {code}");
+            assert_eq!(running("on-failure"), code != 0, "exit {code}");
+            assert!(!running("never"), "exit {code}");
+            assert_eq!(report.restarted, if code == 0 { 1 } else { 2 });
+            assert_eq!(report.started, 0, "restarted in place, not recreated");
+        }
+        let events = node.events(10).unwrap();
+        assert!(
+            events.iter().any(
+                |e| e.kind == "container-restarted" && e.message.contains("exited with code 3")
+            ),
+            "{events:?}"
+        );
     }
 
     #[test]

@@ -27,12 +27,18 @@ pub async fn run<R: ContainerRuntime>(
         match node.reconcile().await {
             Ok(report)
                 if first
-                    || report.started + report.removed + report.restored + report.failed > 0 =>
+                    || report.started
+                        + report.restarted
+                        + report.removed
+                        + report.restored
+                        + report.failed
+                        > 0 =>
             {
                 tracing::info!(
                     adopted = report.adopted,
                     restored = report.restored,
                     started = report.started,
+                    restarted = report.restarted,
                     removed = report.removed,
                     failed = report.failed,
                     "reconciled"

@@ -14,4 +14,4 @@ pub mod sim;
 pub mod testing;
 pub mod workload;
 
-pub use workload::{EnvVar, SpecError, WorkloadName, WorkloadSpec};
+pub use workload::{EnvVar, RestartPolicy, SpecError, WorkloadName, WorkloadSpec};

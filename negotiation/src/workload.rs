@@ -252,6 +252,33 @@ pub struct WorkloadSpec {
     /// Labels a node must carry, with these values, to host a replica.
     #[serde(default)]
     pub constraints: BTreeMap<String, String>,
+    /// What the node running a replica does when its container exits.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+}
+
+/// What happens when a replica's container exits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Start it again, whatever its exit code (a service).
+    #[default]
+    Always,
+    /// Start it again only when it failed (non-zero exit code).
+    OnFailure,
+    /// Leave it exited; `parley ps` shows its exit code (a job).
+    Never,
+}
+
+impl RestartPolicy {
+    /// Whether a container that exited with `exit_code` (unknown: `None`) is started again.
+    pub fn restarts(self, exit_code: Option<i32>) -> bool {
+        match self {
+            Self::Always => true,
+            Self::OnFailure => exit_code != Some(0),
+            Self::Never => false,
+        }
+    }
 }
 
 fn default_replicas() -> u32 {
@@ -279,6 +306,7 @@ impl WorkloadSpec {
             replicas: 1,
             resources: Resources::default(),
             constraints: BTreeMap::new(),
+            restart: RestartPolicy::default(),
         };
         spec.validate()?;
         Ok(spec)

@@ -428,3 +428,62 @@ fn a_workload_too_large_for_the_node_is_refused_with_the_reasons() {
         "{nodes}"
     );
 }
+
+#[test]
+fn exited_containers_restart_as_the_workloads_restart_policy_says() {
+    let agent = Agent::start_with("restarts", &["--reconcile-interval", "1"]);
+    let run = |name: &str, policy: &str, script: &str| {
+        agent
+            .cli([
+                "run",
+                name,
+                "--image",
+                TEST_IMAGE,
+                "--restart",
+                policy,
+                "--stop-timeout",
+                "1",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ])
+            .ok();
+    };
+    // Each start prints a line; the container's log keeps them across restarts.
+    run("flaky", "on-failure", "echo start; sleep 1; exit 4");
+    run("job", "never", "exit 3");
+    run("done", "on-failure", "exit 0");
+
+    eventually("flaky is restarted after failing", || {
+        agent
+            .cli(["events", "-o", "json"])
+            .json()
+            .as_array()
+            .is_some_and(|events| {
+                events.iter().any(|e| {
+                    e["kind"] == "container-restarted"
+                        && e["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("parley-flaky-0 exited with code 4"))
+                })
+            })
+    });
+    eventually("flaky's container ran again (same container)", || {
+        agent.cli(["logs", "flaky"]).stdout.matches("start").count() >= 2
+    });
+
+    // A job that failed and must not restart stays exited, with its code shown.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let job = first_replica(&agent.ps(), "job");
+    assert_eq!(job["state"], "exited", "{job}");
+    assert_eq!(job["exit_code"], 3, "{job}");
+    let done = first_replica(&agent.ps(), "done");
+    assert_eq!(done["state"], "exited", "{done}");
+    assert_eq!(done["exit_code"], 0, "{done}");
+    let table = agent.cli(["ps"]).ok().to_owned();
+    assert!(table.contains("exited (3)"), "{table}");
+    for name in ["flaky", "job", "done"] {
+        agent.cli(["rm", name]).ok();
+    }
+}

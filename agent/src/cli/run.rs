@@ -1,7 +1,7 @@
 //! `parley run`: submit a workload to the local agent.
 
 use parley_negotiation::workload::DEFAULT_STOP_TIMEOUT_SECS;
-use parley_negotiation::{EnvVar, WorkloadName, WorkloadSpec};
+use parley_negotiation::{EnvVar, RestartPolicy, WorkloadName, WorkloadSpec};
 
 use super::{CliError, Output, print_json};
 use crate::api::client::ApiClient;
@@ -42,9 +42,23 @@ pub struct RunArgs {
     /// Seconds to wait after SIGTERM before SIGKILL when the workload is stopped
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_STOP_TIMEOUT_SECS)]
     pub stop_timeout: u32,
+    /// When an exited container is started again (on the next reconcile pass)
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = Restart::Always)]
+    pub restart: Restart,
     /// Command and arguments, after `--`; the image's default command if omitted
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// `--restart` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Restart {
+    /// Whatever the exit code (a service)
+    Always,
+    /// Only after a non-zero exit code
+    OnFailure,
+    /// Never: `parley ps` shows the exit code (a job)
+    Never,
 }
 
 impl RunArgs {
@@ -62,6 +76,11 @@ impl RunArgs {
         let mut spec = WorkloadSpec::new(name, self.image.clone(), self.command.clone(), env)
             .map_err(invalid)?;
         spec.stop_timeout_secs = self.stop_timeout;
+        spec.restart = match self.restart {
+            Restart::Always => RestartPolicy::Always,
+            Restart::OnFailure => RestartPolicy::OnFailure,
+            Restart::Never => RestartPolicy::Never,
+        };
         spec.replicas = self.replicas;
         spec.resources.cpu_millis = self.cpu.unwrap_or(0);
         spec.resources.memory_bytes = self.memory.unwrap_or(0);

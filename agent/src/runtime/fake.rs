@@ -24,6 +24,8 @@ struct State {
     creates: u64,
     /// What each container wrote, by container name.
     output: BTreeMap<String, Vec<u8>>,
+    /// Exit codes of exited containers, by container name.
+    exit_codes: BTreeMap<String, i32>,
 }
 
 /// A fake engine. Clones share state, so a test keeps one clone to inspect and steer.
@@ -64,13 +66,24 @@ impl FakeRuntime {
             .extend_from_slice(text.as_bytes());
     }
 
-    /// Simulates a container exiting on its own.
-    pub fn exit_container(&self, name: &str) {
-        for (spec, state) in self.lock().containers.values_mut() {
+    /// Simulates a container exiting on its own with `code`.
+    pub fn exit_container(&self, name: &str, code: i32) {
+        let mut state = self.lock();
+        state.exit_codes.insert(name.to_owned(), code);
+        for (spec, container_state) in state.containers.values_mut() {
             if spec.name == name {
-                *state = ContainerState::Exited;
+                *container_state = ContainerState::Exited;
             }
         }
+    }
+
+    /// The state of the container named `name`, if it exists.
+    pub fn state_of(&self, name: &str) -> Option<ContainerState> {
+        self.lock()
+            .containers
+            .values()
+            .find(|(spec, _)| spec.name == name)
+            .map(|(_, state)| state.clone())
     }
 
     /// Number of containers ever created.
@@ -180,6 +193,7 @@ impl ContainerRuntime for FakeRuntime {
                     && spec.labels.get(labels::NODE).map(String::as_str) == Some(node)
             })
             .filter_map(|(id, (spec, container_state))| {
+                let exited = *container_state == ContainerState::Exited;
                 Some(ManagedContainer {
                     id: id.clone(),
                     name: spec.name.clone(),
@@ -187,7 +201,8 @@ impl ContainerRuntime for FakeRuntime {
                     replica: spec.labels.get(labels::REPLICA)?.parse().ok()?,
                     image: spec.image.clone(),
                     state: container_state.clone(),
-                    exit_code: (*container_state == ContainerState::Exited).then_some(0),
+                    exit_code: exited
+                        .then(|| state.exit_codes.get(&spec.name).copied().unwrap_or(0)),
                     spec_label: spec.labels.get(labels::SPEC).cloned(),
                 })
             })
