@@ -290,6 +290,24 @@ impl<R: ContainerRuntime> Node<R> {
         }
     }
 
+    /// Writes `value` under `key` and flushes, for what another node relies on (an award
+    /// about to be acknowledged, a workload taken over); a store failure is noted so that
+    /// the node takes no new work, and returned as the peer-facing reason.
+    async fn put_flushed<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        tree: &Tree<T>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), String> {
+        self.check_writable().map_err(|e| e.to_string())?;
+        tree.put(key, value)
+            .map_err(|e| self.note_store_error(e).to_string())?;
+        self.store
+            .flush()
+            .await
+            .map_err(|e| self.note_store_error(e).to_string())
+    }
+
     /// Starts an awarded replica's container: pulls its image, issues its workload
     /// identity (due or missing), creates and starts it.
     async fn launch_replica(
@@ -1462,14 +1480,8 @@ impl<R: ContainerRuntime> Host for Node<R> {
         let _changing = self.changes.lock().await;
         let name = assignment.spec.name.to_string();
         let key = assignment_key(&name, assignment.replica);
-        self.check_writable().map_err(|e| e.to_string())?;
-        self.assignments
-            .put(&key, &assignment)
-            .map_err(|e| self.note_store_error(e).to_string())?;
-        self.store
-            .flush()
-            .await
-            .map_err(|e| self.note_store_error(e).to_string())?;
+        self.put_flushed(&self.assignments, &key, &assignment)
+            .await?;
         self.record_event(
             "replica-assigned",
             Some(&self::key(&name)),
@@ -1525,19 +1537,12 @@ impl<R: ContainerRuntime> Host for Node<R> {
     async fn adopt(&self, spec: WorkloadSpec, submitter: String) -> Result<(), String> {
         let _changing = self.changes.lock().await;
         let key = key(spec.name.as_str());
-        self.check_writable().map_err(|e| e.to_string())?;
         let record = WorkloadRecord {
             spec,
             created_at: unix_now(),
             submitter: Some(submitter.clone()),
         };
-        self.workloads
-            .put(&key, &record)
-            .map_err(|e| self.note_store_error(e).to_string())?;
-        self.store
-            .flush()
-            .await
-            .map_err(|e| self.note_store_error(e).to_string())?;
+        self.put_flushed(&self.workloads, &key, &record).await?;
         self.record_event(
             "workload-adopted",
             Some(&key),

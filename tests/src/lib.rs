@@ -717,11 +717,19 @@ impl Agent {
 
     /// `parley run NAME` of a container that sleeps for an hour and stops at once.
     pub fn run_sleeper(&self, name: &str) -> CliOutput {
+        self.run_sleepers(name, 1)
+    }
+
+    /// `parley run NAME --replicas N` of containers that sleep for an hour and stop at once.
+    pub fn run_sleepers(&self, name: &str, replicas: u32) -> CliOutput {
+        let replicas = replicas.to_string();
         self.cli([
             "run",
             name,
             "--image",
             TEST_IMAGE,
+            "--replicas",
+            &replicas,
             "--stop-timeout",
             "1",
             "--",

@@ -457,20 +457,7 @@ fn a_killed_nodes_replica_is_placed_again_and_a_restarted_node_adopts_its_own() 
     let mut b = mesh_agent("heal-b", &domain.enroll("b"), &[&seed], &[]);
     let mut c = mesh_agent("heal-c", &domain.enroll("c"), &[&seed], &[]);
     wait_for_full_mesh(&[&a, &b, &c]);
-    a.cli([
-        "run",
-        "pair",
-        "--image",
-        parley_e2e::TEST_IMAGE,
-        "--replicas",
-        "2",
-        "--stop-timeout",
-        "1",
-        "--",
-        "sleep",
-        "3600",
-    ])
-    .ok();
+    a.run_sleepers("pair", 2).ok();
     let running = |agent: &Agent| replicas_on(agent, "pair").len();
     wait_until("both replicas run", Duration::from_secs(60), || {
         running(&a) + running(&b) + running(&c) == 2
@@ -600,19 +587,7 @@ fn the_policy_decides_who_may_place_work_and_a_sighup_reloads_it() {
     );
 
     // c's own policy refuses it: a clear refusal, exit code 77, nothing stored.
-    let run_duo = || {
-        c.cli([
-            "run",
-            "duo",
-            "--image",
-            parley_e2e::TEST_IMAGE,
-            "--replicas",
-            "2",
-            "--",
-            "sleep",
-            "3600",
-        ])
-    };
+    let run_duo = || c.run_sleepers("duo", 2);
     run_duo().fails_with(
         77,
         "refused: spiffe://policy.e2e/node/c may not submit workloads in namespace \"default\"",
@@ -903,20 +878,7 @@ fn a_new_host_joins_the_mesh_with_a_one_time_token() {
     wait_for_full_mesh(&[&a, &b]);
 
     // The joined node takes work like any other.
-    a.cli([
-        "run",
-        "pair",
-        "--image",
-        parley_e2e::TEST_IMAGE,
-        "--replicas",
-        "2",
-        "--stop-timeout",
-        "1",
-        "--",
-        "sleep",
-        "3600",
-    ])
-    .ok();
+    a.run_sleepers("pair", 2).ok();
     wait_until(
         "a replica runs on each node",
         Duration::from_secs(60),
@@ -997,20 +959,7 @@ fn a_dead_owners_workload_is_taken_over_by_its_successor_and_given_back() {
     wait_for_full_mesh(&[&a, &b, &c]);
     let a_id = "spiffe://heir.e2e/node/a".to_owned();
 
-    a.cli([
-        "run",
-        "heir",
-        "--image",
-        parley_e2e::TEST_IMAGE,
-        "--replicas",
-        "2",
-        "--stop-timeout",
-        "1",
-        "--",
-        "sleep",
-        "3600",
-    ])
-    .ok();
+    a.run_sleepers("heir", 2).ok();
     let running =
         |agents: &[&Agent]| -> usize { agents.iter().map(|x| replicas_on(x, "heir").len()).sum() };
     wait_until("both replicas run", Duration::from_secs(60), || {
@@ -1113,20 +1062,7 @@ fn each_replica_gets_a_workload_identity_mounted_read_only_and_renewed() {
     let seed = address(&a);
     let b = mesh_agent("wid-b", &domain.enroll("b"), &[&seed], &fast);
     wait_for_full_mesh(&[&a, &b]);
-    a.cli([
-        "run",
-        "idw",
-        "--image",
-        parley_e2e::TEST_IMAGE,
-        "--replicas",
-        "2",
-        "--stop-timeout",
-        "1",
-        "--",
-        "sleep",
-        "3600",
-    ])
-    .ok();
+    a.run_sleepers("idw", 2).ok();
     wait_until(
         "a replica runs on each node",
         Duration::from_secs(60),
@@ -1212,18 +1148,7 @@ fn a_node_short_of_disk_declines_new_replicas_and_says_why() {
         disk_of("spiffe://disk.e2e/node/b") == Some(0)
     });
 
-    a.cli([
-        "run",
-        "roomy",
-        "--image",
-        parley_e2e::TEST_IMAGE,
-        "--replicas",
-        "2",
-        "--",
-        "sleep",
-        "3600",
-    ])
-    .ok();
+    a.run_sleepers("roomy", 2).ok();
     wait_until(
         "replica 1 is declined by b for its disk",
         Duration::from_secs(30),
