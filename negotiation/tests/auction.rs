@@ -207,7 +207,8 @@ fn an_unacknowledged_award_moves_to_the_next_bid_and_never_double_books() {
         },
         1,
     );
-    announcer.set_members(members(&["b", "c"]));
+    // "silent" never answers, so the bid window runs its full 300 ms.
+    announcer.set_members(members(&["b", "c", "silent"]));
     let mut bidders = vec![bidder("b", 4000, 8, &[]), bidder("c", 1000, 2, &[])];
     announcer.place(0, request(1, 500, 1));
     // Collect bids, then let the award to the best bidder (b) vanish: drop b from the
@@ -469,5 +470,30 @@ fn a_node_whose_disk_is_below_its_reserve_declines_and_says_so() {
             })) if *available_bytes == 100 << 20 && *reserve_bytes == 1 << 30
         ),
         "{explained:?}"
+    );
+}
+
+#[test]
+fn the_bid_window_closes_as_soon_as_every_member_asked_has_answered() {
+    let mut announcer = Announcer::new(
+        "a",
+        AnnouncerConfig {
+            sample_factor: 10,
+            ..Default::default()
+        },
+        1,
+    );
+    announcer.set_members(members(&["b", "c"]));
+    let mut bidders = vec![bidder("b", 4000, 8, &[]), bidder("c", 100, 1, &[])];
+    announcer.place(0, request(1, 500, 1));
+    // c declines (too small), b bids: nothing is left to wait for, so the replica is
+    // placed well within the 300 ms bid window.
+    settle(&mut announcer, &mut bidders, 0, 100);
+    assert_eq!(
+        announcer
+            .placements("default/web")
+            .get(&0)
+            .map(|(n, _)| n.as_str()),
+        Some("b")
     );
 }

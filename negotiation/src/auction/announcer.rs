@@ -237,6 +237,20 @@ struct Workload {
     gathering_until_ms: Option<u64>,
 }
 
+/// Ends an auction's bid window early once every member asked has bid or declined:
+/// waiting longer cannot change the outcome. The next timeout awards.
+fn close_when_all_answered(auction: &mut Auction) {
+    if matches!(auction.phase, Phase::Collecting { .. })
+        && auction
+            .explanation
+            .answers
+            .values()
+            .all(|answer| !matches!(answer, Answer::NoAnswer))
+    {
+        auction.phase = Phase::Collecting { deadline_ms: 0 };
+    }
+}
+
 /// The announcer's state machine.
 #[derive(Debug)]
 pub struct Announcer {
@@ -576,6 +590,7 @@ impl Announcer {
             .answers
             .insert(from.to_owned(), Answer::Bid { score: bid.score });
         auction.bids.push((from.to_owned(), bid.clone()));
+        close_when_all_answered(auction);
     }
 
     /// Records a decline and its reason.
@@ -588,6 +603,7 @@ impl Announcer {
                 .explanation
                 .answers
                 .insert(from.to_owned(), Answer::Declined(decline.reason.clone()));
+            close_when_all_answered(auction);
         }
     }
 
