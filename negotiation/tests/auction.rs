@@ -497,3 +497,37 @@ fn the_bid_window_closes_as_soon_as_every_member_asked_has_answered() {
         Some("b")
     );
 }
+
+#[test]
+fn a_newer_call_for_the_same_workload_supersedes_a_lost_bid_whose_release_is_late() {
+    use parley_negotiation::messages::Cfp;
+    let mut node = bidder("b", 4000, 8, &[]);
+    let cfp = |auction, replica| Cfp {
+        auction,
+        workload: "default/web".to_owned(),
+        replica,
+        epoch: auction,
+        image: "app:1".to_owned(),
+        resources: Resources {
+            cpu_millis: 100,
+            memory_bytes: GIB,
+        },
+        constraints: BTreeMap::new(),
+        arch: None,
+        spread_label: None,
+        scoring: Scoring::Spread,
+        bid_deadline_ms: 300,
+    };
+    node.handle_cfp(0, "a", &cfp(1, 0));
+    assert!(matches!(node.poll_transmit(), Some((_, Body::Bid(_)))));
+    // Replica 0 went elsewhere; the release has not arrived when replica 1's call does.
+    node.handle_cfp(10, "a", &cfp(2, 1));
+    assert!(
+        matches!(node.poll_transmit(), Some((_, Body::Bid(_)))),
+        "declined as if it hosted a replica"
+    );
+    assert_eq!(node.reservations().count(), 1);
+    // Another announcer's bid is its own business.
+    node.handle_cfp(20, "z", &cfp(1, 2));
+    assert!(matches!(node.poll_transmit(), Some((_, Body::Decline(_)))));
+}

@@ -290,6 +290,13 @@ impl Bidder {
     /// Answers a call for proposals with a bid (holding a reservation) or a decline.
     pub fn handle_cfp(&mut self, now_ms: u64, from: &str, cfp: &Cfp) {
         self.expire(now_ms);
+        // An announcer runs one auction per workload at a time, so a newer call for the
+        // same workload means its earlier auctions are over and any bid still held for them
+        // lost: their releases are on the way, possibly overtaken by this call on another
+        // stream. Holding them would make this node decline as if it hosted a replica.
+        self.reservations.retain(|_, r| {
+            !(r.announcer == from && r.workload == cfp.workload && r.auction < cfp.auction)
+        });
         if let Some(reason) = self.decline_reason(cfp) {
             self.transmits.push_back((
                 from.to_owned(),
