@@ -802,9 +802,15 @@ impl Drop for Agent {
                 podman_socket.display()
             ))
             .status();
-        // Leave no container behind, whatever the test did.
-        let ids = self.podman_containers_quietly();
-        if !ids.is_empty() {
+        // Leave no container behind, whatever the test did. A container the stopped agent
+        // was removing at that moment can refuse the first attempt; an isolated agent's
+        // storage goes away with its directory, and a container left in it would run on,
+        // unreachable.
+        for _ in 0..3 {
+            let ids = self.podman_containers_quietly();
+            if ids.is_empty() {
+                break;
+            }
             let mut args = vec![
                 "rm".to_owned(),
                 "-f".to_owned(),
@@ -813,6 +819,7 @@ impl Drop for Agent {
             ];
             args.extend(ids);
             let _ = self.podman(args);
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 }
