@@ -1674,7 +1674,12 @@ mod tests {
         runtime: &FakeRuntime,
         meta: NodeMeta,
     ) -> Arc<Node<FakeRuntime>> {
-        let info = NodeInfo {
+        Node::new(info(meta, false), store.clone(), runtime.clone()).unwrap()
+    }
+
+    /// A node alone, named `node-a`, announcing `meta`.
+    fn info(meta: NodeMeta, enforce_limits: bool) -> NodeInfo {
+        NodeInfo {
             name: "node-a".to_owned(),
             data_dir: "/tmp/unused".to_owned(),
             podman_socket: "fake".to_owned(),
@@ -1683,9 +1688,8 @@ mod tests {
             meta,
             mesh: None,
             identities: None,
-            enforce_limits: false,
-        };
-        Node::new(info, store.clone(), runtime.clone()).unwrap()
+            enforce_limits,
+        }
     }
 
     fn fixture() -> (
@@ -1760,17 +1764,7 @@ mod tests {
             memory_bytes: 64 << 20,
         };
         let node = |enforce_limits| {
-            let info = NodeInfo {
-                name: "node-a".to_owned(),
-                data_dir: "/tmp/unused".to_owned(),
-                podman_socket: "fake".to_owned(),
-                podman_origin: ServiceOrigin::Existing,
-                host_warnings: Vec::new(),
-                meta: NodeMeta::default(),
-                mesh: None,
-                identities: None,
-                enforce_limits,
-            };
+            let info = info(NodeMeta::default(), enforce_limits);
             Node::new(info, store.clone(), FakeRuntime::default()).unwrap()
         };
         assert_eq!(
