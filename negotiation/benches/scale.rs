@@ -162,9 +162,9 @@ fn messages() {
          at 10,000 nodes).\n"
     );
     println!(
-        "| nodes | workloads | membership | replicas placed | auction msgs / placement | cfp | bid | decline | award | accept | release |"
+        "| nodes | workloads | membership | replicas placed | auction msgs / placement | cfp | bid | decline | award | accept | release | revoke |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let runs = [
         (100, false),
         (1_000, false),
@@ -172,7 +172,16 @@ fn messages() {
         (1_000, true),
         (10_000, true),
     ];
+    // `PARLEY_BENCH_NODES=100,1000` runs only those sizes (the largest take long).
+    let sizes: Option<Vec<usize>> = std::env::var("PARLEY_BENCH_NODES").ok().map(|list| {
+        list.split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect()
+    });
     for (nodes, static_membership) in runs {
+        if sizes.as_ref().is_some_and(|sizes| !sizes.contains(&nodes)) {
+            continue;
+        }
         let mut config = SimConfig::placement_benchmark(2, nodes, nodes * 10);
         config.static_membership = static_membership;
         let (outcome, _) = measure(config, &CheapCrypto);
