@@ -702,7 +702,7 @@ pub async fn run<H: Host>(
                         .map(|w| (id.clone(), w))
                         .collect();
                     let waiting: BTreeSet<String> =
-                        membership.live_members().map(|m| m.id.clone()).collect();
+                        membership.live_members().map(|m| m.id.to_string()).collect();
                     for member in &waiting {
                         outbox.push((
                             member.clone(),
@@ -724,7 +724,7 @@ pub async fn run<H: Host>(
                 Command::RemoveRemote { workload } => {
                     for member in membership.live_members() {
                         outbox.push((
-                            member.id.clone(),
+                            member.id.to_string(),
                             Body::RemoveWorkload(RemoveWorkload {
                                 workload: workload.clone(),
                             }),
@@ -1181,7 +1181,7 @@ async fn follow_ownership<H: Host>(
             membership
                 .members()
                 .filter(|m| m.state != MemberState::Dead)
-                .map(|m| m.id.as_str()),
+                .map(|m| &*m.id),
         )
         .collect();
     let held: BTreeSet<String> = bidder.committed().map(|c| c.workload.clone()).collect();
@@ -1340,11 +1340,11 @@ fn candidates(id: &str, meta: &NodeMeta, membership: &Membership) -> Vec<Candida
             .members()
             .filter(|m| m.state == MemberState::Alive)
             .map(|m| Candidate {
-                node: m.id.clone(),
+                node: m.id.to_string(),
                 compatible: m.meta.as_ref().is_some_and(|meta| {
                     (meta.protocol_min..=meta.protocol_max).contains(&PROTOCOL_VERSION)
                 }),
-                announced: m.meta.as_ref().map(announced),
+                announced: m.meta.as_deref().map(announced),
             }),
     )
     .collect()

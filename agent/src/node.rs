@@ -1172,11 +1172,11 @@ impl<R: ContainerRuntime> Node<R> {
                 .borrow()
                 .iter()
                 .map(|member| NodeEntry {
-                    id: member.id.clone(),
+                    id: member.id.to_string(),
                     this_node: false,
                     state: member.state,
                     incarnation: Some(member.incarnation),
-                    meta: member.meta.clone(),
+                    meta: member.meta.as_deref().cloned(),
                 })
                 .collect();
             members.sort_by(|a, b| a.id.cmp(&b.id));

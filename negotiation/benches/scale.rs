@@ -122,6 +122,32 @@ impl SimCrypto for RealCrypto {
     }
 }
 
+/// Whether to run a cluster of `nodes`: `PARLEY_BENCH_NODES=100,1000` runs only those
+/// sizes (the largest take long).
+fn size_selected(nodes: usize) -> bool {
+    std::env::var("PARLEY_BENCH_NODES").map_or(true, |list| {
+        list.split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .any(|n: usize| n == nodes)
+    })
+}
+
+/// Peak resident memory of this process so far (`VmHWM`), in MiB.
+fn peak_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib / 1024)
+}
+
 fn per(count: u64, of: u64) -> f64 {
     count as f64 / of.max(1) as f64
 }
@@ -157,34 +183,36 @@ fn placement() {
 fn messages() {
     println!("## messages: auction messages per placement as the cluster grows\n");
     println!(
-        "Ten workloads per node, submitted through 100 nodes; `static` gives every node the \
-         full member list instead of running SWIM (N² member records do not fit in one process \
-         at 10,000 nodes).\n"
+        "Ten workloads per node, submitted through 100 nodes. `SWIM`: membership runs, \
+         every node starting with the full member list; `SWIM, joined`: every node joins \
+         through two seeds first; `static`: the member list without SWIM (the auction \
+         alone).\n"
     );
     println!(
-        "| nodes | workloads | membership | replicas placed | auction msgs / placement | cfp | bid | decline | award | accept | release | revoke |"
+        "| nodes | workloads | membership | replicas placed | auction msgs / placement | cfp | bid | decline | award | accept | release | revoke | CPU | peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let runs = [
-        (100, false),
-        (1_000, false),
-        (100, true),
-        (1_000, true),
-        (10_000, true),
+        (100, "SWIM"),
+        (100, "SWIM, joined"),
+        (100, "static"),
+        (1_000, "SWIM"),
+        (1_000, "static"),
+        (10_000, "SWIM"),
+        (10_000, "static"),
     ];
-    // `PARLEY_BENCH_NODES=100,1000` runs only those sizes (the largest take long).
-    let sizes: Option<Vec<usize>> = std::env::var("PARLEY_BENCH_NODES").ok().map(|list| {
-        list.split(',')
-            .filter_map(|n| n.trim().parse().ok())
-            .collect()
-    });
-    for (nodes, static_membership) in runs {
-        if sizes.as_ref().is_some_and(|sizes| !sizes.contains(&nodes)) {
+    for (nodes, membership) in runs {
+        if !size_selected(nodes) {
             continue;
         }
         let mut config = SimConfig::placement_benchmark(2, nodes, nodes * 10);
-        config.static_membership = static_membership;
-        let (outcome, _) = measure(config, &CheapCrypto);
+        config.static_membership = membership == "static";
+        if membership == "SWIM, joined" {
+            config.preconverged = false;
+            config.submit_from_ms = 5_000;
+            config.end_ms += 2_000;
+        }
+        let (outcome, cpu) = measure(config, &CheapCrypto);
         let kind = |k: &str| {
             per(
                 outcome.messages_by_kind.get(k).copied().unwrap_or(0),
@@ -192,9 +220,8 @@ fn messages() {
             )
         };
         println!(
-            "| {nodes} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {nodes} | {} | {membership} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} s | {} MiB |",
             nodes * 10,
-            if static_membership { "static" } else { "SWIM" },
             outcome.replicas_placed,
             per(outcome.auction_messages(), outcome.replicas_placed),
             kind("cfp"),
@@ -204,6 +231,8 @@ fn messages() {
             kind("accept"),
             kind("release"),
             kind("revoke"),
+            cpu.as_secs_f64(),
+            peak_rss_mib(),
         );
     }
     println!();
@@ -225,9 +254,9 @@ fn detection() {
          observer of every seed; false positives are live nodes declared dead.\n"
     );
     println!(
-        "| nodes | profile | seeds | suspected p50 / p99 / max | dead p50 / p99 / max | observers that learned | false positives |"
+        "| nodes | profile | seeds | suspected p50 / p99 / max | dead p50 / p99 / max | observers that learned | false positives | CPU | peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let fast = MembershipConfig {
         probe_interval_ms: 500,
         probe_timeout_ms: 200,
@@ -236,19 +265,25 @@ fn detection() {
         ..MembershipConfig::default()
     };
     let runs = [
-        (100, "LAN (default)", MembershipConfig::default(), 10),
-        (100, "fast", fast, 10),
-        (1_000, "LAN (default)", MembershipConfig::default(), 2),
-        (1_000, "fast", fast, 2),
-        (3_000, "LAN (default)", MembershipConfig::default(), 1),
+        (100, "LAN (default)", MembershipConfig::default(), 20),
+        (100, "fast", fast, 20),
+        (1_000, "LAN (default)", MembershipConfig::default(), 3),
+        (1_000, "fast", fast, 3),
+        (10_000, "LAN (default)", MembershipConfig::default(), 1),
+        (10_000, "fast", fast, 1),
     ];
     for (nodes, profile, membership, seeds) in runs {
+        if !size_selected(nodes) {
+            continue;
+        }
         let (mut suspected, mut dead, mut false_positives, mut expected) =
             (Vec::new(), Vec::new(), 0, 0);
+        let mut cpu = Duration::ZERO;
         for seed in 0..seeds {
             let mut config = SimConfig::detection_benchmark(seed, nodes);
             config.membership = membership;
-            let (outcome, _) = measure(config, &CheapCrypto);
+            let (outcome, took) = measure(config, &CheapCrypto);
+            cpu += took;
             suspected.extend(outcome.suspected_crash_ms);
             dead.extend(outcome.learned_of_crash_ms);
             false_positives += outcome.false_deaths;
@@ -265,10 +300,12 @@ fn detection() {
             )
         };
         println!(
-            "| {nodes} | {profile} | {seeds} | {} | {} | {} of {expected} | {false_positives} |",
+            "| {nodes} | {profile} | {seeds} | {} | {} | {} of {expected} | {false_positives} | {:.0} s | {} MiB |",
             stats(&suspected),
             stats(&dead),
             dead.len(),
+            cpu.as_secs_f64(),
+            peak_rss_mib(),
         );
     }
     println!();

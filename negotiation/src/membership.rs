@@ -4,9 +4,15 @@
 //! periodically so that newcomers and healed partitions catch up.
 //!
 //! Defaults follow memberlist's LAN profile: a probe every second, 500 ms to answer,
-//! three indirect probes, suspicion lasting `4 × log10(n)` probe intervals (at least 5 s).
+//! three indirect probes, suspicion lasting `4 × log10(n)` probe intervals (at least 5 s),
+//! pending gossip pushed to three random members every 200 ms besides riding on probes,
+//! a push-pull exchange every 30 s, stretched as the cluster grows past 32 members.
+//!
+//! Every node holds every member, so a process simulating N nodes holds N² records: ids
+//! and metadata are shared through an [`Interner`] rather than copied into each table.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::messages::{Ack, Body, MemberState, MemberUpdate, NodeMeta, Ping, PingReq, Sync};
 
@@ -25,9 +31,19 @@ pub struct MembershipConfig {
     pub min_suspicion_ms: u64,
     /// Gossip entries piggybacked per message.
     pub max_piggyback: usize,
+    /// Time between gossip rounds: while updates are pending, they are pushed to
+    /// `gossip_nodes` random members (as a `Sync` that asks no reply, which every
+    /// protocol version understands). Probes alone carry news to about two members a
+    /// second; rounds spread a suspicion, a death or a refutation in a few hundred
+    /// milliseconds per hop, which is what lets a refutation outrun suspicion timers.
+    pub gossip_interval_ms: u64,
+    /// Members each gossip round goes to.
+    pub gossip_nodes: usize,
     /// Each update is sent this many × log10(members + 1) times (at least 3).
     pub retransmit_multiplier: u64,
-    /// Time between push-pull exchanges with a random member.
+    /// Time between push-pull exchanges with a random member, in clusters of up to 32
+    /// members; beyond, it grows with log2 of the size as memberlist's does (×2 at 64,
+    /// ×6 at 1,000, ×10 at 10,000), so that full-state exchanges do not grow as N².
     pub sync_interval_ms: u64,
     /// Updates per `Sync` message (keeps frames under the size cap).
     pub max_sync_chunk: usize,
@@ -47,6 +63,8 @@ impl Default for MembershipConfig {
             suspicion_multiplier: 4,
             min_suspicion_ms: 5_000,
             max_piggyback: 8,
+            gossip_interval_ms: 200,
+            gossip_nodes: 3,
             retransmit_multiplier: 4,
             sync_interval_ms: 30_000,
             max_sync_chunk: 100,
@@ -60,15 +78,77 @@ impl Default for MembershipConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     /// Node id.
-    pub id: String,
+    pub id: Arc<str>,
     /// Liveness.
     pub state: MemberState,
     /// Latest incarnation heard.
     pub incarnation: u64,
     /// Latest metadata heard, if any.
-    pub meta: Option<NodeMeta>,
+    pub meta: Option<Arc<NodeMeta>>,
     /// When the state last changed (ms).
     pub since_ms: u64,
+}
+
+/// Shares member ids and metadata between membership tables. Every table holds every
+/// member, so the tables of many nodes in one process (a simulation of thousands) would
+/// otherwise hold N² copies of the same strings and records; with one interner they hold
+/// N² pointers. A lone agent's table has an interner of its own. Cloning shares it.
+#[derive(Debug, Clone, Default)]
+pub struct Interner(Arc<Mutex<InternTables>>);
+
+#[derive(Debug, Default)]
+struct InternTables {
+    ids: HashSet<Arc<str>>,
+    /// Each node's latest metadata heard by any table: an equal copy decoded elsewhere
+    /// is replaced by this one.
+    metas: HashMap<Arc<str>, Arc<NodeMeta>>,
+    /// Size after the last pruning: the next one comes when the tables have doubled.
+    pruned_len: usize,
+}
+
+impl Interner {
+    fn tables(&self) -> std::sync::MutexGuard<'_, InternTables> {
+        // The tables are only ever inserted into whole; a panic elsewhere leaves them valid.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The shared copy of `id`.
+    fn id(&self, id: &str) -> Arc<str> {
+        let mut tables = self.tables();
+        if let Some(known) = tables.ids.get(id) {
+            return known.clone();
+        }
+        let id: Arc<str> = Arc::from(id);
+        tables.ids.insert(id.clone());
+        tables.prune_if_grown();
+        id
+    }
+
+    /// The shared copy of `meta`, `node`'s metadata.
+    fn meta(&self, node: &Arc<str>, meta: Arc<NodeMeta>) -> Arc<NodeMeta> {
+        let mut tables = self.tables();
+        match tables.metas.get(node) {
+            Some(known) if Arc::ptr_eq(known, &meta) || **known == *meta => known.clone(),
+            _ => {
+                tables.metas.insert(node.clone(), meta.clone());
+                meta
+            }
+        }
+    }
+}
+
+impl InternTables {
+    /// Forgets what no table refers to any more (members long dead), so that churn does
+    /// not grow the tables without bound. Amortized: runs when they have doubled.
+    fn prune_if_grown(&mut self) {
+        if self.ids.len() < 2 * self.pruned_len.max(512) {
+            return;
+        }
+        // Held here and as the key of `metas`: referenced elsewhere only above two.
+        self.metas.retain(|id, _| Arc::strong_count(id) > 2);
+        self.ids.retain(|id| Arc::strong_count(id) > 1);
+        self.pruned_len = self.ids.len();
+    }
 }
 
 /// Changes the driver acts on.
@@ -94,7 +174,7 @@ enum ProbePhase {
 
 #[derive(Debug)]
 struct Probe {
-    target: String,
+    target: Arc<str>,
     seq: u64,
     phase: ProbePhase,
 }
@@ -110,18 +190,20 @@ struct Gossip {
 pub struct Membership {
     me: String,
     incarnation: u64,
-    meta: NodeMeta,
+    meta: Arc<NodeMeta>,
     config: MembershipConfig,
-    members: BTreeMap<String, Member>,
-    probe_order: Vec<String>,
+    interner: Interner,
+    members: BTreeMap<Arc<str>, Member>,
+    probe_order: Vec<Arc<str>>,
     probe_index: usize,
     probe: Option<Probe>,
     next_probe_ms: u64,
     next_sync_ms: u64,
     next_reconnect_ms: u64,
+    next_gossip_ms: u64,
     /// Our relay seq → (requester, requester's seq, expiry).
     relays: HashMap<u64, (String, u64, u64)>,
-    suspicions: BTreeMap<String, u64>,
+    suspicions: BTreeMap<Arc<str>, u64>,
     gossip: Vec<Gossip>,
     next_seq: u64,
     rng: u64,
@@ -143,8 +225,9 @@ impl Membership {
         let me = me.into();
         let mut membership = Self {
             incarnation: 0,
-            meta,
+            meta: Arc::new(meta),
             config,
+            interner: Interner::default(),
             members: BTreeMap::new(),
             probe_order: Vec::new(),
             probe_index: 0,
@@ -152,6 +235,7 @@ impl Membership {
             next_probe_ms: now_ms + config.probe_interval_ms,
             next_sync_ms: now_ms + config.sync_interval_ms,
             next_reconnect_ms: now_ms + config.reconnect_interval_ms,
+            next_gossip_ms: now_ms,
             relays: HashMap::new(),
             suspicions: BTreeMap::new(),
             gossip: Vec::new(),
@@ -162,9 +246,65 @@ impl Membership {
             events: VecDeque::new(),
             me,
         };
+        // Nodes started together must not probe and exchange state in lockstep: the
+        // first probe and the first push-pull come at a random point of their interval
+        // (memberlist staggers its timers the same way).
+        membership.next_probe_ms =
+            now_ms + 1 + membership.random() % config.probe_interval_ms.max(1);
+        membership.next_sync_ms = now_ms + 1 + membership.random() % config.sync_interval_ms.max(1);
         let announce = membership.self_update(true);
         membership.enqueue_gossip(announce);
         membership
+    }
+
+    /// Shares ids and metadata with the other tables that use `interner` (see
+    /// [`Interner`]); call before any member is known.
+    pub fn share_interner(&mut self, interner: Interner) {
+        self.interner = interner;
+    }
+
+    /// Records `updates` as known members without gossiping them or raising events, as if
+    /// the exchanges of a completed join had brought them. For starting a simulation of
+    /// thousands of nodes from a converged view: joining them one by one costs minutes of
+    /// virtual time and N² pieces of gossip before anything can be measured.
+    pub fn assume_known(&mut self, now_ms: u64, updates: &[MemberUpdate]) {
+        for update in updates
+            .iter()
+            .filter(|u| u.node != self.me && u.state != MemberState::Dead)
+        {
+            let id = self.interner.id(&update.node);
+            let meta = update
+                .meta
+                .clone()
+                .map(|meta| self.interner.meta(&id, meta));
+            if self.members.contains_key(&id) {
+                continue;
+            }
+            self.probe_order.push(id.clone());
+            self.members.insert(
+                id.clone(),
+                Member {
+                    id,
+                    state: update.state,
+                    incarnation: update.incarnation,
+                    meta,
+                    since_ms: now_ms,
+                },
+            );
+        }
+        // A fresh random round: nodes given the same list must not all probe the same
+        // member at the same time.
+        self.probe_index = 0;
+        for i in (1..self.probe_order.len()).rev() {
+            let j = (self.random() % (i as u64 + 1)) as usize;
+            self.probe_order.swap(i, j);
+        }
+    }
+
+    /// This node's view of itself as gossip, with its metadata: what [`Self::assume_known`]
+    /// takes from every other node.
+    pub fn announcement(&self) -> MemberUpdate {
+        self.self_update(true)
     }
 
     /// This node's id.
@@ -200,7 +340,7 @@ impl Membership {
 
     /// Announces new metadata (capacity, labels, images) under a new incarnation.
     pub fn set_meta(&mut self, meta: NodeMeta) {
-        self.meta = meta;
+        self.meta = Arc::new(meta);
         self.incarnation += 1;
         let update = self.self_update(true);
         self.enqueue_gossip(update);
@@ -209,6 +349,11 @@ impl Membership {
     /// Members other than this node, in id order.
     pub fn members(&self) -> impl Iterator<Item = &Member> {
         self.members.values()
+    }
+
+    /// How many members other than this node are known, dead ones included.
+    pub fn member_count(&self) -> usize {
+        self.members.len()
     }
 
     /// A member by id.
@@ -228,6 +373,18 @@ impl Membership {
     /// timeouts, bought for constant time on every piece of gossip.
     fn live_count(&self) -> usize {
         self.members.len() + 1
+    }
+
+    /// memberlist's push-pull scaling: the base interval up to 32 members, then one more
+    /// multiple for each doubling (rounded up).
+    fn sync_interval_ms(&self) -> u64 {
+        let n = self.live_count() as f64;
+        let multiplier = if n <= 32.0 {
+            1.0
+        } else {
+            (n.log2() - 32f64.log2()).ceil() + 1.0
+        };
+        (self.config.sync_interval_ms as f64 * multiplier) as u64
     }
 
     fn retransmit_limit(&self) -> u64 {
@@ -273,7 +430,7 @@ impl Membership {
             && member.state != MemberState::Alive
         {
             out.push(MemberUpdate {
-                node: member.id.clone(),
+                node: member.id.to_string(),
                 state: member.state,
                 incarnation: member.incarnation,
                 meta: None,
@@ -299,26 +456,28 @@ impl Membership {
             return;
         }
         let suspicion_ms = self.suspicion_ms();
-        let Some(member) = self.members.get_mut(&update.node) else {
+        let interner = &self.interner;
+        let Some(member) = self.members.get_mut(update.node.as_str()) else {
             if update.state == MemberState::Dead {
                 return;
             }
+            let id = interner.id(&update.node);
+            let meta = update.meta.clone().map(|meta| interner.meta(&id, meta));
             self.members.insert(
-                update.node.clone(),
+                id.clone(),
                 Member {
-                    id: update.node.clone(),
+                    id: id.clone(),
                     state: update.state,
                     incarnation: update.incarnation,
-                    meta: update.meta.clone(),
+                    meta,
                     since_ms: now_ms,
                 },
             );
-            self.probe_order.push(update.node.clone());
+            self.probe_order.push(id.clone());
             self.events
                 .push_back(MembershipEvent::Joined(update.node.clone()));
             if update.state == MemberState::Suspect {
-                self.suspicions
-                    .insert(update.node.clone(), now_ms + suspicion_ms);
+                self.suspicions.insert(id, now_ms + suspicion_ms);
             }
             self.enqueue_gossip(update.clone());
             return;
@@ -337,11 +496,11 @@ impl Membership {
             // A node changes its metadata only under a new incarnation, so metadata carried
             // for the incarnation we hold is authoritative even when the state is not news
             // (the bare liveness part of every message can announce the incarnation first).
-            if update.meta.is_some()
+            if let Some(meta) = &update.meta
                 && update.incarnation == member.incarnation
-                && update.meta != member.meta
+                && member.meta.as_ref() != Some(meta)
             {
-                member.meta = update.meta.clone();
+                member.meta = Some(interner.meta(&member.id, meta.clone()));
                 self.events
                     .push_back(MembershipEvent::MetaChanged(update.node.clone()));
                 // Pass it on, or it reaches only the node's direct contacts.
@@ -352,23 +511,25 @@ impl Membership {
         let previous = member.state;
         member.state = update.state;
         member.incarnation = update.incarnation;
-        if update.meta.is_some() && update.meta != member.meta {
-            member.meta = update.meta.clone();
+        if let Some(meta) = &update.meta
+            && member.meta.as_ref() != Some(meta)
+        {
+            member.meta = Some(interner.meta(&member.id, meta.clone()));
             self.events
                 .push_back(MembershipEvent::MetaChanged(update.node.clone()));
         }
         if previous != update.state {
             member.since_ms = now_ms;
         }
+        let id = member.id.clone();
         match (previous, update.state) {
             (MemberState::Alive, MemberState::Suspect) => {
-                self.suspicions
-                    .insert(update.node.clone(), now_ms + suspicion_ms);
+                self.suspicions.insert(id, now_ms + suspicion_ms);
                 self.events
                     .push_back(MembershipEvent::Suspected(update.node.clone()));
             }
             (MemberState::Suspect, MemberState::Alive) => {
-                self.suspicions.remove(&update.node);
+                self.suspicions.remove(update.node.as_str());
                 self.events
                     .push_back(MembershipEvent::Recovered(update.node.clone()));
             }
@@ -377,7 +538,7 @@ impl Membership {
                     .push_back(MembershipEvent::Joined(update.node.clone()));
             }
             (_, MemberState::Dead) if previous != MemberState::Dead => {
-                self.suspicions.remove(&update.node);
+                self.suspicions.remove(update.node.as_str());
                 self.events
                     .push_back(MembershipEvent::Died(update.node.clone()));
             }
@@ -395,7 +556,7 @@ impl Membership {
     fn send_sync(&mut self, to: String, reply: bool) {
         let mut all: Vec<MemberUpdate> = vec![self.self_update(true)];
         all.extend(self.members.values().map(|m| MemberUpdate {
-            node: m.id.clone(),
+            node: m.id.to_string(),
             state: m.state,
             incarnation: m.incarnation,
             meta: m.meta.clone(),
@@ -472,7 +633,7 @@ impl Membership {
         }
     }
 
-    fn next_probe_target(&mut self) -> Option<String> {
+    fn next_probe_target(&mut self) -> Option<Arc<str>> {
         // Round-robin over a shuffled order, reshuffled each round (SWIM's bounded
         // detection time). Members that died during a round are skipped; the next round
         // is built from the live members of the moment. Constant work per probe, amortized.
@@ -520,23 +681,13 @@ impl Membership {
             match probe.phase {
                 ProbePhase::Direct { deadline_ms } if now_ms >= deadline_ms => {
                     let (target, seq) = (probe.target.clone(), probe.seq);
-                    let mut helpers: Vec<String> = self
-                        .live_members()
-                        .filter(|m| m.id != target && m.state == MemberState::Alive)
-                        .map(|m| m.id.clone())
-                        .collect();
-                    for i in (1..helpers.len()).rev() {
-                        let j = (self.random() % (i as u64 + 1)) as usize;
-                        helpers.swap(i, j);
-                    }
-                    helpers.truncate(self.config.indirect_probes);
-                    for helper in helpers {
+                    for helper in self.indirect_probe_helpers(&target) {
                         let updates = self.piggyback(&helper);
                         self.transmits.push_back((
-                            helper,
+                            helper.to_string(),
                             Body::PingReq(PingReq {
                                 seq,
-                                target: target.clone(),
+                                target: target.to_string(),
                                 updates,
                             }),
                         ));
@@ -556,7 +707,7 @@ impl Membership {
             }
         }
         // Suspicions that ran out.
-        let expired: Vec<String> = self
+        let expired: Vec<Arc<str>> = self
             .suspicions
             .iter()
             .filter(|(_, deadline)| **deadline <= now_ms)
@@ -568,7 +719,7 @@ impl Membership {
                 && member.state == MemberState::Suspect
             {
                 let update = MemberUpdate {
-                    node: id.clone(),
+                    node: id.to_string(),
                     state: MemberState::Dead,
                     incarnation: member.incarnation,
                     meta: None,
@@ -598,18 +749,22 @@ impl Membership {
                 });
                 let updates = self.piggyback(&target);
                 self.transmits
-                    .push_back((target, Body::Ping(Ping { seq, updates })));
+                    .push_back((target.to_string(), Body::Ping(Ping { seq, updates })));
             }
         }
         // Try to reach a random dead member: if it is alive after all, the exchange tells
         // it what we believe and it refutes.
+        if now_ms >= self.next_gossip_ms && self.gossip_pending() {
+            self.next_gossip_ms = now_ms + self.config.gossip_interval_ms.max(1);
+            self.gossip_round();
+        }
         if now_ms >= self.next_reconnect_ms {
             self.next_reconnect_ms = now_ms + self.config.reconnect_interval_ms;
             let dead: Vec<String> = self
                 .members
                 .values()
                 .filter(|m| m.state == MemberState::Dead)
-                .map(|m| m.id.clone())
+                .map(|m| m.id.to_string())
                 .collect();
             // Up to three of them: a truly dead member must not hide a live one for long.
             let mut dead = dead;
@@ -620,11 +775,9 @@ impl Membership {
         }
         // Push-pull with a random live member.
         if now_ms >= self.next_sync_ms {
-            self.next_sync_ms = now_ms + self.config.sync_interval_ms;
-            let live: Vec<String> = self.live_members().map(|m| m.id.clone()).collect();
-            if !live.is_empty() {
-                let pick = live[(self.random() % live.len() as u64) as usize].clone();
-                self.send_sync(pick, true);
+            self.next_sync_ms = now_ms + self.sync_interval_ms();
+            if let Some(pick) = self.random_live_member(None) {
+                self.send_sync(pick.to_string(), true);
             }
         }
     }
@@ -641,9 +794,102 @@ impl Membership {
         let missing_meta = self
             .live_members()
             .find(|m| m.meta.is_none())
-            .map(|m| m.id.clone());
+            .map(|m| m.id.to_string());
         if let Some(id) = missing_meta {
             self.send_sync(id, true);
+        }
+    }
+
+    /// A live member other than `except`, drawn from the probe order (which holds every
+    /// member known at the start of the round and every one that joined since): constant
+    /// time, where collecting the live members would cost a pass over all of them.
+    fn random_live_member(&mut self, except: Option<&str>) -> Option<Arc<str>> {
+        for _ in 0..16 {
+            if self.probe_order.is_empty() {
+                break;
+            }
+            let index = (self.random() % self.probe_order.len() as u64) as usize;
+            let pick = self.probe_order[index].clone();
+            let usable = Some(&*pick) != except
+                && self
+                    .members
+                    .get(&pick)
+                    .is_some_and(|m| m.state == MemberState::Alive);
+            if usable {
+                return Some(pick);
+            }
+        }
+        // Mostly dead or suspected members, or none: an exact draw.
+        let live: Vec<Arc<str>> = self
+            .members
+            .values()
+            .filter(|m| m.state == MemberState::Alive && Some(&*m.id) != except)
+            .map(|m| m.id.clone())
+            .collect();
+        (!live.is_empty()).then(|| live[(self.random() % live.len() as u64) as usize].clone())
+    }
+
+    /// Up to `indirect_probes` distinct alive members other than `target`, at random.
+    fn indirect_probe_helpers(&mut self, target: &str) -> Vec<Arc<str>> {
+        let wanted = self.config.indirect_probes;
+        if self.members.len() <= 4 * wanted + 1 {
+            // A small cluster: shuffle them all, so every helper there is gets asked.
+            let mut helpers: Vec<Arc<str>> = self
+                .members
+                .values()
+                .filter(|m| &*m.id != target && m.state == MemberState::Alive)
+                .map(|m| m.id.clone())
+                .collect();
+            for i in (1..helpers.len()).rev() {
+                let j = (self.random() % (i as u64 + 1)) as usize;
+                helpers.swap(i, j);
+            }
+            helpers.truncate(wanted);
+            return helpers;
+        }
+        let mut helpers: Vec<Arc<str>> = Vec::with_capacity(wanted);
+        for _ in 0..4 * wanted {
+            if helpers.len() == wanted {
+                break;
+            }
+            if let Some(pick) = self.random_live_member(Some(target))
+                && !helpers.contains(&pick)
+            {
+                helpers.push(pick);
+            }
+        }
+        helpers
+    }
+
+    fn gossip_pending(&self) -> bool {
+        self.config.gossip_nodes > 0 && !self.gossip.is_empty()
+    }
+
+    /// Pushes pending gossip to up to `gossip_nodes` distinct random live members.
+    fn gossip_round(&mut self) {
+        let mut targets: Vec<Arc<str>> = Vec::with_capacity(self.config.gossip_nodes);
+        for _ in 0..4 * self.config.gossip_nodes {
+            if targets.len() == self.config.gossip_nodes || self.gossip.is_empty() {
+                break;
+            }
+            if let Some(pick) = self.random_live_member(None)
+                && !targets.contains(&pick)
+            {
+                targets.push(pick);
+            }
+        }
+        for target in targets {
+            if self.gossip.is_empty() {
+                break;
+            }
+            let updates = self.piggyback(&target);
+            self.transmits.push_back((
+                target.to_string(),
+                Body::Sync(Sync {
+                    updates,
+                    reply: false,
+                }),
+            ));
         }
     }
 
@@ -659,6 +905,7 @@ impl Membership {
             Some(self.next_sync_ms),
             probe,
             self.suspicions.values().min().copied(),
+            self.gossip_pending().then_some(self.next_gossip_ms),
         ]
         .into_iter()
         .flatten()

@@ -4,6 +4,7 @@
 //! protocol range before using new kinds.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::WorkloadSpec;
 use serde::{Deserialize, Serialize};
@@ -319,9 +320,10 @@ pub struct MemberUpdate {
     /// Its incarnation: only the member itself raises it, to refute or to announce
     /// new metadata.
     pub incarnation: u64,
-    /// Its metadata, when the update carries it.
+    /// Its metadata, when the update carries it. Shared rather than copied: the same
+    /// record sits in every member table and in every piece of gossip that carries it.
     #[serde(default)]
-    pub meta: Option<NodeMeta>,
+    pub meta: Option<Arc<NodeMeta>>,
 }
 
 /// A probe.

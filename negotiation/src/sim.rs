@@ -15,8 +15,8 @@ use crate::auction::{
     Committed, NodeProfile, PlacementRequest,
 };
 use crate::codec::{self, ReplayGuard, Signer, Verifier};
-use crate::membership::{Membership, MembershipConfig, MembershipEvent};
-use crate::messages::{Body, MemberState, NodeMeta, Resources, Scoring};
+use crate::membership::{Interner, Member, Membership, MembershipConfig, MembershipEvent};
+use crate::messages::{Body, MemberState, MemberUpdate, NodeMeta, Resources, Scoring};
 use crate::testing::{ChecksumVerifier, KeyedChecksum};
 
 const GIB: u64 = 1 << 30;
@@ -115,6 +115,9 @@ pub struct SimConfig {
     /// Every node knows every other from the start and SWIM does not run: measures the
     /// auction alone at sizes where N² membership records do not fit in one process.
     pub static_membership: bool,
+    /// Every node starts knowing every other, as after a completed join, and SWIM runs
+    /// from there: large clusters are measured without minutes of joining first.
+    pub preconverged: bool,
     /// Every node's SWIM settings.
     pub membership: MembershipConfig,
 }
@@ -158,15 +161,17 @@ impl SimConfig {
             submitters: 1,
             small_workloads: false,
             static_membership: false,
+            preconverged: false,
             membership: MembershipConfig::default(),
         }
     }
 
-    /// A benchmark run: `nodes` nodes and `workloads` small workloads submitted through
-    /// up to 100 nodes in turn, 1 ms apart once membership has settled, on a lossless
+    /// A benchmark run: `nodes` nodes that start knowing each other (see
+    /// [`SimConfig::preconverged`]) and `workloads` small workloads submitted through up
+    /// to 100 nodes in turn, 1 ms apart after 3 s of membership traffic, on a lossless
     /// network with 1–5 ms latency; no crash, no partition, no forgery.
     pub fn placement_benchmark(seed: u64, nodes: usize, workloads: usize) -> Self {
-        let settle_ms = if nodes > 200 { 20_000 } else { 5_000 };
+        let settle_ms = 3_000;
         let submit_interval_ms = 1;
         Self {
             seed,
@@ -184,15 +189,16 @@ impl SimConfig {
             submitters: nodes.min(100),
             small_workloads: true,
             static_membership: false,
+            preconverged: true,
             membership: MembershipConfig::default(),
         }
     }
 
-    /// A failure-detection run: `nodes` nodes with SWIM, 1 % message loss throughout,
-    /// and one node crashing at 30 s (after membership has settled); no workloads but the
+    /// A failure-detection run: `nodes` nodes with SWIM that start knowing each other,
+    /// 1 % message loss throughout, and one node crashing at 10 s; no workloads but the
     /// one that fits nowhere.
     pub fn detection_benchmark(seed: u64, nodes: usize) -> Self {
-        let crash_at_ms = 30_000;
+        let crash_at_ms = 10_000;
         Self {
             seed,
             nodes,
@@ -214,6 +220,7 @@ impl SimConfig {
             submitters: 1,
             small_workloads: false,
             static_membership: false,
+            preconverged: true,
             membership: MembershipConfig::default(),
         }
     }
@@ -324,6 +331,8 @@ struct Delivery {
 
 struct Sim<'c> {
     config: SimConfig,
+    /// Shared by every node's membership table (N² records would not fit otherwise).
+    interner: Interner,
     crypto: &'c dyn SimCrypto,
     rng: Rng,
     now: u64,
@@ -349,6 +358,11 @@ struct Sim<'c> {
     suspected_crash: Vec<bool>,
     /// Nodes whose announcer's member list is out of date.
     members_stale: Vec<bool>,
+    /// Nodes whose view changed since `degraded` last looked at it.
+    view_changed: Vec<usize>,
+    /// Nodes that do not see every other node alive: only they can disagree that a
+    /// workload's submitter owns it.
+    degraded: std::collections::BTreeSet<usize>,
 }
 
 impl Node {
@@ -360,22 +374,25 @@ impl Node {
         persisted: Vec<Committed>,
         signer: Box<dyn Signer>,
         membership_config: MembershipConfig,
+        interner: &Interner,
         rng: &mut Rng,
     ) -> Self {
         let id = profile.id.clone();
+        let mut membership = Membership::new(
+            id.clone(),
+            meta.clone(),
+            membership_config,
+            0,
+            rng.next_u64(),
+        );
+        membership.share_interner(interner.clone());
         let mut bidder =
             Bidder::restarted(profile.clone(), BidderConfig::default(), boot, persisted);
         for image in &meta.images {
             bidder.add_image(image);
         }
         Self {
-            membership: Membership::new(
-                id.clone(),
-                meta.clone(),
-                membership_config,
-                0,
-                rng.next_u64(),
-            ),
+            membership,
             signer,
             announcer: Announcer::new(id.clone(), AnnouncerConfig::default(), rng.next_u64()),
             bidder,
@@ -389,6 +406,26 @@ impl Node {
     }
 }
 
+/// What an announcer knows of a node from its metadata.
+fn announced(meta: &NodeMeta) -> Announced {
+    Announced {
+        arch: meta.arch.clone(),
+        labels: meta.labels.clone(),
+        free: Some(meta.free),
+    }
+}
+
+/// A member as an announcer's candidate, as the agent builds it.
+fn candidate(member: &Member) -> Candidate {
+    Candidate {
+        node: member.id.to_string(),
+        compatible: member.meta.as_ref().is_some_and(|meta| {
+            (meta.protocol_min..=meta.protocol_max).contains(&codec::PROTOCOL_VERSION)
+        }),
+        announced: member.meta.as_deref().map(announced),
+    }
+}
+
 fn node_id(i: usize) -> String {
     format!("spiffe://sim.test/node/n{i}")
 }
@@ -396,6 +433,7 @@ fn node_id(i: usize) -> String {
 impl<'c> Sim<'c> {
     fn new(config: SimConfig, crypto: &'c dyn SimCrypto) -> Self {
         let mut rng = Rng::new(config.seed ^ 0xA5A5_A5A5);
+        let interner = Interner::default();
         let nodes = (0..config.nodes)
             .map(|i| {
                 let id = node_id(i);
@@ -434,12 +472,14 @@ impl<'c> Sim<'c> {
                     Vec::new(),
                     signer,
                     config.membership,
+                    &interner,
                     &mut rng,
                 )
             })
             .collect::<Vec<_>>();
         let count = nodes.len();
         let mut sim = Self {
+            interner,
             requests: Vec::new(),
             config,
             crypto,
@@ -458,8 +498,20 @@ impl<'c> Sim<'c> {
             is_touched: vec![false; count],
             suspected_crash: vec![false; count],
             members_stale: vec![true; count],
+            view_changed: (0..count).collect(),
+            degraded: std::collections::BTreeSet::new(),
         };
         sim.requests = sim.make_requests();
+        if sim.config.preconverged && !sim.config.static_membership {
+            let everyone: Vec<MemberUpdate> = sim
+                .nodes
+                .iter()
+                .map(|n| n.membership.announcement())
+                .collect();
+            for node in &mut sim.nodes {
+                node.membership.assume_known(0, &everyone);
+            }
+        }
         if sim.config.static_membership {
             // Only nodes that take submissions announce; only they need the member list.
             for i in 0..sim.config.submitters.min(count) {
@@ -468,8 +520,11 @@ impl<'c> Sim<'c> {
             }
             sim.members_stale.fill(false);
         }
+        // Timers from the start: a node's first probe comes at its own random point of
+        // the first interval, not at the first event of the run (which would put every
+        // node's probes in lockstep).
         for i in 0..count {
-            sim.touch(i);
+            sim.schedule_timer(i);
         }
         sim
     }
@@ -560,11 +615,6 @@ impl<'c> Sim<'c> {
     /// Node `i`'s candidates: itself plus the members its membership considers alive,
     /// compatible when their announced protocol range includes ours.
     fn members(&self, i: usize) -> Vec<Candidate> {
-        let announced = |meta: &NodeMeta| Announced {
-            arch: meta.arch.clone(),
-            labels: meta.labels.clone(),
-            free: Some(meta.free),
-        };
         if self.config.static_membership {
             // Static facts only: arch and labels, no free capacity.
             return (0..self.nodes.len())
@@ -585,15 +635,27 @@ impl<'c> Sim<'c> {
         me.chain(
             view.members()
                 .filter(|m| m.state == MemberState::Alive)
-                .map(|m| Candidate {
-                    node: m.id.clone(),
-                    compatible: m.meta.as_ref().is_some_and(|meta| {
-                        (meta.protocol_min..=meta.protocol_max).contains(&codec::PROTOCOL_VERSION)
-                    }),
-                    announced: m.meta.as_ref().map(announced),
-                }),
+                .map(candidate),
         )
         .collect()
+    }
+
+    /// Follows metadata changes of single members in node `i`'s announcer (a full
+    /// refresh costs a pass over every member, on every change, in every announcer).
+    fn update_members(&mut self, i: usize, changed: &[String]) {
+        if self.members_stale[i] {
+            // The next full refresh brings them.
+            return;
+        }
+        for id in changed {
+            let Some(member) = self.nodes[i].membership.member(id) else {
+                continue;
+            };
+            if member.state == MemberState::Alive {
+                let updated = candidate(member);
+                self.nodes[i].announcer.update_member(updated);
+            }
+        }
     }
 
     fn partitioned(&self, a: usize, b: usize) -> bool {
@@ -807,7 +869,7 @@ impl<'c> Sim<'c> {
                     .membership
                     .members()
                     .filter(|m| m.state != MemberState::Dead)
-                    .map(|m| m.id.as_str()),
+                    .map(|m| &*m.id),
             )
             .collect()
     }
@@ -872,10 +934,17 @@ impl<'c> Sim<'c> {
         if !self.nodes[i].alive {
             return Ok(());
         }
+        // Liveness changes move ownership and the set of candidates; metadata changes
+        // (free capacity, after every placement) only update one candidate each.
         let mut changed = false;
+        let mut meta_changed = Vec::new();
         let mut died = Vec::new();
         let crashed = self.config.crash.map(|c| node_id(c.node));
         while let Some(event) = self.nodes[i].membership.poll_event() {
+            if let MembershipEvent::MetaChanged(node) = &event {
+                meta_changed.push(node.clone());
+                continue;
+            }
             changed = true;
             if let MembershipEvent::Suspected(node) | MembershipEvent::Died(node) = &event
                 && Some(node) == crashed.as_ref()
@@ -923,7 +992,10 @@ impl<'c> Sim<'c> {
             }
         }
         if changed {
+            self.view_changed.push(i);
             self.apply_ownership(i);
+        } else if !meta_changed.is_empty() {
+            self.update_members(i, &meta_changed);
         }
         let node = &mut self.nodes[i];
         while node.bidder.poll_event().is_some() {}
@@ -1093,6 +1165,7 @@ impl<'c> Sim<'c> {
             persisted,
             signer,
             self.config.membership,
+            &self.interner,
             &mut self.rng,
         );
         let seeds: Vec<String> = (0..self.nodes.len())
@@ -1102,6 +1175,7 @@ impl<'c> Sim<'c> {
             .collect();
         self.nodes[i].membership.join(&seeds);
         self.timer_of[i] = None;
+        self.view_changed.push(i);
         self.touch(i);
         self.outcome.restarts += 1;
     }
@@ -1140,7 +1214,21 @@ impl<'c> Sim<'c> {
         if self.config.static_membership {
             return;
         }
-        for i in 0..count {
+        // A node that sees every other alive agrees the submitter owns it, and holds no
+        // replica of it yet: nothing to do there. Only the others are visited, so that a
+        // submission costs no pass over thousands of nodes.
+        for i in std::mem::take(&mut self.view_changed) {
+            let membership = &self.nodes[i].membership;
+            let whole = membership.member_count() + 1 == count
+                && membership.members().all(|m| m.state == MemberState::Alive);
+            if whole {
+                self.degraded.remove(&i);
+            } else {
+                self.degraded.insert(i);
+            }
+        }
+        let degraded: Vec<usize> = self.degraded.iter().copied().collect();
+        for i in degraded {
             if self.nodes[i].alive {
                 self.apply_ownership_of(i, &workload);
                 if i != to && self.nodes[i].announcer.owns(&workload) {
@@ -1163,13 +1251,14 @@ impl<'c> Sim<'c> {
                 .collect()
         };
         let stagger_ms = if cluster > 200 { 1_000 } else { 100 };
-        let mut joins: Vec<(u64, usize)> = if self.config.static_membership {
-            Vec::new()
-        } else {
-            (1..cluster)
-                .map(|i| (i as u64 * stagger_ms / cluster as u64, i))
-                .collect()
-        };
+        let mut joins: Vec<(u64, usize)> =
+            if self.config.static_membership || self.config.preconverged {
+                Vec::new()
+            } else {
+                (1..cluster)
+                    .map(|i| (i as u64 * stagger_ms / cluster as u64, i))
+                    .collect()
+            };
         joins.reverse();
         let mut submissions: Vec<(u64, usize, PlacementRequest)> = self
             .requests

@@ -138,7 +138,7 @@ fn nodes_joining_through_a_seed_learn_everyone_and_their_metadata() {
             .and_then(|m| m.meta.clone());
         if observer != 1 {
             assert_eq!(
-                arm.map(|m| m.arch),
+                arm.map(|m| m.arch.clone()),
                 Some("arm64".to_owned()),
                 "n{observer} lacks n1's metadata"
             );
@@ -216,7 +216,7 @@ fn new_metadata_spreads_under_a_new_incarnation() {
         let labels = net.nodes[observer]
             .member("n2")
             .and_then(|m| m.meta.clone())
-            .map(|m| m.labels);
+            .map(|m| m.labels.clone());
         assert_eq!(
             labels.and_then(|l| l.get("rack").cloned()),
             Some("r9".to_owned()),

@@ -86,7 +86,7 @@ fn states(node: &Running) -> Vec<(String, MemberState)> {
     node.view
         .borrow()
         .iter()
-        .map(|m| (m.id.clone(), m.state))
+        .map(|m| (m.id.to_string(), m.state))
         .collect()
 }
 

@@ -237,6 +237,14 @@ struct Workload {
     gathering_until_ms: Option<u64>,
 }
 
+/// xorshift64*: deterministic from the seed, good enough for sampling.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
 /// Ends an auction's bid window early once every member asked has bid or declined:
 /// waiting longer cannot change the outcome. The next timeout awards.
 fn close_when_all_answered(auction: &mut Auction) {
@@ -280,8 +288,24 @@ impl Announcer {
     }
 
     /// Replaces the view of members auctions may ask.
-    pub fn set_members(&mut self, members: Vec<Candidate>) {
+    pub fn set_members(&mut self, mut members: Vec<Candidate>) {
+        // Kept in id order: single members are then found by binary search, and the
+        // samples an auction draws do not depend on the order the caller listed them in.
+        members.sort_by(|a, b| a.node.cmp(&b.node));
+        members.dedup_by(|a, b| a.node == b.node);
         self.members = members;
+    }
+
+    /// Adds one member to the view, or replaces what is known of it: the cheap way to
+    /// follow a metadata change when the view holds thousands of members.
+    pub fn update_member(&mut self, member: Candidate) {
+        match self
+            .members
+            .binary_search_by(|m| m.node.as_str().cmp(&member.node))
+        {
+            Ok(at) => self.members[at] = member,
+            Err(at) => self.members.insert(at, member),
+        }
     }
 
     /// Starts placing a workload.
@@ -430,14 +454,6 @@ impl Announcer {
             .unwrap_or_default()
     }
 
-    fn random(&mut self) -> u64 {
-        // xorshift64*: deterministic from the seed, good enough for sampling.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
     /// Starts the next auction of `key` if none runs and a replica is unplaced.
     fn advance(&mut self, now_ms: u64, key: &str) {
         let Some(workload) = self.workloads.get(key) else {
@@ -479,34 +495,66 @@ impl Announcer {
             .values()
             .filter_map(|(_, _, domain, _)| domain.as_deref())
             .collect();
-        let compatible = self
-            .members
-            .iter()
-            .filter(|m| m.compatible && !hosting.contains(&m.node));
-        let mut candidates: Vec<String> = compatible
-            .clone()
-            .filter(|m| {
-                m.announced
+        let askable = |m: &Candidate| m.compatible && !hosting.contains(&m.node);
+        let able = |m: &Candidate| {
+            askable(m)
+                && m.announced
                     .as_ref()
                     .is_none_or(|a| a.looks_able(&workload.request, &taken))
-            })
-            .map(|m| m.node.clone())
-            .collect();
-        let everyone = candidates.is_empty() || attempt >= 2;
-        if everyone {
-            candidates = compatible.map(|m| m.node.clone()).collect();
-        }
-        candidates.sort();
+        };
         let d = self.config.sample_factor.max(1);
         let limit = if attempt == 0 { d } else { 4 * d };
-        if !everyone && candidates.len() > limit {
-            // Sample without replacement.
-            for i in 0..limit {
-                let j = i + (self.random() as usize) % (candidates.len() - i);
-                candidates.swap(i, j);
+        // The sample is drawn by picking members at random until `limit` able ones are
+        // found: constant work when most members could host, where listing the able ones
+        // first costs a pass over thousands. Only when draws keep missing (few members
+        // able) are they listed.
+        let mut candidates: Vec<String> = Vec::new();
+        let mut everyone = attempt >= 2;
+        if !everyone && self.members.len() > 4 * limit {
+            let mut rng = self.rng;
+            for _ in 0..8 * limit {
+                if candidates.len() == limit {
+                    break;
+                }
+                let member =
+                    &self.members[(xorshift(&mut rng) % self.members.len() as u64) as usize];
+                if able(member) && !candidates.contains(&member.node) {
+                    candidates.push(member.node.clone());
+                }
             }
-            candidates.truncate(limit);
+            self.rng = rng;
         }
+        if candidates.len() < limit {
+            let mut all_able: Vec<String> = if everyone {
+                Vec::new()
+            } else {
+                self.members
+                    .iter()
+                    .filter(|m| able(m))
+                    .map(|m| m.node.clone())
+                    .collect()
+            };
+            if all_able.is_empty() {
+                // Nobody looks able (or it is time to ask everyone): their declines say why.
+                everyone = true;
+                all_able = self
+                    .members
+                    .iter()
+                    .filter(|m| askable(m))
+                    .map(|m| m.node.clone())
+                    .collect();
+            }
+            candidates = all_able;
+            if !everyone && candidates.len() > limit {
+                // Sample without replacement.
+                for i in 0..limit {
+                    let j = i + (xorshift(&mut self.rng) as usize) % (candidates.len() - i);
+                    candidates.swap(i, j);
+                }
+                candidates.truncate(limit);
+            }
+        }
+        candidates.sort();
         self.next_auction += 1;
         let id = self.next_auction;
         let Some(workload) = self.workloads.get_mut(key) else {
