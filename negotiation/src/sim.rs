@@ -331,8 +331,7 @@ struct Delivery {
 
 struct Sim<'c> {
     config: SimConfig,
-    /// Shared by every node's membership table (N² records would not fit otherwise).
-    interner: Interner,
+    membership: MembershipSetup,
     crypto: &'c dyn SimCrypto,
     rng: Rng,
     now: u64,
@@ -365,6 +364,13 @@ struct Sim<'c> {
     degraded: std::collections::BTreeSet<usize>,
 }
 
+/// What every node's membership is built with.
+struct MembershipSetup {
+    config: MembershipConfig,
+    /// Shared by every node's membership table (N² records would not fit otherwise).
+    interner: Interner,
+}
+
 impl Node {
     /// Starts (or restarts, with `boot` > 0 and what it had persisted) a node.
     fn start(
@@ -373,19 +379,13 @@ impl Node {
         boot: u64,
         persisted: Vec<Committed>,
         signer: Box<dyn Signer>,
-        membership_config: MembershipConfig,
-        interner: &Interner,
+        setup: &MembershipSetup,
         rng: &mut Rng,
     ) -> Self {
         let id = profile.id.clone();
-        let mut membership = Membership::new(
-            id.clone(),
-            meta.clone(),
-            membership_config,
-            0,
-            rng.next_u64(),
-        );
-        membership.share_interner(interner.clone());
+        let mut membership =
+            Membership::new(id.clone(), meta.clone(), setup.config, 0, rng.next_u64());
+        membership.share_interner(setup.interner.clone());
         let mut bidder =
             Bidder::restarted(profile.clone(), BidderConfig::default(), boot, persisted);
         for image in &meta.images {
@@ -433,7 +433,10 @@ fn node_id(i: usize) -> String {
 impl<'c> Sim<'c> {
     fn new(config: SimConfig, crypto: &'c dyn SimCrypto) -> Self {
         let mut rng = Rng::new(config.seed ^ 0xA5A5_A5A5);
-        let interner = Interner::default();
+        let membership = MembershipSetup {
+            config: config.membership,
+            interner: Interner::default(),
+        };
         let nodes = (0..config.nodes)
             .map(|i| {
                 let id = node_id(i);
@@ -465,21 +468,12 @@ impl<'c> Sim<'c> {
                     disk_free_bytes: None,
                 };
                 let signer = crypto.signer(&id);
-                Node::start(
-                    profile,
-                    meta,
-                    0,
-                    Vec::new(),
-                    signer,
-                    config.membership,
-                    &interner,
-                    &mut rng,
-                )
+                Node::start(profile, meta, 0, Vec::new(), signer, &membership, &mut rng)
             })
             .collect::<Vec<_>>();
         let count = nodes.len();
         let mut sim = Self {
-            interner,
+            membership,
             requests: Vec::new(),
             config,
             crypto,
@@ -1164,8 +1158,7 @@ impl<'c> Sim<'c> {
             boot,
             persisted,
             signer,
-            self.config.membership,
-            &self.interner,
+            &self.membership,
             &mut self.rng,
         );
         let seeds: Vec<String> = (0..self.nodes.len())
