@@ -531,3 +531,74 @@ fn a_newer_call_for_the_same_workload_supersedes_a_lost_bid_whose_release_is_lat
     node.handle_cfp(20, "z", &cfp(1, 2));
     assert!(matches!(node.poll_transmit(), Some((_, Body::Decline(_)))));
 }
+
+fn announcing(i: usize, free_memory: u64) -> Candidate {
+    Candidate {
+        announced: Some(Announced {
+            arch: "amd64".to_owned(),
+            labels: BTreeMap::new(),
+            free: Some(Resources {
+                cpu_millis: 4_000,
+                memory_bytes: free_memory,
+            }),
+        }),
+        ..Candidate::new(format!("n{i}"))
+    }
+}
+
+fn asked_by(announcer: &mut Announcer) -> Vec<usize> {
+    std::iter::from_fn(|| announcer.poll_transmit())
+        .filter(|(_, body)| matches!(body, Body::Cfp(_)))
+        .map(|(to, _)| to[1..].parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_member_made_able_by_new_metadata_is_the_one_asked() {
+    let mut announcer = Announcer::new("a", AnnouncerConfig::default(), 3);
+    announcer.set_members((0..20).map(|i| announcing(i, GIB / 2)).collect());
+    announcer.update_member(announcing(7, 8 * GIB));
+    announcer.place(0, request(1, 100, 1));
+    assert_eq!(asked_by(&mut announcer), vec![7]);
+    // An update for a member not in the view adds it.
+    let mut announcer = Announcer::new("a", AnnouncerConfig::default(), 3);
+    announcer.set_members((0..20).map(|i| announcing(i, GIB / 2)).collect());
+    announcer.update_member(announcing(42, 8 * GIB));
+    announcer.place(0, request(1, 100, 1));
+    assert_eq!(asked_by(&mut announcer), vec![42]);
+}
+
+#[test]
+fn sampling_among_thousands_finds_the_few_able_and_spreads_over_the_many() {
+    // Three able members among a thousand: random draws mostly miss, and the
+    // announcer falls back to listing the able ones.
+    let few_able: Vec<Candidate> = (0..1_000)
+        .map(|i| announcing(i, if i % 400 == 123 { 8 * GIB } else { GIB / 2 }))
+        .collect();
+    let mut announcer = Announcer::new("a", AnnouncerConfig::default(), 5);
+    announcer.set_members(few_able);
+    announcer.place(0, request(1, 100, 1));
+    let asked = asked_by(&mut announcer);
+    assert_eq!(asked.len(), 2, "d = 2 of the three able: {asked:?}");
+    assert!(asked.iter().all(|i| i % 400 == 123), "{asked:?}");
+
+    // Everyone able: each call asks two distinct members, and the calls of many
+    // workloads reach many different members.
+    let mut announcer = Announcer::new("a", AnnouncerConfig::default(), 5);
+    announcer.set_members((0..1_000).map(|i| announcing(i, 8 * GIB)).collect());
+    let mut reached = std::collections::BTreeSet::new();
+    for w in 0..200 {
+        let mut wanted = request(1, 100, 1);
+        wanted.workload = format!("default/w{w}");
+        announcer.place(0, wanted);
+        let asked = asked_by(&mut announcer);
+        assert_eq!(asked.len(), 2, "{asked:?}");
+        assert_ne!(asked[0], asked[1]);
+        reached.extend(asked);
+    }
+    assert!(
+        reached.len() > 250,
+        "400 calls reached only {} distinct members of 1,000",
+        reached.len()
+    );
+}

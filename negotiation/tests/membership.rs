@@ -1,10 +1,13 @@
 //! SWIM membership driven over a perfect in-memory network: joining through a seed,
 //! metadata spread, failure detection, and refutation of a false suspicion.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 
-use parley_negotiation::membership::{Membership, MembershipConfig, MembershipEvent};
-use parley_negotiation::messages::{Body, MemberState, NodeMeta, Resources};
+use parley_negotiation::membership::{Interner, Membership, MembershipConfig, MembershipEvent};
+use parley_negotiation::messages::{
+    Ack, Body, MemberState, MemberUpdate, NodeMeta, Resources, Sync,
+};
 
 fn meta(arch: &str) -> NodeMeta {
     NodeMeta {
@@ -223,4 +226,183 @@ fn new_metadata_spreads_under_a_new_incarnation() {
             "n{observer}"
         );
     }
+}
+
+/// `n` members' announcements, as a converged view would hold them.
+fn announcements(n: usize) -> Vec<MemberUpdate> {
+    (0..n)
+        .map(|i| {
+            Membership::new(
+                format!("m{i}"),
+                meta("amd64"),
+                MembershipConfig::default(),
+                0,
+                1,
+            )
+            .announcement()
+        })
+        .collect()
+}
+
+/// Runs `node` alone until `until`, answering every probe at once (so nobody is ever
+/// suspected), and returns what it sent besides probes, with the time.
+fn run_alone(node: &mut Membership, mut now: u64, until: u64) -> Vec<(u64, String, Body)> {
+    let mut sent = Vec::new();
+    while let Some(next) = node.poll_timeout().filter(|t| *t <= until) {
+        now = next.max(now);
+        node.handle_timeout(now);
+        while let Some((to, body)) = node.poll_transmit() {
+            match body {
+                Body::Ping(ping) => node.handle_ack(
+                    now,
+                    &to,
+                    &Ack {
+                        seq: ping.seq,
+                        updates: Vec::new(),
+                    },
+                ),
+                other => sent.push((now, to, other)),
+            }
+        }
+    }
+    sent
+}
+
+#[test]
+fn tables_sharing_an_interner_hold_one_copy_of_each_member() {
+    let source = Membership::new("a", meta("arm64"), MembershipConfig::default(), 0, 1);
+    // Each receiver decodes its own copy of the announcement, as from the wire.
+    let decoded = || {
+        let mut update = source.announcement();
+        update.meta = update.meta.map(|m| Arc::new((*m).clone()));
+        Sync {
+            updates: vec![update],
+            reply: false,
+        }
+    };
+    let interner = Interner::default();
+    let mut tables: Vec<Membership> = (0..3)
+        .map(|i| {
+            Membership::new(
+                format!("t{i}"),
+                meta("amd64"),
+                MembershipConfig::default(),
+                0,
+                2,
+            )
+        })
+        .collect();
+    tables[0].share_interner(interner.clone());
+    tables[1].share_interner(interner);
+    for table in &mut tables {
+        table.handle_sync(10, "a", &decoded());
+    }
+    let member = |t: usize| tables[t].member("a").expect("learned a").clone();
+    let meta_of = |t: usize| member(t).meta.expect("with its metadata");
+    assert!(Arc::ptr_eq(&member(0).id, &member(1).id));
+    assert!(Arc::ptr_eq(&meta_of(0), &meta_of(1)));
+    // Without the shared interner, the copy stays a copy.
+    assert!(!Arc::ptr_eq(&meta_of(0), &meta_of(2)));
+    assert_eq!(meta_of(0), meta_of(2));
+}
+
+#[test]
+fn a_converged_start_knows_everyone_quietly_and_probes_them() {
+    let mut node = Membership::new("me", meta("amd64"), MembershipConfig::default(), 0, 9);
+    let mut everyone = announcements(50);
+    everyone.push(node.announcement());
+    node.assume_known(0, &everyone);
+    assert_eq!(node.member_count(), 50, "everyone but itself");
+    assert!(node.members().all(|m| m.state == MemberState::Alive));
+    assert!(node.members().all(|m| m.meta.is_some()), "with metadata");
+    assert_eq!(node.poll_event(), None, "no join events");
+    let mut probed = BTreeSet::new();
+    let mut now = 0;
+    while now < 10_000 {
+        now = node.poll_timeout().expect("timers run").max(now);
+        node.handle_timeout(now);
+        while let Some((to, body)) = node.poll_transmit() {
+            if let Body::Ping(ping) = body {
+                probed.insert(to.clone());
+                node.handle_ack(
+                    now,
+                    &to,
+                    &Ack {
+                        seq: ping.seq,
+                        updates: Vec::new(),
+                    },
+                );
+            }
+        }
+    }
+    assert!(
+        (9..=11).contains(&probed.len()),
+        "one distinct member a second: {probed:?}"
+    );
+}
+
+#[test]
+fn a_suspicion_is_pushed_to_three_members_within_a_gossip_round() {
+    let mut node = Membership::new("me", meta("amd64"), MembershipConfig::default(), 0, 4);
+    node.assume_known(0, &announcements(20));
+    // Nothing answers: the first probe fails, its target is suspected.
+    let mut now = 0;
+    let mut suspected = None;
+    let mut pushed: Vec<(u64, String)> = Vec::new();
+    while now < 3_000 {
+        now = node.poll_timeout().expect("timers run").max(now);
+        node.handle_timeout(now);
+        while let Some(event) = node.poll_event() {
+            if let MembershipEvent::Suspected(id) = event {
+                suspected.get_or_insert((now, id));
+            }
+        }
+        while let Some((to, body)) = node.poll_transmit() {
+            if let (Body::Sync(sync), Some((_, target))) = (&body, &suspected)
+                && !sync.reply
+                && sync
+                    .updates
+                    .iter()
+                    .any(|u| u.node == *target && u.state == MemberState::Suspect)
+            {
+                pushed.push((now, to));
+            }
+        }
+    }
+    let (at, target) = suspected.expect("an unanswered probe ends in suspicion");
+    let first_round: BTreeSet<&String> = pushed
+        .iter()
+        .filter(|(t, _)| *t < at + 200)
+        .map(|(_, to)| to)
+        .collect();
+    assert_eq!(
+        first_round.len(),
+        3,
+        "pushed to {first_round:?} within 200 ms of suspecting {target} at {at}"
+    );
+    assert!(!first_round.contains(&target));
+}
+
+#[test]
+fn push_pull_exchanges_thin_out_as_the_cluster_grows() {
+    let exchanges = |members: usize| {
+        let mut node = Membership::new("me", meta("amd64"), MembershipConfig::default(), 0, 6);
+        node.assume_known(0, &announcements(members));
+        run_alone(&mut node, 0, 600_000)
+            .iter()
+            .filter(|(_, _, body)| matches!(body, Body::Sync(s) if s.reply))
+            .count()
+    };
+    // 30 s up to 32 members: 20 in ten minutes.
+    let small = exchanges(8);
+    assert!(
+        (19..=21).contains(&small),
+        "{small} exchanges with 9 members"
+    );
+    // 65 members: log2(65) − log2(32) rounds up to 2, so every 90 s: 6 or 7.
+    let large = exchanges(64);
+    assert!(
+        (6..=7).contains(&large),
+        "{large} exchanges with 65 members"
+    );
 }
