@@ -11,7 +11,7 @@
 //! Every node holds every member, so a process simulating N nodes holds N² records: ids
 //! and metadata are shared through an [`Interner`] rather than copied into each table.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::messages::{Ack, Body, MemberState, MemberUpdate, NodeMeta, Ping, PingReq, Sync};
@@ -137,6 +137,59 @@ impl Interner {
     }
 }
 
+/// Members in id order, in one allocation. A simulation holds N tables of N members, so
+/// the per-entry overhead of a map (which about doubles an entry) decides whether 10,000
+/// nodes fit in memory; lookups are binary searches, inserts (joins) move the tail.
+#[derive(Debug, Default)]
+struct MemberTable(Vec<Member>);
+
+impl MemberTable {
+    fn position(&self, id: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|m| (*m.id).cmp(id))
+    }
+
+    fn get(&self, id: &str) -> Option<&Member> {
+        self.position(id).ok().map(|at| &self.0[at])
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut Member> {
+        self.position(id).ok().map(|at| &mut self.0[at])
+    }
+
+    /// Adds a member not in the table yet.
+    fn insert(&mut self, member: Member) {
+        if let Err(at) = self.position(&member.id) {
+            self.0.insert(at, member);
+        }
+    }
+
+    /// Adds many members at once (one sort instead of a move per insert); members
+    /// already known stay as they are.
+    fn extend(&mut self, members: impl IntoIterator<Item = Member>) {
+        self.0.extend(members);
+        // Stable: an existing member sorts before a new one with the same id and wins.
+        self.0.sort_by(|a, b| a.id.cmp(&b.id));
+        self.0.dedup_by(|later, earlier| later.id == earlier.id);
+        self.0.shrink_to_fit();
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Member> {
+        self.position(id).ok().map(|at| self.0.remove(at))
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Member> {
+        self.0.iter()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 impl InternTables {
     /// Forgets what no table refers to any more (members long dead), so that churn does
     /// not grow the tables without bound. Amortized: runs when they have doubled.
@@ -193,7 +246,12 @@ pub struct Membership {
     meta: Arc<NodeMeta>,
     config: MembershipConfig,
     interner: Interner,
-    members: BTreeMap<Arc<str>, Member>,
+    members: MemberTable,
+    /// Members declared dead, oldest first, with when: each is forgotten once
+    /// `dead_retention_ms` has passed (an entry is stale if the member came back).
+    died: VecDeque<(u64, Arc<str>)>,
+    /// Members known without their metadata (their announcement was lost).
+    without_meta: BTreeSet<Arc<str>>,
     probe_order: Vec<Arc<str>>,
     probe_index: usize,
     probe: Option<Probe>,
@@ -228,7 +286,9 @@ impl Membership {
             meta: Arc::new(meta),
             config,
             interner: Interner::default(),
-            members: BTreeMap::new(),
+            members: MemberTable::default(),
+            died: VecDeque::new(),
+            without_meta: BTreeSet::new(),
             probe_order: Vec::new(),
             probe_index: 0,
             probe: None,
@@ -268,30 +328,36 @@ impl Membership {
     /// thousands of nodes from a converged view: joining them one by one costs minutes of
     /// virtual time and N² pieces of gossip before anything can be measured.
     pub fn assume_known(&mut self, now_ms: u64, updates: &[MemberUpdate]) {
+        let mut new = Vec::with_capacity(updates.len());
         for update in updates
             .iter()
             .filter(|u| u.node != self.me && u.state != MemberState::Dead)
         {
+            if self.members.get(&update.node).is_some() {
+                continue;
+            }
             let id = self.interner.id(&update.node);
             let meta = update
                 .meta
                 .clone()
                 .map(|meta| self.interner.meta(&id, meta));
-            if self.members.contains_key(&id) {
-                continue;
+            if meta.is_none() {
+                self.without_meta.insert(id.clone());
+            }
+            if update.state == MemberState::Suspect {
+                self.suspicions
+                    .insert(id.clone(), now_ms + self.suspicion_ms());
             }
             self.probe_order.push(id.clone());
-            self.members.insert(
-                id.clone(),
-                Member {
-                    id,
-                    state: update.state,
-                    incarnation: update.incarnation,
-                    meta,
-                    since_ms: now_ms,
-                },
-            );
+            new.push(Member {
+                id,
+                state: update.state,
+                incarnation: update.incarnation,
+                meta,
+                since_ms: now_ms,
+            });
         }
+        self.members.extend(new);
         // A fresh random round: nodes given the same list must not all probe the same
         // member at the same time.
         self.probe_index = 0;
@@ -348,7 +414,7 @@ impl Membership {
 
     /// Members other than this node, in id order.
     pub fn members(&self) -> impl Iterator<Item = &Member> {
-        self.members.values()
+        self.members.iter()
     }
 
     /// How many members other than this node are known, dead ones included.
@@ -363,9 +429,7 @@ impl Membership {
 
     /// Alive (or suspected, not yet dead) members other than this node.
     pub fn live_members(&self) -> impl Iterator<Item = &Member> {
-        self.members
-            .values()
-            .filter(|m| m.state != MemberState::Dead)
+        self.members.iter().filter(|m| m.state != MemberState::Dead)
     }
 
     /// The cluster size for SWIM's logarithmic timeouts. Counts recently dead members
@@ -463,16 +527,16 @@ impl Membership {
             }
             let id = interner.id(&update.node);
             let meta = update.meta.clone().map(|meta| interner.meta(&id, meta));
-            self.members.insert(
-                id.clone(),
-                Member {
-                    id: id.clone(),
-                    state: update.state,
-                    incarnation: update.incarnation,
-                    meta,
-                    since_ms: now_ms,
-                },
-            );
+            if meta.is_none() {
+                self.without_meta.insert(id.clone());
+            }
+            self.members.insert(Member {
+                id: id.clone(),
+                state: update.state,
+                incarnation: update.incarnation,
+                meta,
+                since_ms: now_ms,
+            });
             self.probe_order.push(id.clone());
             self.events
                 .push_back(MembershipEvent::Joined(update.node.clone()));
@@ -501,6 +565,7 @@ impl Membership {
                 && member.meta.as_ref() != Some(meta)
             {
                 member.meta = Some(interner.meta(&member.id, meta.clone()));
+                self.without_meta.remove(&member.id);
                 self.events
                     .push_back(MembershipEvent::MetaChanged(update.node.clone()));
                 // Pass it on, or it reaches only the node's direct contacts.
@@ -515,6 +580,7 @@ impl Membership {
             && member.meta.as_ref() != Some(meta)
         {
             member.meta = Some(interner.meta(&member.id, meta.clone()));
+            self.without_meta.remove(&member.id);
             self.events
                 .push_back(MembershipEvent::MetaChanged(update.node.clone()));
         }
@@ -539,6 +605,7 @@ impl Membership {
             }
             (_, MemberState::Dead) if previous != MemberState::Dead => {
                 self.suspicions.remove(update.node.as_str());
+                self.died.push_back((now_ms, id));
                 self.events
                     .push_back(MembershipEvent::Died(update.node.clone()));
             }
@@ -555,7 +622,7 @@ impl Membership {
 
     fn send_sync(&mut self, to: String, reply: bool) {
         let mut all: Vec<MemberUpdate> = vec![self.self_update(true)];
-        all.extend(self.members.values().map(|m| MemberUpdate {
+        all.extend(self.members.iter().map(|m| MemberUpdate {
             node: m.id.to_string(),
             state: m.state,
             incarnation: m.incarnation,
@@ -728,9 +795,7 @@ impl Membership {
             }
         }
         self.relays.retain(|_, (_, _, expiry)| *expiry > now_ms);
-        let retention = self.config.dead_retention_ms;
-        self.members
-            .retain(|_, m| m.state != MemberState::Dead || m.since_ms + retention > now_ms);
+        self.forget_long_dead(now_ms);
         // The next probe.
         if now_ms >= self.next_probe_ms {
             self.next_probe_ms = now_ms + self.config.probe_interval_ms;
@@ -752,19 +817,23 @@ impl Membership {
                     .push_back((target.to_string(), Body::Ping(Ping { seq, updates })));
             }
         }
-        // Try to reach a random dead member: if it is alive after all, the exchange tells
-        // it what we believe and it refutes.
         if now_ms >= self.next_gossip_ms && self.gossip_pending() {
             self.next_gossip_ms = now_ms + self.config.gossip_interval_ms.max(1);
             self.gossip_round();
         }
+        // Try to reach a random dead member: if it is alive after all, the exchange tells
+        // it what we believe and it refutes.
         if now_ms >= self.next_reconnect_ms {
             self.next_reconnect_ms = now_ms + self.config.reconnect_interval_ms;
             let dead: Vec<String> = self
-                .members
-                .values()
-                .filter(|m| m.state == MemberState::Dead)
-                .map(|m| m.id.to_string())
+                .died
+                .iter()
+                .filter(|(since, id)| {
+                    self.members
+                        .get(id)
+                        .is_some_and(|m| m.state == MemberState::Dead && m.since_ms == *since)
+                })
+                .map(|(_, id)| id.to_string())
                 .collect();
             // Up to three of them: a truly dead member must not hide a live one for long.
             let mut dead = dead;
@@ -792,11 +861,36 @@ impl Membership {
             return;
         }
         let missing_meta = self
-            .live_members()
-            .find(|m| m.meta.is_none())
-            .map(|m| m.id.to_string());
+            .without_meta
+            .iter()
+            .find(|id| {
+                self.members
+                    .get(id)
+                    .is_some_and(|m| m.state != MemberState::Dead)
+            })
+            .map(|id| id.to_string());
         if let Some(id) = missing_meta {
             self.send_sync(id, true);
+        }
+    }
+
+    /// Forgets members dead for longer than `dead_retention_ms` (late gossip can no
+    /// longer revive them by then). Constant work unless someone is due.
+    fn forget_long_dead(&mut self, now_ms: u64) {
+        let retention = self.config.dead_retention_ms;
+        while let Some((since, id)) = self.died.front().cloned() {
+            if since.saturating_add(retention) > now_ms {
+                break;
+            }
+            self.died.pop_front();
+            if self
+                .members
+                .get(&id)
+                .is_some_and(|m| m.state == MemberState::Dead && m.since_ms == since)
+            {
+                self.members.remove(&id);
+                self.without_meta.remove(&id);
+            }
         }
     }
 
@@ -822,7 +916,7 @@ impl Membership {
         // Mostly dead or suspected members, or none: an exact draw.
         let live: Vec<Arc<str>> = self
             .members
-            .values()
+            .iter()
             .filter(|m| m.state == MemberState::Alive && Some(&*m.id) != except)
             .map(|m| m.id.clone())
             .collect();
@@ -836,7 +930,7 @@ impl Membership {
             // A small cluster: shuffle them all, so every helper there is gets asked.
             let mut helpers: Vec<Arc<str>> = self
                 .members
-                .values()
+                .iter()
                 .filter(|m| &*m.id != target && m.state == MemberState::Alive)
                 .map(|m| m.id.clone())
                 .collect();

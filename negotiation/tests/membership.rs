@@ -406,3 +406,19 @@ fn push_pull_exchanges_thin_out_as_the_cluster_grows() {
         "{large} exchanges with 65 members"
     );
 }
+
+#[test]
+fn the_dead_are_forgotten_after_the_retention_time() {
+    let mut net = Net::new(4);
+    net.run(5_000);
+    net.down[3] = true;
+    let crashed_at = net.now;
+    net.run(crashed_at + 30_000);
+    assert_eq!(net.state(0, 3), Some(MemberState::Dead));
+    // Retention is 300 s from the death.
+    net.run(crashed_at + 330_000);
+    for observer in 0..3 {
+        assert_eq!(net.state(observer, 3), None, "n{observer} still holds n3");
+        assert_eq!(net.nodes[observer].member_count(), 2);
+    }
+}
