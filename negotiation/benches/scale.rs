@@ -183,29 +183,30 @@ fn placement() {
 fn messages() {
     println!("## messages: auction messages per placement as the cluster grows\n");
     println!(
-        "Ten workloads per node, submitted through 100 nodes. `SWIM`: membership runs, \
-         every node starting with the full member list; `SWIM, joined`: every node joins \
-         through two seeds first; `static`: the member list without SWIM (the auction \
-         alone).\n"
+        "One or ten workloads per node, submitted through 100 nodes. `SWIM`: membership \
+         runs, every node starting with the full member list; `SWIM, joined`: every node \
+         joins through two seeds first; `static`: the member list without SWIM (the \
+         auction alone).\n"
     );
     println!(
         "| nodes | workloads | membership | replicas placed | auction msgs / placement | cfp | bid | decline | award | accept | release | revoke | CPU | peak RSS |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let runs = [
-        (100, "SWIM"),
-        (100, "SWIM, joined"),
-        (100, "static"),
-        (1_000, "SWIM"),
-        (1_000, "static"),
-        (10_000, "SWIM"),
-        (10_000, "static"),
+        (100, 1, "SWIM"),
+        (1_000, 1, "SWIM"),
+        (10_000, 1, "SWIM"),
+        (100, 10, "SWIM"),
+        (100, 10, "SWIM, joined"),
+        (100, 10, "static"),
+        (1_000, 10, "SWIM"),
+        (1_000, 10, "static"),
     ];
-    for (nodes, membership) in runs {
+    for (nodes, per_node, membership) in runs {
         if !size_selected(nodes) {
             continue;
         }
-        let mut config = SimConfig::placement_benchmark(2, nodes, nodes * 10);
+        let mut config = SimConfig::placement_benchmark(2, nodes, nodes * per_node);
         config.static_membership = membership == "static";
         if membership == "SWIM, joined" {
             config.preconverged = false;
@@ -221,7 +222,7 @@ fn messages() {
         };
         println!(
             "| {nodes} | {} | {membership} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} s | {} MiB |",
-            nodes * 10,
+            nodes * per_node,
             outcome.replicas_placed,
             per(outcome.auction_messages(), outcome.replicas_placed),
             kind("cfp"),

@@ -358,6 +358,10 @@ impl Membership {
             });
         }
         self.members.extend(new);
+        // The push-pull interval grows with the cluster: the first exchange comes at a
+        // random point of the interval for this size, or thousands of nodes started
+        // together would all exchange their full state within the base 30 s.
+        self.next_sync_ms = now_ms + 1 + self.random() % self.sync_interval_ms().max(1);
         // A fresh random round: nodes given the same list must not all probe the same
         // member at the same time.
         self.probe_index = 0;
