@@ -195,15 +195,19 @@ fn messages() {
     let runs = [
         (100, 1, "SWIM"),
         (1_000, 1, "SWIM"),
-        (10_000, 1, "SWIM"),
+        (100, 1, "static"),
+        (1_000, 1, "static"),
+        (10_000, 1, "static"),
         (100, 10, "SWIM"),
         (100, 10, "SWIM, joined"),
         (100, 10, "static"),
         (1_000, 10, "SWIM"),
         (1_000, 10, "static"),
     ];
+    // `PARLEY_BENCH_MEMBERSHIP=static` runs only those rows.
+    let kinds = std::env::var("PARLEY_BENCH_MEMBERSHIP").ok();
     for (nodes, per_node, membership) in runs {
-        if !size_selected(nodes) {
+        if !size_selected(nodes) || kinds.as_ref().is_some_and(|k| k != membership) {
             continue;
         }
         let mut config = SimConfig::placement_benchmark(2, nodes, nodes * per_node);
