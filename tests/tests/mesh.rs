@@ -644,7 +644,10 @@ fn the_policy_decides_who_may_place_work_and_a_sighup_reloads_it() {
         );
         assert!(replicas_on(refusing, "duo").is_empty());
     }
-    assert_eq!(replicas_on(&c, "duo"), ["parley-duo-0"]);
+    // The explanation records the accepted award; the container starts right after.
+    wait_until("replica 0 runs on c", Duration::from_secs(30), || {
+        replicas_on(&c, "duo") == ["parley-duo-0"]
+    });
 
     // a's operator grants c too and reloads: a takes replica 1 at the next retry; b,
     // not reloaded, still refuses.
