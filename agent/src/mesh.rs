@@ -974,7 +974,9 @@ pub async fn run<H: Host>(
             let free = meta.allocatable.minus(&bidder.committed_resources());
             if free != meta.free {
                 meta.free = free;
-                membership.set_meta(meta.clone());
+                // Paced: in a large mesh placing fast, announcing every change would
+                // fill every member's gossip with capacity updates.
+                membership.set_meta_paced(unix_millis(), meta.clone());
             }
             while let Some(event) = announcer.poll_event() {
                 match event {

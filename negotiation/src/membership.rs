@@ -39,6 +39,14 @@ pub struct MembershipConfig {
     pub gossip_interval_ms: u64,
     /// Members each gossip round goes to.
     pub gossip_nodes: usize,
+    /// Metadata announcements the whole cluster may make per second through
+    /// [`Membership::set_meta_paced`]. Every member receives every update several times
+    /// over (the retransmit limit), eight to a message, about seventeen messages a
+    /// second: the cluster as a whole can carry some ten updates a second whatever its
+    /// size. Each node therefore re-announces at most once per `members / rate` seconds.
+    pub cluster_announcements_per_s: u64,
+    /// Shortest time between a node's paced announcements, in small clusters.
+    pub min_announce_interval_ms: u64,
     /// Each update is sent this many × log10(members + 1) times (at least 3).
     pub retransmit_multiplier: u64,
     /// Time between push-pull exchanges with a random member, in clusters of up to 32
@@ -65,6 +73,8 @@ impl Default for MembershipConfig {
             max_piggyback: 8,
             gossip_interval_ms: 200,
             gossip_nodes: 3,
+            cluster_announcements_per_s: 8,
+            min_announce_interval_ms: 2_000,
             retransmit_multiplier: 4,
             sync_interval_ms: 30_000,
             max_sync_chunk: 100,
@@ -259,6 +269,9 @@ pub struct Membership {
     next_sync_ms: u64,
     next_reconnect_ms: u64,
     next_gossip_ms: u64,
+    /// Metadata waiting for its paced announcement, and when that may go.
+    pending_meta: Option<NodeMeta>,
+    next_announce_ms: u64,
     /// Our relay seq → (requester, requester's seq, expiry).
     relays: HashMap<u64, (String, u64, u64)>,
     suspicions: BTreeMap<Arc<str>, u64>,
@@ -296,6 +309,8 @@ impl Membership {
             next_sync_ms: now_ms + config.sync_interval_ms,
             next_reconnect_ms: now_ms + config.reconnect_interval_ms,
             next_gossip_ms: now_ms,
+            pending_meta: None,
+            next_announce_ms: now_ms,
             relays: HashMap::new(),
             suspicions: BTreeMap::new(),
             gossip: Vec::new(),
@@ -410,6 +425,8 @@ impl Membership {
 
     /// Announces new metadata (capacity, labels, images) under a new incarnation.
     pub fn set_meta(&mut self, meta: NodeMeta) {
+        // Newer than anything waiting for its paced turn.
+        self.pending_meta = None;
         self.meta = Arc::new(meta);
         self.incarnation += 1;
         let update = self.self_update(true);
@@ -441,6 +458,25 @@ impl Membership {
     /// timeouts, bought for constant time on every piece of gossip.
     fn live_count(&self) -> usize {
         self.members.len() + 1
+    }
+
+    /// Announces new metadata no more often than the cluster's gossip can carry (see
+    /// [`MembershipConfig::cluster_announcements_per_s`]): at once if this node's last
+    /// paced announcement is old enough, else when its turn comes, with whatever was
+    /// set last. For values that change with every placement, such as free capacity;
+    /// members then see a slightly older value, which is only ever a hint.
+    pub fn set_meta_paced(&mut self, now_ms: u64, meta: NodeMeta) {
+        if now_ms >= self.next_announce_ms {
+            self.set_meta(meta);
+            self.next_announce_ms = now_ms + self.announce_interval_ms();
+        } else {
+            self.pending_meta = Some(meta);
+        }
+    }
+
+    fn announce_interval_ms(&self) -> u64 {
+        let rate = self.config.cluster_announcements_per_s.max(1);
+        (self.live_count() as u64 * 1_000 / rate).max(self.config.min_announce_interval_ms)
     }
 
     /// memberlist's push-pull scaling: the base interval up to 32 members, then one more
@@ -821,6 +857,12 @@ impl Membership {
                     .push_back((target.to_string(), Body::Ping(Ping { seq, updates })));
             }
         }
+        if now_ms >= self.next_announce_ms
+            && let Some(meta) = self.pending_meta.take()
+        {
+            self.set_meta(meta);
+            self.next_announce_ms = now_ms + self.announce_interval_ms();
+        }
         if now_ms >= self.next_gossip_ms && self.gossip_pending() {
             self.next_gossip_ms = now_ms + self.config.gossip_interval_ms.max(1);
             self.gossip_round();
@@ -1004,6 +1046,7 @@ impl Membership {
             probe,
             self.suspicions.values().min().copied(),
             self.gossip_pending().then_some(self.next_gossip_ms),
+            self.pending_meta.as_ref().map(|_| self.next_announce_ms),
         ]
         .into_iter()
         .flatten()

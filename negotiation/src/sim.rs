@@ -1354,7 +1354,7 @@ impl<'c> Sim<'c> {
                     if free != node.meta.free {
                         node.meta.free = free;
                         if !static_membership {
-                            node.membership.set_meta(node.meta.clone());
+                            node.membership.set_meta_paced(self.now, node.meta.clone());
                             spoke = true;
                         }
                     }

@@ -422,3 +422,39 @@ fn the_dead_are_forgotten_after_the_retention_time() {
         assert_eq!(net.nodes[observer].member_count(), 2);
     }
 }
+
+#[test]
+fn paced_metadata_goes_out_at_most_once_per_members_over_the_cluster_rate() {
+    let mut node = Membership::new("me", meta("amd64"), MembershipConfig::default(), 0, 8);
+    node.assume_known(0, &announcements(99));
+    let with_cpu = |cpu: u64| {
+        let mut m = meta("amd64");
+        m.free.cpu_millis = cpu;
+        m
+    };
+    let announced_cpu = |node: &Membership| node.announcement().meta.unwrap().free.cpu_millis;
+    node.set_meta_paced(1_000, with_cpu(900));
+    assert_eq!(announced_cpu(&node), 900, "the first change goes at once");
+    node.set_meta_paced(2_000, with_cpu(800));
+    node.set_meta_paced(3_000, with_cpu(700));
+    assert_eq!(announced_cpu(&node), 900, "later ones wait their turn");
+    // 100 members at 8 announcements a second for the cluster: one per 12.5 s each.
+    let due = node.poll_timeout().unwrap();
+    assert!(
+        due <= 1_000 + 12_500,
+        "a timer for the pending announcement: {due}"
+    );
+    node.handle_timeout(1_000 + 12_499);
+    assert_eq!(announced_cpu(&node), 900);
+    node.handle_timeout(1_000 + 12_500);
+    assert_eq!(
+        announced_cpu(&node),
+        700,
+        "the latest value, when its turn came"
+    );
+    // An immediate announcement supersedes a pending paced one.
+    node.set_meta_paced(14_000, with_cpu(600));
+    node.set_meta(with_cpu(500));
+    node.handle_timeout(40_000);
+    assert_eq!(announced_cpu(&node), 500);
+}
