@@ -195,6 +195,7 @@ fn messages() {
     let runs = [
         (100, 1, "SWIM"),
         (1_000, 1, "SWIM"),
+        (10_000, 1, "SWIM"),
         (100, 1, "static"),
         (1_000, 1, "static"),
         (10_000, 1, "static"),

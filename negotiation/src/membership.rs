@@ -377,6 +377,9 @@ impl Membership {
         // random point of the interval for this size, or thousands of nodes started
         // together would all exchange their full state within the base 30 s.
         self.next_sync_ms = now_ms + 1 + self.random() % self.sync_interval_ms().max(1);
+        // Likewise paced announcements: nodes started together would otherwise all spend
+        // their first one at the same moment, which is the burst pacing is there to avoid.
+        self.next_announce_ms = now_ms + self.random() % self.announce_interval_ms().max(1);
         // A fresh random round: nodes given the same list must not all probe the same
         // member at the same time.
         self.probe_index = 0;

@@ -433,28 +433,29 @@ fn paced_metadata_goes_out_at_most_once_per_members_over_the_cluster_rate() {
         m
     };
     let announced_cpu = |node: &Membership| node.announcement().meta.unwrap().free.cpu_millis;
-    node.set_meta_paced(1_000, with_cpu(900));
-    assert_eq!(announced_cpu(&node), 900, "the first change goes at once");
-    node.set_meta_paced(2_000, with_cpu(800));
-    node.set_meta_paced(3_000, with_cpu(700));
+    // A converged start draws each node's first turn within the interval.
+    node.set_meta_paced(20_000, with_cpu(900));
+    assert_eq!(announced_cpu(&node), 900, "its turn had come: at once");
+    node.set_meta_paced(21_000, with_cpu(800));
+    node.set_meta_paced(22_000, with_cpu(700));
     assert_eq!(announced_cpu(&node), 900, "later ones wait their turn");
     // 100 members at 8 announcements a second for the cluster: one per 12.5 s each.
     let due = node.poll_timeout().unwrap();
     assert!(
-        due <= 1_000 + 12_500,
+        due <= 20_000 + 12_500,
         "a timer for the pending announcement: {due}"
     );
-    node.handle_timeout(1_000 + 12_499);
+    node.handle_timeout(20_000 + 12_499);
     assert_eq!(announced_cpu(&node), 900);
-    node.handle_timeout(1_000 + 12_500);
+    node.handle_timeout(20_000 + 12_500);
     assert_eq!(
         announced_cpu(&node),
         700,
         "the latest value, when its turn came"
     );
     // An immediate announcement supersedes a pending paced one.
-    node.set_meta_paced(14_000, with_cpu(600));
+    node.set_meta_paced(34_000, with_cpu(600));
     node.set_meta(with_cpu(500));
-    node.handle_timeout(40_000);
+    node.handle_timeout(60_000);
     assert_eq!(announced_cpu(&node), 500);
 }
