@@ -383,10 +383,8 @@ impl Membership {
         // A fresh random round: nodes given the same list must not all probe the same
         // member at the same time.
         self.probe_index = 0;
-        for i in (1..self.probe_order.len()).rev() {
-            let j = (self.random() % (i as u64 + 1)) as usize;
-            self.probe_order.swap(i, j);
-        }
+        let order = std::mem::take(&mut self.probe_order);
+        self.probe_order = self.shuffled(order);
     }
 
     /// This node's view of itself as gossip, with its metadata: what [`Self::assume_known`]
@@ -398,6 +396,31 @@ impl Membership {
     /// This node's id.
     pub fn id(&self) -> &str {
         &self.me
+    }
+
+    /// `items` in a random order (Fisher–Yates).
+    fn shuffled(&mut self, mut items: Vec<Arc<str>>) -> Vec<Arc<str>> {
+        for i in (1..items.len()).rev() {
+            let j = (self.random() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
+        items
+    }
+
+    /// Up to `count` distinct live members other than `except`, drawn at random.
+    fn distinct_live_members(&mut self, count: usize, except: Option<&str>) -> Vec<Arc<str>> {
+        let mut picked: Vec<Arc<str>> = Vec::with_capacity(count);
+        for _ in 0..4 * count {
+            if picked.len() == count {
+                break;
+            }
+            if let Some(pick) = self.random_live_member(except)
+                && !picked.contains(&pick)
+            {
+                picked.push(pick);
+            }
+        }
+        picked
     }
 
     fn random(&mut self) -> u64 {
@@ -760,10 +783,8 @@ impl Membership {
             }
             self.probe_order = self.live_members().map(|m| m.id.clone()).collect();
             self.probe_index = 0;
-            for i in (1..self.probe_order.len()).rev() {
-                let j = (self.random() % (i as u64 + 1)) as usize;
-                self.probe_order.swap(i, j);
-            }
+            let order = std::mem::take(&mut self.probe_order);
+            self.probe_order = self.shuffled(order);
         }
         None
     }
@@ -977,31 +998,17 @@ impl Membership {
         let wanted = self.config.indirect_probes;
         if self.members.len() <= 4 * wanted + 1 {
             // A small cluster: shuffle them all, so every helper there is gets asked.
-            let mut helpers: Vec<Arc<str>> = self
+            let helpers: Vec<Arc<str>> = self
                 .members
                 .iter()
                 .filter(|m| &*m.id != target && m.state == MemberState::Alive)
                 .map(|m| m.id.clone())
                 .collect();
-            for i in (1..helpers.len()).rev() {
-                let j = (self.random() % (i as u64 + 1)) as usize;
-                helpers.swap(i, j);
-            }
+            let mut helpers = self.shuffled(helpers);
             helpers.truncate(wanted);
             return helpers;
         }
-        let mut helpers: Vec<Arc<str>> = Vec::with_capacity(wanted);
-        for _ in 0..4 * wanted {
-            if helpers.len() == wanted {
-                break;
-            }
-            if let Some(pick) = self.random_live_member(Some(target))
-                && !helpers.contains(&pick)
-            {
-                helpers.push(pick);
-            }
-        }
-        helpers
+        self.distinct_live_members(wanted, Some(target))
     }
 
     fn gossip_pending(&self) -> bool {
@@ -1010,18 +1017,7 @@ impl Membership {
 
     /// Pushes pending gossip to up to `gossip_nodes` distinct random live members.
     fn gossip_round(&mut self) {
-        let mut targets: Vec<Arc<str>> = Vec::with_capacity(self.config.gossip_nodes);
-        for _ in 0..4 * self.config.gossip_nodes {
-            if targets.len() == self.config.gossip_nodes || self.gossip.is_empty() {
-                break;
-            }
-            if let Some(pick) = self.random_live_member(None)
-                && !targets.contains(&pick)
-            {
-                targets.push(pick);
-            }
-        }
-        for target in targets {
+        for target in self.distinct_live_members(self.config.gossip_nodes, None) {
             if self.gossip.is_empty() {
                 break;
             }
