@@ -6,11 +6,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::WorkloadSpec;
 use crate::messages::{
     Accept, AuctionId, Award, Bid, Body, Cfp, Decline, DeclineReason, Instance, Reject, Release,
     Resources, Revoke, Scoring,
 };
+use crate::workload::WorkloadSpec;
 
 /// A workload as the announcer places it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +37,25 @@ pub struct PlacementRequest {
     /// The node the workload was submitted to, when this announcer placed it as that
     /// node's successor; carried in awards so that holders know whom ownership returns to.
     pub submitter: Option<String>,
+}
+
+impl PlacementRequest {
+    /// What the announcer needs to place `spec`, stored under `key`: spread scoring, no
+    /// architecture or failure-domain requirement, and the spec itself for the winners.
+    pub fn for_spec(key: &str, spec: &WorkloadSpec) -> Self {
+        Self {
+            workload: key.to_owned(),
+            image: spec.image.clone(),
+            replicas: spec.replicas,
+            resources: spec.resources,
+            constraints: spec.constraints.clone(),
+            arch: None,
+            spread_label: None,
+            scoring: Scoring::Spread,
+            spec: Some(spec.clone()),
+            submitter: None,
+        }
+    }
 }
 
 /// A member the announcer may ask.
@@ -941,13 +960,17 @@ impl Announcer {
             let Some(w) = self.workloads.get_mut(key) else {
                 continue;
             };
-            if w.gathering_until_ms.is_some_and(|until| now_ms >= until) {
+            let gathered = w.gathering_until_ms.is_some_and(|until| now_ms >= until);
+            if gathered {
                 w.gathering_until_ms = None;
             }
             if w.gathering_until_ms.is_none() {
                 w.placed.retain(|_, (_, _, _, seen_ms)| {
                     seen_ms.saturating_add(instance_timeout) > now_ms
                 });
+            }
+            if gathered {
+                self.evict_shared_domains(key);
             }
             self.advance(now_ms, key);
         }
@@ -1032,6 +1055,47 @@ impl Announcer {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// After gathering the replicas of a workload taken over, keeps one per failure
+    /// domain of a spread workload (the newest) and revokes the others, which `advance`
+    /// then places again in domains still free. Gathering picks each replica's instance
+    /// on its own, by epoch; the instances it merges can come from two owners' histories
+    /// (a successor placed replicas while the submitter was down, the submitter came back
+    /// with its own), and together they can break the spread neither broke alone.
+    fn evict_shared_domains(&mut self, key: &str) {
+        let Some(w) = self.workloads.get_mut(key) else {
+            return;
+        };
+        if w.request.spread_label.is_none() {
+            return;
+        }
+        let mut newest_first: Vec<(u32, u64, Option<String>)> = w
+            .placed
+            .iter()
+            .map(|(replica, (_, epoch, domain, _))| (*replica, *epoch, domain.clone()))
+            .collect();
+        newest_first.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut taken = BTreeSet::new();
+        let mut evicted = Vec::new();
+        for (replica, epoch, domain) in newest_first {
+            if let Some(domain) = domain
+                && !taken.insert(domain)
+                && let Some((node, ..)) = w.placed.remove(&replica)
+            {
+                evicted.push((node, replica, epoch));
+            }
+        }
+        for (node, replica, epoch) in evicted {
+            self.transmits.push_back((
+                node,
+                Body::Revoke(Revoke {
+                    workload: key.to_owned(),
+                    replica,
+                    epoch,
+                }),
+            ));
         }
     }
 
