@@ -220,7 +220,7 @@ pub async fn renew(
     credential: &parley_identity::Credential,
     request: &CertRequest,
 ) -> Result<IssueResponse, JoinError> {
-    let signed_at = unix_now();
+    let signed_at = crate::clock::unix_secs();
     let bytes = renew_signed_bytes(request, signed_at)
         .map_err(|reason| JoinError::Exchange { addr, reason })?;
     let renewal = Request::Renew(RenewRequest {
@@ -328,12 +328,6 @@ impl std::fmt::Debug for Enrollment {
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn sha256_hex(text: &str) -> String {
     parley_identity::cert::to_hex(&Sha256::digest(text.as_bytes()))
 }
@@ -365,7 +359,7 @@ impl Enrollment {
         if !(1..=MAX_TOKEN_TTL_SECS).contains(&ttl_secs) {
             return Err(TokenError::Ttl(ttl_secs));
         }
-        let now = unix_now();
+        let now = crate::clock::unix_secs();
         // Expired tokens are of no use to anyone; drop them as new ones are made.
         for (id, record) in self.tokens.list()? {
             if record.expires_at < now {
@@ -394,7 +388,7 @@ impl Enrollment {
     /// SPIFFE ID, and its signature by the current key must verify and be recent. The
     /// new certificate lives as long as the old one did (at most [`NODE_CERT_TTL_SECS`]).
     fn renew(&self, renewal: &RenewRequest) -> Result<IssueResponse, String> {
-        let now = unix_now();
+        let now = crate::clock::unix_secs();
         let cert_bytes = parley_identity::cert::from_hex(&renewal.certificate)
             .ok_or("the certificate is not hex")?;
         let cert = parley_identity::cert::ImplicitCert::decode(&cert_bytes)
@@ -460,7 +454,7 @@ impl Enrollment {
         credential: &parley_identity::Credential,
         request: &CertRequest,
     ) -> Result<IssueResponse, String> {
-        let signed_at = unix_now();
+        let signed_at = crate::clock::unix_secs();
         let bytes = renew_signed_bytes(request, signed_at)?;
         self.renew(&RenewRequest {
             certificate: parley_identity::cert::to_hex(credential.cert().as_bytes()),
@@ -493,7 +487,7 @@ impl Enrollment {
                 self.trust_domain()
             ));
         }
-        let now = unix_now();
+        let now = crate::clock::unix_secs();
         if record.expires_at < now {
             let _ = self.tokens.remove(&request.token_id);
             return Err(UNKNOWN.to_owned());
@@ -710,8 +704,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let root = Issuer::generate_root("example.org").unwrap();
-        let a = node(&root, "a", unix_now() - 100, 3_600);
-        let b = node(&root, "b", unix_now() - 100, 3_600);
+        let a = node(&root, "a", crate::clock::unix_secs() - 100, 3_600);
+        let b = node(&root, "b", crate::clock::unix_secs() - 100, 3_600);
         let enrollment = Enrollment::new(root, &store).unwrap();
 
         let renewed = enrollment.renew_locally(&a, &new_request(&a)).unwrap();
@@ -727,7 +721,7 @@ mod tests {
         assert!(error.contains("may renew only itself"), "{error}");
         // Signed by someone else.
         let request = new_request(&a);
-        let signed_at = unix_now();
+        let signed_at = crate::clock::unix_secs();
         let forged = RenewRequest {
             certificate: parley_identity::cert::to_hex(a.cert().as_bytes()),
             request: request.clone(),
@@ -753,13 +747,23 @@ mod tests {
 
         // Lapsed two days ago: still renewable. Forty days ago: enroll again.
         let day = 86_400;
-        let lapsed = node(&enrollment.issuer, "c", unix_now() - 3 * day, day);
+        let lapsed = node(
+            &enrollment.issuer,
+            "c",
+            crate::clock::unix_secs() - 3 * day,
+            day,
+        );
         assert!(
             enrollment
                 .renew_locally(&lapsed, &new_request(&lapsed))
                 .is_ok()
         );
-        let gone = node(&enrollment.issuer, "d", unix_now() - 41 * day, day);
+        let gone = node(
+            &enrollment.issuer,
+            "d",
+            crate::clock::unix_secs() - 41 * day,
+            day,
+        );
         let error = enrollment
             .renew_locally(&gone, &new_request(&gone))
             .unwrap_err();
@@ -767,7 +771,7 @@ mod tests {
 
         // A certificate of another root.
         let stranger_root = Issuer::generate_root("example.org").unwrap();
-        let stranger = node(&stranger_root, "a", unix_now() - 100, 3_600);
+        let stranger = node(&stranger_root, "a", crate::clock::unix_secs() - 100, 3_600);
         let error = enrollment
             .renew_locally(&stranger, &new_request(&stranger))
             .unwrap_err();

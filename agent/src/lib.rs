@@ -8,6 +8,7 @@
 pub mod api;
 pub mod capacity;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod hostcheck;
 pub mod join;

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use parley_negotiation::messages::{MemberState, NodeMeta, Resources};
 use parley_negotiation::{SpecError, WorkloadName, WorkloadSpec};
@@ -19,7 +19,7 @@ use crate::api::types::{
     WorkloadRecord, WorkloadStatus,
 };
 use crate::hostcheck::HostWarning;
-use crate::mesh::{Command, Host, MeshHandle, placement_request};
+use crate::mesh::{Command, Host, HostError, MeshHandle};
 use crate::policy::Action;
 use crate::runtime::podman::service::ServiceOrigin;
 use crate::runtime::{
@@ -239,9 +239,9 @@ impl<R: ContainerRuntime> Node<R> {
     fn record_event(&self, kind: &str, workload: Option<&str>, message: &str) {
         // The audit log is best effort: failing a placement because its log entry could
         // not be written would be worse than a gap in the log.
-        if let Err(e) = self
-            .store
-            .record_event(unix_millis(), kind, workload, message)
+        if let Err(e) =
+            self.store
+                .record_event(crate::clock::unix_millis(), kind, workload, message)
         {
             tracing::warn!(error = %e, kind, "could not record an event");
         }
@@ -322,7 +322,7 @@ impl<R: ContainerRuntime> Node<R> {
             .map_err(|e| e.to_string())?;
         let name = record.spec.name.as_str();
         if let Some(identities) = &self.info.identities {
-            let now = unix_now();
+            let now = crate::clock::unix_secs();
             if identities.due(name, replica, now) {
                 identities.issue(DEFAULT_NAMESPACE, name, replica, now)?;
             }
@@ -343,7 +343,7 @@ impl<R: ContainerRuntime> Node<R> {
         let Some(identities) = &self.info.identities else {
             return;
         };
-        let now = unix_now();
+        let now = crate::clock::unix_secs();
         for (name, replica) in wanted.keys() {
             let runs = running
                 .iter()
@@ -558,7 +558,7 @@ impl<R: ContainerRuntime> Node<R> {
         for (key, record) in self.desired()? {
             let request = PlacementRequest {
                 submitter: record.submitter,
-                ..placement_request(&key, &record.spec)
+                ..PlacementRequest::for_spec(&key, &record.spec)
             };
             mesh.commands
                 .send(Command::Adopt(Box::new(request)))
@@ -598,7 +598,7 @@ impl<R: ContainerRuntime> Node<R> {
     ) -> Result<WorkloadRecord, NodeError> {
         let record = WorkloadRecord {
             spec,
-            created_at: unix_now(),
+            created_at: crate::clock::unix_secs(),
             submitter: None,
         };
         let inserted = self
@@ -628,7 +628,7 @@ impl<R: ContainerRuntime> Node<R> {
         let _changing = self.changes.lock().await;
         let record = self.store_new_workload(&key, name.clone(), spec).await?;
         let spec = &record.spec;
-        let request = placement_request(&key, spec);
+        let request = PlacementRequest::for_spec(&key, spec);
         if mesh
             .commands
             .send(Command::Place(Box::new(request)))
@@ -856,7 +856,7 @@ impl<R: ContainerRuntime> Node<R> {
         );
         Ok(JoinTokenIssued {
             trust_domain: token.trust_domain.clone(),
-            expires_at: unix_now().saturating_add(ttl_secs),
+            expires_at: crate::clock::unix_secs().saturating_add(ttl_secs),
             address: mesh.address.to_string(),
             token: token.to_string(),
         })
@@ -987,9 +987,7 @@ impl<R: ContainerRuntime> Node<R> {
     /// now (a line can take that long to reach the log), and the answer says where.
     async fn local_logs(&self, id: &str, mut window: LogWindow) -> Result<LogChunk, RuntimeError> {
         if window.follow && window.until_micros.is_none() {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64);
+            let now = crate::clock::unix_micros();
             window.until_micros = Some(now.saturating_sub(1_000_000));
         }
         let mut chunk = self.runtime.logs(id, &window).await?;
@@ -1357,7 +1355,7 @@ impl<R: ContainerRuntime> Node<R> {
         }
         let record = WorkloadRecord {
             spec,
-            created_at: unix_now(),
+            created_at: crate::clock::unix_secs(),
             submitter: None,
         };
         let key = key(&container.workload);
@@ -1476,12 +1474,13 @@ fn assignment_key(workload: &str, replica: u32) -> String {
 }
 
 impl<R: ContainerRuntime> Host for Node<R> {
-    async fn commit(&self, assignment: Assignment) -> Result<(), String> {
+    async fn commit(&self, assignment: Assignment) -> Result<(), HostError> {
         let _changing = self.changes.lock().await;
         let name = assignment.spec.name.to_string();
         let key = assignment_key(&name, assignment.replica);
         self.put_flushed(&self.assignments, &key, &assignment)
-            .await?;
+            .await
+            .map_err(HostError::Store)?;
         self.record_event(
             "replica-assigned",
             Some(&self::key(&name)),
@@ -1511,7 +1510,7 @@ impl<R: ContainerRuntime> Host for Node<R> {
         }
         let record = WorkloadRecord {
             spec: assignment.spec,
-            created_at: unix_now(),
+            created_at: crate::clock::unix_secs(),
             submitter: None,
         };
         match self
@@ -1534,15 +1533,17 @@ impl<R: ContainerRuntime> Host for Node<R> {
         }
     }
 
-    async fn adopt(&self, spec: WorkloadSpec, submitter: String) -> Result<(), String> {
+    async fn adopt(&self, spec: WorkloadSpec, submitter: String) -> Result<(), HostError> {
         let _changing = self.changes.lock().await;
         let key = key(spec.name.as_str());
         let record = WorkloadRecord {
             spec,
-            created_at: unix_now(),
+            created_at: crate::clock::unix_secs(),
             submitter: Some(submitter.clone()),
         };
-        self.put_flushed(&self.workloads, &key, &record).await?;
+        self.put_flushed(&self.workloads, &key, &record)
+            .await
+            .map_err(HostError::Store)?;
         self.record_event(
             "workload-adopted",
             Some(&key),
@@ -1566,23 +1567,23 @@ impl<R: ContainerRuntime> Host for Node<R> {
         workload: String,
         replica: u32,
         window: LogWindow,
-    ) -> Result<LogChunk, String> {
+    ) -> Result<LogChunk, HostError> {
         let containers = self
             .runtime
             .list_managed(&self.info.name)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| HostError::Runtime(e.to_string()))?;
         let Some(container) = containers
             .iter()
             .find(|c| c.workload == workload && c.replica == replica)
         else {
-            return Err(format!(
+            return Err(HostError::NotRunning(format!(
                 "replica {replica} of {workload} has no container on this node"
-            ));
+            )));
         };
         self.local_logs(&container.id, window)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| HostError::Runtime(e.to_string()))
     }
 
     async fn revoke(&self, workload: String, replica: u32, epoch: u64) {
@@ -1640,20 +1641,6 @@ pub struct ReconcileReport {
 /// `parley-<workload>-<replica>`.
 pub fn container_name(workload: &WorkloadName, replica: u32) -> String {
     format!("parley-{workload}-{replica}")
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -1805,10 +1792,7 @@ mod tests {
             .unwrap()
             .chunk
             .until_micros;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_micros() as u64;
+        let now = crate::clock::unix_micros();
         assert!(
             until.is_some_and(|u| u < now && now - u < 5_000_000),
             "{until:?}"

@@ -17,7 +17,6 @@
 //! (the transport already refuses other trust domains).
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -27,56 +26,8 @@ use serde::Deserialize;
 /// Largest policy file read: a policy is a few dozen lines.
 const MAX_POLICY_BYTES: u64 = 1024 * 1024;
 
-/// What a peer (or the local user, acting as this node) asks to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// Own workloads in a namespace: call for proposals, award and revoke replicas.
-    Submit,
-    /// Bid for and run replicas of a namespace's workloads.
-    Bid,
-    /// Read the logs of a namespace's replicas.
-    Logs,
-    /// Remove a namespace's workloads.
-    Remove,
-    /// List a namespace's workloads and where they run.
-    List,
-}
-
-impl Action {
-    /// Every action, for the built-in policy.
-    pub const ALL: [Self; 5] = [
-        Self::Submit,
-        Self::Bid,
-        Self::Logs,
-        Self::Remove,
-        Self::List,
-    ];
-
-    /// The name used in policy files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Submit => "submit",
-            Self::Bid => "bid",
-            Self::Logs => "logs",
-            Self::Remove => "remove",
-            Self::List => "list",
-        }
-    }
-}
-
-impl fmt::Display for Action {
-    /// What the action does, for refusals ("may not read logs").
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Submit => "submit workloads",
-            Self::Bid => "bid for workloads",
-            Self::Logs => "read logs",
-            Self::Remove => "remove workloads",
-            Self::List => "list workloads",
-        })
-    }
-}
+pub use parley_negotiation::negotiator::Action;
+use parley_negotiation::negotiator::{Authorizer, Denial};
 
 /// Why a policy file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -286,6 +237,29 @@ impl PolicyHandle {
         let policy = Arc::new(Policy::load(file)?);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&policy);
         Ok(policy)
+    }
+}
+
+/// The negotiator asks the policy in force at each message: a reload applies to the
+/// very next one.
+impl Authorizer for PolicyHandle {
+    fn check(&self, peer: &str, action: Action, namespace: &str) -> Result<(), Denial> {
+        self.current()
+            .check(peer, action, namespace)
+            .map_err(denial)
+    }
+}
+
+impl Authorizer for Policy {
+    fn check(&self, peer: &str, action: Action, namespace: &str) -> Result<(), Denial> {
+        Policy::check(self, peer, action, namespace).map_err(denial)
+    }
+}
+
+fn denial(denied: Denied) -> Denial {
+    Denial {
+        action: denied.action,
+        reason: denied.to_string(),
     }
 }
 

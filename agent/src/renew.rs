@@ -25,12 +25,6 @@ use crate::transport::{NodeCredentials, Transport};
 /// Longest wait between two attempts when renewal fails.
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Where renewals come from and go to.
 pub struct Renewal {
     /// The node's identity directory.
@@ -81,7 +75,7 @@ impl Renewal {
             .accept_pending(
                 pending,
                 &response,
-                unix_now(),
+                crate::clock::unix_secs(),
                 parley_identity::credential::DEFAULT_CLOCK_SKEW_SECS,
             )
             .map_err(|e| format!("the issuer's answer cannot be used: {e}"))?;
@@ -136,7 +130,7 @@ pub async fn keep_renewed(
                 let cert = credential.cert();
                 let lifetime = cert.not_after.saturating_sub(cert.not_before);
                 let renew_at = cert.not_before + lifetime / 2;
-                let now = unix_now();
+                let now = crate::clock::unix_secs();
                 if now < renew_at {
                     Duration::from_secs(renew_at - now)
                 } else {

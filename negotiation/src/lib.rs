@@ -9,6 +9,7 @@ pub mod auction;
 pub mod codec;
 pub mod membership;
 pub mod messages;
+pub mod negotiator;
 pub mod ownership;
 pub mod sim;
 pub mod testing;

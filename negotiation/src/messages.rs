@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::WorkloadSpec;
+use crate::workload::WorkloadSpec;
 use serde::{Deserialize, Serialize};
 
 /// Identifies one call for proposals, unique per announcer.

@@ -111,6 +111,26 @@ pub enum SpecError {
     },
 }
 
+/// The namespace of workloads given no other (the only one the CLI submits to so far).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The key `default/NAME` under which a workload of the default namespace is stored and
+/// named on the wire.
+pub fn default_key(name: &str) -> String {
+    format!("{DEFAULT_NAMESPACE}/{name}")
+}
+
+/// The namespace in a `namespace/name` key (a bare name is in the default namespace).
+pub fn key_namespace(key: &str) -> &str {
+    key.split_once('/')
+        .map_or(DEFAULT_NAMESPACE, |(namespace, _)| namespace)
+}
+
+/// The name in a `namespace/name` key.
+pub fn key_name(key: &str) -> &str {
+    key.rsplit_once('/').map_or(key, |(_, name)| name)
+}
+
 /// A validated workload name: 1 to [`MAX_NAME_LEN`] bytes of `[a-z0-9-]`, starting with a
 /// letter, not ending with `-`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -175,12 +175,15 @@ fn survives_hundreds_of_sigkills() {
     let seed: u64 = std::env::var("PARLEY_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
+        .unwrap_or_else(
+            #[allow(clippy::disallowed_methods)]
+            || {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            },
+        );
     eprintln!("crash test: {kills} kills, PARLEY_CRASH_SEED={seed}");
     let mut rng = SplitMix(seed);
     let dir = tempfile::tempdir().expect("tempdir");

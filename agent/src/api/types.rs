@@ -34,29 +34,9 @@ pub struct WorkloadRecord {
     pub submitter: Option<String>,
 }
 
-/// A replica this node was awarded by the workload's owner: what it must run. Stored
-/// (flushed) before the award is acknowledged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Assignment {
-    /// The workload, as the owner sent it with the award.
-    pub spec: WorkloadSpec,
-    /// Replica index.
-    pub replica: u32,
-    /// Fencing epoch of the award.
-    pub epoch: u64,
-    /// The owner (the announcer that awarded it), by SPIFFE ID.
-    pub owner: String,
-    /// The node the workload was submitted to, when the owner awarded it as that node's
-    /// successor (`None`: the owner is the submitter).
-    #[serde(default)]
-    pub submitter: Option<String>,
-    /// The reservation the award named.
-    pub reservation: String,
-    /// This node's value of the workload's spread label, if any.
-    pub failure_domain: Option<String>,
-    /// When it was awarded (milliseconds since the Unix epoch).
-    pub assigned_at_ms: u64,
-}
+/// A replica this node was awarded by the workload's owner (the negotiator's type,
+/// stored as it is).
+pub use parley_negotiation::negotiator::Assignment;
 
 /// One replica of a workload and the container that runs it, if any.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::GlobalOptions;
 use crate::capacity::HostCapacity;
@@ -241,6 +242,9 @@ async fn serve_on(
     let store = parley_store::Store::open(&store_path)?;
 
     let shutdown = CancellationToken::new();
+    // Every task of the agent is spawned through this tracker, so that shutdown waits
+    // for all of them (an award being persisted above all) before the store closes.
+    let tasks = TaskTracker::new();
     let settings = ServiceSettings {
         socket: config.podman_socket.clone(),
         autostart: config.podman_autostart,
@@ -311,7 +315,8 @@ async fn serve_on(
         None => None,
     };
     let mesh = prepared.as_ref().map(|p| p.handle.clone());
-    tokio::spawn(reload_on_hangup(
+    let mesh_transport = mesh.as_ref().map(|m| m.transport.clone());
+    tasks.spawn(reload_on_hangup(
         hangups,
         mesh.as_ref().map(|m| m.policy.clone()),
         shutdown.clone(),
@@ -341,7 +346,7 @@ async fn serve_on(
 
     if let Some(prepared) = prepared {
         let committed = node.assignments()?;
-        prepared.spawn(Arc::clone(&node), committed, shutdown.clone());
+        prepared.spawn(Arc::clone(&node), committed, shutdown.clone(), &tasks);
         node.resume_ownership().await?;
     }
 
@@ -356,13 +361,13 @@ async fn serve_on(
     let api = {
         let shutdown = shutdown.clone();
         let router = crate::api::router(Arc::clone(&node));
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
                 .await
         })
     };
-    let reconciler = tokio::spawn(crate::reconcile::run(
+    let reconciler = tasks.spawn(crate::reconcile::run(
         Arc::clone(&node),
         config.reconcile_interval,
         shutdown.clone(),
@@ -383,16 +388,22 @@ async fn serve_on(
         let _ = watchdog.await;
     }
 
+    tasks.close();
     let stopped = tokio::time::timeout(SHUTDOWN_GRACE, async {
         if let Ok(Err(e)) = api.await {
             tracing::warn!(error = %e, "the API server stopped with an error");
         }
         let _ = reconciler.await;
         let _ = podman_supervisor.await;
+        tasks.wait().await;
     })
     .await;
     if stopped.is_err() {
-        tracing::warn!(grace = ?SHUTDOWN_GRACE, "tasks did not stop within the grace period");
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, tasks = tasks.len(), "tasks did not stop within the grace period");
+    }
+    // Peers see the connections close now rather than time out later.
+    if let Some(mesh) = &mesh_transport {
+        mesh.close().await;
     }
     drop(node);
     store
@@ -455,10 +466,7 @@ fn move_store_aside(store_path: &std::path::Path) -> anyhow::Result<()> {
         tracing::info!(path = %store_path.display(), "--reset-state: no store to move aside");
         return Ok(());
     }
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let stamp = crate::clock::unix_secs();
     let aside = store_path.with_file_name(format!("store.broken-{stamp}"));
     std::fs::rename(store_path, &aside).with_context(|| {
         format!(

@@ -13,7 +13,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parley_identity::credential::{Validity, encode_public_key};
 use parley_identity::files::{IdentityDir, IssueResponse, read_json_file};
@@ -133,10 +132,7 @@ pub(crate) fn parse_ttl(text: &str) -> Result<u64, String> {
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::clock::unix_secs()
 }
 
 fn default_dir() -> Result<PathBuf, String> {

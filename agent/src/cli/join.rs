@@ -137,9 +137,7 @@ fn enroll(
             .await
             .map_err(|e| e.to_string())
     })?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::clock::unix_secs();
     let credential = identity
         .accept_pending(
             pending,

@@ -1,12 +1,14 @@
-//! Drives SWIM membership over the QUIC transport: feeds verified messages and timeouts
-//! into the sans-IO [`Membership`], sends what it queues, joins through seed addresses,
-//! and publishes the member list for the API.
+//! The mesh as the rest of the agent sees it: [`start`] loads the node's identity, binds
+//! the QUIC endpoint and resolves the seeds; [`Prepared::spawn`] starts the negotiation
+//! loop ([`driver`]), which feeds the sans-IO [`parley_negotiation::negotiator`] from the
+//! transport and timers and carries out what it asks of the node through [`Host`]. The
+//! node talks to the loop through [`MeshHandle::commands`].
 //!
 //! Membership addresses members by SPIFFE ID; the transport needs socket addresses. A
 //! member's address comes from the metadata it announces (`NodeMeta::address`); a seed's,
 //! from the address it was dialled at.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,29 +18,22 @@ use std::time::Duration;
 use parley_identity::files::IdentityDir;
 use parley_identity::tls::TlsIdentity;
 use parley_negotiation::WorkloadSpec;
-use parley_negotiation::auction::{
-    Announced, Announcer, AnnouncerConfig, AnnouncerEvent, Bidder, BidderConfig, BidderEvent,
-    Candidate, Committed, Explanation, NodeProfile, PlacementRequest,
-};
-use parley_negotiation::codec::PROTOCOL_VERSION;
-use parley_negotiation::membership::{Member, Membership, MembershipConfig, MembershipEvent};
-use parley_negotiation::messages::{
-    Body, Decline, DeclineReason, Handover, LogChunk, LogWindow, LogsFailure, LogsReply,
-    LogsRequest, MAX_REPORTED_WORKLOADS, MemberState, NodeMeta, OwnedWorkload, Placement, Reject,
-    RemoveWorkload, Scoring, WorkloadQuery, WorkloadReport,
-};
+use parley_negotiation::auction::{Explanation, PlacementRequest};
+use parley_negotiation::membership::Member;
+use parley_negotiation::messages::{LogChunk, LogWindow, LogsFailure, NodeMeta, OwnedWorkload};
+pub use parley_negotiation::negotiator::{Assignment, HostError, Placements};
+use parley_negotiation::negotiator::{NegotiatorConfig, QUERY_TIMEOUT_MS};
 use tokio::sync::oneshot;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::api::types::Assignment;
 use crate::config::MeshSettings;
 use crate::join::Enrollment;
 use crate::metrics::Metrics;
-use crate::policy::{Action, Policy, PolicyError, PolicyHandle};
+use crate::policy::{Policy, PolicyError, PolicyHandle};
 use crate::renew::Renewal;
 use crate::transport::{Inbound, Limits, NodeCredentials, Transport};
-use succession::{Step, Succession};
 
 /// How often an unreachable seed is dialled again.
 const SEED_RETRY: Duration = Duration::from_secs(1);
@@ -129,7 +124,6 @@ pub struct Prepared {
     /// What the rest of the agent holds.
     pub handle: MeshHandle,
     inbox: mpsc::Receiver<Inbound>,
-    membership: Membership,
     meta: NodeMeta,
     seeds: Vec<SocketAddr>,
     view: watch::Sender<Vec<Member>>,
@@ -151,35 +145,34 @@ pub struct DiskWatch {
 /// How often the space left on the container storage is measured.
 const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
-/// A change of free disk smaller than this is not worth gossiping to every member.
-const DISK_GOSSIP_STEP: u64 = 64 << 20;
-
 impl Prepared {
     /// Starts the negotiation loop for `host`, which already committed `committed`.
+    /// Every task it starts is tracked by `tasks` and stops on `shutdown`.
     pub fn spawn<H: Host>(
         self,
         host: Arc<H>,
         committed: Vec<Assignment>,
         shutdown: CancellationToken,
+        tasks: &TaskTracker,
     ) {
-        tokio::spawn(crate::renew::keep_renewed(
+        tasks.spawn(crate::renew::keep_renewed(
             self.renewal,
             self.handle.transport.clone(),
             self.handle.view.clone(),
             shutdown.clone(),
         ));
         if let (Some(joining), Some(enrollment)) = (self.joining, &self.handle.enrollment) {
-            tokio::spawn(crate::join::serve(
+            tasks.spawn(crate::join::serve(
                 joining,
                 Arc::clone(enrollment),
                 shutdown.clone(),
             ));
         }
-        tokio::spawn(run(
+        tasks.spawn(run(
             self.handle.transport.clone(),
             self.inbox,
             Negotiation {
-                membership: self.membership,
+                config: NegotiatorConfig::default(),
                 meta: self.meta,
                 committed,
                 disk: self.disk,
@@ -193,6 +186,7 @@ impl Prepared {
                 policy: self.handle.policy.clone(),
             },
             shutdown,
+            tasks.clone(),
         ));
     }
 }
@@ -244,7 +238,7 @@ pub async fn start(
         enrollment: enrollment.clone(),
         seeds: joins.clone(),
     };
-    let credentials = match load_credentials(&settings.identity_dir, unix_now()) {
+    let credentials = match load_credentials(&settings.identity_dir, crate::clock::unix_secs()) {
         Err(MeshStartError::Expired {
             id,
             when: "expired",
@@ -290,13 +284,6 @@ pub async fn start(
         .collect();
 
     let id = transport.id().to_owned();
-    let membership = Membership::new(
-        &id,
-        meta.clone(),
-        MembershipConfig::default(),
-        unix_millis(),
-        random_seed(),
-    );
     let (view_tx, view) = watch::channel(Vec::new());
     let (commands_tx, commands) = mpsc::channel(64);
     tracing::info!(id = %id, listen = %bound, advertise = %address, seeds = ?seeds, "mesh endpoint up");
@@ -312,7 +299,6 @@ pub async fn start(
             enrollment,
         },
         inbox,
-        membership,
         meta,
         seeds,
         view: view_tx,
@@ -396,12 +382,6 @@ fn load_credentials(dir: &Path, now: u64) -> Result<NodeCredentials, MeshStartEr
     })
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// A seed for membership's probe order: it need not be secret, only differ between nodes
 /// (std's hasher keys are random per process).
 fn random_seed() -> u64 {
@@ -414,7 +394,7 @@ fn random_seed() -> u64 {
 pub trait Host: Send + Sync + 'static {
     /// Persists (flushed) a replica awarded to this node; the award is acknowledged only
     /// once this returns `Ok`.
-    fn commit(&self, assignment: Assignment) -> impl Future<Output = Result<(), String>> + Send;
+    fn commit(&self, assignment: Assignment) -> impl Future<Output = Result<(), HostError>> + Send;
     /// Starts the container of a committed replica (pulling its image if needed).
     fn start(&self, workload: String, replica: u32) -> impl Future<Output = ()> + Send;
     /// Forgets a workload this node owns: removed at another node's request, or given
@@ -426,7 +406,7 @@ pub trait Host: Send + Sync + 'static {
         &self,
         spec: WorkloadSpec,
         submitter: String,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), HostError>> + Send;
     /// Stops and forgets a replica its owner revoked.
     fn revoke(&self, workload: String, replica: u32, epoch: u64)
     -> impl Future<Output = ()> + Send;
@@ -436,11 +416,8 @@ pub trait Host: Send + Sync + 'static {
         workload: String,
         replica: u32,
         window: LogWindow,
-    ) -> impl Future<Output = Result<LogChunk, String>> + Send;
+    ) -> impl Future<Output = Result<LogChunk, HostError>> + Send;
 }
-
-/// Where a workload's replicas run: replica → (node, epoch).
-pub type Placements = BTreeMap<u32, (String, u64)>;
 
 /// Requests from the node (the local API) to the mesh.
 #[derive(Debug)]
@@ -494,39 +471,18 @@ pub enum Command {
 }
 
 /// How long `parley ps` waits for the members' reports.
-pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+pub const QUERY_TIMEOUT: Duration = Duration::from_millis(QUERY_TIMEOUT_MS);
 
-/// A `ListMesh` waiting for members' reports.
-struct PendingQuery {
-    waiting: BTreeSet<String>,
-    collected: Vec<(String, OwnedWorkload)>,
-    reply: oneshot::Sender<Vec<(String, OwnedWorkload)>>,
-    deadline_ms: u64,
-}
-
-/// How often this node reports the replicas it runs to their owners.
-const REPORT_INTERVAL: Duration = Duration::from_secs(2);
-
-/// The negotiation state of one node: membership, the announcer for the workloads it
-/// owns and the bidder for the replicas it may host, driven together by [`run`].
+/// The negotiation state of one node before its loop starts.
 pub struct Negotiation {
-    /// SWIM membership, started by [`start`].
-    pub membership: Membership,
+    /// Settings of membership, the announcer and the bidder.
+    pub config: NegotiatorConfig,
     /// This node's self-description (bidder profile, candidate entry).
     pub meta: NodeMeta,
     /// Replicas this node committed to before a restart.
     pub committed: Vec<Assignment>,
     /// The container storage to watch for space, if known.
     pub disk: Option<DiskWatch>,
-}
-
-/// Wall-clock milliseconds: the auction compares times across nodes (reservation expiry),
-/// so each node's clock must mean the same instant; NTP keeps them within the skew the
-/// codec already tolerates.
-fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What the negotiation loop checks messages against and counts them in.
@@ -537,836 +493,7 @@ pub struct Checks {
     pub policy: PolicyHandle,
 }
 
-/// Runs membership, the announcer and the bidder until `shutdown`. `view` receives the
-/// member list after every change.
-#[allow(clippy::too_many_arguments)]
-pub async fn run<H: Host>(
-    transport: Transport,
-    mut inbox: mpsc::Receiver<Inbound>,
-    negotiation: Negotiation,
-    seeds: Vec<SocketAddr>,
-    view: watch::Sender<Vec<Member>>,
-    host: Arc<H>,
-    mut commands: mpsc::Receiver<Command>,
-    checks: Checks,
-    shutdown: CancellationToken,
-) {
-    let Checks { metrics, policy } = checks;
-    let Negotiation {
-        mut membership,
-        mut meta,
-        committed,
-        disk,
-    } = negotiation;
-    let mut disk_check = tokio::time::interval(DISK_CHECK_INTERVAL);
-    let id = transport.id().to_owned();
-    let profile = NodeProfile {
-        id: id.clone(),
-        arch: meta.arch.clone(),
-        labels: meta.labels.clone(),
-        allocatable: meta.allocatable,
-    };
-    // Each run's reservation ids differ from the last run's: the boot number is the start
-    // time, which only moves forward between runs of one node.
-    let mut succession = Succession::new(&id);
-    for a in &committed {
-        let key = workload_key(a.spec.name.as_str());
-        succession.learn(
-            &key,
-            a.submitter.as_deref().unwrap_or(&a.owner),
-            &a.spec,
-            None,
-        );
-    }
-    let committed = committed.into_iter().map(|a| Committed {
-        announcer: a.owner,
-        workload: workload_key(a.spec.name.as_str()),
-        replica: a.replica,
-        epoch: a.epoch,
-        resources: a.spec.resources,
-        reservation: a.reservation,
-        failure_domain: a.failure_domain,
-    });
-    let mut bidder = Bidder::restarted(profile, BidderConfig::default(), unix_millis(), committed);
-    let mut announcer = Announcer::new(&id, AnnouncerConfig::default(), random_seed());
-    // Workloads this node owns: key → (image, replicas), for reports to other nodes.
-    let mut owned: BTreeMap<String, (String, u32)> = BTreeMap::new();
-    let mut queries: BTreeMap<u64, PendingQuery> = BTreeMap::new();
-    // Logs asked of other nodes: request → (node, where the answer goes). An asker that
-    // gave up (its receiver is closed) is forgotten at the next request.
-    type LogsAnswer = oneshot::Sender<Result<LogChunk, LogsFailure>>;
-    let mut log_requests: HashMap<u64, (String, LogsAnswer)> = HashMap::new();
-    // Logs read for other nodes, read beside the loop, come back here to be sent.
-    let (logs_read, mut logs_ready) = mpsc::channel::<(String, Body)>(16);
-    let mut next_query: u64 = 0;
-    // Messages this loop sends of its own accord (answers to queries, query fan-out).
-    let mut outbox: Vec<(String, Body)> = Vec::new();
-    // Specs of awards being committed, by (workload, replica), until the bidder decides.
-    let mut award_specs: HashMap<(String, u32), (WorkloadSpec, Option<String>)> = HashMap::new();
-    // Set when ownership may have moved: membership changed or a workload became known.
-    let mut ownership_stale = true;
-    let mut local: VecDeque<(String, Body)> = VecDeque::new();
-    let mut addresses: HashMap<String, SocketAddr> = HashMap::new();
-    let mut report = tokio::time::interval(REPORT_INTERVAL);
-
-    let (seed_found, mut seeds_found) = mpsc::channel(seeds.len().max(1));
-    for seed in seeds {
-        tokio::spawn(dial_seed(
-            transport.clone(),
-            seed,
-            seed_found.clone(),
-            shutdown.clone(),
-        ));
-    }
-    drop(seed_found);
-    announcer.set_members(candidates(&id, &meta, &membership));
-
-    loop {
-        let deadline = [
-            membership.poll_timeout(),
-            announcer.poll_timeout(),
-            bidder.poll_timeout(),
-            queries.values().map(|q| q.deadline_ms).min(),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let sleep = async {
-            match deadline {
-                Some(at) => {
-                    tokio::time::sleep(Duration::from_millis(at.saturating_sub(unix_millis())))
-                        .await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            Some((peer, addr)) = seeds_found.recv() => {
-                addresses.insert(peer.clone(), addr);
-                membership.join(&[peer]);
-            }
-            message = inbox.recv() => {
-                let Some(Inbound { received, remote }) = message else { break };
-                addresses.entry(received.sender.clone()).or_insert(remote);
-                local.push_back((received.sender, received.body));
-            }
-            Some(command) = commands.recv() => match command {
-                Command::Place(request) => {
-                    tracing::info!(workload = %request.workload, replicas = request.replicas, "placing");
-                    if let Some(spec) = &request.spec {
-                        succession.learn(&request.workload, &id, spec, None);
-                    }
-                    owned.insert(request.workload.clone(), (request.image.clone(), request.replicas));
-                    announcer.set_members(candidates(&id, &meta, &membership));
-                    announcer.place(unix_millis(), *request);
-                }
-                Command::Adopt(request) => {
-                    tracing::info!(workload = %request.workload, replicas = request.replicas, "taking up a workload owned before the restart");
-                    if let Some(spec) = &request.spec {
-                        let submitter = request.submitter.as_deref().unwrap_or(&id);
-                        succession.learn(&request.workload, submitter, spec, None);
-                        ownership_stale = true;
-                    }
-                    owned.insert(request.workload.clone(), (request.image.clone(), request.replicas));
-                    announcer.set_members(candidates(&id, &meta, &membership));
-                    // Three report intervals: time to rejoin through a seed, after which every
-                    // replica still running reports within one interval.
-                    let gather_until = unix_millis() + 3 * REPORT_INTERVAL.as_millis() as u64;
-                    announcer.adopt(gather_until, *request);
-                }
-                Command::Remove(workload) => {
-                    owned.remove(&workload);
-                    succession.forget(&workload);
-                    announcer.remove(&workload);
-                }
-                Command::Explain { workload, reply } => {
-                    let _ = reply.send((announcer.placements(&workload), announcer.explain(&workload)));
-                }
-                Command::Placements { workload, reply } => {
-                    let _ = reply.send(announcer.placements(&workload));
-                }
-                Command::Logs { node, workload, replica, window, reply } => {
-                    log_requests.retain(|_, (_, waiting)| !waiting.is_closed());
-                    next_query += 1;
-                    log_requests.insert(next_query, (node.clone(), reply));
-                    outbox.push((
-                        node,
-                        Body::LogsRequest(LogsRequest { request: next_query, workload, replica, window }),
-                    ));
-                }
-                Command::ListMesh { reply } => {
-                    next_query += 1;
-                    let collected = owned_report(&owned, &announcer)
-                        .into_iter()
-                        .map(|w| (id.clone(), w))
-                        .collect();
-                    let waiting: BTreeSet<String> =
-                        membership.live_members().map(|m| m.id.to_string()).collect();
-                    for member in &waiting {
-                        outbox.push((
-                            member.clone(),
-                            Body::WorkloadQuery(WorkloadQuery { request: next_query }),
-                        ));
-                    }
-                    let query = PendingQuery {
-                        waiting,
-                        collected,
-                        reply,
-                        deadline_ms: unix_millis() + QUERY_TIMEOUT.as_millis() as u64,
-                    };
-                    if query.waiting.is_empty() {
-                        let _ = query.reply.send(query.collected);
-                    } else {
-                        queries.insert(next_query, query);
-                    }
-                }
-                Command::RemoveRemote { workload } => {
-                    for member in membership.live_members() {
-                        outbox.push((
-                            member.id.to_string(),
-                            Body::RemoveWorkload(RemoveWorkload {
-                                workload: workload.clone(),
-                            }),
-                        ));
-                    }
-                }
-            },
-            Some(reply) = logs_ready.recv() => outbox.push(reply),
-            _ = disk_check.tick(), if disk.is_some() => {
-                if let Some(watch) = &disk
-                    && let Some(available) = crate::capacity::disk_available(&watch.path)
-                {
-                    bidder.set_disk(available, watch.reserve_bytes);
-                    let free = available.saturating_sub(watch.reserve_bytes);
-                    let announced = meta.disk_free_bytes.unwrap_or(u64::MAX);
-                    if free.abs_diff(announced) >= DISK_GOSSIP_STEP || (free == 0) != (announced == 0) {
-                        if free == 0 {
-                            tracing::warn!(available_mib = available >> 20, reserve_mib = watch.reserve_bytes >> 20, path = %watch.path.display(), "the container storage is below its reserve: declining new replicas");
-                        }
-                        meta.disk_free_bytes = Some(free);
-                        membership.set_meta(meta.clone());
-                    }
-                }
-            }
-            _ = report.tick() => {
-                bidder.report_instances();
-                // Repeats handovers a successor may have let pass.
-                ownership_stale = true;
-            }
-            () = sleep => {
-                let now = unix_millis();
-                membership.handle_timeout(now);
-                announcer.handle_timeout(now);
-                bidder.handle_timeout(now);
-                let expired: Vec<u64> = queries
-                    .iter()
-                    .filter(|(_, q)| q.deadline_ms <= now)
-                    .map(|(request, _)| *request)
-                    .collect();
-                for request in expired {
-                    if let Some(query) = queries.remove(&request) {
-                        tracing::debug!(unanswered = ?query.waiting, "workload query timed out");
-                        let _ = query.reply.send(query.collected);
-                    }
-                }
-            }
-        }
-
-        // Deliver messages (from peers, and from this node to itself) until none is left.
-        loop {
-            while let Some((from, body)) = local.pop_front() {
-                let Some(body) = authorize(
-                    &from,
-                    body,
-                    &policy.current(),
-                    &mut announcer,
-                    &mut outbox,
-                    &metrics,
-                ) else {
-                    continue;
-                };
-                let body = match body {
-                    Body::WorkloadQuery(query) => {
-                        // A member sees the workloads of the namespaces it may list.
-                        let policy = policy.current();
-                        let mut workloads: Vec<OwnedWorkload> = owned_report(&owned, &announcer)
-                            .into_iter()
-                            .filter(|w| {
-                                policy
-                                    .check(&from, Action::List, workload_namespace(&w.workload))
-                                    .is_ok()
-                            })
-                            .collect();
-                        workloads.truncate(MAX_REPORTED_WORKLOADS);
-                        outbox.push((
-                            from,
-                            Body::WorkloadReport(WorkloadReport {
-                                request: query.request,
-                                workloads,
-                            }),
-                        ));
-                        continue;
-                    }
-                    Body::WorkloadReport(report) => {
-                        if let Some(query) = queries.get_mut(&report.request)
-                            && query.waiting.remove(&from)
-                        {
-                            query
-                                .collected
-                                .extend(report.workloads.into_iter().map(|w| (from.clone(), w)));
-                            if query.waiting.is_empty()
-                                && let Some(query) = queries.remove(&report.request)
-                            {
-                                let _ = query.reply.send(query.collected);
-                            }
-                        }
-                        continue;
-                    }
-                    Body::Handover(handover) => {
-                        tracing::info!(workload = %handover.workload, submitter = %handover.submitter, by = %from, "handed a workload whose owner died");
-                        succession.learn(
-                            &handover.workload,
-                            &handover.submitter,
-                            &handover.spec,
-                            Some(unix_millis()),
-                        );
-                        ownership_stale = true;
-                        continue;
-                    }
-                    Body::LogsRequest(request) => {
-                        let host = Arc::clone(&host);
-                        let done = logs_read.clone();
-                        tokio::spawn(async move {
-                            let name = workload_name(&request.workload).to_owned();
-                            let result = host
-                                .logs(name, request.replica, request.window)
-                                .await
-                                .map_err(|message| LogsFailure {
-                                    denied: false,
-                                    message,
-                                });
-                            let reply = LogsReply {
-                                request: request.request,
-                                result,
-                            };
-                            let _ = done.send((from, Body::LogsReply(reply))).await;
-                        });
-                        continue;
-                    }
-                    Body::LogsReply(reply) => {
-                        if log_requests
-                            .get(&reply.request)
-                            .is_some_and(|(node, _)| *node == from)
-                            && let Some((_, waiting)) = log_requests.remove(&reply.request)
-                        {
-                            let _ = waiting.send(reply.result);
-                        }
-                        continue;
-                    }
-                    Body::RemoveWorkload(remove) => {
-                        if owned.remove(&remove.workload).is_some() {
-                            succession.forget(&remove.workload);
-                            tracing::info!(workload = %remove.workload, by = %from, "removing a workload at another node's request; revoking its replicas");
-                            announcer.remove(&remove.workload);
-                            host.forget(
-                                workload_name(&remove.workload).to_owned(),
-                                "at another node's request; revoking its replicas",
-                            )
-                            .await;
-                        }
-                        continue;
-                    }
-                    other => other,
-                };
-                dispatch(
-                    &from,
-                    body,
-                    &mut membership,
-                    &mut announcer,
-                    &mut bidder,
-                    &mut award_specs,
-                );
-            }
-            ownership_stale |= membership_events(
-                &id,
-                &meta,
-                &mut membership,
-                &mut announcer,
-                &owned,
-                &view,
-                &metrics,
-            );
-            if std::mem::take(&mut ownership_stale) {
-                follow_ownership(
-                    &id,
-                    &membership,
-                    &mut succession,
-                    &mut announcer,
-                    &mut bidder,
-                    &mut owned,
-                    &mut outbox,
-                    host.as_ref(),
-                )
-                .await;
-            }
-            // The bidder's events come before its messages: an award is persisted before
-            // the Accept that acknowledges it leaves.
-            let mut withheld = BTreeSet::new();
-            while let Some(event) = bidder.poll_event() {
-                match event {
-                    BidderEvent::Committed(c) => {
-                        let name = workload_name(&c.workload).to_owned();
-                        let Some((spec, submitter)) =
-                            award_specs.remove(&(c.workload.clone(), c.replica))
-                        else {
-                            tracing::warn!(workload = %c.workload, replica = c.replica, "award without a spec; refusing it");
-                            bidder.remove_instance(&c.workload, c.replica);
-                            withheld.insert(c.reservation.clone());
-                            continue;
-                        };
-                        succession.learn(
-                            &c.workload,
-                            submitter.as_deref().unwrap_or(&c.announcer),
-                            &spec,
-                            None,
-                        );
-                        ownership_stale = true;
-                        let assignment = Assignment {
-                            spec,
-                            replica: c.replica,
-                            epoch: c.epoch,
-                            owner: c.announcer.clone(),
-                            submitter,
-                            reservation: c.reservation.clone(),
-                            failure_domain: c.failure_domain.clone(),
-                            assigned_at_ms: unix_millis(),
-                        };
-                        match host.commit(assignment).await {
-                            Ok(()) => {
-                                tracing::info!(workload = %c.workload, replica = c.replica, epoch = c.epoch, owner = %c.announcer, "replica awarded; starting it");
-                                let host = Arc::clone(&host);
-                                tokio::spawn(async move { host.start(name, c.replica).await });
-                            }
-                            Err(error) => {
-                                // Not acknowledged: the owner re-awards elsewhere.
-                                tracing::error!(workload = %c.workload, replica = c.replica, %error, "could not persist an award; not acknowledging it");
-                                bidder.remove_instance(&c.workload, c.replica);
-                                withheld.insert(c.reservation.clone());
-                            }
-                        }
-                    }
-                    BidderEvent::Revoked(c) => {
-                        tracing::info!(workload = %c.workload, replica = c.replica, epoch = c.epoch, "replica revoked by its owner; stopping it");
-                        let host = Arc::clone(&host);
-                        let name = workload_name(&c.workload).to_owned();
-                        tokio::spawn(async move { host.revoke(name, c.replica, c.epoch).await });
-                    }
-                    BidderEvent::Expired(r) => {
-                        tracing::debug!(reservation = %r.id, workload = %r.workload, "reservation lapsed");
-                    }
-                }
-            }
-            // Free capacity travels in membership metadata, so that announcers ask the
-            // members that look able to host first.
-            // (Committed replicas only: reservations come and go with every call for
-            // proposals, and each change of metadata is gossiped to every member.)
-            let free = meta.allocatable.minus(&bidder.committed_resources());
-            if free != meta.free {
-                meta.free = free;
-                // Paced: in a large mesh placing fast, announcing every change would
-                // fill every member's gossip with capacity updates.
-                membership.set_meta_paced(unix_millis(), meta.clone());
-            }
-            while let Some(event) = announcer.poll_event() {
-                match event {
-                    AnnouncerEvent::Placed {
-                        workload,
-                        replica,
-                        node,
-                        epoch,
-                    } => {
-                        Metrics::inc(&metrics.placements);
-                        tracing::info!(%workload, replica, %node, epoch, "replica placed");
-                    }
-                    AnnouncerEvent::NotPlaced {
-                        workload,
-                        replica,
-                        explanation,
-                        retry_at_ms,
-                    } => {
-                        Metrics::inc(&metrics.failed_auctions);
-                        tracing::warn!(%workload, replica, reasons = ?explanation.counts(), retry_in_ms = retry_at_ms.saturating_sub(unix_millis()), "replica not placed; retrying");
-                    }
-                }
-            }
-            let outgoing: Vec<(String, Body)> = outbox
-                .drain(..)
-                .chain(std::iter::from_fn(|| membership.poll_transmit()))
-                .chain(std::iter::from_fn(|| announcer.poll_transmit()))
-                .chain(std::iter::from_fn(|| bidder.poll_transmit()))
-                .collect();
-            for (to, body) in outgoing {
-                if let Body::Accept(accept) = &body
-                    && withheld.contains(&accept.reservation)
-                {
-                    continue;
-                }
-                match &body {
-                    Body::Bid(_) => Metrics::inc(&metrics.bids),
-                    Body::Decline(decline) => metrics.decline(decline.reason.code()),
-                    Body::Award(_) => Metrics::inc(&metrics.awards),
-                    _ => {}
-                }
-                if to == id {
-                    local.push_back((id.clone(), body));
-                    continue;
-                }
-                let addr = membership
-                    .member(&to)
-                    .and_then(|m| m.meta.as_ref())
-                    .and_then(|meta| meta.address.as_deref())
-                    .and_then(|a| a.parse().ok())
-                    .or_else(|| addresses.get(&to).copied());
-                let transport = transport.clone();
-                // Sends run beside the loop: a slow peer must not stall the others. The
-                // protocol survives lost messages (probes time out, awards are resent).
-                tokio::spawn(async move {
-                    if let Err(error) = transport.send(&to, addr, &body).await {
-                        tracing::debug!(%error, kind = body.kind(), "message not sent");
-                    }
-                });
-            }
-            if local.is_empty() {
-                break;
-            }
-        }
-    }
-}
-
-/// Applies the policy to a message before any state machine sees it: a call for proposals
-/// or an award from an owner that may not submit to the workload's namespace is declined
-/// or rejected; a bid from a node that may not host there counts as a policy decline; a
-/// removal the sender may not ask for is dropped. Returns the message when it may pass.
-fn authorize(
-    from: &str,
-    body: Body,
-    policy: &Policy,
-    announcer: &mut Announcer,
-    outbox: &mut Vec<(String, Body)>,
-    metrics: &Metrics,
-) -> Option<Body> {
-    let (action, workload) = match &body {
-        Body::Cfp(cfp) => (Action::Submit, cfp.workload.as_str()),
-        Body::Award(award) => (Action::Submit, award.workload.as_str()),
-        Body::Bid(bid) => match announcer.auction_workload(bid.auction) {
-            Some(workload) => (Action::Bid, workload),
-            // Not an auction in progress: the announcer ignores it anyway.
-            None => return Some(body),
-        },
-        Body::RemoveWorkload(remove) => (Action::Remove, remove.workload.as_str()),
-        Body::LogsRequest(request) => (Action::Logs, request.workload.as_str()),
-        // Handing a workload over makes its receiver place it: a submission.
-        Body::Handover(handover) => (Action::Submit, handover.workload.as_str()),
-        _ => return Some(body),
-    };
-    let Err(denied) = policy.check(from, action, workload_namespace(workload)) else {
-        return Some(body);
-    };
-    tracing::warn!(kind = body.kind(), %workload, "refused by policy: {denied}");
-    metrics.denial(action.name());
-    match body {
-        Body::Cfp(cfp) => outbox.push((
-            from.to_owned(),
-            Body::Decline(Decline {
-                auction: cfp.auction,
-                replica: cfp.replica,
-                reason: DeclineReason::PolicyDenied,
-            }),
-        )),
-        Body::Award(award) => outbox.push((
-            from.to_owned(),
-            Body::Reject(Reject {
-                auction: award.auction,
-                replica: award.replica,
-                reservation: award.reservation,
-                reason: denied.to_string(),
-            }),
-        )),
-        Body::LogsRequest(request) => outbox.push((
-            from.to_owned(),
-            Body::LogsReply(LogsReply {
-                request: request.request,
-                result: Err(LogsFailure {
-                    denied: true,
-                    message: denied.to_string(),
-                }),
-            }),
-        )),
-        Body::Bid(bid) => announcer.handle_decline(
-            from,
-            &Decline {
-                auction: bid.auction,
-                replica: bid.replica,
-                reason: DeclineReason::PolicyDenied,
-            },
-        ),
-        _ => {}
-    }
-    None
-}
-
-/// Hands one message to the state machine it is for.
-fn dispatch(
-    from: &str,
-    body: Body,
-    membership: &mut Membership,
-    announcer: &mut Announcer,
-    bidder: &mut Bidder,
-    award_specs: &mut HashMap<(String, u32), (WorkloadSpec, Option<String>)>,
-) {
-    let now = unix_millis();
-    match body {
-        Body::Ping(ping) => membership.handle_ping(now, from, &ping),
-        Body::PingReq(request) => membership.handle_ping_req(now, from, &request),
-        Body::Ack(ack) => membership.handle_ack(now, from, &ack),
-        Body::Sync(sync) => membership.handle_sync(now, from, &sync),
-        Body::Cfp(cfp) => bidder.handle_cfp(now, from, &cfp),
-        Body::Award(award) => {
-            if let Some(spec) = &award.spec {
-                award_specs.insert(
-                    (award.workload.clone(), award.replica),
-                    (spec.clone(), award.submitter.clone()),
-                );
-            }
-            bidder.handle_award(now, from, &award);
-            // An award that did not commit (rejected, or a repeat) leaves no spec behind.
-            if !bidder.committed().any(|c| {
-                c.workload == award.workload && c.replica == award.replica && c.epoch == award.epoch
-            }) {
-                award_specs.remove(&(award.workload.clone(), award.replica));
-            }
-        }
-        Body::Release(release) => bidder.handle_release(from, &release),
-        Body::Revoke(revoke) => bidder.handle_revoke(from, &revoke),
-        Body::Bid(bid) => announcer.handle_bid(now, from, &bid),
-        Body::Decline(decline) => announcer.handle_decline(from, &decline),
-        Body::Accept(accept) => announcer.handle_accept(now, from, &accept),
-        Body::Reject(reject) => announcer.handle_reject(now, from, &reject),
-        Body::Instance(instance) => announcer.handle_instance(now, from, &instance),
-        // Answered by the loop itself, which holds what they need.
-        Body::WorkloadQuery(_)
-        | Body::WorkloadReport(_)
-        | Body::RemoveWorkload(_)
-        | Body::LogsRequest(_)
-        | Body::LogsReply(_)
-        | Body::Handover(_) => {}
-    }
-}
-
-/// Brings this node in line with its view of who owns what ([`Succession`]): reports
-/// replicas to their owner, takes over the workloads of a dead submitter whose successor
-/// it is, gives them back when the submitter returns, and hands them to the successor.
-#[allow(clippy::too_many_arguments)]
-async fn follow_ownership<H: Host>(
-    id: &str,
-    membership: &Membership,
-    succession: &mut Succession,
-    announcer: &mut Announcer,
-    bidder: &mut Bidder,
-    owned: &mut BTreeMap<String, (String, u32)>,
-    outbox: &mut Vec<(String, Body)>,
-    host: &H,
-) {
-    let alive: Vec<&str> = std::iter::once(id)
-        .chain(
-            membership
-                .members()
-                .filter(|m| m.state != MemberState::Dead)
-                .map(|m| &*m.id),
-        )
-        .collect();
-    let held: BTreeSet<String> = bidder.committed().map(|c| c.workload.clone()).collect();
-    let now = unix_millis();
-    let steps = succession.decide(now, &alive, |w| announcer.owns(w), |w| held.contains(w));
-    for step in steps {
-        match step {
-            Step::SetOwner { workload, owner } => bidder.set_owner(&workload, &owner),
-            Step::Adopt {
-                workload,
-                submitter,
-                spec,
-            } => {
-                if let Err(error) = host.adopt((*spec).clone(), submitter.clone()).await {
-                    tracing::error!(%workload, %error, "cannot store a workload to take over; leaving it");
-                    continue;
-                }
-                tracing::warn!(%workload, %submitter, "its owner is dead and this node is the successor: taking the workload over");
-                let request = PlacementRequest {
-                    submitter: Some(submitter),
-                    ..placement_request(&workload, &spec)
-                };
-                owned.insert(workload, (request.image.clone(), request.replicas));
-                // As after a restart: the running replicas report first, then what is
-                // missing is placed.
-                announcer.adopt(now + 3 * REPORT_INTERVAL.as_millis() as u64, request);
-            }
-            Step::Relinquish { workload } => {
-                tracing::info!(%workload, "its submitter is back: giving the workload back");
-                announcer.relinquish(&workload);
-                owned.remove(&workload);
-                host.forget(
-                    workload_name(&workload).to_owned(),
-                    "its submitter is back and owns it again",
-                )
-                .await;
-            }
-            Step::Handover {
-                to,
-                workload,
-                submitter,
-                spec,
-            } => {
-                tracing::info!(%workload, successor = %to, "owner dead: handing the workload to its successor");
-                outbox.push((
-                    to,
-                    Body::Handover(Handover {
-                        workload,
-                        submitter,
-                        spec: *spec,
-                    }),
-                ));
-            }
-        }
-    }
-}
-
-/// What the announcer needs to place `spec`, stored under `key`.
-pub fn placement_request(key: &str, spec: &WorkloadSpec) -> PlacementRequest {
-    PlacementRequest {
-        workload: key.to_owned(),
-        image: spec.image.clone(),
-        replicas: spec.replicas,
-        resources: spec.resources,
-        constraints: spec.constraints.clone(),
-        arch: None,
-        spread_label: None,
-        scoring: Scoring::Spread,
-        spec: Some(spec.clone()),
-        submitter: None,
-    }
-}
-
-/// Acts on membership changes: publishes the view, refreshes the announcer's candidates,
-/// and re-places replicas of owned workloads that were on a node declared dead. Returns
-/// whether anything changed.
-fn membership_events(
-    id: &str,
-    meta: &NodeMeta,
-    membership: &mut Membership,
-    announcer: &mut Announcer,
-    owned: &BTreeMap<String, (String, u32)>,
-    view: &watch::Sender<Vec<Member>>,
-    metrics: &Metrics,
-) -> bool {
-    let mut changed = false;
-    let mut died = Vec::new();
-    while let Some(event) = membership.poll_event() {
-        tracing::info!(?event, "membership");
-        if let MembershipEvent::Died(node) = &event {
-            died.push(node.clone());
-        }
-        changed = true;
-    }
-    if !changed {
-        return false;
-    }
-    view.send_replace(membership.members().cloned().collect());
-    announcer.set_members(candidates(id, meta, membership));
-    let now = unix_millis();
-    for node in died {
-        for workload in owned.keys() {
-            let lost: Vec<u32> = announcer
-                .placements(workload)
-                .into_iter()
-                .filter(|(_, (on, _))| *on == node)
-                .map(|(replica, _)| replica)
-                .collect();
-            for replica in lost {
-                tracing::warn!(%workload, replica, %node, "replica lost with its node; placing it again");
-                announcer.replica_lost(now, workload, replica);
-                Metrics::inc(&metrics.reauctions);
-            }
-        }
-    }
-    true
-}
-
-/// The workloads this node owns, with their placements, as reported to other nodes.
-fn owned_report(
-    owned: &BTreeMap<String, (String, u32)>,
-    announcer: &Announcer,
-) -> Vec<OwnedWorkload> {
-    owned
-        .iter()
-        .map(|(workload, (image, replicas))| OwnedWorkload {
-            workload: workload.clone(),
-            image: image.clone(),
-            replicas: *replicas,
-            placements: announcer
-                .placements(workload)
-                .into_iter()
-                .map(|(replica, (node, epoch))| Placement {
-                    replica,
-                    node,
-                    epoch,
-                })
-                .collect(),
-        })
-        .collect()
-}
-
-/// The members an announcer may ask: this node and every alive member.
-fn candidates(id: &str, meta: &NodeMeta, membership: &Membership) -> Vec<Candidate> {
-    let announced = |meta: &NodeMeta| Announced {
-        arch: meta.arch.clone(),
-        labels: meta.labels.clone(),
-        free: Some(meta.free),
-    };
-    std::iter::once(Candidate {
-        announced: Some(announced(meta)),
-        ..Candidate::new(id)
-    })
-    .chain(
-        membership
-            .members()
-            .filter(|m| m.state == MemberState::Alive)
-            .map(|m| Candidate {
-                node: m.id.to_string(),
-                compatible: m.meta.as_ref().is_some_and(|meta| {
-                    (meta.protocol_min..=meta.protocol_max).contains(&PROTOCOL_VERSION)
-                }),
-                announced: m.meta.as_deref().map(announced),
-            }),
-    )
-    .collect()
-}
-
-/// `default/NAME` for a workload name.
-pub fn workload_key(name: &str) -> String {
-    format!("{}/{name}", parley_store::DEFAULT_NAMESPACE)
-}
-
-/// The namespace in a `namespace/name` key.
-fn workload_namespace(key: &str) -> &str {
-    key.split_once('/')
-        .map_or(parley_store::DEFAULT_NAMESPACE, |(namespace, _)| namespace)
-}
-
-/// The name in a `namespace/name` key.
-fn workload_name(key: &str) -> &str {
-    key.rsplit_once('/').map_or(key, |(_, name)| name)
-}
+pub use driver::run;
 
 async fn dial_seed(
     transport: Transport,
@@ -1396,6 +523,6 @@ async fn dial_seed(
     }
 }
 
-mod succession;
+mod driver;
 #[cfg(test)]
 mod tests;

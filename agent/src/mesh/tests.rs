@@ -1,10 +1,13 @@
 //! Three agents' membership over real QUIC on loopback: they find each other through one
 //! seed, and the survivors declare a stopped one dead.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use parley_negotiation::membership::MembershipConfig;
-use parley_negotiation::messages::{MemberState, NodeMeta};
+use parley_negotiation::messages::{
+    Body, Decline, DeclineReason, MemberState, NodeMeta, RemoveWorkload,
+};
 
 use super::*;
 use crate::transport::tests::Domain;
@@ -13,17 +16,19 @@ use crate::transport::tests::Domain;
 struct NoWork;
 
 impl Host for NoWork {
-    async fn commit(&self, _: Assignment) -> Result<(), String> {
-        Err("this test host runs nothing".to_owned())
+    async fn commit(&self, _: Assignment) -> Result<(), HostError> {
+        Err(HostError::Store("this test host runs nothing".to_owned()))
     }
     async fn start(&self, _: String, _: u32) {}
     async fn forget(&self, _: String, _: &'static str) {}
-    async fn adopt(&self, _: WorkloadSpec, _: String) -> Result<(), String> {
-        Err("this test host runs nothing".to_owned())
+    async fn adopt(&self, _: WorkloadSpec, _: String) -> Result<(), HostError> {
+        Err(HostError::Store("this test host runs nothing".to_owned()))
     }
     async fn revoke(&self, _: String, _: u32, _: u64) {}
-    async fn logs(&self, _: String, _: u32, _: LogWindow) -> Result<LogChunk, String> {
-        Err("this test host runs nothing".to_owned())
+    async fn logs(&self, _: String, _: u32, _: LogWindow) -> Result<LogChunk, HostError> {
+        Err(HostError::NotRunning(
+            "this test host runs nothing".to_owned(),
+        ))
     }
 }
 
@@ -51,7 +56,6 @@ fn start(domain: &Domain, name: &str, seeds: Vec<SocketAddr>) -> Running {
         min_suspicion_ms: 1_000,
         ..MembershipConfig::default()
     };
-    let membership = Membership::new(transport.id(), meta.clone(), config, unix_millis(), 7);
     let (view_tx, view) = watch::channel(Vec::new());
     let shutdown = CancellationToken::new();
     let (_commands, commands_rx) = mpsc::channel(1);
@@ -59,7 +63,10 @@ fn start(domain: &Domain, name: &str, seeds: Vec<SocketAddr>) -> Running {
         transport.clone(),
         inbox,
         Negotiation {
-            membership,
+            config: NegotiatorConfig {
+                membership: config,
+                ..NegotiatorConfig::default()
+            },
             meta,
             committed: Vec::new(),
             disk: None,
@@ -73,6 +80,7 @@ fn start(domain: &Domain, name: &str, seeds: Vec<SocketAddr>) -> Running {
             policy: PolicyHandle::new(Policy::trust_domain_nodes("mesh.test"), None),
         },
         shutdown.clone(),
+        TaskTracker::new(),
     ));
     Running {
         id: transport.id().to_owned(),
@@ -139,6 +147,7 @@ async fn agents_find_each_other_through_one_seed_and_declare_a_stopped_one_dead(
 
 mod authorization {
     use parley_negotiation::messages::{Cfp, Ping, Resources};
+    use parley_negotiation::negotiator::{Event, Negotiator};
 
     use super::*;
 
@@ -161,6 +170,38 @@ mod authorization {
         Policy::load(&path).unwrap()
     }
 
+    /// The negotiator of node `id` under `policy`, as the driver builds it.
+    fn negotiator(id: &str, policy: Policy) -> Negotiator {
+        let meta = NodeMeta {
+            arch: "amd64".to_owned(),
+            allocatable: Resources {
+                cpu_millis: 4_000,
+                memory_bytes: 8 << 30,
+            },
+            ..NodeMeta::default()
+        };
+        Negotiator::new(
+            id,
+            NegotiatorConfig::default(),
+            meta,
+            Vec::new(),
+            1_000,
+            1,
+            Box::new(policy),
+        )
+    }
+
+    fn transmits(negotiator: &mut Negotiator) -> Vec<(String, Body)> {
+        std::iter::from_fn(|| negotiator.poll_transmit()).collect()
+    }
+
+    /// Counts the negotiator's notices as the driver does.
+    fn count(negotiator: &mut Negotiator, metrics: &Metrics) {
+        while let Some(event) = negotiator.poll_event() {
+            super::super::driver::observe(&event, metrics, None);
+        }
+    }
+
     fn cfp() -> Body {
         Body::Cfp(Cfp {
             auction: 9,
@@ -179,20 +220,10 @@ mod authorization {
 
     #[test]
     fn a_call_for_proposals_from_an_owner_that_may_not_submit_is_declined_for_policy() {
-        let metrics = Metrics::default();
-        let mut announcer = Announcer::new(HOST, AnnouncerConfig::default(), 1);
-        let mut outbox = Vec::new();
-        let refused = authorize(
-            OWNER,
-            cfp(),
-            &granting(OWNER, &["bid", "list"]),
-            &mut announcer,
-            &mut outbox,
-            &metrics,
-        );
-        assert!(refused.is_none());
+        let mut host = negotiator(HOST, granting(OWNER, &["bid", "list"]));
+        host.handle_message(1_000, OWNER, cfp());
         assert_eq!(
-            outbox,
+            transmits(&mut host),
             [(
                 OWNER.to_owned(),
                 Body::Decline(Decline {
@@ -203,56 +234,42 @@ mod authorization {
             )]
         );
 
-        outbox.clear();
-        let passed = authorize(
-            OWNER,
-            cfp(),
-            &granting(OWNER, &["submit"]),
-            &mut announcer,
-            &mut outbox,
-            &metrics,
+        // Granted: the bidder sees the call and bids (a bid, not a policy decline).
+        let mut host = negotiator(HOST, granting(OWNER, &["submit"]));
+        host.handle_message(1_000, OWNER, cfp());
+        let sent = transmits(&mut host);
+        assert!(
+            matches!(sent.as_slice(), [(to, Body::Bid(_))] if to == OWNER),
+            "{sent:?}"
         );
-        assert_eq!(passed, Some(cfp()));
-        assert!(outbox.is_empty());
     }
 
     #[test]
     fn a_removal_the_sender_may_not_ask_for_is_dropped() {
         let metrics = Metrics::default();
-        let mut announcer = Announcer::new(OWNER, AnnouncerConfig::default(), 1);
+        let policy = granting(HOST, &["submit", "bid", "logs", "list"]);
+        let mut owner = negotiator(OWNER, policy);
         let remove = Body::RemoveWorkload(RemoveWorkload {
             workload: "default/web".to_owned(),
         });
-        let policy = granting(HOST, &["submit", "bid", "logs", "list"]);
-        let mut outbox = Vec::new();
-        assert!(
-            authorize(
-                HOST,
-                remove.clone(),
-                &policy,
-                &mut announcer,
-                &mut outbox,
-                &metrics
-            )
-            .is_none()
-        );
-        assert!(outbox.is_empty());
-        // Membership traffic is not a request: it always passes.
+        owner.handle_message(1_000, HOST, remove);
+        assert!(transmits(&mut owner).is_empty());
+        assert!(owner.poll_action().is_none(), "nothing is forgotten");
+        count(&mut owner, &metrics);
+        // Membership traffic is not a request: it always passes (and is answered).
         let ping = Body::Ping(Ping {
             seq: 1,
             updates: Vec::new(),
         });
-        assert_eq!(
-            authorize(
-                HOST,
-                ping.clone(),
-                &policy,
-                &mut announcer,
-                &mut outbox,
-                &metrics
-            ),
-            Some(ping)
+        owner.handle_message(1_000, HOST, ping);
+        assert!(
+            transmits(&mut owner)
+                .iter()
+                .any(|(to, body)| to == HOST && matches!(body, Body::Ack(_))),
         );
+        while let Some(event) = owner.poll_event() {
+            assert!(!matches!(event, Event::Denied { .. }), "{event:?}");
+        }
         let text = crate::metrics::render(Some(&metrics), &Default::default());
         assert!(
             text.lines()

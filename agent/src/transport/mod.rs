@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use parley_identity::tls::{self, PeerVerifier, TlsIdentity};
 use parley_identity::{Credential, TrustBundle, VerifiedIdentity};
@@ -218,9 +218,7 @@ impl Verifier for ConnectionPeer<'_> {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::clock::unix_millis()
 }
 
 impl Transport {
@@ -478,9 +476,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn rand_start(bytes: &mut [u8; 8]) {
     // The clock's nanoseconds mixed with the process id: unique enough for a starting
     // point, and message ids need uniqueness, not secrecy.
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+    let nanos = crate::clock::unix_nanos();
     let mixed = nanos ^ (u64::from(std::process::id()) << 40);
     *bytes = mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes();
 }

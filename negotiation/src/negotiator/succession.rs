@@ -1,7 +1,7 @@
 //! Who owns each workload this node knows of, in this node's view of the mesh: the node it
 //! was submitted to while that node is alive, otherwise a deterministic successor (the
 //! rendezvous hash of the workload over the members not known dead,
-//! [`parley_negotiation::ownership`]). Every node with the same view reaches the same
+//! [`crate::ownership`]). Every node with the same view reaches the same
 //! answer, so the nodes running a dead owner's replicas report to the same successor,
 //! and that successor takes the workload over.
 //!
@@ -13,8 +13,8 @@
 
 use std::collections::BTreeMap;
 
-use parley_negotiation::WorkloadSpec;
-use parley_negotiation::ownership;
+use crate::ownership;
+use crate::workload::WorkloadSpec;
 
 /// How often a node running a replica repeats its handover while the owner is a
 /// successor.
@@ -132,6 +132,38 @@ impl Succession {
         owns: impl Fn(&str) -> bool,
         holds: impl Fn(&str) -> bool,
     ) -> Vec<Step> {
+        self.decide_with(
+            now_ms,
+            |id| alive.contains(&id),
+            || alive.iter().map(|id| (*id).to_owned()).collect(),
+            owns,
+            holds,
+        )
+    }
+
+    /// Whether this node knows no workload at all (then there is nothing to decide).
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+
+    /// Whether this node knows `workload`.
+    pub fn knows(&self, workload: &str) -> bool {
+        self.known.contains_key(workload)
+    }
+
+    /// [`Succession::decide`] for a large view: `is_alive` answers for one member, and
+    /// the whole list (`alive`, this node included) is built only if some submitter is
+    /// dead and a successor must be found.
+    pub fn decide_with(
+        &mut self,
+        now_ms: u64,
+        is_alive: impl Fn(&str) -> bool,
+        alive: impl FnOnce() -> Vec<String>,
+        owns: impl Fn(&str) -> bool,
+        holds: impl Fn(&str) -> bool,
+    ) -> Vec<Step> {
+        let mut alive = Some(alive);
+        let mut view: Vec<String> = Vec::new();
         let id = self.id.clone();
         self.known.retain(|workload, known| {
             owns(workload)
@@ -142,9 +174,18 @@ impl Succession {
         });
         let mut steps = Vec::new();
         for (workload, known) in &mut self.known {
-            let Some(owner) = ownership::owner(workload, known.submitter.as_str(), alive) else {
-                continue;
+            let owner = if is_alive(&known.submitter) {
+                known.submitter.clone()
+            } else {
+                if let Some(list) = alive.take() {
+                    view = list();
+                }
+                match ownership::successor(workload, view.iter().map(String::as_str)) {
+                    Some(heir) => heir.to_owned(),
+                    None => continue,
+                }
             };
+            let owner = owner.as_str();
             let submitted_here = known.submitter == id;
             if holds(workload) {
                 steps.push(Step::SetOwner {
@@ -186,7 +227,7 @@ impl Succession {
 
 #[cfg(test)]
 mod tests {
-    use parley_negotiation::workload::WorkloadName;
+    use crate::workload::WorkloadName;
 
     use super::*;
 

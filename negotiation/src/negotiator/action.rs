@@ -1,0 +1,312 @@
+//! What goes in and out of a [`super::Negotiator`] besides messages: requests from the
+//! node's own users, work the host must carry out, and notices for logs and metrics.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::auction::{Explanation, PlacementRequest};
+use crate::membership::MembershipEvent;
+use crate::messages::{LogChunk, LogWindow, LogsFailure, OwnedWorkload};
+use crate::workload::WorkloadSpec;
+
+use super::gate::Action;
+
+/// A replica this node was awarded by the workload's owner: what it must run. Stored
+/// (flushed) before the award is acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The workload, as the owner sent it with the award.
+    pub spec: WorkloadSpec,
+    /// Replica index.
+    pub replica: u32,
+    /// Fencing epoch of the award.
+    pub epoch: u64,
+    /// The owner (the announcer that awarded it), by SPIFFE ID.
+    pub owner: String,
+    /// The node the workload was submitted to, when the owner awarded it as that node's
+    /// successor (`None`: the owner is the submitter).
+    #[serde(default)]
+    pub submitter: Option<String>,
+    /// The reservation the award named.
+    pub reservation: String,
+    /// This node's value of the workload's spread label, if any.
+    pub failure_domain: Option<String>,
+    /// When it was awarded (milliseconds since the Unix epoch).
+    pub assigned_at_ms: u64,
+}
+
+/// Where a workload's replicas run: replica → (node, epoch).
+pub type Placements = BTreeMap<u32, (String, u64)>;
+
+/// Why the host could not do what it was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// The store could not persist it (full disk, I/O error, store closing).
+    #[error("the store could not persist it: {0}")]
+    Store(String),
+    /// The container engine failed or did not answer.
+    #[error("{0}")]
+    Runtime(String),
+    /// The replica has no container on this node.
+    #[error("{0}")]
+    NotRunning(String),
+}
+
+/// A request from this node's own users (the local API), answered through
+/// [`HostAction::Answer`] with the token it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Place a workload this node now owns (already stored).
+    Place(PlacementRequest),
+    /// Take up a workload this node owned before a restart: its running replicas report
+    /// themselves first, then what is missing is placed.
+    Adopt(PlacementRequest),
+    /// Forget a workload this node owns and revoke its replicas everywhere.
+    Remove(String),
+    /// Why each replica of an owned workload is or is not placed.
+    Explain(String),
+    /// Where an owned workload's replicas run.
+    Placements(String),
+    /// Every workload any alive member owns, this node included; members that do not
+    /// answer within [`super::QUERY_TIMEOUT_MS`] are left out.
+    ListMesh,
+    /// Ask every alive member to remove a workload; its owner does.
+    RemoveRemote(String),
+    /// Read a replica's output from the node that runs it.
+    Logs {
+        /// The node running the replica.
+        node: String,
+        /// Workload key (`namespace/name`).
+        workload: String,
+        /// Replica index.
+        replica: u32,
+        /// Which lines.
+        window: LogWindow,
+    },
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// For [`Request::Explain`]: placements, and each replica's last auction.
+    Explain(Placements, BTreeMap<u32, Explanation>),
+    /// For [`Request::Placements`].
+    Placements(Placements),
+    /// For [`Request::ListMesh`]: (owner, workload) pairs.
+    ListMesh(Vec<(String, OwnedWorkload)>),
+    /// For [`Request::Logs`].
+    Logs(Result<LogChunk, LogsFailure>),
+}
+
+/// Work the host (store, container engine) must carry out. Those with a token report
+/// back through the matching `handle_*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostAction {
+    /// Persist (flushed) an award, then call [`super::Negotiator::handle_committed`]:
+    /// the Accept that acknowledges it leaves only after `Ok`.
+    Commit {
+        /// Matches the result to the award.
+        token: u64,
+        /// What to store.
+        assignment: Assignment,
+    },
+    /// Store (flushed) a workload this node takes over as the successor of its dead
+    /// submitter, then call [`super::Negotiator::handle_adopted`].
+    Adopt {
+        /// Matches the result to the workload.
+        token: u64,
+        /// The workload.
+        spec: WorkloadSpec,
+        /// The node it was submitted to.
+        submitter: String,
+    },
+    /// Start the container of a committed replica.
+    Start {
+        /// Workload key.
+        workload: String,
+        /// Replica index.
+        replica: u32,
+    },
+    /// Stop and forget a replica its owner revoked (only if still at `epoch`).
+    Revoke {
+        /// Workload key.
+        workload: String,
+        /// Replica index.
+        replica: u32,
+        /// The epoch revoked.
+        epoch: u64,
+    },
+    /// Forget a workload this node owned (removed at another node's request, or given
+    /// back to its submitter); `why` goes into the audit log.
+    Forget {
+        /// Workload key.
+        workload: String,
+        /// For the audit log.
+        why: &'static str,
+    },
+    /// Read a replica's output for a peer, then call
+    /// [`super::Negotiator::handle_logs_read`].
+    ReadLogs {
+        /// The peer's request id.
+        request: u64,
+        /// The peer asking.
+        from: String,
+        /// Workload key.
+        workload: String,
+        /// Replica index.
+        replica: u32,
+        /// Which lines.
+        window: LogWindow,
+    },
+    /// Answer a [`Request`].
+    Answer {
+        /// The token the request came with.
+        token: u64,
+        /// The answer.
+        reply: Reply,
+    },
+}
+
+/// Something that happened, for logs and metrics; nothing needs to be done about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Membership changed (the view of members should be republished).
+    Membership(MembershipEvent),
+    /// A replica was placed and its winner acknowledged.
+    Placed {
+        /// Workload key.
+        workload: String,
+        /// Replica index.
+        replica: u32,
+        /// Node running it.
+        node: String,
+        /// Fencing epoch.
+        epoch: u64,
+    },
+    /// An auction ended without a winner; it runs again at `retry_at_ms`.
+    NotPlaced {
+        /// Workload key.
+        workload: String,
+        /// Replica index.
+        replica: u32,
+        /// Why, node by node.
+        explanation: Explanation,
+        /// When the next attempt starts.
+        retry_at_ms: u64,
+    },
+    /// A replica's node died; it is placed again.
+    ReplicaLost {
+        /// Workload key.
+        workload: String,
+        /// Replica index.
+        replica: u32,
+        /// The dead node.
+        node: String,
+    },
+    /// A message was refused by the authorization gate.
+    Denied {
+        /// Its sender.
+        from: String,
+        /// Its kind.
+        kind: &'static str,
+        /// The workload it named.
+        workload: String,
+        /// What was refused, and why.
+        action: Action,
+        /// The refusal, for people.
+        reason: String,
+    },
+    /// An award came without the spec needed to run it; it is refused.
+    AwardWithoutSpec {
+        /// Workload key.
+        workload: String,
+        /// Replica index.
+        replica: u32,
+    },
+    /// The host could not persist an award: it is not acknowledged.
+    CommitFailed {
+        /// Workload key.
+        workload: String,
+        /// Replica index.
+        replica: u32,
+        /// Why.
+        error: HostError,
+    },
+    /// An award was persisted and acknowledged; the replica starts.
+    Committed {
+        /// Workload key.
+        workload: String,
+        /// Replica index.
+        replica: u32,
+        /// Fencing epoch.
+        epoch: u64,
+        /// The owner that awarded it.
+        owner: String,
+    },
+    /// The owner revoked a replica this node ran.
+    Revoked {
+        /// Workload key.
+        workload: String,
+        /// Replica index.
+        replica: u32,
+        /// The epoch revoked.
+        epoch: u64,
+    },
+    /// This node takes over a workload whose submitter died.
+    TakingOver {
+        /// Workload key.
+        workload: String,
+        /// The dead submitter.
+        submitter: String,
+    },
+    /// The host could not store a workload to take over; it is left for now.
+    AdoptFailed {
+        /// Workload key.
+        workload: String,
+        /// Why.
+        error: HostError,
+    },
+    /// The submitter of a workload this node took over is back and owns it again.
+    GivenBack {
+        /// Workload key.
+        workload: String,
+    },
+    /// This node hands a workload whose owner died to its successor.
+    HandedOver {
+        /// Workload key.
+        workload: String,
+        /// The successor.
+        to: String,
+    },
+    /// A peer handed this node a workload whose owner died.
+    HandedTo {
+        /// Workload key.
+        workload: String,
+        /// The dead submitter.
+        submitter: String,
+        /// The peer.
+        by: String,
+    },
+    /// A peer asked this node to remove a workload it owns.
+    RemovedByPeer {
+        /// Workload key.
+        workload: String,
+        /// The peer.
+        by: String,
+    },
+    /// The container storage fell below its reserve: new replicas are declined.
+    DiskLow {
+        /// Space left (bytes).
+        available: u64,
+        /// The reserve (bytes).
+        reserve: u64,
+    },
+    /// A message left this node (to a peer or to itself), for counters.
+    Sent {
+        /// Its kind.
+        kind: &'static str,
+        /// For a decline, its reason code.
+        decline: Option<&'static str>,
+    },
+}

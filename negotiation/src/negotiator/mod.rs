@@ -1,0 +1,1149 @@
+//! The whole protocol of one node, as one sans-IO state machine: SWIM membership, the
+//! announcer for the workloads it owns, the bidder for the replicas it may host, owner
+//! succession, queries and log reads for its users, and the authorization gate in front
+//! of them all.
+//!
+//! It is driven like `quinn-proto`'s `Endpoint`: inputs come through `handle_*(now, …)`,
+//! outputs leave through [`Negotiator::poll_transmit`] (messages for peers),
+//! [`Negotiator::poll_action`] (work for the host: store, container engine, answers) and
+//! [`Negotiator::poll_event`] (notices for logs and metrics), and
+//! [`Negotiator::poll_timeout`] says when to call [`Negotiator::handle_timeout`]. The
+//! agent's mesh driver feeds it from QUIC and tokio timers; the simulator feeds
+//! thousands of them from a virtual network and clock. Both run this very code.
+//!
+//! Messages a node sends itself (its announcer asking its own bidder) are delivered
+//! inside the same call, through the gate like any other, and never reach the network.
+//!
+//! "Persist before acknowledge" is data here, not statement order: an award's Accept is
+//! held until the host reports the award stored ([`Negotiator::handle_committed`]), and
+//! dropped if storing failed.
+
+mod action;
+pub mod gate;
+mod queries;
+pub mod succession;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+pub use action::{Assignment, Event, HostAction, HostError, Placements, Reply, Request};
+pub use gate::{Action, AllowAll, Authorizer, Denial};
+use queries::{Finished, PendingList, PendingLogs, Queries};
+use succession::{Step, Succession};
+
+use crate::auction::{
+    Announced, Announcer, AnnouncerConfig, AnnouncerEvent, Bidder, BidderConfig, BidderEvent,
+    Candidate, Committed, NodeProfile, PlacementRequest,
+};
+use crate::codec::PROTOCOL_VERSION;
+use crate::membership::{Interner, Membership, MembershipConfig, MembershipEvent};
+use crate::messages::{
+    Body, Decline, DeclineReason, Handover, LogChunk, LogsFailure, LogsReply, LogsRequest,
+    MAX_REPORTED_WORKLOADS, MemberState, MemberUpdate, NodeMeta, OwnedWorkload, Placement, Reject,
+    RemoveWorkload, WorkloadQuery, WorkloadReport,
+};
+use crate::workload::{WorkloadSpec, key_namespace};
+
+/// How often this node reports the replicas it runs to their owners (and repeats
+/// handovers a successor may have let pass).
+pub const REPORT_INTERVAL_MS: u64 = 2_000;
+
+/// How long a `ListMesh` waits for the members' reports.
+pub const QUERY_TIMEOUT_MS: u64 = 2_000;
+
+/// How long a log read waits for the node running the replica.
+pub const LOGS_TIMEOUT_MS: u64 = 10_000;
+
+/// How long an owner taking up a workload gathers reports of running replicas before it
+/// places what is missing: time to rejoin through a seed, after which every replica still
+/// running reports within one interval.
+pub const ADOPT_GATHER_MS: u64 = 3 * REPORT_INTERVAL_MS;
+
+/// A change of free disk smaller than this is not worth gossiping to every member.
+const DISK_GOSSIP_STEP: u64 = 64 << 20;
+
+/// Settings of the parts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NegotiatorConfig {
+    /// SWIM membership.
+    pub membership: MembershipConfig,
+    /// The announcer (auctions of owned workloads).
+    pub announcer: AnnouncerConfig,
+    /// The bidder (reservations).
+    pub bidder: BidderConfig,
+}
+
+/// An award being persisted by the host; its Accept waits here.
+#[derive(Debug)]
+struct PendingCommit {
+    workload: String,
+    replica: u32,
+    reservation: String,
+    accept: Option<(String, Body)>,
+}
+
+/// The negotiation state of one node.
+pub struct Negotiator {
+    id: String,
+    meta: NodeMeta,
+    membership: Membership,
+    /// Set when membership does not run and these nodes are taken as alive for ever
+    /// (benchmarks at sizes where N² membership records do not fit).
+    static_members: Option<BTreeSet<String>>,
+    announcer: Announcer,
+    bidder: Bidder,
+    succession: Succession,
+    authorizer: Box<dyn Authorizer>,
+    /// Workloads this node owns: key → (image, replicas), for reports to other nodes.
+    owned: BTreeMap<String, (String, u32)>,
+    /// Specs of awards being committed, by (workload, replica), until the bidder decides.
+    award_specs: HashMap<(String, u32), (WorkloadSpec, Option<String>)>,
+    commits: BTreeMap<u64, PendingCommit>,
+    /// Reservations whose Accept must not leave (the award could not be honoured).
+    refused_accepts: BTreeSet<String>,
+    /// Workloads being stored by the host before this node takes them over.
+    adoptions: BTreeMap<u64, PlacementRequest>,
+    queries: Queries,
+    /// Messages from this node to itself, delivered before the current call returns.
+    inbox: VecDeque<(String, Body)>,
+    transmits: VecDeque<(String, Body)>,
+    actions: VecDeque<HostAction>,
+    events: VecDeque<Event>,
+    next_token: u64,
+    next_report_ms: u64,
+    /// Ownership may have moved: membership changed or a workload became known.
+    ownership_stale: bool,
+    /// The announcer's member list is out of date (rebuilt when it has work).
+    members_stale: bool,
+}
+
+impl std::fmt::Debug for Negotiator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Negotiator")
+            .field("id", &self.id)
+            .field("owned", &self.owned.len())
+            .field("commits", &self.commits.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Negotiator {
+    /// The negotiator of node `id`, which announces `meta` and had committed `committed`
+    /// before (its store). `seed` drives every random choice; `authorizer` says who may
+    /// do what.
+    pub fn new(
+        id: impl Into<String>,
+        config: NegotiatorConfig,
+        meta: NodeMeta,
+        committed: Vec<Assignment>,
+        now_ms: u64,
+        seed: u64,
+        authorizer: Box<dyn Authorizer>,
+    ) -> Self {
+        let id = id.into();
+        let membership = Membership::new(&id, meta.clone(), config.membership, now_ms, seed);
+        let profile = NodeProfile {
+            id: id.clone(),
+            arch: meta.arch.clone(),
+            labels: meta.labels.clone(),
+            allocatable: meta.allocatable,
+        };
+        let mut succession = Succession::new(&id);
+        for a in &committed {
+            let key = crate::workload::default_key(a.spec.name.as_str());
+            succession.learn(
+                &key,
+                a.submitter.as_deref().unwrap_or(&a.owner),
+                &a.spec,
+                None,
+            );
+        }
+        let committed = committed.into_iter().map(|a| Committed {
+            workload: crate::workload::default_key(a.spec.name.as_str()),
+            announcer: a.owner,
+            replica: a.replica,
+            epoch: a.epoch,
+            resources: a.spec.resources,
+            reservation: a.reservation,
+            failure_domain: a.failure_domain,
+        });
+        // The boot number is the start time, which only moves forward between runs of one
+        // node: each run's reservation ids differ from the last run's.
+        let mut bidder = Bidder::restarted(profile, config.bidder, now_ms, committed);
+        for image in &meta.images {
+            bidder.add_image(image);
+        }
+        let announcer_seed = seed.rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15;
+        Self {
+            announcer: Announcer::new(&id, config.announcer, announcer_seed),
+            membership,
+            static_members: None,
+            bidder,
+            succession,
+            authorizer,
+            owned: BTreeMap::new(),
+            award_specs: HashMap::new(),
+            commits: BTreeMap::new(),
+            refused_accepts: BTreeSet::new(),
+            adoptions: BTreeMap::new(),
+            queries: Queries::default(),
+            inbox: VecDeque::new(),
+            transmits: VecDeque::new(),
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            next_token: 0,
+            next_report_ms: now_ms + REPORT_INTERVAL_MS,
+            ownership_stale: true,
+            members_stale: true,
+            meta,
+            id,
+        }
+    }
+
+    /// This node's SPIFFE ID.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// What this node announces of itself.
+    pub fn meta(&self) -> &NodeMeta {
+        &self.meta
+    }
+
+    /// The membership view (for the agent's `parley nodes`, addresses, and invariants).
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// The auctions of the workloads this node owns (for explanations and invariants).
+    pub fn announcer(&self) -> &Announcer {
+        &self.announcer
+    }
+
+    /// The replicas this node holds or reserves (for invariants).
+    pub fn bidder(&self) -> &Bidder {
+        &self.bidder
+    }
+
+    /// Whether this node knows `workload` (owns it, runs a replica, or was handed it).
+    pub fn knows(&self, workload: &str) -> bool {
+        self.succession.knows(workload)
+    }
+
+    /// Replaces who may do what (a policy reloaded).
+    pub fn set_authorizer(&mut self, authorizer: Box<dyn Authorizer>) {
+        self.authorizer = authorizer;
+    }
+
+    /// Shares one table of member ids and metadata with other negotiators in this process
+    /// (a simulated cluster), instead of one per node.
+    pub fn share_interner(&mut self, interner: Interner) {
+        self.membership.share_interner(interner);
+    }
+
+    /// Starts from a converged view, as after a completed join (large simulations).
+    pub fn assume_known(&mut self, now_ms: u64, everyone: &[MemberUpdate]) {
+        self.membership.assume_known(now_ms, everyone);
+    }
+
+    /// Runs without SWIM: `members` are alive for ever. Measures the auction alone at
+    /// sizes where N² membership records do not fit in one process.
+    pub fn use_static_members(&mut self, members: Vec<Candidate>) {
+        self.static_members = Some(members.iter().map(|c| c.node.clone()).collect());
+        self.announcer.set_members(members);
+        self.members_stale = false;
+    }
+
+    /// Joins the mesh through `peer`, a seed that answered.
+    pub fn handle_seed(&mut self, now_ms: u64, peer: &str) {
+        self.membership.join(&[peer.to_owned()]);
+        self.settle(now_ms);
+    }
+
+    /// A verified message from `from` (the transport authenticated the sender).
+    pub fn handle_message(&mut self, now_ms: u64, from: &str, body: Body) {
+        self.inbox.push_back((from.to_owned(), body));
+        self.settle(now_ms);
+    }
+
+    /// A request from this node's users; its answer, if it has one, comes back as
+    /// [`HostAction::Answer`] with `token`.
+    pub fn handle_request(&mut self, now_ms: u64, token: u64, request: Request) {
+        match request {
+            Request::Place(request) => {
+                if let Some(spec) = &request.spec {
+                    self.succession
+                        .learn(&request.workload, &self.id, spec, None);
+                }
+                self.owned.insert(
+                    request.workload.clone(),
+                    (request.image.clone(), request.replicas),
+                );
+                self.refresh_members(true);
+                self.announcer.place(now_ms, request);
+            }
+            Request::Adopt(request) => {
+                if let Some(spec) = &request.spec {
+                    let submitter = request.submitter.as_deref().unwrap_or(&self.id);
+                    self.succession
+                        .learn(&request.workload, submitter, spec, None);
+                    self.ownership_stale = true;
+                }
+                self.owned.insert(
+                    request.workload.clone(),
+                    (request.image.clone(), request.replicas),
+                );
+                self.refresh_members(true);
+                self.announcer.adopt(now_ms + ADOPT_GATHER_MS, request);
+            }
+            Request::Remove(workload) => {
+                self.owned.remove(&workload);
+                self.succession.forget(&workload);
+                self.announcer.remove(&workload);
+            }
+            Request::Explain(workload) => {
+                let reply = Reply::Explain(
+                    self.announcer.placements(&workload),
+                    self.announcer.explain(&workload),
+                );
+                self.actions.push_back(HostAction::Answer { token, reply });
+            }
+            Request::Placements(workload) => {
+                let reply = Reply::Placements(self.announcer.placements(&workload));
+                self.actions.push_back(HostAction::Answer { token, reply });
+            }
+            Request::ListMesh => self.list_mesh(now_ms, token),
+            Request::RemoveRemote(workload) => {
+                let members: Vec<String> = self.live_members().collect();
+                for member in members {
+                    self.send(
+                        member,
+                        Body::RemoveWorkload(RemoveWorkload {
+                            workload: workload.clone(),
+                        }),
+                    );
+                }
+            }
+            Request::Logs {
+                node,
+                workload,
+                replica,
+                window,
+            } => {
+                let request = self.queries.next_request();
+                let pending = PendingLogs {
+                    token,
+                    node: node.clone(),
+                    deadline_ms: now_ms + LOGS_TIMEOUT_MS,
+                };
+                if let Some(evicted) = self.queries.wait_logs(request, pending) {
+                    self.finish(evicted);
+                }
+                self.send(
+                    node,
+                    Body::LogsRequest(LogsRequest {
+                        request,
+                        workload,
+                        replica,
+                        window,
+                    }),
+                );
+            }
+        }
+        self.settle(now_ms);
+    }
+
+    /// The host's answer to [`HostAction::Commit`]: on `Ok` the held Accept leaves and the
+    /// replica starts; on `Err` the award is dropped unacknowledged (the owner re-awards).
+    pub fn handle_committed(&mut self, now_ms: u64, token: u64, result: Result<(), HostError>) {
+        let Some(pending) = self.commits.remove(&token) else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                if let Some((to, accept)) = pending.accept {
+                    self.send(to, accept);
+                }
+                if let Some(c) = self
+                    .bidder
+                    .committed()
+                    .find(|c| c.workload == pending.workload && c.replica == pending.replica)
+                {
+                    self.events.push_back(Event::Committed {
+                        workload: c.workload.clone(),
+                        replica: c.replica,
+                        epoch: c.epoch,
+                        owner: c.announcer.clone(),
+                    });
+                }
+                self.actions.push_back(HostAction::Start {
+                    workload: pending.workload,
+                    replica: pending.replica,
+                });
+            }
+            Err(error) => {
+                self.bidder
+                    .remove_instance(&pending.workload, pending.replica);
+                self.events.push_back(Event::CommitFailed {
+                    workload: pending.workload,
+                    replica: pending.replica,
+                    error,
+                });
+            }
+        }
+        self.settle(now_ms);
+    }
+
+    /// The host's answer to [`HostAction::Adopt`]: on `Ok` this node owns the workload and
+    /// gathers its running replicas' reports before placing what is missing.
+    pub fn handle_adopted(&mut self, now_ms: u64, token: u64, result: Result<(), HostError>) {
+        let Some(request) = self.adoptions.remove(&token) else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                self.events.push_back(Event::TakingOver {
+                    workload: request.workload.clone(),
+                    submitter: request.submitter.clone().unwrap_or_default(),
+                });
+                self.owned.insert(
+                    request.workload.clone(),
+                    (request.image.clone(), request.replicas),
+                );
+                self.refresh_members(true);
+                // As after a restart: the running replicas report first, then what is
+                // missing is placed.
+                self.announcer.adopt(now_ms + ADOPT_GATHER_MS, request);
+            }
+            // Tried again when ownership is next looked at (at the latest on the next
+            // report tick).
+            Err(error) => self.events.push_back(Event::AdoptFailed {
+                workload: request.workload,
+                error,
+            }),
+        }
+        self.settle(now_ms);
+    }
+
+    /// The host's answer to [`HostAction::ReadLogs`], sent back to the peer that asked.
+    pub fn handle_logs_read(
+        &mut self,
+        now_ms: u64,
+        request: u64,
+        to: String,
+        result: Result<LogChunk, HostError>,
+    ) {
+        let result = result.map_err(|error| LogsFailure {
+            denied: false,
+            message: error.to_string(),
+        });
+        self.send(to, Body::LogsReply(LogsReply { request, result }));
+        self.settle(now_ms);
+    }
+
+    /// The space left on the container storage, measured by the host: below `reserve`
+    /// the node declines new replicas, and large changes are announced.
+    pub fn set_disk(&mut self, now_ms: u64, available: u64, reserve: u64) {
+        self.bidder.set_disk(available, reserve);
+        let free = available.saturating_sub(reserve);
+        let announced = self.meta.disk_free_bytes.unwrap_or(u64::MAX);
+        if free.abs_diff(announced) >= DISK_GOSSIP_STEP || (free == 0) != (announced == 0) {
+            if free == 0 {
+                self.events.push_back(Event::DiskLow { available, reserve });
+            }
+            self.meta.disk_free_bytes = Some(free);
+            self.membership.set_meta(self.meta.clone());
+        }
+        self.settle(now_ms);
+    }
+
+    /// Lets time pass: probes, suspicion, bid windows, reservations, query deadlines and
+    /// the report tick.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        if self.static_members.is_none()
+            && self.membership.poll_timeout().is_some_and(|t| t <= now_ms)
+        {
+            self.membership.handle_timeout(now_ms);
+        }
+        if self.announcer.poll_timeout().is_some_and(|t| t <= now_ms) {
+            self.announcer.handle_timeout(now_ms);
+        }
+        if self.bidder.poll_timeout().is_some_and(|t| t <= now_ms) {
+            self.bidder.handle_timeout(now_ms);
+        }
+        for finished in self.queries.expire(now_ms) {
+            self.finish(finished);
+        }
+        if now_ms >= self.next_report_ms {
+            self.next_report_ms = now_ms + REPORT_INTERVAL_MS;
+            self.bidder.report_instances();
+            // Repeats handovers a successor may have let pass.
+            self.ownership_stale = true;
+        }
+        self.settle(now_ms);
+    }
+
+    /// When [`Negotiator::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let membership = match self.static_members {
+            Some(_) => None,
+            None => self.membership.poll_timeout(),
+        };
+        [
+            membership,
+            self.announcer.poll_timeout(),
+            self.bidder.poll_timeout(),
+            self.queries.poll_timeout(),
+            Some(self.next_report_ms),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The next message for a peer: `(to, body)`.
+    pub fn poll_transmit(&mut self) -> Option<(String, Body)> {
+        self.transmits.pop_front()
+    }
+
+    /// The next piece of work for the host.
+    pub fn poll_action(&mut self) -> Option<HostAction> {
+        self.actions.pop_front()
+    }
+
+    /// The next notice for logs and metrics.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Delivers what this node sent itself and acts on what the parts reported, until
+    /// nothing is left: the end of every `handle_*`.
+    fn settle(&mut self, now_ms: u64) {
+        loop {
+            while let Some((from, body)) = self.inbox.pop_front() {
+                self.receive(now_ms, &from, body);
+            }
+            self.membership_events(now_ms);
+            if std::mem::take(&mut self.ownership_stale) {
+                self.follow_ownership(now_ms);
+            }
+            self.bidder_events(now_ms);
+            self.announce_free(now_ms);
+            self.announcer_events();
+            self.collect_transmits();
+            if self.inbox.is_empty() {
+                break;
+            }
+        }
+    }
+
+    /// Queues a message; one to this node itself is delivered without the network.
+    fn send(&mut self, to: String, body: Body) {
+        let decline = match &body {
+            Body::Decline(decline) => Some(decline.reason.code()),
+            _ => None,
+        };
+        if matches!(body, Body::Bid(_) | Body::Decline(_) | Body::Award(_)) {
+            self.events.push_back(Event::Sent {
+                kind: body.kind(),
+                decline,
+            });
+        }
+        if to == self.id {
+            self.inbox.push_back((to, body));
+        } else {
+            self.transmits.push_back((to, body));
+        }
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    fn finish(&mut self, finished: Finished) {
+        let (token, reply) = match finished {
+            Finished::List(token, collected) => (token, Reply::ListMesh(collected)),
+            Finished::Logs(token, result) => (token, Reply::Logs(result)),
+        };
+        self.actions.push_back(HostAction::Answer { token, reply });
+    }
+
+    /// One message, past the gate, to the part it is for.
+    fn receive(&mut self, now_ms: u64, from: &str, body: Body) {
+        let Some(body) = self.gate(from, body) else {
+            return;
+        };
+        match body {
+            Body::Ping(ping) => self.membership.handle_ping(now_ms, from, &ping),
+            Body::PingReq(request) => self.membership.handle_ping_req(now_ms, from, &request),
+            Body::Ack(ack) => self.membership.handle_ack(now_ms, from, &ack),
+            Body::Sync(sync) => self.membership.handle_sync(now_ms, from, &sync),
+            Body::Cfp(cfp) => self.bidder.handle_cfp(now_ms, from, &cfp),
+            Body::Award(award) => {
+                let key = (award.workload.clone(), award.replica);
+                if let Some(spec) = &award.spec {
+                    self.award_specs
+                        .insert(key.clone(), (spec.clone(), award.submitter.clone()));
+                }
+                self.bidder.handle_award(now_ms, from, &award);
+                // An award that did not commit (rejected, or a repeat) leaves no spec behind.
+                if !self.bidder.committed().any(|c| {
+                    c.workload == award.workload
+                        && c.replica == award.replica
+                        && c.epoch == award.epoch
+                }) {
+                    self.award_specs.remove(&key);
+                }
+            }
+            Body::Release(release) => self.bidder.handle_release(from, &release),
+            Body::Revoke(revoke) => self.bidder.handle_revoke(from, &revoke),
+            Body::Bid(bid) => self.announcer.handle_bid(now_ms, from, &bid),
+            Body::Decline(decline) => self.announcer.handle_decline(from, &decline),
+            Body::Accept(accept) => self.announcer.handle_accept(now_ms, from, &accept),
+            Body::Reject(reject) => self.announcer.handle_reject(now_ms, from, &reject),
+            Body::Instance(instance) => self.announcer.handle_instance(now_ms, from, &instance),
+            Body::WorkloadQuery(query) => {
+                // A member sees the workloads of the namespaces it may list.
+                let mut workloads: Vec<OwnedWorkload> = self
+                    .owned_report()
+                    .into_iter()
+                    .filter(|w| {
+                        self.authorizer
+                            .check(from, Action::List, key_namespace(&w.workload))
+                            .is_ok()
+                    })
+                    .collect();
+                workloads.truncate(MAX_REPORTED_WORKLOADS);
+                self.send(
+                    from.to_owned(),
+                    Body::WorkloadReport(WorkloadReport {
+                        request: query.request,
+                        workloads,
+                    }),
+                );
+            }
+            Body::WorkloadReport(report) => {
+                if let Some(finished) = self.queries.report(from, report.request, report.workloads)
+                {
+                    self.finish(finished);
+                }
+            }
+            Body::Handover(handover) => {
+                self.events.push_back(Event::HandedTo {
+                    workload: handover.workload.clone(),
+                    submitter: handover.submitter.clone(),
+                    by: from.to_owned(),
+                });
+                self.succession.learn(
+                    &handover.workload,
+                    &handover.submitter,
+                    &handover.spec,
+                    Some(now_ms),
+                );
+                self.ownership_stale = true;
+            }
+            Body::LogsRequest(request) => self.actions.push_back(HostAction::ReadLogs {
+                request: request.request,
+                from: from.to_owned(),
+                workload: request.workload,
+                replica: request.replica,
+                window: request.window,
+            }),
+            Body::LogsReply(reply) => {
+                if let Some(finished) = self.queries.logs_reply(from, reply.request, reply.result) {
+                    self.finish(finished);
+                }
+            }
+            Body::RemoveWorkload(remove) => {
+                if self.owned.remove(&remove.workload).is_some() {
+                    self.succession.forget(&remove.workload);
+                    self.events.push_back(Event::RemovedByPeer {
+                        workload: remove.workload.clone(),
+                        by: from.to_owned(),
+                    });
+                    self.announcer.remove(&remove.workload);
+                    self.actions.push_back(HostAction::Forget {
+                        workload: remove.workload,
+                        why: "at another node's request; revoking its replicas",
+                    });
+                }
+            }
+        }
+    }
+
+    /// Applies the policy to a message before any part sees it: a call for proposals or
+    /// an award from an owner that may not submit to the workload's namespace is declined
+    /// or rejected; a bid from a node that may not host there counts as a policy decline;
+    /// a log read is refused with a reply; other refused requests are dropped. Returns
+    /// the message when it may pass.
+    fn gate(&mut self, from: &str, body: Body) -> Option<Body> {
+        let (action, workload) = match &body {
+            Body::Cfp(cfp) => (Action::Submit, cfp.workload.as_str()),
+            Body::Award(award) => (Action::Submit, award.workload.as_str()),
+            Body::Bid(bid) => match self.announcer.auction_workload(bid.auction) {
+                Some(workload) => (Action::Bid, workload),
+                // Not an auction in progress: the announcer ignores it anyway.
+                None => return Some(body),
+            },
+            Body::RemoveWorkload(remove) => (Action::Remove, remove.workload.as_str()),
+            Body::LogsRequest(request) => (Action::Logs, request.workload.as_str()),
+            // Handing a workload over makes its receiver place it: a submission.
+            Body::Handover(handover) => (Action::Submit, handover.workload.as_str()),
+            _ => return Some(body),
+        };
+        let Err(denied) = self.authorizer.check(from, action, key_namespace(workload)) else {
+            return Some(body);
+        };
+        self.events.push_back(Event::Denied {
+            from: from.to_owned(),
+            kind: body.kind(),
+            workload: workload.to_owned(),
+            action,
+            reason: denied.reason.clone(),
+        });
+        match body {
+            Body::Cfp(cfp) => self.send(
+                from.to_owned(),
+                Body::Decline(Decline {
+                    auction: cfp.auction,
+                    replica: cfp.replica,
+                    reason: DeclineReason::PolicyDenied,
+                }),
+            ),
+            Body::Award(award) => self.send(
+                from.to_owned(),
+                Body::Reject(Reject {
+                    auction: award.auction,
+                    replica: award.replica,
+                    reservation: award.reservation,
+                    reason: denied.reason,
+                }),
+            ),
+            Body::LogsRequest(request) => self.send(
+                from.to_owned(),
+                Body::LogsReply(LogsReply {
+                    request: request.request,
+                    result: Err(LogsFailure {
+                        denied: true,
+                        message: denied.reason,
+                    }),
+                }),
+            ),
+            Body::Bid(bid) => self.announcer.handle_decline(
+                from,
+                &Decline {
+                    auction: bid.auction,
+                    replica: bid.replica,
+                    reason: DeclineReason::PolicyDenied,
+                },
+            ),
+            _ => {}
+        }
+        None
+    }
+
+    fn list_mesh(&mut self, now_ms: u64, token: u64) {
+        let collected: Vec<(String, OwnedWorkload)> = self
+            .owned_report()
+            .into_iter()
+            .map(|w| (self.id.clone(), w))
+            .collect();
+        let waiting: BTreeSet<String> = self.live_members().collect();
+        if waiting.is_empty() {
+            self.actions.push_back(HostAction::Answer {
+                token,
+                reply: Reply::ListMesh(collected),
+            });
+            return;
+        }
+        let request = self.queries.next_request();
+        for member in &waiting {
+            self.send(
+                member.clone(),
+                Body::WorkloadQuery(WorkloadQuery { request }),
+            );
+        }
+        let list = PendingList {
+            token,
+            waiting,
+            collected,
+            deadline_ms: now_ms + QUERY_TIMEOUT_MS,
+        };
+        if let Some(evicted) = self.queries.wait_list(request, list) {
+            self.finish(evicted);
+        }
+    }
+
+    /// Members worth asking: alive or suspected.
+    fn live_members(&self) -> impl Iterator<Item = String> + '_ {
+        self.membership.live_members().map(|m| m.id.to_string())
+    }
+
+    /// The workloads this node owns, with their placements, as reported to other nodes.
+    fn owned_report(&self) -> Vec<OwnedWorkload> {
+        self.owned
+            .iter()
+            .map(|(workload, (image, replicas))| OwnedWorkload {
+                workload: workload.clone(),
+                image: image.clone(),
+                replicas: *replicas,
+                placements: self
+                    .announcer
+                    .placements(workload)
+                    .into_iter()
+                    .map(|(replica, (node, epoch))| Placement {
+                        replica,
+                        node,
+                        epoch,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Acts on membership changes: liveness changes move ownership and the set of
+    /// candidates, and replicas of owned workloads on a node declared dead are placed
+    /// again; a metadata change only updates that one candidate (a full refresh costs a
+    /// pass over every member, after every placement, in every announcer).
+    fn membership_events(&mut self, now_ms: u64) {
+        let mut liveness_changed = false;
+        let mut meta_changed = Vec::new();
+        let mut died = Vec::new();
+        while let Some(event) = self.membership.poll_event() {
+            match &event {
+                MembershipEvent::MetaChanged(node) => meta_changed.push(node.clone()),
+                MembershipEvent::Died(node) => {
+                    died.push(node.clone());
+                    liveness_changed = true;
+                }
+                _ => liveness_changed = true,
+            }
+            self.events.push_back(Event::Membership(event));
+        }
+        if liveness_changed {
+            self.members_stale = true;
+            self.ownership_stale = true;
+        } else if !self.members_stale {
+            for node in &meta_changed {
+                if let Some(member) = self.membership.member(node)
+                    && member.state == MemberState::Alive
+                {
+                    self.announcer.update_member(candidate(member));
+                }
+            }
+        }
+        self.refresh_members(false);
+        for node in died {
+            let owned: Vec<String> = self.owned.keys().cloned().collect();
+            for workload in owned {
+                let lost: Vec<u32> = self
+                    .announcer
+                    .placements(&workload)
+                    .into_iter()
+                    .filter(|(_, (on, _))| *on == node)
+                    .map(|(replica, _)| replica)
+                    .collect();
+                for replica in lost {
+                    self.events.push_back(Event::ReplicaLost {
+                        workload: workload.clone(),
+                        replica,
+                        node: node.clone(),
+                    });
+                    self.announcer.replica_lost(now_ms, &workload, replica);
+                }
+            }
+        }
+    }
+
+    /// Gives the announcer the current candidates if they changed and it has workloads
+    /// (or `force`, before it gets one): building the list costs a pass over every member.
+    fn refresh_members(&mut self, force: bool) {
+        if self.members_stale && (force || self.announcer.workload_count() > 0) {
+            let members = self.candidates();
+            self.announcer.set_members(members);
+            self.members_stale = false;
+        }
+    }
+
+    /// The members an announcer may ask: this node and every alive member, compatible
+    /// when their announced protocol range includes ours.
+    fn candidates(&self) -> Vec<Candidate> {
+        std::iter::once(Candidate {
+            announced: Some(announced(&self.meta)),
+            ..Candidate::new(&self.id)
+        })
+        .chain(
+            self.membership
+                .members()
+                .filter(|m| m.state == MemberState::Alive)
+                .map(candidate),
+        )
+        .collect()
+    }
+
+    /// Brings this node in line with its view of who owns what ([`Succession`]): points
+    /// replicas' reports at their owner, takes over the workloads of a dead submitter
+    /// whose successor it is, gives them back when the submitter returns, and hands them
+    /// to the successor.
+    fn follow_ownership(&mut self, now_ms: u64) {
+        if self.succession.is_empty() {
+            return;
+        }
+        let held: BTreeSet<String> = self
+            .bidder
+            .committed()
+            .map(|c| c.workload.clone())
+            .collect();
+        let adopting: BTreeSet<String> = self
+            .adoptions
+            .values()
+            .map(|r| r.workload.clone())
+            .collect();
+        let (id, membership, statics, announcer) = (
+            self.id.as_str(),
+            &self.membership,
+            &self.static_members,
+            &self.announcer,
+        );
+        let is_alive = |node: &str| -> bool {
+            node == id
+                || match statics {
+                    Some(members) => members.contains(node),
+                    None => membership
+                        .member(node)
+                        .is_some_and(|m| m.state != MemberState::Dead),
+                }
+        };
+        let alive = || -> Vec<String> {
+            let others: Vec<String> = match statics {
+                Some(members) => members.iter().cloned().collect(),
+                None => membership
+                    .members()
+                    .filter(|m| m.state != MemberState::Dead)
+                    .map(|m| m.id.to_string())
+                    .collect(),
+            };
+            std::iter::once(id.to_owned()).chain(others).collect()
+        };
+        let steps = self.succession.decide_with(
+            now_ms,
+            is_alive,
+            alive,
+            |w| announcer.owns(w) || adopting.contains(w),
+            |w| held.contains(w),
+        );
+        for step in steps {
+            match step {
+                Step::SetOwner { workload, owner } => self.bidder.set_owner(&workload, &owner),
+                Step::Adopt {
+                    workload,
+                    submitter,
+                    spec,
+                } => {
+                    let token = self.token();
+                    let request = PlacementRequest {
+                        submitter: Some(submitter.clone()),
+                        ..PlacementRequest::for_spec(&workload, &spec)
+                    };
+                    self.adoptions.insert(token, request);
+                    self.actions.push_back(HostAction::Adopt {
+                        token,
+                        spec: *spec,
+                        submitter,
+                    });
+                }
+                Step::Relinquish { workload } => {
+                    self.events.push_back(Event::GivenBack {
+                        workload: workload.clone(),
+                    });
+                    self.announcer.relinquish(&workload);
+                    self.owned.remove(&workload);
+                    self.adoptions.retain(|_, r| r.workload != workload);
+                    self.actions.push_back(HostAction::Forget {
+                        workload,
+                        why: "its submitter is back and owns it again",
+                    });
+                }
+                Step::Handover {
+                    to,
+                    workload,
+                    submitter,
+                    spec,
+                } => {
+                    self.events.push_back(Event::HandedOver {
+                        workload: workload.clone(),
+                        to: to.clone(),
+                    });
+                    self.send(
+                        to,
+                        Body::Handover(Handover {
+                            workload,
+                            submitter,
+                            spec: *spec,
+                        }),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The bidder's events come before its messages: an award goes to the host to be
+    /// persisted, and its Accept is held until that succeeds.
+    fn bidder_events(&mut self, now_ms: u64) {
+        while let Some(event) = self.bidder.poll_event() {
+            match event {
+                BidderEvent::Committed(c) => {
+                    let Some((spec, submitter)) =
+                        self.award_specs.remove(&(c.workload.clone(), c.replica))
+                    else {
+                        self.events.push_back(Event::AwardWithoutSpec {
+                            workload: c.workload.clone(),
+                            replica: c.replica,
+                        });
+                        self.bidder.remove_instance(&c.workload, c.replica);
+                        self.refused_accepts.insert(c.reservation.clone());
+                        continue;
+                    };
+                    self.succession.learn(
+                        &c.workload,
+                        submitter.as_deref().unwrap_or(&c.announcer),
+                        &spec,
+                        None,
+                    );
+                    self.ownership_stale = true;
+                    let token = self.token();
+                    self.commits.insert(
+                        token,
+                        PendingCommit {
+                            workload: c.workload.clone(),
+                            replica: c.replica,
+                            reservation: c.reservation.clone(),
+                            accept: None,
+                        },
+                    );
+                    self.actions.push_back(HostAction::Commit {
+                        token,
+                        assignment: Assignment {
+                            spec,
+                            replica: c.replica,
+                            epoch: c.epoch,
+                            owner: c.announcer,
+                            submitter,
+                            reservation: c.reservation,
+                            failure_domain: c.failure_domain,
+                            assigned_at_ms: now_ms,
+                        },
+                    });
+                }
+                BidderEvent::Revoked(c) => {
+                    self.events.push_back(Event::Revoked {
+                        workload: c.workload.clone(),
+                        replica: c.replica,
+                        epoch: c.epoch,
+                    });
+                    self.actions.push_back(HostAction::Revoke {
+                        workload: c.workload,
+                        replica: c.replica,
+                        epoch: c.epoch,
+                    });
+                }
+                BidderEvent::Expired(_) => {}
+            }
+        }
+    }
+
+    /// Free capacity travels in membership metadata, so that announcers ask the members
+    /// that look able to host first. Committed replicas only: reservations come and go
+    /// with every call for proposals. Paced: in a large mesh placing fast, announcing
+    /// every change would fill every member's gossip with capacity updates.
+    fn announce_free(&mut self, now_ms: u64) {
+        let free = self
+            .meta
+            .allocatable
+            .minus(&self.bidder.committed_resources());
+        if free != self.meta.free {
+            self.meta.free = free;
+            if self.static_members.is_none() {
+                self.membership.set_meta_paced(now_ms, self.meta.clone());
+            }
+        }
+    }
+
+    fn announcer_events(&mut self) {
+        while let Some(event) = self.announcer.poll_event() {
+            self.events.push_back(match event {
+                AnnouncerEvent::Placed {
+                    workload,
+                    replica,
+                    node,
+                    epoch,
+                } => Event::Placed {
+                    workload,
+                    replica,
+                    node,
+                    epoch,
+                },
+                AnnouncerEvent::NotPlaced {
+                    workload,
+                    replica,
+                    explanation,
+                    retry_at_ms,
+                } => Event::NotPlaced {
+                    workload,
+                    replica,
+                    explanation,
+                    retry_at_ms,
+                },
+            });
+        }
+    }
+
+    /// Moves what the parts queued to the outgoing queue (or this node's own inbox),
+    /// holding each Accept whose award is still being persisted.
+    fn collect_transmits(&mut self) {
+        loop {
+            let next = self
+                .membership
+                .poll_transmit()
+                .or_else(|| self.announcer.poll_transmit())
+                .or_else(|| self.bidder.poll_transmit());
+            let Some((to, body)) = next else { break };
+            if let Body::Accept(accept) = &body {
+                if self.refused_accepts.contains(&accept.reservation) {
+                    continue;
+                }
+                if let Some(pending) = self
+                    .commits
+                    .values_mut()
+                    .find(|p| p.reservation == accept.reservation)
+                {
+                    // A repeated award while the first is being stored: one Accept leaves.
+                    pending.accept.get_or_insert((to, body));
+                    continue;
+                }
+            }
+            self.send(to, body);
+        }
+        self.refused_accepts.clear();
+    }
+}
+
+/// What an announcer knows of a node from its metadata.
+fn announced(meta: &NodeMeta) -> Announced {
+    Announced {
+        arch: meta.arch.clone(),
+        labels: meta.labels.clone(),
+        free: Some(meta.free),
+    }
+}
+
+/// A member as an announcer's candidate.
+fn candidate(member: &crate::membership::Member) -> Candidate {
+    Candidate {
+        node: member.id.to_string(),
+        compatible: member.meta.as_ref().is_some_and(|meta| {
+            (meta.protocol_min..=meta.protocol_max).contains(&PROTOCOL_VERSION)
+        }),
+        announced: member.meta.as_deref().map(announced),
+    }
+}
