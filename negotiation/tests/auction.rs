@@ -7,7 +7,7 @@ use parley_negotiation::auction::{
     Announced, Announcer, AnnouncerConfig, AnnouncerEvent, Answer, Bidder, BidderConfig,
     BidderEvent, Candidate, NodeProfile, PlacementRequest,
 };
-use parley_negotiation::messages::{Body, Resources, Scoring};
+use parley_negotiation::messages::{Body, Instance, Resources, Scoring};
 
 const GIB: u64 = 1 << 30;
 
@@ -601,4 +601,128 @@ fn sampling_among_thousands_finds_the_few_able_and_spreads_over_the_many() {
         "400 calls reached only {} distinct members of 1,000",
         reached.len()
     );
+}
+
+fn instance(workload: &str, replica: u32, epoch: u64, domain: Option<&str>) -> Instance {
+    Instance {
+        workload: workload.to_owned(),
+        replica,
+        epoch,
+        reservation: format!("r{replica}.{epoch}"),
+        failure_domain: domain.map(str::to_owned),
+    }
+}
+
+#[test]
+fn an_owner_taking_a_spread_workload_back_revokes_replicas_that_share_a_domain() {
+    // Two owners' histories: the submitter's own replica 0 in rack-0 (epoch 1), and a
+    // successor's replica 1 also in rack-0 (epoch 2) plus one of unknown domain (it did
+    // not know the workload is spread).
+    let mut announcer = Announcer::new("a", AnnouncerConfig::default(), 1);
+    announcer.set_members(members(&["a", "b", "c", "d"]));
+    let spread = PlacementRequest {
+        spread_label: Some("rack".to_owned()),
+        ..request(3, 100, 1)
+    };
+    announcer.adopt(1_000, spread);
+    announcer.handle_instance(10, "a", &instance("default/web", 0, 1, Some("rack-0")));
+    announcer.handle_instance(10, "b", &instance("default/web", 1, 2, Some("rack-0")));
+    announcer.handle_instance(10, "c", &instance("default/web", 2, 3, None));
+    assert!(
+        announcer.poll_transmit().is_none(),
+        "nothing moves while gathering"
+    );
+
+    announcer.handle_timeout(1_000);
+    let sent: Vec<(String, Body)> = std::iter::from_fn(|| announcer.poll_transmit()).collect();
+    let mut revoked: Vec<(&str, u32, u64)> = sent
+        .iter()
+        .filter_map(|(to, body)| match body {
+            Body::Revoke(r) => Some((to.as_str(), r.replica, r.epoch)),
+            _ => None,
+        })
+        .collect();
+    revoked.sort_unstable();
+    // The newest in rack-0 stays; the older one and the unknown one go.
+    assert_eq!(revoked, [("a", 0, 1), ("c", 2, 3)], "{sent:?}");
+    let kept = announcer.placements("default/web");
+    assert_eq!(kept.keys().copied().collect::<Vec<_>>(), [1]);
+    assert!(
+        sent.iter().any(|(_, body)| matches!(body, Body::Cfp(_))),
+        "the evicted replicas are placed again: {sent:?}"
+    );
+}
+
+#[test]
+fn an_award_that_fell_through_is_retried_soon_not_after_a_grown_backoff() {
+    let config = AnnouncerConfig {
+        sample_factor: 10,
+        ..Default::default()
+    };
+    let mut announcer = Announcer::new("a", config, 1);
+    announcer.set_members(members(&["b"]));
+    let mut bidders = vec![bidder("b", 100, 8, &[])];
+    // Nobody can host it for a while: the backoff grows.
+    announcer.place(0, request(1, 1_000, 1));
+    let (now, _) = settle(&mut announcer, &mut bidders, 0, 20_000);
+    let backed_off = announcer.poll_timeout().expect("a retry is scheduled") - now;
+    assert!(backed_off > config.retry_initial_ms, "{backed_off}");
+
+    // Now b has room, bids, and rejects the award (it lost the reservation, say).
+    bidders[0] = bidder("b", 4_000, 8, &[]);
+    let retry_at = announcer.poll_timeout().unwrap();
+    announcer.handle_timeout(retry_at);
+    let (_, cfp) = announcer.poll_transmit().expect("a call for proposals");
+    let Body::Cfp(cfp) = cfp else {
+        panic!("{cfp:?}")
+    };
+    bidders[0].handle_cfp(retry_at, "a", &cfp);
+    let Some((_, Body::Bid(bid))) = bidders[0].poll_transmit() else {
+        panic!("b bids")
+    };
+    announcer.handle_bid(retry_at, "b", &bid);
+    let window = announcer.poll_timeout().unwrap();
+    announcer.handle_timeout(window);
+    let Some((_, Body::Award(award))) = announcer.poll_transmit() else {
+        panic!("an award")
+    };
+    announcer.handle_reject(
+        window,
+        "b",
+        &parley_negotiation::messages::Reject {
+            auction: award.auction,
+            replica: award.replica,
+            reservation: award.reservation,
+            reason: "no such reservation".to_owned(),
+        },
+    );
+    let next = announcer.poll_timeout().expect("a retry is scheduled");
+    assert!(
+        next - window <= config.retry_initial_ms,
+        "retried after {} ms, backoff was {backed_off} ms",
+        next - window
+    );
+}
+
+#[test]
+fn a_report_of_a_workload_not_owned_here_is_ignored_unless_it_was_removed_here() {
+    let mut announcer = Announcer::new("a", AnnouncerConfig::default(), 1);
+    // A successor whose hand-over is still on its way must not kill the replica it is
+    // about to take over.
+    announcer.handle_instance(0, "b", &instance("default/web", 0, 3, None));
+    assert_eq!(announcer.poll_transmit(), None);
+
+    // Removed here: a node that missed the revocation is told again when it reports.
+    let mut bidders = vec![bidder("b", 4000, 8, &[])];
+    announcer.set_members(members(&["b"]));
+    announcer.place(0, request(1, 100, 1));
+    let (now, _) = settle(&mut announcer, &mut bidders, 0, 5_000);
+    let (node, epoch) = announcer.placements("default/web")[&0].clone();
+    announcer.remove("default/web");
+    while announcer.poll_transmit().is_some() {}
+    announcer.handle_instance(now, &node, &instance("default/web", 0, epoch, None));
+    assert!(matches!(
+        announcer.poll_transmit(),
+        Some((to, Body::Revoke(r))) if to == node && r.epoch == epoch
+    ));
 }

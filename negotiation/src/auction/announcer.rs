@@ -287,9 +287,16 @@ pub struct Announcer {
     next_auction: AuctionId,
     members: Vec<Candidate>,
     workloads: BTreeMap<String, Workload>,
+    /// Workloads removed here lately, oldest first: their replicas are revoked whenever
+    /// they report (a node may have missed the first revocation).
+    removed: VecDeque<String>,
     transmits: VecDeque<(String, Body)>,
     events: VecDeque<AnnouncerEvent>,
 }
+
+/// How many removed workloads an announcer remembers (a table peers cannot grow: only
+/// removals of workloads this node owned add to it).
+const MAX_REMOVED: usize = 1024;
 
 impl Announcer {
     /// An announcer for node `id`, with a seed for its sampling.
@@ -301,6 +308,7 @@ impl Announcer {
             next_auction: 0,
             members: Vec::new(),
             workloads: BTreeMap::new(),
+            removed: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -330,6 +338,7 @@ impl Announcer {
     /// Starts placing a workload.
     pub fn place(&mut self, now_ms: u64, request: PlacementRequest) {
         let key = request.workload.clone();
+        self.removed.retain(|w| *w != key);
         self.workloads.insert(
             key.clone(),
             Workload {
@@ -349,6 +358,7 @@ impl Announcer {
     /// missing at epochs above any it has seen.
     pub fn adopt(&mut self, gather_until_ms: u64, request: PlacementRequest) {
         let key = request.workload.clone();
+        self.removed.retain(|w| *w != key);
         self.workloads.entry(key).or_insert(Workload {
             request,
             placed: BTreeMap::new(),
@@ -392,6 +402,12 @@ impl Announcer {
             })
             .unwrap_or_default();
         self.relinquish(workload);
+        if !self.removed.iter().any(|w| w == workload) {
+            if self.removed.len() == MAX_REMOVED {
+                self.removed.pop_front();
+            }
+            self.removed.push_back(workload.to_owned());
+        }
         for (replica, node, epoch) in placed {
             self.transmits.push_back((
                 node,
@@ -402,6 +418,11 @@ impl Announcer {
                 }),
             ));
         }
+    }
+
+    /// The request an owned workload is placed by.
+    pub fn request(&self, workload: &str) -> Option<&PlacementRequest> {
+        self.workloads.get(workload).map(|w| &w.request)
     }
 
     /// How many workloads this announcer owns.
@@ -733,7 +754,13 @@ impl Announcer {
     /// that very reservation counts as its acknowledgement (the Accept was lost).
     pub fn handle_instance(&mut self, now_ms: u64, from: &str, instance: &Instance) {
         let Some(workload) = self.workloads.get(&instance.workload) else {
-            self.revoke(from, instance);
+            // Removed here: stop it. Otherwise this node does not own it (yet): a
+            // successor whose hand-over is still on its way, or one that gave it back.
+            // Revoking would kill the very replicas it is about to take over; the node
+            // reports to the right owner as soon as it knows it.
+            if self.removed.iter().any(|w| *w == instance.workload) {
+                self.revoke(from, instance);
+            }
             return;
         };
         if instance.replica >= workload.request.replicas {
@@ -936,7 +963,21 @@ impl Announcer {
                 }),
             ));
         }
-        let retry_at_ms = now_ms + auction.backoff_ms;
+        // Backing off is for replicas nobody can host. A member that bid but whose award
+        // fell through (it could not store it, or its acknowledgement was lost) is likely
+        // to succeed at once: waiting out a backoff grown while the network was bad would
+        // leave the replica unplaced for no reason.
+        let someone_bid = auction
+            .explanation
+            .answers
+            .values()
+            .any(|answer| matches!(answer, Answer::Bid { .. }));
+        let wait_ms = if someone_bid {
+            self.config.retry_initial_ms.min(auction.backoff_ms)
+        } else {
+            auction.backoff_ms
+        };
+        let retry_at_ms = now_ms + wait_ms;
         workload
             .last_explanation
             .insert(auction.replica, auction.explanation.clone());
@@ -1059,8 +1100,8 @@ impl Announcer {
     }
 
     /// After gathering the replicas of a workload taken over, keeps one per failure
-    /// domain of a spread workload (the newest) and revokes the others, which `advance`
-    /// then places again in domains still free. Gathering picks each replica's instance
+    /// domain of a spread workload (the newest) and revokes the others and those of
+    /// unknown domain, which `advance` then places again in domains still free. Gathering picks each replica's instance
     /// on its own, by epoch; the instances it merges can come from two owners' histories
     /// (a successor placed replicas while the submitter was down, the submitter came back
     /// with its own), and together they can break the spread neither broke alone.
@@ -1080,10 +1121,11 @@ impl Announcer {
         let mut taken = BTreeSet::new();
         let mut evicted = Vec::new();
         for (replica, epoch, domain) in newest_first {
-            if let Some(domain) = domain
-                && !taken.insert(domain)
-                && let Some((node, ..)) = w.placed.remove(&replica)
-            {
+            // A replica of unknown domain (placed by an owner that did not know the
+            // workload is spread: a successor knows only its spec) cannot be shown to
+            // keep the spread, as no bid without a domain would be awarded.
+            let shares = domain.is_none_or(|domain| !taken.insert(domain));
+            if shares && let Some((node, ..)) = w.placed.remove(&replica) {
                 evicted.push((node, replica, epoch));
             }
         }
