@@ -10,6 +10,7 @@ pub mod capacity;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod hostcheck;
 pub mod join;
 pub mod mesh;

@@ -196,7 +196,8 @@ pub struct Award {
     pub epoch: u64,
     /// The bid's reservation.
     pub reservation: String,
-    /// The workload, so that the winner can start the replica (absent in simulations).
+    /// The workload, so that the winner can start the replica (an award without one is
+    /// refused).
     #[serde(default)]
     pub spec: Option<WorkloadSpec>,
     /// The node the workload was submitted to, when the sender owns it as its successor.

@@ -1,6 +1,7 @@
 //! The simulated cluster, over many seeds. `PARLEY_SIM_SEEDS=N` runs N seeds (default
 //! 1,000), `PARLEY_SIM_FIRST=S` starts at seed S; a failure prints the seeds that broke,
-//! and `PARLEY_SIM_FIRST=S PARLEY_SIM_SEEDS=1` replays one exactly.
+//! and `PARLEY_SIM_FIRST=S PARLEY_SIM_SEEDS=1` replays one exactly (add
+//! `PARLEY_SIM_TRACE=1 -- --nocapture` to see its messages and host actions).
 
 use parley_negotiation::sim::{self, SimConfig};
 
@@ -20,10 +21,13 @@ fn every_seed_keeps_every_invariant() {
     let (mut messages, mut placed, mut forged, mut crashes, mut partitions, mut heal_max) =
         (0, 0, 0, 0, 0, 0);
     let mut restarts = 0;
+    let (mut commit_failures, mut denied, mut takeovers, mut answered, mut removals) =
+        (0, 0, 0, 0, 0);
     for seed in first..first + seeds {
         let config = SimConfig::from_seed(seed);
         crashes += u64::from(config.crash.is_some());
         partitions += u64::from(config.partition.is_some());
+        removals += u64::from(config.removal.is_some());
         match sim::run(config) {
             Ok(outcome) => {
                 messages += outcome.messages;
@@ -31,13 +35,19 @@ fn every_seed_keeps_every_invariant() {
                 forged += outcome.forged_refused;
                 heal_max = heal_max.max(outcome.heal_ms.unwrap_or(0));
                 restarts += outcome.restarts;
+                commit_failures += outcome.commit_failures;
+                denied += outcome.denied;
+                takeovers += outcome.takeovers;
+                answered += outcome.answered;
             }
             Err(violation) => failures.push(violation.to_string()),
         }
     }
     eprintln!(
         "{seeds} seeds in {:.1} s: {placed} replicas placed, {messages} messages, {forged} forgeries refused, \
-         {partitions} runs with a partition, {crashes} with a crash, {restarts} restarts (slowest heal {heal_max} ms)",
+         {partitions} runs with a partition, {crashes} with a crash, {restarts} restarts (slowest heal {heal_max} ms), \
+         {commit_failures} failed commits, {denied} messages refused by policy, {takeovers} takeovers by a successor, \
+         {removals} runs with a removal, {answered} questions answered",
         started.elapsed().as_secs_f64()
     );
     assert!(
@@ -52,7 +62,15 @@ fn every_seed_keeps_every_invariant() {
     );
     if seeds >= 100 {
         assert!(
-            crashes > 0 && restarts > 0 && partitions > 0 && forged > 0,
+            crashes > 0
+                && restarts > 0
+                && partitions > 0
+                && forged > 0
+                && commit_failures > 0
+                && denied > 0
+                && takeovers > 0
+                && removals > 0
+                && answered > 0,
             "the seeds exercised no faults"
         );
     }

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::GlobalOptions;
 use crate::capacity::HostCapacity;
 use crate::config::{self, Config, ConfigError, Environment, FileConfig};
+use crate::daemon::shutdown::Shutdown;
 use crate::hostcheck::HostFacts;
 use crate::mesh;
 use crate::node::{Node, NodeInfo};
@@ -241,16 +241,16 @@ async fn serve_on(
     }
     let store = parley_store::Store::open(&store_path)?;
 
-    let shutdown = CancellationToken::new();
-    // Every task of the agent is spawned through this tracker, so that shutdown waits
-    // for all of them (an award being persisted above all) before the store closes.
-    let tasks = TaskTracker::new();
+    // Every task of the agent is spawned through it, so that shutdown waits for all of
+    // them (an award being persisted above all) before the store closes.
+    let shutdown = Shutdown::new();
     let settings = ServiceSettings {
         socket: config.podman_socket.clone(),
         autostart: config.podman_autostart,
         podman_binary: config.podman_binary.clone(),
     };
-    let (podman, origin, podman_supervisor) = service::connect(&settings, shutdown.clone()).await?;
+    let (podman, origin, podman_supervisor) =
+        service::connect(&settings, shutdown.token.clone()).await?;
 
     let engine = {
         use crate::runtime::ContainerRuntime as _;
@@ -306,9 +306,11 @@ async fn serve_on(
             prepared = mesh::start(settings, meta.clone(), &store, Some(disk)) => Some(prepared?),
             () = &mut signal => {
                 tracing::info!("stopped while joining the mesh");
-                shutdown.cancel();
-                let _ = tokio::time::timeout(SHUTDOWN_GRACE, podman_supervisor).await;
-                store.close().context("could not flush the state store on shutdown")?;
+                shutdown.spawn(podman_supervisor);
+                shutdown
+                    .drain(SHUTDOWN_GRACE, None, &store)
+                    .await
+                    .context("could not flush the state store on shutdown")?;
                 return Ok(());
             }
         },
@@ -316,10 +318,10 @@ async fn serve_on(
     };
     let mesh = prepared.as_ref().map(|p| p.handle.clone());
     let mesh_transport = mesh.as_ref().map(|m| m.transport.clone());
-    tasks.spawn(reload_on_hangup(
+    shutdown.spawn(reload_on_hangup(
         hangups,
         mesh.as_ref().map(|m| m.policy.clone()),
-        shutdown.clone(),
+        shutdown.token.clone(),
     ));
 
     let node = Node::new(
@@ -346,7 +348,12 @@ async fn serve_on(
 
     if let Some(prepared) = prepared {
         let committed = node.assignments()?;
-        prepared.spawn(Arc::clone(&node), committed, shutdown.clone(), &tasks);
+        prepared.spawn(
+            Arc::clone(&node),
+            committed,
+            shutdown.token.clone(),
+            &shutdown.tasks,
+        );
         node.resume_ownership().await?;
     }
 
@@ -358,22 +365,24 @@ async fn serve_on(
         "agent listening"
     );
 
-    let api = {
-        let shutdown = shutdown.clone();
-        let router = crate::api::router(Arc::clone(&node));
-        tasks.spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        })
-    };
-    let reconciler = tasks.spawn(crate::reconcile::run(
+    let router = crate::api::router(Arc::clone(&node));
+    let stopped = shutdown.token.clone().cancelled_owned();
+    shutdown.spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(stopped)
+            .await;
+        if let Err(error) = served {
+            tracing::warn!(%error, "the API server stopped with an error");
+        }
+    });
+    shutdown.spawn(crate::reconcile::run(
         Arc::clone(&node),
         config.reconcile_interval,
-        shutdown.clone(),
+        shutdown.token.clone(),
     ));
+    shutdown.spawn(podman_supervisor);
 
-    let watchdog = crate::systemd::spawn_watchdog(shutdown.clone());
+    let watchdog = crate::systemd::spawn_watchdog(shutdown.token.clone());
     crate::systemd::ready(&format!(
         "listening on {}; node {}",
         config.api_socket.display(),
@@ -383,32 +392,15 @@ async fn serve_on(
     signal.await;
     tracing::info!("shutting down");
     crate::systemd::stopping();
-    shutdown.cancel();
+    shutdown.token.cancel();
     if let Some(watchdog) = watchdog {
         let _ = watchdog.await;
     }
-
-    tasks.close();
-    let stopped = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        if let Ok(Err(e)) = api.await {
-            tracing::warn!(error = %e, "the API server stopped with an error");
-        }
-        let _ = reconciler.await;
-        let _ = podman_supervisor.await;
-        tasks.wait().await;
-    })
-    .await;
-    if stopped.is_err() {
-        tracing::warn!(grace = ?SHUTDOWN_GRACE, tasks = tasks.len(), "tasks did not stop within the grace period");
-    }
-    // Peers see the connections close now rather than time out later.
-    if let Some(mesh) = &mesh_transport {
-        mesh.close().await;
-    }
-    drop(node);
-    store
-        .close()
+    shutdown
+        .drain(SHUTDOWN_GRACE, mesh_transport.as_ref(), &store)
+        .await
         .context("could not flush the state store on shutdown")?;
+    drop(node);
     tracing::info!("agent stopped");
     Ok(())
 }

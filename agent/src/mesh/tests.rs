@@ -278,3 +278,197 @@ mod authorization {
         );
     }
 }
+
+mod shutdown {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use parley_negotiation::messages::{Award, Bid, Cfp, Ping, Resources};
+    use parley_negotiation::workload::WorkloadName;
+    use parley_store::Store;
+
+    use super::*;
+    use crate::daemon::shutdown::Shutdown;
+
+    /// Stores awards in a real store, slowly (a disk under load), and says when a
+    /// commit has started and when it has finished.
+    struct SlowStore {
+        store: Store,
+        started: tokio::sync::Notify,
+        finished: AtomicBool,
+    }
+
+    impl Host for SlowStore {
+        async fn commit(&self, assignment: Assignment) -> Result<(), HostError> {
+            self.started.notify_one();
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            let tree = self
+                .store
+                .assignments::<Assignment>()
+                .map_err(|e| HostError::Store(e.to_string()))?;
+            tree.put("default/web#0", &assignment)
+                .map_err(|e| HostError::Store(e.to_string()))?;
+            self.store
+                .flush()
+                .await
+                .map_err(|e| HostError::Store(e.to_string()))?;
+            self.finished.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn start(&self, _: String, _: u32) {}
+        async fn forget(&self, _: String, _: &'static str) {}
+        async fn adopt(&self, _: WorkloadSpec, _: String) -> Result<(), HostError> {
+            Ok(())
+        }
+        async fn revoke(&self, _: String, _: u32, _: u64) {}
+        async fn logs(&self, _: String, _: u32, _: LogWindow) -> Result<LogChunk, HostError> {
+            Err(HostError::NotRunning("no logs here".to_owned()))
+        }
+    }
+
+    async fn next_body(inbox: &mut mpsc::Receiver<Inbound>) -> Body {
+        tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+            .await
+            .expect("a message within 5 s")
+            .expect("the transport is up")
+            .received
+            .body
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_waits_for_an_award_being_stored_then_closes_the_endpoint_then_the_store() {
+        let domain = Domain::new("mesh.test");
+        let (owner, mut owner_inbox) = domain.transport("owner");
+        let (host_transport, host_inbox) = domain.transport("host");
+        let host_addr = host_transport.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let host = Arc::new(SlowStore {
+            store: store.clone(),
+            started: tokio::sync::Notify::new(),
+            finished: AtomicBool::new(false),
+        });
+        let allocatable = Resources {
+            cpu_millis: 4_000,
+            memory_bytes: 8 << 30,
+        };
+        let meta = NodeMeta {
+            agent_version: "test".to_owned(),
+            protocol_min: 1,
+            protocol_max: 1,
+            arch: "amd64".to_owned(),
+            allocatable,
+            free: allocatable,
+            address: Some(host_addr.to_string()),
+            ..NodeMeta::default()
+        };
+        let shutdown = Shutdown::new();
+        let (_commands, commands_rx) = mpsc::channel(1);
+        let (view_tx, _view) = watch::channel(Vec::new());
+        shutdown.spawn(run(
+            host_transport.clone(),
+            host_inbox,
+            Negotiation {
+                config: NegotiatorConfig::default(),
+                meta,
+                committed: Vec::new(),
+                disk: None,
+            },
+            Vec::new(),
+            view_tx,
+            Arc::clone(&host),
+            commands_rx,
+            Checks {
+                metrics: Arc::new(Metrics::default()),
+                policy: PolicyHandle::new(Policy::trust_domain_nodes("mesh.test"), None),
+            },
+            shutdown.token.clone(),
+            shutdown.tasks.clone(),
+        ));
+
+        // A hand-made owner: a call for proposals, the host's bid, an award with the spec.
+        let host_id = host_transport.id().to_owned();
+        let cfp = Cfp {
+            auction: 1,
+            workload: "default/web".to_owned(),
+            replica: 0,
+            epoch: 1,
+            image: "img:1".to_owned(),
+            resources: Resources {
+                cpu_millis: 100,
+                memory_bytes: 1 << 20,
+            },
+            constraints: BTreeMap::new(),
+            arch: None,
+            spread_label: None,
+            scoring: Default::default(),
+            bid_deadline_ms: crate::clock::unix_millis() + 5_000,
+        };
+        owner
+            .send(&host_id, Some(host_addr), &Body::Cfp(cfp))
+            .await
+            .unwrap();
+        let bid: Bid = loop {
+            if let Body::Bid(bid) = next_body(&mut owner_inbox).await {
+                break bid;
+            }
+        };
+        let spec =
+            WorkloadSpec::new(WorkloadName::new("web").unwrap(), "img:1", vec![], vec![]).unwrap();
+        let award = Award {
+            auction: 1,
+            workload: "default/web".to_owned(),
+            replica: 0,
+            epoch: 1,
+            reservation: bid.reservation,
+            spec: Some(spec),
+            submitter: None,
+        };
+        owner
+            .send(&host_id, Some(host_addr), &Body::Award(award))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), host.started.notified())
+            .await
+            .expect("the host starts storing the award");
+
+        // SIGTERM now, while the award is being stored.
+        let drained = shutdown
+            .drain(Duration::from_secs(10), Some(&host_transport), &store)
+            .await
+            .unwrap();
+        assert_eq!(drained.abandoned, 0);
+        assert!(
+            host.finished.load(Ordering::SeqCst),
+            "shutdown returned before the award being stored was stored"
+        );
+
+        // The endpoint is closed: a peer can no longer reach it.
+        let refused = tokio::time::timeout(
+            Duration::from_secs(10),
+            owner.send(
+                &host_id,
+                Some(host_addr),
+                &Body::Ping(Ping {
+                    seq: 9,
+                    updates: Vec::new(),
+                }),
+            ),
+        )
+        .await;
+        assert!(
+            !matches!(refused, Ok(Ok(()))),
+            "a message reached the endpoint after shutdown"
+        );
+
+        // The store was closed after the write: reopened, it holds the award.
+        drop(host);
+        drop(store);
+        let reopened = Store::open(dir.path().join("store")).unwrap();
+        let stored: Option<Assignment> = reopened
+            .assignments()
+            .unwrap()
+            .get("default/web#0")
+            .unwrap();
+        assert_eq!(stored.map(|a| a.reservation.is_empty()), Some(false));
+    }
+}

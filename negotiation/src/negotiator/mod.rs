@@ -86,9 +86,9 @@ pub struct Negotiator {
     id: String,
     meta: NodeMeta,
     membership: Membership,
-    /// Set when membership does not run and these nodes are taken as alive for ever
+    /// Set when membership does not run and every node is taken as alive for ever
     /// (benchmarks at sizes where N² membership records do not fit).
-    static_members: Option<BTreeSet<String>>,
+    static_members: bool,
     announcer: Announcer,
     bidder: Bidder,
     succession: Succession,
@@ -176,7 +176,7 @@ impl Negotiator {
         Self {
             announcer: Announcer::new(&id, config.announcer, announcer_seed),
             membership,
-            static_members: None,
+            static_members: false,
             bidder,
             succession,
             authorizer,
@@ -245,10 +245,11 @@ impl Negotiator {
         self.membership.assume_known(now_ms, everyone);
     }
 
-    /// Runs without SWIM: `members` are alive for ever. Measures the auction alone at
-    /// sizes where N² membership records do not fit in one process.
+    /// Runs without SWIM, every node alive for ever, and auctions asking `members` (none
+    /// for a node that takes no submissions). Measures the auction alone at sizes where
+    /// N² membership records do not fit in one process.
     pub fn use_static_members(&mut self, members: Vec<Candidate>) {
-        self.static_members = Some(members.iter().map(|c| c.node.clone()).collect());
+        self.static_members = true;
         self.announcer.set_members(members);
         self.members_stale = false;
     }
@@ -459,9 +460,7 @@ impl Negotiator {
     /// Lets time pass: probes, suspicion, bid windows, reservations, query deadlines and
     /// the report tick.
     pub fn handle_timeout(&mut self, now_ms: u64) {
-        if self.static_members.is_none()
-            && self.membership.poll_timeout().is_some_and(|t| t <= now_ms)
-        {
+        if !self.static_members && self.membership.poll_timeout().is_some_and(|t| t <= now_ms) {
             self.membership.handle_timeout(now_ms);
         }
         if self.announcer.poll_timeout().is_some_and(|t| t <= now_ms) {
@@ -484,9 +483,10 @@ impl Negotiator {
 
     /// When [`Negotiator::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<u64> {
-        let membership = match self.static_members {
-            Some(_) => None,
-            None => self.membership.poll_timeout(),
+        let membership = if self.static_members {
+            None
+        } else {
+            self.membership.poll_timeout()
         };
         [
             membership,
@@ -902,28 +902,25 @@ impl Negotiator {
         let (id, membership, statics, announcer) = (
             self.id.as_str(),
             &self.membership,
-            &self.static_members,
+            self.static_members,
             &self.announcer,
         );
         let is_alive = |node: &str| -> bool {
             node == id
-                || match statics {
-                    Some(members) => members.contains(node),
-                    None => membership
-                        .member(node)
-                        .is_some_and(|m| m.state != MemberState::Dead),
-                }
+                || statics
+                || membership
+                    .member(node)
+                    .is_some_and(|m| m.state != MemberState::Dead)
         };
         let alive = || -> Vec<String> {
-            let others: Vec<String> = match statics {
-                Some(members) => members.iter().cloned().collect(),
-                None => membership
-                    .members()
-                    .filter(|m| m.state != MemberState::Dead)
-                    .map(|m| m.id.to_string())
-                    .collect(),
-            };
-            std::iter::once(id.to_owned()).chain(others).collect()
+            std::iter::once(id.to_owned())
+                .chain(
+                    membership
+                        .members()
+                        .filter(|m| m.state != MemberState::Dead)
+                        .map(|m| m.id.to_string()),
+                )
+                .collect()
         };
         let steps = self.succession.decide_with(
             now_ms,
@@ -1063,7 +1060,7 @@ impl Negotiator {
             .minus(&self.bidder.committed_resources());
         if free != self.meta.free {
             self.meta.free = free;
-            if self.static_members.is_none() {
+            if !self.static_members {
                 self.membership.set_meta_paced(now_ms, self.meta.clone());
             }
         }

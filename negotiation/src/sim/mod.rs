@@ -1,237 +1,46 @@
-//! A deterministic simulator: a cluster of announcers and bidders exchanging real,
-//! signed, encoded frames over a virtual network with latency, loss, a partition, forged
-//! messages and a crash (followed, in some runs, by a restart with the node's store),
-//! all drawn from one seed. Invariants are checked after every
-//! step; a violation reports the seed, which replays the run exactly.
+//! A deterministic simulator: a cluster of [`Negotiator`]s — the very state machine the
+//! agent runs — exchanging real, signed, encoded frames over a virtual network with
+//! latency, loss, a partition, forged messages and a crash (followed, in some runs, by a
+//! restart with the node's store), all drawn from one seed. The simulator plays each
+//! node's host too: it stores awards (failing some, as a full disk would), stores the
+//! workloads a node takes over, and answers log reads; and it plays users, who submit
+//! workloads, remove one, and ask questions. Invariants are checked after every step; a
+//! violation reports the seed, which replays the run exactly.
 //!
-//! Every node runs SWIM membership; node 0, which takes every workload, learns of crashes
-//! from it and re-places the lost replicas.
+//! The simulator composes nothing of the protocol itself: membership, auctions,
+//! succession, hand-overs and the policy gate are the negotiator's.
+
+mod config;
+mod rng;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
-use crate::auction::{
-    Announced, Announcer, AnnouncerConfig, AnnouncerEvent, Answer, Bidder, BidderConfig, Candidate,
-    Committed, NodeProfile, PlacementRequest,
-};
+pub use config::{Crash, Partition, Question, QuestionKind, Removal, SimConfig};
+pub use rng::Rng;
+
+use crate::auction::{Announced, Answer, Candidate, PlacementRequest};
 use crate::codec::{self, ReplayGuard, Signer, Verifier};
-use crate::membership::{Interner, Member, Membership, MembershipConfig, MembershipEvent};
-use crate::messages::{Body, MemberState, MemberUpdate, NodeMeta, Resources, Scoring};
+use crate::membership::{Interner, MembershipEvent};
+use crate::messages::{Body, LogChunk, MemberState, MemberUpdate, NodeMeta, Resources, Scoring};
+use crate::negotiator::{
+    Action, Assignment, Authorizer, Denial, Event, HostAction, HostError, LOGS_TIMEOUT_MS,
+    Negotiator, NegotiatorConfig, QUERY_TIMEOUT_MS, Request,
+};
 use crate::testing::{ChecksumVerifier, KeyedChecksum};
+use crate::workload::{WorkloadName, WorkloadSpec, key_name};
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 /// Virtual clock origin (ms); any positive value works, a realistic one reads better.
 const EPOCH_MS: u64 = 1_800_000_000_000;
-/// How often nodes report their instances to announcers.
-const REPORT_INTERVAL_MS: u64 = 2_000;
 /// Key shared by the cluster's cheap signatures.
 const CLUSTER_SEED: u64 = 0x5EED;
-
-/// SplitMix64: small, fast, and identical on every platform.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator for `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `low..=high`.
-    pub fn range(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next_u64() % (high - low + 1)
-    }
-
-    /// True with probability `per_mille / 1000`.
-    pub fn chance(&mut self, per_mille: u64) -> bool {
-        self.next_u64() % 1000 < per_mille
-    }
-}
-
-/// A time span during which the cluster is split in two halves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Partition {
-    /// Start (ms from the run's start).
-    pub start_ms: u64,
-    /// End.
-    pub end_ms: u64,
-}
-
-/// A node that crashes, and may come back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Crash {
-    /// Its index.
-    pub node: usize,
-    /// When (ms from the run's start).
-    pub at_ms: u64,
-    /// When it restarts with what it had persisted (its committed replicas), if it does.
-    /// It comes back with a fresh membership at incarnation 0, as an agent that lost its
-    /// in-memory state would, and must refute its own death to rejoin.
-    pub restart_at_ms: Option<u64>,
-}
-
-/// One simulated run, all drawn from `seed` by [`SimConfig::from_seed`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SimConfig {
-    /// The seed.
-    pub seed: u64,
-    /// Cluster size.
-    pub nodes: usize,
-    /// Workloads submitted (plus the unplaceable one, if asked for).
-    pub workloads: usize,
-    /// Adds a workload too large to fit anywhere, whose auctions must say why node by
-    /// node. Benchmarks leave it out: its retries ask every node again and again, which
-    /// would be counted against the placements that were made.
-    pub unplaceable: bool,
-    /// One-way latency range (ms).
-    pub latency_ms: (u64, u64),
-    /// Message loss before the network stabilizes (per mille).
-    pub loss_per_mille: u64,
-    /// Forged messages injected per mille of sent ones.
-    pub forge_per_mille: u64,
-    /// An optional partition.
-    pub partition: Option<Partition>,
-    /// An optional crash.
-    pub crash: Option<Crash>,
-    /// From this time on, no loss and no partition.
-    pub stable_after_ms: u64,
-    /// Where the run ends.
-    pub end_ms: u64,
-    /// When the first workload is submitted (ms), and the gap between submissions.
-    pub submit_from_ms: u64,
-    /// Gap between submissions (ms; 0 submits them all at once).
-    pub submit_interval_ms: u64,
-    /// Workloads go to the first this many nodes in turn (a user talks to their local
-    /// agent); 1 sends them all to node 0.
-    pub submitters: usize,
-    /// Replicas small enough that thousands of workloads fit (for benchmarks).
-    pub small_workloads: bool,
-    /// Every node knows every other from the start and SWIM does not run: measures the
-    /// auction alone at sizes where N² membership records do not fit in one process.
-    pub static_membership: bool,
-    /// Every node starts knowing every other, as after a completed join, and SWIM runs
-    /// from there: large clusters are measured without minutes of joining first.
-    pub preconverged: bool,
-    /// Every node's SWIM settings.
-    pub membership: MembershipConfig,
-}
-
-impl SimConfig {
-    /// A run shaped by `seed`: 4–16 nodes, 2–6 workloads, 1–40 ms latency, up to 10 %
-    /// loss, and in some runs a partition, a crash, or both.
-    pub fn from_seed(seed: u64) -> Self {
-        let mut rng = Rng::new(seed);
-        let nodes = rng.range(4, 16) as usize;
-        let partition = rng.chance(400).then(|| {
-            let start_ms = rng.range(100, 3_000);
-            Partition {
-                start_ms,
-                end_ms: start_ms + rng.range(500, 8_000),
-            }
-        });
-        let crash = rng.chance(400).then(|| {
-            let at_ms = rng.range(500, 6_000);
-            Crash {
-                // Any node, the owner of every workload (node 0) included.
-                node: rng.range(0, nodes as u64 - 1) as usize,
-                at_ms,
-                // Some before membership can declare it dead, some long after.
-                restart_at_ms: rng.chance(500).then(|| at_ms + rng.range(300, 20_000)),
-            }
-        });
-        Self {
-            seed,
-            nodes,
-            workloads: rng.range(2, 6) as usize,
-            unplaceable: true,
-            latency_ms: (1, rng.range(2, 40)),
-            loss_per_mille: rng.range(0, 100),
-            forge_per_mille: rng.range(0, 50),
-            partition,
-            crash,
-            stable_after_ms: 12_000,
-            end_ms: 50_000,
-            submit_from_ms: 3_000,
-            submit_interval_ms: 50,
-            submitters: 1,
-            small_workloads: false,
-            static_membership: false,
-            preconverged: false,
-            membership: MembershipConfig::default(),
-        }
-    }
-
-    /// A benchmark run: `nodes` nodes that start knowing each other (see
-    /// [`SimConfig::preconverged`]) and `workloads` small workloads submitted through up
-    /// to 100 nodes in turn, 1 ms apart after 3 s of membership traffic, on a lossless
-    /// network with 1–5 ms latency; no crash, no partition, no forgery.
-    pub fn placement_benchmark(seed: u64, nodes: usize, workloads: usize) -> Self {
-        let settle_ms = 3_000;
-        let submit_interval_ms = 1;
-        Self {
-            seed,
-            nodes,
-            workloads,
-            unplaceable: false,
-            latency_ms: (1, 5),
-            loss_per_mille: 0,
-            forge_per_mille: 0,
-            partition: None,
-            crash: None,
-            stable_after_ms: 0,
-            end_ms: settle_ms + workloads as u64 * submit_interval_ms + 60_000,
-            submit_from_ms: settle_ms,
-            submit_interval_ms,
-            submitters: nodes.min(100),
-            small_workloads: true,
-            static_membership: false,
-            preconverged: true,
-            membership: MembershipConfig::default(),
-        }
-    }
-
-    /// A failure-detection run: `nodes` nodes with SWIM that start knowing each other,
-    /// 1 % message loss throughout, and one node crashing at 10 s; no workloads but the
-    /// one that fits nowhere.
-    pub fn detection_benchmark(seed: u64, nodes: usize) -> Self {
-        let crash_at_ms = 10_000;
-        Self {
-            seed,
-            nodes,
-            workloads: 0,
-            unplaceable: true,
-            latency_ms: (1, 5),
-            loss_per_mille: 10,
-            forge_per_mille: 0,
-            partition: None,
-            crash: Some(Crash {
-                node: nodes / 2,
-                at_ms: crash_at_ms,
-                restart_at_ms: None,
-            }),
-            // Loss never stops.
-            stable_after_ms: u64::MAX,
-            end_ms: crash_at_ms + 40_000,
-            submit_from_ms: 1_000,
-            submit_interval_ms: 0,
-            submitters: 1,
-            small_workloads: false,
-            static_membership: false,
-            preconverged: true,
-            membership: MembershipConfig::default(),
-        }
-    }
-}
+/// How long after the network is stable a dead submitter's workload must have exactly one
+/// live owner (failure detection, then a hand-over repeated every 10 s, then adoption).
+const OWNERSHIP_SETTLES_MS: u64 = 30_000;
+/// Slack on a question's deadline for the virtual network's latency.
+const ANSWER_SLACK_MS: u64 = 200;
 
 /// What a run did, for assertions and benchmarks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -260,6 +69,14 @@ pub struct Outcome {
     pub suspected_crash_ms: Vec<u64>,
     /// Alive nodes declared dead by someone (false positives).
     pub false_deaths: u64,
+    /// Awards whose storing failed (and were not acknowledged).
+    pub commit_failures: u64,
+    /// Messages the authorization gate refused.
+    pub denied: u64,
+    /// Users' questions answered.
+    pub answered: u64,
+    /// Workloads taken over by a successor of their dead submitter.
+    pub takeovers: u64,
 }
 
 impl Outcome {
@@ -309,19 +126,45 @@ pub struct Violation {
     pub what: String,
 }
 
+/// The policy every simulated node applies: everything is granted, except bids from the
+/// node the run forbids to bid.
+#[derive(Debug, Clone)]
+struct SimPolicy {
+    no_bid: Option<String>,
+}
+
+impl Authorizer for SimPolicy {
+    fn check(&self, peer: &str, action: Action, _namespace: &str) -> Result<(), Denial> {
+        if action == Action::Bid && self.no_bid.as_deref() == Some(peer) {
+            return Err(Denial {
+                action,
+                reason: format!("{peer} may not bid (simulated policy)"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a node's store holds, as the agent keeps it: what survives a crash.
+#[derive(Debug, Clone, Default)]
+struct Store {
+    /// Awards stored (flushed) before they were acknowledged, by (workload, replica).
+    assignments: BTreeMap<(String, u32), Assignment>,
+    /// Workloads this node owns: submitted here, or taken over.
+    owned: BTreeMap<String, PlacementRequest>,
+}
+
 struct Node {
     id: String,
-    profile: NodeProfile,
     meta: NodeMeta,
     /// Counts the node's starts; frames sent to or by an earlier run are dropped, as the
     /// QUIC connections carrying them die with the process.
     boot: u64,
     signer: Box<dyn Signer>,
-    membership: Membership,
-    bidder: Bidder,
-    announcer: Announcer,
+    negotiator: Negotiator,
     replays: ReplayGuard,
     alive: bool,
+    store: Store,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -336,10 +179,23 @@ struct Delivery {
     frame: Vec<u8>,
 }
 
+/// A question waiting for its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Asked {
+    node: usize,
+    boot: u64,
+    token: u64,
+}
+
 struct Sim<'c> {
     config: SimConfig,
-    membership: MembershipSetup,
+    /// `PARLEY_SIM_TRACE` set: every message but probes, and every host action, goes to
+    /// stderr (for replaying one failing seed).
+    trace: bool,
+    /// Shared by every node's membership table (N² records would not fit otherwise).
+    interner: Interner,
     crypto: &'c dyn SimCrypto,
+    policy: SimPolicy,
     rng: Rng,
     now: u64,
     nodes: Vec<Node>,
@@ -348,69 +204,23 @@ struct Sim<'c> {
     message_ids: u64,
     outcome: Outcome,
     requests: Vec<PlacementRequest>,
-    /// Workload → the node it was submitted to (specs are known to every node: in the
-    /// agent they travel by gossip).
-    submitters: BTreeMap<String, String>,
-    next_report: u64,
+    /// Workload → the node it was submitted to.
+    submitters: BTreeMap<String, usize>,
+    /// Workloads a user removed.
+    removed: BTreeSet<String>,
+    /// Workloads some live node other than the crashed one knew when it crashed: only
+    /// those can survive a submitter that never comes back (nobody else has the spec).
+    known_elsewhere: BTreeSet<String>,
+    /// Questions waiting for an answer, and by when.
+    asked: BTreeMap<Asked, u64>,
+    next_token: u64,
+    next_ownership_check: u64,
     /// Each node's next timer as last computed, and a heap of them (entries that no
     /// longer match `timer_of` are stale and skipped).
     timer_of: Vec<Option<u64>>,
     timers: BinaryHeap<Reverse<(u64, usize)>>,
-    /// Nodes that received input this step: only they can have output, events, broken
-    /// invariants or new timers. Keeps a step's cost independent of the cluster's size.
-    touched: Vec<usize>,
-    is_touched: Vec<bool>,
     /// Which nodes stopped counting the crashed node as alive.
     suspected_crash: Vec<bool>,
-    /// Nodes whose announcer's member list is out of date.
-    members_stale: Vec<bool>,
-    /// Nodes whose view changed since `degraded` last looked at it.
-    view_changed: Vec<usize>,
-    /// Nodes that do not see every other node alive: only they can disagree that a
-    /// workload's submitter owns it.
-    degraded: std::collections::BTreeSet<usize>,
-}
-
-/// What every node's membership is built with.
-struct MembershipSetup {
-    config: MembershipConfig,
-    /// Shared by every node's membership table (N² records would not fit otherwise).
-    interner: Interner,
-}
-
-impl Node {
-    /// Starts (or restarts, with `boot` > 0 and what it had persisted) a node.
-    fn start(
-        profile: NodeProfile,
-        meta: NodeMeta,
-        boot: u64,
-        persisted: Vec<Committed>,
-        signer: Box<dyn Signer>,
-        setup: &MembershipSetup,
-        rng: &mut Rng,
-    ) -> Self {
-        let id = profile.id.clone();
-        let mut membership =
-            Membership::new(id.clone(), meta.clone(), setup.config, 0, rng.next_u64());
-        membership.share_interner(setup.interner.clone());
-        let mut bidder =
-            Bidder::restarted(profile.clone(), BidderConfig::default(), boot, persisted);
-        for image in &meta.images {
-            bidder.add_image(image);
-        }
-        Self {
-            membership,
-            signer,
-            announcer: Announcer::new(id.clone(), AnnouncerConfig::default(), rng.next_u64()),
-            bidder,
-            replays: ReplayGuard::default(),
-            alive: true,
-            boot,
-            profile,
-            meta,
-            id,
-        }
-    }
 }
 
 /// What an announcer knows of a node from its metadata.
@@ -422,49 +232,36 @@ fn announced(meta: &NodeMeta) -> Announced {
     }
 }
 
-/// A member as an announcer's candidate, as the agent builds it.
-fn candidate(member: &Member) -> Candidate {
-    Candidate {
-        node: member.id.to_string(),
-        compatible: member.meta.as_ref().is_some_and(|meta| {
-            (meta.protocol_min..=meta.protocol_max).contains(&codec::PROTOCOL_VERSION)
-        }),
-        announced: member.meta.as_deref().map(announced),
-    }
-}
-
 fn node_id(i: usize) -> String {
     format!("spiffe://sim.test/node/n{i}")
+}
+
+fn index_of(id: &str) -> Option<usize> {
+    id.strip_prefix("spiffe://sim.test/node/n")?.parse().ok()
 }
 
 impl<'c> Sim<'c> {
     fn new(config: SimConfig, crypto: &'c dyn SimCrypto) -> Self {
         let mut rng = Rng::new(config.seed ^ 0xA5A5_A5A5);
-        let membership = MembershipSetup {
-            config: config.membership,
-            interner: Interner::default(),
+        let policy = SimPolicy {
+            no_bid: config.no_bid_node.map(node_id),
         };
-        let nodes = (0..config.nodes)
+        let metas: Vec<NodeMeta> = (0..config.nodes)
             .map(|i| {
-                let id = node_id(i);
-                let profile = NodeProfile {
-                    id: id.clone(),
-                    arch: if i % 3 == 2 { "arm64" } else { "amd64" }.to_owned(),
-                    labels: BTreeMap::from([("rack".to_owned(), format!("rack-{}", i % 3))]),
-                    allocatable: Resources {
-                        cpu_millis: rng.range(2, 8) * 1000,
-                        memory_bytes: rng.range(4, 16) * GIB,
-                    },
+                let arch = if i % 3 == 2 { "arm64" } else { "amd64" };
+                let allocatable = Resources {
+                    cpu_millis: rng.range(2, 8) * 1000,
+                    memory_bytes: rng.range(4, 16) * GIB,
                 };
                 let has_image = rng.chance(500);
-                let meta = NodeMeta {
+                NodeMeta {
                     agent_version: "sim".to_owned(),
                     protocol_min: codec::MIN_PROTOCOL_VERSION,
                     protocol_max: codec::PROTOCOL_VERSION,
-                    arch: profile.arch.clone(),
-                    labels: profile.labels.clone(),
-                    allocatable: profile.allocatable,
-                    free: profile.allocatable,
+                    arch: arch.to_owned(),
+                    labels: BTreeMap::from([("rack".to_owned(), format!("rack-{}", i % 3))]),
+                    allocatable,
+                    free: allocatable,
                     images: if has_image {
                         vec!["registry.test/app:1".to_owned()]
                     } else {
@@ -473,53 +270,68 @@ impl<'c> Sim<'c> {
                     address: None,
                     issuer: false,
                     disk_free_bytes: None,
-                };
-                let signer = crypto.signer(&id);
-                Node::start(profile, meta, 0, Vec::new(), signer, &membership, &mut rng)
+                }
             })
-            .collect::<Vec<_>>();
-        let count = nodes.len();
+            .collect();
+        let count = metas.len();
         let mut sim = Self {
-            membership,
-            requests: Vec::new(),
-            config,
+            trace: std::env::var_os("PARLEY_SIM_TRACE").is_some(),
+            interner: Interner::default(),
             crypto,
+            policy,
+            requests: Vec::new(),
             rng,
             now: 0,
-            nodes,
+            nodes: Vec::with_capacity(count),
             in_flight: BinaryHeap::new(),
             seq: 0,
             message_ids: 0,
             outcome: Outcome::default(),
             submitters: BTreeMap::new(),
-            next_report: REPORT_INTERVAL_MS,
+            removed: BTreeSet::new(),
+            known_elsewhere: BTreeSet::new(),
+            asked: BTreeMap::new(),
+            next_token: 0,
+            next_ownership_check: config.stable_after_ms.saturating_add(OWNERSHIP_SETTLES_MS),
             timer_of: vec![None; count],
             timers: BinaryHeap::new(),
-            touched: Vec::new(),
-            is_touched: vec![false; count],
             suspected_crash: vec![false; count],
-            members_stale: vec![true; count],
-            view_changed: (0..count).collect(),
-            degraded: std::collections::BTreeSet::new(),
+            config,
         };
+        for (i, meta) in metas.into_iter().enumerate() {
+            let node = sim.start_node(i, meta, 0, Store::default());
+            sim.nodes.push(node);
+        }
         sim.requests = sim.make_requests();
-        if sim.config.preconverged && !sim.config.static_membership {
+        if sim.config.static_membership {
+            // Only nodes that take submissions announce; only they need the member list.
+            let everyone: Vec<Candidate> = (0..count)
+                .map(|j| Candidate {
+                    announced: Some(Announced {
+                        free: None,
+                        ..announced(&sim.nodes[j].meta)
+                    }),
+                    ..Candidate::new(node_id(j))
+                })
+                .collect();
+            let submitters = sim.config.submitters.min(count);
+            for (i, node) in sim.nodes.iter_mut().enumerate() {
+                let members = if i < submitters {
+                    everyone.clone()
+                } else {
+                    Vec::new()
+                };
+                node.negotiator.use_static_members(members);
+            }
+        } else if sim.config.preconverged {
             let everyone: Vec<MemberUpdate> = sim
                 .nodes
                 .iter()
-                .map(|n| n.membership.announcement())
+                .map(|n| n.negotiator.membership().announcement())
                 .collect();
             for node in &mut sim.nodes {
-                node.membership.assume_known(0, &everyone);
+                node.negotiator.assume_known(0, &everyone);
             }
-        }
-        if sim.config.static_membership {
-            // Only nodes that take submissions announce; only they need the member list.
-            for i in 0..sim.config.submitters.min(count) {
-                let members = sim.members(i);
-                sim.nodes[i].announcer.set_members(members);
-            }
-            sim.members_stale.fill(false);
         }
         // Timers from the start: a node's first probe comes at its own random point of
         // the first interval, not at the first event of the run (which would put every
@@ -530,19 +342,50 @@ impl<'c> Sim<'c> {
         sim
     }
 
-    /// Workloads that fit: small replicas, total demand well under capacity, spread
-    /// across racks only with at most one replica per rack; plus one that fits nowhere.
+    /// Starts (or restarts, with `boot` > 0 and what it had stored) node `i`.
+    fn start_node(&mut self, i: usize, meta: NodeMeta, boot: u64, store: Store) -> Node {
+        let id = node_id(i);
+        let config = NegotiatorConfig {
+            membership: self.config.membership,
+            ..NegotiatorConfig::default()
+        };
+        let committed = store.assignments.values().cloned().collect();
+        let mut negotiator = Negotiator::new(
+            &id,
+            config,
+            meta.clone(),
+            committed,
+            self.now,
+            self.rng.next_u64(),
+            Box::new(self.policy.clone()),
+        );
+        negotiator.share_interner(self.interner.clone());
+        Node {
+            signer: self.crypto.signer(&id),
+            negotiator,
+            replays: ReplayGuard::default(),
+            alive: true,
+            boot,
+            store,
+            meta,
+            id,
+        }
+    }
+
+    /// Workloads that fit: small replicas (any node holds one of each), spread across
+    /// racks only with at most one replica per rack, never more replicas than nodes that
+    /// may host them; plus one that fits nowhere.
     fn make_requests(&mut self) -> Vec<PlacementRequest> {
-        // "Fits" is judged on the nodes that survive the run.
+        // "Fits" is judged on the nodes that survive the run and may bid.
         let crashed = self.config.crash.map(|c| c.node);
         let survivors: Vec<usize> = (0..self.config.nodes)
-            .filter(|i| Some(*i) != crashed)
+            .filter(|i| Some(*i) != crashed && Some(*i) != self.config.no_bid_node)
             .collect();
         let arm_nodes = survivors.iter().filter(|i| *i % 3 == 2).count() as u64;
         let racks = survivors
             .iter()
             .map(|i| i % 3)
-            .collect::<std::collections::BTreeSet<_>>()
+            .collect::<BTreeSet<_>>()
             .len() as u64;
         let (cpu_unit, memory_unit) = if self.config.small_workloads {
             (10, 16 * MIB)
@@ -560,44 +403,38 @@ impl<'c> Sim<'c> {
             } else {
                 3.min(survivors.len() as u64)
             };
+            // At most 3 CPU and 4 memory units a replica: the smallest node (2 CPUs, 4 GiB)
+            // then holds one replica of each of 6 workloads, so every placement that
+            // respects the constraints fits, whichever node filled up first.
+            let resources = Resources {
+                cpu_millis: self.rng.range(1, 3) * cpu_unit,
+                memory_bytes: self.rng.range(1, 4) * memory_unit,
+            };
+            let replicas = self.rng.range(1, max_replicas.max(1)) as u32;
+            let scoring = if self.rng.chance(500) {
+                Scoring::Spread
+            } else {
+                Scoring::BinPack
+            };
             requests.push(PlacementRequest {
-                workload: format!("default/w{w}"),
-                image: "registry.test/app:1".to_owned(),
-                replicas: self.rng.range(1, max_replicas) as u32,
-                resources: Resources {
-                    cpu_millis: self.rng.range(1, 4) * cpu_unit,
-                    memory_bytes: self.rng.range(1, 4) * memory_unit,
-                },
-                constraints: BTreeMap::new(),
                 arch: arm.then(|| "arm64".to_owned()),
                 spread_label: spread.then(|| "rack".to_owned()),
-                scoring: if self.rng.chance(500) {
-                    Scoring::Spread
-                } else {
-                    Scoring::BinPack
-                },
-                spec: None,
-                submitter: None,
+                scoring,
+                ..request_for(&format!("w{w}"), "registry.test/app:1", replicas, resources)
             });
         }
-        if !self.config.unplaceable {
-            return requests;
-        }
-        requests.push(PlacementRequest {
-            workload: TOO_BIG.to_owned(),
-            image: "registry.test/huge:1".to_owned(),
-            replicas: 1,
-            resources: Resources {
+        if self.config.unplaceable {
+            let resources = Resources {
                 cpu_millis: 100,
                 memory_bytes: 64 * GIB,
-            },
-            constraints: BTreeMap::new(),
-            arch: None,
-            spread_label: None,
-            scoring: Scoring::Spread,
-            spec: None,
-            submitter: None,
-        });
+            };
+            requests.push(request_for(
+                TOO_BIG_NAME,
+                "registry.test/huge:1",
+                1,
+                resources,
+            ));
+        }
         requests
     }
 
@@ -609,82 +446,145 @@ impl<'c> Sim<'c> {
         }
     }
 
-    fn touch(&mut self, i: usize) {
-        if !self.is_touched[i] {
-            self.is_touched[i] = true;
-            self.touched.push(i);
-        }
-    }
-
-    /// Node `i`'s candidates: itself plus the members its membership considers alive,
-    /// compatible when their announced protocol range includes ours.
-    fn members(&self, i: usize) -> Vec<Candidate> {
-        if self.config.static_membership {
-            // Static facts only: arch and labels, no free capacity.
-            return (0..self.nodes.len())
-                .map(|j| Candidate {
-                    announced: Some(Announced {
-                        free: None,
-                        ..announced(&self.nodes[j].meta)
-                    }),
-                    ..Candidate::new(node_id(j))
-                })
-                .collect();
-        }
-        let me = std::iter::once(Candidate {
-            announced: Some(announced(&self.nodes[i].meta)),
-            ..Candidate::new(node_id(i))
-        });
-        let view = &self.nodes[i].membership;
-        me.chain(
-            view.members()
-                .filter(|m| m.state == MemberState::Alive)
-                .map(candidate),
-        )
-        .collect()
-    }
-
-    /// Follows metadata changes of single members in node `i`'s announcer (a full
-    /// refresh costs a pass over every member, on every change, in every announcer).
-    fn update_members(&mut self, i: usize, changed: &[String]) {
-        if self.members_stale[i] {
-            // The next full refresh brings them.
-            return;
-        }
-        for id in changed {
-            let Some(member) = self.nodes[i].membership.member(id) else {
-                continue;
-            };
-            if member.state == MemberState::Alive {
-                let updated = candidate(member);
-                self.nodes[i].announcer.update_member(updated);
-            }
-        }
-    }
-
     fn partitioned(&self, a: usize, b: usize) -> bool {
         self.config
             .partition
             .is_some_and(|p| self.now >= p.start_ms && self.now < p.end_ms && (a % 2) != (b % 2))
     }
 
-    fn index_of(&self, id: &str) -> Option<usize> {
-        id.strip_prefix("spiffe://sim.test/node/n")?.parse().ok()
+    /// After any input to node `i`: carries out what it asks of its host (which may give
+    /// it more input), sends its messages, reads its notices, checks it, and schedules
+    /// its next timer.
+    fn settle(&mut self, i: usize) -> Result<(), Violation> {
+        while let Some(action) = self.nodes[i].negotiator.poll_action() {
+            self.carry_out(i, action)?;
+        }
+        self.flush_transmits(i)?;
+        self.drain_events(i)?;
+        self.check_always(i)?;
+        self.schedule_timer(i);
+        Ok(())
+    }
+
+    /// Plays node `i`'s host.
+    fn carry_out(&mut self, i: usize, action: HostAction) -> Result<(), Violation> {
+        if self.trace {
+            eprintln!("{} ms: n{i} host: {action:?}", self.now);
+        }
+        let now = self.now;
+        match action {
+            HostAction::Commit { token, assignment } => {
+                let result = if self.rng.chance(self.config.commit_failure_per_mille) {
+                    self.outcome.commit_failures += 1;
+                    Err(HostError::Store(
+                        "simulated: no space left on device".to_owned(),
+                    ))
+                } else {
+                    let key = (
+                        crate::workload::default_key(assignment.spec.name.as_str()),
+                        assignment.replica,
+                    );
+                    self.nodes[i].store.assignments.insert(key, assignment);
+                    Ok(())
+                };
+                self.nodes[i]
+                    .negotiator
+                    .handle_committed(now, token, result);
+            }
+            HostAction::Adopt {
+                token,
+                spec,
+                submitter,
+            } => {
+                let key = crate::workload::default_key(spec.name.as_str());
+                let request = PlacementRequest {
+                    submitter: Some(submitter),
+                    ..PlacementRequest::for_spec(&key, &spec)
+                };
+                self.nodes[i].store.owned.insert(key, request);
+                self.outcome.takeovers += 1;
+                self.nodes[i].negotiator.handle_adopted(now, token, Ok(()));
+            }
+            HostAction::Forget { workload, .. } => {
+                self.nodes[i].store.owned.remove(&workload);
+            }
+            HostAction::Revoke {
+                workload,
+                replica,
+                epoch,
+            } => {
+                let store = &mut self.nodes[i].store.assignments;
+                if store
+                    .get(&(workload.clone(), replica))
+                    .is_some_and(|a| a.epoch == epoch)
+                {
+                    store.remove(&(workload, replica));
+                }
+            }
+            HostAction::ReadLogs {
+                request,
+                from,
+                workload,
+                replica,
+                ..
+            } => {
+                let runs = self.nodes[i]
+                    .store
+                    .assignments
+                    .contains_key(&(workload.clone(), replica));
+                let result = if runs {
+                    Ok(LogChunk::default())
+                } else {
+                    Err(HostError::NotRunning(format!(
+                        "replica {replica} of {} has no container on this node",
+                        key_name(&workload)
+                    )))
+                };
+                self.nodes[i]
+                    .negotiator
+                    .handle_logs_read(now, request, from, result);
+            }
+            HostAction::Answer { token, .. } => {
+                let asked = Asked {
+                    node: i,
+                    boot: self.nodes[i].boot,
+                    token,
+                };
+                if self.asked.remove(&asked).is_none() {
+                    return Err(self.violation(format!(
+                        "{} answered a question nobody asked (token {token})",
+                        self.nodes[i].id
+                    )));
+                }
+                self.outcome.answered += 1;
+            }
+            HostAction::Start { .. } => {}
+        }
+        Ok(())
     }
 
     /// Encodes and sends everything node `from` queued, through loss and the partition.
     fn flush_transmits(&mut self, from: usize) -> Result<(), Violation> {
-        loop {
-            let next = {
-                let node = &mut self.nodes[from];
-                node.announcer
-                    .poll_transmit()
-                    .or_else(|| node.bidder.poll_transmit())
-                    .or_else(|| node.membership.poll_transmit())
-            };
-            let Some((to_id, body)) = next else { break };
-            let to = self
-                .index_of(&to_id)
+        while let Some((to_id, body)) = self.nodes[from].negotiator.poll_transmit() {
+            if self.trace && !matches!(body, Body::Ping(_) | Body::PingReq(_) | Body::Ack(_)) {
+                eprintln!("{} ms: n{from} -> {to_id}: {body:?}", self.now);
+            }
+            if to_id == self.nodes[from].id {
+                return Err(self.violation("a node sent a message to itself over the network"));
+            }
+            if let Body::Accept(accept) = &body
+                && !self.nodes[from]
+                    .store
+                    .assignments
+                    .values()
+                    .any(|a| a.reservation == accept.reservation)
+            {
+                return Err(self.violation(format!(
+                    "{} acknowledged reservation {} before storing its award",
+                    self.nodes[from].id, accept.reservation
+                )));
+            }
+            let to = index_of(&to_id)
                 .ok_or_else(|| self.violation(format!("message to unknown node {to_id}")))?;
             self.message_ids += 1;
             let frame = codec::encode(
@@ -733,7 +633,6 @@ impl<'c> Sim<'c> {
         {
             return Ok(());
         }
-        self.touch(delivery.to);
         let now = self.now;
         let node = &mut self.nodes[delivery.to];
         let received = codec::decode_frame(
@@ -760,55 +659,17 @@ impl<'c> Sim<'c> {
             .messages_by_kind
             .entry(received.body.kind())
             .or_default() += 1;
-        let from = received.sender.as_str();
-        match &received.body {
-            Body::Cfp(cfp) => node.bidder.handle_cfp(now, from, cfp),
-            Body::Award(award) => node.bidder.handle_award(now, from, award),
-            Body::Release(release) => node.bidder.handle_release(from, release),
-            Body::Revoke(revoke) => node.bidder.handle_revoke(from, revoke),
-            Body::Bid(bid) => node.announcer.handle_bid(now, from, bid),
-            Body::Decline(decline) => node.announcer.handle_decline(from, decline),
-            Body::Accept(accept) => node.announcer.handle_accept(now, from, accept),
-            Body::Reject(reject) => node.announcer.handle_reject(now, from, reject),
-            Body::Instance(instance) => node.announcer.handle_instance(now, from, instance),
-            Body::Ping(ping) => node.membership.handle_ping(now, from, ping),
-            Body::PingReq(request) => node.membership.handle_ping_req(now, from, request),
-            Body::Ack(ack) => node.membership.handle_ack(now, from, ack),
-            Body::Sync(sync) => node.membership.handle_sync(now, from, sync),
-            // The simulator's users ask nothing of other nodes.
-            Body::WorkloadQuery(_)
-            | Body::WorkloadReport(_)
-            | Body::RemoveWorkload(_)
-            | Body::LogsRequest(_)
-            | Body::LogsReply(_)
-            | Body::Handover(_) => {}
-        }
-        Ok(())
-    }
-
-    /// When node `i` next needs [`Sim::fire_timers`].
-    fn timer(&self, i: usize) -> Option<u64> {
-        let node = &self.nodes[i];
-        if !node.alive {
-            return None;
-        }
-        let membership = if self.config.static_membership {
-            None
-        } else {
-            node.membership.poll_timeout()
-        };
-        [
-            node.bidder.poll_timeout(),
-            node.announcer.poll_timeout(),
-            membership,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        node.negotiator
+            .handle_message(now, &received.sender, received.body);
+        self.settle(delivery.to)
     }
 
     fn schedule_timer(&mut self, i: usize) {
-        let next = self.timer(i);
+        let next = if self.nodes[i].alive {
+            self.nodes[i].negotiator.poll_timeout()
+        } else {
+            None
+        };
         if next != self.timer_of[i] {
             self.timer_of[i] = next;
             if let Some(at) = next {
@@ -828,7 +689,7 @@ impl<'c> Sim<'c> {
     }
 
     /// Lets every node whose timer is due handle its timeouts.
-    fn fire_timers(&mut self) {
+    fn fire_timers(&mut self) -> Result<(), Violation> {
         let now = self.now;
         while let Some(Reverse((at, i))) = self.timers.peek().copied() {
             if at > now {
@@ -839,38 +700,105 @@ impl<'c> Sim<'c> {
                 continue;
             }
             self.timer_of[i] = None;
-            self.touch(i);
-            let node = &mut self.nodes[i];
-            if node.bidder.poll_timeout().is_some_and(|t| t <= now) {
-                node.bidder.handle_timeout(now);
-            }
-            if node.announcer.poll_timeout().is_some_and(|t| t <= now) {
-                node.announcer.handle_timeout(now);
-            }
-            if !self.config.static_membership
-                && node.membership.poll_timeout().is_some_and(|t| t <= now)
-            {
-                node.membership.handle_timeout(now);
-            }
+            self.nodes[i].negotiator.handle_timeout(now);
+            self.settle(i)?;
         }
+        Ok(())
     }
 
-    /// Whether node `i` holds `id` (itself included) as not dead.
-    fn sees_alive(&self, i: usize, id: &str) -> bool {
-        id == self.nodes[i].id
-            || self.config.static_membership
-            || self.nodes[i]
-                .membership
-                .member(id)
-                .is_some_and(|m| m.state != MemberState::Dead)
+    /// Reads node `i`'s notices: failure detection for the outcome, false deaths, failed
+    /// auctions, refusals.
+    fn drain_events(&mut self, i: usize) -> Result<(), Violation> {
+        let crashed = self.config.crash.map(|c| node_id(c.node));
+        while let Some(event) = self.nodes[i].negotiator.poll_event() {
+            if self.trace && !matches!(event, Event::Sent { .. }) {
+                eprintln!("{} ms: n{i} event: {event:?}", self.now);
+            }
+            match event {
+                Event::Membership(event) => {
+                    let (stopped_trusting, died) = match &event {
+                        MembershipEvent::Suspected(node) => (Some(node), None),
+                        MembershipEvent::Died(node) => (Some(node), Some(node)),
+                        _ => (None, None),
+                    };
+                    if stopped_trusting.is_some()
+                        && stopped_trusting == crashed.as_ref()
+                        && !self.suspected_crash[i]
+                        && let Some(crash) = self.config.crash
+                    {
+                        self.suspected_crash[i] = true;
+                        self.outcome
+                            .suspected_crash_ms
+                            .push(self.now.saturating_sub(crash.at_ms));
+                    }
+                    if let Some(node) = died {
+                        self.learned_of_death(i, node)?;
+                    }
+                }
+                Event::NotPlaced { .. } => self.outcome.failed_auctions += 1,
+                Event::Denied { .. } => self.outcome.denied += 1,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn learned_of_death(&mut self, i: usize, node: &str) -> Result<(), Violation> {
+        let crashed = self.config.crash.map(|c| node_id(c.node));
+        if Some(node) == crashed.as_deref() {
+            if let Some(crash) = self.config.crash {
+                let after = self.now.saturating_sub(crash.at_ms);
+                self.outcome.detection_ms.get_or_insert(after);
+                self.outcome.learned_of_crash_ms.push(after);
+            }
+            return Ok(());
+        }
+        self.outcome.false_deaths += 1;
+        if self.now >= self.config.stable_after_ms.saturating_add(30_000) {
+            return Err(self.violation(format!(
+                "{} declared {node} dead long after the network stabilized",
+                self.nodes[i].id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Invariants that hold after every step of node `i`.
+    fn check_always(&self, i: usize) -> Result<(), Violation> {
+        let node = &self.nodes[i];
+        if !node.alive {
+            return Ok(());
+        }
+        let bidder = node.negotiator.bidder();
+        let used = bidder
+            .committed_resources()
+            .plus(&bidder.reserved_resources());
+        if !used.fits_in(&bidder.profile().allocatable) {
+            return Err(self.violation(format!("{} commits {used:?} beyond its capacity", node.id)));
+        }
+        if let Some(r) = bidder.reservations().find(|r| r.expires_at_ms <= self.now) {
+            return Err(self.violation(format!(
+                "{} still holds reservation {} past its expiry",
+                node.id, r.id
+            )));
+        }
+        if self.config.no_bid_node == Some(i)
+            && let Some(c) = bidder.committed().next()
+        {
+            return Err(self.violation(format!(
+                "{} may not bid, yet holds replica {} of {}",
+                node.id, c.replica, c.workload
+            )));
+        }
+        Ok(())
     }
 
     /// Alive members in node `i`'s view, itself included.
     fn view(&self, i: usize) -> Vec<&str> {
+        let membership = self.nodes[i].negotiator.membership();
         std::iter::once(self.nodes[i].id.as_str())
             .chain(
-                self.nodes[i]
-                    .membership
+                membership
                     .members()
                     .filter(|m| m.state != MemberState::Dead)
                     .map(|m| &*m.id),
@@ -878,155 +806,43 @@ impl<'c> Sim<'c> {
             .collect()
     }
 
-    /// The owner of a submitted workload in node `i`'s view.
+    /// Whether node `i` holds `id` (itself included) as not dead.
+    fn sees_alive(&self, i: usize, id: &str) -> bool {
+        id == self.nodes[i].id
+            || self.config.static_membership
+            || self.nodes[i]
+                .negotiator
+                .membership()
+                .member(id)
+                .is_some_and(|m| m.state != MemberState::Dead)
+    }
+
+    /// The owner of a submitted workload in node `i`'s view of the members.
     fn owner_in_view(&self, i: usize, workload: &str) -> Option<String> {
-        let submitter = self.submitters.get(workload)?;
+        let submitter = node_id(*self.submitters.get(workload)?);
         // The submitter owns while alive: a lookup, not a pass over every member.
-        if self.sees_alive(i, submitter) {
-            return Some(submitter.clone());
+        if self.sees_alive(i, &submitter) {
+            return Some(submitter);
         }
         let view = self.view(i);
         crate::ownership::successor(workload, view.iter().copied()).map(str::to_owned)
     }
 
-    /// Makes node `i` act on its view of ownership of `workload`: adopt it if it now owns
-    /// it, hand it over if it no longer does, and point its replicas' reports at the owner.
-    fn apply_ownership_of(&mut self, i: usize, workload: &str) {
-        let Some(owner) = self.owner_in_view(i, workload) else {
-            return;
-        };
-        self.nodes[i].bidder.set_owner(workload, &owner);
-        let owns = self.nodes[i].announcer.owns(workload);
-        if owner == self.nodes[i].id && !owns {
-            if let Some(request) = self
-                .requests
-                .iter()
-                .find(|r| r.workload == workload)
-                .cloned()
-            {
-                let gather_until = self.now + 2 * REPORT_INTERVAL_MS;
-                self.nodes[i].announcer.adopt(gather_until, request);
-            }
-        } else if owner != self.nodes[i].id && owns {
-            self.nodes[i].announcer.relinquish(workload);
-        }
-    }
-
-    /// Applies node `i`'s view of ownership to every workload, and refreshes its
-    /// announcer's view of the members.
-    fn apply_ownership(&mut self, i: usize) {
-        self.members_stale[i] = true;
-        let workloads: Vec<String> = self.submitters.keys().cloned().collect();
-        for workload in workloads {
-            self.apply_ownership_of(i, &workload);
-        }
-        self.refresh_members(i, false);
-    }
-
-    /// Gives node `i`'s announcer its current view of the members, if it changed and the
-    /// announcer has workloads (or `force`): building the list costs O(N), and during a
-    /// large cluster's join every node sees N changes.
-    fn refresh_members(&mut self, i: usize, force: bool) {
-        if self.members_stale[i] && (force || self.nodes[i].announcer.workload_count() > 0) {
-            let members = self.members(i);
-            self.nodes[i].announcer.set_members(members);
-            self.members_stale[i] = false;
-        }
-    }
-
-    fn drain_events(&mut self, i: usize) -> Result<(), Violation> {
-        if !self.nodes[i].alive {
-            return Ok(());
-        }
-        // Liveness changes move ownership and the set of candidates; metadata changes
-        // (free capacity, after every placement) only update one candidate each.
-        let mut changed = false;
-        let mut meta_changed = Vec::new();
-        let mut died = Vec::new();
-        let crashed = self.config.crash.map(|c| node_id(c.node));
-        while let Some(event) = self.nodes[i].membership.poll_event() {
-            if let MembershipEvent::MetaChanged(node) = &event {
-                meta_changed.push(node.clone());
-                continue;
-            }
-            changed = true;
-            if let MembershipEvent::Suspected(node) | MembershipEvent::Died(node) = &event
-                && Some(node) == crashed.as_ref()
-                && !self.suspected_crash[i]
-                && let Some(crash) = self.config.crash
-            {
-                self.suspected_crash[i] = true;
-                self.outcome
-                    .suspected_crash_ms
-                    .push(self.now.saturating_sub(crash.at_ms));
-            }
-            if let MembershipEvent::Died(node) = event {
-                died.push(node);
-            }
-        }
-        for node in died {
-            if Some(&node) == crashed.as_ref() {
-                if let Some(crash) = self.config.crash {
-                    let after = self.now.saturating_sub(crash.at_ms);
-                    self.outcome.detection_ms.get_or_insert(after);
-                    self.outcome.learned_of_crash_ms.push(after);
-                }
-            } else {
-                self.outcome.false_deaths += 1;
-                if self.now >= self.config.stable_after_ms.saturating_add(30_000) {
-                    return Err(self.violation(format!(
-                        "{} declared {node} dead long after the network stabilized",
-                        self.nodes[i].id
-                    )));
-                }
-            }
-            for request in &self.requests {
-                let lost: Vec<u32> = self.nodes[i]
-                    .announcer
-                    .placements(&request.workload)
-                    .into_iter()
-                    .filter(|(_, (on, _))| *on == node)
-                    .map(|(replica, _)| replica)
-                    .collect();
-                for replica in lost {
-                    self.nodes[i]
-                        .announcer
-                        .replica_lost(self.now, &request.workload, replica);
-                }
-            }
-        }
-        if changed {
-            self.view_changed.push(i);
-            self.apply_ownership(i);
-        } else if !meta_changed.is_empty() {
-            self.update_members(i, &meta_changed);
-        }
-        let node = &mut self.nodes[i];
-        while node.bidder.poll_event().is_some() {}
-        while let Some(event) = node.announcer.poll_event() {
-            if let AnnouncerEvent::NotPlaced { .. } = event {
-                self.outcome.failed_auctions += 1;
-            }
-        }
-        Ok(())
-    }
-
     /// The node every alive node agrees owns `workload`; a violation if they disagree.
     fn agreed_owner(&self, workload: &str) -> Result<usize, Violation> {
-        let mut owners = std::collections::BTreeSet::new();
+        let mut owners = BTreeSet::new();
         for i in (0..self.nodes.len()).filter(|i| self.nodes[*i].alive) {
             owners.insert(self.owner_in_view(i, workload));
         }
         match owners.into_iter().collect::<Vec<_>>().as_slice() {
-            [Some(owner)] => self
-                .index_of(owner)
-                .ok_or_else(|| self.violation("owner is not a node")),
+            [Some(owner)] => index_of(owner).ok_or_else(|| self.violation("owner is not a node")),
             other => {
                 let views: Vec<String> = (0..self.nodes.len())
                     .filter(|i| self.nodes[*i].alive)
                     .map(|i| {
                         let states: Vec<String> = self.nodes[i]
-                            .membership
+                            .negotiator
+                            .membership()
                             .members()
                             .map(|m| {
                                 format!(
@@ -1048,40 +864,64 @@ impl<'c> Sim<'c> {
         }
     }
 
-    /// Invariants that hold after every step, checked on the nodes the step touched
-    /// (the others did not change).
-    fn check_always(&self, i: usize) -> Result<(), Violation> {
-        let node = &self.nodes[i];
-        if !node.alive {
-            return Ok(());
-        }
-        let used = node
-            .bidder
-            .committed_resources()
-            .plus(&node.bidder.reserved_resources());
-        if !used.fits_in(&node.bidder.profile().allocatable) {
-            return Err(self.violation(format!("{} commits {used:?} beyond its capacity", node.id)));
-        }
-        if let Some(r) = node
-            .bidder
-            .reservations()
-            .find(|r| r.expires_at_ms <= self.now)
-        {
-            return Err(self.violation(format!(
-                "{} still holds reservation {} past its expiry",
-                node.id, r.id
-            )));
+    /// Whether `workload` must be owned and placed: submitted, not removed, and either
+    /// its submitter is alive or some other node knew it when the submitter died (the
+    /// spec lives only with the submitter and the nodes running its replicas).
+    fn must_survive(&self, workload: &str) -> bool {
+        let Some(&submitter) = self.submitters.get(workload) else {
+            return false;
+        };
+        !self.removed.contains(workload)
+            && (self.nodes[submitter].alive || self.known_elsewhere.contains(workload))
+    }
+
+    /// Once the network has been stable for a while, every workload whose submitter is
+    /// dead and that must survive is owned by exactly one live node.
+    fn check_ownership(&self) -> Result<(), Violation> {
+        for (workload, &submitter) in &self.submitters {
+            if self.nodes[submitter].alive || !self.must_survive(workload) {
+                continue;
+            }
+            let owners: Vec<&str> = self
+                .nodes
+                .iter()
+                .filter(|n| n.alive && n.negotiator.announcer().owns(workload))
+                .map(|n| n.id.as_str())
+                .collect();
+            if owners.len() != 1 {
+                return Err(self.violation(format!(
+                    "{workload}, whose submitter {} is dead, is owned by {owners:?} \
+                     {OWNERSHIP_SETTLES_MS} ms after the network stabilized",
+                    node_id(submitter)
+                )));
+            }
         }
         Ok(())
     }
 
-    /// At the end: every replica of every workload that fits runs exactly once on a live
-    /// node, matching its announcer's record; the one that fits nowhere runs nowhere and
-    /// is explained.
+    /// No question goes unanswered past its deadline.
+    fn check_answers(&self) -> Result<(), Violation> {
+        for (asked, deadline) in &self.asked {
+            let node = &self.nodes[asked.node];
+            if node.alive && node.boot == asked.boot && *deadline < self.now {
+                return Err(self.violation(format!(
+                    "{} left question {} unanswered past its deadline",
+                    node.id, asked.token
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// At the end: every replica of every workload that must survive runs exactly once on
+    /// a live node, matching its owner's record, spread when its owner knows it must be;
+    /// a removed workload runs nowhere and nobody owns it; the one that fits nowhere runs
+    /// nowhere and is explained.
     fn check_final(&mut self) -> Result<(), Violation> {
+        self.check_answers()?;
         let mut holders_of: BTreeMap<&str, BTreeMap<u32, Vec<String>>> = BTreeMap::new();
         for node in self.nodes.iter().filter(|n| n.alive) {
-            for c in node.bidder.committed() {
+            for c in node.negotiator.bidder().committed() {
                 holders_of
                     .entry(c.workload.as_str())
                     .or_default()
@@ -1092,19 +932,35 @@ impl<'c> Sim<'c> {
         }
         let mut placed = 0;
         for request in &self.requests {
-            let holders = holders_of
-                .get(request.workload.as_str())
-                .cloned()
-                .unwrap_or_default();
-            let owner = self.agreed_owner(&request.workload)?;
-            if !self.nodes[owner].announcer.owns(&request.workload) {
-                return Err(self.violation(format!("{} has no announcer", request.workload)));
+            let workload = request.workload.as_str();
+            let holders = holders_of.get(workload).cloned().unwrap_or_default();
+            if self.removed.contains(workload) {
+                let owners: Vec<&str> = self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.alive && n.negotiator.announcer().owns(workload))
+                    .map(|n| n.id.as_str())
+                    .collect();
+                if !holders.is_empty() || !owners.is_empty() {
+                    return Err(self.violation(format!(
+                        "{workload} was removed but runs on {holders:?} and is owned by {owners:?}"
+                    )));
+                }
+                continue;
             }
-            if request.workload == TOO_BIG {
+            if !self.must_survive(workload) {
+                continue;
+            }
+            let owner = self.agreed_owner(workload)?;
+            let announcer = self.nodes[owner].negotiator.announcer();
+            if !announcer.owns(workload) {
+                return Err(self.violation(format!("{workload} has no announcer")));
+            }
+            if workload == TOO_BIG {
                 if !holders.is_empty() {
                     return Err(self.violation("a workload that fits nowhere was placed"));
                 }
-                let explanation = self.nodes[owner].announcer.explain(&request.workload);
+                let explanation = announcer.explain(workload);
                 let declined = explanation.get(&0).is_some_and(|e| {
                     e.answers.values().any(
                         |a| matches!(a, Answer::Declined(r) if r.code() == "insufficient-memory"),
@@ -1117,37 +973,38 @@ impl<'c> Sim<'c> {
                 }
                 continue;
             }
-            let record = self.nodes[owner].announcer.placements(&request.workload);
+            let record = announcer.placements(workload);
             for replica in 0..request.replicas {
                 let on = holders.get(&replica).cloned().unwrap_or_default();
                 if on.len() != 1 {
                     return Err(self.violation(format!(
-                        "{} replica {replica} runs on {on:?}, expected exactly one node (announcer: {}; last: {:?})",
-                        request.workload,
-                        self.nodes[owner].announcer.auction_state(&request.workload),
-                        self.nodes[owner].announcer.explain(&request.workload).get(&replica)
+                        "{workload} replica {replica} runs on {on:?}, expected exactly one node (announcer: {}; last: {:?})",
+                        announcer.auction_state(workload),
+                        announcer.explain(workload).get(&replica)
                     )));
                 }
                 if record.get(&replica).map(|(n, _)| n) != on.first() {
                     return Err(self.violation(format!(
-                        "{} replica {replica}: the announcer records {:?} but it runs on {on:?}",
-                        request.workload,
+                        "{workload} replica {replica}: the announcer records {:?} but it runs on {on:?}",
                         record.get(&replica)
                     )));
                 }
                 placed += 1;
             }
-            if request.spread_label.is_some() {
-                let racks: std::collections::BTreeSet<_> = holders
+            // A successor that took the workload over knows only its spec, which does not
+            // carry placement hints (the agent sets none): spread is its submitter's to keep.
+            let spread_known = announcer
+                .request(workload)
+                .is_some_and(|r| r.spread_label.is_some());
+            if spread_known {
+                let racks: BTreeSet<_> = holders
                     .values()
                     .flatten()
-                    .filter_map(|id| self.index_of(id))
+                    .filter_map(|id| index_of(id))
                     .map(|i| i % 3)
                     .collect();
                 if racks.len() != request.replicas as usize {
-                    return Err(
-                        self.violation(format!("{} shares a failure domain", request.workload))
-                    );
+                    return Err(self.violation(format!("{workload} shares a failure domain")));
                 }
             }
         }
@@ -1155,32 +1012,31 @@ impl<'c> Sim<'c> {
         Ok(())
     }
 
-    /// Brings a crashed node back with what it persisted: its committed replicas (the
-    /// agent flushes an award before accepting it). Everything else starts afresh.
-    fn restart(&mut self, i: usize) {
-        let old = &self.nodes[i];
-        let persisted: Vec<Committed> = old.bidder.committed().cloned().collect();
-        let (profile, meta, boot) = (old.profile.clone(), old.meta.clone(), old.boot + 1);
-        let signer = self.crypto.signer(&old.id);
-        self.nodes[i] = Node::start(
-            profile,
-            meta,
-            boot,
-            persisted,
-            signer,
-            &self.membership,
-            &mut self.rng,
-        );
-        let seeds: Vec<String> = (0..self.nodes.len())
-            .filter(|s| *s != i)
-            .take(2)
-            .map(node_id)
-            .collect();
-        self.nodes[i].membership.join(&seeds);
+    /// Brings a crashed node back with what it stored: its acknowledged awards, and the
+    /// workloads it owned, which it takes up again as the agent does at start. Everything
+    /// else starts afresh, membership at incarnation 0.
+    fn restart(&mut self, i: usize) -> Result<(), Violation> {
+        let store = self.nodes[i].store.clone();
+        let (meta, boot) = (self.nodes[i].meta.clone(), self.nodes[i].boot + 1);
+        self.nodes[i] = self.start_node(i, meta, boot, store.clone());
         self.timer_of[i] = None;
-        self.view_changed.push(i);
-        self.touch(i);
         self.outcome.restarts += 1;
+        let now = self.now;
+        for request in store.owned.into_values() {
+            let token = self.token();
+            self.nodes[i]
+                .negotiator
+                .handle_request(now, token, Request::Adopt(request));
+        }
+        for seed in (0..self.nodes.len()).filter(|s| *s != i).take(2) {
+            self.nodes[i].negotiator.handle_seed(now, &node_id(seed));
+        }
+        self.settle(i)
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
     }
 
     /// Whether every replica of the crashed node runs elsewhere, by its owners' records.
@@ -1188,55 +1044,133 @@ impl<'c> Sim<'c> {
         let dead = node_id(crash.node);
         self.requests
             .iter()
-            .filter(|r| r.workload != TOO_BIG)
+            .filter(|r| r.workload != TOO_BIG && self.must_survive(&r.workload))
             .all(|r| {
                 let placed = self
                     .agreed_owner(&r.workload)
-                    .map(|o| self.nodes[o].announcer.placements(&r.workload))
+                    .map(|o| self.nodes[o].negotiator.announcer().placements(&r.workload))
                     .unwrap_or_default();
                 placed.len() == r.replicas as usize && placed.values().all(|(n, _)| *n != dead)
             })
     }
 
-    fn submit(&mut self, request: PlacementRequest, index: usize) {
-        // The user submits to their node, or to the next one up if it is down.
+    /// A user submits a workload to their node (or the next one up if it is down), which
+    /// stores it and places it.
+    fn submit(&mut self, request: PlacementRequest, index: usize) -> Result<(), Violation> {
         let count = self.nodes.len();
         let first = index % self.config.submitters.clamp(1, count);
         let Some(to) = (0..count)
             .map(|k| (first + k) % count)
             .find(|i| self.nodes[*i].alive)
         else {
-            return;
+            return Ok(());
+        };
+        self.submitters.insert(request.workload.clone(), to);
+        self.nodes[to]
+            .store
+            .owned
+            .insert(request.workload.clone(), request.clone());
+        let (now, token) = (self.now, self.token());
+        self.nodes[to]
+            .negotiator
+            .handle_request(now, token, Request::Place(request));
+        self.settle(to)
+    }
+
+    /// A user removes a workload through node `at`: its owner forgets it and revokes its
+    /// replicas; any other node asks every member, and the owner does.
+    fn remove(&mut self, removal: Removal) -> Result<(), Violation> {
+        let Some(request) = self.requests.get(removal.workload) else {
+            return Ok(());
         };
         let workload = request.workload.clone();
-        self.submitters
-            .insert(workload.clone(), self.nodes[to].id.clone());
-        self.refresh_members(to, true);
-        self.nodes[to].announcer.place(self.now, request);
-        self.touch(to);
-        if self.config.static_membership {
-            return;
+        let at = removal.node;
+        if !self.nodes[at].alive || !self.submitters.contains_key(&workload) {
+            return Ok(());
         }
-        // A node that sees every other alive agrees the submitter owns it, and holds no
-        // replica of it yet: nothing to do there. Only the others are visited, so that a
-        // submission costs no pass over thousands of nodes.
-        for i in std::mem::take(&mut self.view_changed) {
-            let membership = &self.nodes[i].membership;
-            let whole = membership.member_count() + 1 == count
-                && membership.members().all(|m| m.state == MemberState::Alive);
-            if whole {
-                self.degraded.remove(&i);
-            } else {
-                self.degraded.insert(i);
+        // The agent asks the members who owns it first (`parley ps`) and tells the user
+        // it does not exist when nobody does (an owner dead and its successor not yet
+        // in charge): then nothing is removed, and the user may try again.
+        let owned = self
+            .nodes
+            .iter()
+            .any(|n| n.alive && n.negotiator.announcer().owns(&workload));
+        if !owned {
+            return Ok(());
+        }
+        self.removed.insert(workload.clone());
+        let (now, token) = (self.now, self.token());
+        let request = if self.nodes[at].negotiator.announcer().owns(&workload) {
+            self.nodes[at].store.owned.remove(&workload);
+            Request::Remove(workload)
+        } else {
+            Request::RemoveRemote(workload)
+        };
+        self.nodes[at]
+            .negotiator
+            .handle_request(now, token, request);
+        self.settle(at)
+    }
+
+    /// A user asks node `question.node` something; the answer must come by its deadline.
+    fn ask(&mut self, question: Question) -> Result<(), Violation> {
+        let i = question.node;
+        if !self.nodes[i].alive {
+            return Ok(());
+        }
+        let (request, deadline) = match question.kind {
+            QuestionKind::ListMesh => (Request::ListMesh, QUERY_TIMEOUT_MS),
+            QuestionKind::Explain => {
+                let workload = self.requests.first().map(|r| r.workload.clone());
+                (Request::Explain(workload.unwrap_or_default()), 0)
             }
-        }
-        let degraded: Vec<usize> = self.degraded.iter().copied().collect();
-        for i in degraded {
-            if self.nodes[i].alive {
-                self.apply_ownership_of(i, &workload);
-                if i != to && self.nodes[i].announcer.owns(&workload) {
-                    self.touch(i);
-                }
+            QuestionKind::Logs => {
+                // A replica some live node runs, asked of that node.
+                let running = self.nodes.iter().filter(|n| n.alive).find_map(|n| {
+                    n.negotiator
+                        .bidder()
+                        .committed()
+                        .next()
+                        .map(|c| (n.id.clone(), c.workload.clone(), c.replica))
+                });
+                let Some((node, workload, replica)) = running else {
+                    return Ok(());
+                };
+                let window = Default::default();
+                let request = Request::Logs {
+                    node,
+                    workload,
+                    replica,
+                    window,
+                };
+                (request, LOGS_TIMEOUT_MS)
+            }
+        };
+        let token = self.token();
+        let asked = Asked {
+            node: i,
+            boot: self.nodes[i].boot,
+            token,
+        };
+        self.asked
+            .insert(asked, self.now + deadline + ANSWER_SLACK_MS);
+        let now = self.now;
+        self.nodes[i].negotiator.handle_request(now, token, request);
+        self.settle(i)
+    }
+
+    fn crash(&mut self, i: usize) {
+        self.nodes[i].alive = false;
+        self.timer_of[i] = None;
+        let gone = node_id(i);
+        let workloads: Vec<String> = self.submitters.keys().cloned().collect();
+        for workload in workloads {
+            let elsewhere = self
+                .nodes
+                .iter()
+                .any(|n| n.alive && n.id != gone && n.negotiator.knows(&workload));
+            if elsewhere {
+                self.known_elsewhere.insert(workload);
             }
         }
     }
@@ -1246,13 +1180,6 @@ impl<'c> Sim<'c> {
         // a node whose seed dies before answering stays alone forever. Joins are staggered
         // over the first 100 ms (the first second, in large clusters).
         let cluster = self.nodes.len();
-        let seeds_of = move |i: usize| -> Vec<String> {
-            (0..cluster)
-                .filter(|s| *s != i)
-                .take(2)
-                .map(node_id)
-                .collect()
-        };
         let stagger_ms = if cluster > 200 { 1_000 } else { 100 };
         let mut joins: Vec<(u64, usize)> =
             if self.config.static_membership || self.config.preconverged {
@@ -1273,11 +1200,15 @@ impl<'c> Sim<'c> {
             })
             .collect();
         submissions.reverse();
+        let mut questions = self.config.questions.clone();
+        questions.sort_by_key(|q| Reverse(q.at_ms));
+        let mut removal = self.config.removal;
 
         loop {
             let next_delivery = self.in_flight.peek().map(|Reverse(d)| d.at_ms);
             let next_submission = submissions.last().map(|(at, _, _)| *at);
             let next_join = joins.last().map(|(at, _)| *at);
+            let next_question = questions.last().map(|q| q.at_ms);
             let next_crash = self.config.crash.and_then(|c| {
                 let node = &self.nodes[c.node];
                 if node.alive && node.boot == 0 {
@@ -1294,7 +1225,9 @@ impl<'c> Sim<'c> {
                 next_submission,
                 next_join,
                 next_crash,
-                Some(self.next_report),
+                next_question,
+                removal.map(|r| r.at_ms),
+                Some(self.next_ownership_check),
             ]
             .into_iter()
             .flatten()
@@ -1306,6 +1239,9 @@ impl<'c> Sim<'c> {
             }
             self.now = next.max(self.now);
 
+            // Timers due now first: a reservation that lapses at this instant is gone
+            // before a message arriving at the same instant finds it.
+            self.fire_timers()?;
             while let Some(Reverse(d)) = self.in_flight.peek() {
                 if d.at_ms > self.now {
                     break;
@@ -1317,69 +1253,40 @@ impl<'c> Sim<'c> {
             }
             while joins.last().is_some_and(|(at, _)| *at <= self.now) {
                 if let Some((_, node)) = joins.pop() {
-                    let seeds = seeds_of(node);
-                    self.nodes[node].membership.join(&seeds);
-                    self.touch(node);
+                    let now = self.now;
+                    for seed in (0..cluster).filter(|s| *s != node).take(2) {
+                        self.nodes[node].negotiator.handle_seed(now, &node_id(seed));
+                    }
+                    self.settle(node)?;
                 }
             }
             while submissions.last().is_some_and(|(at, _, _)| *at <= self.now) {
                 if let Some((_, index, request)) = submissions.pop() {
-                    self.submit(request, index);
+                    self.submit(request, index)?;
                 }
+            }
+            while questions.last().is_some_and(|q| q.at_ms <= self.now) {
+                if let Some(question) = questions.pop() {
+                    self.ask(question)?;
+                }
+            }
+            if let Some(due) = removal.filter(|r| r.at_ms <= self.now) {
+                removal = None;
+                self.remove(due)?;
             }
             if let Some(crash) = self.config.crash {
                 let node = &self.nodes[crash.node];
                 if node.alive && node.boot == 0 && self.now >= crash.at_ms {
-                    self.nodes[crash.node].alive = false;
-                    self.timer_of[crash.node] = None;
+                    self.crash(crash.node);
                 } else if !node.alive && crash.restart_at_ms.is_some_and(|at| self.now >= at) {
-                    self.restart(crash.node);
+                    self.restart(crash.node)?;
                 }
             }
-            if self.now >= self.next_report {
-                self.next_report = self.now + REPORT_INTERVAL_MS;
-                for i in 0..cluster {
-                    let static_membership = self.config.static_membership;
-                    let node = &mut self.nodes[i];
-                    if !node.alive {
-                        continue;
-                    }
-                    let mut spoke = false;
-                    if node.bidder.committed().next().is_some() {
-                        node.bidder.report_instances();
-                        spoke = true;
-                    }
-                    // Free capacity is re-announced when it changed, as the agent does.
-                    let free = node.bidder.free();
-                    if free != node.meta.free {
-                        node.meta.free = free;
-                        if !static_membership {
-                            node.membership.set_meta_paced(self.now, node.meta.clone());
-                            spoke = true;
-                        }
-                    }
-                    if spoke {
-                        self.touch(i);
-                    }
-                }
-            }
-            self.fire_timers();
-            let touched = std::mem::take(&mut self.touched);
-            for &i in &touched {
-                self.drain_events(i)?;
-            }
-            // Events may have touched more nodes (adoptions); settle those too.
-            let touched: Vec<usize> = touched
-                .into_iter()
-                .chain(std::mem::take(&mut self.touched))
-                .collect();
-            for &i in &touched {
-                self.is_touched[i] = false;
-                if self.nodes[i].alive {
-                    self.flush_transmits(i)?;
-                    self.check_always(i)?;
-                }
-                self.schedule_timer(i);
+            self.fire_timers()?;
+            if self.now >= self.next_ownership_check {
+                self.next_ownership_check = self.now + 1_000;
+                self.check_ownership()?;
+                self.check_answers()?;
             }
 
             if let Some(crash) = self.config.crash
@@ -1396,7 +1303,23 @@ impl<'c> Sim<'c> {
     }
 }
 
+/// A placement request for workload `name` of the default namespace, with its spec (the
+/// winners need it, as in the agent).
+fn request_for(name: &str, image: &str, replicas: u32, resources: Resources) -> PlacementRequest {
+    let mut spec = WorkloadSpec::new(
+        WorkloadName::new(name).expect("simulated workload names are valid"),
+        image,
+        Vec::new(),
+        Vec::new(),
+    )
+    .expect("simulated specs are valid");
+    spec.replicas = replicas;
+    spec.resources = resources;
+    PlacementRequest::for_spec(&crate::workload::default_key(name), &spec)
+}
+
 /// The workload that fits on no node, in every run.
+const TOO_BIG_NAME: &str = "too-big";
 const TOO_BIG: &str = "default/too-big";
 
 /// Runs one simulation with cheap signatures and checks every invariant.

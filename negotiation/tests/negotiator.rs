@@ -1,0 +1,309 @@
+//! The negotiator driven by hand: two nodes, messages passed directly, the host played by
+//! the test. What the agent relies on: an Accept never leaves before its award is
+//! stored, a failed store withholds it, a node talks to itself without the network, the
+//! gate refuses before any state machine sees a message, and questions are answered even
+//! when peers stay silent.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use parley_negotiation::auction::PlacementRequest;
+use parley_negotiation::messages::{NodeMeta, Resources};
+use parley_negotiation::negotiator::{
+    Action, AllowAll, Authorizer, Denial, Event, HostAction, HostError, LOGS_TIMEOUT_MS,
+    Negotiator, NegotiatorConfig, QUERY_TIMEOUT_MS, Reply, Request,
+};
+use parley_negotiation::workload::{WorkloadName, WorkloadSpec};
+
+const A: &str = "spiffe://td/node/a";
+const B: &str = "spiffe://td/node/b";
+const GIB: u64 = 1 << 30;
+
+fn meta(cpu_millis: u64) -> NodeMeta {
+    let allocatable = Resources {
+        cpu_millis,
+        memory_bytes: 8 * GIB,
+    };
+    NodeMeta {
+        protocol_min: parley_negotiation::codec::MIN_PROTOCOL_VERSION,
+        protocol_max: parley_negotiation::codec::PROTOCOL_VERSION,
+        arch: "amd64".to_owned(),
+        allocatable,
+        free: allocatable,
+        ..NodeMeta::default()
+    }
+}
+
+fn node(id: &str, cpu_millis: u64, authorizer: Box<dyn Authorizer>) -> Negotiator {
+    Negotiator::new(
+        id,
+        NegotiatorConfig::default(),
+        meta(cpu_millis),
+        Vec::new(),
+        0,
+        7,
+        authorizer,
+    )
+}
+
+fn web(replicas: u32, cpu_millis: u64) -> PlacementRequest {
+    let mut spec =
+        WorkloadSpec::new(WorkloadName::new("web").unwrap(), "img:1", vec![], vec![]).unwrap();
+    spec.replicas = replicas;
+    spec.resources = Resources {
+        cpu_millis,
+        memory_bytes: GIB,
+    };
+    PlacementRequest::for_spec("default/web", &spec)
+}
+
+/// Two nodes that know each other, and what each sent.
+struct Pair {
+    nodes: [Negotiator; 2],
+    now: u64,
+    /// Everything that crossed the "network", in order: (from, to, kind).
+    wire: Vec<(usize, String, &'static str)>,
+    /// Host actions not yet carried out, by node.
+    actions: [VecDeque<HostAction>; 2],
+}
+
+impl Pair {
+    fn new(b: Box<dyn Authorizer>) -> Self {
+        let mut pair = Self {
+            nodes: [node(A, 4_000, Box::new(AllowAll)), node(B, 4_000, b)],
+            now: 0,
+            wire: Vec::new(),
+            actions: [VecDeque::new(), VecDeque::new()],
+        };
+        pair.nodes[0].handle_seed(0, B);
+        pair.run_until(3_000);
+        pair
+    }
+
+    /// Moves messages and lets time pass until `until`, collecting host actions without
+    /// carrying them out.
+    fn run_until(&mut self, until: u64) {
+        loop {
+            let mut moved = false;
+            for from in 0..2 {
+                while let Some(action) = self.nodes[from].poll_action() {
+                    self.actions[from].push_back(action);
+                }
+                while let Some((to, body)) = self.nodes[from].poll_transmit() {
+                    moved = true;
+                    self.wire.push((from, to.clone(), body.kind()));
+                    let target = usize::from(to == B);
+                    let sender = if from == 0 { A } else { B };
+                    self.nodes[target].handle_message(self.now, sender, body);
+                }
+            }
+            if moved {
+                continue;
+            }
+            let next = self.nodes.iter().filter_map(Negotiator::poll_timeout).min();
+            match next {
+                Some(at) if at <= until => {
+                    self.now = at.max(self.now);
+                    for node in &mut self.nodes {
+                        node.handle_timeout(self.now);
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.now = until.max(self.now);
+    }
+
+    fn sent(&self, from: usize, kind: &str) -> usize {
+        self.wire
+            .iter()
+            .filter(|(f, _, k)| *f == from && *k == kind)
+            .count()
+    }
+
+    /// The first pending Commit of node `i`.
+    fn take_commit(&mut self, i: usize) -> u64 {
+        let at = self.actions[i]
+            .iter()
+            .position(|a| matches!(a, HostAction::Commit { .. }))
+            .unwrap_or_else(|| panic!("no commit asked of node {i}: {:?}", self.actions[i]));
+        match self.actions[i].remove(at) {
+            Some(HostAction::Commit { token, assignment }) => {
+                assert_eq!(assignment.spec.name.as_str(), "web");
+                token
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+/// Places one replica that only B can host (A has no room).
+fn place_on_b(pair: &mut Pair) {
+    pair.nodes[0] = node(A, 100, Box::new(AllowAll));
+    pair.nodes[0].handle_seed(pair.now, B);
+    pair.run_until(pair.now + 3_000);
+    pair.nodes[0].handle_request(pair.now, 1, Request::Place(web(1, 1_000)));
+    pair.run_until(pair.now + 1_000);
+}
+
+#[test]
+fn an_accept_leaves_only_after_its_award_is_stored() {
+    let mut pair = Pair::new(Box::new(AllowAll));
+    place_on_b(&mut pair);
+    // The owner resends its award while B stores it; B acknowledges none of them yet.
+    assert!(pair.sent(0, "award") >= 2, "{:?}", pair.wire);
+    assert_eq!(
+        pair.sent(1, "accept"),
+        0,
+        "accepted before the award was stored"
+    );
+    let token = pair.take_commit(1);
+
+    let now = pair.now;
+    pair.nodes[1].handle_committed(now, token, Ok(()));
+    pair.run_until(now + 100);
+    assert_eq!(
+        pair.sent(1, "accept"),
+        1,
+        "one Accept for all the repeated awards"
+    );
+    assert!(
+        pair.actions[1].iter().any(
+            |a| matches!(a, HostAction::Start { workload, replica: 0 } if workload == "default/web")
+        ),
+        "{:?}",
+        pair.actions[1]
+    );
+    assert_eq!(
+        pair.nodes[0].announcer().placements("default/web").get(&0),
+        Some(&(B.to_owned(), 1))
+    );
+}
+
+#[test]
+fn an_award_that_cannot_be_stored_is_never_acknowledged_and_holds_nothing() {
+    let mut pair = Pair::new(Box::new(AllowAll));
+    place_on_b(&mut pair);
+    let token = pair.take_commit(1);
+    let now = pair.now;
+    let full = HostError::Store("no space left on device".to_owned());
+    pair.nodes[1].handle_committed(now, token, Err(full.clone()));
+    let mut failed = false;
+    while let Some(event) = pair.nodes[1].poll_event() {
+        failed |= matches!(&event, Event::CommitFailed { error, .. } if *error == full);
+    }
+    assert!(failed, "the failure is reported");
+    assert_eq!(pair.nodes[1].bidder().committed().count(), 0);
+    // The owner's repeated award is rejected; it never hears an Accept for it.
+    pair.run_until(now + 2_000);
+    assert_eq!(pair.sent(1, "accept"), 0, "{:?}", pair.wire);
+    assert!(pair.sent(1, "reject") >= 1, "{:?}", pair.wire);
+}
+
+#[test]
+fn a_node_alone_places_on_itself_without_the_network() {
+    let mut alone = node(A, 4_000, Box::new(AllowAll));
+    alone.handle_request(0, 1, Request::Place(web(1, 500)));
+    let mut now = 0;
+    let mut token = None;
+    while token.is_none() && now < 2_000 {
+        assert_eq!(
+            alone.poll_transmit(),
+            None,
+            "a message to itself left the node"
+        );
+        while let Some(action) = alone.poll_action() {
+            if let HostAction::Commit { token: t, .. } = action {
+                token = Some(t);
+            }
+        }
+        now = alone.poll_timeout().unwrap_or(now + 100).max(now);
+        alone.handle_timeout(now);
+    }
+    let token = token.expect("the node awarded itself the replica");
+    alone.handle_committed(now, token, Ok(()));
+    assert_eq!(alone.poll_transmit(), None);
+    assert_eq!(
+        alone.announcer().placements("default/web").get(&0),
+        Some(&(A.to_owned(), 1))
+    );
+}
+
+/// Refuses A as an owner: it may not submit.
+struct ASubmitsNothing;
+
+impl Authorizer for ASubmitsNothing {
+    fn check(&self, peer: &str, action: Action, namespace: &str) -> Result<(), Denial> {
+        if peer == A && action == Action::Submit {
+            return Err(Denial {
+                action,
+                reason: format!("{peer} may not submit in {namespace}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_call_from_an_owner_that_may_not_submit_is_declined_before_the_bidder_sees_it() {
+    let mut pair = Pair::new(Box::new(ASubmitsNothing));
+    place_on_b(&mut pair);
+    assert_eq!(pair.sent(1, "bid"), 0, "{:?}", pair.wire);
+    assert!(pair.sent(1, "decline") >= 1);
+    assert_eq!(pair.nodes[1].bidder().reservations().count(), 0);
+    let mut denied = 0;
+    while let Some(event) = pair.nodes[1].poll_event() {
+        denied += usize::from(matches!(
+            event,
+            Event::Denied {
+                action: Action::Submit,
+                ..
+            }
+        ));
+    }
+    assert!(denied >= 1);
+    let explanation = pair.nodes[0].announcer().explain("default/web");
+    assert!(
+        format!("{explanation:?}").contains("PolicyDenied"),
+        "{explanation:?}"
+    );
+}
+
+#[test]
+fn questions_are_answered_by_their_deadline_even_when_peers_stay_silent() {
+    let mut pair = Pair::new(Box::new(AllowAll));
+    // A asks; B's answers are never delivered.
+    let now = pair.now;
+    pair.nodes[0].handle_request(now, 10, Request::ListMesh);
+    pair.nodes[0].handle_request(
+        now,
+        11,
+        Request::Logs {
+            node: B.to_owned(),
+            workload: "default/web".to_owned(),
+            replica: 0,
+            window: Default::default(),
+        },
+    );
+    while pair.nodes[0].poll_transmit().is_some() {}
+    let mut answers = BTreeMap::new();
+    let mut at = now;
+    while answers.len() < 2 && at <= now + LOGS_TIMEOUT_MS {
+        at = pair.nodes[0].poll_timeout().expect("a deadline is pending");
+        pair.nodes[0].handle_timeout(at);
+        while pair.nodes[0].poll_transmit().is_some() {}
+        while let Some(action) = pair.nodes[0].poll_action() {
+            if let HostAction::Answer { token, reply } = action {
+                answers.insert(token, (at - now, reply));
+            }
+        }
+    }
+    let (list_after, list) = &answers[&10];
+    assert!(*list_after <= QUERY_TIMEOUT_MS);
+    assert!(matches!(list, Reply::ListMesh(owned) if owned.is_empty()));
+    let (logs_after, logs) = &answers[&11];
+    assert!(*logs_after <= LOGS_TIMEOUT_MS);
+    assert!(
+        matches!(logs, Reply::Logs(Err(failure)) if !failure.denied && failure.message.contains("no answer")),
+        "{logs:?}"
+    );
+}
