@@ -181,8 +181,72 @@ pub const RENEW_GRACE_SECS: u64 = 30 * 24 * 3600;
 /// How far a renewal's signing time may be from the issuer's clock.
 const RENEW_WINDOW_SECS: u64 = 300;
 
-fn renew_signed_bytes(request: &CertRequest, signed_at: u64) -> Result<Vec<u8>, String> {
-    serde_json::to_vec(&(request, signed_at)).map_err(|e| e.to_string())
+fn renew_signed_bytes(request: &CertRequest, signed_at: u64) -> Result<Vec<u8>, Refusal> {
+    serde_json::to_vec(&(request, signed_at)).map_err(|e| Refusal::Encode(e.to_string()))
+}
+
+/// Why an issuer refused an enrollment or a renewal; the text travels back to the node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The token is not one this issuer holds (never made, spent, or expired).
+    #[error("unknown, used or expired join token; ask for a new one with `parley identity token`")]
+    UnknownToken,
+    /// A token asked for an identity that is not a node of this trust domain.
+    #[error("a join token enrolls a node (spiffe://{trust_domain}/node/NAME), not {subject}")]
+    NotANode {
+        /// The issuer's trust domain.
+        trust_domain: String,
+        /// What was asked for.
+        subject: String,
+    },
+    /// The issuer's store could not spend the token.
+    #[error("the issuer's store failed: {0}")]
+    Store(String),
+    /// A renewal's certificate does not decode.
+    #[error("malformed certificate: {0}")]
+    MalformedCertificate(String),
+    /// A hex field does not decode.
+    #[error("the {0} is not hex")]
+    NotHex(&'static str),
+    /// The certificate lapsed beyond the grace period.
+    #[error(
+        "the certificate lapsed more than {days} days ago; enroll the node again with a join token"
+    )]
+    LapsedTooLong {
+        /// The grace period, in days.
+        days: u64,
+    },
+    /// The certificate does not chain to this issuer's root.
+    #[error("the certificate is not this trust domain's: {0}")]
+    ForeignCertificate(String),
+    /// A node asked to renew another identity.
+    #[error("{current} may renew only itself, not {asked}")]
+    OtherSubject {
+        /// The identity the certificate proves.
+        current: String,
+        /// The identity asked for.
+        asked: String,
+    },
+    /// The renewal was signed too far from the issuer's clock.
+    #[error("the request was signed at {signed_at} but it is {now} here; check the clocks")]
+    Stale {
+        /// When the node says it signed it.
+        signed_at: u64,
+        /// The issuer's clock.
+        now: u64,
+    },
+    /// The renewal's signature does not verify.
+    #[error(
+        "the signature does not verify with the key this root gives the certificate \
+         (a forged request, or a certificate of another root)"
+    )]
+    BadSignature,
+    /// The root could not issue the certificate.
+    #[error("cannot issue: {0}")]
+    Issue(String),
+    /// A request could not be encoded for signing.
+    #[error("cannot encode the request: {0}")]
+    Encode(String),
 }
 
 /// What an issuer answers.
@@ -221,8 +285,10 @@ pub async fn renew(
     request: &CertRequest,
 ) -> Result<IssueResponse, JoinError> {
     let signed_at = crate::clock::unix_secs();
-    let bytes = renew_signed_bytes(request, signed_at)
-        .map_err(|reason| JoinError::Exchange { addr, reason })?;
+    let bytes = renew_signed_bytes(request, signed_at).map_err(|refusal| JoinError::Exchange {
+        addr,
+        reason: refusal.to_string(),
+    })?;
     let renewal = Request::Renew(RenewRequest {
         certificate: parley_identity::cert::to_hex(credential.cert().as_bytes()),
         request: request.clone(),
@@ -387,17 +453,16 @@ impl Enrollment {
     /// lapsed for less than [`RENEW_GRACE_SECS`], the new request must be for the same
     /// SPIFFE ID, and its signature by the current key must verify and be recent. The
     /// new certificate lives as long as the old one did (at most [`NODE_CERT_TTL_SECS`]).
-    fn renew(&self, renewal: &RenewRequest) -> Result<IssueResponse, String> {
+    fn renew(&self, renewal: &RenewRequest) -> Result<IssueResponse, Refusal> {
         let now = crate::clock::unix_secs();
         let cert_bytes = parley_identity::cert::from_hex(&renewal.certificate)
-            .ok_or("the certificate is not hex")?;
+            .ok_or(Refusal::NotHex("certificate"))?;
         let cert = parley_identity::cert::ImplicitCert::decode(&cert_bytes)
-            .map_err(|e| format!("malformed certificate: {e}"))?;
+            .map_err(|e| Refusal::MalformedCertificate(e.to_string()))?;
         if now > cert.not_after.saturating_add(RENEW_GRACE_SECS) {
-            return Err(format!(
-                "the certificate lapsed more than {} days ago; enroll the node again with a join token",
-                RENEW_GRACE_SECS / 86_400
-            ));
+            return Err(Refusal::LapsedTooLong {
+                days: RENEW_GRACE_SECS / 86_400,
+            });
         }
         let mut bundle = TrustBundle::new();
         bundle.add(self.trust_domain(), self.issuer.public_key());
@@ -405,21 +470,21 @@ impl Enrollment {
         let at = now.clamp(cert.not_before, cert.not_after);
         let current = bundle
             .verify_chain(std::slice::from_ref(&cert), at)
-            .map_err(|e| format!("the certificate is not this trust domain's: {e}"))?;
+            .map_err(|e| Refusal::ForeignCertificate(e.to_string()))?;
         if renewal.request.subject != current.id {
-            return Err(format!(
-                "{} may renew only itself, not {}",
-                current.id, renewal.request.subject
-            ));
+            return Err(Refusal::OtherSubject {
+                current: current.id.to_string(),
+                asked: renewal.request.subject.to_string(),
+            });
         }
         if now.abs_diff(renewal.signed_at) > RENEW_WINDOW_SECS {
-            return Err(format!(
-                "the request was signed at {} but it is {now} here; check the clocks",
-                renewal.signed_at
-            ));
+            return Err(Refusal::Stale {
+                signed_at: renewal.signed_at,
+                now,
+            });
         }
         let signature = parley_identity::cert::from_hex(&renewal.signature)
-            .ok_or("the signature is not hex")?;
+            .ok_or(Refusal::NotHex("signature"))?;
         current
             .verify(
                 RENEW_CONTEXT,
@@ -428,11 +493,7 @@ impl Enrollment {
             )
             // ECQV: a certificate of another root yields a key nobody holds, so this one
             // check refuses both a forged request and a foreign certificate.
-            .map_err(|_| {
-                "the signature does not verify with the key this root gives the certificate \
-                 (a forged request, or a certificate of another root)"
-                    .to_owned()
-            })?;
+            .map_err(|_| Refusal::BadSignature)?;
         let lifetime = cert
             .not_after
             .saturating_sub(cert.not_before)
@@ -440,7 +501,7 @@ impl Enrollment {
         let issued = self
             .issuer
             .issue(&renewal.request, Validity::starting(now, lifetime))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Refusal::Issue(e.to_string()))?;
         Ok(IssueResponse {
             issued,
             trust_domain: self.trust_domain().to_owned(),
@@ -453,7 +514,7 @@ impl Enrollment {
         &self,
         credential: &parley_identity::Credential,
         request: &CertRequest,
-    ) -> Result<IssueResponse, String> {
+    ) -> Result<IssueResponse, Refusal> {
         let signed_at = crate::clock::unix_secs();
         let bytes = renew_signed_bytes(request, signed_at)?;
         self.renew(&RenewRequest {
@@ -466,51 +527,47 @@ impl Enrollment {
 
     /// Answers one enrollment request: the token must exist, match and be unexpired; it is
     /// spent (deleted, flushed) before the certificate is issued.
-    async fn answer(&self, request: JoinRequest) -> Result<IssueResponse, String> {
-        const UNKNOWN: &str =
-            "unknown, used or expired join token; ask for a new one with `parley identity token`";
+    async fn answer(&self, request: JoinRequest) -> Result<IssueResponse, Refusal> {
+        let store_failed = |e: parley_store::StoreError| Refusal::Store(e.to_string());
         let record = self
             .tokens
             .get(&request.token_id)
-            .map_err(|e| format!("the issuer's store failed: {e}"))?
-            .ok_or(UNKNOWN)?;
+            .map_err(store_failed)?
+            .ok_or(Refusal::UnknownToken)?;
         if record.secret_sha256 != sha256_hex(&request.secret) {
-            return Err(UNKNOWN.to_owned());
+            return Err(Refusal::UnknownToken);
         }
         let subject = &request.request.subject;
         let is_node = subject.trust_domain() == self.trust_domain()
             && subject.segments().count() == 2
             && subject.segments().next() == Some("node");
         if !is_node {
-            return Err(format!(
-                "a join token enrolls a node (spiffe://{}/node/NAME), not {subject}",
-                self.trust_domain()
-            ));
+            return Err(Refusal::NotANode {
+                trust_domain: self.trust_domain().to_owned(),
+                subject: subject.to_string(),
+            });
         }
         let now = crate::clock::unix_secs();
         if record.expires_at < now {
             let _ = self.tokens.remove(&request.token_id);
-            return Err(UNKNOWN.to_owned());
+            return Err(Refusal::UnknownToken);
         }
         // Spent first: a crash after this refuses a retry rather than issuing twice.
         if !self
             .tokens
             .remove(&request.token_id)
-            .map_err(|e| format!("the issuer's store failed: {e}"))?
+            .map_err(store_failed)?
         {
-            return Err(UNKNOWN.to_owned());
+            return Err(Refusal::UnknownToken);
         }
-        self.store
-            .flush()
-            .await
-            .map_err(|e| format!("the issuer's store failed: {e}"))?;
+        self.store.flush().await.map_err(store_failed)?;
         let issued = self
             .issuer
             .issue(
                 &request.request,
                 Validity::starting(now, NODE_CERT_TTL_SECS),
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Refusal::Issue(e.to_string()))?;
         Ok(IssueResponse {
             issued,
             trust_domain: self.trust_domain().to_owned(),
@@ -551,20 +608,40 @@ pub async fn serve(
     }
 }
 
+/// Why one enrollment exchange ended without a certificate issued.
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    /// The connection or stream failed.
+    #[error("the exchange failed: {0}")]
+    Stream(String),
+    /// The request did not parse.
+    #[error("malformed enrollment request: {0}")]
+    Malformed(String),
+    /// The issuer refused it.
+    #[error("{subject}: {refusal}")]
+    Refused {
+        /// Who asked.
+        subject: String,
+        /// Why not.
+        refusal: Refusal,
+    },
+}
+
 /// Reads one request, answers it; returns the enrolled subject or why not.
 async fn answer_one(
     connection: &quinn::Connection,
     enrollment: &Enrollment,
-) -> Result<String, String> {
-    let (mut send, mut receive) = connection.accept_bi().await.map_err(|e| e.to_string())?;
+) -> Result<String, ExchangeError> {
+    let stream = |e: &dyn std::fmt::Display| ExchangeError::Stream(e.to_string());
+    let (mut send, mut receive) = connection.accept_bi().await.map_err(|e| stream(&e))?;
     let bytes = receive
         .read_to_end(MAX_JOIN_MESSAGE)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| stream(&e))?;
     let (reply, outcome) = match serde_json::from_slice::<Request>(&bytes) {
         Err(e) => {
-            let reason = format!("malformed enrollment request: {e}");
-            (JoinReply::Refused(reason.clone()), Err(reason))
+            let error = ExchangeError::Malformed(e.to_string());
+            (JoinReply::Refused(error.to_string()), Err(error))
         }
         Ok(request) => {
             let (subject, answered) = match request {
@@ -579,16 +656,16 @@ async fn answer_one(
             };
             match answered {
                 Ok(response) => (JoinReply::Issued(response), Ok(subject)),
-                Err(reason) => (
-                    JoinReply::Refused(reason.clone()),
-                    Err(format!("{subject}: {reason}")),
+                Err(refusal) => (
+                    JoinReply::Refused(refusal.to_string()),
+                    Err(ExchangeError::Refused { subject, refusal }),
                 ),
             }
         }
     };
-    let answer = serde_json::to_vec(&reply).map_err(|e| e.to_string())?;
-    send.write_all(&answer).await.map_err(|e| e.to_string())?;
-    send.finish().map_err(|e| e.to_string())?;
+    let answer = serde_json::to_vec(&reply).map_err(|e| stream(&e))?;
+    send.write_all(&answer).await.map_err(|e| stream(&e))?;
+    send.finish().map_err(|e| stream(&e))?;
     // Let the answer reach the peer before the connection closes.
     let _ = send.stopped().await;
     outcome
@@ -626,7 +703,7 @@ mod tests {
             (&text[..text.len() - 1], "right length"),
         ] {
             let error = bad.parse::<JoinToken>().unwrap_err().to_string();
-            assert!(error.contains(why), "{bad}: {error}");
+            assert!(error.to_string().contains(why), "{bad}: {error}");
         }
     }
 
@@ -655,7 +732,12 @@ mod tests {
                 &"0".repeat(32),
             ))
             .await;
-        assert!(wrong.unwrap_err().contains("unknown, used or expired"));
+        assert!(
+            wrong
+                .unwrap_err()
+                .to_string()
+                .contains("unknown, used or expired")
+        );
         let workload = enrollment
             .answer(request(
                 &token,
@@ -663,7 +745,7 @@ mod tests {
                 &token.secret,
             ))
             .await;
-        assert!(workload.unwrap_err().contains("enrolls a node"));
+        assert!(workload.unwrap_err().to_string().contains("enrolls a node"));
         let issued = enrollment
             .answer(request(
                 &token,
@@ -680,7 +762,12 @@ mod tests {
                 &token.secret,
             ))
             .await;
-        assert!(again.unwrap_err().contains("unknown, used or expired"));
+        assert!(
+            again
+                .unwrap_err()
+                .to_string()
+                .contains("unknown, used or expired")
+        );
     }
 
     /// A node credential issued by `root`, valid from `start` for `ttl` seconds.
@@ -718,7 +805,10 @@ mod tests {
 
         // Another node's SPIFFE ID.
         let error = enrollment.renew_locally(&a, &new_request(&b)).unwrap_err();
-        assert!(error.contains("may renew only itself"), "{error}");
+        assert!(
+            error.to_string().contains("may renew only itself"),
+            "{error}"
+        );
         // Signed by someone else.
         let request = new_request(&a);
         let signed_at = crate::clock::unix_secs();
@@ -732,7 +822,7 @@ mod tests {
             )),
         };
         let error = enrollment.renew(&forged).unwrap_err();
-        assert!(error.contains("a forged request"), "{error}");
+        assert!(error.to_string().contains("a forged request"), "{error}");
         // An old signature.
         let stale = RenewRequest {
             signed_at: signed_at - 3_600,
@@ -743,7 +833,7 @@ mod tests {
             ..forged
         };
         let error = enrollment.renew(&stale).unwrap_err();
-        assert!(error.contains("check the clocks"), "{error}");
+        assert!(error.to_string().contains("check the clocks"), "{error}");
 
         // Lapsed two days ago: still renewable. Forty days ago: enroll again.
         let day = 86_400;
@@ -767,7 +857,10 @@ mod tests {
         let error = enrollment
             .renew_locally(&gone, &new_request(&gone))
             .unwrap_err();
-        assert!(error.contains("enroll the node again"), "{error}");
+        assert!(
+            error.to_string().contains("enroll the node again"),
+            "{error}"
+        );
 
         // A certificate of another root.
         let stranger_root = Issuer::generate_root("example.org").unwrap();
@@ -775,6 +868,6 @@ mod tests {
         let error = enrollment
             .renew_locally(&stranger, &new_request(&stranger))
             .unwrap_err();
-        assert!(error.contains("another root"), "{error}");
+        assert!(error.to_string().contains("another root"), "{error}");
     }
 }

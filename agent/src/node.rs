@@ -183,6 +183,17 @@ pub struct Node<R> {
     changes: tokio::sync::Mutex<()>,
 }
 
+/// Why an awarded replica's container could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// Podman could not provide the image or start the container.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// Its workload identity could not be issued.
+    #[error(transparent)]
+    Identity(#[from] crate::workload_identity::IssueError),
+}
+
 /// The store key of a workload in the default namespace.
 fn key(name: &str) -> String {
     format!("{DEFAULT_NAMESPACE}/{name}")
@@ -298,14 +309,13 @@ impl<R: ContainerRuntime> Node<R> {
         tree: &Tree<T>,
         key: &str,
         value: &T,
-    ) -> Result<(), String> {
-        self.check_writable().map_err(|e| e.to_string())?;
-        tree.put(key, value)
-            .map_err(|e| self.note_store_error(e).to_string())?;
+    ) -> Result<(), NodeError> {
+        self.check_writable()?;
+        tree.put(key, value).map_err(|e| self.note_store_error(e))?;
         self.store
             .flush()
             .await
-            .map_err(|e| self.note_store_error(e).to_string())
+            .map_err(|e| self.note_store_error(e))
     }
 
     /// Starts an awarded replica's container: pulls its image, issues its workload
@@ -315,11 +325,8 @@ impl<R: ContainerRuntime> Node<R> {
         record: &WorkloadRecord,
         replica: u32,
         epoch: u64,
-    ) -> Result<String, String> {
-        self.runtime
-            .ensure_image(&record.spec.image)
-            .await
-            .map_err(|e| e.to_string())?;
+    ) -> Result<String, LaunchError> {
+        self.runtime.ensure_image(&record.spec.image).await?;
         let name = record.spec.name.as_str();
         if let Some(identities) = &self.info.identities {
             let now = crate::clock::unix_secs();
@@ -327,10 +334,11 @@ impl<R: ContainerRuntime> Node<R> {
                 identities.issue(DEFAULT_NAMESPACE, name, replica, now)?;
             }
         }
-        self.runtime
+        let id = self
+            .runtime
             .create_and_start(&self.container_spec(record, replica, epoch))
-            .await
-            .map_err(|e| e.to_string())
+            .await?;
+        Ok(id)
     }
 
     /// Renews the workload identities of running replicas past half their lifetime, and
@@ -1480,7 +1488,7 @@ impl<R: ContainerRuntime> Host for Node<R> {
         let key = assignment_key(&name, assignment.replica);
         self.put_flushed(&self.assignments, &key, &assignment)
             .await
-            .map_err(HostError::Store)?;
+            .map_err(|e| HostError::Store(e.to_string()))?;
         self.record_event(
             "replica-assigned",
             Some(&self::key(&name)),
@@ -1543,7 +1551,7 @@ impl<R: ContainerRuntime> Host for Node<R> {
         };
         self.put_flushed(&self.workloads, &key, &record)
             .await
-            .map_err(HostError::Store)?;
+            .map_err(|e| HostError::Store(e.to_string()))?;
         self.record_event(
             "workload-adopted",
             Some(&key),

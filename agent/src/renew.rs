@@ -25,6 +25,28 @@ use crate::transport::{NodeCredentials, Transport};
 /// Longest wait between two attempts when renewal fails.
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
+/// Why a renewal did not give this node a new identity.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError {
+    /// The identity directory could not be read.
+    #[error("{0}")]
+    Files(#[from] parley_identity::files::FilesError),
+    /// This node's own root refused (it holds the root key).
+    #[error("{0}")]
+    Refused(#[from] crate::join::Refusal),
+    /// No issuer is known to ask.
+    #[error(
+        "no issuer is known: no member announces the root key and no `join` address is configured"
+    )]
+    NoIssuer,
+    /// Every issuer asked failed; why, for each.
+    #[error("{}", .0.join("; "))]
+    Issuers(Vec<String>),
+    /// The issuer's answer does not give a usable identity.
+    #[error("the issuer's answer cannot be used: {0}")]
+    Unusable(String),
+}
+
 /// Where renewals come from and go to.
 pub struct Renewal {
     /// The node's identity directory.
@@ -42,9 +64,9 @@ impl Renewal {
         &self,
         credential: &Credential,
         candidates: &[SocketAddr],
-    ) -> Result<NodeCredentials, String> {
+    ) -> Result<NodeCredentials, RenewError> {
         let dir = IdentityDir::new(&self.identity_dir);
-        let bundle = dir.load_bundle().map_err(|e| e.to_string())?;
+        let bundle = dir.load_bundle()?;
         let pending = PendingRequest::new(credential.id().clone());
         let response = match &self.enrollment {
             Some(enrollment) => enrollment.renew_locally(credential, pending.request())?,
@@ -60,14 +82,10 @@ impl Renewal {
                         Err(error) => failures.push(error.to_string()),
                     }
                 }
-                answer.ok_or_else(|| {
-                    if failures.is_empty() {
-                        "no issuer is known: no member announces the root key and no `join` \
-                         address is configured"
-                            .to_owned()
-                    } else {
-                        failures.join("; ")
-                    }
+                answer.ok_or(if failures.is_empty() {
+                    RenewError::NoIssuer
+                } else {
+                    RenewError::Issuers(failures)
                 })?
             }
         };
@@ -78,9 +96,9 @@ impl Renewal {
                 crate::clock::unix_secs(),
                 parley_identity::credential::DEFAULT_CLOCK_SKEW_SECS,
             )
-            .map_err(|e| format!("the issuer's answer cannot be used: {e}"))?;
+            .map_err(|e| RenewError::Unusable(e.to_string()))?;
         let tls = TlsIdentity::new(&renewed, std::slice::from_ref(renewed.cert()))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| RenewError::Unusable(e.to_string()))?;
         Ok(NodeCredentials {
             credential: renewed,
             tls,

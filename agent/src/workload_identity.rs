@@ -55,6 +55,39 @@ pub struct WorkloadIdentities {
     ttl_secs: u64,
 }
 
+/// Why a workload identity could not be issued.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// This node's own identity or trust bundle could not be read.
+    #[error("cannot read this node's identity: {0}")]
+    NodeIdentity(#[from] parley_identity::files::FilesError),
+    /// The trust bundle has no root for the node's trust domain.
+    #[error("this node does not trust a root for {0}")]
+    NoRoot(String),
+    /// The workload's name does not make a SPIFFE ID.
+    #[error("{name} cannot be a SPIFFE ID: {reason}")]
+    BadName {
+        /// The workload's name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The node's own certificate has expired.
+    #[error("this node's own identity has expired; workload identities wait for its renewal")]
+    NodeExpired,
+    /// Issuing or deriving the key failed.
+    #[error("cannot issue the workload identity: {0}")]
+    Issue(String),
+    /// The file could not be written.
+    #[error("cannot write the workload identity of {name}: {reason}")]
+    Write {
+        /// The workload's name.
+        name: String,
+        /// The OS error.
+        reason: String,
+    },
+}
+
 impl WorkloadIdentities {
     /// Credentials kept under `root` (one directory per replica), issued with the node
     /// identity in `node_identity`, valid `ttl_secs` (less if the node's own ends sooner).
@@ -79,26 +112,25 @@ impl WorkloadIdentities {
         name: &str,
         replica: u32,
         now: u64,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, IssueError> {
         let node_dir = IdentityDir::new(&self.node_identity);
-        let node = node_dir
-            .load_credential()
-            .map_err(|e| format!("cannot read this node's identity: {e}"))?;
-        let bundle = node_dir.load_bundle().map_err(|e| e.to_string())?;
+        let node = node_dir.load_credential()?;
+        let bundle = node_dir.load_bundle()?;
         let trust_domain = node.id().trust_domain().to_owned();
         let root = bundle
             .root(&trust_domain)
-            .ok_or_else(|| format!("this node does not trust a root for {trust_domain}"))?;
+            .ok_or_else(|| IssueError::NoRoot(trust_domain.clone()))?;
         let subject = SpiffeId::from_segments(&trust_domain, &["ns", namespace, "wl", name])
-            .map_err(|e| format!("{name} cannot be a SPIFFE ID: {e}"))?;
+            .map_err(|e| IssueError::BadName {
+                name: name.to_owned(),
+                reason: e.to_string(),
+            })?;
         let not_after = now.saturating_add(self.ttl_secs).min(node.cert().not_after);
         if not_after <= now {
-            return Err(
-                "this node's own identity has expired; workload identities wait for its renewal"
-                    .to_owned(),
-            );
+            return Err(IssueError::NodeExpired);
         }
-        let issuer = node.workload_issuer().map_err(|e| e.to_string())?;
+        let failed = |e: &dyn std::fmt::Display| IssueError::Issue(e.to_string());
+        let issuer = node.workload_issuer().map_err(|e| failed(&e))?;
         let pending = PendingRequest::new(subject.clone());
         let issued = issuer
             .issue(
@@ -108,10 +140,10 @@ impl WorkloadIdentities {
                     not_after,
                 },
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(&e))?;
         let workload = pending
             .accept(&issued, &node.public_key())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(&e))?;
         let file = SvidFile {
             spiffe_id: subject.to_string(),
             private_key: Zeroizing::new(to_hex(&workload.secret_bytes())),
@@ -121,9 +153,13 @@ impl WorkloadIdentities {
             not_before: now,
             not_after,
         };
-        let json = Zeroizing::new(serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?);
-        write_private(&self.dir(name, replica), SVID_FILE, &json)
-            .map_err(|e| format!("cannot write the workload identity of {name}: {e}"))?;
+        let json = Zeroizing::new(serde_json::to_vec_pretty(&file).map_err(|e| failed(&e))?);
+        write_private(&self.dir(name, replica), SVID_FILE, &json).map_err(|e| {
+            IssueError::Write {
+                name: name.to_owned(),
+                reason: e.to_string(),
+            }
+        })?;
         Ok(not_after)
     }
 
@@ -273,6 +309,6 @@ mod tests {
         let error = identities
             .issue("default", "web", 0, now + 100)
             .unwrap_err();
-        assert!(error.contains("has expired"), "{error}");
+        assert!(matches!(error, IssueError::NodeExpired), "{error}");
     }
 }

@@ -324,7 +324,7 @@ async fn renew_lapsed(
     loop {
         let attempt = match dir.load_credential() {
             Ok(credential) => renewal.renew_once(&credential, &renewal.seeds).await,
-            Err(error) => Err(error.to_string()),
+            Err(error) => Err(error.into()),
         };
         match attempt {
             Ok(renewed) => {

@@ -276,8 +276,8 @@ impl Transport {
             .keep_alive_interval(Some(limits.idle_timeout / 3));
         let transport = Arc::new(transport);
         let accepts_enrollment = enrollment.is_some();
-        let (server, client) =
-            tls_configs(&credentials, &transport, accepts_enrollment).map_err(bind_error)?;
+        let (server, client) = tls_configs(&credentials, &transport, accepts_enrollment)
+            .map_err(|e| bind_error(e.to_string()))?;
 
         // One endpoint serves and connects, so a peer's remote address is its listening
         // address and either side can reuse the connection.
@@ -339,7 +339,7 @@ impl Transport {
             &self.inner.transport_config,
             self.inner.accepts_enrollment,
         )
-        .map_err(TransportError::Rotate)?;
+        .map_err(|e| TransportError::Rotate(e.to_string()))?;
         self.inner.endpoint.set_server_config(Some(server));
         *lock(&self.inner.client_config) = client;
         *lock(&self.inner.signer) = Arc::new(CredentialSigner {
@@ -435,12 +435,34 @@ impl Transport {
     }
 }
 
+/// Why the endpoint's TLS configurations could not be built from a credential.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    /// rustls refused the certificate, key or verifier.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The rustls configuration has no cipher suite QUIC can start with.
+    #[error(transparent)]
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+}
+
+/// Why a connection's peer is not accepted after its handshake.
+#[derive(Debug, thiserror::Error)]
+enum PeerError {
+    /// It presented no certificate.
+    #[error("the peer presented no certificate")]
+    NoCertificate,
+    /// Its certificate does not prove an identity of a trusted domain.
+    #[error(transparent)]
+    Identity(#[from] parley_identity::IdentityError),
+}
+
 /// The QUIC server and client configurations presenting `credentials`.
 fn tls_configs(
     credentials: &NodeCredentials,
     transport: &Arc<quinn::TransportConfig>,
     accepts_enrollment: bool,
-) -> Result<(quinn::ServerConfig, quinn::ClientConfig), String> {
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), SetupError> {
     let copy = || {
         TlsIdentity::from_der(
             credentials.tls.certificate().clone(),
@@ -452,16 +474,13 @@ fn tls_configs(
     } else {
         PeerVerifier::new(credentials.bundle.clone())
     };
-    let server_tls = tls::server_config(copy(), server_verifier).map_err(|e| e.to_string())?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(
-        QuicServerConfig::try_from(server_tls).map_err(|e| e.to_string())?,
-    ));
+    let server_tls = tls::server_config(copy(), server_verifier)?;
+    let mut server =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls)?));
     server.transport_config(transport.clone());
     let client_verifier = PeerVerifier::new(credentials.bundle.clone());
-    let client_tls = tls::client_config(copy(), client_verifier).map_err(|e| e.to_string())?;
-    let mut client = quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(client_tls).map_err(|e| e.to_string())?,
-    ));
+    let client_tls = tls::client_config(copy(), client_verifier)?;
+    let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?));
     client.transport_config(transport.clone());
     Ok((server, client))
 }
@@ -499,7 +518,9 @@ impl Inner {
             .await
             .map_err(|_| connect_error("timed out".into()))?
             .map_err(|e| connect_error(e.to_string()))?;
-        let peer = self.peer_of(&connection).map_err(connect_error)?;
+        let peer = self
+            .peer_of(&connection)
+            .map_err(|e| connect_error(e.to_string()))?;
         let id = peer.id.to_string();
         self.register(peer, connection.clone());
         Ok((id, connection))
@@ -507,16 +528,17 @@ impl Inner {
 
     /// The identity a connection's peer proved in the handshake, checked again here to
     /// obtain its reconstructed key.
-    fn peer_of(&self, connection: &quinn::Connection) -> Result<VerifiedIdentity, String> {
+    fn peer_of(&self, connection: &quinn::Connection) -> Result<VerifiedIdentity, PeerError> {
         let certificates = connection
             .peer_identity()
             .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-            .ok_or("the peer presented no certificate")?;
-        let first = certificates
-            .first()
-            .ok_or("the peer presented no certificate")?;
-        tls::verify_peer_certificate(first.as_ref(), &self.bundle, unix_ms() / 1000)
-            .map_err(|e| e.to_string())
+            .ok_or(PeerError::NoCertificate)?;
+        let first = certificates.first().ok_or(PeerError::NoCertificate)?;
+        Ok(tls::verify_peer_certificate(
+            first.as_ref(),
+            &self.bundle,
+            unix_ms() / 1000,
+        )?)
     }
 
     fn register(self: &Arc<Self>, peer: VerifiedIdentity, connection: quinn::Connection) {
