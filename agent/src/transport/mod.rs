@@ -23,6 +23,7 @@ use parley_negotiation::messages::Body;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::CertificateDer;
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -543,7 +544,13 @@ impl Inner {
 
     fn register(self: &Arc<Self>, peer: VerifiedIdentity, connection: quinn::Connection) {
         lock(&self.peers).insert(peer.id.to_string(), connection.clone());
-        tokio::spawn(read_loop(self.clone(), peer, connection));
+        // One span per connection: every line logged while reading it names the peer.
+        let span = tracing::debug_span!(
+            "connection",
+            peer = %peer.id,
+            remote = %connection.remote_address()
+        );
+        tokio::spawn(read_loop(self.clone(), peer, connection).instrument(span));
     }
 }
 
