@@ -1,0 +1,276 @@
+//! The node in a mesh: placing, removing, listing through the negotiation loop
+//! ([`MeshHandle`]), taking up owned workloads after a restart, join tokens.
+
+use super::*;
+
+impl<R: ContainerRuntime> Node<R> {
+    /// Hands the workloads this node owned before a restart back to the mesh, which
+    /// adopts their running replicas and places what is missing.
+    pub async fn resume_ownership(&self) -> Result<(), NodeError> {
+        let Some(mesh) = &self.info.mesh else {
+            return Ok(());
+        };
+        for (key, record) in self.desired()? {
+            let request = PlacementRequest {
+                submitter: record.submitter,
+                ..PlacementRequest::for_spec(&key, &record.spec)
+            };
+            mesh.commands
+                .send(Command::Adopt(Box::new(request)))
+                .await
+                .map_err(|_| NodeError::MeshStopped)?;
+        }
+        Ok(())
+    }
+
+    /// Stores a workload this node now owns and hands it to the mesh to place.
+    pub(super) async fn place_in_mesh(
+        &self,
+        mesh: &MeshHandle,
+        spec: WorkloadSpec,
+    ) -> Result<WorkloadStatus, NodeError> {
+        mesh.policy
+            .check(&mesh.id, Action::Submit, DEFAULT_NAMESPACE)?;
+        let name = spec.name.to_string();
+        let key = key(&name);
+        let _changing = self.changes.lock().await;
+        let record = self.store_new_workload(&key, name.clone(), spec).await?;
+        let spec = &record.spec;
+        let request = PlacementRequest::for_spec(&key, spec);
+        if mesh
+            .commands
+            .send(Command::Place(Box::new(request)))
+            .await
+            .is_err()
+        {
+            return Err(NodeError::MeshStopped);
+        }
+        tracing::info!(workload = %name, replicas = spec.replicas, "workload accepted; placing it across the mesh");
+        self.record_event(
+            "workload-accepted",
+            Some(&key),
+            &format!(
+                "placing {} replica(s) of {} across the mesh",
+                spec.replicas, spec.image
+            ),
+        );
+        Ok(WorkloadStatus {
+            name,
+            image: spec.image.clone(),
+            command: spec.command.clone(),
+            created_at: record.created_at,
+            replicas: Vec::new(),
+            owner: Some(mesh.id.clone()),
+        })
+    }
+
+    /// Forgets a workload this node owns; the mesh revokes its replicas wherever they run.
+    pub(super) async fn remove_from_mesh(
+        &self,
+        mesh: &MeshHandle,
+        name: &str,
+    ) -> Result<(), NodeError> {
+        mesh.policy
+            .check(&mesh.id, Action::Remove, DEFAULT_NAMESPACE)?;
+        let key = key(name);
+        if self.workloads.get(&key)?.is_none() || self.is_unpersisted(&key) {
+            // Owned elsewhere? Ask the members; the owner removes it.
+            let owned_elsewhere = self
+                .mesh_workloads(mesh)
+                .await
+                .iter()
+                .any(|(owner, w)| owner != &mesh.id && w.workload == key);
+            if !owned_elsewhere {
+                return Err(NodeError::NotFound {
+                    name: name.to_owned(),
+                });
+            }
+            mesh.commands
+                .send(Command::RemoveRemote {
+                    workload: key.clone(),
+                })
+                .await
+                .map_err(|_| NodeError::MeshStopped)?;
+            tracing::info!(workload = %name, "asked the owner to remove the workload");
+            self.record_event(
+                "workload-remove-requested",
+                Some(&key),
+                "asked its owner to remove it",
+            );
+            return Ok(());
+        }
+        let _changing = self.changes.lock().await;
+        self.delete_workload_record(&key).await?;
+        if mesh
+            .commands
+            .send(Command::Remove(key.clone()))
+            .await
+            .is_err()
+        {
+            return Err(NodeError::MeshStopped);
+        }
+        tracing::info!(workload = %name, "workload removed; revoking its replicas");
+        self.record_event(
+            "workload-removed",
+            Some(&key),
+            "revoking its replicas across the mesh",
+        );
+        Ok(())
+    }
+
+    /// Every workload the alive members own, as their owners report them.
+    pub(super) async fn mesh_workloads(&self, mesh: &MeshHandle) -> Vec<(String, OwnedWorkload)> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if mesh
+            .commands
+            .send(Command::ListMesh { reply })
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    /// Workloads this node owns, with where their replicas were placed; those other
+    /// members own, as their owners report them; and any replica this node runs that
+    /// neither covers.
+    pub(super) async fn list_in_mesh(&self, mesh: &MeshHandle) -> Result<WorkloadList, NodeError> {
+        mesh.policy
+            .check(&mesh.id, Action::List, DEFAULT_NAMESPACE)?;
+        let (containers, runtime_error) = match self.runtime.list_managed(&self.info.name).await {
+            Ok(containers) => (containers, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        let local = |name: &str, replica: u32| {
+            containers
+                .iter()
+                .find(|c| c.workload == name && c.replica == replica)
+        };
+        let mut workloads = Vec::new();
+        let mut listed = std::collections::BTreeSet::new();
+        for (key, record) in self.desired()? {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let asked = mesh
+                .commands
+                .send(Command::Placements {
+                    workload: key.clone(),
+                    reply,
+                })
+                .await;
+            let placements = match asked {
+                Ok(()) => answer.await.unwrap_or_default(),
+                Err(_) => BTreeMap::new(),
+            };
+            let name = record.spec.name.to_string();
+            let replicas = (0..record.spec.replicas)
+                .map(|replica| {
+                    let placed = placements.get(&replica).map(|(n, e)| (n.as_str(), *e));
+                    placed_replica(&mesh.id, replica, placed, local(&name, replica))
+                })
+                .collect();
+            listed.insert(name.clone());
+            workloads.push(WorkloadStatus {
+                name,
+                image: record.spec.image.clone(),
+                command: record.spec.command.clone(),
+                created_at: record.created_at,
+                replicas,
+                owner: Some(mesh.id.clone()),
+            });
+        }
+        // Workloads owned elsewhere, as their owners report them.
+        for (owner, reported) in self.mesh_workloads(mesh).await {
+            let name = workload_name(&reported.workload).to_owned();
+            if owner == mesh.id || !listed.insert(name.clone()) {
+                continue;
+            }
+            let replicas = (0..reported.replicas)
+                .map(|replica| {
+                    let placed = reported
+                        .placements
+                        .iter()
+                        .find(|p| p.replica == replica)
+                        .map(|p| (p.node.as_str(), p.epoch));
+                    placed_replica(&mesh.id, replica, placed, local(&name, replica))
+                })
+                .collect();
+            workloads.push(WorkloadStatus {
+                name,
+                image: reported.image,
+                command: Vec::new(),
+                created_at: 0,
+                replicas,
+                owner: Some(owner),
+            });
+        }
+        // Replicas this node runs for workloads no answer covered.
+        let mut others: BTreeMap<String, WorkloadStatus> = BTreeMap::new();
+        for assignment in self.assignments()? {
+            let name = assignment.spec.name.to_string();
+            if listed.contains(&name) {
+                continue;
+            }
+            let container = local(&name, assignment.replica);
+            others
+                .entry(name.clone())
+                .or_insert_with(|| WorkloadStatus {
+                    name: name.clone(),
+                    image: assignment.spec.image.clone(),
+                    command: assignment.spec.command.clone(),
+                    created_at: assignment.assigned_at_ms / 1000,
+                    replicas: Vec::new(),
+                    owner: None,
+                })
+                .replicas
+                .push(ReplicaStatus {
+                    replica: assignment.replica,
+                    epoch: assignment.epoch,
+                    remote: false,
+                    node: mesh.id.clone(),
+                    container: container.map(|c| c.name.clone()),
+                    container_id: container.map(|c| c.id.clone()),
+                    state: container.map(|c| c.state.clone()),
+                    exit_code: container.and_then(|c| c.exit_code),
+                });
+        }
+        workloads.extend(others.into_values());
+        Ok(WorkloadList {
+            workloads,
+            runtime_error,
+        })
+    }
+
+    /// Makes a one-time join token valid for `ttl_secs`, on an agent that holds its trust
+    /// domain's root key.
+    pub async fn create_join_token(&self, ttl_secs: u64) -> Result<JoinTokenIssued, NodeError> {
+        let Some(mesh) = &self.info.mesh else {
+            return Err(NodeError::NotIssuer(
+                "this agent is not in a mesh (no `listen`); join tokens come from a mesh agent \
+                 that holds the root key"
+                    .to_owned(),
+            ));
+        };
+        let Some(enrollment) = &mesh.enrollment else {
+            return Err(NodeError::NotIssuer(format!(
+                "this agent ({}) does not hold its trust domain's root key, so it cannot \
+                 enroll nodes; ask for a token on the agent whose identity directory holds \
+                 root.key",
+                mesh.id
+            )));
+        };
+        let token = enrollment.create_token(ttl_secs).await?;
+        tracing::info!(token = %token.id, ttl_secs, "join token issued");
+        self.record_event(
+            "join-token-issued",
+            None,
+            &format!("token {} for {ttl_secs} s", token.id),
+        );
+        Ok(JoinTokenIssued {
+            trust_domain: token.trust_domain.clone(),
+            expires_at: crate::clock::unix_secs().saturating_add(ttl_secs),
+            address: mesh.address.to_string(),
+            token: token.to_string(),
+        })
+    }
+}
