@@ -1,7 +1,64 @@
 //! The reconcile pass: what the store wants against what Podman runs, fixed item by
-//! item (a failed item is logged and retried, never fatal).
+//! item (a failed item is logged and retried, never fatal). What to do is decided by
+//! [`plan`], a pure function of the two; the pass applies it.
 
 use super::*;
+
+/// What one reconcile pass does, decided from what is wanted and what runs alone.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Plan<'a> {
+    /// Containers nothing wants: of no wanted replica, or a wanted replica's extras.
+    pub remove: Vec<&'a ManagedContainer>,
+    /// Exited containers whose workload's restart policy says to start them again.
+    pub restart: Vec<&'a ManagedContainer>,
+    /// Wanted replicas with no container: (workload name, replica).
+    pub start: Vec<(String, u32)>,
+    /// Wanted replicas whose container is there and stays as it is.
+    pub adopt: usize,
+}
+
+/// Decides a reconcile pass. Each wanted replica keeps one container, a running one if
+/// it has one; every other container goes. Nothing is started or restarted unless
+/// `may_start` (a store that cannot take writes would forget what was started).
+pub(crate) fn plan<'a>(
+    wanted: &BTreeMap<(String, u32), (WorkloadRecord, u64)>,
+    actual: &'a [ManagedContainer],
+    may_start: bool,
+) -> Plan<'a> {
+    let mut by_replica: BTreeMap<(&str, u32), Vec<&'a ManagedContainer>> = BTreeMap::new();
+    for container in actual {
+        by_replica
+            .entry((container.workload.as_str(), container.replica))
+            .or_default()
+            .push(container);
+    }
+    let mut plan = Plan::default();
+    let mut kept: BTreeMap<(&str, u32), &'a ManagedContainer> = BTreeMap::new();
+    for ((workload, replica), mut containers) in by_replica {
+        if wanted.contains_key(&(workload.to_owned(), replica)) {
+            // Keep one container per replica, preferring one that runs.
+            containers.sort_by_key(|c| c.state != ContainerState::Running);
+            kept.insert((workload, replica), containers.remove(0));
+        }
+        plan.remove.extend(containers);
+    }
+    if !may_start {
+        return plan;
+    }
+    for ((name, replica), (record, _)) in wanted {
+        match kept.get(&(name.as_str(), *replica)) {
+            Some(container)
+                if container.state == ContainerState::Exited
+                    && record.spec.restart.restarts(container.exit_code) =>
+            {
+                plan.restart.push(container);
+            }
+            Some(_) => plan.adopt += 1,
+            None => plan.start.push((name.clone(), *replica)),
+        }
+    }
+    plan
+}
 
 impl<R: ContainerRuntime> Node<R> {
     /// One reconcile pass: start what is stored but not running, restore workloads whose
@@ -29,13 +86,6 @@ impl<R: ContainerRuntime> Node<R> {
             }
         }
 
-        let mut by_replica: BTreeMap<(String, u32), Vec<&ManagedContainer>> = BTreeMap::new();
-        for container in &actual {
-            by_replica
-                .entry((container.workload.clone(), container.replica))
-                .or_default()
-                .push(container);
-        }
         // In a mesh this node runs what it was awarded; alone, replica 0 of what it stores.
         let wanted: BTreeMap<(String, u32), (WorkloadRecord, u64)> = if self.info.mesh.is_some() {
             self.assignments
@@ -58,88 +108,74 @@ impl<R: ContainerRuntime> Node<R> {
                 })
                 .collect()
         };
-        for ((workload, replica), mut containers) in by_replica {
-            if wanted.contains_key(&(workload.clone(), replica)) {
-                // Keep one container per replica, preferring one that runs.
-                containers.sort_by_key(|c| c.state != ContainerState::Running);
-                containers.remove(0);
-            }
-            for extra in containers {
-                match self.runtime.remove(&extra.id).await {
-                    Ok(()) => {
-                        tracing::info!(workload = %workload, container = %extra.name, "removed a container that is not wanted");
-                        self.record_event(
-                            "container-removed",
-                            Some(&key(&workload)),
-                            &format!("unwanted container {}", extra.name),
-                        );
-                        report.removed += 1;
-                    }
-                    Err(e) => {
-                        tracing::warn!(workload = %workload, container = %extra.name, error = %e, "could not remove an unwanted container; will retry");
-                        report.failed += 1;
-                    }
+        // Starting containers the store cannot account for would outlive a restart that
+        // forgets them: with the store faulty, only removals happen until it takes
+        // writes again.
+        let may_start = self.health().fault.is_none();
+        let plan = plan(&wanted, &actual, may_start);
+        for extra in plan.remove {
+            let workload = &extra.workload;
+            match self.runtime.remove(&extra.id).await {
+                Ok(()) => {
+                    tracing::info!(workload = %workload, container = %extra.name, "removed a container that is not wanted");
+                    self.record_event(
+                        "container-removed",
+                        Some(&key(workload)),
+                        &format!("unwanted container {}", extra.name),
+                    );
+                    report.removed += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(workload = %workload, container = %extra.name, error = %e, "could not remove an unwanted container; will retry");
+                    report.failed += 1;
                 }
             }
         }
-
-        if self.health().fault.is_some() {
-            // Starting containers the store cannot account for would outlive a restart
-            // that forgets them; wait until the store takes writes again.
-            return Ok(report);
-        }
-        for ((name, replica), (record, epoch)) in &wanted {
-            let replica = *replica;
-            {
-                let present = actual
-                    .iter()
-                    .filter(|c| &c.workload == name && c.replica == replica)
-                    .min_by_key(|c| c.state != ContainerState::Running);
-                if let Some(container) = present {
-                    let restart = container.state == ContainerState::Exited
-                        && record.spec.restart.restarts(container.exit_code);
-                    if !restart {
-                        report.adopted += 1;
-                        continue;
-                    }
-                    let exit = container
-                        .exit_code
-                        .map_or_else(|| "unknown".to_owned(), |code| code.to_string());
-                    match self.runtime.start(&container.id).await {
-                        Ok(()) => {
-                            tracing::info!(workload = %name, replica, exit_code = %exit, "restarted an exited container");
-                            self.record_event(
-                                "container-restarted",
-                                Some(&key(name)),
-                                &format!("{} exited with code {exit}", container.name),
-                            );
-                            report.restarted += 1;
-                        }
-                        Err(e) => {
-                            tracing::warn!(workload = %name, replica, error = %e, "could not restart an exited container; will retry");
-                            report.failed += 1;
-                        }
-                    }
-                    continue;
+        report.adopted += plan.adopt;
+        for container in plan.restart {
+            let (name, replica) = (&container.workload, container.replica);
+            let exit = container
+                .exit_code
+                .map_or_else(|| "unknown".to_owned(), |code| code.to_string());
+            match self.runtime.start(&container.id).await {
+                Ok(()) => {
+                    tracing::info!(workload = %name, replica, exit_code = %exit, "restarted an exited container");
+                    self.record_event(
+                        "container-restarted",
+                        Some(&key(name)),
+                        &format!("{} exited with code {exit}", container.name),
+                    );
+                    report.restarted += 1;
                 }
-                match self.launch_replica(record, replica, *epoch).await {
-                    Ok(_) => {
-                        tracing::info!(workload = %name, replica, "started a missing container");
-                        self.record_event(
-                            "container-started",
-                            Some(&key(name)),
-                            "replaced a missing container",
-                        );
-                        report.started += 1;
-                    }
-                    Err(e) => {
-                        tracing::warn!(workload = %name, replica, error = %e, "could not start a missing container; will retry");
-                        report.failed += 1;
-                    }
+                Err(e) => {
+                    tracing::warn!(workload = %name, replica, error = %e, "could not restart an exited container; will retry");
+                    report.failed += 1;
                 }
             }
         }
-        self.renew_workload_identities(&wanted, &actual);
+        for (name, replica) in plan.start {
+            let Some((record, epoch)) = wanted.get(&(name.clone(), replica)) else {
+                continue;
+            };
+            match self.launch_replica(record, replica, *epoch).await {
+                Ok(_) => {
+                    tracing::info!(workload = %name, replica, "started a missing container");
+                    self.record_event(
+                        "container-started",
+                        Some(&key(&name)),
+                        "replaced a missing container",
+                    );
+                    report.started += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(workload = %name, replica, error = %e, "could not start a missing container; will retry");
+                    report.failed += 1;
+                }
+            }
+        }
+        if may_start {
+            self.renew_workload_identities(&wanted, &actual);
+        }
         Ok(report)
     }
 
@@ -178,5 +214,103 @@ impl<R: ContainerRuntime> Node<R> {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use parley_negotiation::RestartPolicy;
+
+    use super::*;
+
+    fn container(
+        workload: &str,
+        replica: u32,
+        state: ContainerState,
+        exit: Option<i32>,
+    ) -> ManagedContainer {
+        ManagedContainer {
+            id: format!("{workload}-{replica}-{state:?}"),
+            name: format!("parley-{workload}-{replica}"),
+            workload: workload.to_owned(),
+            replica,
+            image: "img".to_owned(),
+            state,
+            exit_code: exit,
+            spec_label: None,
+        }
+    }
+
+    fn wanted(
+        entries: &[(&str, u32, RestartPolicy)],
+    ) -> BTreeMap<(String, u32), (WorkloadRecord, u64)> {
+        entries
+            .iter()
+            .map(|(name, replica, restart)| {
+                let mut spec =
+                    WorkloadSpec::new(WorkloadName::new(*name).unwrap(), "img", vec![], vec![])
+                        .unwrap();
+                spec.restart = *restart;
+                let record = WorkloadRecord {
+                    spec,
+                    created_at: 0,
+                    submitter: None,
+                };
+                (((*name).to_owned(), *replica), (record, 1))
+            })
+            .collect()
+    }
+
+    fn ids(containers: &[&ManagedContainer]) -> Vec<String> {
+        containers.iter().map(|c| c.id.clone()).collect()
+    }
+
+    #[test]
+    fn a_wanted_replica_keeps_one_container_preferring_a_running_one() {
+        let actual = [
+            container("web", 0, ContainerState::Exited, Some(0)),
+            container("web", 0, ContainerState::Running, None),
+            container("gone", 0, ContainerState::Running, None),
+        ];
+        let plan = plan(&wanted(&[("web", 0, RestartPolicy::Never)]), &actual, true);
+        assert_eq!(ids(&plan.remove), ["gone-0-Running", "web-0-Exited"]);
+        assert_eq!(plan.adopt, 1);
+        assert!(plan.start.is_empty() && plan.restart.is_empty());
+    }
+
+    #[test]
+    fn exited_containers_restart_as_their_policy_says_and_missing_ones_start() {
+        let actual = [
+            container("always", 0, ContainerState::Exited, Some(0)),
+            container("failing", 0, ContainerState::Exited, Some(3)),
+            container("job", 0, ContainerState::Exited, Some(0)),
+        ];
+        let wanted = wanted(&[
+            ("always", 0, RestartPolicy::Always),
+            ("failing", 0, RestartPolicy::OnFailure),
+            ("job", 0, RestartPolicy::OnFailure),
+            ("new", 0, RestartPolicy::Always),
+        ]);
+        let plan = plan(&wanted, &actual, true);
+        assert_eq!(ids(&plan.restart), ["always-0-Exited", "failing-0-Exited"]);
+        assert_eq!(plan.adopt, 1, "the job that succeeded stays exited");
+        assert_eq!(plan.start, [("new".to_owned(), 0)]);
+        assert!(plan.remove.is_empty());
+    }
+
+    #[test]
+    fn with_the_store_faulty_only_removals_are_planned() {
+        let actual = [
+            container("gone", 0, ContainerState::Running, None),
+            container("always", 0, ContainerState::Exited, Some(1)),
+        ];
+        let wanted = wanted(&[
+            ("always", 0, RestartPolicy::Always),
+            ("new", 0, RestartPolicy::Always),
+        ]);
+        let plan = plan(&wanted, &actual, false);
+        assert_eq!(ids(&plan.remove), ["gone-0-Running"]);
+        assert!(plan.start.is_empty() && plan.restart.is_empty());
+        assert_eq!(plan.adopt, 0);
     }
 }
