@@ -24,7 +24,7 @@ use super::{
 use crate::clock::unix_millis;
 use crate::metrics::Metrics;
 use crate::transport::{Inbound, Transport};
-use parley_negotiation::auction::Explanation;
+use parley_negotiation::auction::{AnnouncerEvent, Explanation};
 use parley_negotiation::membership::Member;
 
 /// Where the answer to a command goes, by the token it was given to the negotiator with.
@@ -342,21 +342,21 @@ fn answer(waiting: &mut HashMap<u64, Waiting>, token: u64, reply: Reply) {
 pub(super) fn observe(event: &Event, metrics: &Metrics, disk: Option<&std::path::Path>) {
     match event {
         Event::Membership(event) => tracing::info!(?event, "membership"),
-        Event::Placed {
+        Event::Auction(AnnouncerEvent::Placed {
             workload,
             replica,
             node,
             epoch,
-        } => {
+        }) => {
             Metrics::inc(&metrics.placements);
             tracing::info!(%workload, replica, %node, epoch, "replica placed");
         }
-        Event::NotPlaced {
+        Event::Auction(AnnouncerEvent::NotPlaced {
             workload,
             replica,
             explanation,
             retry_at_ms,
-        } => {
+        }) => {
             Metrics::inc(&metrics.failed_auctions);
             let retry_in_ms = retry_at_ms.saturating_sub(unix_millis());
             tracing::warn!(%workload, replica, reasons = ?explanation.counts(), retry_in_ms, "replica not placed; retrying");

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auction::{Explanation, PlacementRequest};
+use crate::auction::{AnnouncerEvent, Explanation, PlacementRequest};
 use crate::membership::MembershipEvent;
 use crate::messages::{LogChunk, LogWindow, LogsFailure, OwnedWorkload};
 use crate::workload::WorkloadSpec;
@@ -173,28 +173,8 @@ pub enum HostAction {
 pub enum Event {
     /// Membership changed (the view of members should be republished).
     Membership(MembershipEvent),
-    /// A replica was placed and its winner acknowledged.
-    Placed {
-        /// Workload key.
-        workload: String,
-        /// Replica index.
-        replica: u32,
-        /// Node running it.
-        node: String,
-        /// Fencing epoch.
-        epoch: u64,
-    },
-    /// An auction ended without a winner; it runs again at `retry_at_ms`.
-    NotPlaced {
-        /// Workload key.
-        workload: String,
-        /// Replica index.
-        replica: u32,
-        /// Why, node by node.
-        explanation: Explanation,
-        /// When the next attempt starts.
-        retry_at_ms: u64,
-    },
+    /// An auction of a workload this node owns ended: placed, or not (and why).
+    Auction(AnnouncerEvent),
     /// A replica's node died; it is placed again.
     ReplicaLost {
         /// Workload key.

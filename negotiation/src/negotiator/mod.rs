@@ -31,8 +31,8 @@ use queries::{Finished, PendingList, PendingLogs, Queries};
 use succession::{Step, Succession};
 
 use crate::auction::{
-    Announced, Announcer, AnnouncerConfig, AnnouncerEvent, Bidder, BidderConfig, BidderEvent,
-    Candidate, Committed, NodeProfile, PlacementRequest,
+    Announced, Announcer, AnnouncerConfig, Bidder, BidderConfig, BidderEvent, Candidate, Committed,
+    NodeProfile, PlacementRequest,
 };
 use crate::codec::PROTOCOL_VERSION;
 use crate::membership::{Interner, Membership, MembershipConfig, MembershipEvent};
@@ -1068,30 +1068,7 @@ impl Negotiator {
 
     fn announcer_events(&mut self) {
         while let Some(event) = self.announcer.poll_event() {
-            self.events.push_back(match event {
-                AnnouncerEvent::Placed {
-                    workload,
-                    replica,
-                    node,
-                    epoch,
-                } => Event::Placed {
-                    workload,
-                    replica,
-                    node,
-                    epoch,
-                },
-                AnnouncerEvent::NotPlaced {
-                    workload,
-                    replica,
-                    explanation,
-                    retry_at_ms,
-                } => Event::NotPlaced {
-                    workload,
-                    replica,
-                    explanation,
-                    retry_at_ms,
-                },
-            });
+            self.events.push_back(Event::Auction(event));
         }
     }
 

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 pub use config::{Crash, Partition, Question, QuestionKind, Removal, SimConfig};
 pub use rng::Rng;
 
-use crate::auction::{Announced, Answer, Candidate, PlacementRequest};
+use crate::auction::{Announced, AnnouncerEvent, Answer, Candidate, PlacementRequest};
 use crate::codec::{self, ReplayGuard, Signer, Verifier};
 use crate::membership::{Interner, MembershipEvent};
 use crate::messages::{Body, LogChunk, MemberState, MemberUpdate, NodeMeta, Resources, Scoring};
@@ -735,7 +735,9 @@ impl<'c> Sim<'c> {
                         self.learned_of_death(i, node)?;
                     }
                 }
-                Event::NotPlaced { .. } => self.outcome.failed_auctions += 1,
+                Event::Auction(AnnouncerEvent::NotPlaced { .. }) => {
+                    self.outcome.failed_auctions += 1
+                }
                 Event::Denied { .. } => self.outcome.denied += 1,
                 _ => {}
             }
@@ -875,6 +877,15 @@ impl<'c> Sim<'c> {
             && (self.nodes[submitter].alive || self.known_elsewhere.contains(workload))
     }
 
+    /// The live nodes whose announcer owns `workload`.
+    fn live_owners(&self, workload: &str) -> Vec<&str> {
+        self.nodes
+            .iter()
+            .filter(|n| n.alive && n.negotiator.announcer().owns(workload))
+            .map(|n| n.id.as_str())
+            .collect()
+    }
+
     /// Once the network has been stable for a while, every workload whose submitter is
     /// dead and that must survive is owned by exactly one live node.
     fn check_ownership(&self) -> Result<(), Violation> {
@@ -882,12 +893,7 @@ impl<'c> Sim<'c> {
             if self.nodes[submitter].alive || !self.must_survive(workload) {
                 continue;
             }
-            let owners: Vec<&str> = self
-                .nodes
-                .iter()
-                .filter(|n| n.alive && n.negotiator.announcer().owns(workload))
-                .map(|n| n.id.as_str())
-                .collect();
+            let owners = self.live_owners(workload);
             if owners.len() != 1 {
                 return Err(self.violation(format!(
                     "{workload}, whose submitter {} is dead, is owned by {owners:?} \
@@ -935,12 +941,7 @@ impl<'c> Sim<'c> {
             let workload = request.workload.as_str();
             let holders = holders_of.get(workload).cloned().unwrap_or_default();
             if self.removed.contains(workload) {
-                let owners: Vec<&str> = self
-                    .nodes
-                    .iter()
-                    .filter(|n| n.alive && n.negotiator.announcer().owns(workload))
-                    .map(|n| n.id.as_str())
-                    .collect();
+                let owners = self.live_owners(workload);
                 if !holders.is_empty() || !owners.is_empty() {
                     return Err(self.violation(format!(
                         "{workload} was removed but runs on {holders:?} and is owned by {owners:?}"
