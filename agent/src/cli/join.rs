@@ -112,7 +112,7 @@ pub fn execute(mut args: JoinArgs, global: &GlobalOptions) -> ExitCode {
     if args.no_start {
         return ExitCode::SUCCESS;
     }
-    super::agent::run_agent(config, args.agent.reset_state)
+    crate::daemon::run(config, args.agent.reset_state)
 }
 
 /// Enrolls through `address`; returns what to tell the user.
