@@ -460,7 +460,7 @@ fn resolve_mesh(
     }
     let workload_identity_ttl_secs = layered
         .workload_identity_ttl_secs
-        .unwrap_or(crate::workload_identity::DEFAULT_TTL_SECS);
+        .unwrap_or(crate::enroll::workload::DEFAULT_TTL_SECS);
     if !(10..=86_400).contains(&workload_identity_ttl_secs) {
         return Err(ConfigError::Invalid {
             field: "workload_identity_ttl_secs",

@@ -109,10 +109,10 @@ impl From<NodeError> for Failure {
             NodeError::Remote { .. } => (StatusCode::BAD_GATEWAY, "node-unavailable"),
             NodeError::ReplicaNotPlaced { .. } => (StatusCode::NOT_FOUND, "not-placed"),
             NodeError::NotIssuer(_) => (StatusCode::CONFLICT, "not-an-issuer"),
-            NodeError::Token(crate::join::TokenError::Ttl(_)) => {
+            NodeError::Token(crate::enroll::join::TokenError::Ttl(_)) => {
                 (StatusCode::BAD_REQUEST, "invalid-ttl")
             }
-            NodeError::Token(crate::join::TokenError::Store(_)) => {
+            NodeError::Token(crate::enroll::join::TokenError::Store(_)) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "store-failed")
             }
             NodeError::Runtime(RuntimeError::ImageNotFound { .. }) => {

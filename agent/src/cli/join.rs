@@ -8,7 +8,7 @@ use parley_identity::{PendingRequest, SpiffeId};
 use super::GlobalOptions;
 use super::agent::AgentArgs;
 use crate::config::{self, Environment};
-use crate::join::{self, JoinToken};
+use crate::enroll::join::{self, JoinToken};
 
 /// Arguments of `parley join`.
 #[derive(Debug, clap::Args)]

@@ -199,7 +199,7 @@ async fn serve_on(
             meta,
             mesh,
             identities: config.mesh.as_ref().map(|settings| {
-                crate::workload_identity::WorkloadIdentities::new(
+                crate::enroll::workload::WorkloadIdentities::new(
                     config.data_dir.join("workload-identities"),
                     settings.identity_dir.clone(),
                     settings.workload_identity_ttl_secs,

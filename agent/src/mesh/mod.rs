@@ -11,12 +11,11 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parley_identity::files::IdentityDir;
-use parley_identity::tls::TlsIdentity;
 use parley_negotiation::WorkloadSpec;
 use parley_negotiation::auction::{Explanation, PlacementRequest};
 use parley_negotiation::membership::Member;
@@ -29,11 +28,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::MeshSettings;
-use crate::join::Enrollment;
+use crate::enroll::credentials::{CredentialError, load_credentials, renew_lapsed};
+use crate::enroll::join::Enrollment;
+use crate::enroll::renew::Renewal;
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError, PolicyHandle};
-use crate::renew::Renewal;
-use crate::transport::{Inbound, Limits, NodeCredentials, Transport};
+use crate::transport::{Inbound, Limits, Transport};
 
 /// How often an unreachable seed is dialled again.
 const SEED_RETRY: Duration = Duration::from_secs(1);
@@ -71,37 +71,9 @@ impl std::fmt::Debug for MeshHandle {
 /// Why the agent could not join the mesh.
 #[derive(Debug, thiserror::Error)]
 pub enum MeshStartError {
-    /// No usable identity in the identity directory.
-    #[error(
-        "cannot load this node's identity from {dir}: {reason}\n\
-         hint: enrol the node first: `parley identity request --id spiffe://TRUST_DOMAIN/node/NAME`, \
-         `parley identity issue` where the root key is, then `parley identity accept` here \
-         (docs/three-hosts.md); or point --identity-dir at it"
-    )]
-    Identity {
-        /// The identity directory.
-        dir: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The node's certificate is outside its validity period.
-    #[error(
-        "this node's identity {id} is {when} (valid {not_before} to {not_after}, seconds since \
-         1970, now {now}); renew it with `parley identity request`, `issue` and `accept`, or \
-         check this host's clock"
-    )]
-    Expired {
-        /// The node's SPIFFE ID.
-        id: String,
-        /// "expired" or "not yet valid".
-        when: &'static str,
-        /// Start of validity.
-        not_before: u64,
-        /// End of validity.
-        not_after: u64,
-        /// This host's clock.
-        now: u64,
-    },
+    /// The node's credential is missing, unusable or outside its validity.
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
     /// The QUIC endpoint could not be set up.
     #[error("cannot start the mesh endpoint: {0}")]
     Transport(#[from] crate::transport::TransportError),
@@ -155,14 +127,14 @@ impl Prepared {
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) {
-        tasks.spawn(crate::renew::keep_renewed(
+        tasks.spawn(crate::enroll::renew::keep_renewed(
             self.renewal,
             self.handle.transport.clone(),
             self.handle.view.clone(),
             shutdown.clone(),
         ));
         if let (Some(joining), Some(enrollment)) = (self.joining, &self.handle.enrollment) {
-            tasks.spawn(crate::join::serve(
+            tasks.spawn(crate::enroll::join::serve(
                 joining,
                 Arc::clone(enrollment),
                 shutdown.clone(),
@@ -205,11 +177,11 @@ pub async fn start(
     let enrollment = if identity_dir.has_root() {
         let issuer = identity_dir
             .load_root()
-            .map_err(|e| MeshStartError::Identity {
+            .map_err(|e| CredentialError::Identity {
                 dir: settings.identity_dir.clone(),
                 reason: format!("it holds a root key, which cannot be used: {e}"),
             })?;
-        let enrollment = Enrollment::new(issuer, store).map_err(|e| MeshStartError::Identity {
+        let enrollment = Enrollment::new(issuer, store).map_err(|e| CredentialError::Identity {
             dir: settings.identity_dir.clone(),
             reason: format!("cannot keep join tokens: {e}"),
         })?;
@@ -239,7 +211,7 @@ pub async fn start(
         seeds: joins.clone(),
     };
     let credentials = match load_credentials(&settings.identity_dir, crate::clock::unix_secs()) {
-        Err(MeshStartError::Expired {
+        Err(CredentialError::Expired {
             id,
             when: "expired",
             not_after,
@@ -306,79 +278,6 @@ pub async fn start(
         joining,
         renewal,
         disk,
-    })
-}
-
-/// How often a node whose identity lapsed asks an issuer again.
-const LAPSED_RETRY: Duration = Duration::from_secs(5);
-
-/// Renews an identity that lapsed while the agent was down, through the `join` addresses
-/// (or this node's own root), trying until it succeeds: peers refuse a lapsed identity, so
-/// there is nothing else to do, and each failure is logged with its reason.
-async fn renew_lapsed(
-    renewal: &Renewal,
-    dir: &IdentityDir,
-    id: &str,
-    expired_at: u64,
-) -> NodeCredentials {
-    loop {
-        let attempt = match dir.load_credential() {
-            Ok(credential) => renewal.renew_once(&credential, &renewal.seeds).await,
-            Err(error) => Err(error.into()),
-        };
-        match attempt {
-            Ok(renewed) => {
-                tracing::info!(%id, valid_until = renewed.credential.cert().not_after, "lapsed identity renewed");
-                return renewed;
-            }
-            Err(reason) => tracing::error!(
-                %id,
-                expired_at,
-                %reason,
-                retry_in = ?LAPSED_RETRY,
-                "this node's identity has EXPIRED: peers refuse it until an issuer renews it"
-            ),
-        }
-        tokio::time::sleep(LAPSED_RETRY).await;
-    }
-}
-
-/// Reads the node's credential and trust bundle and checks the certificate is valid now.
-fn load_credentials(dir: &Path, now: u64) -> Result<NodeCredentials, MeshStartError> {
-    let identity_error = |reason: String| MeshStartError::Identity {
-        dir: dir.to_path_buf(),
-        reason,
-    };
-    let files = IdentityDir::new(dir);
-    let credential = files
-        .load_credential()
-        .map_err(|e| identity_error(e.to_string()))?;
-    let bundle = files
-        .load_bundle()
-        .map_err(|e| identity_error(e.to_string()))?;
-    let cert = credential.cert();
-    let when = if now > cert.not_after {
-        Some("expired")
-    } else if now < cert.not_before {
-        Some("not yet valid")
-    } else {
-        None
-    };
-    if let Some(when) = when {
-        return Err(MeshStartError::Expired {
-            id: cert.subject.to_string(),
-            when,
-            not_before: cert.not_before,
-            not_after: cert.not_after,
-            now,
-        });
-    }
-    let tls = TlsIdentity::new(&credential, std::slice::from_ref(cert))
-        .map_err(|e| identity_error(e.to_string()))?;
-    Ok(NodeCredentials {
-        credential,
-        tls,
-        bundle: Arc::new(bundle),
     })
 }
 

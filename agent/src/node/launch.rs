@@ -43,7 +43,7 @@ impl<R: ContainerRuntime> Node<R> {
                 .iter()
                 .map(|identities| BindMount {
                     source: identities.dir(spec.name.as_str(), replica),
-                    target: crate::workload_identity::MOUNT_TARGET.to_owned(),
+                    target: crate::enroll::workload::MOUNT_TARGET.to_owned(),
                     read_only: true,
                 })
                 .collect(),

@@ -23,6 +23,7 @@ use crate::api::types::{
     ReplicaExplanation, ReplicaStatus, WorkloadExplanation, WorkloadList, WorkloadLogs,
     WorkloadRecord, WorkloadStatus,
 };
+use crate::enroll::workload::WorkloadIdentities;
 use crate::hostcheck::HostWarning;
 use crate::mesh::{Command, Host, HostError, MeshHandle};
 use crate::policy::Action;
@@ -31,7 +32,6 @@ use crate::runtime::{
     BindMount, ContainerRuntime, ContainerSpec, ContainerState, ManagedContainer, RuntimeError,
     labels,
 };
-use crate::workload_identity::WorkloadIdentities;
 
 mod host;
 mod launch;
@@ -127,7 +127,7 @@ pub enum NodeError {
     NotIssuer(String),
     /// A join token cannot be made as asked.
     #[error(transparent)]
-    Token(#[from] crate::join::TokenError),
+    Token(#[from] crate::enroll::join::TokenError),
     /// The mesh's negotiation loop is not running (the agent is shutting down).
     #[error("the mesh is not running (the agent is shutting down); try again once it is back")]
     MeshStopped,
@@ -205,7 +205,7 @@ pub enum LaunchError {
     Runtime(#[from] RuntimeError),
     /// Its workload identity could not be issued.
     #[error(transparent)]
-    Identity(#[from] crate::workload_identity::IssueError),
+    Identity(#[from] crate::enroll::workload::IssueError),
 }
 
 /// The store key of a workload in the default namespace.

@@ -19,7 +19,7 @@ use parley_negotiation::messages::MemberState;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::join::{self, Enrollment};
+use crate::enroll::join::{self, Enrollment};
 use crate::transport::{NodeCredentials, Transport};
 
 /// Longest wait between two attempts when renewal fails.
@@ -33,7 +33,7 @@ pub enum RenewError {
     Files(#[from] parley_identity::files::FilesError),
     /// This node's own root refused (it holds the root key).
     #[error("{0}")]
-    Refused(#[from] crate::join::Refusal),
+    Refused(#[from] crate::enroll::join::Refusal),
     /// No issuer is known to ask.
     #[error(
         "no issuer is known: no member announces the root key and no `join` address is configured"
