@@ -668,40 +668,48 @@ fn an_award_that_fell_through_is_retried_soon_not_after_a_grown_backoff() {
     let backed_off = announcer.poll_timeout().expect("a retry is scheduled") - now;
     assert!(backed_off > config.retry_initial_ms, "{backed_off}");
 
-    // Now b has room, bids, and rejects the award (it lost the reservation, say).
+    // Now b has room and bids, but every award falls through (it lost the reservation,
+    // say): how long does the owner wait after each?
     bidders[0] = bidder("b", 4_000, 8, &[]);
-    let retry_at = announcer.poll_timeout().unwrap();
-    announcer.handle_timeout(retry_at);
-    let (_, cfp) = announcer.poll_transmit().expect("a call for proposals");
-    let Body::Cfp(cfp) = cfp else {
-        panic!("{cfp:?}")
-    };
-    bidders[0].handle_cfp(retry_at, "a", &cfp);
-    let Some((_, Body::Bid(bid))) = bidders[0].poll_transmit() else {
-        panic!("b bids")
-    };
-    announcer.handle_bid(retry_at, "b", &bid);
-    let window = announcer.poll_timeout().unwrap();
-    announcer.handle_timeout(window);
-    let Some((_, Body::Award(award))) = announcer.poll_transmit() else {
-        panic!("an award")
-    };
-    announcer.handle_reject(
-        window,
-        "b",
-        &parley_negotiation::messages::Reject {
-            auction: award.auction,
-            replica: award.replica,
-            reservation: award.reservation,
-            reason: "no such reservation".to_owned(),
-        },
-    );
-    let next = announcer.poll_timeout().expect("a retry is scheduled");
-    assert!(
-        next - window <= config.retry_initial_ms,
-        "retried after {} ms, backoff was {backed_off} ms",
-        next - window
-    );
+    let mut waits = Vec::new();
+    for _ in 0..6 {
+        let retry_at = announcer.poll_timeout().unwrap();
+        announcer.handle_timeout(retry_at);
+        let (_, cfp) = announcer.poll_transmit().expect("a call for proposals");
+        let Body::Cfp(cfp) = cfp else {
+            panic!("{cfp:?}")
+        };
+        bidders[0].handle_cfp(retry_at, "a", &cfp);
+        let Some((_, Body::Bid(bid))) = bidders[0].poll_transmit() else {
+            panic!("b bids")
+        };
+        announcer.handle_bid(retry_at, "b", &bid);
+        let window = announcer.poll_timeout().unwrap();
+        announcer.handle_timeout(window);
+        let Some((_, Body::Award(award))) = announcer.poll_transmit() else {
+            panic!("an award")
+        };
+        announcer.handle_reject(
+            window,
+            "b",
+            &parley_negotiation::messages::Reject {
+                auction: award.auction,
+                replica: award.replica,
+                reservation: award.reservation,
+                reason: "no such reservation".to_owned(),
+            },
+        );
+        while announcer.poll_transmit().is_some() {}
+        waits.push(announcer.poll_timeout().expect("a retry is scheduled") - window);
+    }
+    // Mostly soon, but a bidder that keeps failing does not get asked every second for
+    // ever: one retry in three waits out the grown backoff.
+    let quick = waits
+        .iter()
+        .filter(|w| **w <= config.retry_initial_ms)
+        .count();
+    assert!(quick >= 3, "{waits:?}, backoff was {backed_off} ms");
+    assert!(quick <= 4, "{waits:?}");
 }
 
 #[test]

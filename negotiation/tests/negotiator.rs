@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use parley_negotiation::auction::PlacementRequest;
-use parley_negotiation::messages::{NodeMeta, Resources};
+use parley_negotiation::messages::{Body, NodeMeta, Resources, Revoke};
 use parley_negotiation::negotiator::{
     Action, AllowAll, Authorizer, Denial, Event, HostAction, HostError, LOGS_TIMEOUT_MS,
     Negotiator, NegotiatorConfig, QUERY_TIMEOUT_MS, Reply, Request,
@@ -305,5 +305,46 @@ fn questions_are_answered_by_their_deadline_even_when_peers_stay_silent() {
     assert!(
         matches!(logs, Reply::Logs(Err(failure)) if !failure.denied && failure.message.contains("no answer")),
         "{logs:?}"
+    );
+}
+
+#[test]
+fn a_replica_revoked_while_its_award_is_stored_never_starts_nor_reports() {
+    let mut pair = Pair::new(Box::new(AllowAll));
+    place_on_b(&mut pair);
+    let token = pair.take_commit(1);
+    // Reports fall due while B stores the award: none may name it (the owner would
+    // take it for the Accept).
+    let now = pair.now;
+    pair.run_until(now + 3_000);
+    assert_eq!(pair.sent(1, "instance"), 0, "{:?}", pair.wire);
+    // The owner revokes the replica (a newer placement stands) before the store is done.
+    let now = pair.now;
+    pair.nodes[1].handle_message(
+        now,
+        A,
+        Body::Revoke(Revoke {
+            workload: "default/web".to_owned(),
+            replica: 0,
+            epoch: 1,
+        }),
+    );
+    pair.nodes[1].handle_committed(now, token, Ok(()));
+    pair.run_until(now + 100);
+    assert_eq!(pair.sent(1, "accept"), 0, "{:?}", pair.wire);
+    let actions: Vec<&HostAction> = pair.actions[1].iter().collect();
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, HostAction::Start { .. })),
+        "{actions:?}"
+    );
+    assert!(
+        actions
+            .iter()
+            .filter(|a| matches!(a, HostAction::Revoke { replica: 0, .. }))
+            .count()
+            >= 1,
+        "the record written meanwhile is revoked too: {actions:?}"
     );
 }

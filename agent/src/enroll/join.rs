@@ -581,6 +581,7 @@ pub async fn serve(
     mut connections: mpsc::Receiver<quinn::Connection>,
     enrollment: Arc<Enrollment>,
     shutdown: CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
 ) {
     loop {
         let connection = tokio::select! {
@@ -591,7 +592,9 @@ pub async fn serve(
             },
         };
         let enrollment = Arc::clone(&enrollment);
-        tokio::spawn(async move {
+        // On the tracker: an exchange spends a token in the store, which shutdown closes
+        // only after it.
+        tasks.spawn(async move {
             let remote = connection.remote_address();
             match tokio::time::timeout(EXCHANGE_TIMEOUT, answer_one(&connection, &enrollment)).await
             {

@@ -188,15 +188,6 @@ async fn drive<H: Host>(
                     let name = key_name(&workload).to_owned();
                     tasks.spawn(async move { host.start(name, replica).await });
                 }
-                HostAction::Revoke {
-                    workload,
-                    replica,
-                    epoch,
-                } => {
-                    let host = Arc::clone(&host);
-                    let name = key_name(&workload).to_owned();
-                    tasks.spawn(async move { host.revoke(name, replica, epoch).await });
-                }
                 HostAction::ReadLogs {
                     request,
                     from,
@@ -216,9 +207,12 @@ async fn drive<H: Host>(
                         });
                     });
                 }
+                // A revocation goes in line with the commits: one overtaking the commit of
+                // the replica it revokes would find nothing to stop.
                 store @ (HostAction::Commit { .. }
                 | HostAction::Adopt { .. }
-                | HostAction::Forget { .. }) => {
+                | HostAction::Forget { .. }
+                | HostAction::Revoke { .. }) => {
                     let _ = store_tx.send(store);
                 }
             }
@@ -267,6 +261,14 @@ async fn store_work<H: Host>(
             }
             HostAction::Forget { workload, why } => {
                 host.forget(key_name(&workload).to_owned(), why).await;
+            }
+            HostAction::Revoke {
+                workload,
+                replica,
+                epoch,
+            } => {
+                host.revoke(key_name(&workload).to_owned(), replica, epoch)
+                    .await
             }
             _ => {}
         }

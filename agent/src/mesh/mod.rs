@@ -138,6 +138,7 @@ impl Prepared {
                 joining,
                 Arc::clone(enrollment),
                 shutdown.clone(),
+                tasks.clone(),
             ));
         }
         tasks.spawn(run(

@@ -967,11 +967,14 @@ impl Announcer {
         // fell through (it could not store it, or its acknowledgement was lost) is likely
         // to succeed at once: waiting out a backoff grown while the network was bad would
         // leave the replica unplaced for no reason.
+        // Two quick retries in three at most: a bidder that keeps failing does not get
+        // the whole mesh asked every second.
         let someone_bid = auction
             .explanation
             .answers
             .values()
-            .any(|answer| matches!(answer, Answer::Bid { .. }));
+            .any(|answer| matches!(answer, Answer::Bid { .. }))
+            && auction.attempt % 3 != 2;
         let wait_ms = if someone_bid {
             self.config.retry_initial_ms.min(auction.backoff_ms)
         } else {

@@ -77,6 +77,7 @@ pub struct NegotiatorConfig {
 struct PendingCommit {
     workload: String,
     replica: u32,
+    epoch: u64,
     reservation: String,
     accept: Option<(String, Body)>,
 }
@@ -300,6 +301,13 @@ impl Negotiator {
                 self.owned.remove(&workload);
                 self.succession.forget(&workload);
                 self.announcer.remove(&workload);
+                if self.cancel_adoption(&workload) {
+                    // Its record may be written after the user's removal deleted it.
+                    self.actions.push_back(HostAction::Forget {
+                        workload,
+                        why: "removed while being taken over",
+                    });
+                }
             }
             Request::Explain(workload) => {
                 let reply = Reply::Explain(
@@ -361,25 +369,35 @@ impl Negotiator {
         };
         match result {
             Ok(()) => {
-                if let Some((to, accept)) = pending.accept {
-                    self.send(to, accept);
-                }
-                if let Some(c) = self
+                let held = self
                     .bidder
                     .committed()
-                    .find(|c| c.workload == pending.workload && c.replica == pending.replica)
-                {
-                    self.events.push_back(Event::Committed {
-                        workload: c.workload.clone(),
-                        replica: c.replica,
-                        epoch: c.epoch,
-                        owner: c.announcer.clone(),
-                    });
+                    .find(|c| c.reservation == pending.reservation)
+                    .map(|c| (c.epoch, c.announcer.clone()));
+                match held {
+                    Some((epoch, owner)) => {
+                        if let Some((to, accept)) = pending.accept {
+                            self.send(to, accept);
+                        }
+                        self.events.push_back(Event::Committed {
+                            workload: pending.workload.clone(),
+                            replica: pending.replica,
+                            epoch,
+                            owner,
+                        });
+                        self.actions.push_back(HostAction::Start {
+                            workload: pending.workload,
+                            replica: pending.replica,
+                        });
+                    }
+                    // Revoked while it was being stored: the record just written goes
+                    // too, and nothing starts.
+                    None => self.actions.push_back(HostAction::Revoke {
+                        workload: pending.workload,
+                        replica: pending.replica,
+                        epoch: pending.epoch,
+                    }),
                 }
-                self.actions.push_back(HostAction::Start {
-                    workload: pending.workload,
-                    replica: pending.replica,
-                });
             }
             Err(error) => {
                 self.bidder
@@ -555,6 +573,13 @@ impl Negotiator {
         }
     }
 
+    /// Drops a pending adoption of `workload`; whether there was one.
+    fn cancel_adoption(&mut self, workload: &str) -> bool {
+        let before = self.adoptions.len();
+        self.adoptions.retain(|_, r| r.workload != workload);
+        self.adoptions.len() != before
+    }
+
     fn token(&mut self) -> u64 {
         self.next_token += 1;
         self.next_token
@@ -581,7 +606,12 @@ impl Negotiator {
             Body::Cfp(cfp) => self.bidder.handle_cfp(now_ms, from, &cfp),
             Body::Award(award) => {
                 let key = (award.workload.clone(), award.replica);
-                if let Some(spec) = &award.spec {
+                // A repeat of an award already committed commits nothing new.
+                let repeat = self
+                    .bidder
+                    .committed()
+                    .any(|c| c.reservation == award.reservation);
+                if let Some(spec) = award.spec.as_ref().filter(|_| !repeat) {
                     self.award_specs
                         .insert(key.clone(), (spec.clone(), award.submitter.clone()));
                 }
@@ -655,7 +685,8 @@ impl Negotiator {
                 }
             }
             Body::RemoveWorkload(remove) => {
-                if self.owned.remove(&remove.workload).is_some() {
+                let adopting = self.cancel_adoption(&remove.workload);
+                if self.owned.remove(&remove.workload).is_some() || adopting {
                     self.succession.forget(&remove.workload);
                     self.events.push_back(Event::RemovedByPeer {
                         workload: remove.workload.clone(),
@@ -1014,6 +1045,7 @@ impl Negotiator {
                         PendingCommit {
                             workload: c.workload.clone(),
                             replica: c.replica,
+                            epoch: c.epoch,
                             reservation: c.reservation.clone(),
                             accept: None,
                         },
@@ -1063,6 +1095,13 @@ impl Negotiator {
             if !self.static_members {
                 self.membership.set_meta_paced(now_ms, self.meta.clone());
             }
+            if !self.members_stale {
+                // This node is its own candidate, and knows its capacity at once.
+                self.announcer.update_member(Candidate {
+                    announced: Some(announced(&self.meta)),
+                    ..Candidate::new(&self.id)
+                });
+            }
         }
     }
 
@@ -1082,6 +1121,16 @@ impl Negotiator {
                 .or_else(|| self.announcer.poll_transmit())
                 .or_else(|| self.bidder.poll_transmit());
             let Some((to, body)) = next else { break };
+            // An owner takes a report naming the awarded reservation as its Accept: none
+            // leaves while the award is still being stored.
+            if let Body::Instance(instance) = &body
+                && self
+                    .commits
+                    .values()
+                    .any(|p| p.reservation == instance.reservation)
+            {
+                continue;
+            }
             if let Body::Accept(accept) = &body {
                 if self.refused_accepts.contains(&accept.reservation) {
                     continue;

@@ -74,6 +74,9 @@ pub struct SimConfig {
     /// Awards whose storing fails (per mille), as on a full disk: the node must not
     /// acknowledge them, and the owner places the replica elsewhere.
     pub commit_failure_per_mille: u64,
+    /// Longest time a node's store work (storing an award or a takeover, forgetting,
+    /// revoking) takes, drawn per item; 0 completes it at once.
+    pub store_latency_ms: u64,
     /// A node the policy forbids to bid: every node refuses its bids, so it must never
     /// hold a replica.
     pub no_bid_node: Option<usize>,
@@ -152,6 +155,11 @@ impl SimConfig {
         } else {
             0
         };
+        let store_latency_ms = if rng.chance(500) {
+            rng.range(1, 300)
+        } else {
+            0
+        };
         let no_bid_node = rng
             .chance(200)
             .then(|| rng.range(1, nodes as u64 - 1) as usize);
@@ -197,6 +205,7 @@ impl SimConfig {
             preconverged: false,
             membership: MembershipConfig::default(),
             commit_failure_per_mille,
+            store_latency_ms,
             no_bid_node,
             removal,
             questions,
@@ -230,6 +239,7 @@ impl SimConfig {
             preconverged: true,
             membership: MembershipConfig::default(),
             commit_failure_per_mille: 0,
+            store_latency_ms: 0,
             no_bid_node: None,
             removal: None,
             questions: Vec::new(),
@@ -266,6 +276,7 @@ impl SimConfig {
             preconverged: true,
             membership: MembershipConfig::default(),
             commit_failure_per_mille: 0,
+            store_latency_ms: 0,
             no_bid_node: None,
             removal: None,
             questions: Vec::new(),

@@ -221,6 +221,8 @@ struct Sim<'c> {
     timers: BinaryHeap<Reverse<(u64, usize)>>,
     /// Which nodes stopped counting the crashed node as alive.
     suspected_crash: Vec<bool>,
+    /// Each node's store work in flight, in order, with when it completes.
+    store_work: Vec<std::collections::VecDeque<(u64, HostAction)>>,
 }
 
 /// What an announcer knows of a node from its metadata.
@@ -296,6 +298,7 @@ impl<'c> Sim<'c> {
             timer_of: vec![None; count],
             timers: BinaryHeap::new(),
             suspected_crash: vec![false; count],
+            store_work: vec![std::collections::VecDeque::new(); count],
             config,
         };
         for (i, meta) in metas.into_iter().enumerate() {
@@ -471,6 +474,53 @@ impl<'c> Sim<'c> {
         if self.trace {
             eprintln!("{} ms: n{i} host: {action:?}", self.now);
         }
+        if matches!(
+            action,
+            HostAction::Commit { .. }
+                | HostAction::Adopt { .. }
+                | HostAction::Forget { .. }
+                | HostAction::Revoke { .. }
+        ) {
+            // The agent's store work runs in order, one at a time, and takes a while
+            // (a flush, a lock held by a container start): other input arrives meanwhile.
+            let delay = match self.config.store_latency_ms {
+                0 => 0,
+                max => self.rng.range(0, max),
+            };
+            let queue = &mut self.store_work[i];
+            let at = queue.back().map_or(self.now, |(at, _)| *at).max(self.now) + delay;
+            queue.push_back((at, action));
+            if delay == 0 && queue.len() == 1 {
+                return self.finish_store_work(i);
+            }
+            return Ok(());
+        }
+        self.carry_out_now(i, action)
+    }
+
+    /// Completes the oldest store work of node `i` whose time has come.
+    fn finish_store_work(&mut self, i: usize) -> Result<(), Violation> {
+        while let Some((at, _)) = self.store_work[i].front() {
+            if *at > self.now {
+                break;
+            }
+            if let Some((_, action)) = self.store_work[i].pop_front() {
+                self.carry_out_now(i, action)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// When the next store work of any node completes.
+    fn next_store_work(&self) -> Option<u64> {
+        self.store_work
+            .iter()
+            .filter_map(|queue| queue.front().map(|(at, _)| *at))
+            .min()
+    }
+
+    /// Carries out a host action at once.
+    fn carry_out_now(&mut self, i: usize, action: HostAction) -> Result<(), Violation> {
         let now = self.now;
         match action {
             HostAction::Commit { token, assignment } => {
@@ -1163,6 +1213,8 @@ impl<'c> Sim<'c> {
     fn crash(&mut self, i: usize) {
         self.nodes[i].alive = false;
         self.timer_of[i] = None;
+        // Store work in flight dies with the process: nothing of it was written.
+        self.store_work[i].clear();
         let gone = node_id(i);
         let workloads: Vec<String> = self.submitters.keys().cloned().collect();
         for workload in workloads {
@@ -1228,6 +1280,7 @@ impl<'c> Sim<'c> {
                 next_crash,
                 next_question,
                 removal.map(|r| r.at_ms),
+                self.next_store_work(),
                 Some(self.next_ownership_check),
             ]
             .into_iter()
@@ -1243,6 +1296,15 @@ impl<'c> Sim<'c> {
             // Timers due now first: a reservation that lapses at this instant is gone
             // before a message arriving at the same instant finds it.
             self.fire_timers()?;
+            for i in 0..cluster {
+                if self.store_work[i]
+                    .front()
+                    .is_some_and(|(at, _)| *at <= self.now)
+                {
+                    self.finish_store_work(i)?;
+                    self.settle(i)?;
+                }
+            }
             while let Some(Reverse(d)) = self.in_flight.peek() {
                 if d.at_ms > self.now {
                     break;
