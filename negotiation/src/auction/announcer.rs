@@ -239,6 +239,9 @@ struct Auction {
     backoff_ms: u64,
     /// 0 for the first auction of this replica, then counting retries.
     attempt: u32,
+    /// Consecutive auctions of this replica that ended without a winner although a
+    /// member bid (its award fell through); 0 after one nobody could win.
+    fell_through: u32,
 }
 
 #[derive(Debug)]
@@ -509,7 +512,7 @@ impl Announcer {
         else {
             return;
         };
-        self.start_auction(now_ms, key, replica, self.config.retry_initial_ms, 0);
+        self.start_auction(now_ms, key, replica, self.config.retry_initial_ms, 0, 0);
     }
 
     /// Starts an auction for `replica`. The first attempt asks a sample of `d` members
@@ -525,6 +528,7 @@ impl Announcer {
         replica: u32,
         backoff_ms: u64,
         attempt: u32,
+        fell_through: u32,
     ) {
         let Some(workload) = self.workloads.get(key) else {
             return;
@@ -634,6 +638,7 @@ impl Announcer {
             },
             backoff_ms,
             attempt,
+            fell_through,
         });
     }
 
@@ -967,15 +972,24 @@ impl Announcer {
         // fell through (it could not store it, or its acknowledgement was lost) is likely
         // to succeed at once: waiting out a backoff grown while the network was bad would
         // leave the replica unplaced for no reason.
-        // Two quick retries in three at most: a bidder that keeps failing does not get
-        // the whole mesh asked every second.
+        // The first such failure after auctions nobody could win starts the backoff
+        // afresh (the situation changed); then two retries in three come soon, and the
+        // backoff grows on, so a bidder that keeps failing does not get the whole mesh
+        // asked every second.
         let someone_bid = auction
             .explanation
             .answers
             .values()
-            .any(|answer| matches!(answer, Answer::Bid { .. }))
-            && auction.attempt % 3 != 2;
-        let wait_ms = if someone_bid {
+            .any(|answer| matches!(answer, Answer::Bid { .. }));
+        if someone_bid {
+            auction.fell_through += 1;
+            if auction.fell_through == 1 {
+                auction.backoff_ms = self.config.retry_initial_ms;
+            }
+        } else {
+            auction.fell_through = 0;
+        }
+        let wait_ms = if someone_bid && auction.fell_through % 3 != 0 {
             self.config.retry_initial_ms.min(auction.backoff_ms)
         } else {
             auction.backoff_ms
@@ -1090,12 +1104,16 @@ impl Announcer {
                     self.transmits.push_back((node, Body::Award(award)));
                 }
                 Phase::Waiting { retry_at_ms } if now_ms >= retry_at_ms => {
-                    let (replica, backoff, attempt) =
-                        (auction.replica, auction.backoff_ms, auction.attempt + 1);
+                    let (replica, backoff, attempt, fell_through) = (
+                        auction.replica,
+                        auction.backoff_ms,
+                        auction.attempt + 1,
+                        auction.fell_through,
+                    );
                     if let Some(w) = self.workloads.get_mut(&key) {
                         w.auction = None;
                     }
-                    self.start_auction(now_ms, &key, replica, backoff, attempt);
+                    self.start_auction(now_ms, &key, replica, backoff, attempt, fell_through);
                 }
                 _ => {}
             }

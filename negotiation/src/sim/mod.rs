@@ -1139,13 +1139,21 @@ impl<'c> Sim<'c> {
         if !self.nodes[at].alive || !self.submitters.contains_key(&workload) {
             return Ok(());
         }
-        // The agent asks the members who owns it first (`parley ps`) and tells the user
-        // it does not exist when nobody does (an owner dead and its successor not yet
-        // in charge): then nothing is removed, and the user may try again.
-        let owned = self
-            .nodes
-            .iter()
-            .any(|n| n.alive && n.negotiator.announcer().owns(&workload));
+        // The agent asks the members it holds alive who owns it first (`parley ps`) and
+        // tells the user it does not exist when none does (an owner dead, or one this
+        // node still holds dead after a partition, and no successor in charge yet): then
+        // nothing is removed, and the user may try again.
+        let asked: BTreeSet<String> = self.nodes[at]
+            .negotiator
+            .membership()
+            .live_members()
+            .map(|m| m.id.to_string())
+            .collect();
+        let owned = self.nodes.iter().enumerate().any(|(j, n)| {
+            n.alive
+                && (j == at || asked.contains(&n.id))
+                && n.negotiator.announcer().owns(&workload)
+        });
         if !owned {
             return Ok(());
         }
