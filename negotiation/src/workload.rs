@@ -37,6 +37,24 @@ pub const MAX_VALUE_LEN: usize = 32 * 1024;
 /// Most replicas one workload may ask for.
 pub const MAX_REPLICAS: u32 = 100;
 
+/// Most CPU a replica may ask for, in thousandths of a core (1,024 cores).
+pub const MAX_CPU_MILLIS: u64 = 1 << 20;
+
+/// Most memory a replica may ask for: what the container engine's signed 64-bit limit holds.
+pub const MAX_MEMORY_BYTES: u64 = i64::MAX as u64;
+
+/// Container transports Podman reads images from besides registries (`docker-archive:/path`
+/// and the like): a reference naming one would make a node read its own files.
+const IMAGE_TRANSPORTS: [&str; 7] = [
+    "containers-storage",
+    "dir",
+    "docker",
+    "docker-archive",
+    "docker-daemon",
+    "oci",
+    "oci-archive",
+];
+
 /// Most label constraints one workload may carry.
 pub const MAX_CONSTRAINTS: usize = 32;
 
@@ -92,6 +110,17 @@ pub enum SpecError {
     InvalidReplicas {
         /// The value given.
         replicas: u32,
+    },
+    /// A resource request is beyond what any node could hold.
+    #[error(
+        "invalid resources: {cpu_millis} millicores and {memory_bytes} bytes; at most \
+         {MAX_CPU_MILLIS} millicores and {MAX_MEMORY_BYTES} bytes"
+    )]
+    InvalidResources {
+        /// CPU asked for.
+        cpu_millis: u64,
+        /// Memory asked for.
+        memory_bytes: u64,
     },
     /// A label constraint is malformed.
     #[error("invalid constraint {entry:?}: {reason}")]
@@ -369,6 +398,14 @@ impl WorkloadSpec {
                 replicas: self.replicas,
             });
         }
+        if self.resources.cpu_millis > MAX_CPU_MILLIS
+            || self.resources.memory_bytes > MAX_MEMORY_BYTES
+        {
+            return Err(SpecError::InvalidResources {
+                cpu_millis: self.resources.cpu_millis,
+                memory_bytes: self.resources.memory_bytes,
+            });
+        }
         if self.constraints.len() > MAX_CONSTRAINTS {
             return Err(SpecError::InvalidConstraint {
                 entry: format!("({} constraints)", self.constraints.len()),
@@ -431,6 +468,11 @@ fn validate_image(image: &str) -> Result<(), SpecError> {
         Some("it is longer than 512 bytes")
     } else if image.starts_with(['-', '/', ':', '@', '.']) {
         Some("it must start with a letter or digit")
+    } else if image
+        .split_once(':')
+        .is_some_and(|(before, _)| IMAGE_TRANSPORTS.contains(&before))
+    {
+        Some("it names a container transport (such as docker-archive:); give a registry reference")
     } else if !image
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-._/:@".contains(&b))
@@ -458,6 +500,43 @@ fn truncate(value: &str, max: usize) -> &str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn resources_beyond_any_node_and_transport_prefixes_are_refused() {
+        let mut spec =
+            WorkloadSpec::new(WorkloadName::new("web").unwrap(), "img:1", vec![], vec![]).unwrap();
+        spec.resources.memory_bytes = u64::MAX;
+        assert!(matches!(
+            spec.validate(),
+            Err(SpecError::InvalidResources { .. })
+        ));
+        spec.resources.memory_bytes = 1 << 30;
+        spec.resources.cpu_millis = MAX_CPU_MILLIS + 1;
+        assert!(matches!(
+            spec.validate(),
+            Err(SpecError::InvalidResources { .. })
+        ));
+        for image in [
+            "docker-archive:/etc/passwd",
+            "oci:/x",
+            "containers-storage:img",
+        ] {
+            let refused =
+                WorkloadSpec::new(WorkloadName::new("web").unwrap(), image, vec![], vec![]);
+            assert!(
+                matches!(refused, Err(SpecError::InvalidImage { .. })),
+                "{image}: {refused:?}"
+            );
+        }
+        // A registry with a port still passes.
+        WorkloadSpec::new(
+            WorkloadName::new("web").unwrap(),
+            "localhost:5000/app:1",
+            vec![],
+            vec![],
+        )
+        .unwrap();
+    }
+
     use super::*;
 
     #[test]

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use parley_negotiation::auction::PlacementRequest;
-use parley_negotiation::messages::{Body, NodeMeta, Resources, Revoke};
+use parley_negotiation::messages::{Award, Body, NodeMeta, Resources, Revoke};
 use parley_negotiation::negotiator::{
     Action, AllowAll, Authorizer, Denial, Event, HostAction, HostError, LOGS_TIMEOUT_MS,
     Negotiator, NegotiatorConfig, QUERY_TIMEOUT_MS, Reply, Request,
@@ -347,4 +347,85 @@ fn a_replica_revoked_while_its_award_is_stored_never_starts_nor_reports() {
             >= 1,
         "the record written meanwhile is revoked too: {actions:?}"
     );
+}
+
+/// An award for `web` answering B's bid, with `spec` instead of web's own.
+fn award_with(pair: &mut Pair, spec: WorkloadSpec) -> Vec<(String, Body)> {
+    let reservation = pair.nodes[1]
+        .bidder()
+        .reservations()
+        .next()
+        .expect("B holds a reservation for its bid")
+        .id
+        .clone();
+    let now = pair.now;
+    pair.nodes[1].handle_message(
+        now,
+        A,
+        Body::Award(Award {
+            auction: 99,
+            workload: "default/web".to_owned(),
+            replica: 0,
+            epoch: 1,
+            reservation,
+            spec: Some(spec),
+            submitter: None,
+        }),
+    );
+    std::iter::from_fn(|| pair.nodes[1].poll_transmit()).collect()
+}
+
+#[test]
+fn an_award_whose_spec_is_another_workload_or_asks_more_than_the_bid_is_rejected() {
+    let mut pair = Pair::new(Box::new(AllowAll));
+    let now = pair.now;
+    // A call for proposals straight from A: B bids and holds a reservation.
+    let cfp = Body::Cfp(parley_negotiation::messages::Cfp {
+        auction: 99,
+        workload: "default/web".to_owned(),
+        replica: 0,
+        epoch: 1,
+        image: "img:1".to_owned(),
+        resources: Resources {
+            cpu_millis: 1_000,
+            memory_bytes: GIB,
+        },
+        constraints: BTreeMap::new(),
+        arch: None,
+        spread_label: None,
+        scoring: Default::default(),
+        bid_deadline_ms: now + 1_000,
+    });
+    pair.nodes[1].handle_message(now, A, cfp);
+    while pair.nodes[1].poll_transmit().is_some() {}
+
+    let spec = |name: &str, cpu_millis: u64| {
+        let mut spec =
+            WorkloadSpec::new(WorkloadName::new(name).unwrap(), "img:1", vec![], vec![]).unwrap();
+        spec.resources = Resources {
+            cpu_millis,
+            memory_bytes: GIB,
+        };
+        spec
+    };
+    for (bad, why) in [
+        (spec("other", 1_000), "not default/web"),
+        (spec("web", 4_000), "reserved"),
+    ] {
+        let sent = award_with(&mut pair, bad);
+        assert!(
+            matches!(sent.as_slice(), [(to, Body::Reject(r))] if to == A && r.reason.contains(why)),
+            "{sent:?}"
+        );
+        assert_eq!(pair.nodes[1].bidder().committed().count(), 0);
+        assert!(
+            !std::iter::from_fn(|| pair.nodes[1].poll_action())
+                .any(|a| matches!(a, HostAction::Commit { .. })),
+            "nothing is stored"
+        );
+    }
+    // The honest award still goes through.
+    let sent = award_with(&mut pair, spec("web", 1_000));
+    assert!(sent.is_empty(), "held until stored: {sent:?}");
+    assert_eq!(pair.nodes[1].bidder().committed().count(), 1);
 }

@@ -381,6 +381,13 @@ pub(super) fn observe(event: &Event, metrics: &Metrics, disk: Option<&std::path:
             metrics.denial(action.name());
             tracing::warn!(kind, %workload, "refused by policy: {reason}");
         }
+        Event::AwardRefused {
+            from,
+            workload,
+            reason,
+        } => {
+            tracing::warn!(%from, %workload, %reason, "refused a peer's award or hand-over");
+        }
         Event::AwardWithoutSpec { workload, replica } => {
             tracing::warn!(%workload, replica, "award without a spec; refusing it");
         }

@@ -412,8 +412,13 @@ mod shutdown {
                 break bid;
             }
         };
-        let spec =
+        let mut spec =
             WorkloadSpec::new(WorkloadName::new("web").unwrap(), "img:1", vec![], vec![]).unwrap();
+        // What the call asked for: an award asking otherwise is refused.
+        spec.resources = Resources {
+            cpu_millis: 100,
+            memory_bytes: 1 << 20,
+        };
         let award = Award {
             auction: 1,
             workload: "default/web".to_owned(),

@@ -197,6 +197,16 @@ pub enum Event {
         /// The refusal, for people.
         reason: String,
     },
+    /// A peer's award or hand-over was refused: its spec is invalid, names another
+    /// workload, or asks other resources than the bid reserved.
+    AwardRefused {
+        /// The peer.
+        from: String,
+        /// The workload it named.
+        workload: String,
+        /// Why.
+        reason: String,
+    },
     /// An award came without the spec needed to run it; it is refused.
     AwardWithoutSpec {
         /// Workload key.

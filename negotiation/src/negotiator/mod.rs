@@ -573,6 +573,28 @@ impl Negotiator {
         }
     }
 
+    /// Whether an award may reach the bidder: its spec, when it carries one, is valid
+    /// like a local submission, is the workload the award names, and asks what the
+    /// reservation it answers holds (an owner must not swap what runs after the bid).
+    fn check_award(&self, award: &crate::messages::Award) -> Result<(), String> {
+        let Some(spec) = &award.spec else {
+            return Ok(());
+        };
+        check_spec(&award.workload, spec)?;
+        let reserved = self
+            .bidder
+            .reservations()
+            .find(|r| r.id == award.reservation)
+            .map(|r| r.resources);
+        match reserved {
+            Some(resources) if resources != spec.resources => Err(format!(
+                "the award's spec asks {:?}, but the bid reserved {resources:?}",
+                spec.resources
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Drops a pending adoption of `workload`; whether there was one.
     fn cancel_adoption(&mut self, workload: &str) -> bool {
         let before = self.adoptions.len();
@@ -605,6 +627,23 @@ impl Negotiator {
             Body::Sync(sync) => self.membership.handle_sync(now_ms, from, &sync),
             Body::Cfp(cfp) => self.bidder.handle_cfp(now_ms, from, &cfp),
             Body::Award(award) => {
+                if let Err(reason) = self.check_award(&award) {
+                    self.events.push_back(Event::AwardRefused {
+                        from: from.to_owned(),
+                        workload: award.workload.clone(),
+                        reason: reason.clone(),
+                    });
+                    self.send(
+                        from.to_owned(),
+                        Body::Reject(Reject {
+                            auction: award.auction,
+                            replica: award.replica,
+                            reservation: award.reservation,
+                            reason,
+                        }),
+                    );
+                    return;
+                }
                 let key = (award.workload.clone(), award.replica);
                 // A repeat of an award already committed commits nothing new.
                 let repeat = self
@@ -659,6 +698,14 @@ impl Negotiator {
                 }
             }
             Body::Handover(handover) => {
+                if let Err(reason) = check_spec(&handover.workload, &handover.spec) {
+                    self.events.push_back(Event::AwardRefused {
+                        from: from.to_owned(),
+                        workload: handover.workload,
+                        reason,
+                    });
+                    return;
+                }
                 self.events.push_back(Event::HandedTo {
                     workload: handover.workload.clone(),
                     submitter: handover.submitter.clone(),
@@ -1149,6 +1196,17 @@ impl Negotiator {
         }
         self.refused_accepts.clear();
     }
+}
+
+/// A spec a peer sent for `workload`: valid like a local submission, and that workload
+/// (stored by name, it must not overwrite another).
+fn check_spec(workload: &str, spec: &WorkloadSpec) -> Result<(), String> {
+    spec.validate().map_err(|e| format!("invalid spec: {e}"))?;
+    let named = crate::workload::default_key(spec.name.as_str());
+    if named != workload {
+        return Err(format!("the spec is {named}, not {workload}"));
+    }
+    Ok(())
 }
 
 /// What an announcer knows of a node from its metadata.
