@@ -37,8 +37,10 @@ pub const MAX_VALUE_LEN: usize = 32 * 1024;
 /// Most replicas one workload may ask for.
 pub const MAX_REPLICAS: u32 = 100;
 
-/// Most CPU a replica may ask for, in thousandths of a core (1,024 cores).
-pub const MAX_CPU_MILLIS: u64 = 1 << 20;
+/// Most CPU a replica may ask for, in thousandths of a core: far beyond any node (a
+/// request that large is declined with the reasons), and small enough that the engine's
+/// quota arithmetic (microseconds per 100 ms period) cannot overflow.
+pub const MAX_CPU_MILLIS: u64 = 1 << 40;
 
 /// Most memory a replica may ask for: what the container engine's signed 64-bit limit holds.
 pub const MAX_MEMORY_BYTES: u64 = i64::MAX as u64;
