@@ -93,6 +93,15 @@ pub struct Announced {
 }
 
 impl Announced {
+    /// What a node's gossiped metadata says of it.
+    pub fn from_meta(meta: &crate::messages::NodeMeta) -> Self {
+        Self {
+            arch: meta.arch.clone(),
+            labels: meta.labels.clone(),
+            free: Some(meta.free),
+        }
+    }
+
     /// Whether a node described so could host a replica of `request` outside the
     /// failure domains in `taken`.
     fn looks_able(&self, request: &PlacementRequest, taken: &BTreeSet<&str>) -> bool {

@@ -205,11 +205,6 @@ impl Negotiator {
         &self.id
     }
 
-    /// What this node announces of itself.
-    pub fn meta(&self) -> &NodeMeta {
-        &self.meta
-    }
-
     /// The membership view (for the agent's `parley nodes`, addresses, and invariants).
     pub fn membership(&self) -> &Membership {
         &self.membership
@@ -228,11 +223,6 @@ impl Negotiator {
     /// Whether this node knows `workload` (owns it, runs a replica, or was handed it).
     pub fn knows(&self, workload: &str) -> bool {
         self.succession.knows(workload)
-    }
-
-    /// Replaces who may do what (a policy reloaded).
-    pub fn set_authorizer(&mut self, authorizer: Box<dyn Authorizer>) {
-        self.authorizer = authorizer;
     }
 
     /// Shares one table of member ids and metadata with other negotiators in this process
@@ -947,7 +937,7 @@ impl Negotiator {
     /// when their announced protocol range includes ours.
     fn candidates(&self) -> Vec<Candidate> {
         std::iter::once(Candidate {
-            announced: Some(announced(&self.meta)),
+            announced: Some(Announced::from_meta(&self.meta)),
             ..Candidate::new(&self.id)
         })
         .chain(
@@ -1145,7 +1135,7 @@ impl Negotiator {
             if !self.members_stale {
                 // This node is its own candidate, and knows its capacity at once.
                 self.announcer.update_member(Candidate {
-                    announced: Some(announced(&self.meta)),
+                    announced: Some(Announced::from_meta(&self.meta)),
                     ..Candidate::new(&self.id)
                 });
             }
@@ -1209,15 +1199,6 @@ fn check_spec(workload: &str, spec: &WorkloadSpec) -> Result<(), String> {
     Ok(())
 }
 
-/// What an announcer knows of a node from its metadata.
-fn announced(meta: &NodeMeta) -> Announced {
-    Announced {
-        arch: meta.arch.clone(),
-        labels: meta.labels.clone(),
-        free: Some(meta.free),
-    }
-}
-
 /// A member as an announcer's candidate.
 fn candidate(member: &crate::membership::Member) -> Candidate {
     Candidate {
@@ -1225,6 +1206,6 @@ fn candidate(member: &crate::membership::Member) -> Candidate {
         compatible: member.meta.as_ref().is_some_and(|meta| {
             (meta.protocol_min..=meta.protocol_max).contains(&PROTOCOL_VERSION)
         }),
-        announced: member.meta.as_deref().map(announced),
+        announced: member.meta.as_deref().map(Announced::from_meta),
     }
 }

@@ -225,15 +225,6 @@ struct Sim<'c> {
     store_work: Vec<std::collections::VecDeque<(u64, HostAction)>>,
 }
 
-/// What an announcer knows of a node from its metadata.
-fn announced(meta: &NodeMeta) -> Announced {
-    Announced {
-        arch: meta.arch.clone(),
-        labels: meta.labels.clone(),
-        free: Some(meta.free),
-    }
-}
-
 fn node_id(i: usize) -> String {
     format!("spiffe://sim.test/node/n{i}")
 }
@@ -312,7 +303,7 @@ impl<'c> Sim<'c> {
                 .map(|j| Candidate {
                     announced: Some(Announced {
                         free: None,
-                        ..announced(&sim.nodes[j].meta)
+                        ..Announced::from_meta(&sim.nodes[j].meta)
                     }),
                     ..Candidate::new(node_id(j))
                 })
