@@ -93,6 +93,10 @@ pub enum IdentityError {
     /// A chain has the wrong shape.
     #[error("invalid certificate chain: {0}")]
     BadChain(&'static str),
+    /// A valid workload identity presented where only a node may speak: the mesh's peers
+    /// are nodes, and a container holding its SVID must not be able to join it.
+    #[error("{0} is a workload identity; only node identities (/node/NAME) are mesh peers")]
+    NotANode(String),
 }
 
 /// Validity period of a certificate to issue, in seconds since the Unix epoch.

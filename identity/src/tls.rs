@@ -23,7 +23,7 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
 };
 
-use crate::cert::{ImplicitCert, MAX_CERT_LEN};
+use crate::cert::{CertKind, ImplicitCert, MAX_CERT_LEN};
 use crate::credential::{Credential, IdentityError, TrustBundle, VerifiedIdentity};
 
 /// ALPN protocol of Parley's peer protocol.
@@ -131,9 +131,25 @@ fn decode_chain(mut bytes: &[u8]) -> Result<Vec<ImplicitCert>, IdentityError> {
     Ok(chain)
 }
 
-/// Checks a peer's X.509 wrapper: decodes the implicit chain, verifies it against the
-/// bundle at `now`, and requires the wrapper's key to be the reconstructed key.
+/// Checks a mesh peer's X.509 wrapper: as [`verify_certificate`], and the identity must
+/// be a node's. Workload identities verify against the same roots (their chain runs
+/// through the node that issued them) but are never peers.
 pub fn verify_peer_certificate(
+    certificate: &[u8],
+    bundle: &TrustBundle,
+    now: u64,
+) -> Result<VerifiedIdentity, IdentityError> {
+    let identity = verify_certificate(certificate, bundle, now)?;
+    if identity.kind != CertKind::Node {
+        return Err(IdentityError::NotANode(identity.id.to_string()));
+    }
+    Ok(identity)
+}
+
+/// Checks an X.509 wrapper of either kind: decodes the implicit chain, verifies it
+/// against the bundle at `now`, and requires the wrapper's key to be the reconstructed
+/// key.
+pub fn verify_certificate(
     certificate: &[u8],
     bundle: &TrustBundle,
     now: u64,
@@ -166,7 +182,8 @@ const TLS12_REFUSED: rustls::Error =
 /// The only signature scheme ECQV keys (P-256) produce.
 const SCHEMES: &[SignatureScheme] = &[SignatureScheme::ECDSA_NISTP256_SHA256];
 
-/// The rustls verifier for both sides of a Parley connection.
+/// The rustls verifier for both sides of a Parley connection: the peer must prove a node
+/// identity of a trusted domain ([`verify_peer_certificate`]).
 #[derive(Debug)]
 pub struct PeerVerifier {
     bundle: Arc<TrustBundle>,
@@ -213,6 +230,8 @@ impl PeerVerifier {
         verify_peer_certificate(end_entity.as_ref(), &self.bundle, now.as_secs())
             .map(|_| ())
             .map_err(|error| {
+                // rustls reports a custom refusal by its Debug form; say it in words here.
+                tracing::warn!(%error, "refused a peer's identity");
                 if let Ok(mut rejections) = self.rejections.lock() {
                     if rejections.len() == 64 {
                         rejections.remove(0);

@@ -208,6 +208,31 @@ async fn a_foreign_trust_domain_is_refused() {
     );
 }
 
+/// A container holds its workload SVID, private key included: it verifies against the
+/// trust domain's root, but a workload is not a node and must not join the mesh.
+#[tokio::test]
+async fn a_workload_identity_is_refused_as_a_peer() {
+    let root = Issuer::generate_root("example.org").unwrap();
+    let node = enroll(&root, "host", Validity::starting(now(), DAY));
+    let id = SpiffeId::parse("spiffe://example.org/ns/default/wl/web").unwrap();
+    let pending = PendingRequest::new(id);
+    let issued = node
+        .credential
+        .workload_issuer()
+        .unwrap()
+        .issue(pending.request(), Validity::starting(now(), DAY))
+        .unwrap();
+    let workload = pending
+        .accept(&issued, &node.credential.public_key())
+        .unwrap();
+    let chain = vec![node.credential.cert().clone(), workload.cert().clone()];
+    let svid = TlsIdentity::new(&workload, &chain).unwrap();
+    assert_eq!(
+        refused_client(svid, &root).await,
+        IdentityError::NotANode("spiffe://example.org/ns/default/wl/web".to_owned())
+    );
+}
+
 #[tokio::test]
 async fn expired_and_not_yet_valid_identities_are_refused() {
     let root = Issuer::generate_root("example.org").unwrap();

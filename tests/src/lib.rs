@@ -20,6 +20,9 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User};
 
+pub mod hostile;
+pub mod mesh;
+
 /// The registry-free test image built by `scripts/make-test-image.sh`.
 pub const TEST_IMAGE: &str = "localhost/parley-test:latest";
 

@@ -4,76 +4,10 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::{Duration, Instant};
 
+use parley_e2e::mesh::{
+    address, member_states, mesh_agent, nodes, replicas_on, svid_in, wait_for_full_mesh, wait_until,
+};
 use parley_e2e::{Agent, TrustDomain};
-use serde_json::Value;
-
-/// Starts an agent in the mesh on a free loopback port, joining through `seeds`.
-fn mesh_agent(tag: &str, identity: &std::path::Path, seeds: &[&str], extra: &[&str]) -> Agent {
-    let identity = identity.to_str().expect("utf-8 path");
-    let mut args = vec!["--listen", "127.0.0.1:0", "--identity-dir", identity];
-    for seed in seeds {
-        args.extend(["--join", seed]);
-    }
-    args.extend(extra);
-    // Each agent has its own container storage, as on a host of its own.
-    Agent::start_isolated(tag, &args)
-}
-
-fn nodes(agent: &Agent) -> Value {
-    agent.cli(["nodes", "-o", "json"]).json()
-}
-
-/// The address this agent announces to the mesh.
-fn address(agent: &Agent) -> String {
-    let list = nodes(agent);
-    list["nodes"][0]["meta"]["address"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no address in {list}"))
-        .to_owned()
-}
-
-/// Member id → state, as `agent` sees them (itself excluded).
-fn member_states(agent: &Agent) -> Vec<(String, String)> {
-    nodes(agent)["nodes"]
-        .as_array()
-        .expect("nodes array")
-        .iter()
-        .filter(|n| n["this_node"] == false)
-        .map(|n| {
-            (
-                n["id"].as_str().unwrap().to_owned(),
-                n["state"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
-#[track_caller]
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting until {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Waits until every agent sees all the others alive.
-#[track_caller]
-fn wait_for_full_mesh(agents: &[&Agent]) {
-    for agent in agents {
-        wait_until(
-            &format!("{} sees the other {} alive", agent.node(), agents.len() - 1),
-            Duration::from_secs(30),
-            || {
-                let states = member_states(agent);
-                states.len() == agents.len() - 1 && states.iter().all(|(_, s)| s == "alive")
-            },
-        );
-    }
-}
 
 #[test]
 fn three_agents_find_each_other_share_capacity_and_see_a_killed_one_die() {
@@ -231,25 +165,6 @@ fn without_listen_nodes_shows_this_node_alone() {
         .as_u64()
         .unwrap();
     assert!(allocatable > 0 && allocatable <= cpus * 1000, "{list}");
-}
-
-/// Names of the running containers of `workload` on `agent`'s node (by their labels).
-fn replicas_on(agent: &Agent, workload: &str) -> Vec<String> {
-    let out = agent.podman([
-        "ps",
-        "--filter",
-        &format!("label=io.parley.node={}", agent.node()),
-        "--filter",
-        &format!("label=io.parley.workload={workload}"),
-        "--filter",
-        "status=running",
-        "--format",
-        "{{.Names}}",
-    ]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 #[test]
@@ -1044,17 +959,6 @@ fn a_dead_owners_workload_is_taken_over_by_its_successor_and_given_back() {
     wait_until("heir is gone everywhere", Duration::from_secs(30), || {
         running(&[&a, &b, &c]) == 0
     });
-}
-
-/// The workload identity file inside `container`, read through `agent`'s Podman.
-fn svid_in(agent: &Agent, container: &str) -> Value {
-    let out = agent.podman(["exec", container, "cat", "/run/parley/identity/svid.json"]);
-    assert!(
-        out.status.success(),
-        "cannot read the identity in {container}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("svid.json is JSON")
 }
 
 #[test]

@@ -196,6 +196,9 @@ struct Inner {
     enrollment: Option<mpsc::Sender<quinn::Connection>>,
 }
 
+/// How long closing the endpoint waits for its connections to drain.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
 /// Enrollment connections waiting for the enrollment service; more are refused as busy.
 const MAX_PENDING_ENROLLMENTS: usize = 16;
 
@@ -431,7 +434,14 @@ impl Transport {
     /// Closes every connection and the endpoint.
     pub async fn close(&self) {
         self.inner.endpoint.close(0u32.into(), b"shutting down");
-        self.inner.endpoint.wait_idle().await;
+        // Closing connections drain for a few round trips; a peer that never answers
+        // must not keep the agent from stopping.
+        if tokio::time::timeout(CLOSE_GRACE, self.inner.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?CLOSE_GRACE, "connections still draining at shutdown; closed anyway");
+        }
     }
 
     fn connection_to(&self, peer: &str) -> Option<quinn::Connection> {

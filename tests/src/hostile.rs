@@ -1,0 +1,267 @@
+//! A hand-made hostile peer: speaks Parley's wire protocol to a real agent with whatever
+//! identity a test gives it (a node's, a container's SVID, none), and sends what an
+//! honest agent never would — forged gossip, floods, crafted bodies. Tests use it to
+//! prove that the agent refuses each attack on the wire, not only in unit tests.
+//!
+//! Its API is blocking (it owns a small Tokio runtime) because the end-to-end tests are
+//! plain threads driving processes.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parley_identity::cert::{ImplicitCert, from_hex};
+use parley_identity::credential::decode_public_key;
+use parley_identity::files::IdentityDir;
+use parley_identity::tls::{self, PeerVerifier, TlsIdentity};
+use parley_identity::{Credential, TrustBundle};
+use parley_negotiation::codec::{self, Received, ReplayGuard, Signer, Verifier};
+use parley_negotiation::messages::Body;
+use quinn::crypto::rustls::QuicClientConfig;
+
+/// Who the hostile peer claims to be, and the keys to prove it.
+pub struct PeerIdentity {
+    credential: Credential,
+    chain: Vec<ImplicitCert>,
+    bundle: TrustBundle,
+}
+
+impl PeerIdentity {
+    /// A node's identity from its identity directory (as `parley identity accept` left
+    /// it): a legitimate member's keys, in the hands of whoever holds the directory.
+    pub fn node(dir: &Path) -> Self {
+        let dir = IdentityDir::new(dir);
+        let credential = dir.load_credential().expect("load the node's credential");
+        let bundle = dir.load_bundle().expect("load the node's trust bundle");
+        let chain = vec![credential.cert().clone()];
+        Self {
+            credential,
+            chain,
+            bundle,
+        }
+    }
+
+    /// A workload's identity from the `svid.json` mounted into its container: what a
+    /// process inside the container holds.
+    pub fn workload(svid: &serde_json::Value) -> Self {
+        let hex = |value: &serde_json::Value| {
+            from_hex(value.as_str().expect("a hex string")).expect("valid hex")
+        };
+        let chain: Vec<ImplicitCert> = svid["chain"]
+            .as_array()
+            .expect("a chain")
+            .iter()
+            .map(|cert| ImplicitCert::decode(&hex(cert)).expect("a certificate"))
+            .collect();
+        let root = decode_public_key(svid["root_public_key"].as_str().expect("a root key"))
+            .expect("a root public key");
+        let trust_domain = svid["trust_domain"].as_str().expect("a trust domain");
+        let mut bundle = TrustBundle::new();
+        bundle.add(trust_domain, root);
+        // The node's certificate is public; only the workload's key is the container's.
+        // The workload's issuer key is reconstructed from the node certificate.
+        let node_key = bundle
+            .verify_chain(&chain[..1], unix_secs())
+            .expect("the node certificate verifies")
+            .public_key;
+        let credential =
+            Credential::from_parts(chain[1].as_bytes(), &hex(&svid["private_key"]), &node_key)
+                .expect("the workload key matches its certificate");
+        Self {
+            credential,
+            chain,
+            bundle,
+        }
+    }
+
+    /// The SPIFFE ID it presents.
+    pub fn id(&self) -> String {
+        self.credential.id().to_string()
+    }
+}
+
+/// Signs as the identity it holds; a hostile peer can still only sign as itself.
+struct CredentialSigner<'a>(&'a Credential, String);
+
+impl Signer for CredentialSigner<'_> {
+    fn id(&self) -> &str {
+        &self.1
+    }
+
+    fn sign(&self, context: &str, bytes: &[u8]) -> Vec<u8> {
+        self.0.sign(context, bytes)
+    }
+}
+
+/// Accepts whatever the agent signs: the hostile peer reads answers, it does not judge
+/// them.
+struct TrustingVerifier;
+
+impl Verifier for TrustingVerifier {
+    fn verify(&self, _: &str, _: &str, _: &[u8], _: &[u8]) -> bool {
+        true
+    }
+}
+
+/// A connection from the hostile peer to one agent.
+pub struct HostilePeer {
+    runtime: tokio::runtime::Runtime,
+    identity: PeerIdentity,
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    next_message_id: u64,
+    replays: ReplayGuard,
+}
+
+/// Why the agent ended a connection, as the hostile peer saw it.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+// The hostile peer is not the agent: it reads the clock itself, as a peer on another
+// host would.
+#[allow(clippy::disallowed_methods)]
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as u64
+}
+
+fn unix_secs() -> u64 {
+    unix_millis() / 1000
+}
+
+impl HostilePeer {
+    /// Dials `addr` presenting `identity`. The TLS handshake completing proves nothing
+    /// yet: in TLS 1.3 the server refuses a client certificate after the client thinks
+    /// it is connected, so see [`HostilePeer::refused_within`].
+    pub fn connect(identity: PeerIdentity, addr: SocketAddr) -> Result<Self, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a Tokio runtime");
+        let tls_identity =
+            TlsIdentity::new(&identity.credential, &identity.chain).map_err(|e| e.to_string())?;
+        let verifier = PeerVerifier::new(Arc::new(identity.bundle.clone()));
+        let client = tls::client_config(tls_identity, verifier).map_err(|e| e.to_string())?;
+        let (endpoint, connection) = runtime.block_on(async {
+            let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))
+                .map_err(|e| e.to_string())?;
+            endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+                QuicClientConfig::try_from(client).map_err(|e| e.to_string())?,
+            )));
+            let connecting = endpoint
+                .connect(addr, "parley")
+                .map_err(|e| e.to_string())?;
+            let connection = tokio::time::timeout(Duration::from_secs(10), connecting)
+                .await
+                .map_err(|_| "the handshake timed out".to_owned())?
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((endpoint, connection))
+        })?;
+        Ok(Self {
+            runtime,
+            identity,
+            endpoint,
+            connection,
+            next_message_id: unix_millis(),
+            replays: ReplayGuard::default(),
+        })
+    }
+
+    /// The SPIFFE ID this peer presents.
+    pub fn id(&self) -> String {
+        self.identity.id()
+    }
+
+    /// Waits up to `limit` for the agent to close the connection; the reason it gave,
+    /// or `None` if the connection is still open.
+    pub fn refused_within(&self, limit: Duration) -> Option<Refused> {
+        let connection = self.connection.clone();
+        self.runtime.block_on(async move {
+            tokio::time::timeout(limit, connection.closed())
+                .await
+                .ok()
+                .map(|reason| Refused(reason.to_string()))
+        })
+    }
+
+    /// Signs `body` as this peer and sends it on a stream of its own, as agents do.
+    pub fn send(&mut self, body: &Body) -> Result<(), String> {
+        self.next_message_id += 1;
+        let id = self.id();
+        let frame = codec::encode(
+            body,
+            &CredentialSigner(&self.identity.credential, id),
+            self.next_message_id,
+            unix_millis(),
+        );
+        self.send_raw(&frame)
+    }
+
+    /// Sends `bytes` as one frame's stream, whatever they hold.
+    pub fn send_raw(&self, bytes: &[u8]) -> Result<(), String> {
+        let connection = self.connection.clone();
+        let bytes = bytes.to_vec();
+        self.runtime.block_on(async move {
+            let mut stream = connection.open_uni().await.map_err(|e| e.to_string())?;
+            stream.write_all(&bytes).await.map_err(|e| e.to_string())?;
+            stream.finish().map_err(|e| e.to_string())?;
+            // Wait until the agent has the bytes: the stream is done when it stops.
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.stopped()).await;
+            Ok(())
+        })
+    }
+
+    /// Reads the agent's messages until one satisfies `wanted` or `limit` passes.
+    pub fn receive_until(
+        &mut self,
+        limit: Duration,
+        mut wanted: impl FnMut(&Received) -> bool,
+    ) -> Option<Received> {
+        let deadline = Instant::now() + limit;
+        let connection = self.connection.clone();
+        let replays = &mut self.replays;
+        self.runtime.block_on(async move {
+            loop {
+                let left = deadline.checked_duration_since(Instant::now())?;
+                let mut stream = tokio::time::timeout(left, connection.accept_uni())
+                    .await
+                    .ok()?
+                    .ok()?;
+                let Ok(frame) = stream.read_to_end(codec::MAX_FRAME_LEN + 4).await else {
+                    continue;
+                };
+                let Ok(received) = codec::decode_frame(
+                    &frame,
+                    &TrustingVerifier,
+                    replays,
+                    unix_millis(),
+                    codec::DEFAULT_TIME_WINDOW_MS,
+                ) else {
+                    continue;
+                };
+                if wanted(&received) {
+                    return Some(received);
+                }
+            }
+        })
+    }
+
+    /// The raw QUIC connection and a runtime to drive it, for floods the methods above
+    /// do not cover.
+    pub fn raw(&self) -> (&tokio::runtime::Runtime, &quinn::Connection) {
+        (&self.runtime, &self.connection)
+    }
+}
+
+impl Drop for HostilePeer {
+    fn drop(&mut self) {
+        self.connection.close(0u32.into(), b"bye");
+        let endpoint = self.endpoint.clone();
+        self.runtime.block_on(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        });
+    }
+}
