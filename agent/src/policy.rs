@@ -9,9 +9,14 @@
 //! ```toml
 //! [[allow]]
 //! ids = ["spiffe://example.org/node/*"]   # glob patterns; `*` stays within one segment
-//! actions = ["submit", "bid", "logs", "remove", "list"]
+//! actions = ["member", "submit", "bid", "logs", "remove", "list"]
 //! namespaces = ["*"]                        # optional, default: every namespace
 //! ```
+//!
+//! `member` (probe, answer probes, gossip) is mesh-wide: a node without it is cut off
+//! from the mesh, whatever else it is granted, and a grant's namespaces do not apply to
+//! it. Every node should read the same policy: owners are chosen among the nodes it lets
+//! `submit`, and nodes that disagree would choose different successors.
 //!
 //! Without a policy file, every node of the agent's own trust domain may do everything
 //! (the transport already refuses other trust domains).
@@ -183,10 +188,11 @@ impl Policy {
         let granted = self.grants.iter().any(|grant| {
             grant.actions.contains(&action)
                 && grant.ids.iter().any(|p| p.matches_with(id, MATCH))
-                && grant
-                    .namespaces
-                    .iter()
-                    .any(|p| p.matches_with(namespace, MATCH))
+                && (action.is_mesh_wide()
+                    || grant
+                        .namespaces
+                        .iter()
+                        .any(|p| p.matches_with(namespace, MATCH)))
         });
         if granted {
             Ok(())
@@ -319,6 +325,8 @@ mod tests {
         assert_eq!(policy.grants(), 2);
         let check = |id: &str, action, ns: &str| policy.check(id, action, ns).is_ok();
         assert!(check("spiffe://td/node/web1", Action::Bid, "anything"));
+        // Membership was granted to no one here, and it is not a namespace's to grant.
+        assert!(!check("spiffe://td/node/web1", Action::Member, ""));
         assert!(!check("spiffe://td/node/web1", Action::Submit, "prod"));
         assert!(check("spiffe://td/node/ops-1", Action::Submit, "prod"));
         assert!(check("spiffe://td/node/ops-1", Action::Logs, "team-a"));

@@ -429,3 +429,105 @@ fn an_award_whose_spec_is_another_workload_or_asks_more_than_the_bid_is_rejected
     assert!(sent.is_empty(), "held until stored: {sent:?}");
     assert_eq!(pair.nodes[1].bidder().committed().count(), 1);
 }
+
+const C: &str = "spiffe://td/node/c";
+
+/// C may be a member, but may neither host nor own anything.
+struct CHostsNothing;
+
+impl Authorizer for CHostsNothing {
+    fn check(&self, peer: &str, action: Action, namespace: &str) -> Result<(), Denial> {
+        if peer == C && action != Action::Member {
+            return Err(Denial {
+                action,
+                reason: format!("{peer} may not {action} in {namespace}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn denials(node: &mut Negotiator) -> Vec<Action> {
+    let mut denied = Vec::new();
+    while let Some(event) = node.poll_event() {
+        if let Event::Denied { action, .. } = event {
+            denied.push(action);
+        }
+    }
+    denied
+}
+
+#[test]
+fn a_report_from_a_node_that_may_not_host_the_namespace_is_refused() {
+    let mut a = node(A, 4_000, Box::new(CHostsNothing));
+    a.handle_request(0, 1, Request::Place(web(1, 1_000)));
+    let mut now = 0;
+    while now < 5_000 {
+        while let Some(action) = a.poll_action() {
+            if let HostAction::Commit { token, .. } = action {
+                a.handle_committed(now, token, Ok(()));
+            }
+        }
+        now = a.poll_timeout().unwrap_or(5_000).max(now + 1);
+        a.handle_timeout(now);
+    }
+    assert_eq!(
+        a.announcer()
+            .placements("default/web")
+            .get(&0)
+            .map(|p| p.0.as_str()),
+        Some(A)
+    );
+    denials(&mut a);
+    // A phantom instance from a node that may not host: before every message kind went
+    // through the gate, A answered it with a revocation.
+    a.handle_message(
+        now,
+        C,
+        Body::Instance(parley_negotiation::messages::Instance {
+            workload: "default/web".to_owned(),
+            replica: 0,
+            epoch: 99,
+            reservation: "r".to_owned(),
+            failure_domain: None,
+        }),
+    );
+    let mut sent = Vec::new();
+    while let Some(transmit) = a.poll_transmit() {
+        sent.push(transmit);
+    }
+    assert!(sent.is_empty(), "A acted on C's report: {sent:?}");
+    assert_eq!(denials(&mut a), [Action::Bid]);
+    assert_eq!(
+        a.announcer()
+            .placements("default/web")
+            .get(&0)
+            .map(|p| p.0.as_str()),
+        Some(A),
+        "the replica's placement moved"
+    );
+}
+
+#[test]
+fn a_handover_naming_a_submitter_that_may_not_submit_is_refused() {
+    let mut b = node(B, 4_000, Box::new(CHostsNothing));
+    let request = web(1, 1_000);
+    let spec = request.spec.clone().expect("a spec");
+    b.handle_message(
+        10,
+        A,
+        Body::Handover(parley_negotiation::messages::Handover {
+            workload: "default/web".to_owned(),
+            submitter: C.to_owned(),
+            spec,
+        }),
+    );
+    assert_eq!(denials(&mut b), [Action::Submit]);
+    b.handle_timeout(60_000);
+    while let Some(action) = b.poll_action() {
+        assert!(
+            !matches!(action, HostAction::Adopt { .. }),
+            "B took over a workload C could not submit: {action:?}"
+        );
+    }
+}

@@ -467,13 +467,17 @@ fn a_killed_nodes_replica_is_placed_again_and_a_restarted_node_adopts_its_own() 
     });
 }
 
-/// A policy granting nodes a and b everything and node c what `c_actions` lists.
+/// A policy granting nodes a and b everything and node c membership and what
+/// `c_actions` lists.
 fn policy(domain: &str, c_actions: &[&str]) -> String {
-    let quoted: Vec<String> = c_actions.iter().map(|a| format!("{a:?}")).collect();
+    let quoted: Vec<String> = std::iter::once(&"member")
+        .chain(c_actions)
+        .map(|a| format!("{a:?}"))
+        .collect();
     format!(
         "[[allow]]\n\
          ids = [\"spiffe://{domain}/node/a\", \"spiffe://{domain}/node/b\"]\n\
-         actions = [\"submit\", \"bid\", \"logs\", \"remove\", \"list\"]\n\
+         actions = [\"member\", \"submit\", \"bid\", \"logs\", \"remove\", \"list\"]\n\
          \n\
          [[allow]]\n\
          ids = [\"spiffe://{domain}/node/c\"]\n\

@@ -8,7 +8,7 @@ use std::time::Duration;
 use parley_e2e::TrustDomain;
 use parley_e2e::hostile::{HostilePeer, PeerIdentity};
 use parley_e2e::mesh::{address, mesh_agent, replicas_on, svid_in, wait_until};
-use parley_negotiation::messages::{Body, Ping};
+use parley_negotiation::messages::{Body, Instance, Ping};
 
 /// Sends a probe and waits for the agent's answer: what an accepted member gets.
 fn answers_a_probe(peer: &mut HostilePeer) -> bool {
@@ -71,4 +71,58 @@ fn a_container_holding_its_workload_identity_cannot_join_the_mesh() {
             )
         },
     );
+}
+
+/// Class 12 of the zero-trust issue (instance reports were not authorized): a member that
+/// may not host the namespace reports a replica it does not run. Before every message
+/// kind went through the policy, the owner took the report at face value and answered it.
+#[test]
+fn a_phantom_instance_from_a_node_that_may_not_host_is_refused() {
+    let domain = TrustDomain::new("zt-phantom.e2e");
+    let policy = domain.write_file(
+        "policy.toml",
+        "[[allow]]\n\
+         ids = [\"spiffe://zt-phantom.e2e/node/a\"]\n\
+         actions = [\"member\", \"submit\", \"bid\", \"logs\", \"remove\", \"list\"]\n\
+         \n\
+         [[allow]]\n\
+         ids = [\"spiffe://zt-phantom.e2e/node/x\"]\n\
+         actions = [\"member\"]\n",
+    );
+    let policy_flag = format!("--policy={}", policy.display());
+    let agent = mesh_agent("zt-phantom", &domain.enroll("a"), &[], &[&policy_flag]);
+    let addr = address(&agent).parse().expect("an IP:PORT address");
+    agent.run_sleeper("web").ok();
+    wait_until("the replica runs", Duration::from_secs(60), || {
+        replicas_on(&agent, "web").len() == 1
+    });
+    let running = replicas_on(&agent, "web");
+
+    let mut intruder = HostilePeer::connect(PeerIdentity::node(&domain.enroll("x")), addr)
+        .expect("a node connects");
+    assert!(
+        answers_a_probe(&mut intruder),
+        "x may be a member, but its probe was not answered:\n{}",
+        agent.log()
+    );
+    intruder
+        .send(&Body::Instance(Instance {
+            workload: "default/web".to_owned(),
+            replica: 0,
+            epoch: 99,
+            reservation: "forged".to_owned(),
+            failure_domain: None,
+        }))
+        .expect("send the report");
+    let answered = intruder.receive_until(Duration::from_secs(5), |received| {
+        matches!(received.body, Body::Revoke(_))
+    });
+    assert!(
+        answered.is_none(),
+        "the owner acted on a report it should have refused: {answered:?}"
+    );
+    wait_until("the owner logs the refusal", Duration::from_secs(10), || {
+        agent.log().contains("may not bid for workloads in namespace")
+    });
+    assert_eq!(replicas_on(&agent, "web"), running, "the real replica changed");
 }

@@ -247,7 +247,7 @@ mod authorization {
     #[test]
     fn a_removal_the_sender_may_not_ask_for_is_dropped() {
         let metrics = Metrics::default();
-        let policy = granting(HOST, &["submit", "bid", "logs", "list"]);
+        let policy = granting(HOST, &["member", "submit", "bid", "logs", "list"]);
         let mut owner = negotiator(OWNER, policy);
         let remove = Body::RemoveWorkload(RemoveWorkload {
             workload: "default/web".to_owned(),
@@ -256,7 +256,7 @@ mod authorization {
         assert!(transmits(&mut owner).is_empty());
         assert!(owner.poll_action().is_none(), "nothing is forgotten");
         count(&mut owner, &metrics);
-        // Membership traffic is not a request: it always passes (and is answered).
+        // The sender is a member: its probe passes, and is answered.
         let ping = Body::Ping(Ping {
             seq: 1,
             updates: Vec::new(),
@@ -274,6 +274,33 @@ mod authorization {
         assert!(
             text.lines()
                 .any(|l| l == "parley_policy_denials_total{action=\"remove\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_node_not_granted_membership_is_not_answered_or_heard() {
+        let metrics = Metrics::default();
+        let policy = granting(HOST, &["submit", "bid", "logs", "list"]);
+        let mut owner = negotiator(OWNER, policy);
+        owner.handle_message(
+            1_000,
+            HOST,
+            Body::Ping(Ping {
+                seq: 1,
+                updates: Vec::new(),
+            }),
+        );
+        assert!(transmits(&mut owner).is_empty(), "a probe was answered");
+        assert!(
+            owner.membership().member(HOST).is_none(),
+            "the sender became a member"
+        );
+        count(&mut owner, &metrics);
+        let text = crate::metrics::render(Some(&metrics), &Default::default());
+        assert!(
+            text.lines()
+                .any(|l| l == "parley_policy_denials_total{action=\"member\"} 1"),
             "{text}"
         );
     }

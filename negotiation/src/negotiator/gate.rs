@@ -23,17 +23,29 @@ pub enum Action {
     Remove,
     /// List a namespace's workloads and where they run.
     List,
+    /// Take part in membership: probe, answer probes, gossip. Mesh-wide: a grant of it
+    /// names no namespace, and [`MESH_WIDE`] is what the gate passes.
+    Member,
 }
+
+/// The namespace argument of a mesh-wide action ([`Action::Member`]).
+pub const MESH_WIDE: &str = "";
 
 impl Action {
     /// Every action, for a policy that grants everything.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Submit,
         Self::Bid,
         Self::Logs,
         Self::Remove,
         Self::List,
+        Self::Member,
     ];
+
+    /// Whether the action is about the mesh rather than a namespace's workloads.
+    pub fn is_mesh_wide(self) -> bool {
+        self == Self::Member
+    }
 
     /// The name used in policy files and metrics.
     pub fn name(self) -> &'static str {
@@ -43,6 +55,7 @@ impl Action {
             Self::Logs => "logs",
             Self::Remove => "remove",
             Self::List => "list",
+            Self::Member => "member",
         }
     }
 }
@@ -56,6 +69,7 @@ impl fmt::Display for Action {
             Self::Logs => "read logs",
             Self::Remove => "remove workloads",
             Self::List => "list workloads",
+            Self::Member => "take part in membership",
         })
     }
 }

@@ -26,7 +26,7 @@ pub mod succession;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 pub use action::{Assignment, Event, HostAction, HostError, Placements, Reply, Request};
-pub use gate::{Action, AllowAll, Authorizer, Denial};
+pub use gate::{Action, AllowAll, Authorizer, Denial, MESH_WIDE};
 use queries::{Finished, PendingList, PendingLogs, Queries};
 use succession::{Step, Succession};
 
@@ -37,9 +37,9 @@ use crate::auction::{
 use crate::codec::PROTOCOL_VERSION;
 use crate::membership::{Interner, Membership, MembershipConfig, MembershipEvent};
 use crate::messages::{
-    Body, Decline, DeclineReason, Handover, LogChunk, LogsFailure, LogsReply, LogsRequest,
-    MAX_REPORTED_WORKLOADS, MemberState, MemberUpdate, NodeMeta, OwnedWorkload, Placement, Reject,
-    RemoveWorkload, WorkloadQuery, WorkloadReport,
+    Accept, Bid, Body, Decline, DeclineReason, Handover, LogChunk, LogsFailure, LogsReply,
+    LogsRequest, MAX_REPORTED_WORKLOADS, MemberState, MemberUpdate, NodeMeta, OwnedWorkload,
+    Placement, Reject, RemoveWorkload, WorkloadQuery, WorkloadReport,
 };
 use crate::workload::{WorkloadSpec, key_namespace};
 
@@ -739,36 +739,73 @@ impl Negotiator {
         }
     }
 
-    /// Applies the policy to a message before any part sees it: a call for proposals or
-    /// an award from an owner that may not submit to the workload's namespace is declined
-    /// or rejected; a bid from a node that may not host there counts as a policy decline;
-    /// a log read is refused with a reply; other refused requests are dropped. Returns
-    /// the message when it may pass.
+    /// Applies the policy to every message before any part sees it, in the namespace the
+    /// message acts on:
+    /// - membership (probes, answers, gossip) needs `member`, mesh-wide;
+    /// - what an owner does (call for proposals, award, release, revoke) needs `submit`;
+    /// - what a host does (bid, decline, accept, reject, report an instance) needs `bid`;
+    /// - a hand-over needs `bid` of its sender, who runs a replica, and `submit` of the
+    ///   submitter it names, on whose behalf the receiver will own the workload;
+    /// - removals need `remove`, log reads `logs`; a list query is answered with the
+    ///   namespaces the asker may `list`; answers to this node's own questions pass
+    ///   (their tables accept them only from whom was asked).
+    ///
+    /// A refused call for proposals is declined, a refused award rejected, a refused log
+    /// read answered with the refusal, a refused bid counted as a policy decline; other
+    /// refused messages are dropped. Returns the message when it may pass.
     fn gate(&mut self, from: &str, body: Body) -> Option<Body> {
-        let (action, workload) = match &body {
-            Body::Cfp(cfp) => (Action::Submit, cfp.workload.as_str()),
-            Body::Award(award) => (Action::Submit, award.workload.as_str()),
-            Body::Bid(bid) => match self.announcer.auction_workload(bid.auction) {
+        let auction = |this: &Self, id| this.announcer.auction_workload(id).map(str::to_owned);
+        let (action, workload): (Action, String) = match &body {
+            Body::Ping(_) | Body::PingReq(_) | Body::Ack(_) | Body::Sync(_) => {
+                (Action::Member, String::new())
+            }
+            Body::Cfp(cfp) => (Action::Submit, cfp.workload.clone()),
+            Body::Award(award) => (Action::Submit, award.workload.clone()),
+            Body::Revoke(revoke) => (Action::Submit, revoke.workload.clone()),
+            Body::Release(release) => match self
+                .bidder
+                .reservations()
+                .find(|r| r.id == release.reservation)
+            {
+                Some(reservation) => (Action::Submit, reservation.workload.clone()),
+                // No such reservation: the bidder ignores it anyway.
+                None => return Some(body),
+            },
+            Body::Bid(Bid { auction: id, .. })
+            | Body::Decline(Decline { auction: id, .. })
+            | Body::Accept(Accept { auction: id, .. })
+            | Body::Reject(Reject { auction: id, .. }) => match auction(self, *id) {
                 Some(workload) => (Action::Bid, workload),
                 // Not an auction in progress: the announcer ignores it anyway.
                 None => return Some(body),
             },
-            Body::RemoveWorkload(remove) => (Action::Remove, remove.workload.as_str()),
-            Body::LogsRequest(request) => (Action::Logs, request.workload.as_str()),
-            // Handing a workload over makes its receiver place it: a submission.
-            Body::Handover(handover) => (Action::Submit, handover.workload.as_str()),
-            _ => return Some(body),
+            Body::Instance(instance) => (Action::Bid, instance.workload.clone()),
+            Body::Handover(handover) => {
+                let namespace = key_namespace(&handover.workload);
+                if let Err(denied) =
+                    self.authorizer
+                        .check(&handover.submitter, Action::Submit, namespace)
+                {
+                    self.deny(from, &body, &handover.workload, denied);
+                    return None;
+                }
+                (Action::Bid, handover.workload.clone())
+            }
+            Body::RemoveWorkload(remove) => (Action::Remove, remove.workload.clone()),
+            Body::LogsRequest(request) => (Action::Logs, request.workload.clone()),
+            Body::WorkloadQuery(_) | Body::WorkloadReport(_) | Body::LogsReply(_) => {
+                return Some(body);
+            }
         };
-        let Err(denied) = self.authorizer.check(from, action, key_namespace(workload)) else {
+        let namespace = if action.is_mesh_wide() {
+            MESH_WIDE
+        } else {
+            key_namespace(&workload)
+        };
+        let Err(denied) = self.authorizer.check(from, action, namespace) else {
             return Some(body);
         };
-        self.events.push_back(Event::Denied {
-            from: from.to_owned(),
-            kind: body.kind(),
-            workload: workload.to_owned(),
-            action,
-            reason: denied.reason.clone(),
-        });
+        self.deny(from, &body, &workload, denied.clone());
         match body {
             Body::Cfp(cfp) => self.send(
                 from.to_owned(),
@@ -808,6 +845,17 @@ impl Negotiator {
             _ => {}
         }
         None
+    }
+
+    /// Records a refusal by the gate, for the host's logs and metrics.
+    fn deny(&mut self, from: &str, body: &Body, workload: &str, denied: Denial) {
+        self.events.push_back(Event::Denied {
+            from: from.to_owned(),
+            kind: body.kind(),
+            workload: workload.to_owned(),
+            action: denied.action,
+            reason: denied.reason,
+        });
     }
 
     fn list_mesh(&mut self, now_ms: u64, token: u64) {
@@ -990,10 +1038,17 @@ impl Negotiator {
                 )
                 .collect()
         };
+        let authorizer = &self.authorizer;
+        let may_own = |member: &str, workload: &str| {
+            authorizer
+                .check(member, Action::Submit, key_namespace(workload))
+                .is_ok()
+        };
         let steps = self.succession.decide_with(
             now_ms,
             is_alive,
             alive,
+            may_own,
             |w| announcer.owns(w) || adopting.contains(w),
             |w| held.contains(w),
         );

@@ -136,6 +136,7 @@ impl Succession {
             now_ms,
             |id| alive.contains(&id),
             || alive.iter().map(|id| (*id).to_owned()).collect(),
+            |_, _| true,
             owns,
             holds,
         )
@@ -153,12 +154,15 @@ impl Succession {
 
     /// [`Succession::decide`] for a large view: `is_alive` answers for one member, and
     /// the whole list (`alive`, this node included) is built only if some submitter is
-    /// dead and a successor must be found.
+    /// dead and a successor must be found. A successor is chosen only among members
+    /// `may_own(member, workload)` allows: under a least-privilege policy a node that may
+    /// only host replicas must not be made an owner, whose every call would be refused.
     pub fn decide_with(
         &mut self,
         now_ms: u64,
         is_alive: impl Fn(&str) -> bool,
         alive: impl FnOnce() -> Vec<String>,
+        may_own: impl Fn(&str, &str) -> bool,
         owns: impl Fn(&str) -> bool,
         holds: impl Fn(&str) -> bool,
     ) -> Vec<Step> {
@@ -180,7 +184,11 @@ impl Succession {
                 if let Some(list) = alive.take() {
                     view = list();
                 }
-                match ownership::successor(workload, view.iter().map(String::as_str)) {
+                let heirs = view
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|member| may_own(member, workload));
+                match ownership::successor(workload, heirs) {
                     Some(heir) => heir.to_owned(),
                     None => continue,
                 }
@@ -292,6 +300,37 @@ mod tests {
         let steps = at_heir.decide(5_000, &nodes, |_| true, |_| true);
         assert_eq!(kinds(&steps), ["set-owner", "relinquish"]);
         assert_eq!(at_heir.owner(W, &nodes), Some("a"));
+    }
+
+    #[test]
+    fn a_successor_is_chosen_among_the_nodes_that_may_own_the_workload() {
+        let heir = ownership::successor(W, ["b", "c"]).unwrap();
+        let other = if heir == "b" { "c" } else { "b" };
+        let survivors = || vec!["b".to_owned(), "c".to_owned()];
+        // The node the hash prefers may only host: the other one inherits, and the
+        // preferred one hands the workload to it instead of adopting it.
+        let may_own = |member: &str, _: &str| member != heir;
+        let mut at_heir = Succession::new(heir);
+        at_heir.learn(W, "a", &spec(), None);
+        let steps = at_heir.decide_with(0, |n| n != "a", survivors, may_own, |_| false, |_| true);
+        assert_eq!(kinds(&steps), ["set-owner", "handover"]);
+        assert!(matches!(&steps[1], Step::Handover { to, .. } if to == other));
+        let mut at_other = Succession::new(other);
+        at_other.learn(W, "a", &spec(), None);
+        let steps = at_other.decide_with(0, |n| n != "a", survivors, may_own, |_| false, |_| true);
+        assert_eq!(kinds(&steps), ["set-owner", "adopt"]);
+        // Nobody may own it: nobody adopts, and nobody is handed it.
+        let mut nobody = Succession::new(other);
+        nobody.learn(W, "a", &spec(), None);
+        let steps = nobody.decide_with(
+            0,
+            |n| n != "a",
+            survivors,
+            |_, _| false,
+            |_| false,
+            |_| true,
+        );
+        assert!(steps.is_empty(), "{steps:?}");
     }
 
     #[test]
