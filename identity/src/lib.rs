@@ -21,4 +21,6 @@ pub use credential::{
     CertRequest, Credential, IdentityError, IssuedCert, Issuer, PendingRequest, TrustBundle,
     Validity, VerifiedIdentity,
 };
+/// The P-256 public key type every identity uses.
+pub use p256::PublicKey;
 pub use spiffe::{SpiffeId, SpiffeIdError};

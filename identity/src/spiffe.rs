@@ -100,10 +100,14 @@ impl SpiffeId {
         Self::parse(&format!("{SCHEME}{trust_domain}"))
     }
 
-    /// A SPIFFE ID in `trust_domain` with the given path segments.
+    /// A SPIFFE ID in `trust_domain` with the given path segments. A segment holding a
+    /// `/` is refused: it would make two, and `node/a/b` is not the node `a/b`.
     pub fn from_segments(trust_domain: &str, segments: &[&str]) -> Result<Self, SpiffeIdError> {
         let mut id = format!("{SCHEME}{trust_domain}");
         for segment in segments {
+            if segment.contains('/') {
+                return Err(SpiffeIdError::BadPathChar('/'));
+            }
             id.push('/');
             id.push_str(segment);
         }
@@ -218,6 +222,10 @@ mod tests {
         ] {
             assert!(SpiffeId::parse(ok).is_ok(), "{ok}");
         }
+        assert_eq!(
+            SpiffeId::from_segments("example.org", &["node", "a/b"]),
+            Err(SpiffeIdError::BadPathChar('/'))
+        );
         assert_eq!(
             SpiffeId::from_segments("example.org", &["node", "edge-1"])
                 .unwrap()

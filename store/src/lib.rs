@@ -53,6 +53,7 @@ const IDENTITY_TREE: &str = "identity";
 const ASSIGNMENTS_TREE: &str = "assignments";
 const EVENTS_TREE: &str = "events";
 const JOIN_TOKENS_TREE: &str = "join_tokens";
+const ENROLLED_NODES_TREE: &str = "enrolled_nodes";
 
 /// How to get out of a store that cannot be used, for error messages.
 const WAY_OUT: &str = "move it aside and rebuild it from Podman labels and peers with \
@@ -385,6 +386,12 @@ impl Store {
     /// the caller's type (a digest of the secret, never the secret).
     pub fn join_tokens<T: Serialize + DeserializeOwned>(&self) -> Result<Tree<T>> {
         self.typed(JOIN_TOKENS_TREE)
+    }
+
+    /// The enrollment registry an issuer keeps: which key holds each node name it
+    /// enrolled or renewed, keyed by node name, of the caller's type.
+    pub fn enrolled_nodes<T: Serialize + DeserializeOwned>(&self) -> Result<Tree<T>> {
+        self.typed(ENROLLED_NODES_TREE)
     }
 
     /// Where this node's identity material lives, keyed by kind.

@@ -612,8 +612,21 @@ impl Agent {
     /// As [`Agent::start_isolated`], started as `parley SUBCOMMAND… OPTIONS…` (`join ADDR
     /// --token T`, say) rather than `parley agent OPTIONS…`.
     pub fn start_isolated_as(tag: &str, subcommand: &[&str], extra_args: &[&str]) -> Self {
+        let mut agent = Self::unstarted_isolated(tag, extra_args);
+        agent.start_as(subcommand);
+        agent
+    }
+
+    /// Starts an agent made by [`Agent::unstarted_isolated`] as `parley SUBCOMMAND…`
+    /// (its node name is known before: a join token can be made for it).
+    pub fn start_as(&mut self, subcommand: &[&str]) {
+        self.subcommand = subcommand.iter().map(|s| s.to_string()).collect();
+        self.launch();
+    }
+
+    /// As [`Agent::start_isolated`], but not started yet: see [`Agent::start_as`].
+    pub fn unstarted_isolated(tag: &str, extra_args: &[&str]) -> Self {
         let mut agent = Self::unstarted(tag, extra_args, &[], &[]);
-        agent.subcommand = subcommand.iter().map(|s| s.to_string()).collect();
         // Rootless Podman reads its storage settings from $XDG_CONFIG_HOME/containers
         // (CONTAINERS_STORAGE_CONF is ignored for rootless users in Podman 4.3).
         let config_home = agent.dir.path().join("config");
@@ -641,7 +654,6 @@ impl Agent {
             "could not load the test image into an agent's storage: {}",
             String::from_utf8_lossy(&loaded.stderr)
         );
-        agent.launch();
         agent
     }
 

@@ -712,12 +712,20 @@ fn a_new_host_joins_the_mesh_with_a_one_time_token() {
     let domain = TrustDomain::new("join.e2e");
     let a = mesh_agent("join-a", &domain.enroll_issuer("a"), &[], &[]);
     let seed = address(&a);
+    let mut b = Agent::unstarted_isolated("join-b", &["--listen", "127.0.0.1:0"]);
+    let b_name = b.node().to_owned();
     let issued = a
-        .cli(["identity", "token", "--ttl", "10m", "-o", "json"])
+        .cli([
+            "identity", "token", "--node", &b_name, "--ttl", "10m", "-o", "json",
+        ])
         .json();
     assert_eq!(issued["address"], seed.as_str(), "{issued}");
     assert_eq!(issued["trust_domain"], "join.e2e", "{issued}");
+    assert_eq!(issued["node"], b_name.as_str(), "{issued}");
     let token = issued["token"].as_str().unwrap().to_owned();
+    // No token enrolls a second holder of the issuer's own name.
+    a.cli(["identity", "token", "--node", "a"])
+        .fails_with(1, "spiffe://join.e2e/node/a is this issuer's own name");
 
     // A token whose root key is another's: the joining host cannot authenticate the
     // issuer, and says so; the token is not spent.
@@ -746,13 +754,18 @@ fn a_new_host_joins_the_mesh_with_a_one_time_token() {
     let mut wrong_secret = token.clone();
     wrong_secret.replace_range(token.len() - 4.., "0000");
     trial(&wrong_secret).fails_with(1, "unknown, used or expired join token");
+    // A token enrolls the name it was made for, not the name the joiner picks (before,
+    // any token enrolled any name: an existing node's, the issuer's own).
+    trial(&token).fails_with(
+        1,
+        &format!("this token enrolls node {b_name:?}, not spiffe://join.e2e/node/trial"),
+    );
 
     // The new host enrolls and starts in one command; its key never left it.
-    let mut b = Agent::start_isolated_as(
-        "join-b",
-        &["join", &seed, "--token", &token],
-        &["--listen", "127.0.0.1:0"],
-    );
+    // From a file: a token on the command line is visible to every user of the host.
+    let token_file = domain.write_file("b.token", &token);
+    let token_file = token_file.display().to_string();
+    b.start_as(&["join", &seed, "--token-file", &token_file]);
     assert!(
         b.log().contains("enrolled as spiffe://join.e2e/node/"),
         "{}",
@@ -771,6 +784,11 @@ fn a_new_host_joins_the_mesh_with_a_one_time_token() {
 
     // One time only.
     trial(&token).fails_with(1, "unknown, used or expired join token");
+    // A name is enrolled once: a second holder would split the mesh.
+    a.cli(["identity", "token", "--node", &b_name]).fails_with(
+        1,
+        &format!("spiffe://join.e2e/node/{b_name} is enrolled already"),
+    );
     // A node without the root key does not enroll anyone.
     let b_address = address(&b);
     let dir = trial_dir.display().to_string();
@@ -787,7 +805,7 @@ fn a_new_host_joins_the_mesh_with_a_one_time_token() {
     ])
     .fails_with(1, "does not enroll nodes");
     // Only an agent holding the root key makes tokens.
-    b.cli(["identity", "token"])
+    b.cli(["identity", "token", "--node", "c"])
         .fails_with(1, "does not hold its trust domain's root key");
     // The same command again (a unit file's ExecStart) starts with the stored identity.
     b.restart();

@@ -121,8 +121,18 @@ fn a_phantom_instance_from_a_node_that_may_not_host_is_refused() {
         answered.is_none(),
         "the owner acted on a report it should have refused: {answered:?}"
     );
-    wait_until("the owner logs the refusal", Duration::from_secs(10), || {
-        agent.log().contains("may not bid for workloads in namespace")
-    });
-    assert_eq!(replicas_on(&agent, "web"), running, "the real replica changed");
+    wait_until(
+        "the owner logs the refusal",
+        Duration::from_secs(10),
+        || {
+            agent
+                .log()
+                .contains("may not bid for workloads in namespace")
+        },
+    );
+    assert_eq!(
+        replicas_on(&agent, "web"),
+        running,
+        "the real replica changed"
+    );
 }

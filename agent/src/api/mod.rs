@@ -12,8 +12,9 @@
 //! - `POST /v1/workloads`: run a workload (body: a `WorkloadSpec`)
 //! - `DELETE /v1/workloads/{name}`: remove a workload
 //! - `GET /v1/events?limit=N`: the newest audit events
-//! - `POST /v1/join-tokens`: a one-time join token (body: `{"ttl_secs": N}`), on an agent
-//!   that holds the root key
+//! - `POST /v1/join-tokens`: a one-time join token for one node name (body:
+//!   `{"ttl_secs": N, "node": "NAME", "replace": false}`), on an agent that holds the root
+//!   key
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -112,6 +113,13 @@ impl From<NodeError> for Failure {
             NodeError::Token(crate::enroll::join::TokenError::Ttl(_)) => {
                 (StatusCode::BAD_REQUEST, "invalid-ttl")
             }
+            NodeError::Token(crate::enroll::join::TokenError::BadName { .. }) => {
+                (StatusCode::BAD_REQUEST, "invalid-node-name")
+            }
+            NodeError::Token(
+                crate::enroll::join::TokenError::AlreadyEnrolled { .. }
+                | crate::enroll::join::TokenError::OwnName(_),
+            ) => (StatusCode::CONFLICT, "already-enrolled"),
             NodeError::Token(crate::enroll::join::TokenError::Store(_)) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "store-failed")
             }
@@ -218,7 +226,9 @@ async fn join_token<R: ContainerRuntime>(
 ) -> Result<Response, Failure> {
     let request: types::JoinTokenRequest = serde_json::from_slice(&body)
         .map_err(|e| bad_request(format!("invalid join token request: {e}")))?;
-    let issued = node.create_join_token(request.ttl_secs).await?;
+    let issued = node
+        .create_join_token(request.ttl_secs, &request.node, request.replace)
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(issued)).into_response())
 }
 

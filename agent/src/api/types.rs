@@ -85,6 +85,11 @@ pub struct WorkloadStatus {
 pub struct JoinTokenRequest {
     /// How long the token may be used, in seconds.
     pub ttl_secs: u64,
+    /// The node name it enrolls (`spiffe://TD/node/NAME`), and no other.
+    pub node: String,
+    /// Whether it may re-enroll a name enrolled already (a rebuilt host).
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// Answer to `POST /v1/join-tokens`: a one-time token for `parley join`.
@@ -94,6 +99,8 @@ pub struct JoinTokenIssued {
     pub token: String,
     /// The trust domain it enrolls into.
     pub trust_domain: String,
+    /// The node it enrolls.
+    pub node: String,
     /// Unix seconds after which it is refused.
     pub expires_at: u64,
     /// Where joining nodes reach this agent (its announced mesh address).

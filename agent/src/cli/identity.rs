@@ -66,35 +66,40 @@ pub enum IdentityCommand {
     /// Show this node's identity and the trust domains it trusts
     Show,
     /// Print a one-time join token for `parley join` (asks the local agent, which must
-    /// hold the trust domain's root key)
+    /// hold the trust domain's root key). A token enrolls the one node name it is made
+    /// for, and a name is enrolled once: two holders of one name would split the mesh
     Token {
+        /// The node it enrolls: spiffe://TRUST_DOMAIN/node/NODE (the new host's node_name)
+        #[arg(long, value_name = "NODE")]
+        node: String,
         /// How long the token may be used: 90s, 30m, 12h, 7d (at most 7d)
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: u64,
+        /// Re-enroll a name enrolled already (a rebuilt host, a lost key): the old key
+        /// can no longer renew once the new one is enrolled
+        #[arg(long)]
+        replace: bool,
     },
 }
 
 /// Runs `parley identity token` against the local agent.
 pub async fn token(
-    ttl: u64,
+    request: crate::api::types::JoinTokenRequest,
     client: crate::api::client::ApiClient,
     output: Output,
 ) -> Result<(), super::CliError> {
-    let issued: crate::api::types::JoinTokenIssued = client
-        .post(
-            "/v1/join-tokens",
-            &crate::api::types::JoinTokenRequest { ttl_secs: ttl },
-        )
-        .await?;
+    let issued: crate::api::types::JoinTokenIssued =
+        client.post("/v1/join-tokens", &request).await?;
     match output {
         Output::Json => super::print_json(&issued)?,
         Output::Table => {
             // The token alone on stdout, for `T=$(parley identity token)`.
             println!("{}", issued.token);
             eprintln!(
-                "one-time token for trust domain {}, valid until {}; on the new host:\n  \
+                "one-time token enrolling spiffe://{}/node/{}, valid until {}; on the new host:\n  \
                  parley join {} --token TOKEN --listen IP:PORT",
                 issued.trust_domain,
+                issued.node,
                 super::events::format_millis(issued.expires_at.saturating_mul(1000)),
                 issued.address
             );

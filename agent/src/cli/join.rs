@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use parley_identity::files::IdentityDir;
 use parley_identity::{PendingRequest, SpiffeId};
+use zeroize::Zeroizing;
 
 use super::GlobalOptions;
 use super::agent::AgentArgs;
@@ -13,7 +14,8 @@ use crate::enroll::join::{self, JoinToken};
 /// Arguments of `parley join`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "On an agent that holds the trust domain's root key, \
-`parley identity token --ttl 1h` prints a one-time token. On the new host, `parley join` \
+`parley identity token --node NODE_NAME --ttl 1h` prints a one-time token for that one node \
+name. On the new host, `parley join` \
 makes this node's key (it never leaves the host), sends a certificate request for \
 spiffe://TRUST_DOMAIN/node/NODE_NAME with the token to ADDRESS over QUIC, checks that the \
 answer comes from the trust domain's root, stores the identity in the identity directory, \
@@ -25,21 +27,28 @@ starts (the token is not spent), so the same command can stay in a unit file. Ne
 `parley agent --join ADDRESS` (or `join` in the config file) does the same.
 
 Examples:
-  parley join 192.0.2.10:7946 --token parley1:lab.example:… --listen 0.0.0.0:7946 \\
+  parley join 192.0.2.10:7946 --token-file token.txt --listen 0.0.0.0:7946 \\
       --advertise 192.0.2.11:7946
-  parley join edge-1.lan:7946 --token \"$T\" --listen 10.0.0.7:7946 --no-start")]
+  PARLEY_JOIN_TOKEN=\"$T\" parley join edge-1.lan:7946 --listen 10.0.0.7:7946 --no-start")]
 pub struct JoinArgs {
     /// The issuing agent's mesh address, HOST:PORT (`parley identity token` prints it)
     #[arg(value_name = "ADDRESS")]
     pub address: String,
-    /// The join token from `parley identity token`
+    /// The join token from `parley identity token`. On the command line it is visible
+    /// to every user of the host (ps, /proc) while the command runs: prefer
+    /// --token-file or the environment variable
     #[arg(
         long,
         env = "PARLEY_JOIN_TOKEN",
         value_name = "TOKEN",
-        hide_env_values = true
+        hide_env_values = true,
+        required_unless_present = "token_file",
+        conflicts_with = "token_file"
     )]
-    pub token: String,
+    pub token: Option<String>,
+    /// Read the join token from FILE (`-`: standard input), kept out of the process list
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
     /// Enroll only; do not start the agent
     #[arg(long)]
     pub no_start: bool,
@@ -54,7 +63,11 @@ pub fn execute(mut args: JoinArgs, global: &GlobalOptions) -> ExitCode {
         eprintln!("error: {message}");
         ExitCode::from(super::EXIT_FAILED)
     };
-    let token: JoinToken = match args.token.parse() {
+    let text = match read_token(args.token.take(), args.token_file.as_deref()) {
+        Ok(text) => text,
+        Err(message) => return fail(message),
+    };
+    let token: JoinToken = match text.parse() {
         Ok(token) => token,
         Err(e) => return fail(e.to_string()),
     };
@@ -113,6 +126,30 @@ pub fn execute(mut args: JoinArgs, global: &GlobalOptions) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     crate::daemon::run(config, args.agent.reset_state)
+}
+
+/// The token's text, from the argument (or environment) or from a file or standard input;
+/// zeroized when dropped.
+fn read_token(
+    argument: Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<Zeroizing<String>, String> {
+    use std::io::Read as _;
+    // A token is about 150 bytes; anything much larger is not one.
+    const MAX_TOKEN_FILE: u64 = 4096;
+    let Some(path) = file else {
+        return Ok(Zeroizing::new(argument.unwrap_or_default()));
+    };
+    let mut text = Zeroizing::new(String::new());
+    let read = if path.as_os_str() == "-" {
+        std::io::stdin()
+            .take(MAX_TOKEN_FILE)
+            .read_to_string(&mut text)
+    } else {
+        std::fs::File::open(path).and_then(|f| f.take(MAX_TOKEN_FILE).read_to_string(&mut text))
+    };
+    read.map_err(|e| format!("cannot read the join token from {}: {e}", path.display()))?;
+    Ok(Zeroizing::new(text.trim().to_owned()))
 }
 
 /// Enrolls through `address`; returns what to tell the user.

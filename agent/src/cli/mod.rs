@@ -113,10 +113,15 @@ impl Cli {
         match self.command {
             Command::Agent(args) => agent::execute(args, &self.global),
             Command::Identity(identity::IdentityArgs {
-                command: identity::IdentityCommand::Token { ttl },
+                command: identity::IdentityCommand::Token { node, ttl, replace },
                 ..
             }) => with_client(&self.global, |client| {
-                identity::token(ttl, client, self.global.output)
+                let request = crate::api::types::JoinTokenRequest {
+                    ttl_secs: ttl,
+                    node,
+                    replace,
+                };
+                identity::token(request, client, self.global.output)
             }),
             Command::Identity(args) => identity::execute(args, self.global.output),
             Command::Join(args) => join::execute(args, &self.global),

@@ -244,6 +244,30 @@ pub enum Refusal {
     /// The root could not issue the certificate.
     #[error("cannot issue: {0}")]
     Issue(String),
+    /// The token was made for another node name.
+    #[error(
+        "this token enrolls node {token_for:?}, not {asked}; join with that name \
+         (`node_name` in the config, or --node-name) or ask for a token for this one"
+    )]
+    WrongName {
+        /// The name the token was made for (empty: a token older than named tokens).
+        token_for: String,
+        /// The identity asked for.
+        asked: String,
+    },
+    /// The name is held by another key already.
+    #[error(
+        "{0} is enrolled already; ask the issuer for a token made with --replace to \
+         re-enroll a rebuilt host"
+    )]
+    AlreadyEnrolled(String),
+    /// The registry holds another key for this name: it was re-enrolled, and the key
+    /// asking is the old one.
+    #[error(
+        "{0} was re-enrolled with another key; this key may no longer renew (enroll this \
+         host again with a new token)"
+    )]
+    Superseded(String),
     /// A request could not be encoded for signing.
     #[error("cannot encode the request: {0}")]
     Encode(String),
@@ -366,6 +390,23 @@ struct TokenRecord {
     secret_sha256: String,
     /// Unix seconds after which it is refused.
     expires_at: u64,
+    /// The node name it enrolls: the only `spiffe://TD/node/NAME` it may be used for.
+    /// Empty in tokens made before tokens named their node; those are refused.
+    #[serde(default)]
+    node: String,
+    /// Whether it may enroll a name already enrolled, replacing that holder's key (a
+    /// host rebuilt, a key lost or stolen).
+    #[serde(default)]
+    replace: bool,
+}
+
+/// A node name in the enrollment registry: the key that holds it now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct EnrolledNode {
+    /// The holder's public key (compressed SEC1, hex).
+    public_key: String,
+    /// When it was enrolled or last renewed (unix seconds).
+    since: u64,
 }
 
 /// Why an issuer could not make a token.
@@ -374,15 +415,47 @@ pub enum TokenError {
     /// The lifetime asked for is out of range.
     #[error("a join token lives 1 second to {MAX_TOKEN_TTL_SECS} seconds (7 days), not {0}")]
     Ttl(u64),
+    /// The node name does not make a SPIFFE ID.
+    #[error("{name:?} cannot name a node: {reason}")]
+    BadName {
+        /// The name asked for.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The name is enrolled already and the token was not asked to replace it.
+    #[error(
+        "spiffe://{trust_domain}/node/{name} is enrolled already; a second holder of one name \
+         would split the mesh. Pick another name, or pass --replace to re-enroll a rebuilt host \
+         (its old key can then no longer renew)"
+    )]
+    AlreadyEnrolled {
+        /// The trust domain.
+        trust_domain: String,
+        /// The name.
+        name: String,
+    },
+    /// The name is the issuer's own.
+    #[error("{0} is this issuer's own name; a token cannot enroll another holder of it")]
+    OwnName(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] parley_store::StoreError),
 }
 
-/// The issuing side: the trust domain's root key and the tokens it handed out.
+/// The issuing side: the trust domain's root key, the tokens it handed out, and the
+/// enrollment registry (node name → the key holding it).
+///
+/// The registry is what binds names: a token enrolls the one name it was made for, a
+/// name is enrolled once (unless a token says to replace its holder), and a renewal is
+/// granted only to the key the registry holds for its name. Nodes enrolled offline
+/// (`parley identity issue`) are registered at their first renewal.
 pub struct Enrollment {
     issuer: Issuer,
+    /// This issuer's own node ID, which no token may enroll.
+    own_id: Option<SpiffeId>,
     tokens: Tree<TokenRecord>,
+    enrolled: Tree<EnrolledNode>,
     store: Store,
 }
 
@@ -405,13 +478,65 @@ fn random_hex<const N: usize>() -> String {
 }
 
 impl Enrollment {
-    /// Issues with `issuer` (the root), keeping tokens in `store`.
-    pub fn new(issuer: Issuer, store: &Store) -> Result<Self, parley_store::StoreError> {
-        Ok(Self {
+    /// Issues with `issuer` (the root), keeping tokens and the registry in `store`.
+    /// `own` is this issuer's own node credential, if it has one: its name is registered
+    /// to its key, so that no token enrolls a second holder of it.
+    pub fn new(
+        issuer: Issuer,
+        own: Option<&parley_identity::Credential>,
+        store: &Store,
+    ) -> Result<Self, parley_store::StoreError> {
+        let enrollment = Self {
             issuer,
+            own_id: own.map(|c| c.id().clone()),
             tokens: store.join_tokens()?,
+            enrolled: store.enrolled_nodes()?,
             store: store.clone(),
-        })
+        };
+        if let Some(own) = own {
+            enrollment.register(own.id(), &own.public_key())?;
+        }
+        Ok(enrollment)
+    }
+
+    /// The node name of `id`, when it is a node of this trust domain.
+    fn node_name<'a>(&self, id: &'a SpiffeId) -> Option<&'a str> {
+        match id.segments().collect::<Vec<_>>().as_slice() {
+            ["node", name] if id.trust_domain() == self.trust_domain() => Some(name),
+            _ => None,
+        }
+    }
+
+    /// Records `key` as the holder of node `id`.
+    fn register(
+        &self,
+        id: &SpiffeId,
+        key: &parley_identity::PublicKey,
+    ) -> Result<(), parley_store::StoreError> {
+        if let Some(name) = self.node_name(id) {
+            self.enrolled.put(
+                name,
+                &EnrolledNode {
+                    public_key: encode_public_key(key),
+                    since: crate::clock::unix_secs(),
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The key a certificate this root issued gives its holder.
+    fn key_of(&self, certificate_hex: &str) -> Result<parley_identity::PublicKey, Refusal> {
+        let bytes = parley_identity::cert::from_hex(certificate_hex)
+            .ok_or(Refusal::NotHex("certificate"))?;
+        let cert = parley_identity::cert::ImplicitCert::decode(&bytes)
+            .map_err(|e| Refusal::MalformedCertificate(e.to_string()))?;
+        let mut bundle = TrustBundle::new();
+        bundle.add(self.trust_domain(), self.issuer.public_key());
+        bundle
+            .verify_chain(std::slice::from_ref(&cert), cert.not_before)
+            .map(|identity| identity.public_key)
+            .map_err(|e| Refusal::Issue(e.to_string()))
     }
 
     /// The trust domain this issuer enrolls nodes into.
@@ -419,11 +544,32 @@ impl Enrollment {
         self.issuer.id().trust_domain()
     }
 
-    /// Makes a one-time token valid for `ttl_secs`, stored (flushed) before it is
-    /// returned.
-    pub async fn create_token(&self, ttl_secs: u64) -> Result<JoinToken, TokenError> {
+    /// Makes a one-time token that enrolls node `node`, valid for `ttl_secs`, stored
+    /// (flushed) before it is returned. A name enrolled already is refused unless
+    /// `replace`; this issuer's own name always is.
+    pub async fn create_token(
+        &self,
+        ttl_secs: u64,
+        node: &str,
+        replace: bool,
+    ) -> Result<JoinToken, TokenError> {
         if !(1..=MAX_TOKEN_TTL_SECS).contains(&ttl_secs) {
             return Err(TokenError::Ttl(ttl_secs));
+        }
+        let id = SpiffeId::from_segments(self.trust_domain(), &["node", node]).map_err(|e| {
+            TokenError::BadName {
+                name: node.to_owned(),
+                reason: e.to_string(),
+            }
+        })?;
+        if self.own_id.as_ref() == Some(&id) {
+            return Err(TokenError::OwnName(id.to_string()));
+        }
+        if !replace && self.enrolled.get(node)?.is_some() {
+            return Err(TokenError::AlreadyEnrolled {
+                trust_domain: self.trust_domain().to_owned(),
+                name: node.to_owned(),
+            });
         }
         let now = crate::clock::unix_secs();
         // Expired tokens are of no use to anyone; drop them as new ones are made.
@@ -443,6 +589,8 @@ impl Enrollment {
             &TokenRecord {
                 secret_sha256: sha256_hex(&token.secret),
                 expires_at: now.saturating_add(ttl_secs),
+                node: node.to_owned(),
+                replace,
             },
         )?;
         self.store.flush().await?;
@@ -494,6 +642,13 @@ impl Enrollment {
             // ECQV: a certificate of another root yields a key nobody holds, so this one
             // check refuses both a forged request and a foreign certificate.
             .map_err(|_| Refusal::BadSignature)?;
+        let store_failed = |e: parley_store::StoreError| Refusal::Store(e.to_string());
+        if let Some(name) = self.node_name(&current.id) {
+            let holder = self.enrolled.get(name).map_err(store_failed)?;
+            if holder.is_some_and(|h| h.public_key != encode_public_key(&current.public_key)) {
+                return Err(Refusal::Superseded(current.id.to_string()));
+            }
+        }
         let lifetime = cert
             .not_after
             .saturating_sub(cert.not_before)
@@ -502,6 +657,8 @@ impl Enrollment {
             .issuer
             .issue(&renewal.request, Validity::starting(now, lifetime))
             .map_err(|e| Refusal::Issue(e.to_string()))?;
+        let key = self.key_of(&issued.certificate)?;
+        self.register(&current.id, &key).map_err(store_failed)?;
         Ok(IssueResponse {
             issued,
             trust_domain: self.trust_domain().to_owned(),
@@ -547,6 +704,21 @@ impl Enrollment {
                 subject: subject.to_string(),
             });
         }
+        if self.node_name(subject) != Some(record.node.as_str()) {
+            return Err(Refusal::WrongName {
+                token_for: record.node,
+                asked: subject.to_string(),
+            });
+        }
+        if !record.replace
+            && self
+                .enrolled
+                .get(&record.node)
+                .map_err(store_failed)?
+                .is_some()
+        {
+            return Err(Refusal::AlreadyEnrolled(subject.to_string()));
+        }
         let now = crate::clock::unix_secs();
         if record.expires_at < now {
             let _ = self.tokens.remove(&request.token_id);
@@ -568,6 +740,9 @@ impl Enrollment {
                 Validity::starting(now, NODE_CERT_TTL_SECS),
             )
             .map_err(|e| Refusal::Issue(e.to_string()))?;
+        let key = self.key_of(&issued.certificate)?;
+        self.register(subject, &key).map_err(store_failed)?;
+        self.store.flush().await.map_err(store_failed)?;
         Ok(IssueResponse {
             issued,
             trust_domain: self.trust_domain().to_owned(),
@@ -715,10 +890,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let enrollment =
-            Enrollment::new(Issuer::generate_root("example.org").unwrap(), &store).unwrap();
+            Enrollment::new(Issuer::generate_root("example.org").unwrap(), None, &store).unwrap();
         assert!(matches!(
-            enrollment.create_token(0).await,
+            enrollment.create_token(0, "a", false).await,
             Err(TokenError::Ttl(0))
+        ));
+        assert!(matches!(
+            enrollment.create_token(60, "a/b", false).await,
+            Err(TokenError::BadName { .. })
         ));
         let request = |token: &JoinToken, id: &str, secret: &str| JoinRequest {
             token_id: token.id.clone(),
@@ -727,7 +906,19 @@ mod tests {
                 .request()
                 .clone(),
         };
-        let token = enrollment.create_token(60).await.unwrap();
+        let token = enrollment.create_token(60, "a", false).await.unwrap();
+        let other_name = enrollment
+            .answer(request(
+                &token,
+                "spiffe://example.org/node/b",
+                &token.secret,
+            ))
+            .await;
+        assert!(
+            matches!(&other_name, Err(Refusal::WrongName { token_for, .. }) if token_for == "a"),
+            "{:?}",
+            other_name.map(|_| ())
+        );
         let wrong = enrollment
             .answer(request(
                 &token,
@@ -773,6 +964,84 @@ mod tests {
         );
     }
 
+    /// The credential `pending` becomes with the certificate an issuer answered.
+    fn accepted(
+        enrollment: &Enrollment,
+        pending: parley_identity::PendingRequest,
+        response: &IssueResponse,
+    ) -> parley_identity::Credential {
+        pending
+            .accept(&response.issued, &enrollment.issuer.public_key())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_name_has_one_holder_the_issuer_keeps_its_own_and_a_replacement_ends_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let root = Issuer::generate_root("example.org").unwrap();
+        let own = node(&root, "issuer", crate::clock::unix_secs() - 100, 3_600);
+        let enrollment = Enrollment::new(root, Some(&own), &store).unwrap();
+        assert!(matches!(
+            enrollment.create_token(60, "issuer", true).await,
+            Err(TokenError::OwnName(_))
+        ));
+
+        let enroll = |name: &str, token: JoinToken| {
+            let pending = parley_identity::PendingRequest::new(
+                SpiffeId::from_segments("example.org", &["node", name]).unwrap(),
+            );
+            let request = JoinRequest {
+                token_id: token.id.clone(),
+                secret: token.secret.clone(),
+                request: pending.request().clone(),
+            };
+            (pending, request)
+        };
+        let (pending, request) = enroll(
+            "edge",
+            enrollment.create_token(60, "edge", false).await.unwrap(),
+        );
+        let response = enrollment.answer(request).await.unwrap();
+        let first = accepted(&enrollment, pending, &response);
+
+        // A second token for the name is refused, unless it replaces the holder.
+        assert!(matches!(
+            enrollment.create_token(60, "edge", false).await,
+            Err(TokenError::AlreadyEnrolled { .. })
+        ));
+        // The first holder renews, and the registry follows its new key.
+        let next = parley_identity::PendingRequest::new(first.id().clone());
+        let renewed = enrollment.renew_locally(&first, next.request()).unwrap();
+        let first = accepted(&enrollment, next, &renewed);
+
+        // The host is rebuilt: a replacing token enrolls a new key; the old one is done.
+        let (pending, request) = enroll(
+            "edge",
+            enrollment.create_token(60, "edge", true).await.unwrap(),
+        );
+        let response = enrollment.answer(request).await.unwrap();
+        let second = accepted(&enrollment, pending, &response);
+        let error = enrollment
+            .renew_locally(&first, &new_request(&first))
+            .unwrap_err();
+        assert!(matches!(error, Refusal::Superseded(_)), "{error}");
+        assert!(
+            enrollment
+                .renew_locally(&second, &new_request(&second))
+                .is_ok()
+        );
+
+        // Kept across restarts: the registry is in the store.
+        drop(enrollment);
+        let root = Issuer::generate_root("example.org").unwrap();
+        let again = Enrollment::new(root, None, &store).unwrap();
+        assert!(matches!(
+            again.create_token(60, "edge", false).await,
+            Err(TokenError::AlreadyEnrolled { .. })
+        ));
+    }
+
     /// A node credential issued by `root`, valid from `start` for `ttl` seconds.
     fn node(root: &Issuer, name: &str, start: u64, ttl: u64) -> parley_identity::Credential {
         let id = SpiffeId::from_segments(root.id().trust_domain(), &["node", name]).unwrap();
@@ -796,7 +1065,7 @@ mod tests {
         let root = Issuer::generate_root("example.org").unwrap();
         let a = node(&root, "a", crate::clock::unix_secs() - 100, 3_600);
         let b = node(&root, "b", crate::clock::unix_secs() - 100, 3_600);
-        let enrollment = Enrollment::new(root, &store).unwrap();
+        let enrollment = Enrollment::new(root, None, &store).unwrap();
 
         let renewed = enrollment.renew_locally(&a, &new_request(&a)).unwrap();
         let cert = parley_identity::cert::ImplicitCert::decode(

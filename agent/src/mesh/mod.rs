@@ -182,9 +182,13 @@ pub async fn start(
                 dir: settings.identity_dir.clone(),
                 reason: format!("it holds a root key, which cannot be used: {e}"),
             })?;
-        let enrollment = Enrollment::new(issuer, store).map_err(|e| CredentialError::Identity {
-            dir: settings.identity_dir.clone(),
-            reason: format!("cannot keep join tokens: {e}"),
+        // Its own node credential, when there is one yet, so that no token enrolls its name.
+        let own = identity_dir.load_credential().ok();
+        let enrollment = Enrollment::new(issuer, own.as_ref(), store).map_err(|e| {
+            CredentialError::Identity {
+                dir: settings.identity_dir.clone(),
+                reason: format!("cannot keep join tokens: {e}"),
+            }
         })?;
         tracing::info!(
             trust_domain = enrollment.trust_domain(),

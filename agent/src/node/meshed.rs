@@ -243,7 +243,12 @@ impl<R: ContainerRuntime> Node<R> {
 
     /// Makes a one-time join token valid for `ttl_secs`, on an agent that holds its trust
     /// domain's root key.
-    pub async fn create_join_token(&self, ttl_secs: u64) -> Result<JoinTokenIssued, NodeError> {
+    pub async fn create_join_token(
+        &self,
+        ttl_secs: u64,
+        node: &str,
+        replace: bool,
+    ) -> Result<JoinTokenIssued, NodeError> {
         let Some(mesh) = &self.info.mesh else {
             return Err(NodeError::NotIssuer(
                 "this agent is not in a mesh (no `listen`); join tokens come from a mesh agent \
@@ -259,15 +264,24 @@ impl<R: ContainerRuntime> Node<R> {
                 mesh.id
             )));
         };
-        let token = enrollment.create_token(ttl_secs).await?;
-        tracing::info!(token = %token.id, ttl_secs, "join token issued");
+        let token = enrollment.create_token(ttl_secs, node, replace).await?;
+        tracing::info!(token = %token.id, node, replace, ttl_secs, "join token issued");
         self.record_event(
             "join-token-issued",
             None,
-            &format!("token {} for {ttl_secs} s", token.id),
+            &format!(
+                "token {} enrolls node {node}{} for {ttl_secs} s",
+                token.id,
+                if replace {
+                    ", replacing its holder"
+                } else {
+                    ""
+                }
+            ),
         );
         Ok(JoinTokenIssued {
             trust_domain: token.trust_domain.clone(),
+            node: node.to_owned(),
             expires_at: crate::clock::unix_secs().saturating_add(ttl_secs),
             address: mesh.address.to_string(),
             token: token.to_string(),
