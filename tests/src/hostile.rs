@@ -79,6 +79,11 @@ impl PeerIdentity {
     pub fn id(&self) -> String {
         self.credential.id().to_string()
     }
+
+    /// The roots it trusts (to authenticate the agent it attacks).
+    pub fn bundle(&self) -> &TrustBundle {
+        &self.bundle
+    }
 }
 
 /// Signs as the identity it holds; a hostile peer can still only sign as itself.
@@ -264,4 +269,145 @@ impl Drop for HostilePeer {
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         });
     }
+}
+
+/// What a flood managed to open before the agent pushed back.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Flood {
+    /// Connections whose handshake completed.
+    pub connections: usize,
+    /// Streams opened on them.
+    pub streams: usize,
+    /// Bytes written into those streams.
+    pub bytes: usize,
+    /// Connections the agent had not closed when the flood ended.
+    pub open_at_end: usize,
+}
+
+/// Writes `bytes` of filler into as many streams as `connection` will open, never
+/// finishing any: what a peer does to make a node buffer for it. Returns streams and
+/// bytes written before `until`.
+async fn fill_streams(
+    connection: &quinn::Connection,
+    bidi: bool,
+    until: Instant,
+) -> (usize, usize) {
+    let filler = vec![0xA5u8; 16 * 1024];
+    let (mut streams, mut bytes) = (0, 0);
+    while Instant::now() < until {
+        // A stream the agent will not grant soon is one it will not grant: move on.
+        let left = until
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(500));
+        let opened = if bidi {
+            tokio::time::timeout(left, connection.open_bi())
+                .await
+                .map(|r| r.map(|(send, _)| send))
+        } else {
+            tokio::time::timeout(left, connection.open_uni()).await
+        };
+        let Ok(Ok(mut send)) = opened else { break };
+        streams += 1;
+        // A frame's length prefix announcing the largest frame, then filler up to it.
+        let _ = send.write_all(&(64u32 * 1024).to_be_bytes()).await;
+        for _ in 0..4 {
+            let left = until.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, send.write_all(&filler)).await {
+                Ok(Ok(())) => bytes += filler.len(),
+                _ => break,
+            }
+        }
+        // Left open on purpose: dropping `send` would reset it; keep it alive instead.
+        std::mem::forget(send);
+    }
+    (streams, bytes)
+}
+
+/// Opens `connections` certificate-less enrollment connections to `addr` (anyone can)
+/// and fills every stream they may open, for `duration`. The issuer is authenticated
+/// with `bundle`, as a joining host would.
+pub fn join_flood(
+    addr: SocketAddr,
+    bundle: &TrustBundle,
+    connections: usize,
+    duration: Duration,
+) -> Flood {
+    let verifier = PeerVerifier::new(Arc::new(bundle.clone()));
+    let client = tls::join_client_config(verifier).expect("a join client config");
+    flood(client, addr, connections, duration, true)
+}
+
+/// Opens up to `connections` connections to `addr` as `identity` (a real member) and
+/// fills every stream each may open, for `duration`.
+pub fn stream_flood(
+    identity: &PeerIdentity,
+    addr: SocketAddr,
+    connections: usize,
+    duration: Duration,
+) -> Flood {
+    let tls_identity =
+        TlsIdentity::new(&identity.credential, &identity.chain).expect("a TLS identity");
+    let verifier = PeerVerifier::new(Arc::new(identity.bundle.clone()));
+    let client = tls::client_config(tls_identity, verifier).expect("a client config");
+    flood(client, addr, connections, duration, false)
+}
+
+/// Opens `connections` connections with `client` and fills their streams (bidirectional
+/// ones too when `bidi`) until `duration` has passed, then closes them.
+fn flood(
+    client: rustls::ClientConfig,
+    addr: SocketAddr,
+    connections: usize,
+    duration: Duration,
+    bidi: bool,
+) -> Flood {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    let client = quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(client).expect("a QUIC client config"),
+    ));
+    runtime.block_on(async move {
+        let until = Instant::now() + duration;
+        let mut tasks = Vec::new();
+        for _ in 0..connections {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let endpoint =
+                    quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).ok()?;
+                let connecting = endpoint.connect_with(client, addr, "parley").ok()?;
+                let connection = tokio::time::timeout(Duration::from_secs(5), connecting)
+                    .await
+                    .ok()?
+                    .ok()?;
+                let (mut streams, mut bytes) = (0, 0);
+                if bidi {
+                    (streams, bytes) = fill_streams(&connection, true, until).await;
+                }
+                let (uni, uni_bytes) = fill_streams(&connection, false, until).await;
+                tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+                Some((streams + uni, bytes + uni_bytes, endpoint, connection))
+            }));
+        }
+        let mut flood = Flood::default();
+        let mut keep = Vec::new();
+        for task in tasks {
+            if let Ok(Some((streams, bytes, endpoint, connection))) = task.await {
+                flood.connections += 1;
+                flood.streams += streams;
+                flood.bytes += bytes;
+                keep.push((endpoint, connection));
+            }
+        }
+        flood.open_at_end = keep
+            .iter()
+            .filter(|(_, c)| c.close_reason().is_none())
+            .count();
+        for (_, connection) in &keep {
+            connection.close(0u32.into(), b"done");
+        }
+        flood
+    })
 }

@@ -465,6 +465,19 @@ impl Agent {
         }
     }
 
+    /// The agent's resident memory now (VmRSS), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self.child.as_ref().expect("the agent is not running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .expect("read the agent's /proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib * 1024
+    }
+
     /// The agent's node name (written into its containers' labels).
     pub fn node(&self) -> &str {
         &self.node

@@ -36,6 +36,9 @@ use zeroize::Zeroizing;
 /// Largest enrollment message either side reads: a request or answer is well under 1 KiB.
 pub const MAX_JOIN_MESSAGE: usize = 16 * 1024;
 
+/// Enrollment exchanges an issuer answers at once; more connections are closed as busy.
+const MAX_CONCURRENT_EXCHANGES: usize = 16;
+
 /// How long one enrollment exchange may take, end to end.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -758,6 +761,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     tasks: tokio_util::task::TaskTracker,
 ) {
+    let exchanges = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_EXCHANGES));
     loop {
         let connection = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -766,10 +770,18 @@ pub async fn serve(
                 None => return,
             },
         };
+        // Exchanges at once are capped: each holds a connection for up to
+        // EXCHANGE_TIMEOUT, and anyone may open one (they carry no certificate).
+        let Ok(permit) = exchanges.clone().try_acquire_owned() else {
+            tracing::warn!(remote = %connection.remote_address(), "refused an enrollment: too many at once");
+            connection.close(2u32.into(), b"busy");
+            continue;
+        };
         let enrollment = Arc::clone(&enrollment);
         // On the tracker: an exchange spends a token in the store, which shutdown closes
         // only after it.
         tasks.spawn(async move {
+            let _permit = permit;
             let remote = connection.remote_address();
             match tokio::time::timeout(EXCHANGE_TIMEOUT, answer_one(&connection, &enrollment)).await
             {

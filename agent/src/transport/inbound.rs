@@ -6,8 +6,22 @@ use super::*;
 
 pub(super) async fn accept_loop(inner: Arc<Inner>) {
     while let Some(incoming) = inner.endpoint.accept().await {
+        // Before any state is kept: a client must prove it receives at its address
+        // (QUIC Retry), so a flood from spoofed addresses costs one stateless packet
+        // each; and handshakes at once are capped.
+        if !incoming.remote_address_validated() {
+            let _ = incoming.retry();
+            continue;
+        }
+        let Ok(permit) = inner.handshakes.clone().try_acquire_owned() else {
+            inner.refuse(Refusal::Busy);
+            tracing::warn!(remote = %incoming.remote_address(), "refused a connection: too many handshakes at once");
+            incoming.refuse();
+            continue;
+        };
         let inner = inner.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let remote = incoming.remote_address();
             let connection =
                 match tokio::time::timeout(inner.limits.connect_timeout, incoming).await {
@@ -152,6 +166,15 @@ pub(super) async fn read_loop(
                 let refusal = Refusal::of(&error);
                 inner.refuse(refusal);
                 tracing::warn!(peer = %peer.id, %error, reason = refusal.code(), "refused a message");
+            }
+        }
+    }
+    {
+        let mut live = lock(&inner.live);
+        if let Some(count) = live.get_mut(peer.id.as_str()) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                live.remove(peer.id.as_str());
             }
         }
     }

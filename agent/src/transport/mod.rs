@@ -49,6 +49,13 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// How long a peer may take to deliver one frame once its stream opened.
     pub frame_timeout: Duration,
+    /// Handshakes in progress at once; more incoming connections are refused before
+    /// any state is kept for them.
+    pub handshakes_in_flight: usize,
+    /// Live connections of one peer (by SPIFFE ID); a further one is closed at once.
+    pub connections_per_peer: usize,
+    /// Live authenticated connections in all.
+    pub connections_total: usize,
 }
 
 impl Default for Limits {
@@ -60,9 +67,21 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             frame_timeout: Duration::from_secs(5),
+            handshakes_in_flight: 64,
+            connections_per_peer: 4,
+            connections_total: 1_024,
         }
     }
 }
+
+/// Bytes a peer may have in flight on one stream: one frame and its length prefix. A
+/// stream carries one message, so a larger window only buffers what would be refused.
+const STREAM_WINDOW: u32 = codec::MAX_FRAME_LEN as u32 + 4;
+
+/// Bytes a peer may have in flight on one connection, all streams together: 16 frames.
+/// Without it, a peer opening its 64 streams could make this node buffer 64 full
+/// default windows (80 MiB) per connection.
+const CONNECTION_WINDOW: u32 = 16 * STREAM_WINDOW;
 
 /// Why the transport could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +139,8 @@ pub enum Refusal {
     RateLimited,
     /// The peer took too long to deliver a frame.
     Slow,
+    /// Too many handshakes at once, or too many connections (of this peer, or in all).
+    Busy,
 }
 
 impl Refusal {
@@ -135,6 +156,7 @@ impl Refusal {
             Self::Version => "version",
             Self::RateLimited => "rate-limited",
             Self::Slow => "slow",
+            Self::Busy => "busy",
         }
     }
 
@@ -187,7 +209,12 @@ struct Inner {
     accepts_enrollment: bool,
     bundle: Arc<TrustBundle>,
     limits: Limits,
+    /// The connection used to send to each peer (the newest).
     peers: Mutex<HashMap<String, quinn::Connection>>,
+    /// Live authenticated connections by peer, for the caps in [`Limits`].
+    live: Mutex<HashMap<String, usize>>,
+    /// Handshakes in progress.
+    handshakes: Arc<tokio::sync::Semaphore>,
     replays: Mutex<ReplayGuard>,
     next_message_id: AtomicU64,
     refusals: Mutex<HashMap<Refusal, u64>>,
@@ -275,8 +302,12 @@ impl Transport {
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_concurrent_uni_streams(limits.streams_per_peer.into())
-            // Control requests (later) use a few bidirectional streams.
-            .max_concurrent_bidi_streams(8u32.into())
+            // One bidirectional stream: an enrollment's request and answer. Peers use
+            // unidirectional streams only.
+            .max_concurrent_bidi_streams(1u32.into())
+            .stream_receive_window(STREAM_WINDOW.into())
+            .receive_window(CONNECTION_WINDOW.into())
+            .send_window(u64::from(CONNECTION_WINDOW))
             .max_idle_timeout(Some(
                 limits
                     .idle_timeout
@@ -312,6 +343,8 @@ impl Transport {
             bundle: credentials.bundle,
             limits,
             peers: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(limits.handshakes_in_flight)),
             replays: Mutex::new(ReplayGuard::default()),
             next_message_id: AtomicU64::new(u64::from_be_bytes(first_id) >> 1),
             refusals: Mutex::new(HashMap::new()),
@@ -508,8 +541,24 @@ impl Inner {
         )?)
     }
 
+    /// Takes a connection `peer` proved its identity on, unless the peer (or everyone
+    /// together) holds as many as the limits allow: then it is closed as busy.
     fn register(self: &Arc<Self>, peer: VerifiedIdentity, connection: quinn::Connection) {
-        lock(&self.peers).insert(peer.id.to_string(), connection.clone());
+        let id = peer.id.to_string();
+        {
+            let mut live = lock(&self.live);
+            let total: usize = live.values().sum();
+            let mine = live.get(&id).copied().unwrap_or(0);
+            if mine >= self.limits.connections_per_peer || total >= self.limits.connections_total {
+                drop(live);
+                self.refuse(Refusal::Busy);
+                tracing::warn!(peer = %id, mine, total, "refused a connection: too many");
+                connection.close(3u32.into(), b"too many connections");
+                return;
+            }
+            live.insert(id.clone(), mine + 1);
+        }
+        lock(&self.peers).insert(id, connection.clone());
         // One span per connection: every line logged while reading it names the peer.
         let span = tracing::debug_span!(
             "connection",
