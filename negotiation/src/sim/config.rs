@@ -80,6 +80,10 @@ pub struct SimConfig {
     /// A node the policy forbids to bid: every node refuses its bids, so it must never
     /// hold a replica.
     pub no_bid_node: Option<usize>,
+    /// A node the policy lets host replicas but not own workloads (it may not submit):
+    /// users never submit to it, and it must never become an owner, not even as a dead
+    /// owner's successor.
+    pub hosts_only_node: Option<usize>,
     /// A workload removed after the network is stable, from a node picked by the seed
     /// (the owner, or another node asking the owner).
     pub removal: Option<Removal>,
@@ -185,6 +189,10 @@ impl SimConfig {
                 },
             })
             .collect();
+        // Drawn last, so that the scenarios above are those of earlier builds' seeds.
+        let hosts_only_node = rng
+            .chance(250)
+            .then(|| rng.range(1, nodes as u64 - 1) as usize);
         Self {
             seed,
             nodes,
@@ -207,6 +215,7 @@ impl SimConfig {
             commit_failure_per_mille,
             store_latency_ms,
             no_bid_node,
+            hosts_only_node,
             removal,
             questions,
         }
@@ -241,6 +250,7 @@ impl SimConfig {
             commit_failure_per_mille: 0,
             store_latency_ms: 0,
             no_bid_node: None,
+            hosts_only_node: None,
             removal: None,
             questions: Vec::new(),
         }
@@ -278,6 +288,7 @@ impl SimConfig {
             commit_failure_per_mille: 0,
             store_latency_ms: 0,
             no_bid_node: None,
+            hosts_only_node: None,
             removal: None,
             questions: Vec::new(),
         }

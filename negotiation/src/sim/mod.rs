@@ -127,10 +127,11 @@ pub struct Violation {
 }
 
 /// The policy every simulated node applies: everything is granted, except bids from the
-/// node the run forbids to bid.
+/// node the run forbids to bid, and submissions from the node it lets only host.
 #[derive(Debug, Clone)]
 struct SimPolicy {
     no_bid: Option<String>,
+    hosts_only: Option<String>,
 }
 
 impl Authorizer for SimPolicy {
@@ -139,6 +140,12 @@ impl Authorizer for SimPolicy {
             return Err(Denial {
                 action,
                 reason: format!("{peer} may not bid (simulated policy)"),
+            });
+        }
+        if action == Action::Submit && self.hosts_only.as_deref() == Some(peer) {
+            return Err(Denial {
+                action,
+                reason: format!("{peer} may not submit (simulated policy)"),
             });
         }
         Ok(())
@@ -238,6 +245,7 @@ impl<'c> Sim<'c> {
         let mut rng = Rng::new(config.seed ^ 0xA5A5_A5A5);
         let policy = SimPolicy {
             no_bid: config.no_bid_node.map(node_id),
+            hosts_only: config.hosts_only_node.map(node_id),
         };
         let metas: Vec<NodeMeta> = (0..config.nodes)
             .map(|i| {
@@ -833,6 +841,15 @@ impl<'c> Sim<'c> {
                 node.id, c.replica, c.workload
             )));
         }
+        if self.config.hosts_only_node == Some(i)
+            && node.negotiator.announcer().workload_count() > 0
+        {
+            return Err(self.violation(format!(
+                "{} may not submit, yet owns {} workloads",
+                node.id,
+                node.negotiator.announcer().workload_count()
+            )));
+        }
         Ok(())
     }
 
@@ -867,8 +884,14 @@ impl<'c> Sim<'c> {
         if self.sees_alive(i, &submitter) {
             return Some(submitter);
         }
+        // Successors are chosen among the nodes the policy lets own workloads.
+        let hosts_only = self.config.hosts_only_node.map(node_id);
         let view = self.view(i);
-        crate::ownership::successor(workload, view.iter().copied()).map(str::to_owned)
+        let heirs = view
+            .iter()
+            .copied()
+            .filter(|member| hosts_only.as_deref() != Some(*member));
+        crate::ownership::successor(workload, heirs).map(str::to_owned)
     }
 
     /// The node every alive node agrees owns `workload`; a violation if they disagree.
@@ -1103,7 +1126,7 @@ impl<'c> Sim<'c> {
         let first = index % self.config.submitters.clamp(1, count);
         let Some(to) = (0..count)
             .map(|k| (first + k) % count)
-            .find(|i| self.nodes[*i].alive)
+            .find(|i| self.nodes[*i].alive && Some(*i) != self.config.hosts_only_node)
         else {
             return Ok(());
         };
