@@ -16,6 +16,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::messages::{Ack, Body, MemberState, MemberUpdate, NodeMeta, Ping, PingReq, Sync};
 
+/// How far above the incarnation held a member's incarnation may be reported by a third
+/// party, or on first hearing of it. A member raises its incarnation by one per
+/// refutation or metadata change, at most every couple of seconds: 2^32 is centuries of
+/// that, while a forged `u64::MAX` (which no refutation could outbid) is refused.
+pub const MAX_INCARNATION_STEP: u64 = 1 << 32;
+
 /// Membership settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MembershipConfig {
@@ -575,20 +581,44 @@ impl Membership {
     }
 
     /// Applies one piece of gossip, by SWIM's precedence rules.
-    fn apply(&mut self, now_ms: u64, update: &MemberUpdate) {
+    /// Applies one piece of gossip. `from` is the node that sent it (proven by the
+    /// transport), `None` for this node's own conclusions.
+    ///
+    /// What SWIM lets each party say, and no more:
+    /// - a member speaks for itself: its own `Alive` at any higher incarnation (a
+    ///   refutation, new metadata) is taken from it directly;
+    /// - a third party relays: an `Alive` at most [`MAX_INCARNATION_STEP`] above the
+    ///   incarnation held, and a suspicion or death only of the incarnation held — one it
+    ///   could have observed. A statement about an incarnation the member never issued
+    ///   (`Dead @ u64::MAX`, which no refutation could outbid) is dropped;
+    /// - metadata is replaced only under a new incarnation: a third party may fill in
+    ///   what is missing, not rewrite an address or a capacity;
+    /// - statements about this node that it did not make are refuted, whatever their
+    ///   state, with an incarnation above them (saturating: it never wraps).
+    fn apply(&mut self, now_ms: u64, from: Option<&str>, update: &MemberUpdate) {
         if update.node == self.me {
-            // Someone thinks we are suspect or dead: refute with a higher incarnation.
-            if update.state != MemberState::Alive && update.incarnation >= self.incarnation {
-                self.incarnation = update.incarnation + 1;
+            let refute = match update.state {
+                // A newer "alive" we did not say: forged, or from our previous run.
+                MemberState::Alive => update.incarnation > self.incarnation,
+                MemberState::Suspect | MemberState::Dead => {
+                    update.incarnation >= self.incarnation
+                }
+            };
+            if refute && update.incarnation <= self.incarnation.saturating_add(MAX_INCARNATION_STEP)
+            {
+                self.incarnation = update.incarnation.saturating_add(1);
                 let refutation = self.self_update(true);
                 self.enqueue_gossip(refutation);
             }
             return;
         }
+        let firsthand = from == Some(update.node.as_str());
         let suspicion_ms = self.suspicion_ms();
         let interner = &self.interner;
         let Some(member) = self.members.get_mut(update.node.as_str()) else {
-            if update.state == MemberState::Dead {
+            if update.state == MemberState::Dead
+                || (!firsthand && update.incarnation > MAX_INCARNATION_STEP)
+            {
                 return;
             }
             let id = interner.id(&update.node);
@@ -612,23 +642,30 @@ impl Membership {
             self.enqueue_gossip(update.clone());
             return;
         };
+        let held = member.incarnation;
         let newer = match (update.state, member.state) {
-            // Alive overrides only with a higher incarnation (a refutation or new meta).
-            (MemberState::Alive, MemberState::Dead) => update.incarnation > member.incarnation,
-            (MemberState::Alive, _) => update.incarnation > member.incarnation,
-            (MemberState::Suspect, MemberState::Alive) => update.incarnation >= member.incarnation,
-            (MemberState::Suspect, MemberState::Suspect) => update.incarnation > member.incarnation,
-            (MemberState::Suspect, MemberState::Dead) => false,
+            // A member about itself: only its own "alive" means anything.
+            (MemberState::Alive, _) if firsthand => update.incarnation > held,
+            (_, _) if firsthand => false,
+            // Alive overrides only with a higher incarnation (a refutation or new meta),
+            // and a third party may not claim one the member could not have reached.
+            (MemberState::Alive, _) => {
+                update.incarnation > held
+                    && update.incarnation <= held.saturating_add(MAX_INCARNATION_STEP)
+            }
+            (MemberState::Suspect, MemberState::Alive) => update.incarnation == held,
+            (MemberState::Suspect, _) => false,
             (MemberState::Dead, MemberState::Dead) => false,
-            (MemberState::Dead, _) => update.incarnation >= member.incarnation,
+            (MemberState::Dead, _) => update.incarnation == held,
         };
         if !newer {
-            // A node changes its metadata only under a new incarnation, so metadata carried
-            // for the incarnation we hold is authoritative even when the state is not news
-            // (the bare liveness part of every message can announce the incarnation first).
+            // A node changes its metadata only under a new incarnation, so metadata for
+            // the incarnation held may complete a record that has none (the bare liveness
+            // part of every message can announce the incarnation first); only the member
+            // itself may replace it.
             if let Some(meta) = &update.meta
-                && update.incarnation == member.incarnation
-                && member.meta.as_ref() != Some(meta)
+                && update.incarnation == held
+                && (member.meta.is_none() || (firsthand && member.meta.as_ref() != Some(meta)))
             {
                 member.meta = Some(interner.meta(&member.id, meta.clone()));
                 self.without_meta.remove(&member.id);
@@ -680,9 +717,9 @@ impl Membership {
         self.enqueue_gossip(update.clone());
     }
 
-    fn apply_all(&mut self, now_ms: u64, updates: &[MemberUpdate]) {
+    fn apply_all(&mut self, now_ms: u64, from: &str, updates: &[MemberUpdate]) {
         for update in updates {
-            self.apply(now_ms, update);
+            self.apply(now_ms, Some(from), update);
         }
     }
 
@@ -710,7 +747,7 @@ impl Membership {
 
     /// A probe: answer it.
     pub fn handle_ping(&mut self, now_ms: u64, from: &str, ping: &Ping) {
-        self.apply_all(now_ms, &ping.updates);
+        self.apply_all(now_ms, from, &ping.updates);
         let updates = self.piggyback(from);
         self.transmits.push_back((
             from.to_owned(),
@@ -723,7 +760,7 @@ impl Membership {
 
     /// An indirect probe request: probe the target and forward its answer.
     pub fn handle_ping_req(&mut self, now_ms: u64, from: &str, request: &PingReq) {
-        self.apply_all(now_ms, &request.updates);
+        self.apply_all(now_ms, from, &request.updates);
         self.next_seq += 1;
         let seq = self.next_seq;
         self.relays.insert(
@@ -740,8 +777,8 @@ impl Membership {
     }
 
     /// A probe answer (ours, or one to forward).
-    pub fn handle_ack(&mut self, now_ms: u64, _from: &str, ack: &Ack) {
-        self.apply_all(now_ms, &ack.updates);
+    pub fn handle_ack(&mut self, now_ms: u64, from: &str, ack: &Ack) {
+        self.apply_all(now_ms, from, &ack.updates);
         if self.probe.as_ref().is_some_and(|p| p.seq == ack.seq) {
             self.probe = None;
             return;
@@ -760,7 +797,7 @@ impl Membership {
 
     /// A state exchange: merge it, and answer with ours if asked.
     pub fn handle_sync(&mut self, now_ms: u64, from: &str, sync: &Sync) {
-        self.apply_all(now_ms, &sync.updates);
+        self.apply_all(now_ms, from, &sync.updates);
         if sync.reply {
             self.send_sync(from.to_owned(), false);
         }
@@ -802,7 +839,7 @@ impl Membership {
             incarnation: member.incarnation,
             meta: None,
         };
-        self.apply(now_ms, &update);
+        self.apply(now_ms, None, &update);
     }
 
     /// Drives probes, indirect probes, suspicion timeouts and state exchanges.
@@ -855,7 +892,7 @@ impl Membership {
                     incarnation: member.incarnation,
                     meta: None,
                 };
-                self.apply(now_ms, &update);
+                self.apply(now_ms, None, &update);
             }
         }
         self.relays.retain(|_, (_, _, expiry)| *expiry > now_ms);

@@ -459,3 +459,63 @@ fn paced_metadata_goes_out_at_most_once_per_members_over_the_cluster_rate() {
     node.handle_timeout(60_000);
     assert_eq!(announced_cpu(&node), 500);
 }
+
+/// Class 4 of the zero-trust issue: gossip about a third party was accepted at any
+/// incarnation. `Dead @ u64::MAX` killed a live node for good (its refutation wrapped),
+/// and `Alive @ u64::MAX` with forged metadata rewrote its address and capacity.
+#[test]
+fn a_third_party_cannot_kill_a_member_or_rewrite_its_metadata() {
+    let mut net = Net::new(3);
+    net.run(5_000);
+    let victim = "n1";
+    let held = net.nodes[0].member(victim).unwrap().incarnation;
+    let forged_meta = Arc::new(NodeMeta {
+        address: Some("203.0.113.66:7946".to_owned()),
+        ..meta("evil")
+    });
+    let forge = |state, incarnation, meta: Option<Arc<NodeMeta>>| {
+        Body::Sync(Sync {
+            updates: vec![MemberUpdate {
+                node: victim.to_owned(),
+                state,
+                incarnation,
+                meta,
+            }],
+            reply: false,
+        })
+    };
+    // n2 turns hostile and tells n0 lies about n1.
+    let lies = [
+        forge(MemberState::Dead, u64::MAX, None),
+        forge(MemberState::Suspect, held + 1, None),
+        forge(MemberState::Alive, u64::MAX, Some(forged_meta.clone())),
+        // Same incarnation, other metadata: not a new statement by n1.
+        forge(MemberState::Alive, held, Some(forged_meta.clone())),
+    ];
+    for lie in lies {
+        let Body::Sync(sync) = lie else {
+            unreachable!()
+        };
+        net.nodes[0].handle_sync(net.now, "n2", &sync);
+    }
+    let seen = net.nodes[0].member(victim).unwrap();
+    assert_eq!(seen.state, MemberState::Alive, "{seen:?}");
+    assert_eq!(seen.incarnation, held, "{seen:?}");
+    assert_eq!(seen.meta.as_deref().map(|m| m.arch.as_str()), Some("arm64"));
+
+    // The member itself speaks for itself, and a lie about it told to it is refuted
+    // above the lie, without wrapping.
+    let Body::Sync(own) = forge(MemberState::Alive, held + 5, Some(Arc::new(meta("arm64")))) else {
+        unreachable!()
+    };
+    net.nodes[0].handle_sync(net.now, victim, &own);
+    assert_eq!(net.nodes[0].member(victim).unwrap().incarnation, held + 5);
+    let Body::Sync(lie) = forge(MemberState::Dead, u64::MAX, None) else {
+        unreachable!()
+    };
+    net.nodes[1].handle_sync(net.now, "n2", &lie);
+    net.run(net.now + 3_000);
+    let seen = net.nodes[0].member(victim).unwrap();
+    assert_eq!(seen.state, MemberState::Alive, "{seen:?}");
+    assert!(seen.incarnation < u64::MAX / 2, "{seen:?}");
+}

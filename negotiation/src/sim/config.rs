@@ -84,6 +84,11 @@ pub struct SimConfig {
     /// users never submit to it, and it must never become an owner, not even as a dead
     /// owner's successor.
     pub hosts_only_node: Option<usize>,
+    /// A byzantine member: otherwise honest, it adds lies about other members to its
+    /// membership gossip — deaths and suspicions at incarnations they never issued
+    /// (`u64::MAX`), and `Alive @ u64::MAX` with forged metadata. Honest nodes must
+    /// neither kill a live node nor take the forged metadata.
+    pub liar_node: Option<usize>,
     /// A workload removed after the network is stable, from a node picked by the seed
     /// (the owner, or another node asking the owner).
     pub removal: Option<Removal>,
@@ -193,6 +198,9 @@ impl SimConfig {
         let hosts_only_node = rng
             .chance(250)
             .then(|| rng.range(1, nodes as u64 - 1) as usize);
+        let liar_node = rng
+            .chance(250)
+            .then(|| rng.range(1, nodes as u64 - 1) as usize);
         Self {
             seed,
             nodes,
@@ -216,6 +224,7 @@ impl SimConfig {
             store_latency_ms,
             no_bid_node,
             hosts_only_node,
+            liar_node,
             removal,
             questions,
         }
@@ -251,6 +260,7 @@ impl SimConfig {
             store_latency_ms: 0,
             no_bid_node: None,
             hosts_only_node: None,
+            liar_node: None,
             removal: None,
             questions: Vec::new(),
         }
@@ -289,6 +299,7 @@ impl SimConfig {
             store_latency_ms: 0,
             no_bid_node: None,
             hosts_only_node: None,
+            liar_node: None,
             removal: None,
             questions: Vec::new(),
         }

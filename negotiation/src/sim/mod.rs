@@ -15,6 +15,7 @@ mod rng;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::Arc;
 
 pub use config::{Crash, Partition, Question, QuestionKind, Removal, SimConfig};
 pub use rng::Rng;
@@ -22,7 +23,10 @@ pub use rng::Rng;
 use crate::auction::{Announced, AnnouncerEvent, Answer, Candidate, PlacementRequest};
 use crate::codec::{self, ReplayGuard, Signer, Verifier};
 use crate::membership::{Interner, MembershipEvent};
-use crate::messages::{Body, LogChunk, MemberState, MemberUpdate, NodeMeta, Resources, Scoring};
+use crate::messages::{
+    Ack, Body, LogChunk, MemberState, MemberUpdate, NodeMeta, Ping, PingReq, Resources, Scoring,
+    Sync,
+};
 use crate::negotiator::{
     Action, Assignment, Authorizer, Denial, Event, HostAction, HostError, LOGS_TIMEOUT_MS,
     Negotiator, NegotiatorConfig, QUERY_TIMEOUT_MS, Request,
@@ -34,6 +38,8 @@ const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 /// Virtual clock origin (ms); any positive value works, a realistic one reads better.
 const EPOCH_MS: u64 = 1_800_000_000_000;
+/// The architecture the byzantine member writes into the metadata it forges.
+const FORGED_ARCH: &str = "forged";
 /// Key shared by the cluster's cheap signatures.
 const CLUSTER_SEED: u64 = 0x5EED;
 /// How long after the network is stable a dead submitter's workload must have exactly one
@@ -612,9 +618,56 @@ impl<'c> Sim<'c> {
         Ok(())
     }
 
+    /// The lies the byzantine member adds to its gossip: about one other member, picked
+    /// by the seed, a death and a suspicion it never issued, and a rewrite of its
+    /// metadata, all at `u64::MAX`.
+    fn lies(&mut self, from: usize) -> Vec<MemberUpdate> {
+        let count = self.nodes.len() as u64;
+        let victim = self.rng.range(0, count - 1) as usize;
+        if victim == from {
+            return Vec::new();
+        }
+        let node = node_id(victim);
+        let forged = NodeMeta {
+            arch: FORGED_ARCH.to_owned(),
+            address: Some("203.0.113.66:7946".to_owned()),
+            ..self.nodes[victim].meta.clone()
+        };
+        vec![
+            MemberUpdate {
+                node: node.clone(),
+                state: MemberState::Dead,
+                incarnation: u64::MAX,
+                meta: None,
+            },
+            MemberUpdate {
+                node: node.clone(),
+                state: MemberState::Suspect,
+                incarnation: u64::MAX - 1,
+                meta: None,
+            },
+            MemberUpdate {
+                node,
+                state: MemberState::Alive,
+                incarnation: u64::MAX,
+                meta: Some(Arc::new(forged)),
+            },
+        ]
+    }
+
     /// Encodes and sends everything node `from` queued, through loss and the partition.
     fn flush_transmits(&mut self, from: usize) -> Result<(), Violation> {
-        while let Some((to_id, body)) = self.nodes[from].negotiator.poll_transmit() {
+        while let Some((to_id, mut body)) = self.nodes[from].negotiator.poll_transmit() {
+            if self.config.liar_node == Some(from) {
+                let lies = self.lies(from);
+                match &mut body {
+                    Body::Ping(Ping { updates, .. })
+                    | Body::PingReq(PingReq { updates, .. })
+                    | Body::Ack(Ack { updates, .. })
+                    | Body::Sync(Sync { updates, .. }) => updates.extend(lies),
+                    _ => {}
+                }
+            }
             if self.trace && !matches!(body, Body::Ping(_) | Body::PingReq(_) | Body::Ack(_)) {
                 eprintln!("{} ms: n{from} -> {to_id}: {body:?}", self.now);
             }
@@ -840,6 +893,14 @@ impl<'c> Sim<'c> {
                 "{} may not bid, yet holds replica {} of {}",
                 node.id, c.replica, c.workload
             )));
+        }
+        if let Some(m) = node
+            .negotiator
+            .membership()
+            .members()
+            .find(|m| m.meta.as_ref().is_some_and(|meta| meta.arch == FORGED_ARCH))
+        {
+            return Err(self.violation(format!("{} took forged metadata for {}", node.id, m.id)));
         }
         if self.config.hosts_only_node == Some(i)
             && node.negotiator.announcer().workload_count() > 0
