@@ -600,9 +600,7 @@ impl Membership {
             let refute = match update.state {
                 // A newer "alive" we did not say: forged, or from our previous run.
                 MemberState::Alive => update.incarnation > self.incarnation,
-                MemberState::Suspect | MemberState::Dead => {
-                    update.incarnation >= self.incarnation
-                }
+                MemberState::Suspect | MemberState::Dead => update.incarnation >= self.incarnation,
             };
             if refute && update.incarnation <= self.incarnation.saturating_add(MAX_INCARNATION_STEP)
             {

@@ -6,9 +6,13 @@
 use std::time::Duration;
 
 use parley_e2e::hostile::{HostilePeer, PeerIdentity, join_flood, stream_flood};
-use parley_e2e::mesh::{address, mesh_agent, replicas_on, svid_in, wait_until};
+use parley_e2e::mesh::{
+    address, mesh_agent, nodes, replicas_on, svid_in, wait_for_full_mesh, wait_until,
+};
 use parley_e2e::{Agent, TrustDomain};
-use parley_negotiation::messages::{Body, Instance, Ping};
+use parley_negotiation::messages::{
+    Body, Instance, MemberState, MemberUpdate, NodeMeta, Ping, Sync,
+};
 
 /// Sends a probe and waits for the agent's answer: what an accepted member gets.
 fn answers_a_probe(peer: &mut HostilePeer) -> bool {
@@ -241,5 +245,63 @@ fn an_issuer_under_join_and_stream_floods_stays_small_and_still_serves() {
         "a replica placed after the floods runs",
         Duration::from_secs(60),
         || replicas_on(&agent, "after").len() == 1,
+    );
+}
+
+/// Class 4 of the zero-trust issue: a member's gossip about a third party was taken at
+/// any incarnation. `Dead @ u64::MAX` killed a live node for good, and `Alive @ u64::MAX`
+/// with forged metadata rewrote its address.
+#[test]
+fn a_member_cannot_kill_another_or_rewrite_its_address_by_gossip() {
+    let domain = TrustDomain::new("zt-gossip.e2e");
+    let a = mesh_agent("zt-gossip-a", &domain.enroll("a"), &[], &[]);
+    let seed = address(&a);
+    let b = mesh_agent("zt-gossip-b", &domain.enroll("b"), &[&seed], &[]);
+    wait_for_full_mesh(&[&a, &b]);
+    let b_id = "spiffe://zt-gossip.e2e/node/b";
+    let b_address = address(&b);
+    let b_seen_by_a = || {
+        nodes(&a)["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["id"] == b_id)
+            .cloned()
+            .expect("a knows b")
+    };
+    let mut liar = HostilePeer::connect(
+        PeerIdentity::node(&domain.enroll("x")),
+        seed.parse().unwrap(),
+    )
+    .expect("a member connects");
+    let lie = |state, meta: Option<NodeMeta>| MemberUpdate {
+        node: b_id.to_owned(),
+        state,
+        incarnation: u64::MAX,
+        meta: meta.map(std::sync::Arc::new),
+    };
+    let forged = NodeMeta {
+        address: Some("203.0.113.66:7946".to_owned()),
+        ..NodeMeta::default()
+    };
+    liar.send(&Body::Sync(Sync {
+        updates: vec![
+            lie(MemberState::Dead, None),
+            lie(MemberState::Alive, Some(forged)),
+        ],
+        reply: false,
+    }))
+    .expect("send the lies");
+    // The harness speaks: the same peer's honest probe is answered.
+    assert!(answers_a_probe(&mut liar), "{}", a.log());
+    std::thread::sleep(Duration::from_secs(3));
+    let seen = b_seen_by_a();
+    assert_eq!(seen["state"], "alive", "{seen}");
+    assert_eq!(seen["meta"]["address"], b_address.as_str(), "{seen}");
+    assert!(
+        seen["incarnation"]
+            .as_u64()
+            .is_none_or(|i| i < u64::MAX / 2),
+        "{seen}"
     );
 }
