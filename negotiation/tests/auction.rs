@@ -734,3 +734,60 @@ fn a_report_of_a_workload_not_owned_here_is_ignored_unless_it_was_removed_here()
         Some((to, Body::Revoke(r))) if to == node && r.epoch == epoch
     ));
 }
+
+/// Class 10 of the zero-trust issue: a bid's score and expiry were trusted. A bidder
+/// claiming the top score and a reservation that never lapses, and never accepting,
+/// stalled the auction for ever. Now both are bounded on receipt, the auction moves on
+/// once the bounded hold passes, and the bidder is struck: its next bids rank lower.
+#[test]
+fn an_inflated_bid_that_is_never_accepted_is_skipped_and_ranks_lower_next_time() {
+    let mut announcer = Announcer::new(
+        "a",
+        AnnouncerConfig {
+            sample_factor: 10,
+            ..Default::default()
+        },
+        1,
+    );
+    announcer.set_members(members(&["b", "liar"]));
+    let mut bidders = vec![bidder("b", 4000, 8, &[])];
+    announcer.place(0, request(2, 500, 1));
+    let cfps: Vec<_> = std::iter::from_fn(|| announcer.poll_transmit()).collect();
+    let lie = |auction, replica| parley_negotiation::messages::Bid {
+        auction,
+        replica,
+        reservation: format!("liar#{auction}"),
+        score: u32::MAX,
+        expires_at_ms: u64::MAX,
+        has_image: true,
+        failure_domain: None,
+    };
+    for (to, body) in &cfps {
+        match body {
+            Body::Cfp(cfp) if to == "liar" => {
+                announcer.handle_bid(0, "liar", &lie(cfp.auction, cfp.replica))
+            }
+            Body::Cfp(cfp) => bidders[0].handle_cfp(0, "a", cfp),
+            _ => {}
+        }
+    }
+    // The liar's bids are seen as the top score, not above it.
+    let (_, _) = settle(&mut announcer, &mut bidders, 0, 60_000);
+    let placed = announcer.placements("default/web");
+    assert!(placed.values().all(|(node, _)| node == "b"), "{placed:?}");
+    assert_eq!(
+        placed.len(),
+        1,
+        "b holds one replica; the other waits: {placed:?}"
+    );
+    let mut struck = 0;
+    while let Some(event) = announcer.poll_event() {
+        if let AnnouncerEvent::Struck { node, .. } = event {
+            assert_eq!(node, "liar");
+            struck += 1;
+        }
+    }
+    assert!(struck >= 1, "the silent winner was not struck");
+    assert!(announcer.penalty("liar", 60_000) >= 2_500);
+    assert_eq!(announcer.penalty("b", 60_000), 0);
+}

@@ -363,6 +363,9 @@ pub(super) fn observe(event: &Event, metrics: &Metrics, disk: Option<&std::path:
             let retry_in_ms = retry_at_ms.saturating_sub(unix_millis());
             tracing::warn!(%workload, replica, reasons = ?explanation.counts(), retry_in_ms, "replica not placed; retrying");
         }
+        Event::Auction(AnnouncerEvent::Struck { node, strikes }) => {
+            tracing::warn!(%node, strikes, "an award to this node did not become a running replica; its bids rank lower for a while");
+        }
         Event::ReplicaLost {
             workload,
             replica,

@@ -139,6 +139,9 @@ pub struct AnnouncerConfig {
     /// A placed replica not reported by its node for this long is presumed gone (its
     /// container was removed, or another owner revoked it) and placed again.
     pub instance_timeout_ms: u64,
+    /// Longest a bid's reservation is believed to last, whatever the bid says: twice a
+    /// bidder's default hold, for clock skew. A winner silent past it is skipped.
+    pub max_bid_hold_ms: u64,
 }
 
 impl Default for AnnouncerConfig {
@@ -150,6 +153,7 @@ impl Default for AnnouncerConfig {
             retry_max_ms: 30_000,
             sample_factor: 2,
             instance_timeout_ms: 10_000,
+            max_bid_hold_ms: 10_000,
         }
     }
 }
@@ -218,6 +222,14 @@ pub enum AnnouncerEvent {
         explanation: Explanation,
         /// When the next attempt starts.
         retry_at_ms: u64,
+    },
+    /// A node's award did not turn into a running replica (no acknowledgement in time,
+    /// or its replica stopped being reported); its bids rank lower for a while.
+    Struck {
+        /// The node.
+        node: String,
+        /// Its strikes now.
+        strikes: u32,
     },
 }
 
@@ -302,9 +314,26 @@ pub struct Announcer {
     /// Workloads removed here lately, oldest first: their replicas are revoked whenever
     /// they report (a node may have missed the first revocation).
     removed: VecDeque<String>,
+    /// Nodes whose awards lately did not turn into running replicas: how many times and
+    /// when last. Their bids rank lower until they have been reliable for a while.
+    strikes: BTreeMap<String, (u32, u64)>,
     transmits: VecDeque<(String, Body)>,
     events: VecDeque<AnnouncerEvent>,
 }
+
+/// The best score a bid may claim; a higher one is taken as this (a bidder does not get
+/// to outrank every honest node by saying so).
+pub const MAX_SCORE: u32 = 10_000;
+
+/// What each strike takes off a node's score.
+pub const STRIKE_PENALTY: u32 = 2_500;
+
+/// How long a strike counts after the node's last one.
+pub const STRIKE_MEMORY_MS: u64 = 300_000;
+
+/// Nodes with strikes remembered (a table peers can grow only by failing awards this
+/// node made them, and only up to this).
+const MAX_STRUCK: usize = 1024;
 
 /// How many removed workloads an announcer remembers (a table peers cannot grow: only
 /// removals of workloads this node owned add to it).
@@ -321,6 +350,7 @@ impl Announcer {
             members: Vec::new(),
             workloads: BTreeMap::new(),
             removed: VecDeque::new(),
+            strikes: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -672,6 +702,7 @@ impl Announcer {
                 }),
             ));
         };
+        let max_hold_ms = self.config.max_bid_hold_ms;
         let Some((workload, _)) = self.auction_mut(bid.auction) else {
             // A late bid for a finished auction: free its reservation now.
             release(self);
@@ -687,12 +718,56 @@ impl Announcer {
             release(self);
             return;
         }
+        // Bounded before use: a score beyond the scale, or a reservation claimed to last
+        // longer than any bidder holds one, would let one bidder win every auction and
+        // stall it while never accepting.
+        let bid = Bid {
+            score: bid.score.min(MAX_SCORE),
+            expires_at_ms: bid.expires_at_ms.min(now_ms.saturating_add(max_hold_ms)),
+            ..bid.clone()
+        };
         auction
             .explanation
             .answers
             .insert(from.to_owned(), Answer::Bid { score: bid.score });
-        auction.bids.push((from.to_owned(), bid.clone()));
+        auction.bids.push((from.to_owned(), bid));
         close_when_all_answered(auction);
+    }
+
+    /// Counts a failed award against `node`: it did not acknowledge in time, or a
+    /// replica it accepted stopped being reported.
+    fn strike(&mut self, node: &str, now_ms: u64) {
+        if !self.strikes.contains_key(node) && self.strikes.len() >= MAX_STRUCK {
+            // Forget the one struck longest ago.
+            if let Some(oldest) = self
+                .strikes
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(n, _)| n.clone())
+            {
+                self.strikes.remove(&oldest);
+            }
+        }
+        let entry = self.strikes.entry(node.to_owned()).or_insert((0, now_ms));
+        if now_ms.saturating_sub(entry.1) >= STRIKE_MEMORY_MS {
+            entry.0 = 0;
+        }
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = now_ms;
+        self.events.push_back(AnnouncerEvent::Struck {
+            node: node.to_owned(),
+            strikes: entry.0,
+        });
+    }
+
+    /// What `node`'s strikes take off its bids' scores now.
+    pub fn penalty(&self, node: &str, now_ms: u64) -> u32 {
+        match self.strikes.get(node) {
+            Some((count, at)) if now_ms.saturating_sub(*at) < STRIKE_MEMORY_MS => {
+                count.saturating_mul(STRIKE_PENALTY)
+            }
+            _ => 0,
+        }
     }
 
     /// Records a decline and its reason.
@@ -1032,9 +1107,17 @@ impl Announcer {
                 w.gathering_until_ms = None;
             }
             if w.gathering_until_ms.is_none() {
-                w.placed.retain(|_, (_, _, _, seen_ms)| {
-                    seen_ms.saturating_add(instance_timeout) > now_ms
+                let mut silent = Vec::new();
+                w.placed.retain(|_, (node, _, _, seen_ms)| {
+                    let reported = seen_ms.saturating_add(instance_timeout) > now_ms;
+                    if !reported {
+                        silent.push(node.clone());
+                    }
+                    reported
                 });
+                for node in silent {
+                    self.strike(&node, now_ms);
+                }
             }
             if gathered {
                 self.evict_shared_domains(key);
@@ -1054,9 +1137,18 @@ impl Announcer {
                     else {
                         continue;
                     };
-                    auction
-                        .bids
-                        .sort_by(|(na, a), (nb, b)| b.score.cmp(&a.score).then_with(|| na.cmp(nb)));
+                    let strikes = &self.strikes;
+                    let effective = |node: &str, bid: &Bid| match strikes.get(node) {
+                        Some((count, at)) if now_ms.saturating_sub(*at) < STRIKE_MEMORY_MS => bid
+                            .score
+                            .saturating_sub(count.saturating_mul(STRIKE_PENALTY)),
+                        _ => bid.score,
+                    };
+                    auction.bids.sort_by(|(na, a), (nb, b)| {
+                        effective(nb, b)
+                            .cmp(&effective(na, a))
+                            .then_with(|| na.cmp(nb))
+                    });
                     self.award_next(now_ms, &key, 0);
                 }
                 Phase::Awarding {
@@ -1072,7 +1164,8 @@ impl Announcer {
                         auction
                             .explanation
                             .answers
-                            .insert(node, Answer::Excluded("no-acknowledgement"));
+                            .insert(node.clone(), Answer::Excluded("no-acknowledgement"));
+                        self.strike(&node, now_ms);
                     }
                     self.award_next(now_ms, &key, bid + 1);
                 }

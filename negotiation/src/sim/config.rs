@@ -86,8 +86,9 @@ pub struct SimConfig {
     pub hosts_only_node: Option<usize>,
     /// A byzantine member: otherwise honest, it adds lies about other members to its
     /// membership gossip — deaths and suspicions at incarnations they never issued
-    /// (`u64::MAX`), and `Alive @ u64::MAX` with forged metadata. Honest nodes must
-    /// neither kill a live node nor take the forged metadata.
+    /// (`u64::MAX`), and `Alive @ u64::MAX` with forged metadata — and bids with the
+    /// largest score and a reservation that never lapses. Honest nodes must neither kill
+    /// a live node nor take the forged metadata, and every invariant must hold.
     pub liar_node: Option<usize>,
     /// A workload removed after the network is stable, from a node picked by the seed
     /// (the owner, or another node asking the owner).

@@ -665,6 +665,11 @@ impl<'c> Sim<'c> {
                     | Body::PingReq(PingReq { updates, .. })
                     | Body::Ack(Ack { updates, .. })
                     | Body::Sync(Sync { updates, .. }) => updates.extend(lies),
+                    // It also claims the best score there is, and a hold that never lapses.
+                    Body::Bid(bid) => {
+                        bid.score = u32::MAX;
+                        bid.expires_at_ms = u64::MAX;
+                    }
                     _ => {}
                 }
             }
