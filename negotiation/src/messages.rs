@@ -126,6 +126,11 @@ pub enum DeclineReason {
     Draining,
     /// Policy forbids the announcer to place this workload here.
     PolicyDenied,
+    /// The node holds as many reservations as it gives one announcer (or everyone).
+    TooManyReservations {
+        /// Reservations the asking announcer holds here.
+        held: usize,
+    },
     /// The node's container storage has less space left than its reserve.
     DiskFull {
         /// Space left on the filesystem.
@@ -147,6 +152,7 @@ impl DeclineReason {
             Self::Draining => "draining",
             Self::PolicyDenied => "policy-denied",
             Self::DiskFull { .. } => "disk-full",
+            Self::TooManyReservations { .. } => "too-many-reservations",
         }
     }
 }

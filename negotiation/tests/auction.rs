@@ -791,3 +791,41 @@ fn an_inflated_bid_that_is_never_accepted_is_skipped_and_ranks_lower_next_time()
     assert!(announcer.penalty("liar", 60_000) >= 2_500);
     assert_eq!(announcer.penalty("b", 60_000), 0);
 }
+
+/// Class 10, last part: any submitter could hold unlimited reservations on every node.
+#[test]
+fn one_announcer_cannot_hold_more_than_its_share_of_reservations() {
+    let mut host = bidder("b", 1_000_000, 1_000, &[]);
+    let mut sent = Vec::new();
+    for auction in 0..300u64 {
+        host.handle_cfp(
+            0,
+            "greedy",
+            &parley_negotiation::messages::Cfp {
+                auction,
+                workload: format!("default/w{auction}"),
+                replica: 0,
+                epoch: 1,
+                image: "app:1".to_owned(),
+                resources: Resources {
+                    cpu_millis: 1,
+                    memory_bytes: 1,
+                },
+                constraints: BTreeMap::new(),
+                arch: None,
+                spread_label: None,
+                scoring: Scoring::Spread,
+                bid_deadline_ms: 1_000,
+            },
+        );
+        sent.extend(std::iter::from_fn(|| host.poll_transmit()));
+    }
+    assert_eq!(host.reservations().count(), 256);
+    let refused = sent
+        .iter()
+        .filter(|(_, body)| {
+            matches!(body, Body::Decline(d) if d.reason.code() == "too-many-reservations")
+        })
+        .count();
+    assert_eq!(refused, 44);
+}

@@ -198,6 +198,9 @@ pub(super) fn describe_decline(reason: &DeclineReason) -> String {
         DeclineReason::AlreadyHostsReplica => "already hosts a replica of it".to_owned(),
         DeclineReason::Draining => "draining: takes no new work".to_owned(),
         DeclineReason::PolicyDenied => "policy forbids it".to_owned(),
+        DeclineReason::TooManyReservations { held } => {
+            format!("holds too many reservations ({held} for this owner); retry later")
+        }
         DeclineReason::DiskFull {
             available_bytes,
             reserve_bytes,

@@ -21,6 +21,13 @@ pub struct NodeProfile {
     pub allocatable: Resources,
 }
 
+/// Reservations one announcer may hold on this node at once: far more than auctions run
+/// at once, few enough that one submitter cannot hold the node's capacity hostage.
+pub const MAX_RESERVATIONS_PER_ANNOUNCER: usize = 256;
+
+/// Reservations this node holds at once, for everyone.
+pub const MAX_RESERVATIONS: usize = 1024;
+
 /// A held reservation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
@@ -297,7 +304,19 @@ impl Bidder {
         self.reservations.retain(|_, r| {
             !(r.announcer == from && r.workload == cfp.workload && r.auction < cfp.auction)
         });
-        if let Some(reason) = self.decline_reason(cfp) {
+        let held = self
+            .reservations
+            .values()
+            .filter(|r| r.announcer == from)
+            .count();
+        let full =
+            held >= MAX_RESERVATIONS_PER_ANNOUNCER || self.reservations.len() >= MAX_RESERVATIONS;
+        let refusal = if full {
+            Some(DeclineReason::TooManyReservations { held })
+        } else {
+            self.decline_reason(cfp)
+        };
+        if let Some(reason) = refusal {
             self.transmits.push_back((
                 from.to_owned(),
                 Body::Decline(Decline {
