@@ -531,3 +531,55 @@ fn a_handover_naming_a_submitter_that_may_not_submit_is_refused() {
         );
     }
 }
+
+/// Class 7 of the zero-trust issue: the namespace authorized was the key's, but the node
+/// stored and ran the replica by its bare name in `default`, so a node allowed only in
+/// `sandbox` could overwrite `default/web`. A namespace the node does not host is now
+/// refused at the gate.
+#[test]
+fn a_workload_of_a_namespace_this_node_does_not_host_is_refused_where_it_arrives() {
+    let mut b = node(B, 4_000, Box::new(AllowAll));
+    let request = web(1, 1_000);
+    let spec = request.spec.clone().expect("a spec");
+    b.handle_message(
+        10,
+        A,
+        Body::Cfp(parley_negotiation::messages::Cfp {
+            auction: 1,
+            workload: "sandbox/web".to_owned(),
+            replica: 0,
+            epoch: 1,
+            image: "img:1".to_owned(),
+            resources: spec.resources,
+            constraints: BTreeMap::new(),
+            arch: None,
+            spread_label: None,
+            scoring: parley_negotiation::messages::Scoring::Spread,
+            bid_deadline_ms: 1_000,
+        }),
+    );
+    b.handle_message(
+        20,
+        A,
+        Body::Award(Award {
+            auction: 1,
+            workload: "sandbox/web".to_owned(),
+            replica: 0,
+            epoch: 1,
+            reservation: "forged".to_owned(),
+            spec: Some(spec.clone()),
+            submitter: None,
+        }),
+    );
+    let sent: Vec<_> = std::iter::from_fn(|| b.poll_transmit()).collect();
+    assert!(
+        matches!(sent.as_slice(), [(_, Body::Decline(_)), (_, Body::Reject(reject))]
+            if reject.reason.contains("not \"sandbox\"")),
+        "{sent:?}"
+    );
+    assert_eq!(b.bidder().reservations().count(), 0);
+    assert_eq!(b.bidder().committed().count(), 0);
+    while let Some(action) = b.poll_action() {
+        assert!(!matches!(action, HostAction::Commit { .. }), "{action:?}");
+    }
+}

@@ -61,6 +61,12 @@ pub const ADOPT_GATHER_MS: u64 = 3 * REPORT_INTERVAL_MS;
 /// A change of free disk smaller than this is not worth gossiping to every member.
 const DISK_GOSSIP_STEP: u64 = 64 << 20;
 
+/// The namespaces a node hosts. The agent's store, container names and workload
+/// identities carry the default namespace only so far; a message about a workload of
+/// another namespace is refused at the gate, where it arrives, rather than acted on under
+/// the default one (which let a node allowed only in `sandbox` overwrite `default/web`).
+pub const HOSTED_NAMESPACES: &[&str] = &[crate::workload::DEFAULT_NAMESPACE];
+
 /// Settings of the parts.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NegotiatorConfig {
@@ -802,7 +808,18 @@ impl Negotiator {
         } else {
             key_namespace(&workload)
         };
-        let Err(denied) = self.authorizer.check(from, action, namespace) else {
+        let checked = if action.is_mesh_wide() || HOSTED_NAMESPACES.contains(&namespace) {
+            self.authorizer.check(from, action, namespace)
+        } else {
+            Err(Denial {
+                action,
+                reason: format!(
+                    "this node hosts workloads of namespace {HOSTED_NAMESPACES:?} only, \
+                     not {namespace:?}"
+                ),
+            })
+        };
+        let Err(denied) = checked else {
             return Some(body);
         };
         self.deny(from, &body, &workload, denied.clone());
