@@ -15,6 +15,7 @@ pub async fn run<R: ContainerRuntime>(
     node: Arc<Node<R>>,
     interval: Duration,
     shutdown: CancellationToken,
+    heartbeat: Arc<crate::systemd::Heartbeat>,
 ) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -24,7 +25,10 @@ pub async fn run<R: ContainerRuntime>(
             () = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        match node.reconcile().await {
+        heartbeat.beat();
+        let outcome = node.reconcile().await;
+        heartbeat.beat();
+        match outcome {
             Ok(report)
                 if first
                     || report.started

@@ -182,6 +182,7 @@ async fn serve_on(
         None => None,
     };
     let mesh = prepared.as_ref().map(|p| p.handle.clone());
+    let mesh_heartbeat = mesh.as_ref().map(|m| Arc::clone(&m.heartbeat));
     let mesh_transport = mesh.as_ref().map(|m| m.transport.clone());
     shutdown.spawn(reload_on_hangup(
         hangups,
@@ -240,14 +241,23 @@ async fn serve_on(
             tracing::warn!(%error, "the API server stopped with an error");
         }
     });
+    // A pass may take as long as a pull and a container call, bounded (CallLimits).
+    let limits = crate::runtime::podman::CallLimits::default();
+    let reconciling = crate::systemd::Heartbeat::new(
+        "reconcile",
+        config.reconcile_interval * 2 + limits.pull + limits.container * 2,
+    );
     shutdown.spawn(crate::reconcile::run(
         Arc::clone(&node),
         config.reconcile_interval,
         shutdown.token.clone(),
+        Arc::clone(&reconciling),
     ));
     shutdown.spawn(podman_supervisor);
 
-    let watchdog = crate::systemd::spawn_watchdog(shutdown.token.clone());
+    let mut loops = vec![reconciling];
+    loops.extend(mesh_heartbeat);
+    let watchdog = crate::systemd::spawn_watchdog(shutdown.token.clone(), loops);
     crate::systemd::ready(&format!(
         "listening on {}; node {}",
         config.api_socket.display(),

@@ -92,7 +92,11 @@ async fn drive<H: Host>(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let Checks { metrics, policy } = checks;
+    let Checks {
+        metrics,
+        policy,
+        heartbeat,
+    } = checks;
     let Negotiation {
         config,
         meta,
@@ -129,6 +133,7 @@ async fn drive<H: Host>(
     let mut next_token: u64 = 0;
 
     loop {
+        heartbeat.beat();
         let deadline = negotiator.poll_timeout();
         let sleep = async {
             match deadline {

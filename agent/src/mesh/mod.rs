@@ -57,6 +57,8 @@ pub struct MeshHandle {
     pub policy: PolicyHandle,
     /// The enrollment service, on a node that holds its trust domain's root key.
     pub enrollment: Option<Arc<Enrollment>>,
+    /// Beats on every pass of the negotiation loop, for the watchdog.
+    pub heartbeat: Arc<crate::systemd::Heartbeat>,
 }
 
 impl std::fmt::Debug for MeshHandle {
@@ -157,6 +159,7 @@ impl Prepared {
             Checks {
                 metrics: self.handle.metrics.clone(),
                 policy: self.handle.policy.clone(),
+                heartbeat: self.handle.heartbeat.clone(),
             },
             shutdown,
             tasks.clone(),
@@ -274,6 +277,7 @@ pub async fn start(
             metrics: Arc::new(Metrics::default()),
             policy,
             enrollment,
+            heartbeat: crate::systemd::Heartbeat::new("negotiation", NEGOTIATION_ALLOWANCE),
         },
         inbox,
         meta,
@@ -395,7 +399,13 @@ pub struct Checks {
     pub metrics: Arc<Metrics>,
     /// Who may do what.
     pub policy: PolicyHandle,
+    /// Beats on every pass of the loop.
+    pub heartbeat: Arc<crate::systemd::Heartbeat>,
 }
+
+/// Longest the negotiation loop may go without a pass: it wakes at least for every probe
+/// (each second), so half a minute without one means it is stuck.
+const NEGOTIATION_ALLOWANCE: Duration = Duration::from_secs(30);
 
 pub use driver::run;
 

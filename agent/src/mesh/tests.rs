@@ -37,6 +37,7 @@ struct Running {
     view: watch::Receiver<Vec<Member>>,
     shutdown: CancellationToken,
     transport: Transport,
+    heartbeat: Arc<crate::systemd::Heartbeat>,
 }
 
 fn start(domain: &Domain, name: &str, seeds: Vec<SocketAddr>) -> Running {
@@ -59,6 +60,7 @@ fn start(domain: &Domain, name: &str, seeds: Vec<SocketAddr>) -> Running {
     let (view_tx, view) = watch::channel(Vec::new());
     let shutdown = CancellationToken::new();
     let (_commands, commands_rx) = mpsc::channel(1);
+    let heartbeat = crate::systemd::Heartbeat::new("negotiation", Duration::from_secs(1));
     tokio::spawn(run(
         transport.clone(),
         inbox,
@@ -78,6 +80,7 @@ fn start(domain: &Domain, name: &str, seeds: Vec<SocketAddr>) -> Running {
         Checks {
             metrics: Arc::new(crate::metrics::Metrics::default()),
             policy: PolicyHandle::new(Policy::trust_domain_nodes("mesh.test"), None),
+            heartbeat: Arc::clone(&heartbeat),
         },
         shutdown.clone(),
         TaskTracker::new(),
@@ -87,6 +90,7 @@ fn start(domain: &Domain, name: &str, seeds: Vec<SocketAddr>) -> Running {
         view,
         shutdown,
         transport,
+        heartbeat,
     }
 }
 
@@ -124,8 +128,19 @@ async fn agents_find_each_other_through_one_seed_and_declare_a_stopped_one_dead(
     // b learned of c through gossip, never having been told its address.
     assert!(states(&b).iter().any(|(id, _)| *id == c.id));
 
+    // The watchdog's view: a running loop beats (it wakes for every probe), a stopped
+    // one falls silent past its allowance.
+    let now = crate::clock::unix_millis();
+    assert!(
+        c.heartbeat.is_fresh(now),
+        "silent for {} ms",
+        c.heartbeat.silent_ms(now)
+    );
     c.shutdown.cancel();
     c.transport.close().await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(!c.heartbeat.is_fresh(crate::clock::unix_millis()));
+    assert!(a.heartbeat.is_fresh(crate::clock::unix_millis()));
     for node in [&a, &b] {
         until(&format!("{} declares c dead", node.id), || {
             states(node)
@@ -407,6 +422,7 @@ mod shutdown {
             Checks {
                 metrics: Arc::new(Metrics::default()),
                 policy: PolicyHandle::new(Policy::trust_domain_nodes("mesh.test"), None),
+                heartbeat: crate::systemd::Heartbeat::new("negotiation", Duration::from_secs(30)),
             },
             shutdown.token.clone(),
             shutdown.tasks.clone(),

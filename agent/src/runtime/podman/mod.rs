@@ -2,7 +2,9 @@
 //!
 //! Podman's JSON models never leave this module.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use podman_api::Podman;
@@ -25,15 +27,22 @@ pub mod service;
 pub struct PodmanRuntime {
     podman: Podman,
     socket: PathBuf,
+    limits: CallLimits,
 }
 
 impl PodmanRuntime {
     /// A client for the Podman service listening on `socket`. Nothing is sent until the
     /// first call.
     pub fn new(socket: &Path) -> Self {
+        Self::with_limits(socket, CallLimits::default())
+    }
+
+    /// As [`PodmanRuntime::new`], with other bounds on how long calls may take.
+    pub fn with_limits(socket: &Path, limits: CallLimits) -> Self {
         Self {
             podman: Podman::unix(socket),
             socket: socket.to_path_buf(),
+            limits,
         }
     }
 
@@ -80,8 +89,10 @@ const CONFLICT: u16 = 409;
 /// HTTP status Podman answers for a container that does not exist.
 const NOT_FOUND: u16 = 404;
 
-impl ContainerRuntime for PodmanRuntime {
-    async fn info(&self) -> Result<RuntimeInfo, RuntimeError> {
+/// The calls themselves, without bounds on how long Podman may take (see the trait
+/// implementation below, which bounds each).
+impl PodmanRuntime {
+    async fn info_unbounded(&self) -> Result<RuntimeInfo, RuntimeError> {
         let info = self
             .podman
             .info()
@@ -113,7 +124,7 @@ impl ContainerRuntime for PodmanRuntime {
         })
     }
 
-    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+    async fn ensure_image_unbounded(&self, image: &str) -> Result<(), RuntimeError> {
         if self.image_present(image).await? {
             return Ok(());
         }
@@ -153,7 +164,10 @@ impl ContainerRuntime for PodmanRuntime {
         }
     }
 
-    async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+    async fn create_and_start_unbounded(
+        &self,
+        spec: &ContainerSpec,
+    ) -> Result<String, RuntimeError> {
         let mut builder = ContainerCreateOpts::builder();
         builder = builder
             .name(&spec.name)
@@ -211,7 +225,7 @@ impl ContainerRuntime for PodmanRuntime {
         Ok(id)
     }
 
-    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+    async fn start_unbounded(&self, id: &str) -> Result<(), RuntimeError> {
         self.podman
             .containers()
             .get(id)
@@ -220,7 +234,10 @@ impl ContainerRuntime for PodmanRuntime {
             .map_err(|e| self.classify("start a container", e))
     }
 
-    async fn list_managed(&self, node: &str) -> Result<Vec<ManagedContainer>, RuntimeError> {
+    async fn list_managed_unbounded(
+        &self,
+        node: &str,
+    ) -> Result<Vec<ManagedContainer>, RuntimeError> {
         let opts = ContainerListOpts::builder()
             .all(true)
             .filter([
@@ -265,7 +282,7 @@ impl ContainerRuntime for PodmanRuntime {
             .collect())
     }
 
-    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+    async fn remove_unbounded(&self, id: &str) -> Result<(), RuntimeError> {
         let opts = ContainerDeleteOpts::builder().force(true).build();
         match self.podman.containers().get(id).delete(&opts).await {
             Ok(()) => Ok(()),
@@ -280,7 +297,7 @@ impl ContainerRuntime for PodmanRuntime {
         }
     }
 
-    async fn logs(&self, id: &str, window: &LogWindow) -> Result<LogChunk, RuntimeError> {
+    async fn logs_unbounded(&self, id: &str, window: &LogWindow) -> Result<LogChunk, RuntimeError> {
         // Podman takes times as (fractional) unix seconds.
         let seconds = |micros: u64| format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
         let mut opts = ContainerLogsOpts::builder().stdout(true).stderr(true);
@@ -307,6 +324,101 @@ impl ContainerRuntime for PodmanRuntime {
             }
         }
         Ok(lines.finish())
+    }
+}
+
+/// How long each kind of Podman call may take before the service is taken as wedged. A
+/// call that never returns would otherwise hold the node's state lock, and with it every
+/// reconcile pass and every award being stored, for ever.
+#[derive(Debug, Clone, Copy)]
+pub struct CallLimits {
+    /// Quick calls: info, list, logs, start.
+    pub quick: Duration,
+    /// Creating and starting a container, and stopping and removing one (which waits out
+    /// the container's stop timeout).
+    pub container: Duration,
+    /// Pulling an image.
+    pub pull: Duration,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self {
+            quick: Duration::from_secs(30),
+            container: Duration::from_secs(120),
+            pull: Duration::from_secs(600),
+        }
+    }
+}
+
+impl PodmanRuntime {
+    /// Runs `call`, or fails as unavailable once `limit` has passed.
+    async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        limit: Duration,
+        call: impl Future<Output = Result<T, RuntimeError>>,
+    ) -> Result<T, RuntimeError> {
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => result,
+            Err(_) => Err(self.unavailable(format!(
+                "no answer within {} s while trying to {operation}; the service may be wedged \
+                 (restart it, or check `journalctl --user -u podman`)",
+                limit.as_secs()
+            ))),
+        }
+    }
+}
+
+impl ContainerRuntime for PodmanRuntime {
+    async fn info(&self) -> Result<RuntimeInfo, RuntimeError> {
+        self.bounded("report its info", self.limits.quick, self.info_unbounded())
+            .await
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+        self.bounded(
+            "pull an image",
+            self.limits.pull,
+            self.ensure_image_unbounded(image),
+        )
+        .await
+    }
+
+    async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let call = self.create_and_start_unbounded(spec);
+        self.bounded("create a container", self.limits.container, call)
+            .await
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.bounded(
+            "start a container",
+            self.limits.quick,
+            self.start_unbounded(id),
+        )
+        .await
+    }
+
+    async fn list_managed(&self, node: &str) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        let call = self.list_managed_unbounded(node);
+        self.bounded("list containers", self.limits.quick, call)
+            .await
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.bounded(
+            "remove a container",
+            self.limits.container,
+            self.remove_unbounded(id),
+        )
+        .await
+    }
+
+    async fn logs(&self, id: &str, window: &LogWindow) -> Result<LogChunk, RuntimeError> {
+        let call = self.logs_unbounded(id, window);
+        self.bounded("read a container's logs", self.limits.quick, call)
+            .await
     }
 }
 
@@ -350,5 +462,43 @@ mod tests {
         assert_eq!(limits.memory.unwrap().limit, Some(256 << 20));
         let none = resource_limits(&Resources::default());
         assert!(none.cpu.is_none() && none.memory.is_none());
+    }
+
+    /// A wedged Podman: the socket accepts connections and reads requests, and never
+    /// answers. Every call must give up within its bound and say so.
+    #[tokio::test]
+    async fn a_podman_that_never_answers_fails_each_call_within_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("podman.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                // Kept open and unanswered.
+                open.push(stream);
+            }
+        });
+        let limit = Duration::from_millis(300);
+        let runtime = PodmanRuntime::with_limits(
+            &socket,
+            CallLimits {
+                quick: limit,
+                container: limit,
+                pull: limit,
+            },
+        );
+        let started = std::time::Instant::now();
+        for result in [
+            runtime.info().await.map(|_| ()),
+            runtime.list_managed("n").await.map(|_| ()),
+            runtime.ensure_image("localhost/x:1").await,
+            runtime.remove("abc").await,
+        ] {
+            let error = result.expect_err("a wedged Podman answered");
+            assert!(matches!(error, RuntimeError::Unavailable { .. }), "{error}");
+            assert!(error.to_string().contains("may be wedged"), "{error}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+        held.abort();
     }
 }
