@@ -29,6 +29,27 @@ use crate::spiffe::SpiffeId;
 /// Largest JSON file read from a user (request, response, bundle).
 pub const MAX_JSON_FILE_LEN: u64 = 256 * 1024;
 
+/// Refuses `path` if its group or other users may write it (the key files are checked
+/// stricter still, by [`keyfile`]: readable by their owner only).
+fn not_writable_by_others(path: &Path) -> Result<(), FilesError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path)
+        .map_err(|source| FilesError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(FilesError::WritableByOthers {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
 /// Why an identity-directory operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
@@ -59,6 +80,18 @@ pub enum FilesError {
     /// The operation conflicts with what the directory holds.
     #[error("{0}")]
     Conflict(String),
+    /// A file or directory others may write: whoever can rewrite the trust bundle
+    /// chooses which roots this node trusts.
+    #[error(
+        "{path} is writable by other users (mode {mode:o}); refusing to trust it: \
+         `chmod go-w {path}`"
+    )]
+    WritableByOthers {
+        /// The file or directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// Reading or writing failed.
     #[error("{path}: {source}")]
     Io {
@@ -298,6 +331,8 @@ impl IdentityDir {
         if !self.file("trust-bundle.json").exists() {
             return Ok(BundleFile::default());
         }
+        not_writable_by_others(&self.dir)?;
+        not_writable_by_others(&self.file("trust-bundle.json"))?;
         self.read_json("trust-bundle.json", "trust bundle", "")
     }
 
@@ -407,6 +442,37 @@ mod tests {
             root_public_key: encode_public_key(&root.public_key()),
         };
         dir.accept_pending(pending, &response, 1_100, 60).unwrap()
+    }
+
+    /// Class 13 of the zero-trust issue: the bundle's and the directory's modes were
+    /// not checked, so any user who could write them chose this node's roots.
+    #[test]
+    fn a_trust_bundle_or_directory_others_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = Issuer::generate_root("example.org").unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let dir = IdentityDir::new(temp.path().join("node"));
+        enroll(&root, &dir, "a");
+        assert!(dir.load_credential().is_ok());
+        let chmod = |path: &Path, mode| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let bundle = dir.path().join("trust-bundle.json");
+        let original = std::fs::metadata(&bundle).unwrap().permissions().mode() & 0o777;
+        for (path, mode, restore) in [
+            (bundle.clone(), 0o666, original),
+            (dir.path().to_path_buf(), 0o777, 0o700),
+        ] {
+            chmod(&path, mode);
+            let error = dir.load_bundle().unwrap_err();
+            assert!(
+                matches!(&error, FilesError::WritableByOthers { path: p, .. } if *p == path),
+                "{error}"
+            );
+            assert!(error.to_string().contains("chmod go-w"), "{error}");
+            chmod(&path, restore);
+        }
+        assert!(dir.load_credential().is_ok());
     }
 
     #[test]

@@ -54,8 +54,9 @@ pub enum IdentityCommand {
     Issue {
         /// The request file written by `parley identity request`
         request: PathBuf,
-        /// How long the certificate is valid: 90s, 30m, 12h, 7d
-        #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+        /// How long the certificate is valid: 90s, 30m, 12h, 7d (at most 30d: identities
+        /// renew themselves from the issuing agent long before)
+        #[arg(long, default_value = "24h", value_parser = parse_node_ttl)]
         ttl: u64,
     },
     /// Finish enrolling this node with the issuer's response
@@ -106,6 +107,21 @@ pub async fn token(
         }
     }
     Ok(())
+}
+
+/// A node certificate's lifetime: as [`parse_ttl`], at most what renewal grants
+/// ([`crate::enroll::join::NODE_CERT_TTL_SECS`]), so that a stolen key lapses.
+fn parse_node_ttl(text: &str) -> Result<u64, String> {
+    let secs = parse_ttl(text)?;
+    let max = crate::enroll::join::NODE_CERT_TTL_SECS;
+    if secs > max {
+        return Err(format!(
+            "{text:?} is longer than the {} days a node certificate may live; issue for \
+             less, and let the agent renew it",
+            max / 86_400
+        ));
+    }
+    Ok(secs)
 }
 
 /// Parses `90s`, `30m`, `12h`, `7d` (or plain seconds) into seconds.
@@ -320,6 +336,13 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::parse_ttl;
+
+    #[test]
+    fn a_node_certificate_lives_at_most_thirty_days() {
+        assert_eq!(super::parse_node_ttl("30d"), Ok(30 * 86_400));
+        let error = super::parse_node_ttl("31d").unwrap_err();
+        assert!(error.contains("30 days"), "{error}");
+    }
 
     #[test]
     fn ttls_parse_with_units() {
