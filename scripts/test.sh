@@ -24,6 +24,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (the binary the end-to-end tests run)"
 cargo build --workspace --locked
 echo "== cargo test"
+# Every fuzz target runs this long on mutations of its corpus (agent/tests/fuzz.rs).
+export PARLEY_FUZZ_SECS=${PARLEY_FUZZ_SECS:-30}
 cargo test --workspace --locked --no-fail-fast
 echo "== packages: build the .deb and .rpm, install, run a workload, purge, inspect"
 bash packaging/build.sh

@@ -12,6 +12,8 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod enroll;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod hostcheck;
 pub mod mesh;
 pub mod metrics;

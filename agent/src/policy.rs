@@ -128,10 +128,6 @@ impl Policy {
             path: path.to_path_buf(),
             reason,
         };
-        let invalid = |reason: String| PolicyError::Invalid {
-            path: path.to_path_buf(),
-            reason,
-        };
         let length = std::fs::metadata(path)
             .map_err(|e| read_error(e.to_string()))?
             .len();
@@ -141,7 +137,16 @@ impl Policy {
             )));
         }
         let text = std::fs::read_to_string(path).map_err(|e| read_error(e.to_string()))?;
-        let file: PolicyFile = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        Self::parse(&text, path)
+    }
+
+    /// Checks a policy file's text; `path` names it in errors and in refusals.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, PolicyError> {
+        let invalid = |reason: String| PolicyError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file: PolicyFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         let compile = |patterns: &[String], what: &str| -> Result<Vec<Pattern>, PolicyError> {
             patterns
                 .iter()

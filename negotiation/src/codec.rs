@@ -293,20 +293,7 @@ pub fn decode(
             message_id: envelope.message_id,
         });
     }
-    let body: Body = ciborium::from_reader(envelope.body.as_slice()).map_err(|e| {
-        let message = e.to_string();
-        if message.contains("unknown variant") {
-            DecodeError::UnknownKind(envelope.kind.clone())
-        } else {
-            DecodeError::Malformed(message)
-        }
-    })?;
-    if body.kind() != envelope.kind {
-        return Err(DecodeError::KindMismatch {
-            envelope: envelope.kind,
-            body: body.kind(),
-        });
-    }
+    let body = decode_body(&envelope.body, &envelope.kind)?;
     Ok(Received {
         sender: envelope.sender,
         message_id: envelope.message_id,
@@ -314,6 +301,30 @@ pub fn decode(
         version: envelope.version,
         body,
     })
+}
+
+/// Encodes a message body alone, as an envelope carries it (for tests and the fuzzer).
+pub fn encode_body(body: &Body) -> Vec<u8> {
+    to_cbor(body)
+}
+
+/// Decodes a message body (CBOR) that an envelope says is of `kind`.
+pub fn decode_body(bytes: &[u8], kind: &str) -> Result<Body, DecodeError> {
+    let body: Body = ciborium::from_reader(bytes).map_err(|e| {
+        let message = e.to_string();
+        if message.contains("unknown variant") {
+            DecodeError::UnknownKind(kind.to_owned())
+        } else {
+            DecodeError::Malformed(message)
+        }
+    })?;
+    if body.kind() != kind {
+        return Err(DecodeError::KindMismatch {
+            envelope: kind.to_owned(),
+            body: body.kind(),
+        });
+    }
+    Ok(body)
 }
 
 /// Decodes a whole frame, length prefix included (for tests and the fuzzer).

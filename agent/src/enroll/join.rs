@@ -754,6 +754,21 @@ impl Enrollment {
     }
 }
 
+/// Decodes an enrollment or renewal request as the issuer does, for the fuzzer.
+pub(crate) fn fuzz_request(bytes: &[u8]) {
+    if let Ok(Request::Renew(renewal)) = serde_json::from_slice::<Request>(bytes) {
+        // The renewal's fields are decoded again by the issuer before anything is signed.
+        let _ = parley_identity::cert::from_hex(&renewal.certificate)
+            .map(|cert| parley_identity::cert::ImplicitCert::decode(&cert));
+        let _ = parley_identity::cert::from_hex(&renewal.signature);
+    }
+}
+
+/// Decodes an issuer's answer as a joining node does, for the fuzzer.
+pub(crate) fn fuzz_reply(bytes: &[u8]) {
+    let _ = serde_json::from_slice::<JoinReply>(bytes);
+}
+
 /// Answers enrollment connections (handed over by the transport) until `shutdown`.
 pub async fn serve(
     mut connections: mpsc::Receiver<quinn::Connection>,
