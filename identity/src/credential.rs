@@ -290,6 +290,15 @@ impl Issuer {
         zeroize::Zeroizing::new(self.secret.to_bytes().to_vec())
     }
 
+    /// Signs `message` for `context` with the issuer's own key: how a root proves, to a
+    /// host that knows only the root's public key, that it is talking to the root's
+    /// holder (enrollment and renewal). Verify with [`verify_signature_by`].
+    pub fn sign(&self, context: &str, message: &[u8]) -> Vec<u8> {
+        let key = SigningKey::from(&self.secret);
+        let signature: Signature = key.sign(&signed_bytes(context, message));
+        signature.to_bytes().to_vec()
+    }
+
     fn check_allowed(
         &self,
         subject: &SpiffeId,
@@ -510,6 +519,20 @@ impl VerifiedIdentity {
             .verify(&signed_bytes(context, message), &signature)
             .map_err(|_| IdentityError::BadSignature)
     }
+}
+
+/// Verifies a signature made by the holder of `key` (an [`Issuer::sign`], say) over
+/// `message` for `context`.
+pub fn verify_signature_by(
+    key: &PublicKey,
+    context: &str,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), IdentityError> {
+    let signature = Signature::from_slice(signature).map_err(|_| IdentityError::BadSignature)?;
+    VerifyingKey::from(key)
+        .verify(&signed_bytes(context, message), &signature)
+        .map_err(|_| IdentityError::BadSignature)
 }
 
 /// The roots a node trusts: one public key per trust domain (several for federation).

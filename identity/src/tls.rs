@@ -31,7 +31,8 @@ pub const ALPN: &[u8] = b"parley/1";
 
 /// ALPN protocol of enrollment: a node without an identity yet asks an issuer for one.
 /// Only the server is authenticated; the request carries its own proof (a join token).
-pub const JOIN_ALPN: &[u8] = b"parley-join/1";
+/// Version 2: the server proves it holds the root key before the client sends its token.
+pub const JOIN_ALPN: &[u8] = b"parley-join/2";
 
 /// OID of the X.509 extension carrying the implicit certificate chain. It sits under a
 /// private-enterprise arc chosen for Parley; nothing outside Parley interprets it.

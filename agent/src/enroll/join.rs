@@ -9,8 +9,11 @@
 //! 2. makes an ECQV certificate request for `spiffe://TD/node/NAME` — the private key
 //!    never leaves the new host;
 //! 3. connects to the issuer with ALPN [`tls::JOIN_ALPN`] (no client certificate: it has
-//!    none yet), sends the token's id and secret with the request on one stream, and gets
-//!    the implicit certificate back;
+//!    none yet) and first asks it to sign the connection's TLS exporter value with the
+//!    root key — any member of the trust domain passes the TLS handshake, only the
+//!    root's holder passes this — then sends the token's id and secret with the request
+//!    on a second stream, and gets the implicit certificate back (renewals take the same
+//!    two steps);
 //! 4. derives and checks its key, and stores its identity.
 //!
 //! The issuer keeps only a SHA-256 digest of each token's secret, deletes a token when it
@@ -334,6 +337,9 @@ async fn exchange(
     request: &Request,
 ) -> Result<IssueResponse, JoinError> {
     let exchange = |reason: String| JoinError::Exchange { addr, reason };
+    let root = *bundle
+        .root(trust_domain)
+        .ok_or_else(|| exchange(format!("no root key for trust domain {trust_domain}")))?;
     let verifier = PeerVerifier::new(Arc::new(bundle));
     let tls = tls::join_client_config(verifier).map_err(|e| exchange(e.to_string()))?;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| exchange(e.to_string()))?;
@@ -365,6 +371,7 @@ async fn exchange(
                 ),
                 other => other.to_string(),
             })?;
+        prove_root_holder(&connection, &root, addr, trust_domain).await?;
         let (mut send, mut receive) = connection.open_bi().await.map_err(|e| e.to_string())?;
         send.write_all(&message).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
@@ -384,6 +391,71 @@ async fn exchange(
         JoinReply::Issued(response) => Ok(response),
         JoinReply::Refused(reason) => Err(JoinError::Refused { addr, reason }),
     }
+}
+
+/// The label of the TLS exporter value the issuer signs to prove it holds the root key:
+/// bound to this very connection, so a proof cannot be replayed on another.
+const ROOT_PROOF_LABEL: &[u8] = b"EXPORTER-parley-root-holder";
+
+/// The signature context of that proof.
+const ROOT_PROOF_CONTEXT: &str = "parley-root-holder/1";
+
+/// Largest proof read: a P-256 signature is 64 bytes.
+const MAX_ROOT_PROOF: usize = 256;
+
+/// This connection's exporter value, the same on both ends.
+fn channel_binding(connection: &quinn::Connection) -> Result<[u8; 32], String> {
+    let mut binding = [0u8; 32];
+    connection
+        .export_keying_material(&mut binding, ROOT_PROOF_LABEL, b"")
+        .map_err(|_| "cannot derive the channel binding".to_owned())?;
+    Ok(binding)
+}
+
+/// Asks the server to sign this connection's channel binding with the root key, and
+/// checks it against `root`, before any token or request is sent. Any member of the trust
+/// domain passes the TLS handshake (it holds a node identity); only the root's holder
+/// passes this, so a token never reaches a member that would spend it itself.
+async fn prove_root_holder(
+    connection: &quinn::Connection,
+    root: &parley_identity::PublicKey,
+    addr: SocketAddr,
+    trust_domain: &str,
+) -> Result<(), String> {
+    let (mut send, mut receive) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    let proof = receive
+        .read_to_end(MAX_ROOT_PROOF)
+        .await
+        .map_err(|e| e.to_string())?;
+    parley_identity::credential::verify_signature_by(
+        root,
+        ROOT_PROOF_CONTEXT,
+        &channel_binding(connection)?,
+        &proof,
+    )
+    .map_err(|_| {
+        format!(
+            "the node at {addr} does not hold the root key of trust domain {trust_domain}: \
+             it may be a member, but it is not the issuer; nothing was sent to it"
+        )
+    })
+}
+
+/// The issuer's side of [`prove_root_holder`].
+async fn answer_proof(
+    connection: &quinn::Connection,
+    issuer: &Issuer,
+) -> Result<(), ExchangeError> {
+    let stream = |e: &dyn std::fmt::Display| ExchangeError::Stream(e.to_string());
+    let (mut send, mut receive) = connection.accept_bi().await.map_err(|e| stream(&e))?;
+    // The ask is empty; anything longer is not a client of this protocol.
+    receive.read_to_end(0).await.map_err(|e| stream(&e))?;
+    let binding = channel_binding(connection).map_err(|e| stream(&e))?;
+    let proof = issuer.sign(ROOT_PROOF_CONTEXT, &binding);
+    send.write_all(&proof).await.map_err(|e| stream(&e))?;
+    send.finish().map_err(|e| stream(&e))?;
+    Ok(())
 }
 
 /// A token as the issuer keeps it.
@@ -838,6 +910,7 @@ async fn answer_one(
     enrollment: &Enrollment,
 ) -> Result<String, ExchangeError> {
     let stream = |e: &dyn std::fmt::Display| ExchangeError::Stream(e.to_string());
+    answer_proof(connection, &enrollment.issuer).await?;
     let (mut send, mut receive) = connection.accept_bi().await.map_err(|e| stream(&e))?;
     let bytes = receive
         .read_to_end(MAX_JOIN_MESSAGE)
@@ -1067,6 +1140,59 @@ mod tests {
             again.create_token(60, "edge", false).await,
             Err(TokenError::AlreadyEnrolled { .. })
         ));
+    }
+
+    /// Class 12 of the zero-trust issue: joining authenticated the server as any member
+    /// of the trust domain, so a member answering a join learned the token's secret and
+    /// could spend it itself. Now the server must first sign this connection's channel
+    /// binding with the root key; a member cannot, and receives nothing.
+    #[tokio::test]
+    async fn a_member_posing_as_the_issuer_never_sees_the_token() {
+        use crate::transport::tests::{Domain, LOOPBACK};
+        use crate::transport::{Limits, Transport};
+        let domain = Domain::new("example.org");
+        let (member, _inbox, mut joining) = Transport::bind_accepting_enrollment(
+            LOOPBACK,
+            domain.credentials("member"),
+            Limits::default(),
+        )
+        .unwrap();
+        let addr = member.local_addr().unwrap();
+        // The impostor answers the proof with its own node key, then listens for more.
+        let impostor = tokio::spawn(async move {
+            let connection = joining.recv().await.unwrap();
+            let (mut send, mut receive) = connection.accept_bi().await.unwrap();
+            let first = receive
+                .read_to_end(MAX_JOIN_MESSAGE)
+                .await
+                .unwrap_or_default();
+            if !first.is_empty() {
+                return Some(first);
+            }
+            send.write_all(&[7u8; 64]).await.unwrap();
+            send.finish().unwrap();
+            // Whatever the client sends next would carry the secret.
+            match tokio::time::timeout(Duration::from_secs(3), connection.accept_bi()).await {
+                Ok(Ok((_, mut receive))) => receive.read_to_end(MAX_JOIN_MESSAGE).await.ok(),
+                _ => None,
+            }
+        });
+        let token = JoinToken {
+            trust_domain: "example.org".to_owned(),
+            root_public_key: encode_public_key(domain.root_public_key()),
+            id: random_hex::<8>(),
+            secret: Zeroizing::new(random_hex::<16>()),
+        };
+        let pending = parley_identity::PendingRequest::new(
+            SpiffeId::parse("spiffe://example.org/node/new").unwrap(),
+        );
+        let error = enroll(addr, &token, pending.request()).await.unwrap_err();
+        assert!(
+            error.to_string().contains("does not hold the root key"),
+            "{error}"
+        );
+        let leaked = impostor.await.unwrap();
+        assert!(leaked.is_none(), "the impostor received {leaked:?}");
     }
 
     /// A node credential issued by `root`, valid from `start` for `ttl` seconds.

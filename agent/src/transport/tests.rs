@@ -49,6 +49,13 @@ impl Domain {
         }
     }
 
+    /// The trust domain's root public key.
+    pub(crate) fn root_public_key(&self) -> &parley_identity::PublicKey {
+        self.bundle
+            .root(self.root.id().trust_domain())
+            .expect("the bundle trusts its own root")
+    }
+
     pub(crate) fn transport(&self, name: &str) -> (Transport, mpsc::Receiver<Inbound>) {
         Transport::bind(LOOPBACK, self.credentials(name), Limits::default()).unwrap()
     }
