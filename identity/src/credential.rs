@@ -97,6 +97,9 @@ pub enum IdentityError {
     /// are nodes, and a container holding its SVID must not be able to join it.
     #[error("{0} is a workload identity; only node identities (/node/NAME) are mesh peers")]
     NotANode(String),
+    /// The root revoked this key of the identity.
+    #[error("the key of {0} was revoked by its trust domain's root")]
+    Revoked(String),
 }
 
 /// Validity period of a certificate to issue, in seconds since the Unix epoch.

@@ -14,6 +14,7 @@ pub mod credential;
 pub mod ecqv;
 pub mod files;
 pub mod keyfile;
+pub mod revocation;
 pub mod spiffe;
 pub mod tls;
 

@@ -25,6 +25,7 @@ use rustls::{
 
 use crate::cert::{CertKind, ImplicitCert, MAX_CERT_LEN};
 use crate::credential::{Credential, IdentityError, TrustBundle, VerifiedIdentity};
+use crate::revocation::RevocationList;
 
 /// ALPN protocol of Parley's peer protocol.
 pub const ALPN: &[u8] = b"parley/1";
@@ -188,6 +189,7 @@ const SCHEMES: &[SignatureScheme] = &[SignatureScheme::ECDSA_NISTP256_SHA256];
 #[derive(Debug)]
 pub struct PeerVerifier {
     bundle: Arc<TrustBundle>,
+    revoked: RevocationList,
     provider: Arc<CryptoProvider>,
     rejections: Mutex<Vec<IdentityError>>,
     /// Whether a client may connect without a certificate (to enroll).
@@ -197,8 +199,15 @@ pub struct PeerVerifier {
 impl PeerVerifier {
     /// A verifier trusting `bundle`.
     pub fn new(bundle: Arc<TrustBundle>) -> Arc<Self> {
+        Self::with_revocations(bundle, RevocationList::new())
+    }
+
+    /// As [`PeerVerifier::new`], also refusing the keys `revoked` holds (checked at every
+    /// handshake, so a revocation added later applies to the next one).
+    pub fn with_revocations(bundle: Arc<TrustBundle>, revoked: RevocationList) -> Arc<Self> {
         Arc::new(Self {
             bundle,
+            revoked,
             provider: provider(),
             rejections: Mutex::new(Vec::new()),
             anonymous_clients: false,
@@ -209,9 +218,10 @@ impl PeerVerifier {
     /// also connect without a certificate, to enroll over [`JOIN_ALPN`]. A certificate
     /// that is presented is verified all the same, and the caller must refuse
     /// certificate-less connections on any other protocol.
-    pub fn accepting_enrollment(bundle: Arc<TrustBundle>) -> Arc<Self> {
+    pub fn accepting_enrollment(bundle: Arc<TrustBundle>, revoked: RevocationList) -> Arc<Self> {
         Arc::new(Self {
             bundle,
+            revoked,
             provider: provider(),
             rejections: Mutex::new(Vec::new()),
             anonymous_clients: true,
@@ -229,7 +239,16 @@ impl PeerVerifier {
 
     fn verify(&self, end_entity: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls::Error> {
         verify_peer_certificate(end_entity.as_ref(), &self.bundle, now.as_secs())
-            .map(|_| ())
+            .and_then(|identity| {
+                if self
+                    .revoked
+                    .is_revoked(identity.id.as_str(), &identity.public_key)
+                {
+                    Err(IdentityError::Revoked(identity.id.to_string()))
+                } else {
+                    Ok(())
+                }
+            })
             .map_err(|error| {
                 // rustls reports a custom refusal by its Debug form; say it in words here.
                 tracing::warn!(%error, "refused a peer's identity");

@@ -418,6 +418,33 @@ pub enum Body {
     /// "The owner of this workload died and you are its successor": sent by the nodes
     /// running its replicas, with the workload, so that the successor can take it over.
     Handover(Handover),
+    /// Node keys the trust domain's root revoked, each signed by the root: passed on by
+    /// anyone, checked by every receiver's host before it is believed.
+    Revocations(Revocations),
+}
+
+/// A root-signed revocation of one node key, as it travels (the identity crate signs and
+/// verifies it; here it is opaque).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RevocationNotice {
+    /// The node, `spiffe://TD/node/NAME`.
+    pub subject: String,
+    /// Its revoked public key (hex).
+    pub public_key: String,
+    /// When it was revoked (unix seconds).
+    pub revoked_at: u64,
+    /// The root's signature (hex).
+    pub signature: String,
+}
+
+/// Most revocations one message carries, so that it fits in a frame.
+pub const MAX_REVOCATIONS_PER_MESSAGE: usize = 128;
+
+/// Revocations passed on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocations {
+    /// At most [`MAX_REVOCATIONS_PER_MESSAGE`].
+    pub notices: Vec<RevocationNotice>,
 }
 
 /// A workload handed to its owner's successor.
@@ -649,6 +676,7 @@ impl Body {
             Self::LogsRequest(_) => "logs-request",
             Self::LogsReply(_) => "logs-reply",
             Self::Handover(_) => "handover",
+            Self::Revocations(_) => "revocations",
         }
     }
 }

@@ -54,6 +54,7 @@ const ASSIGNMENTS_TREE: &str = "assignments";
 const EVENTS_TREE: &str = "events";
 const JOIN_TOKENS_TREE: &str = "join_tokens";
 const ENROLLED_NODES_TREE: &str = "enrolled_nodes";
+const REVOKED_KEYS_TREE: &str = "revoked_keys";
 
 /// How to get out of a store that cannot be used, for error messages.
 const WAY_OUT: &str = "move it aside and rebuild it from Podman labels and peers with \
@@ -392,6 +393,11 @@ impl Store {
     /// enrolled or renewed, keyed by node name, of the caller's type.
     pub fn enrolled_nodes<T: Serialize + DeserializeOwned>(&self) -> Result<Tree<T>> {
         self.typed(ENROLLED_NODES_TREE)
+    }
+
+    /// The node keys an issuer revoked, keyed `NAME/KEY`, of the caller's type.
+    pub fn revoked_keys<T: Serialize + DeserializeOwned>(&self) -> Result<Tree<T>> {
+        self.typed(REVOKED_KEYS_TREE)
     }
 
     /// Where this node's identity material lives, keyed by kind.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use parley_e2e::hostile::{HostilePeer, PeerIdentity, join_flood, stream_flood};
 use parley_e2e::mesh::{
-    address, mesh_agent, nodes, replicas_on, svid_in, wait_for_full_mesh, wait_until,
+    address, member_states, mesh_agent, nodes, replicas_on, svid_in, wait_for_full_mesh, wait_until,
 };
 use parley_e2e::{Agent, TrustDomain};
 use parley_negotiation::messages::{
@@ -304,4 +304,53 @@ fn a_member_cannot_kill_another_or_rewrite_its_address_by_gossip() {
             .is_none_or(|i| i < u64::MAX / 2),
         "{seen}"
     );
+}
+
+/// Class 12 of the zero-trust issue: there was no revocation. `parley identity revoke`
+/// on the issuer signs one with the root key; it reaches every member, which refuse the
+/// key from the next handshake on and close its connections, so the node is cut off and
+/// declared dead while its certificate is still valid.
+#[test]
+fn a_revoked_node_is_refused_by_every_member_and_declared_dead() {
+    let domain = TrustDomain::new("zt-revoke.e2e");
+    let a = mesh_agent("zt-revoke-a", &domain.enroll_issuer("a"), &[], &[]);
+    let seed = address(&a);
+    let b = mesh_agent("zt-revoke-b", &domain.enroll("b"), &[&seed], &[]);
+    let c = mesh_agent("zt-revoke-c", &domain.enroll("c"), &[&seed], &[]);
+    wait_for_full_mesh(&[&a, &b, &c]);
+    let c_id = "spiffe://zt-revoke.e2e/node/c".to_owned();
+
+    b.cli(["identity", "revoke", "c"])
+        .fails_with(1, "does not hold its trust domain's root key");
+    a.cli(["identity", "revoke", "nosuch"])
+        .fails_with(1, "no key is known for spiffe://zt-revoke.e2e/node/nosuch");
+    let revoked = a.cli(["identity", "revoke", "c", "-o", "json"]).json();
+    assert_eq!(revoked["subject"], c_id.as_str(), "{revoked}");
+
+    for agent in [&a, &b] {
+        wait_until(
+            &format!("{} declares the revoked c dead", agent.node()),
+            Duration::from_secs(40),
+            || member_states(agent).contains(&(c_id.clone(), "dead".to_owned())),
+        );
+    }
+    assert!(
+        b.log().contains("a node key was revoked by the root"),
+        "b never learned of the revocation:\n{}",
+        b.log()
+    );
+    // Its handshakes are refused for the revocation, not for anything else.
+    wait_until(
+        "a refuses c's key at the handshake",
+        Duration::from_secs(30),
+        || {
+            a.log()
+                .contains("the key of spiffe://zt-revoke.e2e/node/c was revoked")
+        },
+    );
+    // a and b still see each other: only c was cut off.
+    assert!(member_states(&a).contains(&(
+        "spiffe://zt-revoke.e2e/node/b".to_owned(),
+        "alive".to_owned()
+    )));
 }

@@ -15,6 +15,8 @@
 //! - `POST /v1/join-tokens`: a one-time join token for one node name (body:
 //!   `{"ttl_secs": N, "node": "NAME", "replace": false}`), on an agent that holds the root
 //!   key
+//! - `POST /v1/revocations`: revoke a node's key (body: `{"node": "NAME"}`), on the agent
+//!   that holds the root key
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -55,6 +57,7 @@ pub fn router<R: ContainerRuntime>(node: Arc<Node<R>>) -> Router {
         .route("/v1/workloads/{name}", delete(remove::<R>))
         .route("/v1/events", get(events::<R>))
         .route("/v1/join-tokens", axum::routing::post(join_token::<R>))
+        .route("/v1/revocations", axum::routing::post(revocation::<R>))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
@@ -120,6 +123,17 @@ impl From<NodeError> for Failure {
                 crate::enroll::join::TokenError::AlreadyEnrolled { .. }
                 | crate::enroll::join::TokenError::OwnName(_),
             ) => (StatusCode::CONFLICT, "already-enrolled"),
+            NodeError::Revoke(
+                crate::enroll::join::RevokeError::BadName { .. }
+                | crate::enroll::join::RevokeError::OwnName(_),
+            ) => (StatusCode::BAD_REQUEST, "invalid-node-name"),
+            NodeError::Revoke(crate::enroll::join::RevokeError::UnknownKey(_)) => {
+                (StatusCode::NOT_FOUND, "unknown-node-key")
+            }
+            NodeError::Revoke(
+                crate::enroll::join::RevokeError::Registry(_)
+                | crate::enroll::join::RevokeError::Store(_),
+            ) => (StatusCode::INTERNAL_SERVER_ERROR, "store-failed"),
             NodeError::Token(crate::enroll::join::TokenError::Store(_)) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "store-failed")
             }
@@ -229,6 +243,16 @@ async fn join_token<R: ContainerRuntime>(
     let issued = node
         .create_join_token(request.ttl_secs, &request.node, request.replace)
         .await?;
+    Ok((StatusCode::CREATED, axum::Json(issued)).into_response())
+}
+
+async fn revocation<R: ContainerRuntime>(
+    State(node): State<Arc<Node<R>>>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let request: types::RevocationRequest = serde_json::from_slice(&body)
+        .map_err(|e| bad_request(format!("invalid revocation request: {e}")))?;
+    let issued = node.revoke_node(&request.node).await?;
     Ok((StatusCode::CREATED, axum::Json(issued)).into_response())
 }
 

@@ -92,6 +92,24 @@ pub struct JoinTokenRequest {
     pub replace: bool,
 }
 
+/// Body of `POST /v1/revocations`: revoke a node's key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevocationRequest {
+    /// The node (`spiffe://TD/node/NAME`'s NAME).
+    pub node: String,
+}
+
+/// Answer to `POST /v1/revocations`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevocationIssued {
+    /// The node's SPIFFE ID.
+    pub subject: String,
+    /// The revoked key (hex).
+    pub public_key: String,
+    /// When (unix seconds).
+    pub revoked_at: u64,
+}
+
 /// Answer to `POST /v1/join-tokens`: a one-time token for `parley join`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinTokenIssued {

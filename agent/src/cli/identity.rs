@@ -81,6 +81,37 @@ pub enum IdentityCommand {
         #[arg(long)]
         replace: bool,
     },
+    /// Revoke a node's key now (asks the local agent, which must hold the root key): the
+    /// root signs a revocation, every member refuses the key at its next handshake and
+    /// closes its connections, and the issuer refuses its renewals. The name may be
+    /// enrolled again with a new token
+    Revoke {
+        /// The node: spiffe://TRUST_DOMAIN/node/NODE
+        #[arg(value_name = "NODE")]
+        node: String,
+    },
+}
+
+/// Runs `parley identity revoke` against the local agent.
+pub async fn revoke(
+    node: String,
+    client: crate::api::client::ApiClient,
+    output: Output,
+) -> Result<(), super::CliError> {
+    let issued: crate::api::types::RevocationIssued = client
+        .post(
+            "/v1/revocations",
+            &crate::api::types::RevocationRequest { node },
+        )
+        .await?;
+    match output {
+        Output::Json => super::print_json(&issued)?,
+        Output::Table => println!(
+            "revoked the key {} of {}; every member refuses it from its next handshake",
+            issued.public_key, issued.subject
+        ),
+    }
+    Ok(())
 }
 
 /// Runs `parley identity token` against the local agent.
@@ -261,6 +292,9 @@ fn run(
             }
         }
         // Answered by the agent (`token`), never from files.
+        IdentityCommand::Revoke { .. } => {
+            return Err("`parley identity revoke` asks the running agent to revoke".into());
+        }
         IdentityCommand::Token { .. } => {
             return Err("`parley identity token` asks the running agent for a token".into());
         }

@@ -123,6 +123,12 @@ impl Cli {
                 };
                 identity::token(request, client, self.global.output)
             }),
+            Command::Identity(identity::IdentityArgs {
+                command: identity::IdentityCommand::Revoke { node },
+                ..
+            }) => with_client(&self.global, |client| {
+                identity::revoke(node, client, self.global.output)
+            }),
             Command::Identity(args) => identity::execute(args, self.global.output),
             Command::Join(args) => join::execute(args, &self.global),
             Command::Completions(args) => generate::completions(args),

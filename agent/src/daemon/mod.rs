@@ -221,6 +221,7 @@ async fn serve_on(
             &shutdown.tasks,
         );
         node.resume_ownership().await?;
+        node.resume_revocations().await;
     }
 
     tracing::info!(

@@ -267,6 +267,9 @@ pub enum Refusal {
          re-enroll a rebuilt host"
     )]
     AlreadyEnrolled(String),
+    /// The root revoked this key.
+    #[error("the key of {0} was revoked; enroll this host again with a new token")]
+    Revoked(String),
     /// The registry holds another key for this name: it was re-enrolled, and the key
     /// asking is the old one.
     #[error(
@@ -518,6 +521,34 @@ pub enum TokenError {
     Store(#[from] parley_store::StoreError),
 }
 
+/// Why a node's key could not be revoked.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    /// The name does not make a SPIFFE ID.
+    #[error("{name:?} cannot name a node: {reason}")]
+    BadName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The issuer's own name.
+    #[error("{0} is this issuer's own identity; revoking it would cut the issuer off")]
+    OwnName(String),
+    /// No key known for the name.
+    #[error(
+        "no key is known for {0}: it is not in the enrollment registry (enrolled offline and \
+         never renewed) and not connected to this agent now"
+    )]
+    UnknownKey(String),
+    /// The registry holds something that is not a key.
+    #[error("the enrollment registry is damaged: {0}")]
+    Registry(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] parley_store::StoreError),
+}
+
 /// The issuing side: the trust domain's root key, the tokens it handed out, and the
 /// enrollment registry (node name → the key holding it).
 ///
@@ -531,6 +562,7 @@ pub struct Enrollment {
     own_id: Option<SpiffeId>,
     tokens: Tree<TokenRecord>,
     enrolled: Tree<EnrolledNode>,
+    revoked: Tree<parley_identity::revocation::Revocation>,
     store: Store,
 }
 
@@ -566,6 +598,7 @@ impl Enrollment {
             own_id: own.map(|c| c.id().clone()),
             tokens: store.join_tokens()?,
             enrolled: store.enrolled_nodes()?,
+            revoked: store.revoked_keys()?,
             store: store.clone(),
         };
         if let Some(own) = own {
@@ -718,6 +751,15 @@ impl Enrollment {
             // check refuses both a forged request and a foreign certificate.
             .map_err(|_| Refusal::BadSignature)?;
         let store_failed = |e: parley_store::StoreError| Refusal::Store(e.to_string());
+        let revoked_key = format!("{}/{}", current.id, encode_public_key(&current.public_key));
+        if self
+            .revoked
+            .get(&revoked_key)
+            .map_err(store_failed)?
+            .is_some()
+        {
+            return Err(Refusal::Revoked(current.id.to_string()));
+        }
         if let Some(name) = self.node_name(&current.id) {
             let holder = self.enrolled.get(name).map_err(store_failed)?;
             if holder.is_some_and(|h| h.public_key != encode_public_key(&current.public_key)) {
@@ -739,6 +781,55 @@ impl Enrollment {
             trust_domain: self.trust_domain().to_owned(),
             root_public_key: encode_public_key(&self.issuer.public_key()),
         })
+    }
+
+    /// Revokes the key of node `name`: the registry's, or `connected` (the key a live
+    /// connection of that node proved) for a node enrolled offline and never renewed.
+    /// The revocation is stored (renewals with the key are refused from now on, and it is
+    /// spread again after a restart) and returned, signed, for the mesh. The name may be
+    /// enrolled again with a new token.
+    pub async fn revoke(
+        &self,
+        name: &str,
+        connected: Option<parley_identity::PublicKey>,
+    ) -> Result<parley_identity::revocation::Revocation, RevokeError> {
+        let id = SpiffeId::from_segments(self.trust_domain(), &["node", name]).map_err(|e| {
+            RevokeError::BadName {
+                name: name.to_owned(),
+                reason: e.to_string(),
+            }
+        })?;
+        if self.own_id.as_ref() == Some(&id) {
+            return Err(RevokeError::OwnName(id.to_string()));
+        }
+        let registered = match self.enrolled.get(name)? {
+            Some(holder) => Some(
+                decode_public_key(&holder.public_key)
+                    .map_err(|e| RevokeError::Registry(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let key = registered
+            .or(connected)
+            .ok_or_else(|| RevokeError::UnknownKey(id.to_string()))?;
+        let revocation = parley_identity::revocation::Revocation::sign(
+            &self.issuer,
+            &id,
+            &key,
+            crate::clock::unix_secs(),
+        );
+        self.revoked
+            .put(&format!("{id}/{}", revocation.public_key), &revocation)?;
+        self.enrolled.remove(name)?;
+        self.store.flush().await?;
+        Ok(revocation)
+    }
+
+    /// Every revocation this issuer made, to spread again after a restart.
+    pub fn revocations(
+        &self,
+    ) -> Result<Vec<parley_identity::revocation::Revocation>, parley_store::StoreError> {
+        Ok(self.revoked.list()?.into_iter().map(|(_, r)| r).collect())
     }
 
     /// Renews this issuer's own node identity without the network.
@@ -1126,20 +1217,37 @@ mod tests {
             .renew_locally(&first, &new_request(&first))
             .unwrap_err();
         assert!(matches!(error, Refusal::Superseded(_)), "{error}");
-        assert!(
-            enrollment
-                .renew_locally(&second, &new_request(&second))
-                .is_ok()
+        let next = parley_identity::PendingRequest::new(second.id().clone());
+        let renewed = enrollment.renew_locally(&second, next.request()).unwrap();
+        let second = accepted(&enrollment, next, &renewed);
+
+        // Revoked: its renewals are refused, and the revocation is kept for a restart.
+        assert!(matches!(
+            enrollment.revoke("issuer", None).await,
+            Err(RevokeError::OwnName(_))
+        ));
+        assert!(matches!(
+            enrollment.revoke("nobody", None).await,
+            Err(RevokeError::UnknownKey(_))
+        ));
+        let revocation = enrollment.revoke("edge", None).await.unwrap();
+        assert_eq!(
+            revocation.public_key,
+            encode_public_key(&second.public_key())
         );
+        let error = enrollment
+            .renew_locally(&second, &new_request(&second))
+            .unwrap_err();
+        assert!(matches!(error, Refusal::Revoked(_)), "{error}");
+        assert_eq!(enrollment.revocations().unwrap(), vec![revocation]);
+        // The name may be enrolled again with a new token.
+        enrollment.create_token(60, "edge", false).await.unwrap();
 
         // Kept across restarts: the registry is in the store.
         drop(enrollment);
         let root = Issuer::generate_root("example.org").unwrap();
         let again = Enrollment::new(root, None, &store).unwrap();
-        assert!(matches!(
-            again.create_token(60, "edge", false).await,
-            Err(TokenError::AlreadyEnrolled { .. })
-        ));
+        assert_eq!(again.revocations().unwrap().len(), 1);
     }
 
     /// Class 12 of the zero-trust issue: joining authenticated the server as any member

@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parley_identity::revocation::Revocation;
+use parley_negotiation::messages::RevocationNotice;
 use parley_negotiation::messages::{LogChunk, LogsFailure, OwnedWorkload};
 use parley_negotiation::negotiator::{Event, HostAction, HostError, Negotiator, Reply, Request};
 use parley_negotiation::workload::key_name;
@@ -188,6 +190,16 @@ async fn drive<H: Host>(
         while let Some(action) = negotiator.poll_action() {
             match action {
                 HostAction::Answer { token, reply } => answer(&mut waiting, token, reply),
+                HostAction::CheckRevocation { notice } => {
+                    let verified = match transport.revoke(revocation_of(&notice)) {
+                        Ok(_) => true,
+                        Err(error) => {
+                            tracing::warn!(subject = %notice.subject, %error, "refused a revocation that does not verify");
+                            false
+                        }
+                    };
+                    negotiator.handle_revocation(unix_millis(), notice, verified);
+                }
                 HostAction::Start { workload, replica } => {
                     let host = Arc::clone(&host);
                     let name = key_name(&workload).to_owned();
@@ -243,6 +255,26 @@ async fn drive<H: Host>(
     tracing::debug!("negotiation loop stopped");
 }
 
+/// A revocation as the negotiation protocol carries it.
+fn notice_of(revocation: &Revocation) -> RevocationNotice {
+    RevocationNotice {
+        subject: revocation.subject.clone(),
+        public_key: revocation.public_key.clone(),
+        revoked_at: revocation.revoked_at,
+        signature: revocation.signature.clone(),
+    }
+}
+
+/// A revocation off the wire, to be verified.
+fn revocation_of(notice: &RevocationNotice) -> Revocation {
+    Revocation {
+        subject: notice.subject.clone(),
+        public_key: notice.public_key.clone(),
+        revoked_at: notice.revoked_at,
+        signature: notice.signature.clone(),
+    }
+}
+
 /// Carries out store work in order until the loop stops, then finishes what was queued:
 /// shutdown waits for an award being persisted rather than closing the store under it.
 async fn store_work<H: Host>(
@@ -283,6 +315,7 @@ async fn store_work<H: Host>(
 /// The negotiator's request for a node command, remembering where its answer goes.
 fn command_request(command: Command, token: u64, waiting: &mut HashMap<u64, Waiting>) -> Request {
     match command {
+        Command::Revoke(revocation) => Request::Revoke(notice_of(&revocation)),
         Command::Place(request) => {
             tracing::info!(workload = %request.workload, replicas = request.replicas, "placing");
             Request::Place(*request)
@@ -349,6 +382,9 @@ fn answer(waiting: &mut HashMap<u64, Waiting>, token: u64, reply: Reply) {
 pub(super) fn observe(event: &Event, metrics: &Metrics, disk: Option<&std::path::Path>) {
     match event {
         Event::Membership(event) => tracing::info!(?event, "membership"),
+        Event::KeyRevoked { subject } => {
+            tracing::warn!(%subject, "a node key was revoked by the root; refusing it from now on");
+        }
         Event::Auction(AnnouncerEvent::Placed {
             workload,
             replica,

@@ -332,6 +332,9 @@ pub trait Host: Send + Sync + 'static {
 pub enum Command {
     /// Place a workload this node now owns.
     Place(Box<PlacementRequest>),
+    /// A revocation this node's issuer made (and its transport already applies): kept and
+    /// sent to every member.
+    Revoke(parley_identity::revocation::Revocation),
     /// Take up a workload this node owned before a restart: its running replicas report
     /// themselves first, then what is missing is placed (never a duplicate of a replica
     /// that still runs).

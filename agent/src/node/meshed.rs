@@ -241,6 +241,86 @@ impl<R: ContainerRuntime> Node<R> {
         })
     }
 
+    /// Revokes the key of node `name`, on the agent that holds the root key: stored,
+    /// refused from now on by this node's handshakes and renewals, and sent to every
+    /// member, which refuse it too.
+    pub async fn revoke_node(
+        &self,
+        name: &str,
+    ) -> Result<crate::api::types::RevocationIssued, NodeError> {
+        let (mesh, enrollment) = self.issuer("revoke node keys")?;
+        let id = format!("spiffe://{}/node/{name}", enrollment.trust_domain());
+        let revocation = enrollment
+            .revoke(name, mesh.transport.peer_key(&id))
+            .await?;
+        if let Err(error) = mesh.transport.revoke(revocation.clone()) {
+            // Signed with this node's own root a moment ago: cannot fail to verify.
+            tracing::error!(%error, "a revocation made here does not verify");
+        }
+        mesh.commands
+            .send(Command::Revoke(revocation.clone()))
+            .await
+            .map_err(|_| NodeError::MeshStopped)?;
+        tracing::warn!(subject = %revocation.subject, key = %revocation.public_key, "revoked a node key");
+        self.record_event(
+            "key-revoked",
+            None,
+            &format!("{} (key {})", revocation.subject, revocation.public_key),
+        );
+        Ok(crate::api::types::RevocationIssued {
+            subject: revocation.subject,
+            public_key: revocation.public_key,
+            revoked_at: revocation.revoked_at,
+        })
+    }
+
+    /// On an issuer: applies and spreads again the revocations it made before a restart
+    /// (members that restarted meanwhile forgot them).
+    pub async fn resume_revocations(&self) {
+        let Ok((mesh, enrollment)) = self.issuer("spread revocations") else {
+            return;
+        };
+        let revocations = match enrollment.revocations() {
+            Ok(revocations) => revocations,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the revocations made here");
+                return;
+            }
+        };
+        for revocation in revocations {
+            let _ = mesh.transport.revoke(revocation.clone());
+            if mesh
+                .commands
+                .send(Command::Revoke(revocation))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// This agent's mesh and enrollment service, or why it cannot `what`.
+    fn issuer(
+        &self,
+        what: &str,
+    ) -> Result<(&MeshHandle, &Arc<crate::enroll::join::Enrollment>), NodeError> {
+        let Some(mesh) = &self.info.mesh else {
+            return Err(NodeError::NotIssuer(format!(
+                "this agent is not in a mesh (no `listen`); only the mesh agent that holds \
+                 the root key can {what}"
+            )));
+        };
+        let Some(enrollment) = &mesh.enrollment else {
+            return Err(NodeError::NotIssuer(format!(
+                "this agent ({}) does not hold its trust domain's root key, so it cannot \
+                 {what}; ask the agent whose identity directory holds root.key",
+                mesh.id
+            )));
+        };
+        Ok((mesh, enrollment))
+    }
+
     /// Makes a one-time join token valid for `ttl_secs`, on an agent that holds its trust
     /// domain's root key.
     pub async fn create_join_token(

@@ -128,6 +128,9 @@ pub enum NodeError {
     /// A join token cannot be made as asked.
     #[error(transparent)]
     Token(#[from] crate::enroll::join::TokenError),
+    /// A node's key cannot be revoked as asked.
+    #[error(transparent)]
+    Revoke(#[from] crate::enroll::join::RevokeError),
     /// The mesh's negotiation loop is not running (the agent is shutting down).
     #[error("the mesh is not running (the agent is shutting down); try again once it is back")]
     MeshStopped,

@@ -114,6 +114,11 @@ pub(super) async fn read_loop(
                 break;
             }
         };
+        if inner.revoked.is_revoked(peer.id.as_str(), &peer.public_key) {
+            tracing::warn!(peer = %peer.id, "closing a connection: its key was revoked");
+            connection.close(4u32.into(), b"identity revoked");
+            break;
+        }
         if !rate.allow() {
             inner.refuse(Refusal::RateLimited);
             let _ = stream.stop(2u32.into());

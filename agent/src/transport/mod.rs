@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use parley_identity::revocation::{Revocation, RevocationList};
 use parley_identity::tls::{self, PeerVerifier, TlsIdentity};
 use parley_identity::{Credential, TrustBundle, VerifiedIdentity};
 use parley_negotiation::codec::{self, DecodeError, Received, ReplayGuard, Signer, Verifier};
@@ -211,6 +212,10 @@ struct Inner {
     limits: Limits,
     /// The connection used to send to each peer (the newest).
     peers: Mutex<HashMap<String, quinn::Connection>>,
+    /// Node keys the root revoked: refused at every handshake.
+    revoked: RevocationList,
+    /// The key each connected peer proved last.
+    keys: Mutex<HashMap<String, parley_identity::PublicKey>>,
     /// Live authenticated connections by peer, for the caps in [`Limits`].
     live: Mutex<HashMap<String, usize>>,
     /// Handshakes in progress.
@@ -317,7 +322,8 @@ impl Transport {
             .keep_alive_interval(Some(limits.idle_timeout / 3));
         let transport = Arc::new(transport);
         let accepts_enrollment = enrollment.is_some();
-        let (server, client) = tls_configs(&credentials, &transport, accepts_enrollment)
+        let revoked = RevocationList::new();
+        let (server, client) = tls_configs(&credentials, &transport, accepts_enrollment, &revoked)
             .map_err(|e| bind_error(e.to_string()))?;
 
         // One endpoint serves and connects, so a peer's remote address is its listening
@@ -343,6 +349,8 @@ impl Transport {
             bundle: credentials.bundle,
             limits,
             peers: Mutex::new(HashMap::new()),
+            revoked,
+            keys: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             handshakes: Arc::new(tokio::sync::Semaphore::new(limits.handshakes_in_flight)),
             replays: Mutex::new(ReplayGuard::default()),
@@ -365,6 +373,31 @@ impl Transport {
         &self.inner.id
     }
 
+    /// Applies a revocation (verified against this node's trust bundle first): the key
+    /// is refused at every handshake from now on, and the peer's connections made with it
+    /// are closed. `Ok(false)` if it was held already.
+    pub fn revoke(&self, revocation: Revocation) -> Result<bool, parley_identity::IdentityError> {
+        revocation.verify(&self.inner.bundle)?;
+        let subject = revocation.subject.clone();
+        if !self.inner.revoked.insert(revocation, unix_ms() / 1000) {
+            return Ok(false);
+        }
+        if let Some(connection) = lock(&self.inner.peers).remove(&subject) {
+            connection.close(4u32.into(), b"identity revoked");
+        }
+        Ok(true)
+    }
+
+    /// The key the newest connection of `peer` proved, if it is connected.
+    pub fn peer_key(&self, peer: &str) -> Option<parley_identity::PublicKey> {
+        lock(&self.inner.keys).get(peer).copied()
+    }
+
+    /// The revocations this node holds.
+    pub fn revocations(&self) -> Vec<Revocation> {
+        self.inner.revoked.all()
+    }
+
     /// Starts using a renewed identity (same SPIFFE ID, new key and certificate): new
     /// handshakes present it and new messages are signed with it. Open connections are
     /// closed, because their peers verify messages against the key proven when they were
@@ -381,6 +414,7 @@ impl Transport {
             &credentials,
             &self.inner.transport_config,
             self.inner.accepts_enrollment,
+            &self.inner.revoked,
         )
         .map_err(|e| TransportError::Rotate(e.to_string()))?;
         self.inner.endpoint.set_server_config(Some(server));
@@ -558,6 +592,7 @@ impl Inner {
             }
             live.insert(id.clone(), mine + 1);
         }
+        lock(&self.keys).insert(id.clone(), peer.public_key);
         lock(&self.peers).insert(id, connection.clone());
         // One span per connection: every line logged while reading it names the peer.
         let span = tracing::debug_span!(

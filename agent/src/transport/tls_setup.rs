@@ -30,6 +30,7 @@ pub(super) fn tls_configs(
     credentials: &NodeCredentials,
     transport: &Arc<quinn::TransportConfig>,
     accepts_enrollment: bool,
+    revoked: &RevocationList,
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), SetupError> {
     let copy = || {
         TlsIdentity::from_der(
@@ -38,15 +39,16 @@ pub(super) fn tls_configs(
         )
     };
     let server_verifier = if accepts_enrollment {
-        PeerVerifier::accepting_enrollment(credentials.bundle.clone())
+        PeerVerifier::accepting_enrollment(credentials.bundle.clone(), revoked.clone())
     } else {
-        PeerVerifier::new(credentials.bundle.clone())
+        PeerVerifier::with_revocations(credentials.bundle.clone(), revoked.clone())
     };
     let server_tls = tls::server_config(copy(), server_verifier)?;
     let mut server =
         quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls)?));
     server.transport_config(transport.clone());
-    let client_verifier = PeerVerifier::new(credentials.bundle.clone());
+    let client_verifier =
+        PeerVerifier::with_revocations(credentials.bundle.clone(), revoked.clone());
     let client_tls = tls::client_config(copy(), client_verifier)?;
     let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?));
     client.transport_config(transport.clone());

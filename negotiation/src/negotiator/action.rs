@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auction::{AnnouncerEvent, Explanation, PlacementRequest};
 use crate::membership::MembershipEvent;
-use crate::messages::{LogChunk, LogWindow, LogsFailure, OwnedWorkload};
+use crate::messages::{LogChunk, LogWindow, LogsFailure, OwnedWorkload, RevocationNotice};
 use crate::workload::WorkloadSpec;
 
 use super::gate::Action;
@@ -84,6 +84,9 @@ pub enum Request {
         /// Which lines.
         window: LogWindow,
     },
+    /// A revocation this node's issuer made (the host applies it already): kept and sent
+    /// to every member, as [`super::Negotiator::handle_revocation`] does with a verified one.
+    Revoke(RevocationNotice),
 }
 
 /// The answer to a [`Request`].
@@ -166,6 +169,12 @@ pub enum HostAction {
         /// The answer.
         reply: Reply,
     },
+    /// Check a revocation a peer passed on (the root's signature) and, if it holds, stop
+    /// trusting that key; then call [`super::Negotiator::handle_revocation`].
+    CheckRevocation {
+        /// The revocation.
+        notice: RevocationNotice,
+    },
 }
 
 /// Something that happened, for logs and metrics; nothing needs to be done about it.
@@ -173,6 +182,11 @@ pub enum HostAction {
 pub enum Event {
     /// Membership changed (the view of members should be republished).
     Membership(MembershipEvent),
+    /// A node key's revocation was verified and is kept and spread from now on.
+    KeyRevoked {
+        /// The node whose key it is.
+        subject: String,
+    },
     /// An auction of a workload this node owns ended: placed, or not (and why).
     Auction(AnnouncerEvent),
     /// A replica's node died; it is placed again.

@@ -21,6 +21,7 @@
 mod action;
 pub mod gate;
 mod queries;
+mod revocations;
 pub mod succession;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -28,6 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 pub use action::{Assignment, Event, HostAction, HostError, Placements, Reply, Request};
 pub use gate::{Action, AllowAll, Authorizer, Denial, MESH_WIDE};
 use queries::{Finished, PendingList, PendingLogs, Queries};
+pub use revocations::GOSSIP_INTERVAL_MS as REVOCATION_GOSSIP_MS;
 use succession::{Step, Succession};
 
 use crate::auction::{
@@ -39,7 +41,8 @@ use crate::membership::{Interner, Membership, MembershipConfig, MembershipEvent}
 use crate::messages::{
     Accept, Bid, Body, Decline, DeclineReason, Handover, LogChunk, LogsFailure, LogsReply,
     LogsRequest, MAX_REPORTED_WORKLOADS, MemberState, MemberUpdate, NodeMeta, OwnedWorkload,
-    Placement, Reject, RemoveWorkload, WorkloadQuery, WorkloadReport,
+    Placement, Reject, RemoveWorkload, RevocationNotice, Revocations, WorkloadQuery,
+    WorkloadReport,
 };
 use crate::workload::{WorkloadSpec, key_namespace};
 
@@ -121,6 +124,8 @@ pub struct Negotiator {
     ownership_stale: bool,
     /// The announcer's member list is out of date (rebuilt when it has work).
     members_stale: bool,
+    /// Revocations held (verified by the host) and spread by gossip.
+    revocations: revocations::Revocations,
 }
 
 impl std::fmt::Debug for Negotiator {
@@ -198,6 +203,7 @@ impl Negotiator {
             actions: VecDeque::new(),
             events: VecDeque::new(),
             next_token: 0,
+            revocations: revocations::Revocations::new(seed ^ 0x5EC0_7E5D),
             next_report_ms: now_ms + REPORT_INTERVAL_MS,
             ownership_stale: true,
             members_stale: true,
@@ -317,6 +323,7 @@ impl Negotiator {
                 self.actions.push_back(HostAction::Answer { token, reply });
             }
             Request::ListMesh => self.list_mesh(now_ms, token),
+            Request::Revoke(notice) => self.handle_revocation(now_ms, notice, true),
             Request::RemoveRemote(workload) => {
                 let members: Vec<String> = self.live_members().collect();
                 for member in members {
@@ -350,6 +357,49 @@ impl Negotiator {
                         workload,
                         replica,
                         window,
+                    }),
+                );
+            }
+        }
+        self.settle(now_ms);
+    }
+
+    /// Whether this node holds (has verified) a revocation of `public_key` of `subject`.
+    pub fn holds_revocation(&self, subject: &str, public_key: &str) -> bool {
+        self.revocations.holds(&RevocationNotice {
+            subject: subject.to_owned(),
+            public_key: public_key.to_owned(),
+            revoked_at: 0,
+            signature: String::new(),
+        })
+    }
+
+    /// The revocations this node holds.
+    pub fn revocations(&self) -> Vec<RevocationNotice> {
+        self.revocations.chunks().concat()
+    }
+
+    /// The host's answer to [`HostAction::CheckRevocation`] (whether the root's signature
+    /// verified), or a revocation this node's own issuer made (`true`): a verified one is
+    /// kept and spread — to every member at once when it is new here.
+    pub fn handle_revocation(&mut self, now_ms: u64, notice: RevocationNotice, verified: bool) {
+        if !verified {
+            self.revocations.refused(&notice);
+            return;
+        }
+        if self.revocations.keep(notice.clone()) {
+            self.events.push_back(Event::KeyRevoked {
+                subject: notice.subject.clone(),
+            });
+            let members: Vec<String> = self
+                .live_members()
+                .filter(|m| *m != notice.subject)
+                .collect();
+            for member in members {
+                self.send(
+                    member,
+                    Body::Revocations(Revocations {
+                        notices: vec![notice.clone()],
                     }),
                 );
             }
@@ -486,6 +536,19 @@ impl Negotiator {
         for finished in self.queries.expire(now_ms) {
             self.finish(finished);
         }
+        let members: Vec<String> = self.live_members().collect();
+        if let Some((to, chunks)) = self.revocations.round(now_ms, &members) {
+            for member in to {
+                for notices in &chunks {
+                    self.send(
+                        member.clone(),
+                        Body::Revocations(Revocations {
+                            notices: notices.clone(),
+                        }),
+                    );
+                }
+            }
+        }
         if now_ms >= self.next_report_ms {
             self.next_report_ms = now_ms + REPORT_INTERVAL_MS;
             self.bidder.report_instances();
@@ -507,6 +570,7 @@ impl Negotiator {
             self.announcer.poll_timeout(),
             self.bidder.poll_timeout(),
             self.queries.poll_timeout(),
+            self.revocations.poll_timeout(),
             Some(self.next_report_ms),
         ]
         .into_iter()
@@ -727,6 +791,18 @@ impl Negotiator {
                     self.finish(finished);
                 }
             }
+            Body::Revocations(revocations) => {
+                for notice in revocations
+                    .notices
+                    .into_iter()
+                    .take(crate::messages::MAX_REVOCATIONS_PER_MESSAGE)
+                {
+                    if self.revocations.start_check(&notice) {
+                        self.actions
+                            .push_back(HostAction::CheckRevocation { notice });
+                    }
+                }
+            }
             Body::RemoveWorkload(remove) => {
                 let adopting = self.cancel_adoption(&remove.workload);
                 if self.owned.remove(&remove.workload).is_some() || adopting {
@@ -799,7 +875,12 @@ impl Negotiator {
             }
             Body::RemoveWorkload(remove) => (Action::Remove, remove.workload.clone()),
             Body::LogsRequest(request) => (Action::Logs, request.workload.clone()),
-            Body::WorkloadQuery(_) | Body::WorkloadReport(_) | Body::LogsReply(_) => {
+            // Answers to this node's questions; revocations carry the root's signature,
+            // which the host checks before anything is believed.
+            Body::WorkloadQuery(_)
+            | Body::WorkloadReport(_)
+            | Body::LogsReply(_)
+            | Body::Revocations(_) => {
                 return Some(body);
             }
         };

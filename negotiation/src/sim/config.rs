@@ -90,6 +90,10 @@ pub struct SimConfig {
     /// largest score and a reservation that never lapses. Honest nodes must neither kill
     /// a live node nor take the forged metadata, and every invariant must hold.
     pub liar_node: Option<usize>,
+    /// When (ms) the issuer, node 0 if alive, revokes the key of the last node. Made on a
+    /// stable network, every member it held alive must hold the revocation within
+    /// [`REVOCATION_SPREAD_MS`]; no node may ever keep a forged one.
+    pub revocation_at_ms: Option<u64>,
     /// A workload removed after the network is stable, from a node picked by the seed
     /// (the owner, or another node asking the owner).
     pub removal: Option<Removal>,
@@ -97,6 +101,10 @@ pub struct SimConfig {
     /// explanations); each must be answered by its deadline.
     pub questions: Vec<Question>,
 }
+
+/// How long a revocation the issuer sends out may take to reach the members it sent it
+/// to, on a stable network (a message's latency, with room).
+pub const REVOCATION_SPREAD_MS: u64 = 5_000;
 
 /// A workload removed by a user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +210,10 @@ impl SimConfig {
         let liar_node = rng
             .chance(250)
             .then(|| rng.range(1, nodes as u64 - 1) as usize);
+        // Some before the network is stable (spread by gossip), some after (checked).
+        let revocation_at_ms = rng
+            .chance(250)
+            .then(|| rng.range(2_000, stable_after_ms + 10_000));
         Self {
             seed,
             nodes,
@@ -226,6 +238,7 @@ impl SimConfig {
             no_bid_node,
             hosts_only_node,
             liar_node,
+            revocation_at_ms,
             removal,
             questions,
         }
@@ -262,6 +275,7 @@ impl SimConfig {
             no_bid_node: None,
             hosts_only_node: None,
             liar_node: None,
+            revocation_at_ms: None,
             removal: None,
             questions: Vec::new(),
         }
@@ -301,6 +315,7 @@ impl SimConfig {
             no_bid_node: None,
             hosts_only_node: None,
             liar_node: None,
+            revocation_at_ms: None,
             removal: None,
             questions: Vec::new(),
         }

@@ -24,8 +24,8 @@ use crate::auction::{Announced, AnnouncerEvent, Answer, Candidate, PlacementRequ
 use crate::codec::{self, ReplayGuard, Signer, Verifier};
 use crate::membership::{Interner, MembershipEvent};
 use crate::messages::{
-    Ack, Body, LogChunk, MemberState, MemberUpdate, NodeMeta, Ping, PingReq, Resources, Scoring,
-    Sync,
+    Ack, Body, LogChunk, MemberState, MemberUpdate, NodeMeta, Ping, PingReq, Resources,
+    RevocationNotice, Revocations, Scoring, Sync,
 };
 use crate::negotiator::{
     Action, Assignment, Authorizer, Denial, Event, HostAction, HostError, LOGS_TIMEOUT_MS,
@@ -221,6 +221,9 @@ struct Sim<'c> {
     submitters: BTreeMap<String, usize>,
     /// Workloads a user removed.
     removed: BTreeSet<String>,
+    /// The revocation the issuer made, once made, and the members it held alive then
+    /// (it sends the revocation to each of them at once).
+    revoked: Option<(RevocationNotice, Vec<usize>)>,
     /// Workloads some live node other than the crashed one knew when it crashed: only
     /// those can survive a submitter that never comes back (nobody else has the spec).
     known_elsewhere: BTreeSet<String>,
@@ -296,6 +299,7 @@ impl<'c> Sim<'c> {
             outcome: Outcome::default(),
             submitters: BTreeMap::new(),
             removed: BTreeSet::new(),
+            revoked: None,
             known_elsewhere: BTreeSet::new(),
             asked: BTreeMap::new(),
             next_token: 0,
@@ -613,6 +617,12 @@ impl<'c> Sim<'c> {
                 }
                 self.outcome.answered += 1;
             }
+            HostAction::CheckRevocation { notice } => {
+                let verified = notice.signature == sim_root_signature(&notice);
+                self.nodes[i]
+                    .negotiator
+                    .handle_revocation(now, notice, verified);
+            }
             HostAction::Start { .. } => {}
         }
         Ok(())
@@ -658,6 +668,28 @@ impl<'c> Sim<'c> {
     /// Encodes and sends everything node `from` queued, through loss and the partition.
     fn flush_transmits(&mut self, from: usize) -> Result<(), Violation> {
         while let Some((to_id, mut body)) = self.nodes[from].negotiator.poll_transmit() {
+            if self.config.liar_node == Some(from) && matches!(body, Body::Sync(_)) {
+                // And it passes on revocations the root never signed.
+                let victim = self.rng.range(0, self.nodes.len() as u64 - 1) as usize;
+                let forged = Body::Revocations(Revocations {
+                    notices: vec![RevocationNotice {
+                        subject: node_id(victim),
+                        public_key: "key-1".to_owned(),
+                        revoked_at: self.now,
+                        signature: "forged".to_owned(),
+                    }],
+                });
+                let to = index_of(&to_id)
+                    .ok_or_else(|| self.violation(format!("message to unknown node {to_id}")))?;
+                self.message_ids += 1;
+                let frame = codec::encode(
+                    &forged,
+                    self.nodes[from].signer.as_ref(),
+                    self.message_ids,
+                    EPOCH_MS + self.now,
+                );
+                self.send(from, to, frame, false);
+            }
             if self.config.liar_node == Some(from) {
                 let lies = self.lies(from);
                 match &mut body {
@@ -1053,8 +1085,59 @@ impl<'c> Sim<'c> {
     /// a live node, matching its owner's record, spread when its owner knows it must be;
     /// a removed workload runs nowhere and nobody owns it; the one that fits nowhere runs
     /// nowhere and is explained.
+    /// Every live node holds the issuer's revocation once it had time to spread, and no
+    /// node holds one the root did not sign.
+    fn check_revocation(&self) -> Result<(), Violation> {
+        for node in self.nodes.iter().filter(|n| n.alive) {
+            if let Some(forged) = node
+                .negotiator
+                .revocations()
+                .into_iter()
+                .find(|r| r.signature != sim_root_signature(r))
+            {
+                return Err(self.violation(format!(
+                    "{} keeps a forged revocation of {}",
+                    node.id, forged.subject
+                )));
+            }
+        }
+        let Some((revoked, told)) = &self.revoked else {
+            return Ok(());
+        };
+        // Sent at once to every member the issuer held alive: with a stable network they
+        // all have it; later ones learn it by gossip, which this run may end too soon for.
+        if revoked.revoked_at < self.config.stable_after_ms
+            || self.now < revoked.revoked_at + config::REVOCATION_SPREAD_MS
+        {
+            return Ok(());
+        }
+        let restarted = self
+            .config
+            .crash
+            .filter(|c| c.restart_at_ms.is_some())
+            .map(|c| c.node);
+        for node in told
+            .iter()
+            .filter(|i| Some(**i) != restarted)
+            .map(|i| &self.nodes[*i])
+            .filter(|n| n.alive)
+        {
+            if !node
+                .negotiator
+                .holds_revocation(&revoked.subject, &revoked.public_key)
+            {
+                return Err(self.violation(format!(
+                    "{} does not hold the revocation of {} made at {} ms",
+                    node.id, revoked.subject, revoked.revoked_at
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn check_final(&mut self) -> Result<(), Violation> {
         self.check_answers()?;
+        self.check_revocation()?;
         let mut holders_of: BTreeMap<&str, BTreeMap<u32, Vec<String>>> = BTreeMap::new();
         for node in self.nodes.iter().filter(|n| n.alive) {
             for c in node.negotiator.bidder().committed() {
@@ -1344,6 +1427,7 @@ impl<'c> Sim<'c> {
         let mut questions = self.config.questions.clone();
         questions.sort_by_key(|q| Reverse(q.at_ms));
         let mut removal = self.config.removal;
+        let mut revocation = self.config.revocation_at_ms;
 
         loop {
             let next_delivery = self.in_flight.peek().map(|Reverse(d)| d.at_ms);
@@ -1368,6 +1452,7 @@ impl<'c> Sim<'c> {
                 next_crash,
                 next_question,
                 removal.map(|r| r.at_ms),
+                revocation,
                 self.next_store_work(),
                 Some(self.next_ownership_check),
             ]
@@ -1425,6 +1510,23 @@ impl<'c> Sim<'c> {
                 removal = None;
                 self.remove(due)?;
             }
+            if let Some(at) = revocation.filter(|at| *at <= self.now) {
+                revocation = None;
+                if self.nodes[0].alive {
+                    let (now, notice) = (self.now, sim_revocation(cluster, at));
+                    let told: Vec<usize> = self.nodes[0]
+                        .negotiator
+                        .membership()
+                        .live_members()
+                        .filter_map(|m| index_of(&m.id))
+                        .collect();
+                    self.revoked = Some((notice.clone(), told));
+                    self.nodes[0]
+                        .negotiator
+                        .handle_revocation(now, notice, true);
+                    self.settle(0)?;
+                }
+            }
             if let Some(crash) = self.config.crash {
                 let node = &self.nodes[crash.node];
                 if node.alive && node.boot == 0 && self.now >= crash.at_ms {
@@ -1452,6 +1554,27 @@ impl<'c> Sim<'c> {
         self.check_final()?;
         Ok(self.outcome)
     }
+}
+
+/// The simulated root's "signature" on a revocation (the host's check is the identity
+/// crate's business; the protocol only needs true and false ones).
+fn sim_root_signature(notice: &RevocationNotice) -> String {
+    format!(
+        "root:{}:{}:{}",
+        notice.subject, notice.public_key, notice.revoked_at
+    )
+}
+
+/// The revocation the run's issuer makes, of the last node's key.
+fn sim_revocation(nodes: usize, at_ms: u64) -> RevocationNotice {
+    let mut notice = RevocationNotice {
+        subject: node_id(nodes - 1),
+        public_key: "key-1".to_owned(),
+        revoked_at: at_ms,
+        signature: String::new(),
+    };
+    notice.signature = sim_root_signature(&notice);
+    notice
 }
 
 /// A placement request for workload `name` of the default namespace, with its spec (the
