@@ -188,6 +188,23 @@ impl Policy {
         self.grants.len()
     }
 
+    /// Logs what a policy in force lets no one do that a mesh needs: a file written before
+    /// `member` existed grants no membership, and every node reading it is cut off.
+    pub fn warn_if_crippling(&self) {
+        if !self
+            .grants
+            .iter()
+            .any(|grant| grant.actions.contains(&Action::Member))
+        {
+            tracing::warn!(
+                policy = %self.source,
+                "this policy grants `member` to no one: every probe and gossip message will be \
+                 refused and this node cut off from the mesh; add \"member\" to the actions \
+                 of the nodes' grant"
+            );
+        }
+    }
+
     /// Whether `id` may do `action` in `namespace`.
     pub fn check(&self, id: &str, action: Action, namespace: &str) -> Result<(), Denied> {
         let granted = self.grants.iter().any(|grant| {

@@ -100,6 +100,10 @@ impl RevocationList {
             return false;
         };
         held.retain(|_, r| r.revoked_at.saturating_add(KEEP_SECS) > now);
+        if revocation.revoked_at.saturating_add(KEEP_SECS) <= now {
+            // Concerns certificates that have all lapsed: nothing to refuse.
+            return false;
+        }
         let key = (revocation.subject.clone(), revocation.public_key.clone());
         if held.contains_key(&key) {
             return false;

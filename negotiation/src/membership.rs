@@ -99,6 +99,10 @@ pub struct Member {
     pub state: MemberState,
     /// Latest incarnation heard.
     pub incarnation: u64,
+    /// The highest incarnation the member stated itself (or the one it was first heard
+    /// at): third parties may report it at most [`MAX_INCARNATION_STEP`] above this, so
+    /// that updates relayed one after another cannot walk it up without the member.
+    pub vouched: u64,
     /// Latest metadata heard, if any.
     pub meta: Option<Arc<NodeMeta>>,
     /// When the state last changed (ms).
@@ -371,6 +375,7 @@ impl Membership {
             }
             self.probe_order.push(id.clone());
             new.push(Member {
+                vouched: update.incarnation,
                 id,
                 state: update.state,
                 incarnation: update.incarnation,
@@ -625,6 +630,7 @@ impl Membership {
                 self.without_meta.insert(id.clone());
             }
             self.members.insert(Member {
+                vouched: update.incarnation,
                 id: id.clone(),
                 state: update.state,
                 incarnation: update.incarnation,
@@ -649,7 +655,7 @@ impl Membership {
             // and a third party may not claim one the member could not have reached.
             (MemberState::Alive, _) => {
                 update.incarnation > held
-                    && update.incarnation <= held.saturating_add(MAX_INCARNATION_STEP)
+                    && update.incarnation <= member.vouched.saturating_add(MAX_INCARNATION_STEP)
             }
             (MemberState::Suspect, MemberState::Alive) => update.incarnation == held,
             (MemberState::Suspect, _) => false,
@@ -677,6 +683,9 @@ impl Membership {
         let previous = member.state;
         member.state = update.state;
         member.incarnation = update.incarnation;
+        if firsthand {
+            member.vouched = member.vouched.max(update.incarnation);
+        }
         if let Some(meta) = &update.meta
             && member.meta.as_ref() != Some(meta)
         {

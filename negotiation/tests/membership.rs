@@ -519,3 +519,38 @@ fn a_third_party_cannot_kill_a_member_or_rewrite_its_metadata() {
     assert_eq!(seen.state, MemberState::Alive, "{seen:?}");
     assert!(seen.incarnation < u64::MAX / 2, "{seen:?}");
 }
+
+/// The reviewer's case: two relayed updates in one message, each a step above the last,
+/// must not walk a member's incarnation (and metadata) up without the member.
+#[test]
+fn relayed_updates_cannot_walk_an_incarnation_up_step_by_step() {
+    let mut net = Net::new(3);
+    net.run(5_000);
+    let held = net.nodes[0].member("n1").unwrap().incarnation;
+    let step = parley_negotiation::membership::MAX_INCARNATION_STEP;
+    let forged = Arc::new(meta("evil"));
+    let walk = Sync {
+        updates: [held + step, held + 2 * step]
+            .into_iter()
+            .map(|incarnation| MemberUpdate {
+                node: "n1".to_owned(),
+                state: MemberState::Alive,
+                incarnation,
+                meta: Some(forged.clone()),
+            })
+            .collect(),
+        reply: false,
+    };
+    net.nodes[0].handle_sync(net.now, "n2", &walk);
+    let seen = net.nodes[0].member("n1").unwrap();
+    assert!(seen.incarnation <= held + step, "{seen:?}");
+    // The member refutes the lie it hears about itself, and everyone takes its word.
+    net.nodes[1].handle_sync(net.now, "n2", &walk);
+    net.run(net.now + 5_000);
+    let seen = net.nodes[0].member("n1").unwrap();
+    assert_eq!(
+        seen.meta.as_deref().map(|m| m.arch.as_str()),
+        Some("arm64"),
+        "{seen:?}"
+    );
+}

@@ -508,9 +508,58 @@ fn a_report_from_a_node_that_may_not_host_the_namespace_is_refused() {
     );
 }
 
+/// B learns from A that `member` existed and died.
+fn learn_dead(b: &mut Negotiator, member: &str) {
+    for state in [
+        parley_negotiation::messages::MemberState::Alive,
+        parley_negotiation::messages::MemberState::Dead,
+    ] {
+        b.handle_message(
+            5,
+            A,
+            Body::Sync(parley_negotiation::messages::Sync {
+                updates: vec![parley_negotiation::messages::MemberUpdate {
+                    node: member.to_owned(),
+                    state,
+                    incarnation: 0,
+                    meta: Some(std::sync::Arc::new(meta(1_000))),
+                }],
+                reply: false,
+            }),
+        );
+    }
+    while b.poll_event().is_some() {}
+    assert_eq!(
+        b.membership().member(member).map(|m| m.state),
+        Some(parley_negotiation::messages::MemberState::Dead)
+    );
+}
+
+#[test]
+fn a_handover_naming_a_submitter_nobody_knows_as_gone_is_refused() {
+    let mut b = node(B, 4_000, Box::new(AllowAll));
+    let request = web(1, 1_000);
+    let spec = request.spec.clone().expect("a spec");
+    b.handle_message(
+        10,
+        A,
+        Body::Handover(parley_negotiation::messages::Handover {
+            workload: "default/web".to_owned(),
+            submitter: "spiffe://td/node/made-up".to_owned(),
+            spec,
+        }),
+    );
+    assert_eq!(denials(&mut b), [Action::Submit]);
+    b.handle_timeout(60_000);
+    while let Some(action) = b.poll_action() {
+        assert!(!matches!(action, HostAction::Adopt { .. }), "{action:?}");
+    }
+}
+
 #[test]
 fn a_handover_naming_a_submitter_that_may_not_submit_is_refused() {
     let mut b = node(B, 4_000, Box::new(CHostsNothing));
+    learn_dead(&mut b, C);
     let request = web(1, 1_000);
     let spec = request.spec.clone().expect("a spec");
     b.handle_message(

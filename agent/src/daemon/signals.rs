@@ -34,12 +34,15 @@ pub(super) async fn reload_on_hangup(
             continue;
         };
         match policy.reload() {
-            Ok(now) => tracing::info!(
-                signal = "SIGHUP",
-                policy = now.source(),
-                grants = now.grants(),
-                "authorization policy reloaded"
-            ),
+            Ok(now) => {
+                tracing::info!(
+                    signal = "SIGHUP",
+                    policy = now.source(),
+                    grants = now.grants(),
+                    "authorization policy reloaded"
+                );
+                now.warn_if_crippling();
+            }
             Err(error) => tracing::error!(
                 signal = "SIGHUP",
                 %error,

@@ -485,6 +485,9 @@ struct EnrolledNode {
     public_key: String,
     /// When it was enrolled or last renewed (unix seconds).
     since: u64,
+    /// Its key was revoked: no key renews under this name until it is enrolled again.
+    #[serde(default)]
+    revoked: bool,
 }
 
 /// Why an issuer could not make a token.
@@ -563,6 +566,9 @@ pub struct Enrollment {
     tokens: Tree<TokenRecord>,
     enrolled: Tree<EnrolledNode>,
     revoked: Tree<parley_identity::revocation::Revocation>,
+    /// Held from a name's check to its registration, so that two joins (or renewals) at
+    /// once cannot both find it free.
+    registry: std::sync::Mutex<()>,
     store: Store,
 }
 
@@ -599,6 +605,7 @@ impl Enrollment {
             tokens: store.join_tokens()?,
             enrolled: store.enrolled_nodes()?,
             revoked: store.revoked_keys()?,
+            registry: std::sync::Mutex::new(()),
             store: store.clone(),
         };
         if let Some(own) = own {
@@ -627,6 +634,7 @@ impl Enrollment {
                 &EnrolledNode {
                     public_key: encode_public_key(key),
                     since: crate::clock::unix_secs(),
+                    revoked: false,
                 },
             )?;
         }
@@ -673,7 +681,12 @@ impl Enrollment {
         if self.own_id.as_ref() == Some(&id) {
             return Err(TokenError::OwnName(id.to_string()));
         }
-        if !replace && self.enrolled.get(node)?.is_some() {
+        if !replace
+            && self
+                .enrolled
+                .get(node)?
+                .is_some_and(|holder| !holder.revoked)
+        {
             return Err(TokenError::AlreadyEnrolled {
                 trust_domain: self.trust_domain().to_owned(),
                 name: node.to_owned(),
@@ -760,10 +773,19 @@ impl Enrollment {
         {
             return Err(Refusal::Revoked(current.id.to_string()));
         }
+        let _registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(name) = self.node_name(&current.id) {
-            let holder = self.enrolled.get(name).map_err(store_failed)?;
-            if holder.is_some_and(|h| h.public_key != encode_public_key(&current.public_key)) {
-                return Err(Refusal::Superseded(current.id.to_string()));
+            match self.enrolled.get(name).map_err(store_failed)? {
+                Some(holder) if holder.revoked => {
+                    return Err(Refusal::Revoked(current.id.to_string()));
+                }
+                Some(holder) if holder.public_key != encode_public_key(&current.public_key) => {
+                    return Err(Refusal::Superseded(current.id.to_string()));
+                }
+                _ => {}
             }
         }
         let lifetime = cert
@@ -776,6 +798,9 @@ impl Enrollment {
             .map_err(|e| Refusal::Issue(e.to_string()))?;
         let key = self.key_of(&issued.certificate)?;
         self.register(&current.id, &key).map_err(store_failed)?;
+        // Stored before the node has it: a crash must not leave the old key registered
+        // and the node's next renewal refused as superseded.
+        self.store.flush_blocking().map_err(store_failed)?;
         Ok(IssueResponse {
             issued,
             trust_domain: self.trust_domain().to_owned(),
@@ -802,7 +827,7 @@ impl Enrollment {
         if self.own_id.as_ref() == Some(&id) {
             return Err(RevokeError::OwnName(id.to_string()));
         }
-        let registered = match self.enrolled.get(name)? {
+        let registered = match self.enrolled.get(name)?.filter(|h| !h.revoked) {
             Some(holder) => Some(
                 decode_public_key(&holder.public_key)
                     .map_err(|e| RevokeError::Registry(e.to_string()))?,
@@ -820,7 +845,16 @@ impl Enrollment {
         );
         self.revoked
             .put(&format!("{id}/{}", revocation.public_key), &revocation)?;
-        self.enrolled.remove(name)?;
+        // A marker, not a removal: with no holder on record, an older key of the name
+        // would pass the renewal's check and register itself again.
+        self.enrolled.put(
+            name,
+            &EnrolledNode {
+                public_key: revocation.public_key.clone(),
+                since: revocation.revoked_at,
+                revoked: true,
+            },
+        )?;
         self.store.flush().await?;
         Ok(revocation)
     }
@@ -848,8 +882,9 @@ impl Enrollment {
         })
     }
 
-    /// Answers one enrollment request: the token must exist, match and be unexpired; it is
-    /// spent (deleted, flushed) before the certificate is issued.
+    /// Answers one enrollment request: the token must exist, match and be unexpired, and
+    /// its name be free (or the token replace its holder); the token is spent and the name
+    /// registered, and both flushed, before the certificate is sent.
     async fn answer(&self, request: JoinRequest) -> Result<IssueResponse, Refusal> {
         let store_failed = |e: parley_store::StoreError| Refusal::Store(e.to_string());
         let record = self
@@ -876,38 +911,41 @@ impl Enrollment {
                 asked: subject.to_string(),
             });
         }
-        if !record.replace
-            && self
-                .enrolled
-                .get(&record.node)
-                .map_err(store_failed)?
-                .is_some()
-        {
-            return Err(Refusal::AlreadyEnrolled(subject.to_string()));
-        }
         let now = crate::clock::unix_secs();
         if record.expires_at < now {
             let _ = self.tokens.remove(&request.token_id);
             return Err(Refusal::UnknownToken);
         }
-        // Spent first: a crash after this refuses a retry rather than issuing twice.
-        if !self
-            .tokens
-            .remove(&request.token_id)
-            .map_err(store_failed)?
-        {
-            return Err(Refusal::UnknownToken);
-        }
-        self.store.flush().await.map_err(store_failed)?;
-        let issued = self
-            .issuer
-            .issue(
-                &request.request,
-                Validity::starting(now, NODE_CERT_TTL_SECS),
-            )
-            .map_err(|e| Refusal::Issue(e.to_string()))?;
-        let key = self.key_of(&issued.certificate)?;
-        self.register(subject, &key).map_err(store_failed)?;
+        // From the name's check to its registration under one lock and with no await, so
+        // that two joins for one name at once cannot both find it free.
+        let issued = {
+            let _registry = self
+                .registry
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let holder = self.enrolled.get(&record.node).map_err(store_failed)?;
+            if !record.replace && holder.is_some_and(|h| !h.revoked) {
+                return Err(Refusal::AlreadyEnrolled(subject.to_string()));
+            }
+            // Spent first: a crash after this refuses a retry rather than issuing twice.
+            if !self
+                .tokens
+                .remove(&request.token_id)
+                .map_err(store_failed)?
+            {
+                return Err(Refusal::UnknownToken);
+            }
+            let issued = self
+                .issuer
+                .issue(
+                    &request.request,
+                    Validity::starting(now, NODE_CERT_TTL_SECS),
+                )
+                .map_err(|e| Refusal::Issue(e.to_string()))?;
+            let key = self.key_of(&issued.certificate)?;
+            self.register(subject, &key).map_err(store_failed)?;
+            issued
+        };
         self.store.flush().await.map_err(store_failed)?;
         Ok(IssueResponse {
             issued,
@@ -1237,6 +1275,11 @@ mod tests {
         );
         let error = enrollment
             .renew_locally(&second, &new_request(&second))
+            .unwrap_err();
+        assert!(matches!(error, Refusal::Revoked(_)), "{error}");
+        // An older key of the name does not take the freed place either.
+        let error = enrollment
+            .renew_locally(&first, &new_request(&first))
             .unwrap_err();
         assert!(matches!(error, Refusal::Revoked(_)), "{error}");
         assert_eq!(enrollment.revocations().unwrap(), vec![revocation]);

@@ -241,6 +241,7 @@ pub async fn start(
         grants = policy.current().grants(),
         "authorization policy"
     );
+    policy.current().warn_if_crippling();
     let (transport, inbox, joining) = if enrollment.is_some() {
         let (transport, inbox, joining) =
             Transport::bind_accepting_enrollment(settings.listen, credentials, Limits::default())?;

@@ -55,7 +55,8 @@ pub(super) async fn accept_loop(inner: Arc<Inner>) {
             match inner.peer_of(&connection) {
                 Ok(peer) => {
                     tracing::debug!(%remote, peer = %peer.id, "peer connected");
-                    inner.register(peer, connection);
+                    // A refusal is counted and logged by `register`.
+                    let _ = inner.register(peer, connection);
                 }
                 Err(error) => {
                     inner.refuse(Refusal::Handshake);

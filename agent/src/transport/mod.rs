@@ -556,7 +556,11 @@ impl Inner {
             .peer_of(&connection)
             .map_err(|e| connect_error(e.to_string()))?;
         let id = peer.id.to_string();
-        self.register(peer, connection.clone());
+        if !self.register(peer, connection.clone()) {
+            return Err(connect_error(
+                "this node holds as many connections as its limits allow".into(),
+            ));
+        }
         Ok((id, connection))
     }
 
@@ -576,8 +580,9 @@ impl Inner {
     }
 
     /// Takes a connection `peer` proved its identity on, unless the peer (or everyone
-    /// together) holds as many as the limits allow: then it is closed as busy.
-    fn register(self: &Arc<Self>, peer: VerifiedIdentity, connection: quinn::Connection) {
+    /// together) holds as many as the limits allow: then it is closed as busy, and
+    /// `false` returned.
+    fn register(self: &Arc<Self>, peer: VerifiedIdentity, connection: quinn::Connection) -> bool {
         let id = peer.id.to_string();
         {
             let mut live = lock(&self.live);
@@ -588,7 +593,7 @@ impl Inner {
                 self.refuse(Refusal::Busy);
                 tracing::warn!(peer = %id, mine, total, "refused a connection: too many");
                 connection.close(3u32.into(), b"too many connections");
-                return;
+                return false;
             }
             live.insert(id.clone(), mine + 1);
         }
@@ -601,5 +606,6 @@ impl Inner {
             remote = %connection.remote_address()
         );
         tokio::spawn(read_loop(self.clone(), peer, connection).instrument(span));
+        true
     }
 }

@@ -863,6 +863,31 @@ impl Negotiator {
             },
             Body::Instance(instance) => (Action::Bid, instance.workload.clone()),
             Body::Handover(handover) => {
+                // Only a dead owner's workloads are handed over: a submitter this node
+                // does not know, or holds alive, is made up (a node that may only host
+                // must not get a workload of its own placed by naming one).
+                let submitter_gone = self.static_members
+                    || handover.submitter == self.id
+                    || self
+                        .membership
+                        .member(&handover.submitter)
+                        .is_some_and(|m| m.state != MemberState::Alive);
+                if !submitter_gone {
+                    self.deny(
+                        from,
+                        &body,
+                        &handover.workload,
+                        Denial {
+                            action: Action::Submit,
+                            reason: format!(
+                                "a hand-over names {} as the submitter, which this node does \
+                                 not know as gone",
+                                handover.submitter
+                            ),
+                        },
+                    );
+                    return None;
+                }
                 let namespace = key_namespace(&handover.workload);
                 if let Err(denied) =
                     self.authorizer

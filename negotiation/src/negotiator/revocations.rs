@@ -13,8 +13,9 @@ pub const GOSSIP_INTERVAL_MS: u64 = 30_000;
 /// Members each round goes to.
 pub const GOSSIP_FANOUT: usize = 3;
 
-/// Revocations held at most (a table a peer grows only with root-signed statements).
-pub const MAX_HELD: usize = 1024;
+/// Revocations held at most (a table a peer grows only with root-signed statements): as
+/// many as the transport keeps, so that every one refused is also passed on.
+pub const MAX_HELD: usize = 4096;
 
 /// Revocations awaiting the host's check at once: notices from peers beyond this are
 /// dropped until the host has answered (each costs a signature verification).
