@@ -535,50 +535,40 @@ fn learn_dead(b: &mut Negotiator, member: &str) {
     );
 }
 
-#[test]
-fn a_handover_naming_a_submitter_nobody_knows_as_gone_is_refused() {
-    let mut b = node(B, 4_000, Box::new(AllowAll));
-    let request = web(1, 1_000);
-    let spec = request.spec.clone().expect("a spec");
+/// A hand-over of `default/web` from A naming `submitter` is refused by B: a denial of
+/// `submit`, and B never takes the workload over.
+fn assert_handover_refused(b: &mut Negotiator, submitter: &str) {
+    let spec = web(1, 1_000).spec.expect("a spec");
     b.handle_message(
         10,
         A,
         Body::Handover(parley_negotiation::messages::Handover {
             workload: "default/web".to_owned(),
-            submitter: "spiffe://td/node/made-up".to_owned(),
+            submitter: submitter.to_owned(),
             spec,
         }),
     );
-    assert_eq!(denials(&mut b), [Action::Submit]);
+    assert_eq!(denials(b), [Action::Submit]);
     b.handle_timeout(60_000);
     while let Some(action) = b.poll_action() {
-        assert!(!matches!(action, HostAction::Adopt { .. }), "{action:?}");
+        assert!(
+            !matches!(action, HostAction::Adopt { .. }),
+            "B took over a workload {submitter} could not hand it: {action:?}"
+        );
     }
+}
+
+#[test]
+fn a_handover_naming_a_submitter_nobody_knows_as_gone_is_refused() {
+    let mut b = node(B, 4_000, Box::new(AllowAll));
+    assert_handover_refused(&mut b, "spiffe://td/node/made-up");
 }
 
 #[test]
 fn a_handover_naming_a_submitter_that_may_not_submit_is_refused() {
     let mut b = node(B, 4_000, Box::new(CHostsNothing));
     learn_dead(&mut b, C);
-    let request = web(1, 1_000);
-    let spec = request.spec.clone().expect("a spec");
-    b.handle_message(
-        10,
-        A,
-        Body::Handover(parley_negotiation::messages::Handover {
-            workload: "default/web".to_owned(),
-            submitter: C.to_owned(),
-            spec,
-        }),
-    );
-    assert_eq!(denials(&mut b), [Action::Submit]);
-    b.handle_timeout(60_000);
-    while let Some(action) = b.poll_action() {
-        assert!(
-            !matches!(action, HostAction::Adopt { .. }),
-            "B took over a workload C could not submit: {action:?}"
-        );
-    }
+    assert_handover_refused(&mut b, C);
 }
 
 /// Class 7 of the zero-trust issue: the namespace authorized was the key's, but the node
