@@ -536,7 +536,13 @@ impl Negotiator {
         for finished in self.queries.expire(now_ms) {
             self.finish(finished);
         }
-        let members: Vec<String> = self.live_members().collect();
+        // The member list is built only when a round is due (and something is held).
+        let due = self.revocations.poll_timeout().is_some_and(|at| at <= now_ms);
+        let members: Vec<String> = if due {
+            self.live_members().collect()
+        } else {
+            Vec::new()
+        };
         if let Some((to, chunks)) = self.revocations.round(now_ms, &members) {
             for member in to {
                 for notices in &chunks {
