@@ -537,7 +537,10 @@ impl Negotiator {
             self.finish(finished);
         }
         // The member list is built only when a round is due (and something is held).
-        let due = self.revocations.poll_timeout().is_some_and(|at| at <= now_ms);
+        let due = self
+            .revocations
+            .poll_timeout()
+            .is_some_and(|at| at <= now_ms);
         let members: Vec<String> = if due {
             self.live_members().collect()
         } else {
