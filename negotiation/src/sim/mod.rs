@@ -1514,10 +1514,12 @@ impl<'c> Sim<'c> {
                 revocation = None;
                 if self.nodes[0].alive {
                     let (now, notice) = (self.now, sim_revocation(cluster, at));
+                    // Not the revoked node itself: nothing is sent to it.
                     let told: Vec<usize> = self.nodes[0]
                         .negotiator
                         .membership()
                         .live_members()
+                        .filter(|m| *m.id != notice.subject)
                         .filter_map(|m| index_of(&m.id))
                         .collect();
                     self.revoked = Some((notice.clone(), told));
