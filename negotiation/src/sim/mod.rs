@@ -665,45 +665,62 @@ impl<'c> Sim<'c> {
         ]
     }
 
+    /// What the byzantine member `from` does to a message before it leaves: lies added
+    /// to its gossip, its bids inflated, and beside each state exchange a revocation the
+    /// root never signed.
+    fn tamper(&mut self, from: usize, to_id: &str, body: &mut Body) -> Result<(), Violation> {
+        if matches!(body, Body::Sync(_)) {
+            let victim = self.rng.range(0, self.nodes.len() as u64 - 1) as usize;
+            let forged = Body::Revocations(Revocations {
+                notices: vec![RevocationNotice {
+                    subject: node_id(victim),
+                    public_key: "key-1".to_owned(),
+                    revoked_at: self.now,
+                    signature: "forged".to_owned(),
+                }],
+            });
+            let to = self.index(to_id)?;
+            self.sign_and_send(from, to, &forged);
+        }
+        let lies = self.lies(from);
+        match body {
+            Body::Ping(Ping { updates, .. })
+            | Body::PingReq(PingReq { updates, .. })
+            | Body::Ack(Ack { updates, .. })
+            | Body::Sync(Sync { updates, .. }) => updates.extend(lies),
+            // It also claims the best score there is, and a hold that never lapses.
+            Body::Bid(bid) => {
+                bid.score = u32::MAX;
+                bid.expires_at_ms = u64::MAX;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The index of node `id`, or a violation: nothing is sent to a node that does not
+    /// exist.
+    fn index(&self, id: &str) -> Result<usize, Violation> {
+        index_of(id).ok_or_else(|| self.violation(format!("message to unknown node {id}")))
+    }
+
+    /// Encodes `body` signed by `from` and sends it to `to`.
+    fn sign_and_send(&mut self, from: usize, to: usize, body: &Body) {
+        self.message_ids += 1;
+        let frame = codec::encode(
+            body,
+            self.nodes[from].signer.as_ref(),
+            self.message_ids,
+            EPOCH_MS + self.now,
+        );
+        self.send(from, to, frame, false);
+    }
+
     /// Encodes and sends everything node `from` queued, through loss and the partition.
     fn flush_transmits(&mut self, from: usize) -> Result<(), Violation> {
         while let Some((to_id, mut body)) = self.nodes[from].negotiator.poll_transmit() {
-            if self.config.liar_node == Some(from) && matches!(body, Body::Sync(_)) {
-                // And it passes on revocations the root never signed.
-                let victim = self.rng.range(0, self.nodes.len() as u64 - 1) as usize;
-                let forged = Body::Revocations(Revocations {
-                    notices: vec![RevocationNotice {
-                        subject: node_id(victim),
-                        public_key: "key-1".to_owned(),
-                        revoked_at: self.now,
-                        signature: "forged".to_owned(),
-                    }],
-                });
-                let to = index_of(&to_id)
-                    .ok_or_else(|| self.violation(format!("message to unknown node {to_id}")))?;
-                self.message_ids += 1;
-                let frame = codec::encode(
-                    &forged,
-                    self.nodes[from].signer.as_ref(),
-                    self.message_ids,
-                    EPOCH_MS + self.now,
-                );
-                self.send(from, to, frame, false);
-            }
             if self.config.liar_node == Some(from) {
-                let lies = self.lies(from);
-                match &mut body {
-                    Body::Ping(Ping { updates, .. })
-                    | Body::PingReq(PingReq { updates, .. })
-                    | Body::Ack(Ack { updates, .. })
-                    | Body::Sync(Sync { updates, .. }) => updates.extend(lies),
-                    // It also claims the best score there is, and a hold that never lapses.
-                    Body::Bid(bid) => {
-                        bid.score = u32::MAX;
-                        bid.expires_at_ms = u64::MAX;
-                    }
-                    _ => {}
-                }
+                self.tamper(from, &to_id, &mut body)?;
             }
             if self.trace && !matches!(body, Body::Ping(_) | Body::PingReq(_) | Body::Ack(_)) {
                 eprintln!("{} ms: n{from} -> {to_id}: {body:?}", self.now);
@@ -723,16 +740,8 @@ impl<'c> Sim<'c> {
                     self.nodes[from].id, accept.reservation
                 )));
             }
-            let to = index_of(&to_id)
-                .ok_or_else(|| self.violation(format!("message to unknown node {to_id}")))?;
-            self.message_ids += 1;
-            let frame = codec::encode(
-                &body,
-                self.nodes[from].signer.as_ref(),
-                self.message_ids,
-                EPOCH_MS + self.now,
-            );
-            self.send(from, to, frame, false);
+            let to = self.index(&to_id)?;
+            self.sign_and_send(from, to, &body);
             if self.rng.chance(self.config.forge_per_mille) {
                 // An outsider claims to be `from`, with a key it does not have.
                 let outsider = KeyedChecksum::new(self.nodes[from].id.clone(), !CLUSTER_SEED);
