@@ -124,10 +124,15 @@ impl RevocationList {
 
     /// Whether `key` of `subject` is revoked.
     pub fn is_revoked(&self, subject: &str, key: &PublicKey) -> bool {
-        let key = encode_public_key(key);
+        self.is_revoked_encoded(subject, &encode_public_key(key))
+    }
+
+    /// [`RevocationList::is_revoked`] for a key already encoded (compressed SEC1, hex),
+    /// for callers that check one key many times.
+    pub fn is_revoked_encoded(&self, subject: &str, key: &str) -> bool {
         self.inner
             .read()
-            .is_ok_and(|held| held.contains_key(&(subject.to_owned(), key)))
+            .is_ok_and(|held| held.contains_key(&(subject.to_owned(), key.to_owned())))
     }
 
     /// Every revocation held, oldest first.

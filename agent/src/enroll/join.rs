@@ -541,7 +541,8 @@ pub enum RevokeError {
     /// No key known for the name.
     #[error(
         "no key is known for {0}: it is not in the enrollment registry (enrolled offline and \
-         never renewed) and not connected to this agent now"
+         never renewed) and not connected to this agent now; check the name with `parley \
+         nodes`, or revoke it while it is connected"
     )]
     UnknownKey(String),
     /// The registry holds something that is not a key.

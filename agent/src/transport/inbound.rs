@@ -106,6 +106,8 @@ pub(super) async fn read_loop(
     connection: quinn::Connection,
 ) {
     let mut rate = RateLimit::new(inner.limits.frames_per_second, inner.limits.frame_burst);
+    // Checked against the revocations at every frame: encoded once, not per frame.
+    let key = parley_identity::credential::encode_public_key(&peer.public_key);
     let remote = connection.remote_address();
     loop {
         let mut stream = match connection.accept_uni().await {
@@ -115,7 +117,7 @@ pub(super) async fn read_loop(
                 break;
             }
         };
-        if inner.revoked.is_revoked(peer.id.as_str(), &peer.public_key) {
+        if inner.revoked.is_revoked_encoded(peer.id.as_str(), &key) {
             tracing::warn!(peer = %peer.id, "closing a connection: its key was revoked");
             connection.close(4u32.into(), b"identity revoked");
             break;
