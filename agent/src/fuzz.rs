@@ -13,8 +13,11 @@ use std::path::Path;
 use parley_identity::cert::ImplicitCert;
 use parley_identity::{Issuer, PendingRequest, SpiffeId, TrustBundle, Validity};
 use parley_negotiation::codec::{self, ReplayGuard};
-use parley_negotiation::messages::{Body, MemberState, MemberUpdate, NodeMeta, Ping, Sync};
-use parley_negotiation::testing::{ChecksumVerifier, KeyedChecksum};
+use parley_negotiation::membership::{Membership, MembershipConfig, Notary as _};
+use parley_negotiation::messages::{
+    Body, MemberState, MemberUpdate, NodeMeta, Ping, Statement, Sync,
+};
+use parley_negotiation::testing::{ChecksumNotary, ChecksumVerifier, KeyedChecksum};
 
 /// A fuzz target: its name (the corpus directory) and the function.
 pub type Target = (&'static str, fn(&[u8]));
@@ -36,6 +39,7 @@ pub const TARGETS: &[Target] = &[
     ("workload-spec", workload_spec),
     ("config", config),
     ("policy", policy),
+    ("gossip", gossip),
 ];
 
 /// A frame off the wire: length prefix, envelope, signature, replay, body.
@@ -136,6 +140,28 @@ pub fn policy(data: &[u8]) {
     }
 }
 
+/// Membership gossip from a peer, applied to a membership table: the members' signed
+/// statements inside are decoded and checked (keyed checksums of the seeds' seed), then
+/// the table is driven once, as a node would after the message.
+pub fn gossip(data: &[u8]) {
+    let Ok(Body::Sync(sync)) = codec::decode_body(data, "sync") else {
+        return;
+    };
+    let me = "spiffe://td/node/me";
+    let mut membership = Membership::new(
+        me,
+        NodeMeta::default(),
+        MembershipConfig::default(),
+        NOW_MS,
+        1,
+        Box::new(ChecksumNotary::new(me, SEED)),
+    );
+    membership.handle_sync(NOW_MS, "spiffe://td/node/b", &sync);
+    membership.handle_sync(NOW_MS, "spiffe://td/node/a", &sync);
+    membership.handle_timeout(NOW_MS + 1_000);
+    while membership.poll_transmit().is_some() {}
+}
+
 /// Seeds made in code, for the binary formats (authentic frames, bodies, certificates):
 /// mutations of valid inputs reach deeper than random bytes.
 pub fn seeds(target: &str) -> Vec<Vec<u8>> {
@@ -150,7 +176,17 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             node: "spiffe://td/node/a".to_owned(),
             state: MemberState::Alive,
             incarnation: 3,
-            meta: Some(std::sync::Arc::new(meta)),
+            meta: Some(std::sync::Arc::new(meta.clone())),
+            statement: Some(std::sync::Arc::new(
+                ChecksumNotary::new("spiffe://td/node/a", SEED).sign(
+                    Statement {
+                        node: "spiffe://td/node/a".to_owned(),
+                        incarnation: 3,
+                        meta,
+                    }
+                    .encode(),
+                ),
+            )),
         }],
         reply: true,
     });
@@ -166,6 +202,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 codec::encode(&ping, &signer, 2, NOW_MS),
             ]
         }
+        "gossip" => vec![codec::encode_body(&sync)],
         "body" => {
             let mut seeds = Vec::new();
             for (index, body) in [(12u8, &sync), (9, &ping)] {

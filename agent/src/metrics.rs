@@ -21,6 +21,9 @@ pub struct Metrics {
     pub awards: AtomicU64,
     /// Replicas this node placed again after their node died.
     pub reauctions: AtomicU64,
+    /// Membership statements from other members that did not check (forged, replayed
+    /// for another incarnation, or signed with an identity not valid here).
+    pub statements_refused: AtomicU64,
     /// Declines this node sent, by reason code.
     declines: Mutex<BTreeMap<&'static str, u64>>,
     /// Requests the policy refused, by action.
@@ -127,6 +130,12 @@ pub fn render(metrics: Option<&Metrics>, snapshot: &Snapshot) -> String {
         "counter",
         "Auctions this node ran that ended without a winner (retried with backoff).",
         &load(&m.failed_auctions),
+    );
+    metric(
+        "parley_membership_statements_refused_total",
+        "counter",
+        "Members' signed statements refused: forged, replayed, or signed with a bad identity.",
+        &load(&m.statements_refused),
     );
     metric(
         "parley_bids_total",

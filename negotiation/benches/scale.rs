@@ -19,7 +19,8 @@ use parley_identity::{
     Credential, Issuer, PendingRequest, SpiffeId, TrustBundle, Validity, VerifiedIdentity,
 };
 use parley_negotiation::codec::{Signer, Verifier};
-use parley_negotiation::membership::MembershipConfig;
+use parley_negotiation::membership::{MembershipConfig, Notary, STATEMENT_CONTEXT};
+use parley_negotiation::messages::SignedStatement;
 use parley_negotiation::sim::{self, CheapCrypto, Outcome, SimConfig, SimCrypto};
 
 /// CPU time this thread has used so far.
@@ -48,12 +49,37 @@ fn measure(config: SimConfig, crypto: &dyn SimCrypto) -> (Outcome, Duration) {
 /// with the sender's key reconstructed once from its chain, as the agent's transport does
 /// at the handshake; each message then costs one ECDSA signature and one verification.
 struct RealCrypto {
-    credentials: BTreeMap<String, std::rc::Rc<Credential>>,
+    credentials: BTreeMap<String, std::sync::Arc<Credential>>,
     verifier: KeyedVerifier,
 }
 
 struct KeyedVerifier {
-    peers: BTreeMap<String, VerifiedIdentity>,
+    peers: std::sync::Arc<BTreeMap<String, VerifiedIdentity>>,
+}
+
+/// Membership statements signed with the node's key; the bench's verifiers know every
+/// node's key, so the statement carries no credential.
+#[derive(Debug)]
+struct CredentialNotary {
+    credential: std::sync::Arc<Credential>,
+    peers: std::sync::Arc<BTreeMap<String, VerifiedIdentity>>,
+}
+
+impl Notary for CredentialNotary {
+    fn sign(&self, statement: Vec<u8>) -> SignedStatement {
+        SignedStatement {
+            signature: self.credential.sign(STATEMENT_CONTEXT, &statement),
+            statement,
+            credential: Vec::new(),
+        }
+    }
+
+    fn verify(&self, node: &str, signed: &SignedStatement, _now_ms: u64) -> bool {
+        self.peers.get(node).is_some_and(|peer| {
+            peer.verify(STATEMENT_CONTEXT, &signed.statement, &signed.signature)
+                .is_ok()
+        })
+    }
 }
 
 impl Verifier for KeyedVerifier {
@@ -66,7 +92,7 @@ impl Verifier for KeyedVerifier {
 
 struct CredentialSigner {
     id: String,
-    credential: std::rc::Rc<Credential>,
+    credential: std::sync::Arc<Credential>,
 }
 
 impl Signer for CredentialSigner {
@@ -100,11 +126,13 @@ impl RealCrypto {
                 .verify_chain(&[credential.cert().clone()], NOW)
                 .expect("chain verifies");
             peers.insert(id.clone(), verified);
-            credentials.insert(id, std::rc::Rc::new(credential));
+            credentials.insert(id, std::sync::Arc::new(credential));
         }
         Self {
             credentials,
-            verifier: KeyedVerifier { peers },
+            verifier: KeyedVerifier {
+                peers: std::sync::Arc::new(peers),
+            },
         }
     }
 }
@@ -119,6 +147,13 @@ impl SimCrypto for RealCrypto {
 
     fn verifier(&self) -> &dyn Verifier {
         &self.verifier
+    }
+
+    fn notary(&self, id: &str) -> Box<dyn Notary> {
+        Box::new(CredentialNotary {
+            credential: self.credentials[id].clone(),
+            peers: self.verifier.peers.clone(),
+        })
     }
 }
 

@@ -14,13 +14,35 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::messages::{Ack, Body, MemberState, MemberUpdate, NodeMeta, Ping, PingReq, Sync};
+use crate::messages::{
+    Ack, Body, MemberState, MemberUpdate, NodeMeta, Ping, PingReq, SignedStatement, Statement, Sync,
+};
 
-/// How far above the incarnation held a member's incarnation may be reported by a third
-/// party, or on first hearing of it. A member raises its incarnation by one per
-/// refutation or metadata change, at most every couple of seconds: 2^32 is centuries of
-/// that, while a forged `u64::MAX` (which no refutation could outbid) is refused.
+/// How far above its own incarnation a node refutes a statement about itself that it did
+/// not make. A node raises its incarnation by one per refutation or metadata change, at
+/// most every couple of seconds: 2^32 is centuries of that, while a forged `u64::MAX`
+/// (which no refutation could outbid) is left alone rather than followed to the top.
 pub const MAX_INCARNATION_STEP: u64 = 1 << 32;
+
+/// The signature context of membership statements: no message kind shares it, so a
+/// signed frame never passes for a statement, nor a statement for a frame.
+pub const STATEMENT_CONTEXT: &str = "member-statement";
+
+/// Signs this node's statements about itself, and checks other members' (see
+/// [`SignedStatement`]). The agent signs with its node key and puts its certificate in
+/// the credential; the simulator uses keyed checksums.
+pub trait Notary: std::fmt::Debug + Send {
+    /// Signs `statement`, the bytes of a [`Statement`] about this node.
+    fn sign(&self, statement: Vec<u8>) -> SignedStatement;
+    /// Whether `signed` was signed by `node`, with a credential valid at `now_ms` (ms
+    /// since the Unix epoch in the agent, virtual time in the simulator).
+    fn verify(&self, node: &str, signed: &SignedStatement, now_ms: u64) -> bool;
+}
+
+/// Most members a table holds (this node excluded). Growth needs statements signed by
+/// enrolled nodes, so only a mesh this large reaches it; it is the backstop that bounds
+/// memory whatever a peer sends.
+pub const DEFAULT_MAX_MEMBERS: usize = 16_384;
 
 /// Membership settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +85,8 @@ pub struct MembershipConfig {
     pub max_sync_chunk: usize,
     /// How long dead members are remembered (so late gossip does not revive them).
     pub dead_retention_ms: u64,
+    /// Most members held; a new one beyond is ignored (see [`DEFAULT_MAX_MEMBERS`]).
+    pub max_members: usize,
     /// Time between attempts to reach a random dead member. After a partition both sides
     /// hold the other dead and stop probing it; this is how they find each other again.
     pub reconnect_interval_ms: u64,
@@ -85,6 +109,7 @@ impl Default for MembershipConfig {
             sync_interval_ms: 30_000,
             max_sync_chunk: 100,
             dead_retention_ms: 300_000,
+            max_members: DEFAULT_MAX_MEMBERS,
             reconnect_interval_ms: 10_000,
         }
     }
@@ -99,12 +124,11 @@ pub struct Member {
     pub state: MemberState,
     /// Latest incarnation heard.
     pub incarnation: u64,
-    /// The highest incarnation the member stated itself (or the one it was first heard
-    /// at): third parties may report it at most [`MAX_INCARNATION_STEP`] above this, so
-    /// that updates relayed one after another cannot walk it up without the member.
-    pub vouched: u64,
     /// Latest metadata heard, if any.
     pub meta: Option<Arc<NodeMeta>>,
+    /// The member's signed statement of that metadata, which this node relays; none when
+    /// the member told this node directly without one (an older version).
+    pub statement: Option<Arc<SignedStatement>>,
     /// When the state last changed (ms).
     pub since_ms: u64,
 }
@@ -119,11 +143,18 @@ pub struct Interner(Arc<Mutex<InternTables>>);
 #[derive(Debug, Default)]
 struct InternTables {
     ids: HashSet<Arc<str>>,
-    /// Each node's latest metadata heard by any table: an equal copy decoded elsewhere
-    /// is replaced by this one.
-    metas: HashMap<Arc<str>, Arc<NodeMeta>>,
+    /// Each node's latest metadata and signed statement heard by any table: an equal
+    /// copy decoded elsewhere is replaced by this one.
+    records: HashMap<Arc<str>, Shared>,
     /// Size after the last pruning: the next one comes when the tables have doubled.
     pruned_len: usize,
+}
+
+/// What the tables share of one node.
+#[derive(Debug, Default)]
+struct Shared {
+    meta: Option<Arc<NodeMeta>>,
+    statement: Option<Arc<SignedStatement>>,
 }
 
 impl Interner {
@@ -147,13 +178,15 @@ impl Interner {
     /// The shared copy of `meta`, `node`'s metadata.
     fn meta(&self, node: &Arc<str>, meta: Arc<NodeMeta>) -> Arc<NodeMeta> {
         let mut tables = self.tables();
-        match tables.metas.get(node) {
-            Some(known) if Arc::ptr_eq(known, &meta) || **known == *meta => known.clone(),
-            _ => {
-                tables.metas.insert(node.clone(), meta.clone());
-                meta
-            }
-        }
+        let shared = tables.records.entry(node.clone()).or_default();
+        shared_copy(&mut shared.meta, meta)
+    }
+
+    /// The shared copy of `statement`, `node`'s signed statement.
+    fn statement(&self, node: &Arc<str>, statement: Arc<SignedStatement>) -> Arc<SignedStatement> {
+        let mut tables = self.tables();
+        let shared = tables.records.entry(node.clone()).or_default();
+        shared_copy(&mut shared.statement, statement)
     }
 }
 
@@ -210,6 +243,17 @@ impl MemberTable {
     }
 }
 
+/// `value`, or the equal copy `slot` holds; `value` becomes the held copy otherwise.
+fn shared_copy<T: PartialEq>(slot: &mut Option<Arc<T>>, value: Arc<T>) -> Arc<T> {
+    match slot {
+        Some(known) if Arc::ptr_eq(known, &value) || **known == *value => known.clone(),
+        _ => {
+            *slot = Some(value.clone());
+            value
+        }
+    }
+}
+
 impl InternTables {
     /// Forgets what no table refers to any more (members long dead), so that churn does
     /// not grow the tables without bound. Amortized: runs when they have doubled.
@@ -217,8 +261,8 @@ impl InternTables {
         if self.ids.len() < 2 * self.pruned_len.max(512) {
             return;
         }
-        // Held here and as the key of `metas`: referenced elsewhere only above two.
-        self.metas.retain(|id, _| Arc::strong_count(id) > 2);
+        // Held here and as the key of `records`: referenced elsewhere only above two.
+        self.records.retain(|id, _| Arc::strong_count(id) > 2);
         self.ids.retain(|id| Arc::strong_count(id) > 1);
         self.pruned_len = self.ids.len();
     }
@@ -264,6 +308,15 @@ pub struct Membership {
     me: String,
     incarnation: u64,
     meta: Arc<NodeMeta>,
+    /// This node's signed statement of `incarnation` and `meta`.
+    statement: Arc<SignedStatement>,
+    notary: Box<dyn Notary>,
+    /// Statements refused (forged, for another incarnation, or from a bad credential).
+    refused_statements: u64,
+    /// Set once a statement in the message being applied failed to verify: the rest of
+    /// its unproven claims are dropped unchecked, so that one message costs at most one
+    /// failed signature check.
+    distrust_message: bool,
     config: MembershipConfig,
     interner: Interner,
     members: MemberTable,
@@ -295,18 +348,34 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// A member `me` with its metadata; `seed` drives probe order and sampling.
+    /// A member `me` with its metadata; `seed` drives probe order and sampling, and
+    /// `notary` signs this node's statements and checks others'.
     pub fn new(
         me: impl Into<String>,
         meta: NodeMeta,
         config: MembershipConfig,
         now_ms: u64,
         seed: u64,
+        notary: Box<dyn Notary>,
     ) -> Self {
         let me = me.into();
+        let statement = Arc::new(
+            notary.sign(
+                Statement {
+                    node: me.clone(),
+                    incarnation: 0,
+                    meta: meta.clone(),
+                }
+                .encode(),
+            ),
+        );
         let mut membership = Self {
             incarnation: 0,
             meta: Arc::new(meta),
+            statement,
+            notary,
+            refused_statements: 0,
+            distrust_message: false,
             config,
             interner: Interner::default(),
             members: MemberTable::default(),
@@ -373,13 +442,17 @@ impl Membership {
                 self.suspicions
                     .insert(id.clone(), now_ms + self.suspicion_ms());
             }
+            let statement = update
+                .statement
+                .clone()
+                .map(|statement| self.interner.statement(&id, statement));
             self.probe_order.push(id.clone());
             new.push(Member {
-                vouched: update.incarnation,
                 id,
                 state: update.state,
                 incarnation: update.incarnation,
                 meta,
+                statement,
                 since_ms: now_ms,
             });
         }
@@ -441,13 +514,40 @@ impl Membership {
         self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
+    /// This node's liveness as gossip; `with_meta` adds its metadata and its signed
+    /// statement of them (the metadata for peers of older versions, which read no
+    /// statement).
     fn self_update(&self, with_meta: bool) -> MemberUpdate {
         MemberUpdate {
             node: self.me.clone(),
             state: MemberState::Alive,
             incarnation: self.incarnation,
             meta: with_meta.then(|| self.meta.clone()),
+            statement: with_meta.then(|| self.statement.clone()),
         }
+    }
+
+    /// Moves to `incarnation` and signs the statement of it and the current metadata.
+    fn restate(&mut self, incarnation: u64) {
+        self.incarnation = incarnation;
+        let statement = Statement {
+            node: self.me.clone(),
+            incarnation,
+            meta: (*self.meta).clone(),
+        };
+        self.statement = Arc::new(self.notary.sign(statement.encode()));
+    }
+
+    /// Announces the current metadata again under a new incarnation, newly signed: after
+    /// the node's credential is renewed, so that its statements stay verifiable.
+    pub fn restate_meta(&mut self) {
+        self.set_meta((*self.meta).clone());
+    }
+
+    /// Statements from other members refused so far (forged, for another incarnation,
+    /// or signed with a credential that does not check).
+    pub fn refused_statements(&self) -> u64 {
+        self.refused_statements
     }
 
     /// Contacts seed members: pushes this node's state and asks for theirs.
@@ -465,7 +565,7 @@ impl Membership {
         // Newer than anything waiting for its paced turn.
         self.pending_meta = None;
         self.meta = Arc::new(meta);
-        self.incarnation += 1;
+        self.restate(self.incarnation.saturating_add(1));
         let update = self.self_update(true);
         self.enqueue_gossip(update);
     }
@@ -546,12 +646,13 @@ impl Membership {
     fn enqueue_gossip(&mut self, update: MemberUpdate) {
         // A bare liveness update must not push out a pending one that carries the same
         // incarnation's metadata.
-        if update.meta.is_none()
+        let carries_meta = |u: &MemberUpdate| u.meta.is_some() || u.statement.is_some();
+        if !carries_meta(&update)
             && self.gossip.iter().any(|g| {
                 g.update.node == update.node
                     && g.update.incarnation == update.incarnation
                     && g.update.state == update.state
-                    && g.update.meta.is_some()
+                    && carries_meta(&g.update)
             })
         {
             return;
@@ -575,6 +676,7 @@ impl Membership {
                 state: member.state,
                 incarnation: member.incarnation,
                 meta: None,
+                statement: None,
             });
         }
         for gossip in self.gossip.iter_mut().take(self.config.max_piggyback) {
@@ -585,19 +687,21 @@ impl Membership {
         out
     }
 
-    /// Applies one piece of gossip, by SWIM's precedence rules.
     /// Applies one piece of gossip. `from` is the node that sent it (proven by the
     /// transport), `None` for this node's own conclusions.
     ///
     /// What SWIM lets each party say, and no more:
     /// - a member speaks for itself: its own `Alive` at any higher incarnation (a
     ///   refutation, new metadata) is taken from it directly;
-    /// - a third party relays: an `Alive` at most [`MAX_INCARNATION_STEP`] above the
-    ///   incarnation held, and a suspicion or death only of the incarnation held — one it
-    ///   could have observed. A statement about an incarnation the member never issued
-    ///   (`Dead @ u64::MAX`, which no refutation could outbid) is dropped;
-    /// - metadata is replaced only under a new incarnation: a third party may fill in
-    ///   what is missing, not rewrite an address or a capacity;
+    /// - a third party relays: a member's `Alive` at a new incarnation only with the
+    ///   member's signed statement of that incarnation, and a suspicion or death only of
+    ///   the incarnation held, one it could have observed. A statement about an
+    ///   incarnation the member never issued (`Dead @ u64::MAX`, which no refutation
+    ///   could outbid) is dropped;
+    /// - a member is first learned from itself or from its own statement, never from a
+    ///   third party's word: nobody can invent members, or addresses for this node to dial;
+    /// - metadata comes from the member, directly or through its statement, never from
+    ///   the relay;
     /// - statements about this node that it did not make are refuted, whatever their
     ///   state, with an incarnation above them (saturating: it never wraps).
     fn apply(&mut self, now_ms: u64, from: Option<&str>, update: &MemberUpdate) {
@@ -609,90 +713,69 @@ impl Membership {
             };
             if refute && update.incarnation <= self.incarnation.saturating_add(MAX_INCARNATION_STEP)
             {
-                self.incarnation = update.incarnation.saturating_add(1);
+                self.restate(update.incarnation.saturating_add(1));
                 let refutation = self.self_update(true);
                 self.enqueue_gossip(refutation);
             }
             return;
         }
         let firsthand = from == Some(update.node.as_str());
-        let suspicion_ms = self.suspicion_ms();
-        let interner = &self.interner;
-        let Some(member) = self.members.get_mut(update.node.as_str()) else {
-            if update.state == MemberState::Dead
-                || (!firsthand && update.incarnation > MAX_INCARNATION_STEP)
-            {
-                return;
-            }
-            let id = interner.id(&update.node);
-            let meta = update.meta.clone().map(|meta| interner.meta(&id, meta));
-            if meta.is_none() {
-                self.without_meta.insert(id.clone());
-            }
-            self.members.insert(Member {
-                vouched: update.incarnation,
-                id: id.clone(),
-                state: update.state,
-                incarnation: update.incarnation,
-                meta,
-                since_ms: now_ms,
-            });
-            self.probe_order.push(id.clone());
-            self.events
-                .push_back(MembershipEvent::Joined(update.node.clone()));
-            if update.state == MemberState::Suspect {
-                self.suspicions.insert(id, now_ms + suspicion_ms);
-            }
-            self.enqueue_gossip(update.clone());
+        let Some(member) = self.members.get(update.node.as_str()) else {
+            self.learn(now_ms, firsthand, update);
             return;
         };
         let held = member.incarnation;
         let newer = match (update.state, member.state) {
-            // A member about itself: only its own "alive" means anything.
-            (MemberState::Alive, _) if firsthand => update.incarnation > held,
+            // A higher incarnation is the member's own word: from the member itself, or
+            // with its signed statement (checked below).
+            (MemberState::Alive, _) => update.incarnation > held,
+            // A member says nothing but "alive" about itself.
             (_, _) if firsthand => false,
-            // Alive overrides only with a higher incarnation (a refutation or new meta),
-            // and a third party may not claim one the member could not have reached.
-            (MemberState::Alive, _) => {
-                update.incarnation > held
-                    && update.incarnation <= member.vouched.saturating_add(MAX_INCARNATION_STEP)
-            }
             (MemberState::Suspect, MemberState::Alive) => update.incarnation == held,
             (MemberState::Suspect, _) => false,
             (MemberState::Dead, MemberState::Dead) => false,
             (MemberState::Dead, _) => update.incarnation == held,
         };
         if !newer {
-            // A node changes its metadata only under a new incarnation, so metadata for
-            // the incarnation held may complete a record that has none (the bare liveness
-            // part of every message can announce the incarnation first); only the member
-            // itself may replace it.
-            if let Some(meta) = &update.meta
-                && update.incarnation == held
-                && (member.meta.is_none() || (firsthand && member.meta.as_ref() != Some(meta)))
-            {
-                member.meta = Some(interner.meta(&member.id, meta.clone()));
-                self.without_meta.remove(&member.id);
-                self.events
-                    .push_back(MembershipEvent::MetaChanged(update.node.clone()));
-                // Pass it on, or it reaches only the node's direct contacts.
-                self.enqueue_gossip(update.clone());
+            if update.incarnation == held && completes(member, firsthand, update) {
+                self.complete(now_ms, firsthand, update);
             }
             return;
         }
+        let proven = if update.state == MemberState::Alive {
+            let proven = self.proven(now_ms, firsthand, update);
+            if proven.is_none() && !firsthand {
+                return;
+            }
+            proven
+        } else {
+            None
+        };
+        let suspicion_ms = self.suspicion_ms();
+        let interner = &self.interner;
+        let Some(member) = self.members.get_mut(update.node.as_str()) else {
+            return;
+        };
         let previous = member.state;
         member.state = update.state;
         member.incarnation = update.incarnation;
-        if firsthand {
-            member.vouched = member.vouched.max(update.incarnation);
-        }
-        if let Some(meta) = &update.meta
-            && member.meta.as_ref() != Some(meta)
-        {
-            member.meta = Some(interner.meta(&member.id, meta.clone()));
-            self.without_meta.remove(&member.id);
-            self.events
-                .push_back(MembershipEvent::MetaChanged(update.node.clone()));
+        match &proven {
+            Some(proven) => {
+                member.statement = proven
+                    .statement
+                    .clone()
+                    .map(|statement| interner.statement(&member.id, statement));
+                if member.meta.as_ref() != Some(&proven.meta) {
+                    member.meta = Some(interner.meta(&member.id, proven.meta.clone()));
+                    self.without_meta.remove(&member.id);
+                    self.events
+                        .push_back(MembershipEvent::MetaChanged(update.node.clone()));
+                }
+            }
+            // A bare "alive" from the member at a new incarnation: the statement held is
+            // of an older one and can no longer be relayed with it.
+            None if update.state == MemberState::Alive => member.statement = None,
+            None => {}
         }
         if previous != update.state {
             member.since_ms = now_ms;
@@ -721,10 +804,115 @@ impl Membership {
             }
             _ => {}
         }
-        self.enqueue_gossip(update.clone());
+        self.enqueue_gossip(relayed(update, proven.as_ref()));
+    }
+
+    /// A member not in the table: learned from itself, or from its signed statement.
+    fn learn(&mut self, now_ms: u64, firsthand: bool, update: &MemberUpdate) {
+        if update.state == MemberState::Dead || self.members.len() >= self.config.max_members {
+            return;
+        }
+        let proven = self.proven(now_ms, firsthand, update);
+        if proven.is_none() && !firsthand {
+            return;
+        }
+        let id = self.interner.id(&update.node);
+        let (meta, statement) = match &proven {
+            Some(proven) => (
+                Some(self.interner.meta(&id, proven.meta.clone())),
+                proven
+                    .statement
+                    .clone()
+                    .map(|statement| self.interner.statement(&id, statement)),
+            ),
+            // The member itself, in a bare probe: known now, its metadata asked for.
+            None => {
+                self.without_meta.insert(id.clone());
+                (None, None)
+            }
+        };
+        self.members.insert(Member {
+            id: id.clone(),
+            state: update.state,
+            incarnation: update.incarnation,
+            meta,
+            statement,
+            since_ms: now_ms,
+        });
+        self.probe_order.push(id.clone());
+        self.events
+            .push_back(MembershipEvent::Joined(update.node.clone()));
+        if update.state == MemberState::Suspect {
+            self.suspicions.insert(id, now_ms + self.suspicion_ms());
+        }
+        self.enqueue_gossip(relayed(update, proven.as_ref()));
+    }
+
+    /// Metadata (or the statement to relay it with) for the incarnation held, where the
+    /// record lacks it or the member itself corrects it.
+    fn complete(&mut self, now_ms: u64, firsthand: bool, update: &MemberUpdate) {
+        let Some(proven) = self.proven(now_ms, firsthand, update) else {
+            return;
+        };
+        let interner = &self.interner;
+        let Some(member) = self.members.get_mut(update.node.as_str()) else {
+            return;
+        };
+        if let Some(statement) = &proven.statement {
+            member.statement = Some(interner.statement(&member.id, statement.clone()));
+        }
+        if member.meta.as_ref() != Some(&proven.meta) {
+            member.meta = Some(interner.meta(&member.id, proven.meta.clone()));
+            self.without_meta.remove(&member.id);
+            self.events
+                .push_back(MembershipEvent::MetaChanged(update.node.clone()));
+        }
+        // Pass it on, or it reaches only the node's direct contacts.
+        self.enqueue_gossip(relayed(update, Some(&proven)));
+    }
+
+    /// The metadata `update` proves its member stated at `update.incarnation`: told by
+    /// the member itself (the transport authenticated it), or signed by it. A statement
+    /// that fails its check is counted, and makes the rest of the message's unproven
+    /// claims be dropped unchecked.
+    fn proven(&mut self, now_ms: u64, firsthand: bool, update: &MemberUpdate) -> Option<Proven> {
+        if let Some(signed) = &update.statement {
+            // The statement held was checked when it came, and is of the incarnation held.
+            if let Some(member) = self.members.get(update.node.as_str())
+                && member.incarnation == update.incarnation
+                && let (Some(held), Some(meta)) = (&member.statement, &member.meta)
+                && (Arc::ptr_eq(held, signed) || **held == **signed)
+            {
+                return Some(Proven {
+                    meta: meta.clone(),
+                    statement: Some(held.clone()),
+                });
+            }
+            if !self.distrust_message {
+                let checked = Statement::decode(&signed.statement)
+                    .filter(|s| s.node == update.node && s.incarnation == update.incarnation)
+                    .filter(|_| self.notary.verify(&update.node, signed, now_ms));
+                if let Some(statement) = checked {
+                    return Some(Proven {
+                        meta: Arc::new(statement.meta),
+                        statement: Some(signed.clone()),
+                    });
+                }
+                self.refused_statements += 1;
+                self.distrust_message = true;
+            }
+        }
+        if !firsthand {
+            return None;
+        }
+        update.meta.clone().map(|meta| Proven {
+            meta,
+            statement: None,
+        })
     }
 
     fn apply_all(&mut self, now_ms: u64, from: &str, updates: &[MemberUpdate]) {
+        self.distrust_message = false;
         for update in updates {
             self.apply(now_ms, Some(from), update);
         }
@@ -736,17 +924,23 @@ impl Membership {
             node: m.id.to_string(),
             state: m.state,
             incarnation: m.incarnation,
-            meta: m.meta.clone(),
+            // The statement carries the metadata; without one, the member's own word.
+            meta: if m.statement.is_some() {
+                None
+            } else {
+                m.meta.clone()
+            },
+            statement: m.statement.clone(),
         }));
-        let chunk = self.config.max_sync_chunk.max(1);
-        let chunks = all.len().div_ceil(chunk);
-        for (i, updates) in all.chunks(chunk).enumerate() {
+        let chunks = sync_chunks(&all, self.config.max_sync_chunk);
+        let count = chunks.len();
+        for (i, range) in chunks.into_iter().enumerate() {
             // Only the last chunk asks for a reply, so the exchange stays one round.
             self.transmits.push_back((
                 to.clone(),
                 Body::Sync(Sync {
-                    updates: updates.to_vec(),
-                    reply: reply && i + 1 == chunks,
+                    updates: all[range].to_vec(),
+                    reply: reply && i + 1 == count,
                 }),
             ));
         }
@@ -845,6 +1039,7 @@ impl Membership {
             state: MemberState::Suspect,
             incarnation: member.incarnation,
             meta: None,
+            statement: None,
         };
         self.apply(now_ms, None, &update);
     }
@@ -898,6 +1093,7 @@ impl Membership {
                     state: MemberState::Dead,
                     incarnation: member.incarnation,
                     meta: None,
+                    statement: None,
                 };
                 self.apply(now_ms, None, &update);
             }
@@ -1105,4 +1301,79 @@ impl Membership {
     pub fn poll_event(&mut self) -> Option<MembershipEvent> {
         self.events.pop_front()
     }
+}
+
+/// Metadata a member is proven to have stated, and the statement that proves it to
+/// others (none when the member told this node directly without one).
+struct Proven {
+    meta: Arc<NodeMeta>,
+    statement: Option<Arc<SignedStatement>>,
+}
+
+/// Whether `update`, of the incarnation held, could complete `member`'s record: it has
+/// no metadata, or no statement to relay it with, or the member itself corrects it.
+fn completes(member: &Member, firsthand: bool, update: &MemberUpdate) -> bool {
+    let brings_statement = update.statement.is_some();
+    if update.meta.is_none() && !brings_statement {
+        return false;
+    }
+    member.meta.is_none()
+        || (member.statement.is_none() && brings_statement)
+        || (firsthand && update.meta.is_some() && member.meta != update.meta)
+}
+
+/// `update` as this node passes it on: an "alive" with the statement that proves it (the
+/// metadata inside it, not beside it), the member's own word as it came (an older
+/// version's, without a statement), and a suspicion or death bare.
+fn relayed(update: &MemberUpdate, proven: Option<&Proven>) -> MemberUpdate {
+    let statement = proven.and_then(|p| p.statement.clone());
+    let meta = match (&statement, update.state) {
+        (Some(_), _) | (None, MemberState::Suspect | MemberState::Dead) => None,
+        (None, MemberState::Alive) => proven.map(|p| p.meta.clone()),
+    };
+    MemberUpdate {
+        node: update.node.clone(),
+        state: update.state,
+        incarnation: update.incarnation,
+        meta,
+        statement,
+    }
+}
+
+/// Bytes of statements and metadata one `Sync` carries at most: with the names and the
+/// envelope, well inside a frame (`codec::MAX_FRAME_LEN`, 64 KiB).
+const SYNC_CHUNK_BYTES: usize = 40 * 1024;
+
+/// `updates` cut into runs of at most `max_updates` updates and about
+/// [`SYNC_CHUNK_BYTES`] of statements, so that every `Sync` fits in a frame whatever
+/// the members' labels and images.
+fn sync_chunks(updates: &[MemberUpdate], max_updates: usize) -> Vec<std::ops::Range<usize>> {
+    let weight = |u: &MemberUpdate| {
+        let statement = u.statement.as_ref().map_or(0, |s| {
+            s.statement.len() + s.credential.len() + s.signature.len()
+        });
+        // Metadata beside no statement: an estimate of its encoding is enough here.
+        let meta = u.meta.as_ref().map_or(0, |m| {
+            128 + m.images.iter().map(|i| i.len() + 2).sum::<usize>()
+                + m.labels
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len() + 4)
+                    .sum::<usize>()
+        });
+        u.node.len() + 16 + statement + meta
+    };
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, update) in updates.iter().enumerate() {
+        let w = weight(update);
+        if i > start && (i - start >= max_updates.max(1) || bytes + w > SYNC_CHUNK_BYTES) {
+            chunks.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += w;
+    }
+    if start < updates.len() {
+        chunks.push(start..updates.len());
+    }
+    chunks
 }

@@ -331,6 +331,56 @@ pub struct MemberUpdate {
     /// record sits in every member table and in every piece of gossip that carries it.
     #[serde(default)]
     pub meta: Option<Arc<NodeMeta>>,
+    /// The member's own signed statement of this incarnation and its metadata: what lets
+    /// a third party relay them (see [`SignedStatement`]). When present it is the source
+    /// of the metadata, and relays leave `meta` out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<Arc<SignedStatement>>,
+}
+
+/// What a member states about itself: that it is alive at `incarnation`, with `meta`.
+/// Only the member signs one; anyone relays it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Statement {
+    /// The member.
+    pub node: String,
+    /// The incarnation it speaks at.
+    pub incarnation: u64,
+    /// Its metadata at that incarnation.
+    pub meta: NodeMeta,
+}
+
+/// A [`Statement`] as its member signed it. The statement travels as the exact bytes
+/// signed (CBOR), so that a relay by a node of another version, which may not know every
+/// metadata field, still passes it on intact; `credential` proves who the signer is to a
+/// receiver that has never met it (the agent puts the member's certificate there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedStatement {
+    /// The CBOR encoding of a [`Statement`].
+    #[serde(with = "serde_bytes")]
+    pub statement: Vec<u8>,
+    /// What binds the signing key to the member (opaque here).
+    #[serde(with = "serde_bytes")]
+    pub credential: Vec<u8>,
+    /// The signature over `statement`.
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+impl Statement {
+    /// The bytes a member signs.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(256);
+        // Writing CBOR into a Vec fails only if serialization of a field fails, and every
+        // field here is plain data.
+        ciborium::into_writer(self, &mut bytes).expect("a statement is plain data");
+        bytes
+    }
+
+    /// Reads the bytes of a signed statement.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        ciborium::from_reader(bytes).ok()
+    }
 }
 
 /// A probe.

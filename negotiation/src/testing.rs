@@ -6,6 +6,8 @@
 //! their ECQV identities through the same traits.
 
 use crate::codec::{Signer, Verifier};
+use crate::membership::{Notary, STATEMENT_CONTEXT};
+use crate::messages::SignedStatement;
 
 /// A per-node secret checksum "signature".
 #[derive(Debug, Clone)]
@@ -57,5 +59,42 @@ pub struct ChecksumVerifier {
 impl Verifier for ChecksumVerifier {
     fn verify(&self, sender: &str, context: &str, bytes: &[u8], signature: &[u8]) -> bool {
         checksum(fnv(self.seed, sender.as_bytes()), context, bytes) == signature
+    }
+}
+
+/// Membership statements signed with [`KeyedChecksum`]s: node `id` signs its own, and
+/// checks anyone's that shares the seed. The credential is left empty.
+#[derive(Debug, Clone)]
+pub struct ChecksumNotary {
+    signer: KeyedChecksum,
+    verifier: ChecksumVerifier,
+}
+
+impl ChecksumNotary {
+    /// The notary of node `id` in a cluster sharing `seed`.
+    pub fn new(id: impl Into<String>, seed: u64) -> Self {
+        Self {
+            signer: KeyedChecksum::new(id, seed),
+            verifier: ChecksumVerifier { seed },
+        }
+    }
+}
+
+impl Notary for ChecksumNotary {
+    fn sign(&self, statement: Vec<u8>) -> SignedStatement {
+        SignedStatement {
+            signature: self.signer.sign(STATEMENT_CONTEXT, &statement),
+            statement,
+            credential: Vec::new(),
+        }
+    }
+
+    fn verify(&self, node: &str, signed: &SignedStatement, _now_ms: u64) -> bool {
+        self.verifier.verify(
+            node,
+            STATEMENT_CONTEXT,
+            &signed.statement,
+            &signed.signature,
+        )
     }
 }

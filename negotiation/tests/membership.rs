@@ -4,10 +4,13 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use parley_negotiation::membership::{Interner, Membership, MembershipConfig, MembershipEvent};
-use parley_negotiation::messages::{
-    Ack, Body, MemberState, MemberUpdate, NodeMeta, Resources, Sync,
+use parley_negotiation::membership::{
+    Interner, Membership, MembershipConfig, MembershipEvent, Notary as _,
 };
+use parley_negotiation::messages::{
+    Ack, Body, MemberState, MemberUpdate, NodeMeta, Resources, SignedStatement, Statement, Sync,
+};
+use parley_negotiation::testing::ChecksumNotary;
 
 fn meta(arch: &str) -> NodeMeta {
     NodeMeta {
@@ -23,6 +26,15 @@ fn meta(arch: &str) -> NodeMeta {
     }
 }
 
+/// A member signing its statements with a keyed checksum every test member can check.
+fn membership(id: impl Into<String>, meta: NodeMeta, seed: u64) -> Membership {
+    let id = id.into();
+    let notary = Box::new(ChecksumNotary::new(id.clone(), NOTARY_SEED));
+    Membership::new(id, meta, MembershipConfig::default(), 0, seed, notary)
+}
+
+const NOTARY_SEED: u64 = 0xC0DE;
+
 struct Net {
     nodes: Vec<Membership>,
     down: Vec<bool>,
@@ -36,11 +48,9 @@ impl Net {
     fn new(n: usize) -> Self {
         let nodes: Vec<Membership> = (0..n)
             .map(|i| {
-                Membership::new(
+                membership(
                     format!("n{i}"),
                     meta(if i == 1 { "arm64" } else { "amd64" }),
-                    MembershipConfig::default(),
-                    0,
                     i as u64 + 1,
                 )
             })
@@ -231,16 +241,7 @@ fn new_metadata_spreads_under_a_new_incarnation() {
 /// `n` members' announcements, as a converged view would hold them.
 fn announcements(n: usize) -> Vec<MemberUpdate> {
     (0..n)
-        .map(|i| {
-            Membership::new(
-                format!("m{i}"),
-                meta("amd64"),
-                MembershipConfig::default(),
-                0,
-                1,
-            )
-            .announcement()
-        })
+        .map(|i| membership(format!("m{i}"), meta("amd64"), 1).announcement())
         .collect()
 }
 
@@ -270,11 +271,12 @@ fn run_alone(node: &mut Membership, mut now: u64, until: u64) -> Vec<(u64, Strin
 
 #[test]
 fn tables_sharing_an_interner_hold_one_copy_of_each_member() {
-    let source = Membership::new("a", meta("arm64"), MembershipConfig::default(), 0, 1);
+    let source = membership("a", meta("arm64"), 1);
     // Each receiver decodes its own copy of the announcement, as from the wire.
     let decoded = || {
         let mut update = source.announcement();
         update.meta = update.meta.map(|m| Arc::new((*m).clone()));
+        update.statement = update.statement.map(|s| Arc::new((*s).clone()));
         Sync {
             updates: vec![update],
             reply: false,
@@ -282,15 +284,7 @@ fn tables_sharing_an_interner_hold_one_copy_of_each_member() {
     };
     let interner = Interner::default();
     let mut tables: Vec<Membership> = (0..3)
-        .map(|i| {
-            Membership::new(
-                format!("t{i}"),
-                meta("amd64"),
-                MembershipConfig::default(),
-                0,
-                2,
-            )
-        })
+        .map(|i| membership(format!("t{i}"), meta("amd64"), 2))
         .collect();
     tables[0].share_interner(interner.clone());
     tables[1].share_interner(interner);
@@ -308,7 +302,7 @@ fn tables_sharing_an_interner_hold_one_copy_of_each_member() {
 
 #[test]
 fn a_converged_start_knows_everyone_quietly_and_probes_them() {
-    let mut node = Membership::new("me", meta("amd64"), MembershipConfig::default(), 0, 9);
+    let mut node = membership("me", meta("amd64"), 9);
     let mut everyone = announcements(50);
     everyone.push(node.announcement());
     node.assume_known(0, &everyone);
@@ -343,7 +337,7 @@ fn a_converged_start_knows_everyone_quietly_and_probes_them() {
 
 #[test]
 fn a_suspicion_is_pushed_to_three_members_within_a_gossip_round() {
-    let mut node = Membership::new("me", meta("amd64"), MembershipConfig::default(), 0, 4);
+    let mut node = membership("me", meta("amd64"), 4);
     node.assume_known(0, &announcements(20));
     // Nothing answers: the first probe fails, its target is suspected.
     let mut now = 0;
@@ -386,7 +380,7 @@ fn a_suspicion_is_pushed_to_three_members_within_a_gossip_round() {
 #[test]
 fn push_pull_exchanges_thin_out_as_the_cluster_grows() {
     let exchanges = |members: usize| {
-        let mut node = Membership::new("me", meta("amd64"), MembershipConfig::default(), 0, 6);
+        let mut node = membership("me", meta("amd64"), 6);
         node.assume_known(0, &announcements(members));
         run_alone(&mut node, 0, 600_000)
             .iter()
@@ -425,7 +419,7 @@ fn the_dead_are_forgotten_after_the_retention_time() {
 
 #[test]
 fn paced_metadata_goes_out_at_most_once_per_members_over_the_cluster_rate() {
-    let mut node = Membership::new("me", meta("amd64"), MembershipConfig::default(), 0, 8);
+    let mut node = membership("me", meta("amd64"), 8);
     node.assume_known(0, &announcements(99));
     let with_cpu = |cpu: u64| {
         let mut m = meta("amd64");
@@ -462,95 +456,178 @@ fn paced_metadata_goes_out_at_most_once_per_members_over_the_cluster_rate() {
 
 /// Class 4 of the zero-trust issue: gossip about a third party was accepted at any
 /// incarnation. `Dead @ u64::MAX` killed a live node for good (its refutation wrapped),
-/// and `Alive @ u64::MAX` with forged metadata rewrote its address and capacity.
+/// and `Alive @ u64::MAX` with forged metadata rewrote its address and capacity; after a
+/// first fix, `Alive` a step above the incarnation held still did.
 #[test]
 fn a_third_party_cannot_kill_a_member_or_rewrite_its_metadata() {
     let mut net = Net::new(3);
     net.run(5_000);
     let victim = "n1";
     let held = net.nodes[0].member(victim).unwrap().incarnation;
-    let forged_meta = Arc::new(NodeMeta {
+    let forged_meta = NodeMeta {
         address: Some("203.0.113.66:7946".to_owned()),
         ..meta("evil")
-    });
-    let forge = |state, incarnation, meta: Option<Arc<NodeMeta>>| {
-        Body::Sync(Sync {
-            updates: vec![MemberUpdate {
-                node: victim.to_owned(),
-                state,
-                incarnation,
-                meta,
-            }],
-            reply: false,
-        })
+    };
+    let forge = |state, incarnation, meta: Option<&NodeMeta>| MemberUpdate {
+        node: victim.to_owned(),
+        state,
+        incarnation,
+        meta: meta.cloned().map(Arc::new),
+        statement: None,
+    };
+    // A statement about n1 that n2 signed: n2's key does not speak for n1.
+    let signed_by_n2 = MemberUpdate {
+        statement: Some(Arc::new(signed("n2", victim, held + 1, &forged_meta))),
+        ..forge(MemberState::Alive, held + 1, None)
     };
     // n2 turns hostile and tells n0 lies about n1.
     let lies = [
         forge(MemberState::Dead, u64::MAX, None),
         forge(MemberState::Suspect, held + 1, None),
-        forge(MemberState::Alive, u64::MAX, Some(forged_meta.clone())),
+        forge(MemberState::Alive, u64::MAX, Some(&forged_meta)),
+        // One step up: an incarnation n1 could have reached, but not n1's word.
+        forge(MemberState::Alive, held + 1, Some(&forged_meta)),
         // Same incarnation, other metadata: not a new statement by n1.
-        forge(MemberState::Alive, held, Some(forged_meta.clone())),
+        forge(MemberState::Alive, held, Some(&forged_meta)),
+        signed_by_n2,
     ];
     for lie in lies {
-        let Body::Sync(sync) = lie else {
-            unreachable!()
-        };
-        net.nodes[0].handle_sync(net.now, "n2", &sync);
+        net.nodes[0].handle_sync(net.now, "n2", &sync_of(vec![lie]));
     }
     let seen = net.nodes[0].member(victim).unwrap();
     assert_eq!(seen.state, MemberState::Alive, "{seen:?}");
     assert_eq!(seen.incarnation, held, "{seen:?}");
     assert_eq!(seen.meta.as_deref().map(|m| m.arch.as_str()), Some("arm64"));
+    assert!(net.nodes[0].refused_statements() >= 1);
 
     // The member itself speaks for itself, and a lie about it told to it is refuted
     // above the lie, without wrapping.
-    let Body::Sync(own) = forge(MemberState::Alive, held + 5, Some(Arc::new(meta("arm64")))) else {
-        unreachable!()
-    };
-    net.nodes[0].handle_sync(net.now, victim, &own);
+    let own = forge(MemberState::Alive, held + 5, Some(&meta("arm64")));
+    net.nodes[0].handle_sync(net.now, victim, &sync_of(vec![own]));
     assert_eq!(net.nodes[0].member(victim).unwrap().incarnation, held + 5);
-    let Body::Sync(lie) = forge(MemberState::Dead, u64::MAX, None) else {
-        unreachable!()
-    };
-    net.nodes[1].handle_sync(net.now, "n2", &lie);
+    let lie = forge(MemberState::Dead, u64::MAX, None);
+    net.nodes[1].handle_sync(net.now, "n2", &sync_of(vec![lie]));
     net.run(net.now + 3_000);
     let seen = net.nodes[0].member(victim).unwrap();
     assert_eq!(seen.state, MemberState::Alive, "{seen:?}");
     assert!(seen.incarnation < u64::MAX / 2, "{seen:?}");
 }
 
-/// The reviewer's case: two relayed updates in one message, each a step above the last,
-/// must not walk a member's incarnation (and metadata) up without the member.
+/// A relayed statement speaks for its signer and for the incarnation it names: n1's own
+/// statement, relayed, moves n1 on; the same statement replayed under a higher
+/// incarnation does not.
 #[test]
-fn relayed_updates_cannot_walk_an_incarnation_up_step_by_step() {
+fn a_relayed_statement_speaks_only_for_its_signer_and_incarnation() {
     let mut net = Net::new(3);
     net.run(5_000);
     let held = net.nodes[0].member("n1").unwrap().incarnation;
-    let step = parley_negotiation::membership::MAX_INCARNATION_STEP;
-    let forged = Arc::new(meta("evil"));
-    let walk = Sync {
-        updates: [held + step, held + 2 * step]
-            .into_iter()
-            .map(|incarnation| MemberUpdate {
-                node: "n1".to_owned(),
-                state: MemberState::Alive,
-                incarnation,
-                meta: Some(forged.clone()),
-            })
-            .collect(),
-        reply: false,
+    let genuine = signed("n1", "n1", held + 1, &meta("riscv64"));
+    let relay = |incarnation| MemberUpdate {
+        node: "n1".to_owned(),
+        state: MemberState::Alive,
+        incarnation,
+        meta: None,
+        statement: Some(Arc::new(genuine.clone())),
     };
-    net.nodes[0].handle_sync(net.now, "n2", &walk);
+    net.nodes[0].handle_sync(net.now, "n2", &sync_of(vec![relay(held + 2)]));
+    assert_eq!(net.nodes[0].member("n1").unwrap().incarnation, held);
+    net.nodes[0].handle_sync(net.now, "n2", &sync_of(vec![relay(held + 1)]));
     let seen = net.nodes[0].member("n1").unwrap();
-    assert!(seen.incarnation <= held + step, "{seen:?}");
-    // The member refutes the lie it hears about itself, and everyone takes its word.
-    net.nodes[1].handle_sync(net.now, "n2", &walk);
-    net.run(net.now + 5_000);
-    let seen = net.nodes[0].member("n1").unwrap();
+    assert_eq!(seen.incarnation, held + 1, "{seen:?}");
     assert_eq!(
         seen.meta.as_deref().map(|m| m.arch.as_str()),
-        Some("arm64"),
-        "{seen:?}"
+        Some("riscv64")
     );
+}
+
+/// Class 6 of the zero-trust issue: one `Sync` frame introduced hundreds of invented
+/// members, which were then gossiped, asked for bids and dialled. Now a member is learned
+/// only from itself or its own signed statement.
+#[test]
+fn nobody_can_introduce_members_that_do_not_exist() {
+    let mut net = Net::new(3);
+    net.run(5_000);
+    let before = net.nodes[0].member_count();
+    let hostile = NodeMeta {
+        address: Some("203.0.113.67:7946".to_owned()),
+        ..meta("amd64")
+    };
+    let invented: Vec<MemberUpdate> = (0..500)
+        .map(|i| {
+            let node = format!("fake{i}");
+            MemberUpdate {
+                state: MemberState::Alive,
+                incarnation: 1,
+                meta: Some(Arc::new(hostile.clone())),
+                // Half of them with a statement n2 signed for them.
+                statement: (i % 2 == 0).then(|| Arc::new(signed("n2", &node, 1, &hostile))),
+                node,
+            }
+        })
+        .collect();
+    for chunk in invented.chunks(100) {
+        net.nodes[0].handle_sync(net.now, "n2", &sync_of(chunk.to_vec()));
+    }
+    assert_eq!(net.nodes[0].member_count(), before, "no invented member");
+    // A real member n0 has not met yet, relayed with its own statement, is learned.
+    let newcomer = signed("n9", "n9", 3, &meta("amd64"));
+    let relayed = MemberUpdate {
+        node: "n9".to_owned(),
+        state: MemberState::Alive,
+        incarnation: 3,
+        meta: None,
+        statement: Some(Arc::new(newcomer)),
+    };
+    net.nodes[0].handle_sync(net.now, "n2", &sync_of(vec![relayed]));
+    assert_eq!(net.nodes[0].member_count(), before + 1);
+    assert!(net.nodes[0].member("n9").unwrap().meta.is_some());
+}
+
+/// However many genuine statements arrive, the table stops at `max_members`.
+#[test]
+fn the_member_table_is_capped() {
+    let config = MembershipConfig {
+        max_members: 10,
+        ..MembershipConfig::default()
+    };
+    let mut node = Membership::new(
+        "me",
+        meta("amd64"),
+        config,
+        0,
+        1,
+        Box::new(ChecksumNotary::new("me", NOTARY_SEED)),
+    );
+    let updates = (0..50)
+        .map(|i| {
+            let id = format!("m{i}");
+            MemberUpdate {
+                statement: Some(Arc::new(signed(&id, &id, 0, &meta("amd64")))),
+                node: id,
+                state: MemberState::Alive,
+                incarnation: 0,
+                meta: None,
+            }
+        })
+        .collect();
+    node.handle_sync(0, "m0", &sync_of(updates));
+    assert_eq!(node.member_count(), 10);
+}
+
+/// `node`'s statement that `about` is alive at `incarnation` with `meta`, signed with
+/// `signer`'s key.
+fn signed(signer: &str, about: &str, incarnation: u64, meta: &NodeMeta) -> SignedStatement {
+    let statement = Statement {
+        node: about.to_owned(),
+        incarnation,
+        meta: meta.clone(),
+    };
+    ChecksumNotary::new(signer, NOTARY_SEED).sign(statement.encode())
+}
+
+fn sync_of(updates: Vec<MemberUpdate>) -> Sync {
+    Sync {
+        updates,
+        reply: false,
+    }
 }

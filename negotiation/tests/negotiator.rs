@@ -7,11 +7,13 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use parley_negotiation::auction::PlacementRequest;
+use parley_negotiation::membership::Notary as _;
 use parley_negotiation::messages::{Award, Body, NodeMeta, Resources, Revoke};
 use parley_negotiation::negotiator::{
     Action, AllowAll, Authorizer, Denial, Event, HostAction, HostError, LOGS_TIMEOUT_MS,
     Negotiator, NegotiatorConfig, QUERY_TIMEOUT_MS, Reply, Request,
 };
+use parley_negotiation::testing::ChecksumNotary;
 use parley_negotiation::workload::{WorkloadName, WorkloadSpec};
 
 const A: &str = "spiffe://td/node/a";
@@ -42,6 +44,7 @@ fn node(id: &str, cpu_millis: u64, authorizer: Box<dyn Authorizer>) -> Negotiato
         0,
         7,
         authorizer,
+        Box::new(ChecksumNotary::new(id, 0xC0DE)),
     )
 }
 
@@ -522,7 +525,18 @@ fn learn_dead(b: &mut Negotiator, member: &str) {
                     node: member.to_owned(),
                     state,
                     incarnation: 0,
-                    meta: Some(std::sync::Arc::new(meta(1_000))),
+                    meta: None,
+                    // A relays the member's own statement: B learns of no member otherwise.
+                    statement: Some(std::sync::Arc::new(
+                        ChecksumNotary::new(member, 0xC0DE).sign(
+                            parley_negotiation::messages::Statement {
+                                node: member.to_owned(),
+                                incarnation: 0,
+                                meta: meta(1_000),
+                            }
+                            .encode(),
+                        ),
+                    )),
                 }],
                 reply: false,
             }),

@@ -23,6 +23,7 @@ fn every_seed_keeps_every_invariant() {
     let mut restarts = 0;
     let (mut commit_failures, mut denied, mut takeovers, mut answered, mut removals) =
         (0, 0, 0, 0, 0);
+    let mut statements_refused = 0;
     for seed in first..first + seeds {
         let config = SimConfig::from_seed(seed);
         crashes += u64::from(config.crash.is_some());
@@ -39,6 +40,7 @@ fn every_seed_keeps_every_invariant() {
                 denied += outcome.denied;
                 takeovers += outcome.takeovers;
                 answered += outcome.answered;
+                statements_refused += outcome.statements_refused;
             }
             Err(violation) => failures.push(violation.to_string()),
         }
@@ -47,7 +49,8 @@ fn every_seed_keeps_every_invariant() {
         "{seeds} seeds in {:.1} s: {placed} replicas placed, {messages} messages, {forged} forgeries refused, \
          {partitions} runs with a partition, {crashes} with a crash, {restarts} restarts (slowest heal {heal_max} ms), \
          {commit_failures} failed commits, {denied} messages refused by policy, {takeovers} takeovers by a successor, \
-         {removals} runs with a removal, {answered} questions answered",
+         {removals} runs with a removal, {answered} questions answered, \
+         {statements_refused} membership statements refused",
         started.elapsed().as_secs_f64()
     );
     assert!(
@@ -70,7 +73,8 @@ fn every_seed_keeps_every_invariant() {
                 && denied > 0
                 && takeovers > 0
                 && removals > 0
-                && answered > 0,
+                && answered > 0
+                && statements_refused > 0,
             "the seeds exercised no faults"
         );
     }

@@ -17,7 +17,8 @@ use parley_identity::files::IdentityDir;
 use parley_identity::tls::{self, PeerVerifier, TlsIdentity};
 use parley_identity::{Credential, TrustBundle};
 use parley_negotiation::codec::{self, Received, ReplayGuard, Signer, Verifier};
-use parley_negotiation::messages::Body;
+use parley_negotiation::membership::STATEMENT_CONTEXT;
+use parley_negotiation::messages::{Body, SignedStatement, Statement};
 use quinn::crypto::rustls::QuicClientConfig;
 
 /// Who the hostile peer claims to be, and the keys to prove it.
@@ -83,6 +84,17 @@ impl PeerIdentity {
     /// The roots it trusts (to authenticate the agent it attacks).
     pub fn bundle(&self) -> &TrustBundle {
         &self.bundle
+    }
+
+    /// `statement` signed with this identity's key and carrying its certificate, as an
+    /// agent signs its own: what a member holding these keys can make up about others.
+    pub fn sign_statement(&self, statement: &Statement) -> SignedStatement {
+        let bytes = statement.encode();
+        SignedStatement {
+            signature: self.credential.sign(STATEMENT_CONTEXT, &bytes),
+            credential: self.credential.cert().as_bytes().to_vec(),
+            statement: bytes,
+        }
     }
 }
 

@@ -868,6 +868,14 @@ fn identities_are_renewed_from_the_issuer_before_they_expire_and_after_they_laps
         "the issuer did not log the renewal:\n{}",
         a.log()
     );
+    // Its membership statement, which members relay to nodes it has not met, is signed
+    // again with the new key before the old certificate expires.
+    assert!(
+        b.log()
+            .contains("membership statement signed again, with the renewed key"),
+        "{}",
+        b.log()
+    );
 
     // c's certificate lapsed before its agent started: it renews through its join
     // address, says so, and joins.

@@ -11,7 +11,7 @@ use parley_e2e::mesh::{
 };
 use parley_e2e::{Agent, TrustDomain};
 use parley_negotiation::messages::{
-    Body, Instance, MemberState, MemberUpdate, NodeMeta, Ping, Sync,
+    Body, Instance, MemberState, MemberUpdate, NodeMeta, Ping, Resources, Statement, Sync,
 };
 
 /// Sends a probe and waits for the agent's answer: what an accepted member gets.
@@ -250,7 +250,8 @@ fn an_issuer_under_join_and_stream_floods_stays_small_and_still_serves() {
 
 /// Class 4 of the zero-trust issue: a member's gossip about a third party was taken at
 /// any incarnation. `Dead @ u64::MAX` killed a live node for good, and `Alive @ u64::MAX`
-/// with forged metadata rewrote its address.
+/// with forged metadata rewrote its address; after a first fix, so did `Alive` one step
+/// above the incarnation held, until members' statements were signed.
 #[test]
 fn a_member_cannot_kill_another_or_rewrite_its_address_by_gossip() {
     let domain = TrustDomain::new("zt-gossip.e2e");
@@ -274,11 +275,15 @@ fn a_member_cannot_kill_another_or_rewrite_its_address_by_gossip() {
         seed.parse().unwrap(),
     )
     .expect("a member connects");
-    let lie = |state, meta: Option<NodeMeta>| MemberUpdate {
+    let held = b_seen_by_a()["incarnation"]
+        .as_u64()
+        .expect("an incarnation");
+    let lie = |state, incarnation, meta: Option<NodeMeta>| MemberUpdate {
         node: b_id.to_owned(),
         state,
-        incarnation: u64::MAX,
+        incarnation,
         meta: meta.map(std::sync::Arc::new),
+        statement: None,
     };
     let forged = NodeMeta {
         address: Some("203.0.113.66:7946".to_owned()),
@@ -286,8 +291,10 @@ fn a_member_cannot_kill_another_or_rewrite_its_address_by_gossip() {
     };
     liar.send(&Body::Sync(Sync {
         updates: vec![
-            lie(MemberState::Dead, None),
-            lie(MemberState::Alive, Some(forged)),
+            lie(MemberState::Dead, u64::MAX, None),
+            lie(MemberState::Alive, u64::MAX, Some(forged.clone())),
+            // One step up: an incarnation b could reach, but not b's word.
+            lie(MemberState::Alive, held + 1, Some(forged)),
         ],
         reply: false,
     }))
@@ -302,6 +309,86 @@ fn a_member_cannot_kill_another_or_rewrite_its_address_by_gossip() {
         .as_u64()
         .unwrap_or_else(|| panic!("no incarnation in {seen}"));
     assert!(incarnation < u64::MAX / 2, "{seen}");
+}
+
+/// Class 6 of the zero-trust issue: one `Sync` frame introduced hundreds of invented
+/// members, which every node then gossiped, dialled and asked for bids. A member is now
+/// learned only from itself or from its own signed statement: the invented ones, bare or
+/// with statements the liar signed with its real node key, reach no node, and a
+/// placement still goes only to real members.
+#[test]
+fn a_member_cannot_invent_members() {
+    let domain = TrustDomain::new("zt-invent.e2e");
+    let a = mesh_agent("zt-invent-a", &domain.enroll("a"), &[], &[]);
+    let seed = address(&a);
+    let b = mesh_agent("zt-invent-b", &domain.enroll("b"), &[&seed], &[]);
+    wait_for_full_mesh(&[&a, &b]);
+    let identity = PeerIdentity::node(&domain.enroll("x"));
+    let meta = NodeMeta {
+        address: Some("203.0.113.67:7946".to_owned()),
+        allocatable: Resources {
+            cpu_millis: 1_000_000,
+            memory_bytes: 1 << 40,
+        },
+        ..NodeMeta::default()
+    };
+    let invented: Vec<MemberUpdate> = (0..1_000)
+        .map(|i| {
+            let node = format!("spiffe://zt-invent.e2e/node/fake{i}");
+            let statement = (i % 2 == 0).then(|| {
+                std::sync::Arc::new(identity.sign_statement(&Statement {
+                    node: node.clone(),
+                    incarnation: 1,
+                    meta: meta.clone(),
+                }))
+            });
+            MemberUpdate {
+                node,
+                state: MemberState::Alive,
+                incarnation: 1,
+                meta: Some(std::sync::Arc::new(meta.clone())),
+                statement,
+            }
+        })
+        .collect();
+    let mut liar = HostilePeer::connect(identity, seed.parse().unwrap()).expect("x connects");
+    for chunk in invented.chunks(100) {
+        liar.send(&Body::Sync(Sync {
+            updates: chunk.to_vec(),
+            reply: false,
+        }))
+        .expect("send the invented members");
+    }
+    assert!(answers_a_probe(&mut liar), "{}", a.log());
+    std::thread::sleep(Duration::from_secs(3));
+    for agent in [&a, &b] {
+        let members = member_states(agent);
+        assert!(
+            members.iter().all(|(id, _)| !id.contains("/fake")),
+            "{} took invented members: {members:?}",
+            agent.node()
+        );
+    }
+    // The statements x signed for invented members were checked and refused, and said.
+    let metrics = a.cli(["metrics"]).ok().to_owned();
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("parley_membership_statements_refused_total "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no refused-statement counter in:\n{metrics}"));
+    assert!(refused > 0, "{metrics}");
+    assert!(
+        a.log()
+            .contains("refused a member's statement that does not check"),
+        "{}",
+        a.log()
+    );
+    a.run_sleeper("real").ok();
+    wait_until(
+        "the placement made after the lies runs on a real member",
+        Duration::from_secs(60),
+        || replicas_on(&a, "real").len() + replicas_on(&b, "real").len() == 1,
+    );
 }
 
 /// Class 12 of the zero-trust issue: there was no revocation. `parley identity revoke`

@@ -113,6 +113,7 @@ async fn drive<H: Host>(
         unix_millis(),
         random_seed(),
         Box::new(policy),
+        Box::new(transport.notary()),
     );
     let (done_tx, mut done) = mpsc::unbounded_channel::<Done>();
     // Store work runs in order, one at a time, as it did inline: an adoption and the
@@ -133,6 +134,7 @@ async fn drive<H: Host>(
     let mut addresses: HashMap<String, SocketAddr> = HashMap::new();
     let mut waiting: HashMap<u64, Waiting> = HashMap::new();
     let mut next_token: u64 = 0;
+    let mut statements_signed_for = transport.renewals();
 
     loop {
         heartbeat.beat();
@@ -155,7 +157,16 @@ async fn drive<H: Host>(
             message = inbox.recv() => {
                 let Some(Inbound { received, remote }) = message else { break };
                 addresses.entry(received.sender.clone()).or_insert(remote);
+                let refused = negotiator.membership().refused_statements();
                 negotiator.handle_message(unix_millis(), &received.sender, received.body);
+                let newly_refused = negotiator.membership().refused_statements() - refused;
+                if newly_refused > 0 {
+                    metrics.statements_refused.fetch_add(newly_refused, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(
+                        peer = %received.sender,
+                        "refused a member's statement that does not check (forged, replayed, or signed with an identity not valid here); the rest of the message's unproven gossip was dropped"
+                    );
+                }
             }
             Some(command) = commands.recv() => {
                 next_token += 1;
@@ -179,6 +190,13 @@ async fn drive<H: Host>(
             () = sleep => negotiator.handle_timeout(unix_millis()),
         }
 
+        if transport.renewals() != statements_signed_for {
+            // The statement members relay carries the certificate it was signed with;
+            // one signed with the new identity keeps it checkable after the old expires.
+            statements_signed_for = transport.renewals();
+            negotiator.restate_meta();
+            tracing::info!("membership statement signed again, with the renewed key");
+        }
         let mut view_changed = false;
         while let Some(event) = negotiator.poll_event() {
             view_changed |= matches!(event, Event::Membership(_));

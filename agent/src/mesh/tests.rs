@@ -203,6 +203,7 @@ mod authorization {
             1_000,
             1,
             Box::new(policy),
+            Box::new(parley_negotiation::testing::ChecksumNotary::new(id, 1)),
         )
     }
 

@@ -27,7 +27,10 @@ use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
 mod inbound;
+mod notary;
 mod tls_setup;
+
+pub use notary::TransportNotary;
 
 use inbound::{accept_loop, read_loop};
 use tls_setup::{PeerError, tls_configs};
@@ -204,6 +207,8 @@ struct Inner {
     id: String,
     /// Signs outgoing messages; replaced when the identity is renewed.
     signer: Mutex<Arc<CredentialSigner>>,
+    /// Identities taken into use by [`Transport::rotate`] so far.
+    renewals: AtomicU64,
     /// Presents this node's identity when dialling; replaced when it is renewed.
     client_config: Mutex<quinn::ClientConfig>,
     transport_config: Arc<quinn::TransportConfig>,
@@ -343,6 +348,7 @@ impl Transport {
                 id: credentials.credential.id().to_string(),
                 credential: credentials.credential,
             })),
+            renewals: AtomicU64::new(0),
             client_config: Mutex::new(client),
             transport_config: transport,
             accepts_enrollment,
@@ -426,7 +432,22 @@ impl Transport {
         for (_, connection) in lock(&self.inner.peers).drain() {
             connection.close(0u32.into(), b"identity renewed");
         }
+        self.inner.renewals.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// How many renewed identities this transport has taken into use: when it moves,
+    /// this node's membership statement must be signed again with the new key.
+    pub fn renewals(&self) -> u64 {
+        self.inner.renewals.load(Ordering::Relaxed)
+    }
+
+    /// Signs this node's membership statements with its current identity and checks
+    /// other members' against the trust bundle and the revocations.
+    pub fn notary(&self) -> TransportNotary {
+        TransportNotary {
+            inner: self.inner.clone(),
+        }
     }
 
     /// Connects to `addr` (or reuses a connection to it) and returns the SPIFFE ID the

@@ -37,7 +37,7 @@ use crate::auction::{
     NodeProfile, PlacementRequest,
 };
 use crate::codec::PROTOCOL_VERSION;
-use crate::membership::{Interner, Membership, MembershipConfig, MembershipEvent};
+use crate::membership::{Interner, Membership, MembershipConfig, MembershipEvent, Notary};
 use crate::messages::{
     Accept, Bid, Body, Decline, DeclineReason, Handover, LogChunk, LogsFailure, LogsReply,
     LogsRequest, MAX_REPORTED_WORKLOADS, MemberState, MemberUpdate, NodeMeta, OwnedWorkload,
@@ -141,7 +141,8 @@ impl std::fmt::Debug for Negotiator {
 impl Negotiator {
     /// The negotiator of node `id`, which announces `meta` and had committed `committed`
     /// before (its store). `seed` drives every random choice; `authorizer` says who may
-    /// do what.
+    /// do what; `notary` signs this node's membership statements and checks others'.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: impl Into<String>,
         config: NegotiatorConfig,
@@ -150,9 +151,11 @@ impl Negotiator {
         now_ms: u64,
         seed: u64,
         authorizer: Box<dyn Authorizer>,
+        notary: Box<dyn Notary>,
     ) -> Self {
         let id = id.into();
-        let membership = Membership::new(&id, meta.clone(), config.membership, now_ms, seed);
+        let membership =
+            Membership::new(&id, meta.clone(), config.membership, now_ms, seed, notary);
         let profile = NodeProfile {
             id: id.clone(),
             arch: meta.arch.clone(),
@@ -215,6 +218,12 @@ impl Negotiator {
     /// This node's SPIFFE ID.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Announces this node's metadata again, newly signed: the agent calls it when its
+    /// identity was renewed, so that members meeting it later can check its statement.
+    pub fn restate_meta(&mut self) {
+        self.membership.restate_meta();
     }
 
     /// The membership view (for the agent's `parley nodes`, addresses, and invariants).

@@ -22,16 +22,16 @@ pub use rng::Rng;
 
 use crate::auction::{Announced, AnnouncerEvent, Answer, Candidate, PlacementRequest};
 use crate::codec::{self, ReplayGuard, Signer, Verifier};
-use crate::membership::{Interner, MembershipEvent};
+use crate::membership::{Interner, MembershipEvent, Notary};
 use crate::messages::{
     Ack, Body, LogChunk, MemberState, MemberUpdate, NodeMeta, Ping, PingReq, Resources,
-    RevocationNotice, Revocations, Scoring, Sync,
+    RevocationNotice, Revocations, Scoring, Statement, Sync,
 };
 use crate::negotiator::{
     Action, Assignment, Authorizer, Denial, Event, HostAction, HostError, LOGS_TIMEOUT_MS,
     Negotiator, NegotiatorConfig, QUERY_TIMEOUT_MS, Request,
 };
-use crate::testing::{ChecksumVerifier, KeyedChecksum};
+use crate::testing::{ChecksumNotary, ChecksumVerifier, KeyedChecksum};
 use crate::workload::{WorkloadName, WorkloadSpec, key_name};
 
 const GIB: u64 = 1 << 30;
@@ -83,6 +83,9 @@ pub struct Outcome {
     pub answered: u64,
     /// Workloads taken over by a successor of their dead submitter.
     pub takeovers: u64,
+    /// Membership statements refused by the nodes running at the end: forged by the
+    /// byzantine member, or replayed for another incarnation.
+    pub statements_refused: u64,
 }
 
 impl Outcome {
@@ -104,6 +107,8 @@ pub trait SimCrypto {
     fn signer(&self, id: &str) -> Box<dyn Signer>;
     /// A verifier of every node's signatures.
     fn verifier(&self) -> &dyn Verifier;
+    /// The notary of node `id`: signs its membership statements, checks everyone's.
+    fn notary(&self, id: &str) -> Box<dyn Notary>;
 }
 
 /// Keyed checksums ([`KeyedChecksum`]): fast, not cryptography.
@@ -117,6 +122,10 @@ impl SimCrypto for CheapCrypto {
 
     fn verifier(&self) -> &dyn Verifier {
         &ChecksumVerifier { seed: CLUSTER_SEED }
+    }
+
+    fn notary(&self, id: &str) -> Box<dyn Notary> {
+        Box::new(ChecksumNotary::new(id, CLUSTER_SEED))
     }
 }
 
@@ -370,6 +379,7 @@ impl<'c> Sim<'c> {
             self.now,
             self.rng.next_u64(),
             Box::new(self.policy.clone()),
+            self.crypto.notary(&id),
         );
         negotiator.share_interner(self.interner.clone());
         Node {
@@ -629,13 +639,16 @@ impl<'c> Sim<'c> {
     }
 
     /// The lies the byzantine member adds to its gossip: about one other member, picked
-    /// by the seed, a death and a suspicion it never issued, and a rewrite of its
-    /// metadata, all at `u64::MAX`.
+    /// by the seed, a death and a suspicion it never issued and a rewrite of its metadata
+    /// at `u64::MAX`; the rewrite one step above the incarnation held, signed with its own
+    /// key, and the member's genuine statement replayed for a higher incarnation; and
+    /// members that do not exist, with and without statements.
     fn lies(&mut self, from: usize) -> Vec<MemberUpdate> {
         let count = self.nodes.len() as u64;
         let victim = self.rng.range(0, count - 1) as usize;
+        let mut lies = self.invented_members(from);
         if victim == from {
-            return Vec::new();
+            return lies;
         }
         let node = node_id(victim);
         let forged = NodeMeta {
@@ -643,24 +656,81 @@ impl<'c> Sim<'c> {
             address: Some("203.0.113.66:7946".to_owned()),
             ..self.nodes[victim].meta.clone()
         };
+        let bare = |state, incarnation| MemberUpdate {
+            node: node.clone(),
+            state,
+            incarnation,
+            meta: None,
+            statement: None,
+        };
+        lies.extend([
+            bare(MemberState::Dead, u64::MAX),
+            bare(MemberState::Suspect, u64::MAX - 1),
+            MemberUpdate {
+                meta: Some(Arc::new(forged.clone())),
+                ..bare(MemberState::Alive, u64::MAX)
+            },
+        ]);
+        let held = self.nodes[from]
+            .negotiator
+            .membership()
+            .member(&node)
+            .map(|m| (m.incarnation, m.statement.clone()));
+        if let Some((incarnation, genuine)) = held {
+            let step = incarnation.saturating_add(1);
+            let own_key = self.crypto.notary(&self.nodes[from].id).sign(
+                Statement {
+                    node: node.clone(),
+                    incarnation: step,
+                    meta: forged.clone(),
+                }
+                .encode(),
+            );
+            lies.push(MemberUpdate {
+                meta: Some(Arc::new(forged)),
+                statement: Some(Arc::new(own_key)),
+                ..bare(MemberState::Alive, step)
+            });
+            if let Some(genuine) = genuine {
+                lies.push(MemberUpdate {
+                    statement: Some(genuine),
+                    ..bare(MemberState::Alive, step)
+                });
+            }
+        }
+        lies
+    }
+
+    /// Members the byzantine member makes up, at an address of its choosing: one bare,
+    /// one with a statement it signed itself.
+    fn invented_members(&mut self, from: usize) -> Vec<MemberUpdate> {
+        let invented = node_id(self.nodes.len() + self.rng.range(0, 1_000) as usize);
+        let meta = NodeMeta {
+            address: Some("203.0.113.67:7946".to_owned()),
+            ..self.nodes[from].meta.clone()
+        };
+        let signed = self.crypto.notary(&self.nodes[from].id).sign(
+            Statement {
+                node: invented.clone(),
+                incarnation: 1,
+                meta: meta.clone(),
+            }
+            .encode(),
+        );
         vec![
             MemberUpdate {
-                node: node.clone(),
-                state: MemberState::Dead,
-                incarnation: u64::MAX,
-                meta: None,
-            },
-            MemberUpdate {
-                node: node.clone(),
-                state: MemberState::Suspect,
-                incarnation: u64::MAX - 1,
-                meta: None,
-            },
-            MemberUpdate {
-                node,
+                node: invented.clone(),
                 state: MemberState::Alive,
-                incarnation: u64::MAX,
-                meta: Some(Arc::new(forged)),
+                incarnation: 1,
+                meta: Some(Arc::new(meta)),
+                statement: None,
+            },
+            MemberUpdate {
+                node: invented,
+                state: MemberState::Alive,
+                incarnation: 1,
+                meta: None,
+                statement: Some(Arc::new(signed)),
             },
         ]
     }
@@ -947,6 +1017,17 @@ impl<'c> Sim<'c> {
             .find(|m| m.meta.as_ref().is_some_and(|meta| meta.arch == FORGED_ARCH))
         {
             return Err(self.violation(format!("{} took forged metadata for {}", node.id, m.id)));
+        }
+        if let Some(m) = node
+            .negotiator
+            .membership()
+            .members()
+            .find(|m| index_of(&m.id).is_none_or(|j| j >= self.nodes.len()))
+        {
+            return Err(self.violation(format!(
+                "{} holds {}, a member nobody enrolled",
+                node.id, m.id
+            )));
         }
         if self.config.hosts_only_node == Some(i)
             && node.negotiator.announcer().workload_count() > 0
@@ -1563,6 +1644,11 @@ impl<'c> Sim<'c> {
             }
         }
         self.check_final()?;
+        self.outcome.statements_refused = self
+            .nodes
+            .iter()
+            .map(|n| n.negotiator.membership().refused_statements())
+            .sum();
         Ok(self.outcome)
     }
 }
