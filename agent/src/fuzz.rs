@@ -13,7 +13,7 @@ use std::path::Path;
 use parley_identity::cert::ImplicitCert;
 use parley_identity::{Issuer, PendingRequest, SpiffeId, TrustBundle, Validity};
 use parley_negotiation::codec::{self, ReplayGuard};
-use parley_negotiation::membership::{Membership, MembershipConfig, Notary as _};
+use parley_negotiation::membership::{Membership, MembershipConfig, Notary as _, StatementKind};
 use parley_negotiation::messages::{
     Body, MemberState, MemberUpdate, NodeMeta, Ping, Statement, Sync,
 };
@@ -179,6 +179,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             meta: Some(std::sync::Arc::new(meta.clone())),
             statement: Some(std::sync::Arc::new(
                 ChecksumNotary::new("spiffe://td/node/a", SEED).sign(
+                    StatementKind::Member,
                     Statement {
                         node: "spiffe://td/node/a".to_owned(),
                         incarnation: 3,

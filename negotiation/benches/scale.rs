@@ -19,7 +19,7 @@ use parley_identity::{
     Credential, Issuer, PendingRequest, SpiffeId, TrustBundle, Validity, VerifiedIdentity,
 };
 use parley_negotiation::codec::{Signer, Verifier};
-use parley_negotiation::membership::{MembershipConfig, Notary, STATEMENT_CONTEXT};
+use parley_negotiation::membership::{MembershipConfig, Notary, StatementKind};
 use parley_negotiation::messages::SignedStatement;
 use parley_negotiation::sim::{self, CheapCrypto, Outcome, SimConfig, SimCrypto};
 
@@ -66,17 +66,23 @@ struct CredentialNotary {
 }
 
 impl Notary for CredentialNotary {
-    fn sign(&self, statement: Vec<u8>) -> SignedStatement {
+    fn sign(&self, kind: StatementKind, statement: Vec<u8>) -> SignedStatement {
         SignedStatement {
-            signature: self.credential.sign(STATEMENT_CONTEXT, &statement),
+            signature: self.credential.sign(kind.context(), &statement),
             statement,
             credential: Vec::new(),
         }
     }
 
-    fn verify(&self, node: &str, signed: &SignedStatement, _now_ms: u64) -> bool {
-        self.peers.get(node).is_some_and(|peer| {
-            peer.verify(STATEMENT_CONTEXT, &signed.statement, &signed.signature)
+    fn verify(
+        &self,
+        kind: StatementKind,
+        signer: &str,
+        signed: &SignedStatement,
+        _now_ms: u64,
+    ) -> bool {
+        self.peers.get(signer).is_some_and(|peer| {
+            peer.verify(kind.context(), &signed.statement, &signed.signature)
                 .is_ok()
         })
     }

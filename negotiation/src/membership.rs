@@ -24,19 +24,42 @@ use crate::messages::{
 /// (which no refutation could outbid) is left alone rather than followed to the top.
 pub const MAX_INCARNATION_STEP: u64 = 1 << 32;
 
-/// The signature context of membership statements: no message kind shares it, so a
-/// signed frame never passes for a statement, nor a statement for a frame.
-pub const STATEMENT_CONTEXT: &str = "member-statement";
+/// What a signed statement states. Each kind is signed for its own context, which no
+/// message kind shares: a signed frame never passes for a statement, nor one kind of
+/// statement for another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementKind {
+    /// A member's [`Statement`] about itself.
+    Member,
+    /// An owner's [`crate::messages::Grant`] of a replica to a node.
+    Grant,
+}
 
-/// Signs this node's statements about itself, and checks other members' (see
-/// [`SignedStatement`]). The agent signs with its node key and puts its certificate in
-/// the credential; the simulator uses keyed checksums.
+impl StatementKind {
+    /// The signature context.
+    pub fn context(self) -> &'static str {
+        match self {
+            Self::Member => "member-statement",
+            Self::Grant => "replica-grant",
+        }
+    }
+}
+
+/// Signs this node's statements, and checks other nodes' (see [`SignedStatement`]). The
+/// agent signs with its node key and puts its certificate in the credential; the
+/// simulator uses keyed checksums.
 pub trait Notary: std::fmt::Debug + Send {
-    /// Signs `statement`, the bytes of a [`Statement`] about this node.
-    fn sign(&self, statement: Vec<u8>) -> SignedStatement;
-    /// Whether `signed` was signed by `node`, with a credential valid at `now_ms` (ms
-    /// since the Unix epoch in the agent, virtual time in the simulator).
-    fn verify(&self, node: &str, signed: &SignedStatement, now_ms: u64) -> bool;
+    /// Signs `statement`, the bytes of a statement of `kind` by this node.
+    fn sign(&self, kind: StatementKind, statement: Vec<u8>) -> SignedStatement;
+    /// Whether `signed`, of `kind`, was signed by node `signer`, with a credential valid
+    /// at `now_ms` (ms since the Unix epoch in the agent, virtual time in the simulator).
+    fn verify(
+        &self,
+        kind: StatementKind,
+        signer: &str,
+        signed: &SignedStatement,
+        now_ms: u64,
+    ) -> bool;
 }
 
 /// Most members a table holds (this node excluded). Growth needs statements signed by
@@ -361,6 +384,7 @@ impl Membership {
         let me = me.into();
         let statement = Arc::new(
             notary.sign(
+                StatementKind::Member,
                 Statement {
                     node: me.clone(),
                     incarnation: 0,
@@ -535,13 +559,18 @@ impl Membership {
             incarnation,
             meta: (*self.meta).clone(),
         };
-        self.statement = Arc::new(self.notary.sign(statement.encode()));
+        self.statement = Arc::new(self.notary.sign(StatementKind::Member, statement.encode()));
     }
 
     /// Announces the current metadata again under a new incarnation, newly signed: after
     /// the node's credential is renewed, so that its statements stay verifiable.
     pub fn restate_meta(&mut self) {
         self.set_meta((*self.meta).clone());
+    }
+
+    /// The notary this node signs with (the negotiator's owner signs its grants with it).
+    pub(crate) fn notary(&self) -> &dyn Notary {
+        self.notary.as_ref()
     }
 
     /// Statements from other members refused so far (forged, for another incarnation,
@@ -552,7 +581,12 @@ impl Membership {
 
     /// Contacts seed members: pushes this node's state and asks for theirs.
     pub fn join(&mut self, seeds: &[String]) {
-        self.seeds = seeds.iter().filter(|s| **s != self.me).cloned().collect();
+        // Seeds arrive one at a time as the agent reaches them: each joins the list.
+        for seed in seeds {
+            if *seed != self.me && !self.seeds.contains(seed) {
+                self.seeds.push(seed.clone());
+            }
+        }
         for seed in seeds {
             if *seed != self.me {
                 self.send_sync(seed.clone(), true);
@@ -891,7 +925,10 @@ impl Membership {
             if !self.distrust_message {
                 let checked = Statement::decode(&signed.statement)
                     .filter(|s| s.node == update.node && s.incarnation == update.incarnation)
-                    .filter(|_| self.notary.verify(&update.node, signed, now_ms));
+                    .filter(|_| {
+                        self.notary
+                            .verify(StatementKind::Member, &update.node, signed, now_ms)
+                    });
                 if let Some(statement) = checked {
                     return Some(Proven {
                         meta: Arc::new(statement.meta),
@@ -1150,6 +1187,16 @@ impl Membership {
             for _ in 0..dead.len().min(3) {
                 let pick = dead.swap_remove((self.random() % dead.len() as u64) as usize);
                 self.send_sync(pick, true);
+            }
+            // A seed never heard from: the join's exchange with it was lost. Without this,
+            // two groups whose joins across were all lost would never learn of each other.
+            let unheard = self
+                .seeds
+                .iter()
+                .find(|seed| self.members.get(seed).is_none())
+                .cloned();
+            if let Some(seed) = unheard {
+                self.send_sync(seed, true);
             }
         }
         // Push-pull with a random live member.

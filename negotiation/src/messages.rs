@@ -209,6 +209,44 @@ pub struct Award {
     /// The node the workload was submitted to, when the sender owns it as its successor.
     #[serde(default)]
     pub submitter: Option<String>,
+    /// The owner's signed [`Grant`] of this replica to the winner: what the winner shows,
+    /// in the workload identity it issues, to prove it was awarded the workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<SignedStatement>,
+}
+
+/// An owner's statement that `node` runs replica `replica` of `workload` at `epoch`.
+/// The winner of an award keeps it, and puts it beside the workload identities it issues
+/// for that replica, so that a verifier can tell a node that was awarded a workload from
+/// one that merely holds a node key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The owner that awarded it (who signs).
+    pub owner: String,
+    /// The node awarded.
+    pub node: String,
+    /// Workload key (`namespace/name`).
+    pub workload: String,
+    /// Replica index.
+    pub replica: u32,
+    /// Fencing epoch of the award.
+    pub epoch: u64,
+    /// When it was granted (ms since the Unix epoch in the agent).
+    pub granted_at_ms: u64,
+}
+
+impl Grant {
+    /// The bytes an owner signs.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(160);
+        ciborium::into_writer(self, &mut bytes).expect("a grant is plain data");
+        bytes
+    }
+
+    /// Reads the bytes of a signed grant.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        ciborium::from_reader(bytes).ok()
+    }
 }
 
 /// The winner persisted the award and will run the replica.

@@ -6,7 +6,7 @@
 //! their ECQV identities through the same traits.
 
 use crate::codec::{Signer, Verifier};
-use crate::membership::{Notary, STATEMENT_CONTEXT};
+use crate::membership::{Notary, StatementKind};
 use crate::messages::SignedStatement;
 
 /// A per-node secret checksum "signature".
@@ -62,8 +62,8 @@ impl Verifier for ChecksumVerifier {
     }
 }
 
-/// Membership statements signed with [`KeyedChecksum`]s: node `id` signs its own, and
-/// checks anyone's that shares the seed. The credential is left empty.
+/// Statements signed with [`KeyedChecksum`]s: node `id` signs its own, and checks
+/// anyone's that shares the seed. The credential is left empty.
 #[derive(Debug, Clone)]
 pub struct ChecksumNotary {
     signer: KeyedChecksum,
@@ -81,20 +81,22 @@ impl ChecksumNotary {
 }
 
 impl Notary for ChecksumNotary {
-    fn sign(&self, statement: Vec<u8>) -> SignedStatement {
+    fn sign(&self, kind: StatementKind, statement: Vec<u8>) -> SignedStatement {
         SignedStatement {
-            signature: self.signer.sign(STATEMENT_CONTEXT, &statement),
+            signature: self.signer.sign(kind.context(), &statement),
             statement,
             credential: Vec::new(),
         }
     }
 
-    fn verify(&self, node: &str, signed: &SignedStatement, _now_ms: u64) -> bool {
-        self.verifier.verify(
-            node,
-            STATEMENT_CONTEXT,
-            &signed.statement,
-            &signed.signature,
-        )
+    fn verify(
+        &self,
+        kind: StatementKind,
+        signer: &str,
+        signed: &SignedStatement,
+        _now_ms: u64,
+    ) -> bool {
+        self.verifier
+            .verify(signer, kind.context(), &signed.statement, &signed.signature)
     }
 }

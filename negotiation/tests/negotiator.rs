@@ -7,8 +7,10 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use parley_negotiation::auction::PlacementRequest;
-use parley_negotiation::membership::Notary as _;
-use parley_negotiation::messages::{Award, Body, NodeMeta, Resources, Revoke};
+use parley_negotiation::membership::{Notary, StatementKind};
+use parley_negotiation::messages::{
+    Award, Body, Grant, NodeMeta, Resources, Revoke, SignedStatement,
+};
 use parley_negotiation::negotiator::{
     Action, AllowAll, Authorizer, Denial, Event, HostAction, HostError, LOGS_TIMEOUT_MS,
     Negotiator, NegotiatorConfig, QUERY_TIMEOUT_MS, Reply, Request,
@@ -354,6 +356,15 @@ fn a_replica_revoked_while_its_award_is_stored_never_starts_nor_reports() {
 
 /// An award for `web` answering B's bid, with `spec` instead of web's own.
 fn award_with(pair: &mut Pair, spec: WorkloadSpec) -> Vec<(String, Body)> {
+    award_granted(pair, spec, None)
+}
+
+/// An award for `web` answering B's bid, with `spec` and `grant`.
+fn award_granted(
+    pair: &mut Pair,
+    spec: WorkloadSpec,
+    grant: Option<SignedStatement>,
+) -> Vec<(String, Body)> {
     let reservation = pair.nodes[1]
         .bidder()
         .reservations()
@@ -373,6 +384,7 @@ fn award_with(pair: &mut Pair, spec: WorkloadSpec) -> Vec<(String, Body)> {
             reservation,
             spec: Some(spec),
             submitter: None,
+            grant,
         }),
     );
     std::iter::from_fn(|| pair.nodes[1].poll_transmit()).collect()
@@ -429,6 +441,94 @@ fn an_award_whose_spec_is_another_workload_or_asks_more_than_the_bid_is_rejected
     }
     // The honest award still goes through.
     let sent = award_with(&mut pair, spec("web", 1_000));
+    assert!(sent.is_empty(), "held until stored: {sent:?}");
+    assert_eq!(pair.nodes[1].bidder().committed().count(), 1);
+}
+
+/// Zero-trust class 11: an owner signs a grant of each replica it awards, which the
+/// winner keeps with the assignment (its workload identities carry it); an award whose
+/// grant is of another replica, for another node, or not signed by its sender is
+/// rejected.
+#[test]
+fn each_award_carries_its_owners_grant_and_a_forged_grant_is_rejected() {
+    let mut pair = Pair::new(Box::new(AllowAll));
+    place_on_b(&mut pair);
+    let at = pair.actions[1]
+        .iter()
+        .position(|a| matches!(a, HostAction::Commit { .. }))
+        .expect("B stores the award");
+    let Some(HostAction::Commit { assignment, .. }) = pair.actions[1].remove(at) else {
+        unreachable!()
+    };
+    let signed = assignment.grant.expect("the award carried a grant");
+    let grant = Grant::decode(&signed.statement).expect("a grant");
+    assert_eq!(
+        (
+            grant.owner.as_str(),
+            grant.node.as_str(),
+            grant.workload.as_str()
+        ),
+        (A, B, "default/web")
+    );
+    assert_eq!((grant.replica, grant.epoch), (0, assignment.epoch));
+    assert!(ChecksumNotary::new(B, 0xC0DE).verify(StatementKind::Grant, A, &signed, 0));
+
+    let mut pair = Pair::new(Box::new(AllowAll));
+    let now = pair.now;
+    pair.nodes[1].handle_message(
+        now,
+        A,
+        Body::Cfp(parley_negotiation::messages::Cfp {
+            auction: 99,
+            workload: "default/web".to_owned(),
+            replica: 0,
+            epoch: 1,
+            image: "img:1".to_owned(),
+            resources: Resources {
+                cpu_millis: 1_000,
+                memory_bytes: GIB,
+            },
+            constraints: BTreeMap::new(),
+            arch: None,
+            spread_label: None,
+            scoring: Default::default(),
+            bid_deadline_ms: now + 1_000,
+        }),
+    );
+    while pair.nodes[1].poll_transmit().is_some() {}
+    let spec = || {
+        let mut spec =
+            WorkloadSpec::new(WorkloadName::new("web").unwrap(), "img:1", vec![], vec![]).unwrap();
+        spec.resources = Resources {
+            cpu_millis: 1_000,
+            memory_bytes: GIB,
+        };
+        spec
+    };
+    let grant = |signer: &str, node: &str, replica: u32| {
+        let grant = Grant {
+            owner: A.to_owned(),
+            node: node.to_owned(),
+            workload: "default/web".to_owned(),
+            replica,
+            epoch: 1,
+            granted_at_ms: now,
+        };
+        ChecksumNotary::new(signer, 0xC0DE).sign(StatementKind::Grant, grant.encode())
+    };
+    for (forged, why) in [
+        (grant(C, B, 0), "not signed by its sender"),
+        (grant(A, C, 0), "not of this replica"),
+        (grant(A, B, 1), "not of this replica"),
+    ] {
+        let sent = award_granted(&mut pair, spec(), Some(forged));
+        assert!(
+            matches!(sent.as_slice(), [(to, Body::Reject(r))] if to == A && r.reason.contains(why)),
+            "{why}: {sent:?}"
+        );
+        assert_eq!(pair.nodes[1].bidder().committed().count(), 0);
+    }
+    let sent = award_granted(&mut pair, spec(), Some(grant(A, B, 0)));
     assert!(sent.is_empty(), "held until stored: {sent:?}");
     assert_eq!(pair.nodes[1].bidder().committed().count(), 1);
 }
@@ -529,6 +629,7 @@ fn learn_dead(b: &mut Negotiator, member: &str) {
                     // A relays the member's own statement: B learns of no member otherwise.
                     statement: Some(std::sync::Arc::new(
                         ChecksumNotary::new(member, 0xC0DE).sign(
+                            StatementKind::Member,
                             parley_negotiation::messages::Statement {
                                 node: member.to_owned(),
                                 incarnation: 0,
@@ -622,6 +723,7 @@ fn a_workload_of_a_namespace_this_node_does_not_host_is_refused_where_it_arrives
             reservation: "forged".to_owned(),
             spec: Some(spec.clone()),
             submitter: None,
+            grant: None,
         }),
     );
     let sent: Vec<_> = std::iter::from_fn(|| b.poll_transmit()).collect();

@@ -17,7 +17,7 @@ use parley_identity::files::IdentityDir;
 use parley_identity::tls::{self, PeerVerifier, TlsIdentity};
 use parley_identity::{Credential, TrustBundle};
 use parley_negotiation::codec::{self, Received, ReplayGuard, Signer, Verifier};
-use parley_negotiation::membership::STATEMENT_CONTEXT;
+use parley_negotiation::membership::StatementKind;
 use parley_negotiation::messages::{Body, SignedStatement, Statement};
 use quinn::crypto::rustls::QuicClientConfig;
 
@@ -91,7 +91,9 @@ impl PeerIdentity {
     pub fn sign_statement(&self, statement: &Statement) -> SignedStatement {
         let bytes = statement.encode();
         SignedStatement {
-            signature: self.credential.sign(STATEMENT_CONTEXT, &bytes),
+            signature: self
+                .credential
+                .sign(StatementKind::Member.context(), &bytes),
             credential: self.credential.cert().as_bytes().to_vec(),
             statement: bytes,
         }

@@ -471,6 +471,7 @@ mod shutdown {
             reservation: bid.reservation,
             spec: Some(spec),
             submitter: None,
+            grant: None,
         };
         owner
             .send(&host_id, Some(host_addr), &Body::Award(award))

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use parley_identity::cert::{CertKind, ImplicitCert};
-use parley_negotiation::membership::{Notary, STATEMENT_CONTEXT};
+use parley_negotiation::membership::{Notary, StatementKind};
 use parley_negotiation::messages::SignedStatement;
 
 use super::{Inner, lock};
@@ -29,21 +29,27 @@ impl std::fmt::Debug for TransportNotary {
 }
 
 impl Notary for TransportNotary {
-    fn sign(&self, statement: Vec<u8>) -> SignedStatement {
+    fn sign(&self, kind: StatementKind, statement: Vec<u8>) -> SignedStatement {
         let signer = lock(&self.inner.signer).clone();
         SignedStatement {
-            signature: signer.credential.sign(STATEMENT_CONTEXT, &statement),
+            signature: signer.credential.sign(kind.context(), &statement),
             credential: signer.credential.cert().as_bytes().to_vec(),
             statement,
         }
     }
 
-    fn verify(&self, node: &str, signed: &SignedStatement, now_ms: u64) -> bool {
+    fn verify(
+        &self,
+        kind: StatementKind,
+        node: &str,
+        signed: &SignedStatement,
+        now_ms: u64,
+    ) -> bool {
         let Ok(cert) = ImplicitCert::decode(&signed.credential) else {
             return false;
         };
         let checked = self.inner.bundle.verify_signature(
-            STATEMENT_CONTEXT,
+            kind.context(),
             &signed.statement,
             &signed.signature,
             std::slice::from_ref(&cert),
@@ -56,7 +62,7 @@ impl Notary for TransportNotary {
                     && !self.inner.revoked.is_revoked(node, &identity.public_key)
             }
             Err(error) => {
-                tracing::debug!(member = node, %error, "a membership statement does not check");
+                tracing::debug!(signer = node, %error, "a signed statement does not check");
                 false
             }
         }

@@ -1027,6 +1027,8 @@ impl Announcer {
                     reservation: bid.reservation.clone(),
                     spec,
                     submitter,
+                    // The negotiator signs the grant as the award leaves.
+                    grant: None,
                 };
                 self.transmits.push_back((node, Body::Award(award)));
             }
@@ -1202,6 +1204,8 @@ impl Announcer {
                         reservation: winning.reservation,
                         spec,
                         submitter,
+                        // The negotiator signs the grant as the award leaves.
+                        grant: None,
                     };
                     self.transmits.push_back((node, Body::Award(award)));
                 }

@@ -34,6 +34,11 @@ pub struct Assignment {
     pub failure_domain: Option<String>,
     /// When it was awarded (milliseconds since the Unix epoch).
     pub assigned_at_ms: u64,
+    /// The owner's signed grant of the replica to this node (checked when the award
+    /// came), which the workload identities of the replica carry. None from an owner
+    /// of an older version: the replica then runs without a workload identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<crate::messages::SignedStatement>,
 }
 
 /// Where a workload's replicas run: replica → (node, epoch).

@@ -37,12 +37,14 @@ use crate::auction::{
     NodeProfile, PlacementRequest,
 };
 use crate::codec::PROTOCOL_VERSION;
-use crate::membership::{Interner, Membership, MembershipConfig, MembershipEvent, Notary};
+use crate::membership::{
+    Interner, Membership, MembershipConfig, MembershipEvent, Notary, StatementKind,
+};
 use crate::messages::{
-    Accept, Bid, Body, Decline, DeclineReason, Handover, LogChunk, LogsFailure, LogsReply,
+    Accept, Bid, Body, Decline, DeclineReason, Grant, Handover, LogChunk, LogsFailure, LogsReply,
     LogsRequest, MAX_REPORTED_WORKLOADS, MemberState, MemberUpdate, NodeMeta, OwnedWorkload,
-    Placement, Reject, RemoveWorkload, RevocationNotice, Revocations, WorkloadQuery,
-    WorkloadReport,
+    Placement, Reject, RemoveWorkload, RevocationNotice, Revocations, SignedStatement,
+    WorkloadQuery, WorkloadReport,
 };
 use crate::workload::{WorkloadSpec, key_namespace};
 
@@ -81,6 +83,14 @@ pub struct NegotiatorConfig {
     pub bidder: BidderConfig,
 }
 
+/// What an award brought beside its reservation, kept until the bidder commits it.
+#[derive(Debug)]
+struct AwardedSpec {
+    spec: WorkloadSpec,
+    submitter: Option<String>,
+    grant: Option<SignedStatement>,
+}
+
 /// An award being persisted by the host; its Accept waits here.
 #[derive(Debug)]
 struct PendingCommit {
@@ -106,7 +116,7 @@ pub struct Negotiator {
     /// Workloads this node owns: key → (image, replicas), for reports to other nodes.
     owned: BTreeMap<String, (String, u32)>,
     /// Specs of awards being committed, by (workload, replica), until the bidder decides.
-    award_specs: HashMap<(String, u32), (WorkloadSpec, Option<String>)>,
+    award_specs: HashMap<(String, u32), AwardedSpec>,
     commits: BTreeMap<u64, PendingCommit>,
     /// Reservations whose Accept must not leave (the award could not be honoured).
     refused_accepts: BTreeSet<String>,
@@ -625,7 +635,7 @@ impl Negotiator {
             self.bidder_events(now_ms);
             self.announce_free(now_ms);
             self.announcer_events();
-            self.collect_transmits();
+            self.collect_transmits(now_ms);
             if self.inbox.is_empty() {
                 break;
             }
@@ -651,10 +661,37 @@ impl Negotiator {
         }
     }
 
-    /// Whether an award may reach the bidder: its spec, when it carries one, is valid
+    /// Whether an award may reach the bidder: its grant, when it carries one, is its
+    /// sender's of this very replica to this node; its spec, when it carries one, is valid
     /// like a local submission, is the workload the award names, and asks what the
     /// reservation it answers holds (an owner must not swap what runs after the bid).
-    fn check_award(&self, award: &crate::messages::Award) -> Result<(), String> {
+    fn check_award(
+        &self,
+        now_ms: u64,
+        from: &str,
+        award: &crate::messages::Award,
+    ) -> Result<(), String> {
+        if let Some(signed) = &award.grant {
+            let grant = Grant::decode(&signed.statement)
+                .ok_or_else(|| "the award's grant is not a grant".to_owned())?;
+            let names_this_award = grant.owner == from
+                && grant.node == self.id
+                && grant.workload == award.workload
+                && grant.replica == award.replica
+                && grant.epoch == award.epoch;
+            if !names_this_award {
+                return Err(format!(
+                    "the award's grant is {grant:?}, not of this replica by its sender to                      this node"
+                ));
+            }
+            if !self
+                .membership
+                .notary()
+                .verify(StatementKind::Grant, from, signed, now_ms)
+            {
+                return Err("the award's grant is not signed by its sender".to_owned());
+            }
+        }
         let Some(spec) = &award.spec else {
             return Ok(());
         };
@@ -671,6 +708,21 @@ impl Negotiator {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// This node's signed grant, as `award`'s owner, of its replica to `node`.
+    fn grant(&self, now_ms: u64, node: &str, award: &crate::messages::Award) -> SignedStatement {
+        let grant = Grant {
+            owner: self.id.clone(),
+            node: node.to_owned(),
+            workload: award.workload.clone(),
+            replica: award.replica,
+            epoch: award.epoch,
+            granted_at_ms: now_ms,
+        };
+        self.membership
+            .notary()
+            .sign(StatementKind::Grant, grant.encode())
     }
 
     /// Drops a pending adoption of `workload`; whether there was one.
@@ -705,7 +757,7 @@ impl Negotiator {
             Body::Sync(sync) => self.membership.handle_sync(now_ms, from, &sync),
             Body::Cfp(cfp) => self.bidder.handle_cfp(now_ms, from, &cfp),
             Body::Award(award) => {
-                if let Err(reason) = self.check_award(&award) {
+                if let Err(reason) = self.check_award(now_ms, from, &award) {
                     self.events.push_back(Event::AwardRefused {
                         from: from.to_owned(),
                         workload: award.workload.clone(),
@@ -729,8 +781,14 @@ impl Negotiator {
                     .committed()
                     .any(|c| c.reservation == award.reservation);
                 if let Some(spec) = award.spec.as_ref().filter(|_| !repeat) {
-                    self.award_specs
-                        .insert(key.clone(), (spec.clone(), award.submitter.clone()));
+                    self.award_specs.insert(
+                        key.clone(),
+                        AwardedSpec {
+                            spec: spec.clone(),
+                            submitter: award.submitter.clone(),
+                            grant: award.grant.clone(),
+                        },
+                    );
                 }
                 self.bidder.handle_award(now_ms, from, &award);
                 // An award that did not commit (rejected, or a repeat) leaves no spec behind.
@@ -1254,8 +1312,11 @@ impl Negotiator {
         while let Some(event) = self.bidder.poll_event() {
             match event {
                 BidderEvent::Committed(c) => {
-                    let Some((spec, submitter)) =
-                        self.award_specs.remove(&(c.workload.clone(), c.replica))
+                    let Some(AwardedSpec {
+                        spec,
+                        submitter,
+                        grant,
+                    }) = self.award_specs.remove(&(c.workload.clone(), c.replica))
                     else {
                         self.events.push_back(Event::AwardWithoutSpec {
                             workload: c.workload.clone(),
@@ -1294,6 +1355,7 @@ impl Negotiator {
                             reservation: c.reservation,
                             failure_domain: c.failure_domain,
                             assigned_at_ms: now_ms,
+                            grant,
                         },
                     });
                 }
@@ -1346,14 +1408,19 @@ impl Negotiator {
 
     /// Moves what the parts queued to the outgoing queue (or this node's own inbox),
     /// holding each Accept whose award is still being persisted.
-    fn collect_transmits(&mut self) {
+    fn collect_transmits(&mut self, now_ms: u64) {
         loop {
             let next = self
                 .membership
                 .poll_transmit()
                 .or_else(|| self.announcer.poll_transmit())
                 .or_else(|| self.bidder.poll_transmit());
-            let Some((to, body)) = next else { break };
+            let Some((to, mut body)) = next else { break };
+            if let Body::Award(award) = &mut body
+                && award.grant.is_none()
+            {
+                award.grant = Some(self.grant(now_ms, &to, award));
+            }
             // An owner takes a report naming the awarded reservation as its Accept: none
             // leaves while the award is still being stored.
             if let Body::Instance(instance) = &body

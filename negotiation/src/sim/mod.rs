@@ -22,9 +22,9 @@ pub use rng::Rng;
 
 use crate::auction::{Announced, AnnouncerEvent, Answer, Candidate, PlacementRequest};
 use crate::codec::{self, ReplayGuard, Signer, Verifier};
-use crate::membership::{Interner, MembershipEvent, Notary};
+use crate::membership::{Interner, MembershipEvent, Notary, StatementKind};
 use crate::messages::{
-    Ack, Body, LogChunk, MemberState, MemberUpdate, NodeMeta, Ping, PingReq, Resources,
+    Ack, Body, Grant, LogChunk, MemberState, MemberUpdate, NodeMeta, Ping, PingReq, Resources,
     RevocationNotice, Revocations, Scoring, Statement, Sync,
 };
 use crate::negotiator::{
@@ -517,6 +517,38 @@ impl<'c> Sim<'c> {
         self.carry_out_now(i, action)
     }
 
+    /// Every award a node stores carries its owner's grant of that very replica to that
+    /// node, which is what the node's workload identities for it prove.
+    fn check_grant(&self, i: usize, assignment: &Assignment) -> Result<(), Violation> {
+        let node = &self.nodes[i];
+        let workload = crate::workload::default_key(assignment.spec.name.as_str());
+        let grant = assignment.grant.as_ref().and_then(|signed| {
+            let grant = Grant::decode(&signed.statement)?;
+            let signed_by_owner = self.crypto.notary(&node.id).verify(
+                StatementKind::Grant,
+                &assignment.owner,
+                signed,
+                self.now,
+            );
+            Some((grant, signed_by_owner))
+        });
+        match grant {
+            Some((grant, true))
+                if grant.owner == assignment.owner
+                    && grant.node == node.id
+                    && grant.workload == workload
+                    && grant.replica == assignment.replica
+                    && grant.epoch == assignment.epoch =>
+            {
+                Ok(())
+            }
+            other => Err(self.violation(format!(
+                "{} stores replica {} of {workload} from {} without a grant of it: {other:?}",
+                node.id, assignment.replica, assignment.owner
+            ))),
+        }
+    }
+
     /// Completes the oldest store work of node `i` whose time has come.
     fn finish_store_work(&mut self, i: usize) -> Result<(), Violation> {
         while let Some((at, _)) = self.store_work[i].front() {
@@ -543,6 +575,7 @@ impl<'c> Sim<'c> {
         let now = self.now;
         match action {
             HostAction::Commit { token, assignment } => {
+                self.check_grant(i, &assignment)?;
                 let result = if self.rng.chance(self.config.commit_failure_per_mille) {
                     self.outcome.commit_failures += 1;
                     Err(HostError::Store(
@@ -679,6 +712,7 @@ impl<'c> Sim<'c> {
         if let Some((incarnation, genuine)) = held {
             let step = incarnation.saturating_add(1);
             let own_key = self.crypto.notary(&self.nodes[from].id).sign(
+                StatementKind::Member,
                 Statement {
                     node: node.clone(),
                     incarnation: step,
@@ -710,6 +744,7 @@ impl<'c> Sim<'c> {
             ..self.nodes[from].meta.clone()
         };
         let signed = self.crypto.notary(&self.nodes[from].id).sign(
+            StatementKind::Member,
             Statement {
                 node: invented.clone(),
                 incarnation: 1,
