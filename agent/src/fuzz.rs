@@ -40,6 +40,7 @@ pub const TARGETS: &[Target] = &[
     ("config", config),
     ("policy", policy),
     ("gossip", gossip),
+    ("svid-file", svid_file),
 ];
 
 /// A frame off the wire: length prefix, envelope, signature, replay, body.
@@ -160,6 +161,15 @@ pub fn gossip(data: &[u8]) {
     membership.handle_sync(NOW_MS, "spiffe://td/node/a", &sync);
     membership.handle_timeout(NOW_MS + 1_000);
     while membership.poll_transmit().is_some() {}
+}
+
+/// A workload identity file, as `parley identity verify-svid` reads it: decoded, then its
+/// chain and grant checked (against an empty bundle, which refuses every chain; the
+/// decoding of certificates and grants is what is under test).
+pub fn svid_file(data: &[u8]) {
+    if let Ok(file) = serde_json::from_slice::<crate::enroll::workload::SvidFile>(data) {
+        let _ = crate::enroll::grant::verify_svid(&file, &TrustBundle::new(), NOW_MS / 1000);
+    }
 }
 
 /// Seeds made in code, for the binary formats (authentic frames, bodies, certificates):

@@ -18,7 +18,7 @@ use parley_identity::tls::{self, PeerVerifier, TlsIdentity};
 use parley_identity::{Credential, TrustBundle};
 use parley_negotiation::codec::{self, Received, ReplayGuard, Signer, Verifier};
 use parley_negotiation::membership::StatementKind;
-use parley_negotiation::messages::{Body, SignedStatement, Statement};
+use parley_negotiation::messages::{Body, Grant, SignedStatement, Statement};
 use quinn::crypto::rustls::QuicClientConfig;
 
 /// Who the hostile peer claims to be, and the keys to prove it.
@@ -84,6 +84,65 @@ impl PeerIdentity {
     /// The roots it trusts (to authenticate the agent it attacks).
     pub fn bundle(&self) -> &TrustBundle {
         &self.bundle
+    }
+
+    /// A workload identity file (`svid.json`) for `workload_id`, issued with this node's
+    /// key and carrying `grant` (what a node holding only its key can make).
+    pub fn mint_svid(
+        &self,
+        workload_id: &str,
+        grant: Option<&SignedStatement>,
+    ) -> serde_json::Value {
+        use parley_identity::cert::to_hex;
+        use parley_identity::credential::{Validity, encode_public_key};
+
+        let now = unix_secs();
+        let subject = parley_identity::SpiffeId::parse(workload_id).expect("a workload ID");
+        let pending = parley_identity::PendingRequest::new(subject);
+        let issued = self
+            .credential
+            .workload_issuer()
+            .expect("a node issues workload identities")
+            .issue(pending.request(), Validity::starting(now, 600))
+            .expect("issue");
+        let workload = pending
+            .accept(&issued, &self.credential.public_key())
+            .expect("accept");
+        let trust_domain = self.credential.id().trust_domain().to_owned();
+        let hex = |bytes: &[u8]| to_hex(bytes);
+        serde_json::json!({
+            "spiffe_id": workload_id,
+            "private_key": to_hex(&workload.secret_bytes()),
+            "chain": [to_hex(self.credential.cert().as_bytes()), issued.certificate],
+            "root_public_key": encode_public_key(self.bundle.root(&trust_domain).expect("a root")),
+            "trust_domain": trust_domain,
+            "not_before": now,
+            "not_after": now + 600,
+            "grant": grant.map(|g| serde_json::json!({
+                "statement": hex(&g.statement),
+                "credential": hex(&g.credential),
+                "signature": hex(&g.signature),
+            })),
+        })
+    }
+
+    /// A grant, signed with this identity's key as its owner, of replica `replica` of
+    /// `workload` (`namespace/name`) to `node`.
+    pub fn sign_grant(&self, node: &str, workload: &str, replica: u32) -> SignedStatement {
+        let grant = Grant {
+            owner: self.id(),
+            node: node.to_owned(),
+            workload: workload.to_owned(),
+            replica,
+            epoch: 1,
+            granted_at_ms: unix_secs() * 1_000,
+        }
+        .encode();
+        SignedStatement {
+            signature: self.credential.sign(StatementKind::Grant.context(), &grant),
+            credential: self.credential.cert().as_bytes().to_vec(),
+            statement: grant,
+        }
     }
 
     /// `statement` signed with this identity's key and carrying its certificate, as an

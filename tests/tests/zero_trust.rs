@@ -391,6 +391,72 @@ fn a_member_cannot_invent_members() {
     );
 }
 
+/// Class 11 of the zero-trust issue: a node key was a CA for every workload ID. The
+/// identity mounted into a replica carries its owner's grant and verifies; one that a
+/// node makes with its own key for a workload it was not awarded does not: without a
+/// grant, with another node's grant, or (against the policy) with a grant it signed
+/// itself as an owner it may not be.
+#[test]
+fn a_workload_identity_verifies_only_with_the_grant_of_its_award() {
+    let domain = TrustDomain::new("zt-grant.e2e");
+    let a_dir = domain.enroll("a");
+    let agent = mesh_agent("zt-grant", &a_dir, &[], &[]);
+    agent.run_sleeper("granted").ok();
+    wait_until("the replica runs", Duration::from_secs(60), || {
+        replicas_on(&agent, "granted").len() == 1
+    });
+    let container = replicas_on(&agent, "granted").remove(0);
+    let genuine = svid_in(&agent, &container);
+    let policy = domain.write_file(
+        "grant-policy.toml",
+        "[[allow]]\nids = [\"spiffe://zt-grant.e2e/node/a\"]\nactions = [\"member\", \"submit\", \"bid\"]\n\n\
+         [[allow]]\nids = [\"spiffe://zt-grant.e2e/node/b\"]\nactions = [\"member\", \"bid\"]\n",
+    );
+    let verify = |name: &str, svid: &serde_json::Value, with_policy: bool| {
+        let file = domain.write_file(name, &svid.to_string());
+        let mut args = vec![
+            "identity".to_owned(),
+            "--dir".to_owned(),
+            a_dir.display().to_string(),
+            "verify-svid".to_owned(),
+            file.display().to_string(),
+        ];
+        if with_policy {
+            args.extend(["--policy".to_owned(), policy.display().to_string()]);
+        }
+        agent.cli(args)
+    };
+    let verified = verify("genuine.json", &genuine, true);
+    assert!(
+        verified
+            .ok()
+            .contains("zt-grant.e2e/ns/default/wl/granted verifies"),
+        "{}",
+        verified.ok()
+    );
+    assert!(
+        verified
+            .ok()
+            .contains("awarded by spiffe://zt-grant.e2e/node/a"),
+        "{}",
+        verified.ok()
+    );
+
+    let b = PeerIdentity::node(&domain.enroll("b"));
+    let wanted = "spiffe://zt-grant.e2e/ns/default/wl/granted";
+    verify("bare.json", &b.mint_svid(wanted, None), false).fails_with(1, "carries no grant");
+    let a_grant = genuine["grant"].clone();
+    let mut pasted = b.mint_svid(wanted, None);
+    pasted["grant"] = a_grant;
+    verify("pasted.json", &pasted, false).fails_with(
+        1,
+        "the grant is for spiffe://zt-grant.e2e/node/a, but spiffe://zt-grant.e2e/node/b issued",
+    );
+    let self_granted = b.sign_grant(&b.id(), "default/granted", 0);
+    verify("self.json", &b.mint_svid(wanted, Some(&self_granted)), true)
+        .fails_with(1, "spiffe://zt-grant.e2e/node/b may not submit");
+}
+
 /// Class 12 of the zero-trust issue: there was no revocation. `parley identity revoke`
 /// on the issuer signs one with the root key; it reaches every member, which refuse the
 /// key from the next handshake on and close its connections, so the node is cut off and

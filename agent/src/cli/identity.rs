@@ -90,6 +90,66 @@ pub enum IdentityCommand {
         #[arg(value_name = "NODE")]
         node: String,
     },
+    /// Check a workload identity (an `svid.json`, as mounted into a container at
+    /// /run/parley/identity) against this node's trust bundle: its chain from the root
+    /// through the node that issued it, and the owner's grant that shows that node was
+    /// awarded the workload. A node key alone makes no identity that passes
+    VerifySvid {
+        /// The `svid.json` file
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Also require that this policy lets the owner place (`submit`) and the node host
+        /// (`bid`) workloads of the identity's namespace
+        #[arg(long, value_name = "POLICY_FILE")]
+        policy: Option<PathBuf>,
+    },
+}
+
+/// Runs `parley identity verify-svid`.
+fn verify_svid(
+    dir: &IdentityDir,
+    file: &std::path::Path,
+    policy: Option<&std::path::Path>,
+    output: Output,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use parley_negotiation::negotiator::Action;
+
+    use crate::enroll::grant::{GrantError, verify_svid};
+    use crate::enroll::workload::SvidFile;
+
+    let bundle = dir.load_bundle()?;
+    let svid: SvidFile = read_json_file(file, "workload identity")?;
+    let verified = verify_svid(&svid, &bundle, now())?;
+    if let Some(path) = policy {
+        let policy = crate::policy::Policy::load(path)?;
+        let namespace = verified
+            .spiffe_id
+            .split("/ns/")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default()
+            .to_owned();
+        for (who, action) in [
+            (&verified.owner, Action::Submit),
+            (&verified.node, Action::Bid),
+        ] {
+            policy
+                .check(who, action, &namespace)
+                .map_err(|denied| GrantError::Policy(denied.to_string()))?;
+        }
+    }
+    match output {
+        Output::Json => print_json(&serde_json::to_value(&verified)?),
+        Output::Table => println!(
+            "{} verifies: issued by {} for replica {}, awarded by {}, valid until {} UTC",
+            verified.spiffe_id,
+            verified.node,
+            verified.replica,
+            verified.owner,
+            super::events::format_millis(verified.not_after.saturating_mul(1000))
+        ),
+    }
+    Ok(())
 }
 
 /// Runs `parley identity revoke` against the local agent.
@@ -290,6 +350,9 @@ fn run(
                     super::events::format_millis(cert.not_after.saturating_mul(1000))
                 ),
             }
+        }
+        IdentityCommand::VerifySvid { file, policy } => {
+            verify_svid(dir, &file, policy.as_deref(), output)?;
         }
         // Answered by the agent (`token`), never from files.
         IdentityCommand::Revoke { .. } => {

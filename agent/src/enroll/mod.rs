@@ -4,6 +4,7 @@
 //! (`workload`).
 
 pub mod credentials;
+pub mod grant;
 pub mod join;
 pub mod renew;
 pub mod workload;

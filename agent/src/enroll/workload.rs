@@ -5,8 +5,11 @@
 //!
 //! The credential is one file, `svid.json` (mode 0600: the container's root is the
 //! agent's user in a rootless container), replaced atomically so a reader never sees half
-//! of one. Its `chain` verifies against the trust domain's root key like a node's, and the
-//! workload signs with `private_key` (a P-256 scalar, hex).
+//! of one. Its `chain` verifies against the trust domain's root key like a node's, the
+//! workload signs with `private_key` (a P-256 scalar, hex), and its `grant` is the
+//! owner's signed award of the replica to this node, which binds the identity to the
+//! award ([`super::grant`]). A node issues an identity only for a replica whose grant
+//! checks.
 
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
@@ -16,6 +19,9 @@ use parley_identity::cert::to_hex;
 use parley_identity::credential::{Validity, encode_public_key};
 use parley_identity::files::IdentityDir;
 use parley_identity::{PendingRequest, SpiffeId};
+use parley_negotiation::messages::SignedStatement;
+
+use super::grant::{GrantError, GrantFile, check_grant};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -45,6 +51,9 @@ pub struct SvidFile {
     pub not_before: u64,
     /// End of validity (unix seconds).
     pub not_after: u64,
+    /// The owner's grant of the replica to the issuing node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<GrantFile>,
 }
 
 /// Issues, renews and removes the workload credentials of this node's replicas.
@@ -78,6 +87,14 @@ pub enum IssueError {
     /// Issuing or deriving the key failed.
     #[error("cannot issue the workload identity: {0}")]
     Issue(String),
+    /// The replica's grant does not check: this node was not shown to be awarded it.
+    #[error("no workload identity for {name}: {reason}")]
+    Grant {
+        /// The workload's name.
+        name: String,
+        /// Why the grant does not check.
+        reason: GrantError,
+    },
     /// The file could not be written.
     #[error("cannot write the workload identity of {name}: {reason}")]
     Write {
@@ -105,17 +122,30 @@ impl WorkloadIdentities {
     }
 
     /// Issues (or replaces) the credential of replica `replica` of `name`, in namespace
-    /// `namespace`, valid from `now`. Returns its end of validity.
+    /// `namespace`, valid from `now`, for the owner's `grant` of it to this node (checked
+    /// first). Returns its end of validity.
     pub fn issue(
         &self,
         namespace: &str,
         name: &str,
         replica: u32,
         now: u64,
+        grant: &SignedStatement,
     ) -> Result<u64, IssueError> {
         let node_dir = IdentityDir::new(&self.node_identity);
         let node = node_dir.load_credential()?;
         let bundle = node_dir.load_bundle()?;
+        check_grant(
+            &bundle,
+            grant,
+            node.id().as_str(),
+            &format!("{namespace}/{name}"),
+            Some(replica),
+        )
+        .map_err(|reason| IssueError::Grant {
+            name: name.to_owned(),
+            reason,
+        })?;
         let trust_domain = node.id().trust_domain().to_owned();
         let root = bundle
             .root(&trust_domain)
@@ -152,6 +182,7 @@ impl WorkloadIdentities {
             root_public_key: encode_public_key(root),
             not_before: now,
             not_after,
+            grant: Some(GrantFile::from(grant)),
         };
         let json = Zeroizing::new(serde_json::to_vec_pretty(&file).map_err(|e| failed(&e))?);
         write_private(&self.dir(name, replica), SVID_FILE, &json).map_err(|e| {
@@ -161,6 +192,20 @@ impl WorkloadIdentities {
             }
         })?;
         Ok(not_after)
+    }
+
+    /// Leaves replica `replica` of `name` an empty credential directory (the mount needs
+    /// one): for a replica whose owner sent no grant, which runs without an identity.
+    pub fn withhold(&self, name: &str, replica: u32) -> std::io::Result<()> {
+        let dir = self.dir(name, replica);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        match std::fs::remove_file(dir.join(SVID_FILE)) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        }
     }
 
     /// Whether replica `replica` of `name` needs a credential now: none yet, unreadable,
@@ -222,7 +267,7 @@ fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use parley_identity::cert::{ImplicitCert, from_hex};
@@ -235,7 +280,13 @@ mod tests {
     /// `ttl` seconds.
     fn node_identity(dir: &Path, start: u64, ttl: u64) -> Issuer {
         let root = Issuer::generate_root("example.org").unwrap();
-        let id = SpiffeId::parse("spiffe://example.org/node/a").unwrap();
+        enroll(&root, "a", dir, start, ttl);
+        root
+    }
+
+    /// Enrolls node `name` of `example.org` with `root` into the identity directory `dir`.
+    pub(crate) fn enroll(root: &Issuer, name: &str, dir: &Path, start: u64, ttl: u64) {
+        let id = SpiffeId::parse(&format!("spiffe://example.org/node/{name}")).unwrap();
         let pending = PendingRequest::new(id);
         let response = IssueResponse {
             issued: root
@@ -247,8 +298,38 @@ mod tests {
         IdentityDir::new(dir)
             .accept_pending(pending, &response, start, 60)
             .unwrap();
-        root
     }
+
+    /// The grant, signed by the node whose identity is in `owner_dir`, of replica
+    /// `replica` of `default/NAME` to node `node`.
+    pub(crate) fn grant(
+        owner_dir: &Path,
+        node: &str,
+        name: &str,
+        replica: u32,
+        at: u64,
+    ) -> SignedStatement {
+        let owner = IdentityDir::new(owner_dir).load_credential().unwrap();
+        let grant = parley_negotiation::messages::Grant {
+            owner: owner.id().to_string(),
+            node: node.to_owned(),
+            workload: format!("default/{name}"),
+            replica,
+            epoch: 1,
+            granted_at_ms: at * 1_000,
+        }
+        .encode();
+        SignedStatement {
+            signature: owner.sign(
+                parley_negotiation::membership::StatementKind::Grant.context(),
+                &grant,
+            ),
+            credential: owner.cert().as_bytes().to_vec(),
+            statement: grant,
+        }
+    }
+
+    const A: &str = "spiffe://example.org/node/a";
 
     #[test]
     fn a_replica_gets_a_chain_from_the_root_through_this_node_renewed_at_half_life() {
@@ -258,7 +339,10 @@ mod tests {
         let identities =
             WorkloadIdentities::new(temp.path().join("wl"), temp.path().join("node"), 600);
         assert!(identities.due("web", 2, now));
-        let not_after = identities.issue("default", "web", 2, now).unwrap();
+        let granted = grant(&temp.path().join("node"), A, "web", 2, now);
+        let not_after = identities
+            .issue("default", "web", 2, now, &granted)
+            .unwrap();
         assert_eq!(not_after, now + 600);
 
         let path = identities.dir("web", 2).join(SVID_FILE);
@@ -302,12 +386,15 @@ mod tests {
         node_identity(&temp.path().join("node"), now - 10, 110);
         let identities =
             WorkloadIdentities::new(temp.path().join("wl"), temp.path().join("node"), 600);
+        let granted = grant(&temp.path().join("node"), A, "web", 0, now);
         assert_eq!(
-            identities.issue("default", "web", 0, now).unwrap(),
+            identities
+                .issue("default", "web", 0, now, &granted)
+                .unwrap(),
             now + 100
         );
         let error = identities
-            .issue("default", "web", 0, now + 100)
+            .issue("default", "web", 0, now + 100, &granted)
             .unwrap_err();
         assert!(matches!(error, IssueError::NodeExpired), "{error}");
     }

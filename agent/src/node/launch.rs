@@ -2,6 +2,8 @@
 //! and reading a container's output.
 
 use super::*;
+use crate::enroll::workload::IssueError;
+use parley_negotiation::messages::SignedStatement;
 
 impl<R: ContainerRuntime> Node<R> {
     pub(super) fn container_spec(
@@ -64,8 +66,26 @@ impl<R: ContainerRuntime> Node<R> {
         let name = record.spec.name.as_str();
         if let Some(identities) = &self.info.identities {
             let now = crate::clock::unix_secs();
-            if identities.due(name, replica, now) {
-                identities.issue(DEFAULT_NAMESPACE, name, replica, now)?;
+            match self.grant_of(name, replica) {
+                Some(grant) => {
+                    if identities.due(name, replica, now) {
+                        identities.issue(DEFAULT_NAMESPACE, name, replica, now, &grant)?;
+                    }
+                }
+                None => {
+                    identities
+                        .withhold(name, replica)
+                        .map_err(|e| IssueError::Write {
+                            name: name.to_owned(),
+                            reason: e.to_string(),
+                        })?;
+                    tracing::warn!(
+                        workload = name,
+                        replica,
+                        "the owner sent no grant of this replica (it runs an older version): \
+                         the replica runs without a workload identity"
+                    );
+                }
             }
         }
         let id = self
@@ -90,8 +110,11 @@ impl<R: ContainerRuntime> Node<R> {
             let runs = running
                 .iter()
                 .any(|c| &c.workload == name && c.replica == *replica);
+            let Some(grant) = self.grant_of(name, *replica) else {
+                continue;
+            };
             if runs && identities.due(name, *replica, now) {
-                match identities.issue(DEFAULT_NAMESPACE, name, *replica, now) {
+                match identities.issue(DEFAULT_NAMESPACE, name, *replica, now, &grant) {
                     Ok(until) => {
                         tracing::info!(workload = %name, replica, valid_until = until, "workload identity renewed");
                     }
@@ -106,6 +129,16 @@ impl<R: ContainerRuntime> Node<R> {
                 identities.remove(&name, replica);
             }
         }
+    }
+
+    /// The owner's grant of replica `replica` of `name` to this node, as stored with its
+    /// award.
+    fn grant_of(&self, name: &str, replica: u32) -> Option<SignedStatement> {
+        self.assignments
+            .get(&assignment_key(name, replica))
+            .ok()
+            .flatten()
+            .and_then(|assignment| assignment.grant)
     }
 
     /// Reads a container's output here. When following, the window ends a second before
