@@ -297,6 +297,10 @@ pub struct Instance {
     /// The node's value of the workload's spread label, if any.
     #[serde(default)]
     pub failure_domain: Option<String>,
+    /// The owner's grant of this replica to the reporting node: an owner takes a report
+    /// only with one (a member must not claim replicas it was never awarded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<SignedStatement>,
 }
 
 /// The announcer tells a node to stop a replica another node holds at a newer epoch (or

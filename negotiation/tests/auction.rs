@@ -610,6 +610,7 @@ fn instance(workload: &str, replica: u32, epoch: u64, domain: Option<&str>) -> I
         epoch,
         reservation: format!("r{replica}.{epoch}"),
         failure_domain: domain.map(str::to_owned),
+        grant: None,
     }
 }
 

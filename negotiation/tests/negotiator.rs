@@ -593,6 +593,7 @@ fn a_report_from_a_node_that_may_not_host_the_namespace_is_refused() {
             epoch: 99,
             reservation: "r".to_owned(),
             failure_domain: None,
+            grant: None,
         }),
     );
     let mut sent = Vec::new();

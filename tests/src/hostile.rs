@@ -127,14 +127,20 @@ impl PeerIdentity {
     }
 
     /// A grant, signed with this identity's key as its owner, of replica `replica` of
-    /// `workload` (`namespace/name`) to `node`.
-    pub fn sign_grant(&self, node: &str, workload: &str, replica: u32) -> SignedStatement {
+    /// `workload` (`namespace/name`) at `epoch` to `node`.
+    pub fn sign_grant(
+        &self,
+        node: &str,
+        workload: &str,
+        replica: u32,
+        epoch: u64,
+    ) -> SignedStatement {
         let grant = Grant {
             owner: self.id(),
             node: node.to_owned(),
             workload: workload.to_owned(),
             replica,
-            epoch: 1,
+            epoch,
             granted_at_ms: unix_secs() * 1_000,
         }
         .encode();

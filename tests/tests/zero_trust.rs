@@ -116,6 +116,7 @@ fn a_phantom_instance_from_a_node_that_may_not_host_is_refused() {
             epoch: 99,
             reservation: "forged".to_owned(),
             failure_domain: None,
+            grant: None,
         }))
         .expect("send the report");
     let answered = intruder.receive_until(Duration::from_secs(5), |received| {
@@ -132,6 +133,53 @@ fn a_phantom_instance_from_a_node_that_may_not_host_is_refused() {
             agent
                 .log()
                 .contains("may not bid for workloads in namespace")
+        },
+    );
+    assert_eq!(
+        replicas_on(&agent, "web"),
+        running,
+        "the real replica changed"
+    );
+}
+
+/// A member that may host claims a replica it was never awarded, at an epoch that would
+/// beat the real one in a takeover: the owner takes a report only with an owner's grant
+/// of that replica to the reporter, so a report without one, or with one the reporter
+/// granted itself, is refused and the real replica stays. (The simulator runs the
+/// takeover this would have won, seed 521 among them.)
+#[test]
+fn a_member_cannot_claim_a_replica_it_was_not_granted() {
+    let domain = TrustDomain::new("zt-claim.e2e");
+    let agent = mesh_agent("zt-claim", &domain.enroll("a"), &[], &[]);
+    let addr = address(&agent).parse().expect("an IP:PORT address");
+    agent.run_sleeper("web").ok();
+    wait_until("the replica runs", Duration::from_secs(60), || {
+        replicas_on(&agent, "web").len() == 1
+    });
+    let running = replicas_on(&agent, "web");
+    let identity = PeerIdentity::node(&domain.enroll("x"));
+    let self_granted = identity.sign_grant(&identity.id(), "default/web", 0, u64::MAX);
+    let mut claimant = HostilePeer::connect(identity, addr).expect("a node connects");
+    assert!(answers_a_probe(&mut claimant), "{}", agent.log());
+    for grant in [None, Some(self_granted)] {
+        claimant
+            .send(&Body::Instance(Instance {
+                workload: "default/web".to_owned(),
+                replica: 0,
+                epoch: u64::MAX,
+                reservation: "claimed".to_owned(),
+                failure_domain: None,
+                grant,
+            }))
+            .expect("send the claim");
+    }
+    wait_until(
+        "the owner logs both refusals",
+        Duration::from_secs(10),
+        || {
+            let log = agent.log();
+            log.contains("the report carries no grant of the replica")
+                && log.contains("spiffe://zt-claim.e2e/node/x granted the replica to itself")
         },
     );
     assert_eq!(
@@ -452,7 +500,7 @@ fn a_workload_identity_verifies_only_with_the_grant_of_its_award() {
         1,
         "the grant is for spiffe://zt-grant.e2e/node/a, but spiffe://zt-grant.e2e/node/b issued",
     );
-    let self_granted = b.sign_grant(&b.id(), "default/granted", 0);
+    let self_granted = b.sign_grant(&b.id(), "default/granted", 0, 1);
     verify("self.json", &b.mint_svid(wanted, Some(&self_granted)), true)
         .fails_with(1, "spiffe://zt-grant.e2e/node/b may not submit");
 }

@@ -450,6 +450,14 @@ pub(super) fn observe(event: &Event, metrics: &Metrics, disk: Option<&std::path:
         } => {
             tracing::warn!(%from, %workload, %reason, "refused a peer's award or hand-over");
         }
+        Event::InstanceRefused {
+            from,
+            workload,
+            replica,
+            reason,
+        } => {
+            tracing::warn!(%from, %workload, replica, %reason, "refused a peer's report of a replica it runs");
+        }
         Event::AwardWithoutSpec { workload, replica } => {
             tracing::warn!(%workload, replica, "award without a spec; refusing it");
         }

@@ -644,7 +644,7 @@ impl Announcer {
             return;
         };
         let epoch = workload.next_epoch;
-        workload.next_epoch += 1;
+        workload.next_epoch = workload.next_epoch.saturating_add(1);
         let request = &workload.request;
         let cfp = Cfp {
             auction: id,
@@ -905,7 +905,7 @@ impl Announcer {
         let Some(workload) = self.workloads.get_mut(&instance.workload) else {
             return;
         };
-        workload.next_epoch = workload.next_epoch.max(instance.epoch + 1);
+        workload.next_epoch = workload.next_epoch.max(instance.epoch.saturating_add(1));
         let superseded = match workload.placed.get(&instance.replica) {
             Some((node, epoch, _, _)) if node == from && *epoch == instance.epoch => return,
             Some((node, epoch, _, _)) if *epoch >= instance.epoch => {
@@ -936,6 +936,7 @@ impl Announcer {
                 epoch,
                 reservation: String::new(),
                 failure_domain: None,
+                grant: None,
             };
             self.revoke(&node, &stale);
         }

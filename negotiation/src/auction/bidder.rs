@@ -468,6 +468,8 @@ impl Bidder {
                     epoch: c.epoch,
                     reservation: c.reservation.clone(),
                     failure_domain: c.failure_domain.clone(),
+                    // The negotiator adds the grant as the report leaves.
+                    grant: None,
                 }),
             ));
         }

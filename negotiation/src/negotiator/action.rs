@@ -226,6 +226,18 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A peer's report of a replica was refused: it carried no grant of that replica to
+    /// it from an owner.
+    InstanceRefused {
+        /// The peer.
+        from: String,
+        /// Workload key.
+        workload: String,
+        /// Replica index.
+        replica: u32,
+        /// Why.
+        reason: String,
+    },
     /// An award came without the spec needed to run it; it is refused.
     AwardWithoutSpec {
         /// Workload key.

@@ -43,7 +43,7 @@ use crate::membership::{
 use crate::messages::{
     Accept, Bid, Body, Decline, DeclineReason, Grant, Handover, LogChunk, LogsFailure, LogsReply,
     LogsRequest, MAX_REPORTED_WORKLOADS, MemberState, MemberUpdate, NodeMeta, OwnedWorkload,
-    Placement, Reject, RemoveWorkload, RevocationNotice, Revocations, SignedStatement,
+    Placement, Reject, RemoveWorkload, RevocationNotice, Revocations, Revoke, SignedStatement,
     WorkloadQuery, WorkloadReport,
 };
 use crate::workload::{WorkloadSpec, key_namespace};
@@ -117,6 +117,9 @@ pub struct Negotiator {
     owned: BTreeMap<String, (String, u32)>,
     /// Specs of awards being committed, by (workload, replica), until the bidder decides.
     award_specs: HashMap<(String, u32), AwardedSpec>,
+    /// The grants of the replicas this node holds, by (workload, replica), with the epoch
+    /// granted: each instance report carries its own.
+    grants: HashMap<(String, u32), (u64, SignedStatement)>,
     commits: BTreeMap<u64, PendingCommit>,
     /// Reservations whose Accept must not leave (the award could not be honoured).
     refused_accepts: BTreeSet<String>,
@@ -182,6 +185,16 @@ impl Negotiator {
                 None,
             );
         }
+        let grants = committed
+            .iter()
+            .filter_map(|a| {
+                let key = (
+                    crate::workload::default_key(a.spec.name.as_str()),
+                    a.replica,
+                );
+                Some((key, (a.epoch, a.grant.clone()?)))
+            })
+            .collect();
         let committed = committed.into_iter().map(|a| Committed {
             workload: crate::workload::default_key(a.spec.name.as_str()),
             announcer: a.owner,
@@ -208,6 +221,7 @@ impl Negotiator {
             owned: BTreeMap::new(),
             award_specs: HashMap::new(),
             commits: BTreeMap::new(),
+            grants,
             refused_accepts: BTreeSet::new(),
             adoptions: BTreeMap::new(),
             queries: Queries::default(),
@@ -710,6 +724,55 @@ impl Negotiator {
         }
     }
 
+    /// Whether an owner may take a report of a replica: it carries a grant of that very
+    /// replica, at that epoch, to its sender, signed by the grant's owner, and that owner
+    /// is not the reporter itself, unless it is this node or the workload's submitter.
+    /// A member can then claim only what an owner gave it: a replica it granted itself
+    /// (a takeover's highest epoch wins) would otherwise displace the real one.
+    ///
+    /// A refusal says whether to stop the replica: not when the report carries no grant
+    /// at all (an older version's), since nothing then shows it is not the owner's.
+    fn check_instance(
+        &self,
+        now_ms: u64,
+        from: &str,
+        instance: &crate::messages::Instance,
+    ) -> Result<(), (String, bool)> {
+        let signed = instance.grant.as_ref().ok_or_else(|| {
+            (
+                "the report carries no grant of the replica".to_owned(),
+                false,
+            )
+        })?;
+        let stop = |reason: String| (reason, true);
+        let grant = Grant::decode(&signed.statement)
+            .ok_or_else(|| stop("the report's grant is not a grant".to_owned()))?;
+        if grant.node != from
+            || grant.workload != instance.workload
+            || grant.replica != instance.replica
+            || grant.epoch != instance.epoch
+        {
+            return Err(stop(format!(
+                "the report's grant is {grant:?}, not of this replica to its sender"
+            )));
+        }
+        let submitter = self.succession.submitter(&instance.workload);
+        if grant.owner == from && grant.owner != self.id && submitter != Some(from) {
+            return Err(stop(format!("{from} granted the replica to itself")));
+        }
+        if !self
+            .membership
+            .notary()
+            .verify(StatementKind::Grant, &grant.owner, signed, now_ms)
+        {
+            return Err(stop(format!(
+                "the report's grant is not signed by its owner {}",
+                grant.owner
+            )));
+        }
+        Ok(())
+    }
+
     /// This node's signed grant, as `award`'s owner, of its replica to `node`.
     fn grant(&self, now_ms: u64, node: &str, award: &crate::messages::Award) -> SignedStatement {
         let grant = Grant {
@@ -806,7 +869,30 @@ impl Negotiator {
             Body::Decline(decline) => self.announcer.handle_decline(from, &decline),
             Body::Accept(accept) => self.announcer.handle_accept(now_ms, from, &accept),
             Body::Reject(reject) => self.announcer.handle_reject(now_ms, from, &reject),
-            Body::Instance(instance) => self.announcer.handle_instance(now_ms, from, &instance),
+            Body::Instance(instance) => match self.check_instance(now_ms, from, &instance) {
+                Ok(()) => self.announcer.handle_instance(now_ms, from, &instance),
+                Err((reason, stop)) => {
+                    // A replica granted by no owner is not counted; one that has a grant,
+                    // but not one this node takes, is stopped (a successor's own replica
+                    // when ownership returns to the submitter: it is placed again).
+                    if stop && self.announcer.owns(&instance.workload) {
+                        self.send(
+                            from.to_owned(),
+                            Body::Revoke(Revoke {
+                                workload: instance.workload.clone(),
+                                replica: instance.replica,
+                                epoch: instance.epoch,
+                            }),
+                        );
+                    }
+                    self.events.push_back(Event::InstanceRefused {
+                        from: from.to_owned(),
+                        workload: instance.workload,
+                        replica: instance.replica,
+                        reason,
+                    });
+                }
+            },
             Body::WorkloadQuery(query) => {
                 // A member sees the workloads of the namespaces it may list.
                 let mut workloads: Vec<OwnedWorkload> = self
@@ -1344,6 +1430,10 @@ impl Negotiator {
                             accept: None,
                         },
                     );
+                    if let Some(grant) = &grant {
+                        self.grants
+                            .insert((c.workload.clone(), c.replica), (c.epoch, grant.clone()));
+                    }
                     self.actions.push_back(HostAction::Commit {
                         token,
                         assignment: Assignment {
@@ -1360,6 +1450,7 @@ impl Negotiator {
                     });
                 }
                 BidderEvent::Revoked(c) => {
+                    self.grants.remove(&(c.workload.clone(), c.replica));
                     self.events.push_back(Event::Revoked {
                         workload: c.workload.clone(),
                         replica: c.replica,
@@ -1420,6 +1511,14 @@ impl Negotiator {
                 && award.grant.is_none()
             {
                 award.grant = Some(self.grant(now_ms, &to, award));
+            }
+            if let Body::Instance(instance) = &mut body
+                && let Some((epoch, grant)) = self
+                    .grants
+                    .get(&(instance.workload.clone(), instance.replica))
+                && *epoch == instance.epoch
+            {
+                instance.grant = Some(grant.clone());
             }
             // An owner takes a report naming the awarded reservation as its Accept: none
             // leaves while the award is still being stored.

@@ -109,6 +109,11 @@ impl Succession {
         }
     }
 
+    /// The node `workload` was submitted to, if this node knows the workload.
+    pub fn submitter(&self, workload: &str) -> Option<&str> {
+        self.known.get(workload).map(|k| k.submitter.as_str())
+    }
+
     /// Forgets a removed workload.
     pub fn forget(&mut self, workload: &str) {
         self.known.remove(workload);

@@ -24,8 +24,8 @@ use crate::auction::{Announced, AnnouncerEvent, Answer, Candidate, PlacementRequ
 use crate::codec::{self, ReplayGuard, Signer, Verifier};
 use crate::membership::{Interner, MembershipEvent, Notary, StatementKind};
 use crate::messages::{
-    Ack, Body, Grant, LogChunk, MemberState, MemberUpdate, NodeMeta, Ping, PingReq, Resources,
-    RevocationNotice, Revocations, Scoring, Statement, Sync,
+    Ack, Body, Grant, Instance, LogChunk, MemberState, MemberUpdate, NodeMeta, Ping, PingReq,
+    Resources, RevocationNotice, Revocations, Scoring, Statement, Sync,
 };
 use crate::negotiator::{
     Action, Assignment, Authorizer, Denial, Event, HostAction, HostError, LOGS_TIMEOUT_MS,
@@ -772,7 +772,7 @@ impl<'c> Sim<'c> {
 
     /// What the byzantine member `from` does to a message before it leaves: lies added
     /// to its gossip, its bids inflated, and beside each state exchange a revocation the
-    /// root never signed.
+    /// root never signed and a report of a replica it was never awarded.
     fn tamper(&mut self, from: usize, to_id: &str, body: &mut Body) -> Result<(), Violation> {
         if matches!(body, Body::Sync(_)) {
             let victim = self.rng.range(0, self.nodes.len() as u64 - 1) as usize;
@@ -786,6 +786,41 @@ impl<'c> Sim<'c> {
             });
             let to = self.index(to_id)?;
             self.sign_and_send(from, to, &forged);
+            // And a report of a replica it does not run, at an epoch that beats any: with
+            // no grant, with one it granted itself, or with one it claims node 0 signed.
+            let workload = crate::workload::default_key(&format!(
+                "w{}",
+                self.rng.range(0, self.config.workloads as u64 - 1)
+            ));
+            let liar = self.nodes[from].id.clone();
+            let grant = match self.rng.range(0, 2) {
+                0 => None,
+                pick => {
+                    let owner = if pick == 1 { liar.clone() } else { node_id(0) };
+                    let grant = Grant {
+                        owner,
+                        node: liar.clone(),
+                        workload: workload.clone(),
+                        replica: 0,
+                        epoch: u64::MAX,
+                        granted_at_ms: self.now,
+                    };
+                    Some(
+                        self.crypto
+                            .notary(&liar)
+                            .sign(StatementKind::Grant, grant.encode()),
+                    )
+                }
+            };
+            let phantom = Body::Instance(Instance {
+                workload,
+                replica: 0,
+                epoch: u64::MAX,
+                reservation: "phantom".to_owned(),
+                failure_domain: None,
+                grant,
+            });
+            self.sign_and_send(from, to, &phantom);
         }
         let lies = self.lies(from);
         match body {
