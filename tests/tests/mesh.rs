@@ -825,6 +825,46 @@ fn a_new_host_joins_the_mesh_with_a_one_time_token() {
         || replicas_on(&a, "pair").len() == 1 && replicas_on(&b, "pair").len() == 1,
     );
     a.cli(["rm", "pair"]).ok();
+
+    // The host is rebuilt: a token that replaces the name's holder enrolls a new key, and
+    // the old key is revoked at once (it would otherwise stay a member until its
+    // certificate lapses): the old b is cut off and declared dead.
+    let replacing = a
+        .cli([
+            "identity",
+            "token",
+            "--node",
+            &b_name,
+            "--replace",
+            "-o",
+            "json",
+        ])
+        .json();
+    let rebuilt_dir = domain.dir().join("rebuilt").display().to_string();
+    a.cli([
+        "join",
+        &seed,
+        "--token",
+        replacing["token"].as_str().expect("a token"),
+        "--listen",
+        "127.0.0.1:0",
+        "--no-start",
+        "--node-name",
+        &b_name,
+        "--data-dir",
+        &rebuilt_dir,
+    ])
+    .ok();
+    wait_until(
+        "a declares the replaced b dead",
+        Duration::from_secs(40),
+        || member_states(&a).contains(&(b_id.clone(), "dead".to_owned())),
+    );
+    assert!(
+        a.log().contains("revoked the key a re-enrollment replaced"),
+        "{}",
+        a.log()
+    );
 }
 
 /// `not_after` of the node identity in `dir`, as `parley identity show` reads it.

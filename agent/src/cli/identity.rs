@@ -76,8 +76,8 @@ pub enum IdentityCommand {
         /// How long the token may be used: 90s, 30m, 12h, 7d (at most 7d)
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: u64,
-        /// Re-enroll a name enrolled already (a rebuilt host, a lost key): the old key
-        /// can no longer renew once the new one is enrolled
+        /// Re-enroll a name enrolled already (a rebuilt host, a lost key): once the new
+        /// key is enrolled the old one is revoked, refused by every member
         #[arg(long)]
         replace: bool,
     },

@@ -570,6 +570,9 @@ pub struct Enrollment {
     /// Held from a name's check to its registration, so that two joins (or renewals) at
     /// once cannot both find it free.
     registry: std::sync::Mutex<()>,
+    /// Revocations made here that the mesh has not been told of yet: those of keys that
+    /// a `--replace` enrollment superseded ([`Enrollment::take_unspread`]).
+    unspread: std::sync::Mutex<Vec<parley_identity::revocation::Revocation>>,
     store: Store,
 }
 
@@ -607,6 +610,7 @@ impl Enrollment {
             enrolled: store.enrolled_nodes()?,
             revoked: store.revoked_keys()?,
             registry: std::sync::Mutex::new(()),
+            unspread: std::sync::Mutex::new(Vec::new()),
             store: store.clone(),
         };
         if let Some(own) = own {
@@ -860,6 +864,17 @@ impl Enrollment {
         Ok(revocation)
     }
 
+    /// Revocations made here since the last call that the mesh must be told of (keys
+    /// superseded by `--replace` enrollments).
+    pub fn take_unspread(&self) -> Vec<parley_identity::revocation::Revocation> {
+        std::mem::take(
+            &mut *self
+                .unspread
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
     /// Every revocation this issuer made, to spread again after a restart.
     pub fn revocations(
         &self,
@@ -925,7 +940,7 @@ impl Enrollment {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let holder = self.enrolled.get(&record.node).map_err(store_failed)?;
-            if !record.replace && holder.is_some_and(|h| !h.revoked) {
+            if !record.replace && holder.as_ref().is_some_and(|h| !h.revoked) {
                 return Err(Refusal::AlreadyEnrolled(subject.to_string()));
             }
             // Spent first: a crash after this refuses a retry rather than issuing twice.
@@ -944,6 +959,27 @@ impl Enrollment {
                 )
                 .map_err(|e| Refusal::Issue(e.to_string()))?;
             let key = self.key_of(&issued.certificate)?;
+            // A replaced holder's key is revoked, not merely unregistered: it would
+            // otherwise stay a member until its certificate lapses (up to 30 days).
+            if let Some(old) =
+                holder.filter(|h| !h.revoked && h.public_key != encode_public_key(&key))
+            {
+                let old_key = decode_public_key(&old.public_key)
+                    .map_err(|e| Refusal::Store(format!("the registry's key of {subject}: {e}")))?;
+                let revocation = parley_identity::revocation::Revocation::sign(
+                    &self.issuer,
+                    subject,
+                    &old_key,
+                    now,
+                );
+                self.revoked
+                    .put(&format!("{subject}/{}", revocation.public_key), &revocation)
+                    .map_err(store_failed)?;
+                self.unspread
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(revocation);
+            }
             self.register(subject, &key).map_err(store_failed)?;
             issued
         };
@@ -971,10 +1007,16 @@ pub(crate) fn fuzz_reply(bytes: &[u8]) {
     let _ = serde_json::from_slice::<JoinReply>(bytes);
 }
 
-/// Answers enrollment connections (handed over by the transport) until `shutdown`.
+/// Tells the mesh of a revocation made here (the transport refuses the key, members are
+/// sent it).
+pub type Spread = Arc<dyn Fn(parley_identity::revocation::Revocation) + Send + Sync>;
+
+/// Answers enrollment connections (handed over by the transport) until `shutdown`;
+/// `spread` takes the revocations of keys that `--replace` enrollments superseded.
 pub async fn serve(
     mut connections: mpsc::Receiver<quinn::Connection>,
     enrollment: Arc<Enrollment>,
+    spread: Spread,
     shutdown: CancellationToken,
     tasks: tokio_util::task::TaskTracker,
 ) {
@@ -995,6 +1037,7 @@ pub async fn serve(
             continue;
         };
         let enrollment = Arc::clone(&enrollment);
+        let spread = Arc::clone(&spread);
         // On the tracker: an exchange spends a token in the store, which shutdown closes
         // only after it.
         tasks.spawn(async move {
@@ -1004,6 +1047,14 @@ pub async fn serve(
             {
                 Ok(Ok(subject)) => {
                     tracing::info!(%remote, node = %subject, "enrolled a node with a join token");
+                    for revocation in enrollment.take_unspread() {
+                        tracing::warn!(
+                            subject = %revocation.subject,
+                            key = %revocation.public_key,
+                            "revoked the key a re-enrollment replaced"
+                        );
+                        spread(revocation);
+                    }
                 }
                 Ok(Err(reason)) => {
                     tracing::warn!(%remote, %reason, "refused an enrollment");
@@ -1250,12 +1301,26 @@ mod tests {
             "edge",
             enrollment.create_token(60, "edge", true).await.unwrap(),
         );
+        assert!(
+            enrollment.take_unspread().is_empty(),
+            "nothing replaced yet"
+        );
         let response = enrollment.answer(request).await.unwrap();
         let second = accepted(&enrollment, pending, &response);
+        // The replaced key is revoked (not merely superseded), for the mesh to refuse now
+        // and after a restart.
         let error = enrollment
             .renew_locally(&first, &new_request(&first))
             .unwrap_err();
-        assert!(matches!(error, Refusal::Superseded(_)), "{error}");
+        assert!(matches!(error, Refusal::Revoked(_)), "{error}");
+        let superseded = enrollment.take_unspread();
+        assert_eq!(superseded.len(), 1, "{superseded:?}");
+        assert_eq!(
+            superseded[0].public_key,
+            encode_public_key(&first.public_key())
+        );
+        assert!(enrollment.revocations().unwrap().contains(&superseded[0]));
+        assert!(enrollment.take_unspread().is_empty(), "told once");
         let next = parley_identity::PendingRequest::new(second.id().clone());
         let renewed = enrollment.renew_locally(&second, next.request()).unwrap();
         let second = accepted(&enrollment, next, &renewed);
@@ -1283,7 +1348,10 @@ mod tests {
             .renew_locally(&first, &new_request(&first))
             .unwrap_err();
         assert!(matches!(error, Refusal::Revoked(_)), "{error}");
-        assert_eq!(enrollment.revocations().unwrap(), vec![revocation]);
+        // Both keys the name had are revoked: the replaced one, and this one.
+        let held = enrollment.revocations().unwrap();
+        assert_eq!(held.len(), 2, "{held:?}");
+        assert!(held.contains(&revocation) && held.contains(&superseded[0]));
         // The name may be enrolled again with a new token.
         enrollment.create_token(60, "edge", false).await.unwrap();
 
@@ -1291,7 +1359,7 @@ mod tests {
         drop(enrollment);
         let root = Issuer::generate_root("example.org").unwrap();
         let again = Enrollment::new(root, None, &store).unwrap();
-        assert_eq!(again.revocations().unwrap().len(), 1);
+        assert_eq!(again.revocations().unwrap().len(), 2);
     }
 
     /// Class 12 of the zero-trust issue: joining authenticated the server as any member

@@ -136,9 +136,24 @@ impl Prepared {
             shutdown.clone(),
         ));
         if let (Some(joining), Some(enrollment)) = (self.joining, &self.handle.enrollment) {
+            let (transport, commands) =
+                (self.handle.transport.clone(), self.handle.commands.clone());
+            let spread: crate::enroll::join::Spread = Arc::new(move |revocation| {
+                if let Err(error) = transport.revoke(revocation.clone()) {
+                    // Signed with this node's root a moment ago: cannot fail to verify.
+                    tracing::error!(%error, "a revocation made here does not verify");
+                }
+                if commands.try_send(Command::Revoke(revocation)).is_err() {
+                    tracing::warn!(
+                        "the negotiation loop is busy: the revocation reaches the members \
+                         with the next restart of this issuer"
+                    );
+                }
+            });
             tasks.spawn(crate::enroll::join::serve(
                 joining,
                 Arc::clone(enrollment),
+                spread,
                 shutdown.clone(),
                 tasks.clone(),
             ));

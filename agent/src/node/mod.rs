@@ -668,6 +668,39 @@ mod tests {
         .unwrap()
     }
 
+    /// Class 9 of the zero-trust issue: with Podman wedged, `parley status` must answer,
+    /// and say so, rather than hang on Podman's status.
+    #[tokio::test]
+    async fn status_answers_and_names_a_wedged_podman() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let socket = dir.path().join("podman.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                // Kept open and unanswered.
+                open.push(stream);
+            }
+        });
+        // Podman's own bound is longer than status waits.
+        let runtime = crate::runtime::podman::PodmanRuntime::with_limits(
+            &socket,
+            crate::runtime::podman::CallLimits {
+                quick: std::time::Duration::from_secs(60),
+                container: std::time::Duration::from_secs(60),
+                pull: std::time::Duration::from_secs(60),
+            },
+        );
+        let node = Node::new(info(NodeMeta::default(), false), store, runtime).unwrap();
+        let started = std::time::Instant::now();
+        let status = node.status().await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        let error = status.podman_error.expect("Podman's state is reported");
+        assert!(error.contains("wedged"), "{error}");
+        held.abort();
+    }
+
     #[tokio::test]
     async fn exited_containers_restart_as_their_policy_says() {
         let (_dir, _store, runtime, node) = fixture();

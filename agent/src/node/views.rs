@@ -101,10 +101,21 @@ impl<R: ContainerRuntime> Node<R> {
 
     /// The agent's own status and Podman's.
     pub async fn status(&self) -> AgentStatus {
-        let (podman, podman_error) = match self.runtime.info().await {
-            Ok(info) => (Some(info), None),
-            Err(e) => (None, Some(e.to_string())),
-        };
+        // `parley status` answers promptly even when Podman does not: a wedged service is
+        // what it is asked about then.
+        let (podman, podman_error) =
+            match tokio::time::timeout(STATUS_PODMAN_WAIT, self.runtime.info()).await {
+                Ok(Ok(info)) => (Some(info), None),
+                Ok(Err(e)) => (None, Some(e.to_string())),
+                Err(_) => (
+                    None,
+                    Some(format!(
+                        "no answer within {} s: the Podman service is wedged or overloaded \
+                         (the agent keeps taking part in the mesh; its Podman calls time out)",
+                        STATUS_PODMAN_WAIT.as_secs()
+                    )),
+                ),
+            };
         AgentStatus {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             node: self.info.name.clone(),
@@ -120,6 +131,9 @@ impl<R: ContainerRuntime> Node<R> {
         }
     }
 }
+
+/// How long `parley status` waits for Podman's own status.
+const STATUS_PODMAN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A replica as `ps` shows it in a mesh: where it was placed (`-` when not yet), and the
 /// local container's state when it was placed on this node (`this_node`).

@@ -481,6 +481,12 @@ impl Negotiator {
             Err(error) => {
                 self.bidder
                     .remove_instance(&pending.workload, pending.replica);
+                self.grants
+                    .remove(&(pending.workload.clone(), pending.replica));
+                // What the award taught of the workload goes too unless something else
+                // holds it here: a node that runs none of its replicas is no successor's
+                // source (found by the simulator, seed 8086).
+                self.ownership_stale = true;
                 self.events.push_back(Event::CommitFailed {
                     workload: pending.workload,
                     replica: pending.replica,
