@@ -830,3 +830,58 @@ fn one_announcer_cannot_hold_more_than_its_share_of_reservations() {
         .count();
     assert_eq!(refused, 44);
 }
+
+/// Issue #16: a node declared dead while it was only away (a reboot, an agent upgrade)
+/// reports its replica back before any replacement was awarded: it keeps it at the same
+/// epoch, and the auction for a replacement is dropped. Once a replacement was placed,
+/// the same report is revoked.
+#[test]
+fn a_node_that_was_only_away_keeps_its_replica_unless_it_was_replaced() {
+    let mut announcer = Announcer::new("a", AnnouncerConfig::default(), 1);
+    announcer.set_members(members(&["b"]));
+    let mut bidders = vec![bidder("b", 4000, 8, &[])];
+    announcer.place(0, request(1, 500, 1));
+    let (now, _) = settle(&mut announcer, &mut bidders, 0, 5_000);
+    let placed = announcer.placements("default/web");
+    let (node, epoch) = placed.get(&0).cloned().expect("placed on b");
+    assert_eq!(node, "b");
+
+    // b is declared dead; nobody else can host, so the replacement's auction waits.
+    announcer.set_members(Vec::new());
+    announcer.replica_lost(now, "default/web", 0);
+    assert!(announcer.placements("default/web").is_empty());
+    announcer.handle_timeout(now + 1);
+    while announcer.poll_transmit().is_some() {}
+    // b is back and reports its replica at the epoch it was placed with.
+    announcer.set_members(members(&["b"]));
+    announcer.handle_instance(now + 2, "b", &instance("default/web", 0, epoch, None));
+    assert_eq!(
+        announcer.placements("default/web").get(&0),
+        Some(&("b".to_owned(), epoch)),
+        "the returning node keeps its replica at the same epoch"
+    );
+    let sent: Vec<_> = std::iter::from_fn(|| announcer.poll_transmit()).collect();
+    assert!(
+        !sent
+            .iter()
+            .any(|(_, body)| matches!(body, Body::Revoke(_) | Body::Award(_))),
+        "{sent:?}"
+    );
+
+    // Lost again, and this time a replacement is placed on c first: b's report is stale.
+    announcer.set_members(members(&["c"]));
+    let mut others = vec![bidder("c", 4000, 8, &[])];
+    announcer.replica_lost(now + 3, "default/web", 0);
+    let (later, _) = settle(&mut announcer, &mut others, now + 3, now + 10_000);
+    let (replacement, newer) = announcer.placements("default/web")[&0].clone();
+    assert_eq!(replacement, "c");
+    assert!(newer > epoch);
+    announcer.handle_instance(later, "b", &instance("default/web", 0, epoch, None));
+    let sent: Vec<_> = std::iter::from_fn(|| announcer.poll_transmit()).collect();
+    assert!(
+        sent.iter()
+            .any(|(to, body)| to == "b" && matches!(body, Body::Revoke(_))),
+        "the stale replica is revoked: {sent:?}"
+    );
+    assert_eq!(announcer.placements("default/web")[&0].0, "c");
+}

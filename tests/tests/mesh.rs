@@ -1150,3 +1150,74 @@ fn a_node_short_of_disk_declines_new_replicas_and_says_why() {
     assert!(replicas_on(&b, "roomy").is_empty());
     a.cli(["rm", "roomy"]).ok();
 }
+
+/// Issue #16: an agent away longer than the suspicion timeout (a reboot, an agent
+/// upgrade) is declared dead, and its replica is put up for a replacement; when nobody
+/// else could take it, the node's report on its return wins over that auction, and its
+/// container is left as it is (it used to be re-awarded at a new epoch and replaced).
+#[test]
+fn a_node_away_for_30_s_keeps_its_running_replica_when_nothing_replaced_it() {
+    let domain = TrustDomain::new("away.e2e");
+    // a places work but may not host it: b's replica has nowhere else to go.
+    let policy = domain.write_file(
+        "policy.toml",
+        "[[allow]]\n\
+         ids = [\"spiffe://away.e2e/node/a\"]\n\
+         actions = [\"member\", \"submit\", \"list\", \"logs\", \"remove\"]\n\
+         \n\
+         [[allow]]\n\
+         ids = [\"spiffe://away.e2e/node/b\"]\n\
+         actions = [\"member\", \"submit\", \"bid\", \"list\", \"logs\", \"remove\"]\n",
+    );
+    let policy_flag = format!("--policy={}", policy.display());
+    let a = mesh_agent("away-a", &domain.enroll("a"), &[], &[&policy_flag]);
+    let seed = address(&a);
+    let mut b = mesh_agent("away-b", &domain.enroll("b"), &[&seed], &[&policy_flag]);
+    wait_for_full_mesh(&[&a, &b]);
+    a.run_sleeper("stay").ok();
+    wait_until("the replica runs on b", Duration::from_secs(60), || {
+        replicas_on(&b, "stay").len() == 1
+    });
+    let name = replicas_on(&b, "stay").remove(0);
+    let container_id = |agent: &Agent| {
+        let out = agent.podman(["inspect", "-f", "{{.Id}}", &name]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let before = container_id(&b);
+    let b_id = "spiffe://away.e2e/node/b".to_owned();
+
+    let away = Instant::now();
+    b.stop();
+    wait_until("a declares b dead", Duration::from_secs(30), || {
+        member_states(&a).contains(&(b_id.clone(), "dead".to_owned()))
+    });
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(away.elapsed()));
+    b.try_launch(&[]).expect("b starts again");
+    wait_until("a sees b alive again", Duration::from_secs(30), || {
+        member_states(&a).contains(&(b_id.clone(), "alive".to_owned()))
+    });
+    wait_until(
+        "a records the replica on b again",
+        Duration::from_secs(30),
+        || {
+            a.ps()["workloads"]
+                .as_array()
+                .and_then(|w| w.iter().find(|w| w["name"] == "stay"))
+                .is_some_and(|w| w["replicas"][0]["node"] == b_id.as_str())
+        },
+    );
+    // Some report rounds later, it is still the same container.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        replicas_on(&b, "stay"),
+        std::slice::from_ref(&name),
+        "{}",
+        b.log()
+    );
+    assert_eq!(
+        container_id(&b),
+        before,
+        "the container was replaced:\n{}",
+        b.log()
+    );
+}

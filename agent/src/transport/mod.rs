@@ -60,6 +60,12 @@ pub struct Limits {
     pub connections_per_peer: usize,
     /// Live authenticated connections in all.
     pub connections_total: usize,
+    /// How long sending one message may take, dialling included.
+    pub send_timeout: Duration,
+    /// Messages to one peer in flight at once; more are dropped at once. A peer that
+    /// stops reading (never accepts a stream, never opens its window) must not make this
+    /// node hold a task and a frame per message for ever; the protocol resends.
+    pub sends_in_flight_per_peer: usize,
 }
 
 impl Default for Limits {
@@ -74,6 +80,8 @@ impl Default for Limits {
             handshakes_in_flight: 64,
             connections_per_peer: 4,
             connections_total: 1_024,
+            send_timeout: Duration::from_secs(10),
+            sends_in_flight_per_peer: 32,
         }
     }
 }
@@ -119,6 +127,17 @@ pub enum TransportError {
         peer: String,
         /// What failed.
         reason: String,
+    },
+    /// As many messages to the peer as allowed are in flight already: this one is
+    /// dropped.
+    #[error(
+        "{peer} has {in_flight} messages in flight already (it is not reading); this one is dropped"
+    )]
+    Backlogged {
+        /// The peer.
+        peer: String,
+        /// The limit reached.
+        in_flight: usize,
     },
 }
 
@@ -223,6 +242,8 @@ struct Inner {
     keys: Mutex<HashMap<String, parley_identity::PublicKey>>,
     /// Live authenticated connections by peer, for the caps in [`Limits`].
     live: Mutex<HashMap<String, usize>>,
+    /// Messages in flight to each peer (permits of [`Limits::sends_in_flight_per_peer`]).
+    sending: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// Handshakes in progress.
     handshakes: Arc<tokio::sync::Semaphore>,
     replays: Mutex<ReplayGuard>,
@@ -235,6 +256,9 @@ struct Inner {
 
 /// How long closing the endpoint waits for its connections to drain.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+/// Peers with a send-queue entry kept; past it, idle entries are dropped.
+const MAX_TRACKED_SEND_PEERS: usize = 4_096;
 
 /// Enrollment connections waiting for the enrollment service; more are refused as busy.
 const MAX_PENDING_ENROLLMENTS: usize = 16;
@@ -358,6 +382,7 @@ impl Transport {
             revoked,
             keys: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
+            sending: Mutex::new(HashMap::new()),
             handshakes: Arc::new(tokio::sync::Semaphore::new(limits.handshakes_in_flight)),
             replays: Mutex::new(ReplayGuard::default()),
             next_message_id: AtomicU64::new(u64::from_be_bytes(first_id) >> 1),
@@ -467,6 +492,45 @@ impl Transport {
     /// Signs and sends `body` to peer `to`, over its connection or, when there is none,
     /// a new one to `addr`.
     pub async fn send(
+        &self,
+        to: &str,
+        addr: Option<SocketAddr>,
+        body: &Body,
+    ) -> Result<(), TransportError> {
+        let limit = self.inner.limits.sends_in_flight_per_peer;
+        let permit = {
+            let mut sending = lock(&self.inner.sending);
+            if sending.len() >= MAX_TRACKED_SEND_PEERS && !sending.contains_key(to) {
+                // Peers with nothing in flight need no entry.
+                sending.retain(|_, in_flight| in_flight.available_permits() < limit);
+            }
+            let in_flight = sending
+                .entry(to.to_owned())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(limit)));
+            Arc::clone(in_flight).try_acquire_owned()
+        };
+        let Ok(_permit) = permit else {
+            return Err(TransportError::Backlogged {
+                peer: to.to_owned(),
+                in_flight: limit,
+            });
+        };
+        let timeout = self.inner.limits.send_timeout;
+        tokio::time::timeout(timeout, self.send_now(to, addr, body))
+            .await
+            .unwrap_or_else(|_| {
+                Err(TransportError::Send {
+                    peer: to.to_owned(),
+                    reason: format!(
+                        "not delivered within {} ms: the peer is not reading",
+                        timeout.as_millis()
+                    ),
+                })
+            })
+    }
+
+    /// [`Transport::send`] once a place in the peer's queue is held.
+    async fn send_now(
         &self,
         to: &str,
         addr: Option<SocketAddr>,

@@ -250,6 +250,61 @@ async fn replayed_forged_stale_malformed_and_oversized_frames_are_refused() {
     assert!(b_inbox.try_recv().is_err());
 }
 
+/// A member that stops reading (it never accepts the streams this node opens to it) must
+/// not make this node hold a task and a frame per message for ever: each send gives up
+/// within its timeout, and beyond the per-peer limit a send is refused at once.
+#[tokio::test]
+async fn sends_to_a_peer_that_does_not_read_are_bounded_in_time_and_number() {
+    let domain = Domain::new("mesh.test");
+    let limits = Limits {
+        send_timeout: Duration::from_millis(300),
+        sends_in_flight_per_peer: 8,
+        ..Limits::default()
+    };
+    let (b, _inbox) = Transport::bind(LOOPBACK, domain.credentials("b"), limits).unwrap();
+    let deaf = RawClient::connect(&domain, "deaf", b.local_addr().unwrap()).await;
+    let deaf_id = "spiffe://mesh.test/node/deaf";
+    // Until b has registered the connection it cannot send on it.
+    for _ in 0..50 {
+        if b.connected_peers().iter().any(|p| p == deaf_id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    let sends: Vec<_> = (0..400)
+        .map(|seq| {
+            let b = b.clone();
+            tokio::spawn(async move { b.send(deaf_id, None, &ping(seq)).await })
+        })
+        .collect();
+    let (mut delivered, mut backlogged, mut timed_out) = (0, 0, 0);
+    for send in sends {
+        match send.await.unwrap() {
+            Ok(()) => delivered += 1,
+            Err(TransportError::Backlogged { in_flight, .. }) => {
+                assert_eq!(in_flight, 8);
+                backlogged += 1;
+            }
+            Err(TransportError::Send { reason, .. }) if reason.contains("not reading") => {
+                timed_out += 1;
+            }
+            Err(other) => panic!("unexpected: {other}"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // The peer's stream credit (100 streams it never accepts) runs out: later sends wait
+    // until their timeout, and the rest are refused at once.
+    assert!(delivered <= 100, "{delivered} delivered");
+    assert!(timed_out > 0, "none timed out");
+    assert!(backlogged > 0, "none refused as backlogged");
+    drop(deaf);
+}
+
 #[tokio::test]
 async fn a_peer_sending_faster_than_its_rate_is_cut_off_at_the_limit() {
     let domain = Domain::new("mesh.test");

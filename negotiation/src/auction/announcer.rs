@@ -278,6 +278,10 @@ struct Workload {
     /// Set while a new owner collects instance reports before placing anything, so it
     /// adopts what already runs instead of placing duplicates.
     gathering_until_ms: Option<u64>,
+    /// Replicas whose node was declared dead, with that node and epoch, until placed
+    /// again: a node that was only away reports its replica back, and keeps it if no
+    /// award for a replacement has gone out yet.
+    lost: BTreeMap<u32, (String, u64)>,
 }
 
 /// xorshift64*: deterministic from the seed, good enough for sampling.
@@ -389,6 +393,7 @@ impl Announcer {
                 auction: None,
                 last_explanation: BTreeMap::new(),
                 next_epoch: 1,
+                lost: BTreeMap::new(),
                 gathering_until_ms: None,
             },
         );
@@ -407,6 +412,7 @@ impl Announcer {
             auction: None,
             last_explanation: BTreeMap::new(),
             next_epoch: 1,
+            lost: BTreeMap::new(),
             gathering_until_ms: Some(gather_until_ms),
         });
     }
@@ -480,8 +486,10 @@ impl Announcer {
     /// Forgets a workload's placement of `replica` (its node died) so it is placed again
     /// at a higher epoch.
     pub fn replica_lost(&mut self, now_ms: u64, workload: &str, replica: u32) {
-        if let Some(w) = self.workloads.get_mut(workload) {
-            w.placed.remove(&replica);
+        if let Some(w) = self.workloads.get_mut(workload)
+            && let Some((node, epoch, _, _)) = w.placed.remove(&replica)
+        {
+            w.lost.insert(replica, (node, epoch));
         }
         self.advance(now_ms, workload);
     }
@@ -808,6 +816,8 @@ impl Announcer {
             return;
         };
         let (winner, winning_bid) = &auction.bids[bid];
+        // Replaced: a lost node reporting it back is now stale.
+        workload.lost.remove(&auction.replica);
         workload.placed.insert(
             auction.replica,
             (
@@ -871,6 +881,14 @@ impl Announcer {
                 }
             }
             Some(_) => self.revoke(from, instance),
+            None if workload.lost.get(&instance.replica)
+                == Some(&(from.to_owned(), instance.epoch))
+                && !workload.auction.as_ref().is_some_and(|a| {
+                    a.replica == instance.replica && matches!(a.phase, Phase::Awarding { .. })
+                }) =>
+            {
+                self.welcome_back(now_ms, from, instance);
+            }
             None => {
                 let awarding_this = workload
                     .auction
@@ -897,6 +915,45 @@ impl Announcer {
                 }
             }
         }
+    }
+
+    /// A replica whose node was declared dead is reported back by that node, at the epoch
+    /// it was placed with, before any replacement was awarded: it is placed there again
+    /// and the auction for a replacement is dropped (its bids released). Rebooting a host
+    /// or upgrading its agent then leaves its containers as they are.
+    fn welcome_back(&mut self, now_ms: u64, from: &str, instance: &Instance) {
+        let Some(workload) = self.workloads.get_mut(&instance.workload) else {
+            return;
+        };
+        workload.lost.remove(&instance.replica);
+        workload.placed.insert(
+            instance.replica,
+            (
+                from.to_owned(),
+                instance.epoch,
+                instance.failure_domain.clone(),
+                now_ms,
+            ),
+        );
+        let replacing = workload.auction.take_if(|a| a.replica == instance.replica);
+        if let Some(auction) = replacing {
+            for (node, bid) in auction.bids {
+                self.transmits.push_back((
+                    node,
+                    Body::Release(Release {
+                        auction: auction.id,
+                        reservation: bid.reservation,
+                    }),
+                ));
+            }
+        }
+        self.events.push_back(AnnouncerEvent::Placed {
+            workload: instance.workload.clone(),
+            replica: instance.replica,
+            node: from.to_owned(),
+            epoch: instance.epoch,
+        });
+        self.advance(now_ms, &instance.workload);
     }
 
     /// While taking over: the instance with the highest epoch of each replica is adopted;

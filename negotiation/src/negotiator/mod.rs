@@ -66,6 +66,9 @@ pub const ADOPT_GATHER_MS: u64 = 3 * REPORT_INTERVAL_MS;
 /// A change of free disk smaller than this is not worth gossiping to every member.
 const DISK_GOSSIP_STEP: u64 = 64 << 20;
 
+/// Grants remembered as checked (one per replica this node owns, at most this many).
+const MAX_CHECKED_GRANTS: usize = 65_536;
+
 /// The namespaces a node hosts. The agent's store, container names and workload
 /// identities carry the default namespace only so far; a message about a workload of
 /// another namespace is refused at the gate, where it arrives, rather than acted on under
@@ -120,6 +123,9 @@ pub struct Negotiator {
     /// The grants of the replicas this node holds, by (workload, replica), with the epoch
     /// granted: each instance report carries its own.
     grants: HashMap<(String, u32), (u64, SignedStatement)>,
+    /// The grant last checked in a report of each replica this node owns: a holder
+    /// repeats the same one in every report, and its signature is checked once.
+    checked_grants: HashMap<(String, u32), SignedStatement>,
     commits: BTreeMap<u64, PendingCommit>,
     /// Reservations whose Accept must not leave (the award could not be honoured).
     refused_accepts: BTreeSet<String>,
@@ -222,6 +228,7 @@ impl Negotiator {
             award_specs: HashMap::new(),
             commits: BTreeMap::new(),
             grants,
+            checked_grants: HashMap::new(),
             refused_accepts: BTreeSet::new(),
             adoptions: BTreeMap::new(),
             queries: Queries::default(),
@@ -739,7 +746,7 @@ impl Negotiator {
     /// A refusal says whether to stop the replica: not when the report carries no grant
     /// at all (an older version's), since nothing then shows it is not the owner's.
     fn check_instance(
-        &self,
+        &mut self,
         now_ms: u64,
         from: &str,
         instance: &crate::messages::Instance,
@@ -766,6 +773,10 @@ impl Negotiator {
         if grant.owner == from && grant.owner != self.id && submitter != Some(from) {
             return Err(stop(format!("{from} granted the replica to itself")));
         }
+        let key = (instance.workload.clone(), instance.replica);
+        if self.checked_grants.get(&key) == Some(signed) {
+            return Ok(());
+        }
         if !self
             .membership
             .notary()
@@ -776,6 +787,11 @@ impl Negotiator {
                 grant.owner
             )));
         }
+        if self.checked_grants.len() >= MAX_CHECKED_GRANTS {
+            // Bounded whatever a peer reports; the cost of a clear is one check each.
+            self.checked_grants.clear();
+        }
+        self.checked_grants.insert(key, signed.clone());
         Ok(())
     }
 
