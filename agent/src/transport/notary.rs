@@ -1,10 +1,10 @@
-//! Membership statements signed with this node's identity, and checked against the trust
-//! bundle: the agent's [`Notary`].
+//! Statements (members' about themselves, owners' grants of replicas) signed with this
+//! node's identity, and checked against the trust bundle: the agent's [`Notary`].
 //!
 //! A statement carries its signer's implicit certificate, so that a node can check the
-//! statement of a member it has never connected to: the certificate must chain to the
-//! trust domain's root, name a node, be valid now, name the member the statement is
-//! about, not be revoked, and its key must verify the signature.
+//! statement of a node it has never connected to: the certificate must chain to the
+//! trust domain's root, name a node, be valid now, name the signer expected, not be
+//! revoked, and its key must verify the signature.
 
 use std::sync::Arc;
 

@@ -401,3 +401,140 @@ async fn a_renewed_identity_is_used_for_new_handshakes_and_messages() {
     let error = a.rotate(domain.credentials("c")).unwrap_err();
     assert!(error.to_string().contains("is not this node's"), "{error}");
 }
+
+/// Signs statements with a node's own credential, as the agent does, for a table built in
+/// a test without a transport per member.
+struct OwnKey(Credential);
+
+impl std::fmt::Debug for OwnKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OwnKey")
+    }
+}
+
+impl parley_negotiation::membership::Notary for OwnKey {
+    fn sign(
+        &self,
+        kind: parley_negotiation::membership::StatementKind,
+        statement: Vec<u8>,
+    ) -> parley_negotiation::messages::SignedStatement {
+        parley_negotiation::messages::SignedStatement {
+            signature: self.0.sign(kind.context(), &statement),
+            credential: self.0.cert().as_bytes().to_vec(),
+            statement,
+        }
+    }
+
+    fn verify(
+        &self,
+        _: parley_negotiation::membership::StatementKind,
+        _: &str,
+        _: &parley_negotiation::messages::SignedStatement,
+        _: u64,
+    ) -> bool {
+        false
+    }
+}
+
+/// A full state exchange of a mesh of 300 members, every entry carrying the member's own
+/// statement with its certificate and full metadata (labels, images, an address), leaves
+/// in frames the transport accepts, and the receiving agent's notary checks every
+/// statement: it learns all 300 members from a third party.
+#[tokio::test]
+async fn a_state_exchange_of_real_statements_fits_in_frames_and_checks() {
+    use parley_negotiation::membership::{Membership, MembershipConfig};
+    use parley_negotiation::messages::{MemberUpdate, NodeMeta, Sync};
+
+    let domain = Domain::new("mesh.test");
+    let (receiver, _inbox) = domain.transport("r");
+    let meta = NodeMeta {
+        agent_version: "0.1.0".to_owned(),
+        arch: "amd64".to_owned(),
+        labels: (0..8)
+            .map(|i| (format!("example.org/label-{i}"), "a".repeat(40)))
+            .collect(),
+        images: (0..10)
+            .map(|i| format!("registry.example.org/team/app-{i}:1.2.3"))
+            .collect(),
+        address: Some("192.0.2.10:7946".to_owned()),
+        ..NodeMeta::default()
+    };
+    let now = crate::clock::unix_millis();
+    let member = |name: &str| {
+        let credential = domain.credentials(name).credential;
+        Membership::new(
+            credential.id().to_string(),
+            meta.clone(),
+            MembershipConfig::default(),
+            now,
+            1,
+            Box::new(OwnKey(credential)),
+        )
+    };
+    let everyone: Vec<MemberUpdate> = (0..300)
+        .map(|i| member(&format!("m{i}")).announcement())
+        .collect();
+    let mut source = member("src");
+    source.assume_known(now, &everyone);
+    while source.poll_transmit().is_some() {}
+    source.handle_sync(
+        now,
+        "spiffe://mesh.test/node/r",
+        &Sync {
+            updates: Vec::new(),
+            reply: true,
+        },
+    );
+    let signer = lock(&receiver.inner.signer).clone();
+    let mut table = Membership::new(
+        receiver.id(),
+        NodeMeta::default(),
+        MembershipConfig::default(),
+        now,
+        2,
+        Box::new(receiver.notary()),
+    );
+    let (mut frames, mut bytes, mut bare_bytes) = (0, 0, 0);
+    while let Some((to, body)) = source.poll_transmit() {
+        assert_eq!(to, "spiffe://mesh.test/node/r");
+        let frame = codec::encode(&body, signer.as_ref(), frames, now);
+        assert!(frame.len() <= codec::MAX_FRAME_LEN, "{} bytes", frame.len());
+        frames += 1;
+        bytes += frame.len();
+        let Body::Sync(sync) = body else {
+            panic!("a state exchange is Sync frames")
+        };
+        // The same entries as they travelled before statements: metadata alone.
+        let bare = Body::Sync(Sync {
+            updates: sync
+                .updates
+                .iter()
+                .map(|u| MemberUpdate {
+                    meta: u
+                        .statement
+                        .as_ref()
+                        .and_then(|s| parley_negotiation::messages::Statement::decode(&s.statement))
+                        .map(|s| Arc::new(s.meta))
+                        .or_else(|| u.meta.clone()),
+                    statement: None,
+                    ..u.clone()
+                })
+                .collect(),
+            reply: sync.reply,
+        });
+        bare_bytes += codec::encode(&bare, signer.as_ref(), frames, now).len();
+        table.handle_sync(now, "spiffe://mesh.test/node/src", &sync);
+    }
+    eprintln!(
+        "301 members in {frames} frames, {bytes} bytes: {} bytes per member \
+         (metadata alone: {} bytes per member)",
+        bytes / 301,
+        bare_bytes / 301
+    );
+    assert_eq!(table.refused_statements(), 0);
+    assert_eq!(
+        table.member_count(),
+        301,
+        "every member learned from the source"
+    );
+}
