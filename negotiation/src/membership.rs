@@ -1190,13 +1190,16 @@ impl Membership {
             }
             // A seed never heard from: the join's exchange with it was lost. Without this,
             // two groups whose joins across were all lost would never learn of each other.
-            let unheard = self
+            // One at random: a seed gone for good must not starve the others.
+            let unheard: Vec<String> = self
                 .seeds
                 .iter()
-                .find(|seed| self.members.get(seed).is_none())
-                .cloned();
-            if let Some(seed) = unheard {
-                self.send_sync(seed, true);
+                .filter(|seed| self.members.get(seed).is_none())
+                .cloned()
+                .collect();
+            if !unheard.is_empty() {
+                let pick = (self.random() % unheard.len() as u64) as usize;
+                self.send_sync(unheard[pick].clone(), true);
             }
         }
         // Push-pull with a random live member.

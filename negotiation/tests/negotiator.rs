@@ -739,3 +739,48 @@ fn a_workload_of_a_namespace_this_node_does_not_host_is_refused_where_it_arrives
         assert!(!matches!(action, HostAction::Commit { .. }), "{action:?}");
     }
 }
+
+/// A report with no grant (from a node of an older version, whose stored awards have
+/// none) is taken where it confirms the placement on record, so that a running mesh can
+/// be upgraded; anywhere else it is refused, without stopping the replica.
+#[test]
+fn a_report_without_a_grant_only_confirms_what_is_on_record() {
+    let mut pair = Pair::new(Box::new(AllowAll));
+    place_on_b(&mut pair);
+    let token = pair.take_commit(1);
+    let now = pair.now;
+    pair.nodes[1].handle_committed(now, token, Ok(()));
+    pair.run_until(now + 500);
+    let (node, epoch) = pair.nodes[0].announcer().placements("default/web")[&0].clone();
+    assert_eq!(node, B);
+    while pair.nodes[0].poll_event().is_some() {}
+    let report = |epoch: u64| {
+        Body::Instance(parley_negotiation::messages::Instance {
+            workload: "default/web".to_owned(),
+            replica: 0,
+            epoch,
+            reservation: "older".to_owned(),
+            failure_domain: None,
+            grant: None,
+        })
+    };
+    let now = pair.now;
+    pair.nodes[0].handle_message(now, B, report(epoch));
+    let refused = |a: &mut Negotiator| {
+        std::iter::from_fn(|| a.poll_event())
+            .filter(|e| matches!(e, Event::InstanceRefused { .. }))
+            .count()
+    };
+    assert_eq!(refused(&mut pair.nodes[0]), 0, "the placement on record");
+    pair.nodes[0].handle_message(now, B, report(epoch + 7));
+    assert_eq!(refused(&mut pair.nodes[0]), 1, "another epoch");
+    let sent: Vec<_> = std::iter::from_fn(|| pair.nodes[0].poll_transmit()).collect();
+    assert!(
+        !sent.iter().any(|(_, b)| matches!(b, Body::Revoke(_))),
+        "nothing shows the replica is not the owner's: it is not stopped: {sent:?}"
+    );
+    assert_eq!(
+        pair.nodes[0].announcer().placements("default/web")[&0],
+        (B.to_owned(), epoch)
+    );
+}

@@ -1047,19 +1047,21 @@ pub async fn serve(
             {
                 Ok(Ok(subject)) => {
                     tracing::info!(%remote, node = %subject, "enrolled a node with a join token");
-                    for revocation in enrollment.take_unspread() {
-                        tracing::warn!(
-                            subject = %revocation.subject,
-                            key = %revocation.public_key,
-                            "revoked the key a re-enrollment replaced"
-                        );
-                        spread(revocation);
-                    }
                 }
                 Ok(Err(reason)) => {
                     tracing::warn!(%remote, %reason, "refused an enrollment");
                 }
                 Err(_) => tracing::warn!(%remote, "enrollment timed out"),
+            }
+            // Whatever became of the answer: once the new key is registered, the old one
+            // is revoked, and the mesh must hear of it.
+            for revocation in enrollment.take_unspread() {
+                tracing::warn!(
+                    subject = %revocation.subject,
+                    key = %revocation.public_key,
+                    "revoked the key a re-enrollment replaced"
+                );
+                spread(revocation);
             }
             connection.close(0u32.into(), b"done");
         });

@@ -81,7 +81,8 @@ impl Default for Limits {
             connections_per_peer: 4,
             connections_total: 1_024,
             send_timeout: Duration::from_secs(10),
-            sends_in_flight_per_peer: 32,
+            // A full state exchange of a large mesh leaves as dozens of frames at once.
+            sends_in_flight_per_peer: 128,
         }
     }
 }

@@ -747,16 +747,25 @@ impl Negotiator {
     /// at all (an older version's), since nothing then shows it is not the owner's.
     fn check_instance(
         &mut self,
-        now_ms: u64,
         from: &str,
         instance: &crate::messages::Instance,
     ) -> Result<(), (String, bool)> {
-        let signed = instance.grant.as_ref().ok_or_else(|| {
-            (
+        let Some(signed) = instance.grant.as_ref() else {
+            // An older version's report: taken where it only confirms what is on record
+            // (a running mesh being upgraded), never where it would place the replica.
+            let on_record = self
+                .announcer
+                .placements(&instance.workload)
+                .get(&instance.replica)
+                .is_some_and(|(node, epoch)| node == from && *epoch == instance.epoch);
+            if on_record {
+                return Ok(());
+            }
+            return Err((
                 "the report carries no grant of the replica".to_owned(),
                 false,
-            )
-        })?;
+            ));
+        };
         let stop = |reason: String| (reason, true);
         let grant = Grant::decode(&signed.statement)
             .ok_or_else(|| stop("the report's grant is not a grant".to_owned()))?;
@@ -777,11 +786,13 @@ impl Negotiator {
         if self.checked_grants.get(&key) == Some(signed) {
             return Ok(());
         }
-        if !self
-            .membership
-            .notary()
-            .verify(StatementKind::Grant, &grant.owner, signed, now_ms)
-        {
+        // At the time of the grant: a replica outlives its owner's certificates.
+        if !self.membership.notary().verify(
+            StatementKind::Grant,
+            &grant.owner,
+            signed,
+            grant.granted_at_ms,
+        ) {
             return Err(stop(format!(
                 "the report's grant is not signed by its owner {}",
                 grant.owner
@@ -891,7 +902,7 @@ impl Negotiator {
             Body::Decline(decline) => self.announcer.handle_decline(from, &decline),
             Body::Accept(accept) => self.announcer.handle_accept(now_ms, from, &accept),
             Body::Reject(reject) => self.announcer.handle_reject(now_ms, from, &reject),
-            Body::Instance(instance) => match self.check_instance(now_ms, from, &instance) {
+            Body::Instance(instance) => match self.check_instance(from, &instance) {
                 Ok(()) => self.announcer.handle_instance(now_ms, from, &instance),
                 Err((reason, stop)) => {
                     // A replica granted by no owner is not counted; one that has a grant,
