@@ -354,6 +354,27 @@ fn a_replica_revoked_while_its_award_is_stored_never_starts_nor_reports() {
     );
 }
 
+/// A call for proposals straight from A for replica 0 of `web` (auction 99, epoch 1),
+/// one CPU and 1 GiB.
+fn cfp_for_web(now: u64) -> Body {
+    Body::Cfp(parley_negotiation::messages::Cfp {
+        auction: 99,
+        workload: "default/web".to_owned(),
+        replica: 0,
+        epoch: 1,
+        image: "img:1".to_owned(),
+        resources: Resources {
+            cpu_millis: 1_000,
+            memory_bytes: GIB,
+        },
+        constraints: BTreeMap::new(),
+        arch: None,
+        spread_label: None,
+        scoring: Default::default(),
+        bid_deadline_ms: now + 1_000,
+    })
+}
+
 /// An award for `web` answering B's bid, with `spec` instead of web's own.
 fn award_with(pair: &mut Pair, spec: WorkloadSpec) -> Vec<(String, Body)> {
     award_granted(pair, spec, None)
@@ -395,23 +416,7 @@ fn an_award_whose_spec_is_another_workload_or_asks_more_than_the_bid_is_rejected
     let mut pair = Pair::new(Box::new(AllowAll));
     let now = pair.now;
     // A call for proposals straight from A: B bids and holds a reservation.
-    let cfp = Body::Cfp(parley_negotiation::messages::Cfp {
-        auction: 99,
-        workload: "default/web".to_owned(),
-        replica: 0,
-        epoch: 1,
-        image: "img:1".to_owned(),
-        resources: Resources {
-            cpu_millis: 1_000,
-            memory_bytes: GIB,
-        },
-        constraints: BTreeMap::new(),
-        arch: None,
-        spread_label: None,
-        scoring: Default::default(),
-        bid_deadline_ms: now + 1_000,
-    });
-    pair.nodes[1].handle_message(now, A, cfp);
+    pair.nodes[1].handle_message(now, A, cfp_for_web(now));
     while pair.nodes[1].poll_transmit().is_some() {}
 
     let spec = |name: &str, cpu_millis: u64| {
@@ -475,26 +480,7 @@ fn each_award_carries_its_owners_grant_and_a_forged_grant_is_rejected() {
 
     let mut pair = Pair::new(Box::new(AllowAll));
     let now = pair.now;
-    pair.nodes[1].handle_message(
-        now,
-        A,
-        Body::Cfp(parley_negotiation::messages::Cfp {
-            auction: 99,
-            workload: "default/web".to_owned(),
-            replica: 0,
-            epoch: 1,
-            image: "img:1".to_owned(),
-            resources: Resources {
-                cpu_millis: 1_000,
-                memory_bytes: GIB,
-            },
-            constraints: BTreeMap::new(),
-            arch: None,
-            spread_label: None,
-            scoring: Default::default(),
-            bid_deadline_ms: now + 1_000,
-        }),
-    );
+    pair.nodes[1].handle_message(now, A, cfp_for_web(now));
     while pair.nodes[1].poll_transmit().is_some() {}
     let spec = || {
         let mut spec =

@@ -675,14 +675,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("store")).unwrap();
         let socket = dir.path().join("podman.sock");
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        let held = tokio::spawn(async move {
-            let mut open = Vec::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                // Kept open and unanswered.
-                open.push(stream);
-            }
-        });
+        let held = crate::runtime::podman::tests::wedged_podman(&socket);
         // Podman's own bound is longer than status waits.
         let runtime = crate::runtime::podman::PodmanRuntime::with_limits(
             &socket,

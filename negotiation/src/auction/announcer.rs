@@ -424,15 +424,20 @@ impl Announcer {
             return;
         };
         if let Some(auction) = w.auction {
-            for (node, bid) in auction.bids {
-                self.transmits.push_back((
-                    node,
-                    Body::Release(Release {
-                        auction: auction.id,
-                        reservation: bid.reservation,
-                    }),
-                ));
-            }
+            self.release_bids(auction);
+        }
+    }
+
+    /// Frees the reservations every bid of a dropped auction holds.
+    fn release_bids(&mut self, auction: Auction) {
+        for (node, bid) in auction.bids {
+            self.transmits.push_back((
+                node,
+                Body::Release(Release {
+                    auction: auction.id,
+                    reservation: bid.reservation,
+                }),
+            ));
         }
     }
 
@@ -937,15 +942,7 @@ impl Announcer {
         );
         let replacing = workload.auction.take_if(|a| a.replica == instance.replica);
         if let Some(auction) = replacing {
-            for (node, bid) in auction.bids {
-                self.transmits.push_back((
-                    node,
-                    Body::Release(Release {
-                        auction: auction.id,
-                        reservation: bid.reservation,
-                    }),
-                ));
-            }
+            self.release_bids(auction);
         }
         self.events.push_back(AnnouncerEvent::Placed {
             workload: instance.workload.clone(),

@@ -448,7 +448,7 @@ fn resource_limits(limits: &Resources) -> podman_api::models::LinuxResources {
 const CPU_PERIOD_MICROS: u64 = 100_000;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -464,20 +464,26 @@ mod tests {
         assert!(none.cpu.is_none() && none.memory.is_none());
     }
 
+    /// A wedged Podman at `socket`: it accepts connections and never answers, until the
+    /// task returned is aborted.
+    pub(crate) fn wedged_podman(socket: &Path) -> tokio::task::JoinHandle<()> {
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                // Kept open and unanswered.
+                open.push(stream);
+            }
+        })
+    }
+
     /// A wedged Podman: the socket accepts connections and reads requests, and never
     /// answers. Every call must give up within its bound and say so.
     #[tokio::test]
     async fn a_podman_that_never_answers_fails_each_call_within_its_bound() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("podman.sock");
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        let held = tokio::spawn(async move {
-            let mut open = Vec::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                // Kept open and unanswered.
-                open.push(stream);
-            }
-        });
+        let held = wedged_podman(&socket);
         let limit = Duration::from_millis(300);
         let runtime = PodmanRuntime::with_limits(
             &socket,
