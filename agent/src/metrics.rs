@@ -24,6 +24,9 @@ pub struct Metrics {
     /// Membership statements from other members that did not check (forged, replayed
     /// for another incarnation, or signed with an identity not valid here).
     pub statements_refused: AtomicU64,
+    /// Workload records refused: malformed, not signed by their author, or written by a
+    /// node the policy does not allow to.
+    pub records_refused: AtomicU64,
     /// Declines this node sent, by reason code.
     declines: Mutex<BTreeMap<&'static str, u64>>,
     /// Requests the policy refused, by action.
@@ -136,6 +139,12 @@ pub fn render(metrics: Option<&Metrics>, snapshot: &Snapshot) -> String {
         "counter",
         "Members' signed statements refused: forged, replayed, or signed with a bad identity.",
         &load(&m.statements_refused),
+    );
+    metric(
+        "parley_workload_records_refused_total",
+        "counter",
+        "Workload records refused: malformed, forged, or written by a node not allowed to.",
+        &load(&m.records_refused),
     );
     metric(
         "parley_bids_total",

@@ -11,6 +11,7 @@ pub mod membership;
 pub mod messages;
 pub mod negotiator;
 pub mod ownership;
+pub mod records;
 pub mod sim;
 pub mod testing;
 pub mod workload;

@@ -33,6 +33,8 @@ pub enum StatementKind {
     Member,
     /// An owner's [`crate::messages::Grant`] of a replica to a node.
     Grant,
+    /// An author's [`crate::messages::WorkloadRecord`] of a workload's desired state.
+    Record,
 }
 
 impl StatementKind {
@@ -41,6 +43,7 @@ impl StatementKind {
         match self {
             Self::Member => "member-statement",
             Self::Grant => "replica-grant",
+            Self::Record => "workload-record",
         }
     }
 }

@@ -467,6 +467,103 @@ pub struct Sync {
     pub reply: bool,
 }
 
+/// A workload's desired state as one node wrote it: the spec at a generation, or a
+/// tombstone. Records are signed by their author and replicated to every node, so no
+/// single node holds a workload's desired state; two records of one workload are ordered
+/// by [`RecordVersion`], the same way on every node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadRecord {
+    /// Workload key (`namespace/name`).
+    pub workload: String,
+    /// Starts at 1 and grows by one with each write (submission, change, removal).
+    pub generation: u64,
+    /// The node that wrote this generation (who signs).
+    pub author: String,
+    /// The node the workload was submitted to: its owner while it is alive.
+    pub submitter: String,
+    /// When it was written (ms since the Unix epoch in the agent); a tombstone is kept
+    /// for [`crate::records::TOMBSTONE_KEEP_MS`] after it.
+    pub written_at_ms: u64,
+    /// The spec; `None` for a removed workload (a tombstone).
+    pub spec: Option<WorkloadSpec>,
+}
+
+impl WorkloadRecord {
+    /// The bytes an author signs.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(512);
+        ciborium::into_writer(self, &mut bytes).expect("a record is plain data");
+        bytes
+    }
+
+    /// Reads the bytes of a signed record.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        ciborium::from_reader(bytes).ok()
+    }
+
+    /// Whether this record removes the workload.
+    pub fn is_tombstone(&self) -> bool {
+        self.spec.is_none()
+    }
+}
+
+/// Which of two records of a workload wins: the higher generation; at one generation a
+/// tombstone; then the higher `tiebreak` (a hash of the signed bytes), so that two nodes
+/// that wrote one generation at once settle on the same record everywhere.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RecordVersion {
+    /// Generation.
+    pub generation: u64,
+    /// Whether it is a tombstone.
+    pub removed: bool,
+    /// Hash of the signed record's bytes.
+    pub tiebreak: u64,
+}
+
+/// One entry of a [`RecordVersions`] list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionOf {
+    /// Workload key.
+    pub workload: String,
+    /// The version the sender holds.
+    pub version: RecordVersion,
+}
+
+/// Anti-entropy, first step: a summary of every record the sender holds. A receiver whose
+/// own summary differs answers with its [`RecordVersions`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordDigest {
+    /// Order-independent hash of every (workload, version) held.
+    pub fingerprint: u64,
+    /// Records held.
+    pub count: u32,
+}
+
+/// Anti-entropy, second step: the versions of every record the sender holds whose key is
+/// after `after` and up to `through` (inclusive; `None`: to the end), in key order. A key
+/// in that range and missing from the list is one the sender does not hold, so the
+/// receiver can send what is newer or missing, and, when `reply` is set, ask for what it
+/// lacks with its own list of the same range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordVersions {
+    /// The range starts after this key (`None`: at the first).
+    pub after: Option<String>,
+    /// The range ends with this key (`None`: at the last).
+    pub through: Option<String>,
+    /// The sender's versions in the range.
+    pub versions: Vec<VersionOf>,
+    /// Whether the receiver should answer with its own versions where it lacks some.
+    pub reply: bool,
+}
+
+/// Signed [`WorkloadRecord`]s, pushed when written and sent to fill gaps found by
+/// anti-entropy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Records {
+    /// Each a [`SignedStatement`] of a [`WorkloadRecord`] by its author.
+    pub records: Vec<SignedStatement>,
+}
+
 /// Every message body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -513,6 +610,12 @@ pub enum Body {
     /// Node keys the trust domain's root revoked, each signed by the root: passed on by
     /// anyone, checked by every receiver's host before it is believed.
     Revocations(Revocations),
+    /// Anti-entropy summary of the workload records held.
+    RecordDigest(RecordDigest),
+    /// The versions of the workload records held in a key range.
+    RecordVersions(RecordVersions),
+    /// Workload records, signed by their authors.
+    Records(Records),
 }
 
 /// A root-signed revocation of one node key, as it travels (the identity crate signs and
@@ -769,6 +872,9 @@ impl Body {
             Self::LogsReply(_) => "logs-reply",
             Self::Handover(_) => "handover",
             Self::Revocations(_) => "revocations",
+            Self::RecordDigest(_) => "record-digest",
+            Self::RecordVersions(_) => "record-versions",
+            Self::Records(_) => "records",
         }
     }
 }

@@ -24,6 +24,7 @@ fn every_seed_keeps_every_invariant() {
     let (mut commit_failures, mut denied, mut takeovers, mut answered, mut removals) =
         (0, 0, 0, 0, 0);
     let mut statements_refused = 0;
+    let (mut records_taken, mut records_refused) = (0, 0);
     for seed in first..first + seeds {
         let config = SimConfig::from_seed(seed);
         crashes += u64::from(config.crash.is_some());
@@ -41,6 +42,8 @@ fn every_seed_keeps_every_invariant() {
                 takeovers += outcome.takeovers;
                 answered += outcome.answered;
                 statements_refused += outcome.statements_refused;
+                records_taken += outcome.records_taken;
+                records_refused += outcome.records_refused;
             }
             Err(violation) => failures.push(violation.to_string()),
         }
@@ -50,7 +53,8 @@ fn every_seed_keeps_every_invariant() {
          {partitions} runs with a partition, {crashes} with a crash, {restarts} restarts (slowest heal {heal_max} ms), \
          {commit_failures} failed commits, {denied} messages refused by policy, {takeovers} takeovers by a successor, \
          {removals} runs with a removal, {answered} questions answered, \
-         {statements_refused} membership statements refused",
+         {statements_refused} membership statements refused, \
+         {records_taken} workload records taken, {records_refused} refused",
         started.elapsed().as_secs_f64()
     );
     assert!(
@@ -74,7 +78,9 @@ fn every_seed_keeps_every_invariant() {
                 && takeovers > 0
                 && removals > 0
                 && answered > 0
-                && statements_refused > 0,
+                && statements_refused > 0
+                && records_taken > 0
+                && records_refused > 0,
             "the seeds exercised no faults"
         );
     }

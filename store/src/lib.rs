@@ -55,6 +55,7 @@ const EVENTS_TREE: &str = "events";
 const JOIN_TOKENS_TREE: &str = "join_tokens";
 const ENROLLED_NODES_TREE: &str = "enrolled_nodes";
 const REVOKED_KEYS_TREE: &str = "revoked_keys";
+const RECORDS_TREE: &str = "records";
 
 /// How to get out of a store that cannot be used, for error messages.
 const WAY_OUT: &str = "move it aside and rebuild it from Podman labels and peers with \
@@ -369,6 +370,13 @@ impl Store {
     /// Desired workloads, keyed `namespace/name`, of the caller's spec type.
     pub fn workloads<T: Serialize + DeserializeOwned>(&self) -> Result<Tree<T>> {
         self.typed(WORKLOADS_TREE)
+    }
+
+    /// This node's copy of the replicated workload records (each workload's newest spec
+    /// or tombstone, as its author signed it), keyed `namespace/name`, of the caller's
+    /// type.
+    pub fn records<T: Serialize + DeserializeOwned>(&self) -> Result<Tree<T>> {
+        self.typed(RECORDS_TREE)
     }
 
     /// The last known view of the members, keyed by node id, of the caller's type.

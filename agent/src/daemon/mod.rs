@@ -214,9 +214,11 @@ async fn serve_on(
 
     if let Some(prepared) = prepared {
         let committed = node.assignments()?;
+        let records = node.stored_records()?;
         prepared.spawn(
             Arc::clone(&node),
             committed,
+            records,
             shutdown.token.clone(),
             &shutdown.tasks,
         );

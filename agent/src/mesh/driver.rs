@@ -103,6 +103,7 @@ async fn drive<H: Host>(
         config,
         meta,
         committed,
+        records,
         disk,
     } = negotiation;
     let mut negotiator = Negotiator::new(
@@ -115,6 +116,13 @@ async fn drive<H: Host>(
         Box::new(policy),
         Box::new(transport.notary()),
     );
+    if !records.is_empty() {
+        tracing::info!(
+            records = records.len(),
+            "taking back the workload records stored before the restart"
+        );
+    }
+    negotiator.restore_records(unix_millis(), records);
     let (done_tx, mut done) = mpsc::unbounded_channel::<Done>();
     // Store work runs in order, one at a time, as it did inline: an adoption and the
     // forgetting that undoes it must not overtake each other.
@@ -247,7 +255,9 @@ async fn drive<H: Host>(
                 store @ (HostAction::Commit { .. }
                 | HostAction::Adopt { .. }
                 | HostAction::Forget { .. }
-                | HostAction::Revoke { .. }) => {
+                | HostAction::Revoke { .. }
+                | HostAction::StoreRecord { .. }
+                | HostAction::DropRecord { .. }) => {
                     let _ = store_tx.send(store);
                 }
             }
@@ -325,6 +335,10 @@ async fn store_work<H: Host>(
                 host.revoke(key_name(&workload).to_owned(), replica, epoch)
                     .await
             }
+            HostAction::StoreRecord { workload, record } => {
+                host.store_record(workload, record).await;
+            }
+            HostAction::DropRecord { workload } => host.drop_record(workload).await,
             _ => {}
         }
     }
@@ -457,6 +471,22 @@ pub(super) fn observe(event: &Event, metrics: &Metrics, disk: Option<&std::path:
             reason,
         } => {
             tracing::warn!(%from, %workload, replica, %reason, "refused a peer's report of a replica it runs");
+        }
+        Event::RecordTaken {
+            workload,
+            generation,
+            removed,
+            author,
+        } => {
+            if *removed {
+                tracing::info!(%workload, generation, %author, "workload record: removed");
+            } else {
+                tracing::info!(%workload, generation, %author, "workload record: new generation");
+            }
+        }
+        Event::RecordRefused { from, reason } => {
+            Metrics::inc(&metrics.records_refused);
+            tracing::warn!(%from, %reason, "refused a workload record");
         }
         Event::AwardWithoutSpec { workload, replica } => {
             tracing::warn!(%workload, replica, "award without a spec; refusing it");

@@ -19,7 +19,9 @@ use parley_identity::files::IdentityDir;
 use parley_negotiation::WorkloadSpec;
 use parley_negotiation::auction::{Explanation, PlacementRequest};
 use parley_negotiation::membership::Member;
-use parley_negotiation::messages::{LogChunk, LogWindow, LogsFailure, NodeMeta, OwnedWorkload};
+use parley_negotiation::messages::{
+    LogChunk, LogWindow, LogsFailure, NodeMeta, OwnedWorkload, SignedStatement,
+};
 pub use parley_negotiation::negotiator::{Assignment, HostError, Placements};
 use parley_negotiation::negotiator::{NegotiatorConfig, QUERY_TIMEOUT_MS};
 use tokio::sync::oneshot;
@@ -120,12 +122,14 @@ pub struct DiskWatch {
 const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Prepared {
-    /// Starts the negotiation loop for `host`, which already committed `committed`.
-    /// Every task it starts is tracked by `tasks` and stops on `shutdown`.
+    /// Starts the negotiation loop for `host`, which already committed `committed` and
+    /// stored `records`. Every task it starts is tracked by `tasks` and stops on
+    /// `shutdown`.
     pub fn spawn<H: Host>(
         self,
         host: Arc<H>,
         committed: Vec<Assignment>,
+        records: Vec<SignedStatement>,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) {
@@ -165,6 +169,7 @@ impl Prepared {
                 config: NegotiatorConfig::default(),
                 meta: self.meta,
                 committed,
+                records,
                 disk: self.disk,
             },
             self.seeds,
@@ -331,6 +336,14 @@ pub trait Host: Send + Sync + 'static {
         spec: WorkloadSpec,
         submitter: String,
     ) -> impl Future<Output = Result<(), HostError>> + Send;
+    /// Stores (replaces) this node's copy of a workload's record.
+    fn store_record(
+        &self,
+        workload: String,
+        record: SignedStatement,
+    ) -> impl Future<Output = ()> + Send;
+    /// Deletes the stored record of a workload whose tombstone expired.
+    fn drop_record(&self, workload: String) -> impl Future<Output = ()> + Send;
     /// Stops and forgets a replica its owner revoked.
     fn revoke(&self, workload: String, replica: u32, epoch: u64)
     -> impl Future<Output = ()> + Send;
@@ -408,6 +421,8 @@ pub struct Negotiation {
     pub meta: NodeMeta,
     /// Replicas this node committed to before a restart.
     pub committed: Vec<Assignment>,
+    /// The workload records this node stored before a restart.
+    pub records: Vec<SignedStatement>,
     /// The container storage to watch for space, if known.
     pub disk: Option<DiskWatch>,
 }

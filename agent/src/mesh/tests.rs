@@ -25,6 +25,8 @@ impl Host for NoWork {
         Err(HostError::Store("this test host runs nothing".to_owned()))
     }
     async fn revoke(&self, _: String, _: u32, _: u64) {}
+    async fn store_record(&self, _: String, _: parley_negotiation::messages::SignedStatement) {}
+    async fn drop_record(&self, _: String) {}
     async fn logs(&self, _: String, _: u32, _: LogWindow) -> Result<LogChunk, HostError> {
         Err(HostError::NotRunning(
             "this test host runs nothing".to_owned(),
@@ -71,6 +73,7 @@ fn start(domain: &Domain, name: &str, seeds: Vec<SocketAddr>) -> Running {
             },
             meta,
             committed: Vec::new(),
+            records: Vec::new(),
             disk: None,
         },
         seeds,
@@ -363,6 +366,8 @@ mod shutdown {
             Ok(())
         }
         async fn revoke(&self, _: String, _: u32, _: u64) {}
+        async fn store_record(&self, _: String, _: parley_negotiation::messages::SignedStatement) {}
+        async fn drop_record(&self, _: String) {}
         async fn logs(&self, _: String, _: u32, _: LogWindow) -> Result<LogChunk, HostError> {
             Err(HostError::NotRunning("no logs here".to_owned()))
         }
@@ -414,6 +419,7 @@ mod shutdown {
                 config: NegotiatorConfig::default(),
                 meta,
                 committed: Vec::new(),
+                records: Vec::new(),
                 disk: None,
             },
             Vec::new(),

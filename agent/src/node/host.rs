@@ -63,6 +63,22 @@ impl<R: ContainerRuntime> Host for Node<R> {
         }
     }
 
+    async fn store_record(&self, workload: String, record: SignedStatement) {
+        // Not flushed one by one: a record lost in a crash comes back from any peer in
+        // the first anti-entropy round.
+        if let Err(error) = self.records.put(&workload, &record) {
+            let error = self.note_store_error(error);
+            tracing::warn!(%workload, %error, "could not store a workload record; peers still hold it");
+        }
+    }
+
+    async fn drop_record(&self, workload: String) {
+        if let Err(error) = self.records.remove(&workload) {
+            let error = self.note_store_error(error);
+            tracing::warn!(%workload, %error, "could not drop an expired tombstone");
+        }
+    }
+
     async fn adopt(&self, spec: WorkloadSpec, submitter: String) -> Result<(), HostError> {
         let _changing = self.changes.lock().await;
         let key = key(spec.name.as_str());

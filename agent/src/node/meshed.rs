@@ -33,6 +33,11 @@ impl<R: ContainerRuntime> Node<R> {
             .check(&mesh.id, Action::Submit, DEFAULT_NAMESPACE)?;
         let name = spec.name.to_string();
         let key = key(&name);
+        // Submitted on another node (whose records reached this one): one name, one
+        // workload, whoever holds it.
+        if self.mesh_record(&key)?.is_some_and(|r| !r.is_tombstone()) {
+            return Err(NodeError::AlreadyExists { name });
+        }
         let _changing = self.changes.lock().await;
         let record = self.store_new_workload(&key, name.clone(), spec).await?;
         let spec = &record.spec;
@@ -74,12 +79,16 @@ impl<R: ContainerRuntime> Node<R> {
             .check(&mesh.id, Action::Remove, DEFAULT_NAMESPACE)?;
         let key = key(name);
         if self.workloads.get(&key)?.is_none() || self.is_unpersisted(&key) {
-            // Owned elsewhere? Ask the members; the owner removes it.
-            let owned_elsewhere = self
-                .mesh_workloads(mesh)
-                .await
-                .iter()
-                .any(|(owner, w)| owner != &mesh.id && w.workload == key);
+            // Recorded here (submitted anywhere, its owner up or down), or owned by a
+            // member of an older version: the tombstone written here reaches the owner
+            // and every replica whenever they are reachable.
+            let recorded = self.mesh_record(&key)?.is_some_and(|r| !r.is_tombstone());
+            let owned_elsewhere = recorded
+                || self
+                    .mesh_workloads(mesh)
+                    .await
+                    .iter()
+                    .any(|(owner, w)| owner != &mesh.id && w.workload == key);
             if !owned_elsewhere {
                 return Err(NodeError::NotFound {
                     name: name.to_owned(),
@@ -91,11 +100,11 @@ impl<R: ContainerRuntime> Node<R> {
                 })
                 .await
                 .map_err(|_| NodeError::MeshStopped)?;
-            tracing::info!(workload = %name, "asked the owner to remove the workload");
+            tracing::info!(workload = %name, "workload removed; its tombstone is spreading to every node");
             self.record_event(
                 "workload-remove-requested",
                 Some(&key),
-                "asked its owner to remove it",
+                "removed here; its owner and the nodes running it stop it when the removal reaches them",
             );
             return Ok(());
         }
@@ -233,6 +242,26 @@ impl<R: ContainerRuntime> Node<R> {
                     state: container.map(|c| c.state.clone()),
                     exit_code: container.and_then(|c| c.exit_code),
                 });
+        }
+        // Recorded workloads no owner reported: their owner is down and no successor
+        // has taken them up yet, or none of their replicas was placed.
+        for record in self.live_mesh_records()? {
+            let Some(spec) = record.spec else { continue };
+            let name = spec.name.to_string();
+            if others.contains_key(&name) || !listed.insert(name.clone()) {
+                continue;
+            }
+            let replicas = (0..spec.replicas)
+                .map(|replica| placed_replica(&mesh.id, replica, None, None))
+                .collect();
+            workloads.push(WorkloadStatus {
+                name,
+                image: spec.image.clone(),
+                command: spec.command.clone(),
+                created_at: record.written_at_ms / 1000,
+                replicas,
+                owner: None,
+            });
         }
         workloads.extend(others.into_values());
         Ok(WorkloadList {

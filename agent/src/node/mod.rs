@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use parley_negotiation::messages::{MemberState, NodeMeta, Resources};
+use parley_negotiation::messages::{
+    MemberState, NodeMeta, Resources, SignedStatement, WorkloadRecord as MeshRecord,
+};
 use parley_negotiation::{SpecError, WorkloadName, WorkloadSpec};
 use parley_store::records::Event;
 use parley_store::{DEFAULT_NAMESPACE, Store, StoreError, Tree};
@@ -192,6 +194,9 @@ pub struct Node<R> {
     workloads: Tree<WorkloadRecord>,
     /// Replicas awarded to this node by owners in the mesh.
     assignments: Tree<Assignment>,
+    /// This node's copy of the mesh's replicated workload records (written by the
+    /// negotiation loop; read for `run`, `rm` and `ps`).
+    records: Tree<SignedStatement>,
     runtime: R,
     started: Instant,
     health: Mutex<StoreHealth>,
@@ -221,11 +226,13 @@ impl<R: ContainerRuntime> Node<R> {
     pub fn new(info: NodeInfo, store: Store, runtime: R) -> Result<Arc<Self>, NodeError> {
         let workloads = store.workloads()?;
         let assignments = store.assignments()?;
+        let records = store.records()?;
         Ok(Arc::new(Self {
             info,
             store,
             workloads,
             assignments,
+            records,
             runtime,
             started: Instant::now(),
             health: Mutex::new(StoreHealth::default()),

@@ -88,6 +88,31 @@ impl<R: ContainerRuntime> Node<R> {
         Ok(self.store.events(limit)?)
     }
 
+    /// The workload records this node holds, as stored by the negotiation loop (handed
+    /// back to it at start).
+    pub fn stored_records(&self) -> Result<Vec<SignedStatement>, NodeError> {
+        Ok(self.records.list()?.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// The newest record of workload `key` this node holds (a tombstone for one removed).
+    pub(super) fn mesh_record(&self, key: &str) -> Result<Option<MeshRecord>, NodeError> {
+        Ok(self
+            .records
+            .get(key)?
+            .and_then(|signed| MeshRecord::decode(&signed.statement)))
+    }
+
+    /// Every live (not removed) workload record this node holds.
+    pub(super) fn live_mesh_records(&self) -> Result<Vec<MeshRecord>, NodeError> {
+        Ok(self
+            .records
+            .list()?
+            .into_iter()
+            .filter_map(|(_, signed)| MeshRecord::decode(&signed.statement))
+            .filter(|r| !r.is_tombstone())
+            .collect())
+    }
+
     /// The replicas this node was awarded.
     pub fn assignments(&self) -> Result<Vec<Assignment>, NodeError> {
         Ok(self

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::auction::{AnnouncerEvent, Explanation, PlacementRequest};
 use crate::membership::MembershipEvent;
-use crate::messages::{LogChunk, LogWindow, LogsFailure, OwnedWorkload, RevocationNotice};
+use crate::messages::{
+    LogChunk, LogWindow, LogsFailure, OwnedWorkload, RevocationNotice, SignedStatement,
+};
 use crate::workload::WorkloadSpec;
 
 use super::gate::Action;
@@ -174,6 +176,20 @@ pub enum HostAction {
         /// The answer.
         reply: Reply,
     },
+    /// Store (replace) this node's copy of a workload's record, so that a restart does
+    /// not lose desired state; give them back with
+    /// [`super::Negotiator::restore_records`].
+    StoreRecord {
+        /// Workload key.
+        workload: String,
+        /// The record as its author signed it.
+        record: SignedStatement,
+    },
+    /// Delete the stored record of a workload whose tombstone was kept long enough.
+    DropRecord {
+        /// Workload key.
+        workload: String,
+    },
     /// Check a revocation a peer passed on (the root's signature) and, if it holds, stop
     /// trusting that key; then call [`super::Negotiator::handle_revocation`].
     CheckRevocation {
@@ -214,6 +230,25 @@ pub enum Event {
         /// What was refused, and why.
         action: Action,
         /// The refusal, for people.
+        reason: String,
+    },
+    /// A workload record newer than the one held was taken (written here or received).
+    RecordTaken {
+        /// Workload key.
+        workload: String,
+        /// Its generation.
+        generation: u64,
+        /// Whether it is a tombstone.
+        removed: bool,
+        /// The node that wrote it.
+        author: String,
+    },
+    /// A workload record was refused: malformed, not signed by its author, or written by
+    /// a node not allowed to; `from` sent it (this node's id: its store).
+    RecordRefused {
+        /// The peer.
+        from: String,
+        /// Why.
         reason: String,
     },
     /// A peer's award or hand-over was refused: its spec is invalid, names another

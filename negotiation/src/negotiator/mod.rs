@@ -21,6 +21,7 @@
 mod action;
 pub mod gate;
 mod queries;
+mod replication;
 mod revocations;
 pub mod succession;
 
@@ -145,6 +146,12 @@ pub struct Negotiator {
     members_stale: bool,
     /// Revocations held (verified by the host) and spread by gossip.
     revocations: revocations::Revocations,
+    /// Every workload's newest record (desired state), replicated to every node.
+    records: crate::records::RecordTable,
+    /// When the next anti-entropy round of the records is due.
+    next_record_sync_ms: u64,
+    /// Picks the member of each anti-entropy round.
+    record_rng: u64,
 }
 
 impl std::fmt::Debug for Negotiator {
@@ -238,6 +245,9 @@ impl Negotiator {
             events: VecDeque::new(),
             next_token: 0,
             revocations: revocations::Revocations::new(seed ^ 0x5EC0_7E5D),
+            records: crate::records::RecordTable::default(),
+            next_record_sync_ms: now_ms + crate::records::SYNC_INTERVAL_MS,
+            record_rng: (seed ^ 0x2EC0_4D5E_ED5A_17ED) | 1,
             next_report_ms: now_ms + REPORT_INTERVAL_MS,
             ownership_stale: true,
             members_stale: true,
@@ -300,6 +310,7 @@ impl Negotiator {
     /// Joins the mesh through `peer`, a seed that answered.
     pub fn handle_seed(&mut self, now_ms: u64, peer: &str) {
         self.membership.join(&[peer.to_owned()]);
+        self.offer_digest(peer);
         self.settle(now_ms);
     }
 
@@ -317,6 +328,8 @@ impl Negotiator {
                 if let Some(spec) = &request.spec {
                     self.succession
                         .learn(&request.workload, &self.id, spec, None);
+                    let id = self.id.clone();
+                    self.write_record(now_ms, &request.workload, &id, Some(spec.clone()));
                 }
                 self.owned.insert(
                     request.workload.clone(),
@@ -325,7 +338,11 @@ impl Negotiator {
                 self.refresh_members(true);
                 self.announcer.place(now_ms, request);
             }
-            Request::Adopt(request) => {
+            Request::Adopt(mut request) => {
+                if !self.adopt_newest(now_ms, &mut request) {
+                    self.settle(now_ms);
+                    return;
+                }
                 if let Some(spec) = &request.spec {
                     let submitter = request.submitter.as_deref().unwrap_or(&self.id);
                     self.succession
@@ -340,16 +357,18 @@ impl Negotiator {
                 self.announcer.adopt(now_ms + ADOPT_GATHER_MS, request);
             }
             Request::Remove(workload) => {
+                self.write_tombstone(now_ms, &workload);
                 self.owned.remove(&workload);
                 self.succession.forget(&workload);
                 self.announcer.remove(&workload);
                 if self.cancel_adoption(&workload) {
                     // Its record may be written after the user's removal deleted it.
                     self.actions.push_back(HostAction::Forget {
-                        workload,
+                        workload: workload.clone(),
                         why: "removed while being taken over",
                     });
                 }
+                self.remove_here(&workload, "removed by this node's user");
             }
             Request::Explain(workload) => {
                 let reply = Reply::Explain(
@@ -365,6 +384,9 @@ impl Negotiator {
             Request::ListMesh => self.list_mesh(now_ms, token),
             Request::Revoke(notice) => self.handle_revocation(now_ms, notice, true),
             Request::RemoveRemote(workload) => {
+                self.write_tombstone(now_ms, &workload);
+                self.remove_here(&workload, "removed by this node's user");
+                // Older owners know no records: they are asked directly as well.
                 let members: Vec<String> = self.live_members().collect();
                 for member in members {
                     self.send(
@@ -460,6 +482,21 @@ impl Negotiator {
                     .committed()
                     .find(|c| c.reservation == pending.reservation)
                     .map(|c| (c.epoch, c.announcer.clone()));
+                let removed = self.removed_by_record(&pending.workload);
+                if removed && let Some((epoch, _)) = held {
+                    // Removed while it was being stored: stopped here, whoever awarded it.
+                    self.bidder
+                        .remove_instance(&pending.workload, pending.replica);
+                    self.grants
+                        .remove(&(pending.workload.clone(), pending.replica));
+                    self.actions.push_back(HostAction::Revoke {
+                        workload: pending.workload,
+                        replica: pending.replica,
+                        epoch,
+                    });
+                    self.settle(now_ms);
+                    return;
+                }
                 match held {
                     Some((epoch, owner)) => {
                         if let Some((to, accept)) = pending.accept {
@@ -604,6 +641,7 @@ impl Negotiator {
                 }
             }
         }
+        self.record_round(now_ms);
         if now_ms >= self.next_report_ms {
             self.next_report_ms = now_ms + REPORT_INTERVAL_MS;
             self.bidder.report_instances();
@@ -627,6 +665,7 @@ impl Negotiator {
             self.queries.poll_timeout(),
             self.revocations.poll_timeout(),
             Some(self.next_report_ms),
+            Some(self.next_record_sync_ms),
         ]
         .into_iter()
         .flatten()
@@ -998,8 +1037,15 @@ impl Negotiator {
                     }
                 }
             }
+            Body::Records(records) => self.handle_records(now_ms, from, records),
+            Body::RecordDigest(digest) => self.handle_record_digest(from, &digest),
+            Body::RecordVersions(versions) => self.handle_record_versions(from, &versions),
             Body::RemoveWorkload(remove) => {
                 let adopting = self.cancel_adoption(&remove.workload);
+                if self.owned.contains_key(&remove.workload) || adopting {
+                    // Written here too: the asker may be an older node that writes none.
+                    self.write_tombstone(now_ms, &remove.workload);
+                }
                 if self.owned.remove(&remove.workload).is_some() || adopting {
                     self.succession.forget(&remove.workload);
                     self.events.push_back(Event::RemovedByPeer {
@@ -1033,9 +1079,14 @@ impl Negotiator {
     fn gate(&mut self, from: &str, body: Body) -> Option<Body> {
         let auction = |this: &Self, id| this.announcer.auction_workload(id).map(str::to_owned);
         let (action, workload): (Action, String) = match &body {
-            Body::Ping(_) | Body::PingReq(_) | Body::Ack(_) | Body::Sync(_) => {
-                (Action::Member, String::new())
-            }
+            // Records are relayed by any member; each one's author is checked when taken.
+            Body::Ping(_)
+            | Body::PingReq(_)
+            | Body::Ack(_)
+            | Body::Sync(_)
+            | Body::RecordDigest(_)
+            | Body::RecordVersions(_)
+            | Body::Records(_) => (Action::Member, String::new()),
             Body::Cfp(cfp) => (Action::Submit, cfp.workload.clone()),
             Body::Award(award) => (Action::Submit, award.workload.clone()),
             Body::Revoke(revoke) => (Action::Submit, revoke.workload.clone()),
@@ -1243,9 +1294,14 @@ impl Negotiator {
         let mut liveness_changed = false;
         let mut meta_changed = Vec::new();
         let mut died = Vec::new();
+        let mut joined = Vec::new();
         while let Some(event) = self.membership.poll_event() {
             match &event {
                 MembershipEvent::MetaChanged(node) => meta_changed.push(node.clone()),
+                MembershipEvent::Joined(node) => {
+                    joined.push(node.clone());
+                    liveness_changed = true;
+                }
                 MembershipEvent::Died(node) => {
                     died.push(node.clone());
                     liveness_changed = true;
@@ -1267,6 +1323,12 @@ impl Negotiator {
             }
         }
         self.refresh_members(false);
+        // A member new here, or back, may have missed records: one exchange catches up.
+        if !self.records.is_empty() {
+            for node in joined {
+                self.offer_digest(&node);
+            }
+        }
         for node in died {
             let owned: Vec<String> = self.owned.keys().cloned().collect();
             for workload in owned {
@@ -1333,11 +1395,12 @@ impl Negotiator {
             .values()
             .map(|r| r.workload.clone())
             .collect();
-        let (id, membership, statics, announcer) = (
+        let (id, membership, statics, announcer, records) = (
             self.id.as_str(),
             &self.membership,
             self.static_members,
             &self.announcer,
+            &self.records,
         );
         let is_alive = |node: &str| -> bool {
             node == id
@@ -1369,6 +1432,7 @@ impl Negotiator {
             may_own,
             |w| announcer.owns(w) || adopting.contains(w),
             |w| held.contains(w),
+            |w| records.get(w).is_some_and(|h| !h.record.is_tombstone()),
         );
         for step in steps {
             match step {

@@ -109,6 +109,22 @@ impl Succession {
         }
     }
 
+    /// Replaces what is known of `workload` with a newer record of it.
+    pub fn update(&mut self, workload: &str, submitter: &str, spec: &WorkloadSpec) {
+        let known = self
+            .known
+            .entry(workload.to_owned())
+            .or_insert_with(|| Known {
+                submitter: submitter.to_owned(),
+                spec: spec.clone(),
+                handed_to_us_ms: None,
+                handed_over: None,
+            });
+        known.submitter = submitter.to_owned();
+        known.spec = spec.clone();
+        known.handed_to_us_ms = None;
+    }
+
     /// The node `workload` was submitted to, if this node knows the workload.
     pub fn submitter(&self, workload: &str) -> Option<&str> {
         self.known.get(workload).map(|k| k.submitter.as_str())
@@ -144,6 +160,7 @@ impl Succession {
             |_, _| true,
             owns,
             holds,
+            |_| false,
         )
     }
 
@@ -159,9 +176,11 @@ impl Succession {
 
     /// [`Succession::decide`] for a large view: `is_alive` answers for one member, and
     /// the whole list (`alive`, this node included) is built only if some submitter is
-    /// dead and a successor must be found. A successor is chosen only among members
+    /// dead and a successor must be found. `recorded` says whether a workload has a live
+    /// record here (then it is known whatever this node runs). A successor is chosen only among members
     /// `may_own(member, workload)` allows: under a least-privilege policy a node that may
     /// only host replicas must not be made an owner, whose every call would be refused.
+    #[allow(clippy::too_many_arguments)]
     pub fn decide_with(
         &mut self,
         now_ms: u64,
@@ -170,6 +189,7 @@ impl Succession {
         may_own: impl Fn(&str, &str) -> bool,
         owns: impl Fn(&str) -> bool,
         holds: impl Fn(&str) -> bool,
+        recorded: impl Fn(&str) -> bool,
     ) -> Vec<Step> {
         let mut alive = Some(alive);
         let mut view: Vec<String> = Vec::new();
@@ -177,6 +197,7 @@ impl Succession {
         self.known.retain(|workload, known| {
             owns(workload)
                 || holds(workload)
+                || recorded(workload)
                 || known
                     .handed_to_us_ms
                     .is_some_and(|at| now_ms.saturating_sub(at) < HANDOVER_MEMORY_MS)
@@ -317,12 +338,28 @@ mod tests {
         let may_own = |member: &str, _: &str| member != heir;
         let mut at_heir = Succession::new(heir);
         at_heir.learn(W, "a", &spec(), None);
-        let steps = at_heir.decide_with(0, |n| n != "a", survivors, may_own, |_| false, |_| true);
+        let steps = at_heir.decide_with(
+            0,
+            |n| n != "a",
+            survivors,
+            may_own,
+            |_| false,
+            |_| true,
+            |_| false,
+        );
         assert_eq!(kinds(&steps), ["set-owner", "handover"]);
         assert!(matches!(&steps[1], Step::Handover { to, .. } if to == other));
         let mut at_other = Succession::new(other);
         at_other.learn(W, "a", &spec(), None);
-        let steps = at_other.decide_with(0, |n| n != "a", survivors, may_own, |_| false, |_| true);
+        let steps = at_other.decide_with(
+            0,
+            |n| n != "a",
+            survivors,
+            may_own,
+            |_| false,
+            |_| true,
+            |_| false,
+        );
         assert_eq!(kinds(&steps), ["set-owner", "adopt"]);
         // Nobody may own it: nobody adopts, and nobody is handed it.
         let mut nobody = Succession::new(other);
@@ -334,8 +371,43 @@ mod tests {
             |_, _| false,
             |_| false,
             |_| true,
+            |_| false,
         );
         assert!(steps.is_empty(), "{steps:?}");
+    }
+
+    #[test]
+    fn a_recorded_workload_no_node_runs_is_kept_and_taken_over_by_the_successor() {
+        let heir = ownership::successor(W, ["b", "c"]).unwrap();
+        let mut at_heir = Succession::new(heir);
+        at_heir.update(W, "a", &spec());
+        let survivors = || vec!["b".to_owned(), "c".to_owned()];
+        // Without the record, knowledge of a workload nothing holds here is dropped.
+        let mut forgetful = Succession::new(heir);
+        forgetful.update(W, "a", &spec());
+        let steps = forgetful.decide_with(
+            0,
+            |n| n != "a",
+            survivors,
+            |_, _| true,
+            |_| false,
+            |_| false,
+            |_| false,
+        );
+        assert!(steps.is_empty() && !forgetful.knows(W));
+        let steps = at_heir.decide_with(
+            0,
+            |n| n != "a",
+            survivors,
+            |_, _| true,
+            |_| false,
+            |_| false,
+            |_| true,
+        );
+        assert_eq!(kinds(&steps), ["adopt"]);
+        // A newer record naming another submitter moves ownership there.
+        at_heir.update(W, "b", &spec());
+        assert_eq!(at_heir.submitter(W), Some("b"));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::codec::{self, ReplayGuard, Signer, Verifier};
 use crate::membership::{Interner, MembershipEvent, Notary, StatementKind};
 use crate::messages::{
     Ack, Body, Grant, Instance, LogChunk, MemberState, MemberUpdate, NodeMeta, Ping, PingReq,
-    Resources, RevocationNotice, Revocations, Scoring, Statement, Sync,
+    Resources, RevocationNotice, Revocations, Scoring, SignedStatement, Statement, Sync,
 };
 use crate::negotiator::{
     Action, Assignment, Authorizer, Denial, Event, HostAction, HostError, LOGS_TIMEOUT_MS,
@@ -86,6 +86,10 @@ pub struct Outcome {
     /// Membership statements refused by the nodes running at the end: forged by the
     /// byzantine member, or replayed for another incarnation.
     pub statements_refused: u64,
+    /// Workload records taken as newer (written here or received), by every node.
+    pub records_taken: u64,
+    /// Workload records refused (made up by the byzantine member).
+    pub records_refused: u64,
 }
 
 impl Outcome {
@@ -174,6 +178,8 @@ struct Store {
     assignments: BTreeMap<(String, u32), Assignment>,
     /// Workloads this node owns: submitted here, or taken over.
     owned: BTreeMap<String, PlacementRequest>,
+    /// Its copy of the replicated workload records.
+    records: BTreeMap<String, SignedStatement>,
 }
 
 struct Node {
@@ -666,6 +672,12 @@ impl<'c> Sim<'c> {
                     .negotiator
                     .handle_revocation(now, notice, verified);
             }
+            HostAction::StoreRecord { workload, record } => {
+                self.nodes[i].store.records.insert(workload, record);
+            }
+            HostAction::DropRecord { workload } => {
+                self.nodes[i].store.records.remove(&workload);
+            }
             HostAction::Start { .. } => {}
         }
         Ok(())
@@ -773,6 +785,59 @@ impl<'c> Sim<'c> {
     /// What the byzantine member `from` does to a message before it leaves: lies added
     /// to its gossip, its bids inflated, and beside each state exchange a revocation the
     /// root never signed and a report of a replica it was never awarded.
+    /// Workload records the byzantine member makes up, one per message so that each is
+    /// checked: a tombstone it claims node 0 wrote, one at a generation no write could
+    /// beat, and a spec swapped under node 0's signature.
+    fn forged_records(&mut self, from: usize) -> Body {
+        let workload = crate::workload::default_key(&format!(
+            "w{}",
+            self.rng.range(0, self.config.workloads as u64 - 1)
+        ));
+        let liar = self.nodes[from].id.clone();
+        let mut record = crate::messages::WorkloadRecord {
+            workload: workload.clone(),
+            generation: 1_000,
+            author: node_id(0),
+            submitter: node_id(0),
+            written_at_ms: self.now,
+            spec: None,
+        };
+        let signed = match self.rng.range(0, 2) {
+            0 => self
+                .crypto
+                .notary(&liar)
+                .sign(StatementKind::Record, record.encode()),
+            1 => {
+                record.author = liar.clone();
+                record.generation = u64::MAX;
+                self.crypto
+                    .notary(&liar)
+                    .sign(StatementKind::Record, record.encode())
+            }
+            _ => {
+                let genuine = self.crypto.notary(&node_id(0)).sign(
+                    StatementKind::Record,
+                    crate::messages::WorkloadRecord {
+                        spec: Some(
+                            request_for(key_name(&workload), "genuine", 1, Resources::default())
+                                .spec
+                                .expect("simulated requests carry specs"),
+                        ),
+                        ..record.clone()
+                    }
+                    .encode(),
+                );
+                SignedStatement {
+                    statement: record.encode(),
+                    ..genuine
+                }
+            }
+        };
+        Body::Records(crate::messages::Records {
+            records: vec![signed],
+        })
+    }
+
     fn tamper(&mut self, from: usize, to_id: &str, body: &mut Body) -> Result<(), Violation> {
         if matches!(body, Body::Sync(_)) {
             let victim = self.rng.range(0, self.nodes.len() as u64 - 1) as usize;
@@ -821,6 +886,8 @@ impl<'c> Sim<'c> {
                 grant,
             });
             self.sign_and_send(from, to, &phantom);
+            let records = self.forged_records(from);
+            self.sign_and_send(from, to, &records);
         }
         let lies = self.lies(from);
         match body {
@@ -1027,6 +1094,8 @@ impl<'c> Sim<'c> {
                     self.outcome.failed_auctions += 1
                 }
                 Event::Denied { .. } => self.outcome.denied += 1,
+                Event::RecordRefused { .. } => self.outcome.records_refused += 1,
+                Event::RecordTaken { .. } => self.outcome.records_taken += 1,
                 _ => {}
             }
         }
@@ -1295,9 +1364,49 @@ impl<'c> Sim<'c> {
         Ok(())
     }
 
+    /// After the network healed, every live node holds the same newest record of each
+    /// workload: a tombstone for each removed one, a spec for each that must survive.
+    fn check_records(&self) -> Result<(), Violation> {
+        for workload in self.submitters.keys() {
+            let versions: BTreeMap<Option<crate::messages::RecordVersion>, Vec<&str>> = self
+                .nodes
+                .iter()
+                .filter(|n| n.alive)
+                .fold(BTreeMap::new(), |mut by, n| {
+                    let version = n
+                        .negotiator
+                        .records()
+                        .get(workload)
+                        .map(|h| h.version.clone());
+                    by.entry(version).or_default().push(n.id.as_str());
+                    by
+                });
+            if versions.len() > 1 {
+                return Err(self.violation(format!(
+                    "live nodes disagree on the record of {workload}: {versions:?}"
+                )));
+            }
+            let Some(version) = versions.into_keys().next() else {
+                continue;
+            };
+            if self.removed.contains(workload) && !version.as_ref().is_some_and(|v| v.removed) {
+                return Err(self.violation(format!(
+                    "{workload} was removed, but every node holds {version:?}"
+                )));
+            }
+            if self.must_survive(workload) && version.as_ref().is_none_or(|v| v.removed) {
+                return Err(self.violation(format!(
+                    "{workload} must survive, but every node holds {version:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn check_final(&mut self) -> Result<(), Violation> {
         self.check_answers()?;
         self.check_revocation()?;
+        self.check_records()?;
         let mut holders_of: BTreeMap<&str, BTreeMap<u32, Vec<String>>> = BTreeMap::new();
         for node in self.nodes.iter().filter(|n| n.alive) {
             for c in node.negotiator.bidder().committed() {
@@ -1396,6 +1505,8 @@ impl<'c> Sim<'c> {
         self.timer_of[i] = None;
         self.outcome.restarts += 1;
         let now = self.now;
+        let records = store.records.into_values().collect();
+        self.nodes[i].negotiator.restore_records(now, records);
         for request in store.owned.into_values() {
             let token = self.token();
             self.nodes[i]
@@ -1462,22 +1573,16 @@ impl<'c> Sim<'c> {
         if !self.nodes[at].alive || !self.submitters.contains_key(&workload) {
             return Ok(());
         }
-        // The agent asks the members it holds alive who owns it first (`parley ps`) and
-        // tells the user it does not exist when none does (an owner dead, or one this
-        // node still holds dead after a partition, and no successor in charge yet): then
-        // nothing is removed, and the user may try again.
-        let asked: BTreeSet<String> = self.nodes[at]
+        // The agent removes a workload its records hold, whoever owns it and whether or
+        // not the owner is reachable: the tombstone reaches the owner, and the nodes
+        // running replicas, when they are. A node that has not heard of the workload yet
+        // tells the user it does not exist, and the user may try again.
+        let recorded = self.nodes[at]
             .negotiator
-            .membership()
-            .live_members()
-            .map(|m| m.id.to_string())
-            .collect();
-        let owned = self.nodes.iter().enumerate().any(|(j, n)| {
-            n.alive
-                && (j == at || asked.contains(&n.id))
-                && n.negotiator.announcer().owns(&workload)
-        });
-        if !owned {
+            .records()
+            .get(&workload)
+            .is_some_and(|h| !h.record.is_tombstone());
+        if !recorded {
             return Ok(());
         }
         self.removed.insert(workload.clone());
@@ -1549,10 +1654,12 @@ impl<'c> Sim<'c> {
         let gone = node_id(i);
         let workloads: Vec<String> = self.submitters.keys().cloned().collect();
         for workload in workloads {
-            let elsewhere = self
-                .nodes
-                .iter()
-                .any(|n| n.alive && n.id != gone && n.negotiator.knows(&workload));
+            let elsewhere = self.nodes.iter().any(|n| {
+                n.alive
+                    && n.id != gone
+                    && (n.negotiator.knows(&workload)
+                        || n.negotiator.records().get(&workload).is_some())
+            });
             if elsewhere {
                 self.known_elsewhere.insert(workload);
             }

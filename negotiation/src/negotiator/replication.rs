@@ -1,0 +1,356 @@
+//! The negotiator's half of the replicated workload records ([`crate::records`]): writing
+//! a record for a submission or a removal, checking and taking records from peers, the
+//! anti-entropy rounds, and what a newer record changes here: a successor learns a
+//! workload even when none of its replicas was placed, a removal stops the workload
+//! wherever its owner or its replicas are, and an owner back from away adopts the newest
+//! generation instead of its own.
+
+use super::*;
+use crate::messages::{RecordDigest, RecordVersions, Records, WorkloadRecord};
+use crate::records::{self, Held, SYNC_INTERVAL_MS, chunk_records, version_of};
+
+/// Records from one message checked at most: each costs a signature verification.
+const MAX_RECORDS_PER_MESSAGE: usize = 256;
+
+impl Negotiator {
+    /// The workload records this node holds (for the agent's views and invariants).
+    pub fn records(&self) -> &records::RecordTable {
+        &self.records
+    }
+
+    /// Takes back the records the host stored before a restart, checked like a peer's
+    /// (a record whose signature no longer verifies is dropped, with an event).
+    pub fn restore_records(&mut self, now_ms: u64, stored: Vec<SignedStatement>) {
+        for signed in stored {
+            if let Err(reason) = self.offer_record(now_ms, signed, false) {
+                self.events.push_back(Event::RecordRefused {
+                    from: self.id.clone(),
+                    reason: format!("a stored record: {reason}"),
+                });
+            }
+        }
+        self.settle(now_ms);
+    }
+
+    /// Writes the next generation of `workload` (a spec, or a tombstone when `spec` is
+    /// `None`), signed by this node, and pushes it to every live member.
+    pub(super) fn write_record(
+        &mut self,
+        now_ms: u64,
+        workload: &str,
+        submitter: &str,
+        spec: Option<WorkloadSpec>,
+    ) {
+        let record = WorkloadRecord {
+            workload: workload.to_owned(),
+            generation: self.records.next_generation(workload),
+            author: self.id.clone(),
+            submitter: submitter.to_owned(),
+            written_at_ms: now_ms,
+            spec,
+        };
+        let signed = self
+            .membership
+            .notary()
+            .sign(StatementKind::Record, record.encode());
+        if self
+            .records
+            .insert(record.clone(), signed.clone())
+            .is_none()
+        {
+            self.events.push_back(Event::RecordRefused {
+                from: self.id.clone(),
+                reason: format!(
+                    "{workload}: this node's table is full ({} records)",
+                    records::MAX_RECORDS
+                ),
+            });
+            return;
+        }
+        self.stored_record(&record, &signed, true);
+        let members: Vec<String> = self.live_members().collect();
+        for member in members {
+            self.send(
+                member,
+                Body::Records(Records {
+                    records: vec![signed.clone()],
+                }),
+            );
+        }
+    }
+
+    /// A record newer than the one held, from a peer or the store: checked for form, for
+    /// its author's signature and for its author's (and submitter's) permission, then
+    /// taken. `Ok(false)`: not newer, nothing done.
+    fn offer_record(
+        &mut self,
+        now_ms: u64,
+        signed: SignedStatement,
+        persist: bool,
+    ) -> Result<bool, String> {
+        let record =
+            WorkloadRecord::decode(&signed.statement).ok_or("the bytes are not a record")?;
+        let version = version_of(&record, &signed);
+        if records::expired(&record, now_ms) || !self.records.would_take(&record.workload, &version)
+        {
+            return Ok(false);
+        }
+        records::check_record(&record, now_ms)?;
+        let namespace = key_namespace(&record.workload);
+        if !HOSTED_NAMESPACES.contains(&namespace) {
+            return Err(format!(
+                "{}: this node hosts namespace {HOSTED_NAMESPACES:?} only",
+                record.workload
+            ));
+        }
+        let action = if record.is_tombstone() {
+            Action::Remove
+        } else {
+            Action::Submit
+        };
+        self.authorizer
+            .check(&record.author, action, namespace)
+            .map_err(|d| format!("{}: its author {}", record.workload, d.reason))?;
+        if !record.is_tombstone() {
+            self.authorizer
+                .check(&record.submitter, Action::Submit, namespace)
+                .map_err(|d| format!("{}: its submitter {}", record.workload, d.reason))?;
+        }
+        // Checked at the time it was written: a record outlives its author's certificate.
+        let at = record.written_at_ms.min(now_ms);
+        if !self
+            .membership
+            .notary()
+            .verify(StatementKind::Record, &record.author, &signed, at)
+        {
+            return Err(format!(
+                "{} generation {}: not signed by its author {}",
+                record.workload, record.generation, record.author
+            ));
+        }
+        let Some(previous) = self.records.insert(record.clone(), signed.clone()) else {
+            return Ok(false);
+        };
+        self.stored_record(&record, &signed, persist);
+        self.record_changed(now_ms, &record, previous);
+        Ok(true)
+    }
+
+    /// What the host stores, and the event, for a record newly held.
+    fn stored_record(&mut self, record: &WorkloadRecord, signed: &SignedStatement, persist: bool) {
+        self.events.push_back(Event::RecordTaken {
+            workload: record.workload.clone(),
+            generation: record.generation,
+            removed: record.is_tombstone(),
+            author: record.author.clone(),
+        });
+        if persist {
+            self.actions.push_back(HostAction::StoreRecord {
+                workload: record.workload.clone(),
+                record: signed.clone(),
+            });
+        }
+    }
+
+    /// Follows a newer record of a workload: a spec is learned (so a successor can take
+    /// the workload over, and a returning owner gives it up when it was submitted again
+    /// elsewhere); a tombstone removes the workload here.
+    fn record_changed(&mut self, _now_ms: u64, record: &WorkloadRecord, _previous: Option<Held>) {
+        match &record.spec {
+            Some(spec) => {
+                self.succession
+                    .update(&record.workload, &record.submitter, spec);
+                self.ownership_stale = true;
+            }
+            None => self.remove_here(
+                &record.workload,
+                "removed on another node; revoking its replicas",
+            ),
+        }
+    }
+
+    /// Removes `workload` from this node: it stops owning it (revoking its replicas) and
+    /// stops the replicas it runs.
+    pub(super) fn remove_here(&mut self, workload: &str, why: &'static str) {
+        let adopting = self.cancel_adoption(workload);
+        let owned = self.owned.remove(workload).is_some();
+        self.succession.forget(workload);
+        if owned || adopting {
+            self.announcer.remove(workload);
+            self.actions.push_back(HostAction::Forget {
+                workload: workload.to_owned(),
+                why,
+            });
+        }
+        let running: Vec<(u32, u64)> = self
+            .bidder
+            .committed()
+            .filter(|c| c.workload == workload)
+            .map(|c| (c.replica, c.epoch))
+            .collect();
+        for (replica, epoch) in running {
+            self.bidder.remove_instance(workload, replica);
+            self.grants.remove(&(workload.to_owned(), replica));
+            self.events.push_back(Event::Revoked {
+                workload: workload.to_owned(),
+                replica,
+                epoch,
+            });
+            self.actions.push_back(HostAction::Revoke {
+                workload: workload.to_owned(),
+                replica,
+                epoch,
+            });
+        }
+        self.award_specs.retain(|(w, _), _| w != workload);
+    }
+
+    /// Whether the record held says `workload` was removed.
+    pub(super) fn removed_by_record(&self, workload: &str) -> bool {
+        self.records
+            .get(workload)
+            .is_some_and(|h| h.record.is_tombstone())
+    }
+
+    /// Records pushed or sent by `from`. One that fails its checks ends the message: a
+    /// peer costs at most one failed signature check per message.
+    pub(super) fn handle_records(&mut self, now_ms: u64, from: &str, records: Records) {
+        for signed in records.records.into_iter().take(MAX_RECORDS_PER_MESSAGE) {
+            if let Err(reason) = self.offer_record(now_ms, signed, true) {
+                self.events.push_back(Event::RecordRefused {
+                    from: from.to_owned(),
+                    reason,
+                });
+                break;
+            }
+        }
+    }
+
+    /// A peer's summary: a different one is answered with this node's versions.
+    pub(super) fn handle_record_digest(&mut self, from: &str, digest: &RecordDigest) {
+        if *digest == self.records.digest() {
+            return;
+        }
+        for versions in self.records.versions(None, None, true) {
+            self.send(from.to_owned(), Body::RecordVersions(versions));
+        }
+    }
+
+    /// A peer's versions of a key range: what it lacks is sent; what this node lacks is
+    /// asked for with its own versions of the range (once: an answer asks nothing back).
+    pub(super) fn handle_record_versions(&mut self, from: &str, theirs: &RecordVersions) {
+        let (newer_here, newer_there) = self.records.compare(theirs);
+        for chunk in chunk_records(newer_here) {
+            self.send(from.to_owned(), Body::Records(chunk));
+        }
+        if newer_there && theirs.reply {
+            let ours =
+                self.records
+                    .versions(theirs.after.as_deref(), theirs.through.as_deref(), false);
+            for versions in ours {
+                self.send(from.to_owned(), Body::RecordVersions(versions));
+            }
+        }
+    }
+
+    /// Sends this node's summary to `member` (a newcomer, a seed, one back from away).
+    pub(super) fn offer_digest(&mut self, member: &str) {
+        if member != self.id {
+            let digest = self.records.digest();
+            self.send(member.to_owned(), Body::RecordDigest(digest));
+        }
+    }
+
+    /// An anti-entropy round, if due: drops expired tombstones and sends the summary to
+    /// one random live member. A node holding nothing starts no round; the others' rounds
+    /// reach it.
+    pub(super) fn record_round(&mut self, now_ms: u64) {
+        if now_ms < self.next_record_sync_ms {
+            return;
+        }
+        self.next_record_sync_ms = now_ms + SYNC_INTERVAL_MS;
+        for workload in self.records.expire(now_ms) {
+            self.actions.push_back(HostAction::DropRecord { workload });
+        }
+        if self.records.is_empty() || self.static_members {
+            return;
+        }
+        let count = self.membership.member_count();
+        if count == 0 {
+            return;
+        }
+        // xorshift64: the choice needs spread, not secrecy.
+        self.record_rng ^= self.record_rng << 13;
+        self.record_rng ^= self.record_rng >> 7;
+        self.record_rng ^= self.record_rng << 17;
+        let start = usize::try_from(self.record_rng % count as u64).unwrap_or(0);
+        let pick = self
+            .live_members()
+            .skip(start)
+            .chain(self.live_members())
+            .next();
+        if let Some(member) = pick {
+            self.offer_digest(&member);
+        }
+    }
+}
+
+impl Negotiator {
+    /// Writes a tombstone of `workload` unless the record held already is one.
+    pub(super) fn write_tombstone(&mut self, now_ms: u64, workload: &str) {
+        if self.removed_by_record(workload) {
+            return;
+        }
+        let submitter = self
+            .records
+            .get(workload)
+            .map(|h| h.record.submitter.clone())
+            .or_else(|| self.succession.submitter(workload).map(str::to_owned))
+            .unwrap_or_else(|| self.id.clone());
+        self.write_record(now_ms, workload, &submitter, None);
+    }
+
+    /// Checks a workload this node stored as its own against the newest record before
+    /// taking it up again (after a restart): one removed, or submitted again elsewhere,
+    /// while this node was away is forgotten (`false`); one changed since is taken up at
+    /// its newest generation; one with no record yet (stored by an older version) gets
+    /// one.
+    pub(super) fn adopt_newest(&mut self, now_ms: u64, request: &mut PlacementRequest) -> bool {
+        let submitter = request.submitter.clone().unwrap_or_else(|| self.id.clone());
+        let newest = self
+            .records
+            .get(&request.workload)
+            .map(|h| (h.record.submitter.clone(), h.record.spec.clone()));
+        match newest {
+            Some((_, None)) => {
+                self.actions.push_back(HostAction::Forget {
+                    workload: request.workload.clone(),
+                    why: "removed on another node while this node was away",
+                });
+                false
+            }
+            Some((holder, Some(_))) if holder != submitter => {
+                self.actions.push_back(HostAction::Forget {
+                    workload: request.workload.clone(),
+                    why: "submitted again on another node while this node was away",
+                });
+                false
+            }
+            Some((_, Some(spec))) => {
+                if request.spec.as_ref() != Some(&spec) {
+                    *request = PlacementRequest {
+                        submitter: request.submitter.clone(),
+                        ..PlacementRequest::for_spec(&request.workload, &spec)
+                    };
+                }
+                true
+            }
+            None => {
+                if let Some(spec) = request.spec.clone() {
+                    self.write_record(now_ms, &request.workload, &submitter, Some(spec));
+                }
+                true
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! End-to-end tests of desired state that no single node holds (issue #16): workload
+//! records replicated to every agent, tombstones, and successors that place what a dead
+//! owner never did. Real agents on loopback, real QUIC, rootless Podman, sled.
+
+use std::time::Duration;
+
+use parley_e2e::mesh::{
+    address, member_states, mesh_agent, replicas_on, wait_for_full_mesh, wait_until,
+};
+use parley_e2e::{Agent, TEST_IMAGE, TrustDomain};
+
+/// Replicas of `workload` running on any of `agents`.
+fn running_anywhere(agents: &[&Agent], workload: &str) -> usize {
+    agents.iter().map(|a| replicas_on(a, workload).len()).sum()
+}
+
+fn lists(agent: &Agent, workload: &str) -> bool {
+    agent.workload_names().iter().any(|n| n == workload)
+}
+
+/// `rm` on a node while the workload's owner is down: the tombstone stops the replicas
+/// it can reach at once, reaches the owner when it returns, and the workload stays
+/// removed on every node (it used to come back with its owner).
+#[test]
+fn a_workload_removed_while_its_owner_is_down_stays_removed_when_the_owner_returns() {
+    let domain = TrustDomain::new("records.e2e");
+    let a = mesh_agent("rec-a", &domain.enroll("a"), &[], &[]);
+    let seed = address(&a);
+    let mut b = mesh_agent("rec-b", &domain.enroll("b"), &[&seed], &[]);
+    let c = mesh_agent("rec-c", &domain.enroll("c"), &[&seed], &[]);
+    wait_for_full_mesh(&[&a, &b, &c]);
+
+    b.run_sleepers("gone", 2).ok();
+    wait_until("both replicas run", Duration::from_secs(60), || {
+        running_anywhere(&[&a, &b, &c], "gone") == 2
+    });
+    wait_until("c holds the record", Duration::from_secs(10), || {
+        lists(&c, "gone")
+    });
+
+    b.stop();
+    let b_id = "spiffe://records.e2e/node/b".to_owned();
+    wait_until("c declares b dead", Duration::from_secs(30), || {
+        member_states(&c).contains(&(b_id.clone(), "dead".to_owned()))
+    });
+    c.cli(["rm", "gone"]).ok();
+    wait_until(
+        "the replicas a and c run are stopped",
+        Duration::from_secs(30),
+        || running_anywhere(&[&a, &c], "gone") == 0,
+    );
+
+    b.try_launch(&[]).expect("b starts again");
+    wait_until("b stops what it ran", Duration::from_secs(30), || {
+        replicas_on(&b, "gone").is_empty()
+    });
+    // Several report and anti-entropy rounds later, nothing came back anywhere.
+    std::thread::sleep(Duration::from_secs(8));
+    for agent in [&a, &b, &c] {
+        assert!(
+            !lists(agent, "gone"),
+            "{} still lists the removed workload: {}\n{}",
+            agent.node(),
+            agent.ps(),
+            b.log()
+        );
+        assert!(
+            replicas_on(agent, "gone").is_empty(),
+            "a replica of the removed workload runs on {}",
+            agent.node()
+        );
+    }
+    assert!(
+        b.log().contains("workload record: removed"),
+        "b should say it learned of the removal:\n{}",
+        b.log()
+    );
+}
+
+/// An owner killed before any replica of its workload could be placed (nothing fits
+/// yet): the record it wrote lives on in the others, a successor takes the workload up,
+/// and places it once a node that fits arrives.
+#[test]
+fn a_workload_whose_owner_died_before_placing_it_is_placed_by_another_node() {
+    let domain = TrustDomain::new("orphan.e2e");
+    let a = mesh_agent("orph-a", &domain.enroll("a"), &[], &[]);
+    let seed = address(&a);
+    let mut b = mesh_agent("orph-b", &domain.enroll("b"), &[&seed], &[]);
+    wait_for_full_mesh(&[&a, &b]);
+
+    // No node carries the label yet: the replica cannot be placed.
+    b.cli([
+        "run",
+        "late",
+        "--image",
+        TEST_IMAGE,
+        "--constraint",
+        "zone=late",
+        "--stop-timeout",
+        "1",
+        "--",
+        "sleep",
+        "3600",
+    ])
+    .ok();
+    wait_until("a holds the record", Duration::from_secs(10), || {
+        lists(&a, "late")
+    });
+    b.kill();
+    let b_id = "spiffe://orphan.e2e/node/b".to_owned();
+    wait_until("a declares b dead", Duration::from_secs(30), || {
+        member_states(&a).contains(&(b_id.clone(), "dead".to_owned()))
+    });
+
+    let c = mesh_agent(
+        "orph-c",
+        &domain.enroll("c"),
+        &[&seed],
+        &["--label", "zone=late"],
+    );
+    wait_until("the replica runs on c", Duration::from_secs(90), || {
+        replicas_on(&c, "late").len() == 1
+    });
+    let ps = a.ps();
+    let late = ps["workloads"]
+        .as_array()
+        .and_then(|w| w.iter().find(|w| w["name"] == "late"))
+        .unwrap_or_else(|| panic!("a does not list late: {ps}"));
+    assert_eq!(
+        late["replicas"][0]["node"], "spiffe://orphan.e2e/node/c",
+        "{late}"
+    );
+    assert_ne!(
+        late["owner"],
+        b_id.as_str(),
+        "the dead node cannot be the owner: {late}"
+    );
+}
