@@ -18,7 +18,7 @@ use parley_identity::tls::{self, PeerVerifier, TlsIdentity};
 use parley_identity::{Credential, TrustBundle};
 use parley_negotiation::codec::{self, Received, ReplayGuard, Signer, Verifier};
 use parley_negotiation::membership::StatementKind;
-use parley_negotiation::messages::{Body, Grant, SignedStatement, Statement};
+use parley_negotiation::messages::{Body, Grant, SignedStatement, Statement, WorkloadRecord};
 use quinn::crypto::rustls::QuicClientConfig;
 
 /// Who the hostile peer claims to be, and the keys to prove it.
@@ -151,6 +151,18 @@ impl PeerIdentity {
         }
     }
 
+    /// A workload record signed with this identity's key, whatever author it names.
+    pub fn sign_record(&self, record: &WorkloadRecord) -> SignedStatement {
+        let bytes = record.encode();
+        SignedStatement {
+            signature: self
+                .credential
+                .sign(StatementKind::Record.context(), &bytes),
+            credential: self.credential.cert().as_bytes().to_vec(),
+            statement: bytes,
+        }
+    }
+
     /// `statement` signed with this identity's key and carrying its certificate, as an
     /// agent signs its own: what a member holding these keys can make up about others.
     pub fn sign_statement(&self, statement: &Statement) -> SignedStatement {
@@ -204,8 +216,9 @@ pub struct Refused(pub String);
 
 // The hostile peer is not the agent: it reads the clock itself, as a peer on another
 // host would.
+/// Milliseconds since the Unix epoch, by this host's clock.
 #[allow(clippy::disallowed_methods)]
-fn unix_millis() -> u64 {
+pub fn unix_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("the clock is after 1970")

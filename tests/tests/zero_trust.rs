@@ -11,7 +11,8 @@ use parley_e2e::mesh::{
 };
 use parley_e2e::{Agent, TrustDomain};
 use parley_negotiation::messages::{
-    Body, Instance, MemberState, MemberUpdate, NodeMeta, Ping, Resources, Statement, Sync,
+    Body, Instance, MemberState, MemberUpdate, NodeMeta, Ping, Records, Resources, Statement, Sync,
+    WorkloadRecord,
 };
 
 /// Sends a probe and waits for the agent's answer: what an accepted member gets.
@@ -552,4 +553,75 @@ fn a_revoked_node_is_refused_by_every_member_and_declared_dead() {
         "spiffe://zt-revoke.e2e/node/b".to_owned(),
         "alive".to_owned()
     )));
+}
+
+/// A member that may not remove workloads cannot remove one by writing its tombstone, nor
+/// by signing one in the name of a node that may: each record's author is checked
+/// against its signature and the policy, whoever relays it.
+#[test]
+fn a_member_cannot_remove_a_workload_with_a_forged_or_unauthorized_tombstone() {
+    let domain = TrustDomain::new("zt-records.e2e");
+    let policy = domain.write_file(
+        "policy.toml",
+        "[[allow]]\n\
+         ids = [\"spiffe://zt-records.e2e/node/a\"]\n\
+         actions = [\"member\", \"submit\", \"bid\", \"logs\", \"remove\", \"list\"]\n\
+         \n\
+         [[allow]]\n\
+         ids = [\"spiffe://zt-records.e2e/node/x\"]\n\
+         actions = [\"member\"]\n",
+    );
+    let policy_flag = format!("--policy={}", policy.display());
+    let agent = mesh_agent("zt-records", &domain.enroll("a"), &[], &[&policy_flag]);
+    let addr = address(&agent).parse().expect("an IP:PORT address");
+    agent.run_sleeper("web").ok();
+    wait_until("the replica runs", Duration::from_secs(60), || {
+        replicas_on(&agent, "web").len() == 1
+    });
+    let running = replicas_on(&agent, "web");
+
+    let x = PeerIdentity::node(&domain.enroll("x"));
+    let mut intruder = HostilePeer::connect(x, addr).expect("a node connects");
+    assert!(answers_a_probe(&mut intruder), "x may be a member");
+    let tombstone = |author: &str| WorkloadRecord {
+        workload: "default/web".to_owned(),
+        generation: 100,
+        author: author.to_owned(),
+        submitter: "spiffe://zt-records.e2e/node/a".to_owned(),
+        written_at_ms: parley_e2e::hostile::unix_millis(),
+        spec: None,
+    };
+    let x_id = intruder.id();
+    let own = PeerIdentity::node(&domain.enroll("x")).sign_record(&tombstone(&x_id));
+    let forged = PeerIdentity::node(&domain.enroll("x"))
+        .sign_record(&tombstone("spiffe://zt-records.e2e/node/a"));
+    for signed in [own, forged] {
+        intruder
+            .send(&Body::Records(Records {
+                records: vec![signed],
+            }))
+            .expect("send the tombstone");
+    }
+    wait_until(
+        "the agent logs both refusals",
+        Duration::from_secs(10),
+        || {
+            let log = agent.log();
+            log.contains("may not remove workloads in namespace")
+                && log.contains("not signed by its author spiffe://zt-records.e2e/node/a")
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        replicas_on(&agent, "web"),
+        running,
+        "the replica was stopped by a refused record:\n{}",
+        agent.log()
+    );
+    assert!(agent.workload_names().contains(&"web".to_owned()));
+    let metrics = agent.cli(["metrics"]).ok().to_owned();
+    assert!(
+        metrics.contains("parley_workload_records_refused_total 2"),
+        "{metrics}"
+    );
 }
