@@ -301,6 +301,98 @@ pub struct Instance {
     /// only with one (a member must not claim replicas it was never awarded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<SignedStatement>,
+    /// What the replica's container is doing, as the reporting node last saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<RunState>,
+}
+
+/// Where a replica is in its life, as the node running it sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Awarded; nothing started yet.
+    Pending,
+    /// Its image is being fetched.
+    Pulling,
+    /// Its container is being created and started.
+    Starting,
+    /// Its container runs.
+    Running,
+    /// Its container exited and its restart policy leaves it so.
+    Exited,
+    /// Its container exited and is being started again.
+    Restarting,
+    /// It could not be started (`reason` says why); retried.
+    Failed,
+    /// A phase a newer version reported.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Phase {
+    /// The word `parley ps` shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Pulling => "pulling",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Exited => "exited",
+            Self::Restarting => "restarting",
+            Self::Failed => "failed",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// Longest failure reason a replica state carries.
+pub const MAX_STATE_REASON_LEN: usize = 256;
+
+/// The actual state of one replica: reported by the node running it to the owner, and by
+/// the owner to whoever lists the mesh, so that `parley ps` anywhere shows what runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Where it is.
+    pub phase: Phase,
+    /// The exit code of an exited container.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Times its container was started again after it exited or failed.
+    #[serde(default)]
+    pub restarts: u32,
+    /// When it entered this phase (ms since the Unix epoch, by the running node's clock).
+    #[serde(default)]
+    pub since_ms: u64,
+    /// Why it failed (at most [`MAX_STATE_REASON_LEN`] bytes).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Its container's id.
+    #[serde(default)]
+    pub container_id: Option<String>,
+}
+
+impl RunState {
+    /// The state with what a peer could make oversized cut to size: a long reason is
+    /// truncated, a container id that is not a short hex string dropped.
+    pub fn bounded(mut self) -> Self {
+        if let Some(reason) = &mut self.reason
+            && reason.len() > MAX_STATE_REASON_LEN
+        {
+            let mut end = MAX_STATE_REASON_LEN;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        if self
+            .container_id
+            .as_ref()
+            .is_some_and(|id| id.len() > 128 || !id.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            self.container_id = None;
+        }
+        self
+    }
 }
 
 /// The announcer tells a node to stop a replica another node holds at a newer epoch (or
@@ -694,6 +786,9 @@ pub struct Placement {
     pub node: String,
     /// Its placement epoch.
     pub epoch: u64,
+    /// What it is doing, as the node running it last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<RunState>,
 }
 
 /// Asks the owner of a workload to remove it and stop its replicas.

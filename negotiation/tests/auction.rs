@@ -611,6 +611,7 @@ fn instance(workload: &str, replica: u32, epoch: u64, domain: Option<&str>) -> I
         reservation: format!("r{replica}.{epoch}"),
         failure_domain: domain.map(str::to_owned),
         grant: None,
+        state: None,
     }
 }
 

@@ -580,6 +580,7 @@ fn a_report_from_a_node_that_may_not_host_the_namespace_is_refused() {
             reservation: "r".to_owned(),
             failure_domain: None,
             grant: None,
+            state: None,
         }),
     );
     let mut sent = Vec::new();
@@ -748,6 +749,7 @@ fn a_report_without_a_grant_only_confirms_what_is_on_record() {
             reservation: "older".to_owned(),
             failure_domain: None,
             grant: None,
+            state: None,
         })
     };
     let now = pair.now;

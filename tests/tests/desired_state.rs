@@ -136,3 +136,77 @@ fn a_workload_whose_owner_died_before_placing_it_is_placed_by_another_node() {
         "the dead node cannot be the owner: {late}"
     );
 }
+
+/// `parley ps` on a node that runs none of a workload's replicas shows each one as its
+/// node reported it — `running`, on that node — and an exit as it happens there.
+#[test]
+fn ps_on_a_node_that_runs_nothing_shows_every_replica_running_with_its_node() {
+    let domain = TrustDomain::new("actual.e2e");
+    // a may do everything but host: it runs nothing.
+    let policy = domain.write_file(
+        "policy.toml",
+        "[[allow]]\n\
+         ids = [\"spiffe://actual.e2e/node/a\"]\n\
+         actions = [\"member\", \"submit\", \"list\", \"logs\", \"remove\"]\n\
+         \n\
+         [[allow]]\n\
+         ids = [\"spiffe://actual.e2e/node/b\", \"spiffe://actual.e2e/node/c\"]\n\
+         actions = [\"member\", \"submit\", \"bid\", \"list\", \"logs\", \"remove\"]\n",
+    );
+    let policy_flag = format!("--policy={}", policy.display());
+    let a = mesh_agent("act-a", &domain.enroll("a"), &[], &[&policy_flag]);
+    let seed = address(&a);
+    let b = mesh_agent("act-b", &domain.enroll("b"), &[&seed], &[&policy_flag]);
+    let c = mesh_agent("act-c", &domain.enroll("c"), &[&seed], &[&policy_flag]);
+    wait_for_full_mesh(&[&a, &b, &c]);
+
+    b.run_sleepers("seen", 2).ok();
+    wait_until("both replicas run", Duration::from_secs(60), || {
+        replicas_on(&b, "seen").len() + replicas_on(&c, "seen").len() == 2
+    });
+    let replicas_seen_by_a = || {
+        let ps = a.ps();
+        ps["workloads"]
+            .as_array()
+            .and_then(|w| w.iter().find(|w| w["name"] == "seen"))
+            .map(|w| w["replicas"].as_array().cloned().unwrap_or_default())
+            .unwrap_or_default()
+    };
+    wait_until(
+        "a shows both replicas running on b and c",
+        Duration::from_secs(10),
+        || {
+            let replicas = replicas_seen_by_a();
+            let mut nodes: Vec<&str> = replicas
+                .iter()
+                .filter(|r| r["phase"] == "running")
+                .filter_map(|r| r["node"].as_str())
+                .collect();
+            nodes.sort_unstable();
+            nodes == ["spiffe://actual.e2e/node/b", "spiffe://actual.e2e/node/c"]
+        },
+    );
+    assert!(replicas_on(&a, "seen").is_empty(), "a may not host");
+    let table = a.cli(["ps"]).ok().to_owned();
+    assert_eq!(table.matches("running").count(), 2, "{table}");
+    assert!(
+        table.contains("RESTARTS") && table.contains("AGE"),
+        "{table}"
+    );
+
+    // The container on c is stopped behind the agent's back: the reconciler starts it
+    // again, and a sees the restart counted.
+    let on_c = replicas_on(&c, "seen").remove(0);
+    assert!(c.podman(["stop", "-t", "0", &on_c]).status.success());
+    wait_until(
+        "a sees c's replica restarted once",
+        Duration::from_secs(40),
+        || {
+            replicas_seen_by_a().iter().any(|r| {
+                r["node"] == "spiffe://actual.e2e/node/c"
+                    && r["phase"] == "running"
+                    && r["restarts"] == 1
+            })
+        },
+    );
+}

@@ -118,6 +118,7 @@ fn a_phantom_instance_from_a_node_that_may_not_host_is_refused() {
             reservation: "forged".to_owned(),
             failure_domain: None,
             grant: None,
+            state: None,
         }))
         .expect("send the report");
     let answered = intruder.receive_until(Duration::from_secs(5), |received| {
@@ -171,6 +172,7 @@ fn a_member_cannot_claim_a_replica_it_was_not_granted() {
                 reservation: "claimed".to_owned(),
                 failure_domain: None,
                 grant,
+                state: None,
             }))
             .expect("send the claim");
     }

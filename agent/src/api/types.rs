@@ -39,7 +39,7 @@ pub struct WorkloadRecord {
 pub use parley_negotiation::negotiator::Assignment;
 
 /// One replica of a workload and the container that runs it, if any.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ReplicaStatus {
     /// Replica index.
     pub replica: u32,
@@ -59,6 +59,19 @@ pub struct ReplicaStatus {
     pub state: Option<ContainerState>,
     /// Exit code of an exited container.
     pub exit_code: Option<i32>,
+    /// Where the replica is in its life (`running`, `exited`, `failed`, …), as the node
+    /// running it reported; `None` when no report reached this node.
+    #[serde(default)]
+    pub phase: Option<String>,
+    /// Times its container was started again after it exited or failed.
+    #[serde(default)]
+    pub restarts: u32,
+    /// When it entered its phase (seconds since the Unix epoch, by its node's clock).
+    #[serde(default)]
+    pub since: Option<u64>,
+    /// Why it failed.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// A workload as `parley ps` shows it.

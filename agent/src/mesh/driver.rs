@@ -357,6 +357,7 @@ fn command_request(command: Command, token: u64, waiting: &mut HashMap<u64, Wait
             Request::Adopt(*request)
         }
         Command::Remove(workload) => Request::Remove(workload),
+        Command::ReplicaStates(states) => Request::ReplicaStates(states),
         Command::Explain { workload, reply } => {
             waiting.insert(token, Waiting::Explain(reply));
             Request::Explain(workload)

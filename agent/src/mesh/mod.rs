@@ -383,6 +383,8 @@ pub enum Command {
         /// Where the answer goes: (owner, workload) pairs.
         reply: oneshot::Sender<Vec<(String, OwnedWorkload)>>,
     },
+    /// What the node saw of the replicas it runs: (workload key, replica, state).
+    ReplicaStates(Vec<(String, u32, parley_negotiation::messages::RunState)>),
     /// Asks every alive member to remove a workload; its owner does.
     RemoveRemote {
         /// Workload key (`namespace/name`).

@@ -1,6 +1,8 @@
 //! What the negotiation loop asks of the node ([`Host`]): store awards and takeovers,
 //! start, stop and read replicas.
 
+use parley_negotiation::messages::Phase;
+
 use super::*;
 
 impl<R: ContainerRuntime> Host for Node<R> {
@@ -43,11 +45,16 @@ impl<R: ContainerRuntime> Host for Node<R> {
             created_at: crate::clock::unix_secs(),
             submitter: None,
         };
+        let starting = self.observe_replica(&workload, replica, Phase::Starting, None, None, None);
+        self.publish_states(vec![(workload.clone(), replica, starting)]);
         match self
             .launch_replica(&record, replica, assignment.epoch)
             .await
         {
-            Ok(_) => {
+            Ok(id) => {
+                let running =
+                    self.observe_replica(&workload, replica, Phase::Running, None, None, Some(id));
+                self.publish_states(vec![(workload.clone(), replica, running)]);
                 tracing::info!(%workload, replica, epoch = assignment.epoch, "replica started");
                 self.record_event(
                     "replica-started",
@@ -56,6 +63,15 @@ impl<R: ContainerRuntime> Host for Node<R> {
                 );
             }
             Err(error) => {
+                let failed = self.observe_replica(
+                    &workload,
+                    replica,
+                    Phase::Failed,
+                    None,
+                    Some(error.to_string()),
+                    None,
+                );
+                self.publish_states(vec![(workload.clone(), replica, failed)]);
                 // The reconciler retries; the owner hears of the replica in reports either way.
                 tracing::warn!(%workload, replica, %error, "could not start an awarded replica; will retry");
                 self.record_event("replica-failed", Some(&key(&workload)), &error.to_string());

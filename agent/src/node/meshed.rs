@@ -156,6 +156,25 @@ impl<R: ContainerRuntime> Node<R> {
                 .iter()
                 .find(|c| c.workload == name && c.replica == replica)
         };
+        // Every owner's report, this node's included: where each replica runs, and what
+        // the node running it last said of it.
+        let reports = self.mesh_workloads(mesh).await;
+        let states: HashMap<(&str, u32), (&str, u64, &RunState)> = reports
+            .iter()
+            .flat_map(|(_, w)| {
+                w.placements.iter().filter_map(|p| {
+                    let state = p.state.as_ref()?;
+                    Some((
+                        (w.workload.as_str(), p.replica),
+                        (p.node.as_str(), p.epoch, state),
+                    ))
+                })
+            })
+            .collect();
+        let reported = |key: &str, replica: u32, placed: Option<(&str, u64)>| {
+            let (node, epoch, state) = states.get(&(key, replica))?;
+            (placed == Some((*node, *epoch))).then_some(*state)
+        };
         let mut workloads = Vec::new();
         let mut listed = std::collections::BTreeSet::new();
         for (key, record) in self.desired()? {
@@ -175,7 +194,8 @@ impl<R: ContainerRuntime> Node<R> {
             let replicas = (0..record.spec.replicas)
                 .map(|replica| {
                     let placed = placements.get(&replica).map(|(n, e)| (n.as_str(), *e));
-                    placed_replica(&mesh.id, replica, placed, local(&name, replica))
+                    let state = reported(&key, replica, placed);
+                    placed_replica(&mesh.id, replica, placed, local(&name, replica), state)
                 })
                 .collect();
             listed.insert(name.clone());
@@ -189,28 +209,29 @@ impl<R: ContainerRuntime> Node<R> {
             });
         }
         // Workloads owned elsewhere, as their owners report them.
-        for (owner, reported) in self.mesh_workloads(mesh).await {
-            let name = workload_name(&reported.workload).to_owned();
-            if owner == mesh.id || !listed.insert(name.clone()) {
+        for (owner, owned) in &reports {
+            let name = workload_name(&owned.workload).to_owned();
+            if *owner == mesh.id || !listed.insert(name.clone()) {
                 continue;
             }
-            let replicas = (0..reported.replicas)
+            let replicas = (0..owned.replicas)
                 .map(|replica| {
-                    let placed = reported
+                    let placed = owned
                         .placements
                         .iter()
                         .find(|p| p.replica == replica)
                         .map(|p| (p.node.as_str(), p.epoch));
-                    placed_replica(&mesh.id, replica, placed, local(&name, replica))
+                    let state = reported(&owned.workload, replica, placed);
+                    placed_replica(&mesh.id, replica, placed, local(&name, replica), state)
                 })
                 .collect();
             workloads.push(WorkloadStatus {
                 name,
-                image: reported.image,
+                image: owned.image.clone(),
                 command: Vec::new(),
                 created_at: 0,
                 replicas,
-                owner: Some(owner),
+                owner: Some(owner.clone()),
             });
         }
         // Replicas this node runs for workloads no answer covered.
@@ -221,6 +242,7 @@ impl<R: ContainerRuntime> Node<R> {
                 continue;
             }
             let container = local(&name, assignment.replica);
+            let state = self.local_state(&name, assignment.replica);
             others
                 .entry(name.clone())
                 .or_insert_with(|| WorkloadStatus {
@@ -232,16 +254,13 @@ impl<R: ContainerRuntime> Node<R> {
                     owner: None,
                 })
                 .replicas
-                .push(ReplicaStatus {
-                    replica: assignment.replica,
-                    epoch: assignment.epoch,
-                    remote: false,
-                    node: mesh.id.clone(),
-                    container: container.map(|c| c.name.clone()),
-                    container_id: container.map(|c| c.id.clone()),
-                    state: container.map(|c| c.state.clone()),
-                    exit_code: container.and_then(|c| c.exit_code),
-                });
+                .push(placed_replica(
+                    &mesh.id,
+                    assignment.replica,
+                    Some((mesh.id.as_str(), assignment.epoch)),
+                    container,
+                    state.as_ref(),
+                ));
         }
         // Recorded workloads no owner reported: their owner is down and no successor
         // has taken them up yet, or none of their replicas was placed.
@@ -252,7 +271,7 @@ impl<R: ContainerRuntime> Node<R> {
                 continue;
             }
             let replicas = (0..spec.replicas)
-                .map(|replica| placed_replica(&mesh.id, replica, None, None))
+                .map(|replica| placed_replica(&mesh.id, replica, None, None, None))
                 .collect();
             workloads.push(WorkloadStatus {
                 name,

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use parley_negotiation::messages::{
-    MemberState, NodeMeta, Resources, SignedStatement, WorkloadRecord as MeshRecord,
+    MemberState, NodeMeta, Resources, RunState, SignedStatement, WorkloadRecord as MeshRecord,
 };
 use parley_negotiation::{SpecError, WorkloadName, WorkloadSpec};
 use parley_store::records::Event;
@@ -39,6 +39,7 @@ mod host;
 mod launch;
 mod meshed;
 mod reconciling;
+mod replica_states;
 mod state;
 mod views;
 
@@ -197,6 +198,8 @@ pub struct Node<R> {
     /// This node's copy of the mesh's replicated workload records (written by the
     /// negotiation loop; read for `run`, `rm` and `ps`).
     records: Tree<SignedStatement>,
+    /// What this node last saw of each replica it runs in a mesh, by (name, replica).
+    run_states: Mutex<HashMap<(String, u32), RunState>>,
     runtime: R,
     started: Instant,
     health: Mutex<StoreHealth>,
@@ -233,6 +236,7 @@ impl<R: ContainerRuntime> Node<R> {
             workloads,
             assignments,
             records,
+            run_states: Mutex::new(HashMap::new()),
             runtime,
             started: Instant::now(),
             health: Mutex::new(StoreHealth::default()),

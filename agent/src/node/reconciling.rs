@@ -2,6 +2,8 @@
 //! item (a failed item is logged and retried, never fatal). What to do is decided by
 //! [`plan`], a pure function of the two; the pass applies it.
 
+use parley_negotiation::messages::Phase;
+
 use super::*;
 
 /// What one reconcile pass does, decided from what is wanted and what runs alone.
@@ -132,6 +134,8 @@ impl<R: ContainerRuntime> Node<R> {
             }
         }
         report.adopted += plan.adopt;
+        // What each wanted replica came to in this pass, for the states reported.
+        let mut outcome: HashMap<(String, u32), Result<Option<String>, String>> = HashMap::new();
         for container in plan.restart {
             let (name, replica) = (&container.workload, container.replica);
             let exit = container
@@ -139,6 +143,7 @@ impl<R: ContainerRuntime> Node<R> {
                 .map_or_else(|| "unknown".to_owned(), |code| code.to_string());
             match self.runtime.start(&container.id).await {
                 Ok(()) => {
+                    outcome.insert((name.clone(), replica), Ok(Some(container.id.clone())));
                     tracing::info!(workload = %name, replica, exit_code = %exit, "restarted an exited container");
                     self.record_event(
                         "container-restarted",
@@ -148,6 +153,7 @@ impl<R: ContainerRuntime> Node<R> {
                     report.restarted += 1;
                 }
                 Err(e) => {
+                    outcome.insert((name.clone(), replica), Err(e.to_string()));
                     tracing::warn!(workload = %name, replica, error = %e, "could not restart an exited container; will retry");
                     report.failed += 1;
                 }
@@ -158,7 +164,8 @@ impl<R: ContainerRuntime> Node<R> {
                 continue;
             };
             match self.launch_replica(record, replica, *epoch).await {
-                Ok(_) => {
+                Ok(id) => {
+                    outcome.insert((name.clone(), replica), Ok(Some(id)));
                     tracing::info!(workload = %name, replica, "started a missing container");
                     self.record_event(
                         "container-started",
@@ -168,6 +175,7 @@ impl<R: ContainerRuntime> Node<R> {
                     report.started += 1;
                 }
                 Err(e) => {
+                    outcome.insert((name.clone(), replica), Err(e.to_string()));
                     tracing::warn!(workload = %name, replica, error = %e, "could not start a missing container; will retry");
                     report.failed += 1;
                 }
@@ -176,7 +184,59 @@ impl<R: ContainerRuntime> Node<R> {
         if may_start {
             self.renew_workload_identities(&wanted, &actual);
         }
+        if self.info.mesh.is_some() {
+            self.note_states(&wanted, &actual, &outcome);
+        }
         Ok(report)
+    }
+
+    /// Notes and reports what each replica this node was awarded came to in a pass: the
+    /// outcome of a start or restart made in it, else its container's state.
+    fn note_states(
+        &self,
+        wanted: &BTreeMap<(String, u32), (WorkloadRecord, u64)>,
+        actual: &[ManagedContainer],
+        outcome: &HashMap<(String, u32), Result<Option<String>, String>>,
+    ) {
+        let mut states = Vec::new();
+        for (name, replica) in wanted.keys() {
+            let container = actual
+                .iter()
+                .find(|c| c.workload == *name && c.replica == *replica);
+            let state = match (outcome.get(&(name.clone(), *replica)), container) {
+                (Some(Ok(id)), _) => {
+                    // Started again in this pass: a restart of a replica seen before.
+                    if self.local_state(name, *replica).is_some() {
+                        let code = container.and_then(|c| c.exit_code);
+                        self.observe_replica(name, *replica, Phase::Restarting, code, None, None);
+                    }
+                    self.observe_replica(name, *replica, Phase::Running, None, None, id.clone())
+                }
+                (Some(Err(reason)), _) => self.observe_replica(
+                    name,
+                    *replica,
+                    Phase::Failed,
+                    None,
+                    Some(reason.clone()),
+                    None,
+                ),
+                (None, Some(c)) => self.observe_replica(
+                    name,
+                    *replica,
+                    super::replica_states::phase_of(c),
+                    c.exit_code,
+                    None,
+                    Some(c.id.clone()),
+                ),
+                // Not started yet (the store refuses writes): it waits.
+                (None, None) => {
+                    self.observe_replica(name, *replica, Phase::Pending, None, None, None)
+                }
+            };
+            states.push((name.clone(), *replica, state));
+        }
+        self.retain_states(|name, replica| wanted.contains_key(&(name.to_owned(), replica)));
+        self.publish_states(states);
     }
 
     /// Re-creates the store record of a container's workload from the spec in its label,

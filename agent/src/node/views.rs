@@ -23,6 +23,7 @@ impl<R: ContainerRuntime> Node<R> {
                     container_id: container.map(|c| c.id.clone()),
                     state: container.map(|c| c.state.clone()),
                     exit_code: container.and_then(|c| c.exit_code),
+                    ..ReplicaStatus::default()
                 }
             })
             .collect();
@@ -142,6 +143,7 @@ pub(super) fn placed_replica(
     replica: u32,
     placed: Option<(&str, u64)>,
     local: Option<&ManagedContainer>,
+    reported: Option<&RunState>,
 ) -> ReplicaStatus {
     let here = placed.is_some_and(|(node, _)| node == this_node);
     let container = local.filter(|_| here);
@@ -151,9 +153,17 @@ pub(super) fn placed_replica(
         remote: placed.is_some() && !here,
         node: placed.map_or_else(|| "-".to_owned(), |(node, _)| node.to_owned()),
         container: container.map(|c| c.name.clone()),
-        container_id: container.map(|c| c.id.clone()),
+        container_id: container
+            .map(|c| c.id.clone())
+            .or_else(|| reported.and_then(|r| r.container_id.clone())),
         state: container.map(|c| c.state.clone()),
-        exit_code: container.and_then(|c| c.exit_code),
+        exit_code: container
+            .and_then(|c| c.exit_code)
+            .or_else(|| reported.and_then(|r| r.exit_code)),
+        phase: reported.map(|r| r.phase.name().to_owned()),
+        restarts: reported.map_or(0, |r| r.restarts),
+        since: reported.map(|r| r.since_ms / 1000),
+        reason: reported.and_then(|r| r.reason.clone()),
     }
 }
 

@@ -991,6 +991,7 @@ impl Announcer {
                 reservation: String::new(),
                 failure_domain: None,
                 grant: None,
+                state: None,
             };
             self.revoke(&node, &stale);
         }

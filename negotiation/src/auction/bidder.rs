@@ -468,8 +468,9 @@ impl Bidder {
                     epoch: c.epoch,
                     reservation: c.reservation.clone(),
                     failure_domain: c.failure_domain.clone(),
-                    // The negotiator adds the grant as the report leaves.
+                    // The negotiator adds the grant and the state as the report leaves.
                     grant: None,
+                    state: None,
                 }),
             ));
         }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::auction::{AnnouncerEvent, Explanation, PlacementRequest};
 use crate::membership::MembershipEvent;
 use crate::messages::{
-    LogChunk, LogWindow, LogsFailure, OwnedWorkload, RevocationNotice, SignedStatement,
+    LogChunk, LogWindow, LogsFailure, OwnedWorkload, RevocationNotice, RunState, SignedStatement,
 };
 use crate::workload::WorkloadSpec;
 
@@ -94,6 +94,9 @@ pub enum Request {
     /// A revocation this node's issuer made (the host applies it already): kept and sent
     /// to every member, as [`super::Negotiator::handle_revocation`] does with a verified one.
     Revoke(RevocationNotice),
+    /// What the host saw of replicas this node runs: (workload key, replica, state), sent
+    /// with their next reports (see [`super::Negotiator::set_replica_state`]).
+    ReplicaStates(Vec<(String, u32, RunState)>),
 }
 
 /// The answer to a [`Request`].

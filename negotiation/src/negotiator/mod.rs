@@ -44,8 +44,8 @@ use crate::membership::{
 use crate::messages::{
     Accept, Bid, Body, Decline, DeclineReason, Grant, Handover, LogChunk, LogsFailure, LogsReply,
     LogsRequest, MAX_REPORTED_WORKLOADS, MemberState, MemberUpdate, NodeMeta, OwnedWorkload,
-    Placement, Reject, RemoveWorkload, RevocationNotice, Revocations, Revoke, SignedStatement,
-    WorkloadQuery, WorkloadReport,
+    Placement, Reject, RemoveWorkload, RevocationNotice, Revocations, Revoke, RunState,
+    SignedStatement, WorkloadQuery, WorkloadReport,
 };
 use crate::workload::{WorkloadSpec, key_namespace};
 
@@ -152,6 +152,11 @@ pub struct Negotiator {
     next_record_sync_ms: u64,
     /// Picks the member of each anti-entropy round.
     record_rng: u64,
+    /// What the host last saw of each replica this node runs (sent with its reports).
+    replica_states: HashMap<(String, u32), RunState>,
+    /// What the nodes running them last reported of the replicas of workloads this node
+    /// owns: (node, epoch, state) by (workload, replica).
+    observed: HashMap<(String, u32), (String, u64, RunState)>,
 }
 
 impl std::fmt::Debug for Negotiator {
@@ -248,12 +253,37 @@ impl Negotiator {
             records: crate::records::RecordTable::default(),
             next_record_sync_ms: now_ms + crate::records::SYNC_INTERVAL_MS,
             record_rng: (seed ^ 0x2EC0_4D5E_ED5A_17ED) | 1,
+            replica_states: HashMap::new(),
+            observed: HashMap::new(),
             next_report_ms: now_ms + REPORT_INTERVAL_MS,
             ownership_stale: true,
             members_stale: true,
             meta,
             id,
         }
+    }
+
+    /// What the host sees of a replica this node runs; it travels with the replica's
+    /// next report to its owner (a replica not held here is ignored).
+    pub fn set_replica_state(&mut self, workload: &str, replica: u32, state: RunState) {
+        let held = self
+            .bidder
+            .committed()
+            .any(|c| c.workload == workload && c.replica == replica);
+        if held {
+            self.replica_states
+                .insert((workload.to_owned(), replica), state.bounded());
+        }
+    }
+
+    /// The state the node running `replica` of `workload` (owned here) last reported for
+    /// its current placement.
+    pub fn reported_state(&self, workload: &str, replica: u32) -> Option<&RunState> {
+        let (node, epoch) = self.announcer.placements(workload).remove(&replica)?;
+        self.observed
+            .get(&(workload.to_owned(), replica))
+            .filter(|(on, at, _)| *on == node && *at == epoch)
+            .map(|(_, _, state)| state)
     }
 
     /// This node's SPIFFE ID.
@@ -383,6 +413,11 @@ impl Negotiator {
             }
             Request::ListMesh => self.list_mesh(now_ms, token),
             Request::Revoke(notice) => self.handle_revocation(now_ms, notice, true),
+            Request::ReplicaStates(states) => {
+                for (workload, replica, state) in states {
+                    self.set_replica_state(&workload, replica, state);
+                }
+            }
             Request::RemoveRemote(workload) => {
                 self.write_tombstone(now_ms, &workload);
                 self.remove_here(&workload, "removed by this node's user");
@@ -644,6 +679,14 @@ impl Negotiator {
         self.record_round(now_ms);
         if now_ms >= self.next_report_ms {
             self.next_report_ms = now_ms + REPORT_INTERVAL_MS;
+            let (bidder, owned) = (&self.bidder, &self.owned);
+            self.replica_states.retain(|(workload, replica), _| {
+                bidder
+                    .committed()
+                    .any(|c| c.workload == *workload && c.replica == *replica)
+            });
+            self.observed
+                .retain(|(workload, _), _| owned.contains_key(workload));
             self.bidder.report_instances();
             // Repeats handovers a successor may have let pass.
             self.ownership_stale = true;
@@ -942,7 +985,18 @@ impl Negotiator {
             Body::Accept(accept) => self.announcer.handle_accept(now_ms, from, &accept),
             Body::Reject(reject) => self.announcer.handle_reject(now_ms, from, &reject),
             Body::Instance(instance) => match self.check_instance(from, &instance) {
-                Ok(()) => self.announcer.handle_instance(now_ms, from, &instance),
+                Ok(()) => {
+                    if let Some(state) = &instance.state
+                        && self.owned.contains_key(&instance.workload)
+                    {
+                        // Bounded: one entry per replica of a workload this node owns.
+                        self.observed.insert(
+                            (instance.workload.clone(), instance.replica),
+                            (from.to_owned(), instance.epoch, state.clone().bounded()),
+                        );
+                    }
+                    self.announcer.handle_instance(now_ms, from, &instance);
+                }
                 Err((reason, stop)) => {
                     // A replica granted by no owner is not counted; one that has a grant,
                     // but not one this node takes, is stopped (a successor's own replica
@@ -1277,6 +1331,11 @@ impl Negotiator {
                     .placements(workload)
                     .into_iter()
                     .map(|(replica, (node, epoch))| Placement {
+                        state: self
+                            .observed
+                            .get(&(workload.clone(), replica))
+                            .filter(|(on, at, _)| *on == node && *at == epoch)
+                            .map(|(_, _, state)| state.clone()),
                         replica,
                         node,
                         epoch,
@@ -1616,6 +1675,12 @@ impl Negotiator {
                 && *epoch == instance.epoch
             {
                 instance.grant = Some(grant.clone());
+            }
+            if let Body::Instance(instance) = &mut body {
+                instance.state = self
+                    .replica_states
+                    .get(&(instance.workload.clone(), instance.replica))
+                    .cloned();
             }
             // An owner takes a report naming the awarded reservation as its Accept: none
             // leaves while the award is still being stored.

@@ -678,7 +678,19 @@ impl<'c> Sim<'c> {
             HostAction::DropRecord { workload } => {
                 self.nodes[i].store.records.remove(&workload);
             }
-            HostAction::Start { .. } => {}
+            HostAction::Start { workload, replica } => {
+                let running = crate::messages::RunState {
+                    phase: crate::messages::Phase::Running,
+                    exit_code: None,
+                    restarts: 0,
+                    since_ms: now,
+                    reason: None,
+                    container_id: None,
+                };
+                self.nodes[i]
+                    .negotiator
+                    .set_replica_state(&workload, replica, running);
+            }
         }
         Ok(())
     }
@@ -884,6 +896,7 @@ impl<'c> Sim<'c> {
                 reservation: "phantom".to_owned(),
                 failure_domain: None,
                 grant,
+                state: None,
             });
             self.sign_and_send(from, to, &phantom);
             let records = self.forged_records(from);
@@ -1472,6 +1485,16 @@ impl<'c> Sim<'c> {
                         record.get(&replica)
                     )));
                 }
+                // What runs is known where it is owned (and so by whoever lists the mesh).
+                let phase = self.nodes[owner]
+                    .negotiator
+                    .reported_state(workload, replica)
+                    .map(|s| s.phase);
+                if phase != Some(crate::messages::Phase::Running) {
+                    return Err(self.violation(format!(
+                        "{workload} replica {replica} runs on {on:?}, but its owner has it as {phase:?}"
+                    )));
+                }
                 placed += 1;
             }
             // A successor that took the workload over knows only its spec, which does not
@@ -1507,6 +1530,20 @@ impl<'c> Sim<'c> {
         let now = self.now;
         let records = store.records.into_values().collect();
         self.nodes[i].negotiator.restore_records(now, records);
+        // The agent's first reconcile pass finds the containers that kept running.
+        for (workload, replica) in store.assignments.keys() {
+            let running = crate::messages::RunState {
+                phase: crate::messages::Phase::Running,
+                exit_code: None,
+                restarts: 0,
+                since_ms: now,
+                reason: None,
+                container_id: None,
+            };
+            self.nodes[i]
+                .negotiator
+                .set_replica_state(workload, *replica, running);
+        }
         for request in store.owned.into_values() {
             let token = self.token();
             self.nodes[i]
