@@ -96,6 +96,7 @@ fn a_workload_whose_owner_died_before_placing_it_is_placed_by_another_node() {
         TEST_IMAGE,
         "--constraint",
         "zone=late",
+        "--detach",
         "--stop-timeout",
         "1",
         "--",
@@ -209,4 +210,72 @@ fn ps_on_a_node_that_runs_nothing_shows_every_replica_running_with_its_node() {
             })
         },
     );
+}
+
+/// `parley scale` on a node that does not own the workload: the new generation reaches
+/// the owner, which places or stops replicas; the command waits until they run (or are
+/// gone), and at no sample in between do fewer replicas run than asked.
+#[test]
+fn scale_up_and_down_from_any_node_waits_for_the_replicas_and_never_drops_below() {
+    let domain = TrustDomain::new("scale.e2e");
+    let a = mesh_agent("scale-a", &domain.enroll("a"), &[], &[]);
+    let seed = address(&a);
+    let b = mesh_agent("scale-b", &domain.enroll("b"), &[&seed], &[]);
+    let c = mesh_agent("scale-c", &domain.enroll("c"), &[&seed], &[]);
+    wait_for_full_mesh(&[&a, &b, &c]);
+    let agents = [&a, &b, &c];
+
+    // `run` waits until its replica runs, and says so.
+    let run = a.run_sleeper("elastic");
+    run.ok();
+    assert!(run.stderr.contains("elastic: 1/1 running"), "{run:?}");
+    assert_eq!(running_anywhere(&agents, "elastic"), 1);
+    wait_until("c holds the record", Duration::from_secs(10), || {
+        lists(&c, "elastic")
+    });
+
+    let sampling = std::sync::atomic::AtomicBool::new(true);
+    let fewest = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut fewest = usize::MAX;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                fewest = fewest.min(running_anywhere(&agents, "elastic"));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            fewest
+        });
+        let up = c.cli(["scale", "elastic", "3", "--timeout", "90s"]);
+        up.ok();
+        assert!(up.stderr.contains("elastic: 3/3 running"), "{up:?}");
+        assert_eq!(running_anywhere(&agents, "elastic"), 3);
+        let down = b.cli(["scale", "elastic", "1"]);
+        down.ok();
+        assert!(down.stderr.contains("elastic: 1/1 running"), "{down:?}");
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        sampler.join().expect("the sampler")
+    });
+    assert!(fewest >= 1, "at some sample no replica ran");
+    wait_until(
+        "the extra replicas are stopped",
+        Duration::from_secs(30),
+        || running_anywhere(&agents, "elastic") == 1,
+    );
+    // Every node sees the new count.
+    for agent in agents {
+        wait_until(
+            &format!("{} lists one replica", agent.node()),
+            Duration::from_secs(10),
+            || {
+                let ps = agent.ps();
+                ps["workloads"]
+                    .as_array()
+                    .and_then(|w| w.iter().find(|w| w["name"] == "elastic"))
+                    .is_some_and(|w| w["replicas"].as_array().is_some_and(|r| r.len() == 1))
+            },
+        );
+    }
+    // A count out of range is refused, and a name nobody holds is not found.
+    c.cli(["scale", "elastic", "0"])
+        .fails_with(1, "invalid replica count 0");
+    c.cli(["scale", "nothing", "2"]).fails_with(1, "nothing");
 }

@@ -323,6 +323,7 @@ fn a_three_replica_workload_lands_on_three_nodes_and_rm_removes_it_everywhere() 
     a.cli([
         "run",
         "huge",
+        "--detach",
         "--image",
         parley_e2e::TEST_IMAGE,
         "--memory",
@@ -1125,7 +1126,20 @@ fn a_node_short_of_disk_declines_new_replicas_and_says_why() {
         disk_of("spiffe://disk.e2e/node/b") == Some(0)
     });
 
-    a.run_sleepers("roomy", 2).ok();
+    // One replica cannot be placed: the run does not wait for it.
+    a.cli([
+        "run",
+        "roomy",
+        "--detach",
+        "--image",
+        parley_e2e::TEST_IMAGE,
+        "--replicas",
+        "2",
+        "--",
+        "sleep",
+        "3600",
+    ])
+    .ok();
     wait_until(
         "replica 1 is declined by b for its disk",
         Duration::from_secs(30),

@@ -55,6 +55,10 @@ pub fn router<R: ContainerRuntime>(node: Arc<Node<R>>) -> Router {
         .route("/v1/workloads/{name}/logs", get(logs::<R>))
         .route("/v1/workloads", get(list::<R>).post(run::<R>))
         .route("/v1/workloads/{name}", delete(remove::<R>))
+        .route(
+            "/v1/workloads/{name}/scale",
+            axum::routing::post(scale::<R>),
+        )
         .route("/v1/events", get(events::<R>))
         .route("/v1/join-tokens", axum::routing::post(join_token::<R>))
         .route("/v1/revocations", axum::routing::post(revocation::<R>))
@@ -189,6 +193,16 @@ async fn explain<R: ContainerRuntime>(
     UrlPath(name): UrlPath<String>,
 ) -> Result<Response, Failure> {
     Ok(axum::Json(node.explain(&name).await?).into_response())
+}
+
+async fn scale<R: ContainerRuntime>(
+    State(node): State<Arc<Node<R>>>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let request: types::ScaleRequest = serde_json::from_slice(&body)
+        .map_err(|e| bad_request(format!("invalid scale request: {e}")))?;
+    Ok(axum::Json(node.scale(&name, request.replicas).await?).into_response())
 }
 
 async fn logs<R: ContainerRuntime>(

@@ -278,3 +278,22 @@ pub struct AgentStatus {
     #[serde(default)]
     pub host_warnings: Vec<crate::hostcheck::HostWarning>,
 }
+
+/// The body of `POST /v1/workloads/{name}/scale`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    /// Replicas wanted.
+    pub replicas: u32,
+}
+
+/// The answer to a scale request: the generation written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Scaled {
+    /// Workload name.
+    pub name: String,
+    /// Replicas wanted now.
+    pub replicas: u32,
+    /// The workload's generation that asks for them (0 on a node alone, which keeps no
+    /// generations).
+    pub generation: u64,
+}

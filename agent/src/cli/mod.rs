@@ -18,9 +18,11 @@ pub mod join;
 pub mod logs;
 pub mod metrics;
 pub mod nodes;
+pub mod progress;
 pub mod ps;
 pub mod rm;
 pub mod run;
+pub mod scale;
 pub mod status;
 mod table;
 
@@ -30,6 +32,8 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_UNAVAILABLE: u8 = 69;
 /// Exit code when the authorization policy refuses the request (`EX_NOPERM`).
 pub const EXIT_DENIED: u8 = 77;
+/// Exit code when a workload did not converge within `--timeout` (as timeout(1)).
+pub const EXIT_TIMEOUT: u8 = 124;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -83,6 +87,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// List workloads and the state of their containers
     Ps(ps::PsArgs),
+    /// Change how many replicas a workload runs, and wait until they do
+    Scale(scale::ScaleArgs),
     /// Remove a workload and its containers
     Rm(rm::RmArgs),
     /// Show the agent's and Podman's status
@@ -135,6 +141,9 @@ impl Cli {
             Command::Man(args) => generate::man(args),
             Command::Run(args) => with_client(&self.global, |client| {
                 run::execute(args, client, self.global.output)
+            }),
+            Command::Scale(args) => with_client(&self.global, |client| {
+                scale::execute(args, client, self.global.output)
             }),
             Command::Metrics(args) => {
                 with_client(&self.global, |client| metrics::execute(args, client))
@@ -208,6 +217,9 @@ pub enum CliError {
     /// The command line was wrong in a way clap cannot see.
     #[error("{0}")]
     Usage(String),
+    /// The change was accepted, but the workload did not converge in time.
+    #[error("{0}")]
+    NotConverged(String),
 }
 
 fn fail(error: &CliError) -> ExitCode {
@@ -218,6 +230,7 @@ fn fail(error: &CliError) -> ExitCode {
             EXIT_DENIED
         }
         CliError::Usage(_) => 2,
+        CliError::NotConverged(_) => EXIT_TIMEOUT,
         CliError::Client(_) => EXIT_FAILED,
     })
 }

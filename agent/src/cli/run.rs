@@ -3,6 +3,7 @@
 use parley_negotiation::workload::DEFAULT_STOP_TIMEOUT_SECS;
 use parley_negotiation::{EnvVar, RestartPolicy, WorkloadName, WorkloadSpec};
 
+use super::progress::{Target, WaitArgs, until_converged};
 use super::{CliError, Output, print_json};
 use crate::api::client::ApiClient;
 use crate::api::types::WorkloadStatus;
@@ -39,6 +40,9 @@ pub struct RunArgs {
     /// A label the node must carry, KEY=VALUE (repeatable)
     #[arg(long = "constraint", value_name = "KEY=VALUE")]
     pub constraints: Vec<String>,
+    /// Whether and how long to wait for the replicas to run.
+    #[command(flatten)]
+    pub wait: WaitArgs,
     /// Seconds to wait after SIGTERM before SIGKILL when the workload is stopped
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_STOP_TIMEOUT_SECS)]
     pub stop_timeout: u32,
@@ -139,16 +143,33 @@ fn parse_memory(text: &str) -> Result<u64, String> {
 /// Runs `parley run`.
 pub async fn execute(args: RunArgs, client: ApiClient, output: Output) -> Result<(), CliError> {
     let spec = args.to_spec()?;
-    let status: WorkloadStatus = client.post("/v1/workloads", &spec).await?;
+    let mut status: WorkloadStatus = client.post("/v1/workloads", &spec).await?;
+    if !args.wait.detach {
+        let quiet = output == Output::Json;
+        let target = Target {
+            name: &status.name,
+            want: spec.replicas,
+            restart: Some(spec.restart),
+        };
+        status = until_converged(&client, target, &args.wait, quiet).await?;
+    }
     match output {
         Output::Json => print_json(&status)?,
         Output::Table => {
+            if status.replicas.is_empty() {
+                println!(
+                    "{}: accepted; placing {} replica(s) across the mesh (`parley ps` shows where they run)",
+                    status.name, spec.replicas
+                );
+            }
             for replica in &status.replicas {
                 let container = replica.container.as_deref().unwrap_or("-");
                 let state = replica
                     .state
                     .as_ref()
-                    .map_or("-".to_owned(), ToString::to_string);
+                    .map(ToString::to_string)
+                    .or_else(|| replica.phase.clone())
+                    .unwrap_or_else(|| "-".to_owned());
                 println!(
                     "{}: replica {} on {} as {container} ({state})",
                     status.name, replica.replica, replica.node

@@ -358,6 +358,7 @@ fn command_request(command: Command, token: u64, waiting: &mut HashMap<u64, Wait
         }
         Command::Remove(workload) => Request::Remove(workload),
         Command::ReplicaStates(states) => Request::ReplicaStates(states),
+        Command::Scale { workload, replicas } => Request::Scale { workload, replicas },
         Command::Explain { workload, reply } => {
             waiting.insert(token, Waiting::Explain(reply));
             Request::Explain(workload)
@@ -484,6 +485,9 @@ pub(super) fn observe(event: &Event, metrics: &Metrics, disk: Option<&std::path:
             } else {
                 tracing::info!(%workload, generation, %author, "workload record: new generation");
             }
+        }
+        Event::Rescaled { workload, replicas } => {
+            tracing::info!(%workload, replicas, "scaled: placing or stopping replicas to match");
         }
         Event::RecordRefused { from, reason } => {
             Metrics::inc(&metrics.records_refused);

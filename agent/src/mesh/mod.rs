@@ -383,6 +383,13 @@ pub enum Command {
         /// Where the answer goes: (owner, workload) pairs.
         reply: oneshot::Sender<Vec<(String, OwnedWorkload)>>,
     },
+    /// Write the next generation of a workload with another replica count.
+    Scale {
+        /// Workload key (`namespace/name`).
+        workload: String,
+        /// Replicas wanted.
+        replicas: u32,
+    },
     /// What the node saw of the replicas it runs: (workload key, replica, state).
     ReplicaStates(Vec<(String, u32, parley_negotiation::messages::RunState)>),
     /// Asks every alive member to remove a workload; its owner does.

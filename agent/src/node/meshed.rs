@@ -190,8 +190,13 @@ impl<R: ContainerRuntime> Node<R> {
                 Ok(()) => answer.await.unwrap_or_default(),
                 Err(_) => BTreeMap::new(),
             };
-            let name = record.spec.name.to_string();
-            let replicas = (0..record.spec.replicas)
+            // The newest generation, which a scale on any node may have written.
+            let spec = self
+                .mesh_record(&key)?
+                .and_then(|r| r.spec)
+                .unwrap_or(record.spec);
+            let name = spec.name.to_string();
+            let replicas = (0..spec.replicas)
                 .map(|replica| {
                     let placed = placements.get(&replica).map(|(n, e)| (n.as_str(), *e));
                     let state = reported(&key, replica, placed);
@@ -201,8 +206,8 @@ impl<R: ContainerRuntime> Node<R> {
             listed.insert(name.clone());
             workloads.push(WorkloadStatus {
                 name,
-                image: record.spec.image.clone(),
-                command: record.spec.command.clone(),
+                image: spec.image.clone(),
+                command: spec.command.clone(),
                 created_at: record.created_at,
                 replicas,
                 owner: Some(mesh.id.clone()),

@@ -313,6 +313,66 @@ impl<R: ContainerRuntime> Node<R> {
         }
     }
 
+    /// Changes how many replicas workload `name` runs. In a mesh any node holding its
+    /// record may: the next generation is written here and followed by its owner. A node
+    /// alone runs one replica of each workload, so only 1 is accepted there.
+    pub async fn scale(
+        &self,
+        name: &str,
+        replicas: u32,
+    ) -> Result<crate::api::types::Scaled, NodeError> {
+        let key = key(name);
+        let Some(mesh) = &self.info.mesh else {
+            if self.workloads.get(&key)?.is_none() {
+                return Err(NodeError::NotFound {
+                    name: name.to_owned(),
+                });
+            }
+            if replicas != REPLICAS {
+                return Err(NodeError::TooManyReplicas {
+                    name: name.to_owned(),
+                    replicas,
+                });
+            }
+            return Ok(crate::api::types::Scaled {
+                name: name.to_owned(),
+                replicas,
+                generation: 0,
+            });
+        };
+        mesh.policy
+            .check(&mesh.id, Action::Submit, DEFAULT_NAMESPACE)?;
+        if !(1..=parley_negotiation::workload::MAX_REPLICAS).contains(&replicas) {
+            return Err(NodeError::InvalidSpec(SpecError::InvalidReplicas {
+                replicas,
+            }));
+        }
+        let Some(record) = self.mesh_record(&key)?.filter(|r| !r.is_tombstone()) else {
+            return Err(NodeError::NotFound {
+                name: name.to_owned(),
+            });
+        };
+        mesh.commands
+            .send(Command::Scale {
+                workload: key.clone(),
+                replicas,
+            })
+            .await
+            .map_err(|_| NodeError::MeshStopped)?;
+        let from = record.spec.map_or(0, |s| s.replicas);
+        tracing::info!(workload = %name, from, to = replicas, "scaling");
+        self.record_event(
+            "workload-scaled",
+            Some(&key),
+            &format!("from {from} to {replicas} replica(s)"),
+        );
+        Ok(crate::api::types::Scaled {
+            name: name.to_owned(),
+            replicas,
+            generation: record.generation + 1,
+        })
+    }
+
     /// Stops and removes a workload's containers, then forgets the workload. If the
     /// containers cannot be removed, the workload stays stored and the error says why.
     pub async fn remove(&self, name: &str) -> Result<(), NodeError> {

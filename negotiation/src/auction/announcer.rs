@@ -473,6 +473,44 @@ impl Announcer {
         }
     }
 
+    /// Changes how many replicas an owned workload has: replicas at or above the new
+    /// count are revoked (an auction for one is dropped, its bids released), missing
+    /// ones are placed.
+    pub fn rescale(&mut self, now_ms: u64, workload: &str, replicas: u32) {
+        let Some(w) = self.workloads.get_mut(workload) else {
+            return;
+        };
+        w.request.replicas = replicas;
+        if let Some(spec) = &mut w.request.spec {
+            spec.replicas = replicas;
+        }
+        let extra: Vec<(u32, String, u64)> = w
+            .placed
+            .range(replicas..)
+            .map(|(replica, (node, epoch, _, _))| (*replica, node.clone(), *epoch))
+            .collect();
+        for (replica, _, _) in &extra {
+            w.placed.remove(replica);
+        }
+        w.lost.retain(|replica, _| *replica < replicas);
+        w.last_explanation.retain(|replica, _| *replica < replicas);
+        let dropped = w.auction.take_if(|auction| auction.replica >= replicas);
+        if let Some(auction) = dropped {
+            self.release_bids(auction);
+        }
+        for (replica, node, epoch) in extra {
+            self.transmits.push_back((
+                node,
+                Body::Revoke(Revoke {
+                    workload: workload.to_owned(),
+                    replica,
+                    epoch,
+                }),
+            ));
+        }
+        self.advance(now_ms, workload);
+    }
+
     /// The request an owned workload is placed by.
     pub fn request(&self, workload: &str) -> Option<&PlacementRequest> {
         self.workloads.get(workload).map(|w| &w.request)

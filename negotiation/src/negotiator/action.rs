@@ -97,6 +97,14 @@ pub enum Request {
     /// What the host saw of replicas this node runs: (workload key, replica, state), sent
     /// with their next reports (see [`super::Negotiator::set_replica_state`]).
     ReplicaStates(Vec<(String, u32, RunState)>),
+    /// Change how many replicas a workload has, wherever it is owned: writes its next
+    /// generation, which its owner follows.
+    Scale {
+        /// Workload key.
+        workload: String,
+        /// Replicas wanted.
+        replicas: u32,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -234,6 +242,14 @@ pub enum Event {
         action: Action,
         /// The refusal, for people.
         reason: String,
+    },
+    /// An owned workload's replica count changed (a newer generation): replicas are
+    /// being placed or revoked.
+    Rescaled {
+        /// Workload key.
+        workload: String,
+        /// Replicas it has now.
+        replicas: u32,
     },
     /// A workload record newer than the one held was taken (written here or received).
     RecordTaken {

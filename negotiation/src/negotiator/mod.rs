@@ -413,6 +413,7 @@ impl Negotiator {
             }
             Request::ListMesh => self.list_mesh(now_ms, token),
             Request::Revoke(notice) => self.handle_revocation(now_ms, notice, true),
+            Request::Scale { workload, replicas } => self.scale(now_ms, &workload, replicas),
             Request::ReplicaStates(states) => {
                 for (workload, replica, state) in states {
                     self.set_replica_state(&workload, replica, state);

@@ -41,6 +41,23 @@ impl Negotiator {
         submitter: &str,
         spec: Option<WorkloadSpec>,
     ) {
+        // Members check every record's author against the policy: one this node may not
+        // write would be held here alone.
+        let action = if spec.is_none() {
+            Action::Remove
+        } else {
+            Action::Submit
+        };
+        if let Err(denied) = self
+            .authorizer
+            .check(&self.id, action, key_namespace(workload))
+        {
+            self.events.push_back(Event::RecordRefused {
+                from: self.id.clone(),
+                reason: format!("{workload}: this node {}", denied.reason),
+            });
+            return;
+        }
         let record = WorkloadRecord {
             workload: workload.to_owned(),
             generation: self.records.next_generation(workload),
@@ -155,17 +172,57 @@ impl Negotiator {
     /// Follows a newer record of a workload: a spec is learned (so a successor can take
     /// the workload over, and a returning owner gives it up when it was submitted again
     /// elsewhere); a tombstone removes the workload here.
-    fn record_changed(&mut self, _now_ms: u64, record: &WorkloadRecord, _previous: Option<Held>) {
+    fn record_changed(&mut self, now_ms: u64, record: &WorkloadRecord, _previous: Option<Held>) {
         match &record.spec {
             Some(spec) => {
                 self.succession
                     .update(&record.workload, &record.submitter, spec);
                 self.ownership_stale = true;
+                self.follow_spec(now_ms, &record.workload, spec);
             }
             None => self.remove_here(
                 &record.workload,
                 "removed on another node; revoking its replicas",
             ),
+        }
+    }
+
+    /// Writes the next generation of `workload` with `replicas` replicas, if this node
+    /// holds a live record of it, and follows it here (the owner may be this node).
+    pub(super) fn scale(&mut self, now_ms: u64, workload: &str, replicas: u32) {
+        let Some((submitter, mut spec)) = self.records.get(workload).and_then(|h| {
+            let spec = h.record.spec.clone()?;
+            Some((h.record.submitter.clone(), spec))
+        }) else {
+            return;
+        };
+        spec.replicas = replicas;
+        if spec.validate().is_err() {
+            return;
+        }
+        self.write_record(now_ms, workload, &submitter, Some(spec.clone()));
+        self.follow_spec(now_ms, workload, &spec);
+    }
+
+    /// Brings an owned workload in line with a newer spec: a new replica count is
+    /// placed or trimmed at once.
+    fn follow_spec(&mut self, now_ms: u64, workload: &str, spec: &WorkloadSpec) {
+        let Some((image, replicas)) = self.owned.get_mut(workload) else {
+            // Being taken over: the adoption places from the newest spec.
+            if let Some(request) = self.adoptions.values_mut().find(|r| r.workload == workload) {
+                request.replicas = spec.replicas;
+                request.spec = Some(spec.clone());
+            }
+            return;
+        };
+        *image = spec.image.clone();
+        if *replicas != spec.replicas {
+            *replicas = spec.replicas;
+            self.events.push_back(Event::Rescaled {
+                workload: workload.to_owned(),
+                replicas: spec.replicas,
+            });
+            self.announcer.rescale(now_ms, workload, spec.replicas);
         }
     }
 
@@ -337,11 +394,13 @@ impl Negotiator {
                 false
             }
             Some((_, Some(spec))) => {
+                // The spec's fields, not the placement hints the submitter added.
                 if request.spec.as_ref() != Some(&spec) {
-                    *request = PlacementRequest {
-                        submitter: request.submitter.clone(),
-                        ..PlacementRequest::for_spec(&request.workload, &spec)
-                    };
+                    request.image.clone_from(&spec.image);
+                    request.replicas = spec.replicas;
+                    request.resources = spec.resources;
+                    request.constraints.clone_from(&spec.constraints);
+                    request.spec = Some(spec);
                 }
                 true
             }

@@ -97,6 +97,9 @@ pub struct SimConfig {
     /// A workload removed after the network is stable, from a node picked by the seed
     /// (the owner, or another node asking the owner).
     pub removal: Option<Removal>,
+    /// A workload's replica count changed by a user at some node, at any time (during a
+    /// partition or a crash too).
+    pub scaling: Option<Scaling>,
     /// Users asking questions of their nodes during the run (workload lists, logs,
     /// explanations); each must be answered by its deadline.
     pub questions: Vec<Question>,
@@ -115,6 +118,19 @@ pub struct Removal {
     pub workload: usize,
     /// The node the user asks.
     pub node: usize,
+}
+
+/// A workload scaled by a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scaling {
+    /// When (ms from the run's start).
+    pub at_ms: u64,
+    /// Which workload (its index).
+    pub workload: usize,
+    /// The node the user asks.
+    pub node: usize,
+    /// Replicas wanted, as a share of the most the workload can have: 1..=this, capped.
+    pub replicas: u32,
 }
 
 /// What a user asks.
@@ -214,6 +230,20 @@ impl SimConfig {
         let revocation_at_ms = rng
             .chance(250)
             .then(|| rng.range(2_000, stable_after_ms + 10_000));
+        // Desired state is replicated now: a removal may come at any time, during a
+        // partition or while its owner is down, and must still hold everywhere.
+        let mut removal = removal;
+        if let Some(r) = &mut removal
+            && rng.chance(500)
+        {
+            r.at_ms = rng.range(4_000, 40_000);
+        }
+        let scaling = rng.chance(300).then(|| Scaling {
+            at_ms: rng.range(4_000, 40_000),
+            workload: rng.range(0, workloads as u64 - 1) as usize,
+            node: rng.range(0, nodes as u64 - 1) as usize,
+            replicas: rng.range(1, 3) as u32,
+        });
         Self {
             seed,
             nodes,
@@ -240,6 +270,7 @@ impl SimConfig {
             liar_node,
             revocation_at_ms,
             removal,
+            scaling,
             questions,
         }
     }
@@ -277,6 +308,7 @@ impl SimConfig {
             liar_node: None,
             revocation_at_ms: None,
             removal: None,
+            scaling: None,
             questions: Vec::new(),
         }
     }
@@ -317,6 +349,7 @@ impl SimConfig {
             liar_node: None,
             revocation_at_ms: None,
             removal: None,
+            scaling: None,
             questions: Vec::new(),
         }
     }

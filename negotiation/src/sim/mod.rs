@@ -17,7 +17,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
 
-pub use config::{Crash, Partition, Question, QuestionKind, Removal, SimConfig};
+pub use config::{Crash, Partition, Question, QuestionKind, Removal, Scaling, SimConfig};
 pub use rng::Rng;
 
 use crate::auction::{Announced, AnnouncerEvent, Answer, Candidate, PlacementRequest};
@@ -90,6 +90,8 @@ pub struct Outcome {
     pub records_taken: u64,
     /// Workload records refused (made up by the byzantine member).
     pub records_refused: u64,
+    /// Workloads scaled by a user.
+    pub scalings: u64,
 }
 
 impl Outcome {
@@ -232,6 +234,8 @@ struct Sim<'c> {
     message_ids: u64,
     outcome: Outcome,
     requests: Vec<PlacementRequest>,
+    /// The most replicas each request can have placed (what a scaling may ask).
+    max_replicas: Vec<u32>,
     /// Workload → the node it was submitted to.
     submitters: BTreeMap<String, usize>,
     /// Workloads a user removed.
@@ -305,6 +309,7 @@ impl<'c> Sim<'c> {
             crypto,
             policy,
             requests: Vec::new(),
+            max_replicas: Vec::new(),
             rng,
             now: 0,
             nodes: Vec::with_capacity(count),
@@ -439,6 +444,7 @@ impl<'c> Sim<'c> {
                 memory_bytes: self.rng.range(1, 4) * memory_unit,
             };
             let replicas = self.rng.range(1, max_replicas.max(1)) as u32;
+            self.max_replicas.push(max_replicas.max(1) as u32);
             let scoring = if self.rng.chance(500) {
                 Scoring::Spread
             } else {
@@ -1636,6 +1642,41 @@ impl<'c> Sim<'c> {
         self.settle(at)
     }
 
+    /// A user changes a workload's replica count through node `at`, which holds its
+    /// record: whoever owns it, reachable or not, follows when the new generation reaches
+    /// it.
+    fn scale(&mut self, scaling: Scaling) -> Result<(), Violation> {
+        let Some(request) = self.requests.get(scaling.workload) else {
+            return Ok(());
+        };
+        let workload = request.workload.clone();
+        let at = scaling.node;
+        let recorded = self.nodes[at]
+            .negotiator
+            .records()
+            .get(&workload)
+            .is_some_and(|h| !h.record.is_tombstone());
+        // The agent refuses a scaling its own node may not submit, before it reaches the
+        // negotiator.
+        let may_submit = Some(at) != self.config.hosts_only_node;
+        if workload == TOO_BIG || !self.nodes[at].alive || !recorded || !may_submit {
+            return Ok(());
+        }
+        let most = self
+            .max_replicas
+            .get(scaling.workload)
+            .copied()
+            .unwrap_or(1);
+        let replicas = scaling.replicas.clamp(1, most);
+        self.requests[scaling.workload].replicas = replicas;
+        self.outcome.scalings += 1;
+        let (now, token) = (self.now, self.token());
+        self.nodes[at]
+            .negotiator
+            .handle_request(now, token, Request::Scale { workload, replicas });
+        self.settle(at)
+    }
+
     /// A user asks node `question.node` something; the answer must come by its deadline.
     fn ask(&mut self, question: Question) -> Result<(), Violation> {
         let i = question.node;
@@ -1731,6 +1772,7 @@ impl<'c> Sim<'c> {
         let mut questions = self.config.questions.clone();
         questions.sort_by_key(|q| Reverse(q.at_ms));
         let mut removal = self.config.removal;
+        let mut scaling = self.config.scaling;
         let mut revocation = self.config.revocation_at_ms;
 
         loop {
@@ -1756,6 +1798,7 @@ impl<'c> Sim<'c> {
                 next_crash,
                 next_question,
                 removal.map(|r| r.at_ms),
+                scaling.map(|s| s.at_ms),
                 revocation,
                 self.next_store_work(),
                 Some(self.next_ownership_check),
@@ -1813,6 +1856,10 @@ impl<'c> Sim<'c> {
             if let Some(due) = removal.filter(|r| r.at_ms <= self.now) {
                 removal = None;
                 self.remove(due)?;
+            }
+            if let Some(due) = scaling.filter(|s| s.at_ms <= self.now) {
+                scaling = None;
+                self.scale(due)?;
             }
             if let Some(at) = revocation.filter(|at| *at <= self.now) {
                 revocation = None;
