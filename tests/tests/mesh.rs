@@ -507,7 +507,23 @@ fn the_policy_decides_who_may_place_work_and_a_sighup_reloads_it() {
     );
 
     // c's own policy refuses it: a clear refusal, exit code 77, nothing stored.
-    let run_duo = || c.run_sleepers("duo", 2);
+    // Replica 1 cannot be placed (a and b refuse c): the run does not wait for it.
+    let run_duo = || {
+        c.cli([
+            "run",
+            "duo",
+            "--detach",
+            "--image",
+            parley_e2e::TEST_IMAGE,
+            "--replicas",
+            "2",
+            "--stop-timeout",
+            "1",
+            "--",
+            "sleep",
+            "3600",
+        ])
+    };
     run_duo().fails_with(
         77,
         "refused: spiffe://policy.e2e/node/c may not submit workloads in namespace \"default\"",
