@@ -109,20 +109,16 @@ for _ in $(seq 1 150); do
 done
 parley_on 1 nodes
 
-echo "== parley run hello --replicas 3 (on node-1; the agents negotiate where each replica runs)"
+echo "== parley run hello --replicas 3 (on node-1; the agents negotiate where each replica runs,"
+echo "   and run waits until all three do)"
 if ! parley_on 1 ps -o json | grep -q '"name": "hello"'; then
     parley_on 1 run hello --image localhost/parley-test:latest --replicas 3 --env GREETING=hello \
         --stop-timeout 2 -- sh -c 'while true; do echo "$GREETING from parley"; sleep 5; done'
 fi
-for _ in $(seq 1 150); do
-    placed=$(parley_on 1 ps -o json | grep -c '"node": "spiffe' || true)
-    [[ $placed -ge 3 ]] && break
-    sleep 0.2
-done
 echo "== parley ps (on node-1, which owns the workload)"
 parley_on 1 ps
-echo "== parley ps (on node-2: the replica it runs)"
-parley_on 2 ps
+echo "== parley ps (on node-3: every replica, as the node running it reports it)"
+parley_on 3 ps
 
 cat <<EOT
 

@@ -8,7 +8,8 @@
 //! Sections: `placement` (1,000 nodes, 10,000 workloads: placements per CPU-second with
 //! cheap and with real P-256 signatures, messages per placement), `messages` (auction
 //! messages per placement as the cluster grows) and `detection` (how long until every
-//! member learns of a crashed node, with 1 % message loss). CPU time is the thread's own
+//! member learns of a crashed node, with 1 % message loss), `records` (how fast workload
+//! records reach every node, and what replicating them costs). CPU time is the thread's own
 //! (`/proc/thread-self/schedstat`), so a busy machine slows the run but not the figure.
 //! Every run also checks all of the simulator's invariants; a violation aborts the bench.
 
@@ -359,6 +360,62 @@ fn detection() {
     println!();
 }
 
+/// Bytes of the record replication's messages in an outcome.
+fn record_bytes(outcome: &Outcome) -> u64 {
+    ["records", "record-digest", "record-versions"]
+        .iter()
+        .map(|kind| outcome.bytes_by_kind.get(kind).copied().unwrap_or(0))
+        .sum()
+}
+
+fn records() {
+    println!("## records: workload records replicated to every node, 1 % of messages lost\n");
+    println!(
+        "Spread: for every node, the time from a record's write until it held it (pushed at \
+         once; a lost push is repaired by anti-entropy, one digest to one random member every \
+         2 s). Steady state: the replication's bytes per node per second once every record is \
+         everywhere (the run extended by 60 s, minus the run without), counting frames as \
+         they travel (envelope and signature included).\n"
+    );
+    println!(
+        "| nodes | workloads | seeds | spread p50 / p99 / max | took by anti-entropy | replication bytes in all | steady state per node | CPU |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (nodes, workloads, seeds) in [(100, 20, 5), (1_000, 20, 1), (100, 1_000, 1)] {
+        if !size_selected(nodes) {
+            continue;
+        }
+        let (mut spread, mut bytes, mut steady) = (Vec::new(), 0, 0.0);
+        let mut cpu = Duration::ZERO;
+        for seed in 0..seeds {
+            let config = SimConfig::records_benchmark(seed, nodes, workloads);
+            let mut longer = config.clone();
+            longer.end_ms += 60_000;
+            let (outcome, took) = measure(config, &CheapCrypto);
+            let (extended, took_longer) = measure(longer, &CheapCrypto);
+            cpu += took + took_longer;
+            spread.extend(outcome.record_spread_ms.iter().copied());
+            bytes += record_bytes(&outcome);
+            steady += (record_bytes(&extended) - record_bytes(&outcome)) as f64
+                / 60.0
+                / nodes as f64
+                / seeds as f64;
+        }
+        spread.sort_unstable();
+        let repaired = spread.iter().filter(|ms| **ms >= 1_000).count();
+        println!(
+            "| {nodes} | {workloads} | {seeds} | {} / {} / {} ms | {repaired} of {} | {:.1} MB | {steady:.0} B/s | {:.0} s |",
+            percentile(&spread, 50.0),
+            percentile(&spread, 99.0),
+            spread.last().copied().unwrap_or(0),
+            spread.len(),
+            bytes as f64 / 1e6,
+            cpu.as_secs_f64(),
+        );
+    }
+    println!();
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; anything else names sections to run.
     let wanted: Vec<String> = std::env::args()
@@ -374,5 +431,8 @@ fn main() {
     }
     if run("detection") {
         detection();
+    }
+    if run("records") {
+        records();
     }
 }

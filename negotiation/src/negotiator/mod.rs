@@ -64,6 +64,11 @@ pub const LOGS_TIMEOUT_MS: u64 = 10_000;
 /// running reports within one interval.
 pub const ADOPT_GATHER_MS: u64 = 3 * REPORT_INTERVAL_MS;
 
+/// How long after its start a node waits before it takes over a workload it knows only
+/// from its record and whose submitter it has not met: time to join and learn the
+/// members, so that a restarted node does not take over what live nodes own.
+pub const VIEW_SETTLE_MS: u64 = 30_000;
+
 /// A change of free disk smaller than this is not worth gossiping to every member.
 const DISK_GOSSIP_STEP: u64 = 64 << 20;
 
@@ -152,6 +157,8 @@ pub struct Negotiator {
     next_record_sync_ms: u64,
     /// Picks the member of each anti-entropy round.
     record_rng: u64,
+    /// When this node started (see [`VIEW_SETTLE_MS`]).
+    started_ms: u64,
     /// What the host last saw of each replica this node runs (sent with its reports).
     replica_states: HashMap<(String, u32), RunState>,
     /// What the nodes running them last reported of the replicas of workloads this node
@@ -253,6 +260,7 @@ impl Negotiator {
             records: crate::records::RecordTable::default(),
             next_record_sync_ms: now_ms + crate::records::SYNC_INTERVAL_MS,
             record_rng: (seed ^ 0x2EC0_4D5E_ED5A_17ED) | 1,
+            started_ms: now_ms,
             replica_states: HashMap::new(),
             observed: HashMap::new(),
             next_report_ms: now_ms + REPORT_INTERVAL_MS,
@@ -1502,6 +1510,18 @@ impl Negotiator {
                     submitter,
                     spec,
                 } => {
+                    // Known only from its record, with a submitter this node has not met
+                    // (yet): a node just started knows nobody, and would otherwise take
+                    // over every workload of the mesh until its view fills in.
+                    let submitter_known_dead = self
+                        .membership
+                        .member(&submitter)
+                        .is_some_and(|m| m.state == MemberState::Dead);
+                    let settling = now_ms < self.started_ms.saturating_add(VIEW_SETTLE_MS);
+                    if settling && !submitter_known_dead && !held.contains(&workload) {
+                        // Decided again with the next change of the view, or report round.
+                        continue;
+                    }
                     let token = self.token();
                     let request = PlacementRequest {
                         submitter: Some(submitter.clone()),

@@ -313,6 +313,22 @@ impl SimConfig {
         }
     }
 
+    /// A record-replication run: `nodes` nodes that start knowing each other, 1 % message
+    /// loss throughout (so some pushes are lost and anti-entropy repairs them), and
+    /// `workloads` small workloads submitted through up to 100 nodes, then left for
+    /// 60 s of steady state.
+    pub fn records_benchmark(seed: u64, nodes: usize, workloads: usize) -> Self {
+        let settle_ms = 3_000;
+        Self {
+            loss_per_mille: 10,
+            stable_after_ms: u64::MAX,
+            end_ms: settle_ms + workloads as u64 * 5 + 60_000,
+            submit_interval_ms: 5,
+            unplaceable: false,
+            ..Self::placement_benchmark(seed, nodes, workloads)
+        }
+    }
+
     /// A failure-detection run: `nodes` nodes with SWIM that start knowing each other,
     /// 1 % message loss throughout, and one node crashing at 10 s; no workloads but the
     /// one that fits nowhere.

@@ -92,6 +92,11 @@ pub struct Outcome {
     pub records_refused: u64,
     /// Workloads scaled by a user.
     pub scalings: u64,
+    /// Bytes of accepted frames by message kind.
+    pub bytes_by_kind: BTreeMap<&'static str, u64>,
+    /// For each node that took a record written by another: how long after it was written
+    /// (ms).
+    pub record_spread_ms: Vec<u64>,
 }
 
 impl Outcome {
@@ -236,6 +241,8 @@ struct Sim<'c> {
     requests: Vec<PlacementRequest>,
     /// The most replicas each request can have placed (what a scaling may ask).
     max_replicas: Vec<u32>,
+    /// When each record was written, by (workload, generation) (for spread times).
+    written_at: BTreeMap<(String, u64), u64>,
     /// Workload → the node it was submitted to.
     submitters: BTreeMap<String, usize>,
     /// Workloads a user removed.
@@ -310,6 +317,7 @@ impl<'c> Sim<'c> {
             policy,
             requests: Vec::new(),
             max_replicas: Vec::new(),
+            written_at: BTreeMap::new(),
             rng,
             now: 0,
             nodes: Vec::with_capacity(count),
@@ -1033,6 +1041,11 @@ impl<'c> Sim<'c> {
             .messages_by_kind
             .entry(received.body.kind())
             .or_default() += 1;
+        *self
+            .outcome
+            .bytes_by_kind
+            .entry(received.body.kind())
+            .or_default() += delivery.frame.len() as u64;
         node.negotiator
             .handle_message(now, &received.sender, received.body);
         self.settle(delivery.to)
@@ -1114,7 +1127,20 @@ impl<'c> Sim<'c> {
                 }
                 Event::Denied { .. } => self.outcome.denied += 1,
                 Event::RecordRefused { .. } => self.outcome.records_refused += 1,
-                Event::RecordTaken { .. } => self.outcome.records_taken += 1,
+                Event::RecordTaken {
+                    workload,
+                    generation,
+                    author,
+                    ..
+                } => {
+                    self.outcome.records_taken += 1;
+                    let key = (workload, generation);
+                    if author == self.nodes[i].id {
+                        self.written_at.entry(key).or_insert(self.now);
+                    } else if let Some(at) = self.written_at.get(&key) {
+                        self.outcome.record_spread_ms.push(self.now - at);
+                    }
+                }
                 _ => {}
             }
         }
