@@ -304,6 +304,10 @@ pub struct Instance {
     /// What the replica's container is doing, as the reporting node last saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<RunState>,
+    /// The content digest of the spec it runs (see [`crate::records::spec_digest`]): what
+    /// tells a rolling update's new replicas from its old ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_digest: Option<String>,
 }
 
 /// Where a replica is in its life, as the node running it sees it.
@@ -578,6 +582,37 @@ pub struct WorkloadRecord {
     pub written_at_ms: u64,
     /// The spec; `None` for a removed workload (a tombstone).
     pub spec: Option<WorkloadSpec>,
+    /// How this generation is rolled out when it changes what replicas run (`parley
+    /// update`); `None`: one replacement at a time, none missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPolicy>,
+}
+
+/// How a rolling update proceeds, and what it replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutPolicy {
+    /// Replacements that may run beside the replicas they replace (default 1).
+    pub max_surge: u32,
+    /// Replicas that may be missing meanwhile (default 0).
+    pub max_unavailable: u32,
+    /// The spec this generation replaced: what `parley rollout undo` and an automatic
+    /// rollback go back to.
+    #[serde(default)]
+    pub previous: Option<WorkloadSpec>,
+    /// Set on a rollback's generation: why the update it undoes failed.
+    #[serde(default)]
+    pub rolled_back: Option<String>,
+}
+
+impl Default for RolloutPolicy {
+    fn default() -> Self {
+        Self {
+            max_surge: 1,
+            max_unavailable: 0,
+            previous: None,
+            rolled_back: None,
+        }
+    }
 }
 
 impl WorkloadRecord {
@@ -789,6 +824,9 @@ pub struct Placement {
     /// What it is doing, as the node running it last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<RunState>,
+    /// The content digest of the spec it runs, as its owner knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_digest: Option<String>,
 }
 
 /// Asks the owner of a workload to remove it and stop its replicas.

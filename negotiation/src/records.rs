@@ -71,11 +71,16 @@ pub struct RecordTable {
     fingerprint: u64,
 }
 
-/// The content digest of a spec (SHA-256 of its CBOR, hex): what tells two generations
-/// with the same spec from two that differ.
+/// The content digest of what each replica of a spec runs (SHA-256 of the spec's CBOR
+/// with its replica count left out, hex): what tells a rolling update's new replicas from
+/// its old ones. A scale changes no replica's digest.
 pub fn spec_digest(spec: &WorkloadSpec) -> String {
     let mut bytes = Vec::with_capacity(256);
-    ciborium::into_writer(spec, &mut bytes).expect("a spec is plain data");
+    let per_replica = WorkloadSpec {
+        replicas: 1,
+        ..spec.clone()
+    };
+    ciborium::into_writer(&per_replica, &mut bytes).expect("a spec is plain data");
     Sha256::digest(&bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -132,13 +137,29 @@ pub fn check_record(record: &WorkloadRecord, now_ms: u64) -> Result<(), String> 
             record.written_at_ms
         ));
     }
-    if let Some(spec) = &record.spec {
+    let previous = record.rollout.as_ref().and_then(|r| r.previous.as_ref());
+    for spec in record.spec.iter().chain(previous) {
         spec.validate().map_err(|e| e.to_string())?;
         if spec.name.as_str() != name {
             return Err(format!(
                 "its spec names {}, not the workload {}",
                 spec.name, record.workload
             ));
+        }
+    }
+    if let Some(rollout) = &record.rollout {
+        let most = crate::workload::MAX_REPLICAS;
+        if rollout.max_surge > most || rollout.max_unavailable > most {
+            return Err(format!(
+                "its rollout moves more than {most} replicas at once"
+            ));
+        }
+        if rollout
+            .rolled_back
+            .as_ref()
+            .is_some_and(|r| r.len() > crate::messages::MAX_STATE_REASON_LEN)
+        {
+            return Err("its rollback reason is too long".to_owned());
         }
     }
     Ok(())
@@ -354,6 +375,7 @@ mod tests {
             submitter: "a".into(),
             written_at_ms: 1_000,
             spec,
+            rollout: None,
         };
         let signed = SignedStatement {
             statement: record.encode(),

@@ -612,6 +612,7 @@ fn instance(workload: &str, replica: u32, epoch: u64, domain: Option<&str>) -> I
         failure_domain: domain.map(str::to_owned),
         grant: None,
         state: None,
+        spec_digest: None,
     }
 }
 

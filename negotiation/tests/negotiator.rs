@@ -581,6 +581,7 @@ fn a_report_from_a_node_that_may_not_host_the_namespace_is_refused() {
             failure_domain: None,
             grant: None,
             state: None,
+            spec_digest: None,
         }),
     );
     let mut sent = Vec::new();
@@ -750,6 +751,7 @@ fn a_report_without_a_grant_only_confirms_what_is_on_record() {
             failure_domain: None,
             grant: None,
             state: None,
+            spec_digest: None,
         })
     };
     let now = pair.now;

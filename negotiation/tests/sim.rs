@@ -24,7 +24,8 @@ fn every_seed_keeps_every_invariant() {
     let (mut commit_failures, mut denied, mut takeovers, mut answered, mut removals) =
         (0, 0, 0, 0, 0);
     let mut statements_refused = 0;
-    let (mut records_taken, mut records_refused, mut scalings) = (0, 0, 0);
+    let (mut records_taken, mut records_refused, mut scalings, mut updates) = (0, 0, 0, 0);
+    let mut kept_available = 0;
     for seed in first..first + seeds {
         let config = SimConfig::from_seed(seed);
         crashes += u64::from(config.crash.is_some());
@@ -45,6 +46,8 @@ fn every_seed_keeps_every_invariant() {
                 records_taken += outcome.records_taken;
                 records_refused += outcome.records_refused;
                 scalings += outcome.scalings;
+                updates += outcome.updates;
+                kept_available += outcome.updates_kept_available;
             }
             Err(violation) => failures.push(violation.to_string()),
         }
@@ -55,7 +58,7 @@ fn every_seed_keeps_every_invariant() {
          {commit_failures} failed commits, {denied} messages refused by policy, {takeovers} takeovers by a successor, \
          {removals} runs with a removal, {answered} questions answered, \
          {statements_refused} membership statements refused, \
-         {records_taken} workload records taken, {records_refused} refused, {scalings} scalings",
+         {records_taken} workload records taken, {records_refused} refused, {scalings} scalings, {updates} updates ({kept_available} checked for availability)",
         started.elapsed().as_secs_f64()
     );
     assert!(
@@ -82,7 +85,9 @@ fn every_seed_keeps_every_invariant() {
                 && statements_refused > 0
                 && records_taken > 0
                 && records_refused > 0
-                && scalings > 0,
+                && scalings > 0
+                && updates > 0
+                && kept_available > 0,
             "the seeds exercised no faults"
         );
     }

@@ -119,6 +119,7 @@ fn a_phantom_instance_from_a_node_that_may_not_host_is_refused() {
             failure_domain: None,
             grant: None,
             state: None,
+            spec_digest: None,
         }))
         .expect("send the report");
     let answered = intruder.receive_until(Duration::from_secs(5), |received| {
@@ -173,6 +174,7 @@ fn a_member_cannot_claim_a_replica_it_was_not_granted() {
                 failure_domain: None,
                 grant,
                 state: None,
+                spec_digest: None,
             }))
             .expect("send the claim");
     }
@@ -592,6 +594,7 @@ fn a_member_cannot_remove_a_workload_with_a_forged_or_unauthorized_tombstone() {
         submitter: "spiffe://zt-records.e2e/node/a".to_owned(),
         written_at_ms: parley_e2e::hostile::unix_millis(),
         spec: None,
+        rollout: None,
     };
     let x_id = intruder.id();
     let own = PeerIdentity::node(&domain.enroll("x")).sign_record(&tombstone(&x_id));

@@ -441,6 +441,20 @@ pub(super) fn observe(event: &Event, metrics: &Metrics, disk: Option<&std::path:
         Event::Auction(AnnouncerEvent::Struck { node, strikes }) => {
             tracing::warn!(%node, strikes, "an award to this node did not become a running replica; its bids rank lower for a while");
         }
+        Event::Auction(AnnouncerEvent::RolledOut { workload }) => {
+            tracing::info!(%workload, "rolled out: every replica runs the newest spec");
+        }
+        Event::Auction(AnnouncerEvent::RolloutFailed {
+            workload,
+            replica,
+            node,
+            reason,
+        }) => {
+            tracing::warn!(%workload, replica, %node, %reason, "a replacement failed; the update stops and is rolled back");
+        }
+        Event::RollingOut { workload, image } => {
+            tracing::info!(%workload, %image, "rolling out a new spec, one replica at a time");
+        }
         Event::ReplicaLost {
             workload,
             replica,

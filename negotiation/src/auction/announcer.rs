@@ -223,6 +223,23 @@ pub enum AnnouncerEvent {
         /// When the next attempt starts.
         retry_at_ms: u64,
     },
+    /// Every replica of a workload runs its newest spec: the rolling update is done.
+    RolledOut {
+        /// Workload key.
+        workload: String,
+    },
+    /// A replacement replica of a rolling update failed or did not run in time: the
+    /// update stops (and the owner rolls the workload back).
+    RolloutFailed {
+        /// Workload key.
+        workload: String,
+        /// Replica index.
+        replica: u32,
+        /// Node that ran the replacement.
+        node: String,
+        /// Why.
+        reason: String,
+    },
     /// A node's award did not turn into a running replica (no acknowledgement in time,
     /// or its replica stopped being reported); its bids rank lower for a while.
     Struck {
@@ -265,8 +282,51 @@ struct Auction {
     fell_through: u32,
 }
 
+/// A rolling update of one workload to the spec its request carries now.
+#[derive(Debug)]
+struct Rollout {
+    /// Digest of the spec rolled out.
+    target: String,
+    /// Replacements running beside the replicas they replace, at most.
+    max_surge: u32,
+    /// Replicas that may be missing while the update proceeds, at most.
+    max_unavailable: u32,
+    /// Replacements accepted but not yet reported running: replica → (node, epoch,
+    /// failure domain, accepted at ms). The replica they replace runs until they do.
+    surges: BTreeMap<u32, (String, u64, Option<String>, u64)>,
+    /// With no surge: replicas stopped and placed again with the new spec, not yet
+    /// reported running (they count as unavailable), with when they were placed.
+    awaiting: BTreeMap<u32, u64>,
+    /// Set when a replacement failed: nothing more is replaced.
+    failed: bool,
+    /// Replicas replaced so far (an update that found nothing to replace says nothing).
+    replaced: u32,
+}
+
+type Placed = (String, u64, Option<String>, u64);
+
+impl Workload {
+    /// Every placement that holds a node: the replicas placed and the replacements of a
+    /// rolling update running beside them (a replica index may appear twice).
+    fn occupied(&self) -> impl Iterator<Item = (u32, &Placed)> {
+        let surges = self.rollout.iter().flat_map(|r| r.surges.iter());
+        self.placed.iter().chain(surges).map(|(r, p)| (*r, p))
+    }
+}
+
+/// Auctions for one replacement of a rolling update that nobody wins before the update
+/// is failed.
+pub const SURGE_ATTEMPTS: u32 = 3;
+
+/// How long a replacement has to report itself running before the update is failed.
+pub const SURGE_DEADLINE_MS: u64 = 60_000;
+
 #[derive(Debug)]
 struct Workload {
+    /// The spec digest each placed replica runs (from its award or its reports).
+    digests: BTreeMap<u32, String>,
+    /// A rolling update in progress.
+    rollout: Option<Rollout>,
     request: PlacementRequest,
     /// Replica → (node, epoch, failure domain, last heard of in ms) once placed.
     placed: BTreeMap<u32, (String, u64, Option<String>, u64)>,
@@ -388,6 +448,8 @@ impl Announcer {
         self.workloads.insert(
             key.clone(),
             Workload {
+                digests: BTreeMap::new(),
+                rollout: None,
                 request,
                 placed: BTreeMap::new(),
                 auction: None,
@@ -407,6 +469,8 @@ impl Announcer {
         let key = request.workload.clone();
         self.removed.retain(|w| *w != key);
         self.workloads.entry(key).or_insert(Workload {
+            digests: BTreeMap::new(),
+            rollout: None,
             request,
             placed: BTreeMap::new(),
             auction: None,
@@ -494,6 +558,19 @@ impl Announcer {
         }
         w.lost.retain(|replica, _| *replica < replicas);
         w.last_explanation.retain(|replica, _| *replica < replicas);
+        w.digests.retain(|replica, _| *replica < replicas);
+        let extra_surges: Vec<(u32, String, u64)> = w
+            .rollout
+            .as_mut()
+            .map(|r| {
+                let above = r.surges.split_off(&replicas);
+                above
+                    .into_iter()
+                    .map(|(replica, (node, epoch, _, _))| (replica, node, epoch))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let extra: Vec<(u32, String, u64)> = extra.into_iter().chain(extra_surges).collect();
         let dropped = w.auction.take_if(|auction| auction.replica >= replicas);
         if let Some(auction) = dropped {
             self.release_bids(auction);
@@ -600,9 +677,143 @@ impl Announcer {
         let Some(replica) =
             (0..workload.request.replicas).find(|r| !workload.placed.contains_key(r))
         else {
+            self.advance_rollout(now_ms, key);
             return;
         };
         self.start_auction(now_ms, key, replica, self.config.retry_initial_ms, 0, 0);
+    }
+
+    /// The next step of a rolling update, once every replica is placed: a replacement
+    /// for the lowest replica still on an older spec while fewer than `max_surge` run
+    /// beside theirs; with no surge allowed, an old replica stopped while fewer than
+    /// `max_unavailable` are missing (it is then placed again with the new spec).
+    fn advance_rollout(&mut self, now_ms: u64, key: &str) {
+        let Some(workload) = self.workloads.get_mut(key) else {
+            return;
+        };
+        let Some(rollout) = &workload.rollout else {
+            return;
+        };
+        if rollout.failed {
+            return;
+        }
+        let outdated: Vec<u32> = workload
+            .placed
+            .keys()
+            .copied()
+            .filter(|r| workload.digests.get(r) != Some(&rollout.target))
+            .filter(|r| !rollout.surges.contains_key(r))
+            .collect();
+        if outdated.is_empty() && rollout.surges.is_empty() && rollout.awaiting.is_empty() {
+            let replaced = rollout.replaced;
+            workload.rollout = None;
+            if replaced > 0 {
+                self.events.push_back(AnnouncerEvent::RolledOut {
+                    workload: key.to_owned(),
+                });
+            }
+            return;
+        }
+        let Some(&replica) = outdated.first() else {
+            return;
+        };
+        if (rollout.surges.len() as u32) < rollout.max_surge {
+            if let Some(rollout) = workload.rollout.as_mut() {
+                rollout.replaced += 1;
+            }
+            self.start_auction(now_ms, key, replica, self.config.retry_initial_ms, 0, 0);
+        } else if rollout.max_surge == 0
+            && (rollout.awaiting.len() as u32) < rollout.max_unavailable
+        {
+            if let Some(rollout) = workload.rollout.as_mut() {
+                rollout.replaced += 1;
+            }
+            if let Some((node, epoch, _, _)) = workload.placed.remove(&replica) {
+                workload.digests.remove(&replica);
+                self.transmits.push_back((
+                    node,
+                    Body::Revoke(Revoke {
+                        workload: key.to_owned(),
+                        replica,
+                        epoch,
+                    }),
+                ));
+            }
+            self.start_auction(now_ms, key, replica, self.config.retry_initial_ms, 0, 0);
+        }
+    }
+
+    /// Rolls an owned workload out to `spec`: each replica still on an older spec is
+    /// replaced, `max_surge` at a time beside the one it replaces (which stops once its
+    /// replacement reports running), or, with no surge, `max_unavailable` at a time. A
+    /// rollout already under way is redirected: its replacements not yet running stop.
+    pub fn roll_out(
+        &mut self,
+        now_ms: u64,
+        workload: &str,
+        spec: &WorkloadSpec,
+        max_surge: u32,
+        max_unavailable: u32,
+    ) {
+        let Some(w) = self.workloads.get_mut(workload) else {
+            return;
+        };
+        w.request.image.clone_from(&spec.image);
+        w.request.resources = spec.resources;
+        w.request.constraints.clone_from(&spec.constraints);
+        w.request.replicas = spec.replicas;
+        w.request.spec = Some(spec.clone());
+        let stale_surges = w.rollout.take().map(|r| r.surges).unwrap_or_default();
+        // A running auction for a replacement is for the spec rolled out before.
+        let replacing = w.auction.take_if(|a| w.placed.contains_key(&a.replica));
+        w.rollout = Some(Rollout {
+            target: crate::records::spec_digest(spec),
+            max_surge,
+            // Neither 0/0 (nothing could move) nor more than there are.
+            max_unavailable: if max_surge == 0 {
+                max_unavailable.max(1)
+            } else {
+                max_unavailable
+            },
+            surges: BTreeMap::new(),
+            awaiting: BTreeMap::new(),
+            failed: false,
+            replaced: 0,
+        });
+        if let Some(auction) = replacing {
+            self.release_bids(auction);
+        }
+        for (replica, (node, epoch, _, _)) in stale_surges {
+            self.transmits.push_back((
+                node,
+                Body::Revoke(Revoke {
+                    workload: workload.to_owned(),
+                    replica,
+                    epoch,
+                }),
+            ));
+        }
+        self.advance(now_ms, workload);
+    }
+
+    /// The spec digest the replicas of `workload` should run, and each replica's (for
+    /// `parley ps` and the simulator's invariants).
+    pub fn digests(&self, workload: &str) -> Option<(String, BTreeMap<u32, String>)> {
+        let w = self.workloads.get(workload)?;
+        let target = w
+            .rollout
+            .as_ref()
+            .map(|r| r.target.clone())
+            .or_else(|| w.request.spec.as_ref().map(crate::records::spec_digest))?;
+        Some((target, w.digests.clone()))
+    }
+
+    /// Whether a rolling update of `workload` is under way (and not failed).
+    pub fn rolling_out(&self, workload: &str) -> bool {
+        self.workloads
+            .get(workload)
+            .and_then(|w| w.rollout.as_ref())
+            .is_some_and(|r| !r.failed)
     }
 
     /// Starts an auction for `replica`. The first attempt asks a sample of `d` members
@@ -623,11 +834,12 @@ impl Announcer {
         let Some(workload) = self.workloads.get(key) else {
             return;
         };
-        let hosting: BTreeSet<&String> = workload.placed.values().map(|(n, _, _, _)| n).collect();
+        let hosting: BTreeSet<&String> = workload.occupied().map(|(_, (n, _, _, _))| n).collect();
+        // A replacement may share the domain of the replica it replaces.
         let taken: BTreeSet<&str> = workload
-            .placed
-            .values()
-            .filter_map(|(_, _, domain, _)| domain.as_deref())
+            .occupied()
+            .filter(|(r, _)| *r != replica)
+            .filter_map(|(_, (_, _, domain, _))| domain.as_deref())
             .collect();
         let askable = |m: &Candidate| m.compatible && !hosting.contains(&m.node);
         let able = |m: &Candidate| {
@@ -861,15 +1073,49 @@ impl Announcer {
         let (winner, winning_bid) = &auction.bids[bid];
         // Replaced: a lost node reporting it back is now stale.
         workload.lost.remove(&auction.replica);
-        workload.placed.insert(
-            auction.replica,
-            (
-                winner.clone(),
-                auction.epoch,
-                winning_bid.failure_domain.clone(),
-                now_ms,
-            ),
+        let placement = (
+            winner.clone(),
+            auction.epoch,
+            winning_bid.failure_domain.clone(),
+            now_ms,
         );
+        let surging = workload.placed.contains_key(&auction.replica);
+        match workload.rollout.as_mut() {
+            // A replacement runs beside the replica it replaces until it reports running.
+            Some(rollout) if surging => {
+                rollout.surges.insert(auction.replica, placement);
+            }
+            _ => {
+                if let Some(digest) = workload
+                    .request
+                    .spec
+                    .as_ref()
+                    .map(crate::records::spec_digest)
+                {
+                    // Placed again by a rollout without surge: unavailable until it runs.
+                    if let Some(rollout) = workload.rollout.as_mut()
+                        && rollout.target == digest
+                        && rollout.max_surge == 0
+                    {
+                        rollout.awaiting.insert(auction.replica, now_ms);
+                    }
+                    workload.digests.insert(auction.replica, digest);
+                }
+                if let Some((node, epoch, _, _)) =
+                    workload.placed.insert(auction.replica, placement)
+                    && (node != *winner || epoch != auction.epoch)
+                {
+                    self.transmits.push_back((
+                        node,
+                        Body::Revoke(Revoke {
+                            workload: key.clone(),
+                            replica: auction.replica,
+                            epoch,
+                        }),
+                    ));
+                }
+            }
+        }
         workload
             .last_explanation
             .insert(auction.replica, auction.explanation.clone());
@@ -913,6 +1159,86 @@ impl Announcer {
             self.gather(now_ms, from, instance);
             return;
         }
+        let surge = workload
+            .rollout
+            .as_ref()
+            .and_then(|r| r.surges.get(&instance.replica))
+            .is_some_and(|(node, epoch, _, _)| node == from && *epoch == instance.epoch);
+        if surge {
+            self.surge_reported(now_ms, instance);
+            return;
+        }
+        // A replacement's first report can overtake its acknowledgement (the award is
+        // being stored): it counts as one, as for a replica not placed yet.
+        let replacing = workload.placed.contains_key(&instance.replica);
+        let acknowledged = workload
+            .auction
+            .as_ref()
+            .filter(|a| replacing && a.replica == instance.replica)
+            .and_then(|a| {
+                self.awarding(a.id, from, &instance.reservation)
+                    .map(|_| a.id)
+            });
+        if let Some(auction) = acknowledged {
+            self.handle_accept(
+                now_ms,
+                from,
+                &Accept {
+                    auction,
+                    replica: instance.replica,
+                    reservation: instance.reservation.clone(),
+                },
+            );
+            self.surge_reported(now_ms, instance);
+            return;
+        }
+        if let Some(digest) = &instance.spec_digest
+            && workload
+                .placed
+                .get(&instance.replica)
+                .is_some_and(|(node, epoch, _, _)| node == from && *epoch == instance.epoch)
+            && let Some(w) = self.workloads.get_mut(&instance.workload)
+        {
+            w.digests.insert(instance.replica, digest.clone());
+        }
+        let Some(workload) = self.workloads.get(&instance.workload) else {
+            return;
+        };
+        let awaited = workload
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.awaiting.contains_key(&instance.replica))
+            && workload
+                .placed
+                .get(&instance.replica)
+                .is_some_and(|(node, epoch, _, _)| node == from && *epoch == instance.epoch);
+        if awaited {
+            let phase = instance.state.as_ref().map(|s| s.phase);
+            match phase {
+                Some(crate::messages::Phase::Running) => {
+                    if let Some(rollout) = self
+                        .workloads
+                        .get_mut(&instance.workload)
+                        .and_then(|w| w.rollout.as_mut())
+                    {
+                        rollout.awaiting.remove(&instance.replica);
+                    }
+                    self.advance(now_ms, &instance.workload);
+                }
+                Some(crate::messages::Phase::Failed) => {
+                    let reason = instance
+                        .state
+                        .as_ref()
+                        .and_then(|s| s.reason.clone())
+                        .unwrap_or_else(|| "it failed to start".to_owned());
+                    self.fail_rollout(&instance.workload, instance.replica, from, reason);
+                }
+                _ => {}
+            }
+        }
+        let Some(workload) = self.workloads.get(&instance.workload) else {
+            return;
+        };
         match workload.placed.get(&instance.replica) {
             Some((node, epoch, _, _)) if node == from && *epoch == instance.epoch => {
                 if let Some(placed) = self
@@ -958,6 +1284,109 @@ impl Announcer {
                 }
             }
         }
+    }
+
+    /// A replacement of a rolling update reports: once running, it takes its replica's
+    /// place and the replica it replaces stops; if it failed, the update stops.
+    fn surge_reported(&mut self, now_ms: u64, instance: &Instance) {
+        let Some(workload) = self.workloads.get_mut(&instance.workload) else {
+            return;
+        };
+        let Some(rollout) = workload.rollout.as_mut() else {
+            return;
+        };
+        match instance.state.as_ref().map(|s| s.phase) {
+            Some(crate::messages::Phase::Running) => {
+                let Some(mut placement) = rollout.surges.remove(&instance.replica) else {
+                    return;
+                };
+                placement.3 = now_ms;
+                workload
+                    .digests
+                    .insert(instance.replica, rollout.target.clone());
+                if let Some((node, epoch, _, _)) =
+                    workload.placed.insert(instance.replica, placement)
+                {
+                    self.transmits.push_back((
+                        node,
+                        Body::Revoke(Revoke {
+                            workload: instance.workload.clone(),
+                            replica: instance.replica,
+                            epoch,
+                        }),
+                    ));
+                }
+                self.advance(now_ms, &instance.workload);
+            }
+            Some(crate::messages::Phase::Failed) => {
+                let reason = instance
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.reason.clone())
+                    .unwrap_or_else(|| "it failed to start".to_owned());
+                self.fail_surge(&instance.workload, instance.replica, reason);
+            }
+            // Still starting: its deadline runs from its acceptance.
+            _ => {}
+        }
+    }
+
+    /// Stops a rolling update whose replica placed again (no surge) failed on `node`.
+    fn fail_rollout(&mut self, workload: &str, replica: u32, node: &str, reason: String) {
+        let Some(rollout) = self
+            .workloads
+            .get_mut(workload)
+            .and_then(|w| w.rollout.as_mut())
+        else {
+            return;
+        };
+        if rollout.failed {
+            return;
+        }
+        rollout.failed = true;
+        rollout.awaiting.clear();
+        // A replacement still being auctioned is not wanted any more.
+        let surge_auction = self.workloads.get_mut(workload).and_then(|w| {
+            let placed = &w.placed;
+            w.auction.take_if(|a| placed.contains_key(&a.replica))
+        });
+        if let Some(auction) = surge_auction {
+            self.release_bids(auction);
+        }
+        self.events.push_back(AnnouncerEvent::RolloutFailed {
+            workload: workload.to_owned(),
+            replica,
+            node: node.to_owned(),
+            reason,
+        });
+    }
+
+    /// Stops a failed replacement and the update it belongs to.
+    fn fail_surge(&mut self, workload: &str, replica: u32, reason: String) {
+        let Some(w) = self.workloads.get_mut(workload) else {
+            return;
+        };
+        let Some(rollout) = w.rollout.as_mut() else {
+            return;
+        };
+        rollout.failed = true;
+        let Some((node, epoch, _, _)) = rollout.surges.remove(&replica) else {
+            return;
+        };
+        self.transmits.push_back((
+            node.clone(),
+            Body::Revoke(Revoke {
+                workload: workload.to_owned(),
+                replica,
+                epoch,
+            }),
+        ));
+        self.events.push_back(AnnouncerEvent::RolloutFailed {
+            workload: workload.to_owned(),
+            replica,
+            node,
+            reason,
+        });
     }
 
     /// A replica whose node was declared dead is reported back by that node, at the epoch
@@ -1030,6 +1459,7 @@ impl Announcer {
                 failure_domain: None,
                 grant: None,
                 state: None,
+                spec_digest: None,
             };
             self.revoke(&node, &stale);
         }
@@ -1061,12 +1491,16 @@ impl Announcer {
         let Some(workload) = self.workloads.get_mut(key) else {
             return;
         };
-        let taken_nodes: BTreeSet<&String> =
-            workload.placed.values().map(|(n, _, _, _)| n).collect();
-        let taken_domains: BTreeSet<&String> = workload
-            .placed
-            .values()
-            .filter_map(|(_, _, d, _)| d.as_ref())
+        let replica = workload.auction.as_ref().map(|a| a.replica);
+        let taken_nodes: BTreeSet<String> = workload
+            .occupied()
+            .map(|(_, (n, _, _, _))| n.clone())
+            .collect();
+        // A replacement may share the domain of the replica it replaces.
+        let taken_domains: BTreeSet<String> = workload
+            .occupied()
+            .filter(|(r, _)| Some(*r) != replica)
+            .filter_map(|(_, (_, _, d, _))| d.clone())
             .collect();
         let spread = workload.request.spread_label.is_some();
         let spec = workload.request.spec.clone();
@@ -1187,6 +1621,29 @@ impl Announcer {
         auction.bids.clear();
         auction.phase = Phase::Waiting { retry_at_ms };
         auction.backoff_ms = (auction.backoff_ms * 2).min(max);
+        // A replacement nobody can run beside the replica it replaces: the update cannot
+        // go on without dropping below what the user asked to keep.
+        let replica = auction.replica;
+        let attempts = auction.attempt;
+        if workload.placed.contains_key(&replica)
+            && workload.rollout.is_some()
+            && attempts + 1 >= SURGE_ATTEMPTS
+        {
+            let node = workload
+                .placed
+                .get(&replica)
+                .map(|(n, _, _, _)| n.clone())
+                .unwrap_or_default();
+            self.fail_rollout(
+                key,
+                replica,
+                &node,
+                "no node can run a replacement beside the replica it replaces (each \
+                 replica needs a node of its own: add one, or update with \
+                 --max-surge 0 --max-unavailable 1)"
+                    .to_owned(),
+            );
+        }
     }
 
     /// Drives deadlines: closes bid windows, resends or moves past silent winners, and
@@ -1217,6 +1674,33 @@ impl Announcer {
             }
             if gathered {
                 self.evict_shared_domains(key);
+            }
+            let late: Vec<u32> = self
+                .workloads
+                .get(key)
+                .and_then(|w| w.rollout.as_ref())
+                .map(|r| {
+                    r.surges
+                        .iter()
+                        .filter(|(_, (_, _, _, at))| at.saturating_add(SURGE_DEADLINE_MS) <= now_ms)
+                        .map(|(replica, _)| *replica)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let reason = format!("it did not run within {} s", SURGE_DEADLINE_MS / 1000);
+            for replica in late {
+                self.fail_surge(key, replica, reason.clone());
+            }
+            let late_awaited = self.workloads.get(key).and_then(|w| {
+                let rollout = w.rollout.as_ref()?;
+                let (replica, _) = rollout
+                    .awaiting
+                    .iter()
+                    .find(|(_, at)| at.saturating_add(SURGE_DEADLINE_MS) <= now_ms)?;
+                Some((*replica, w.placed.get(replica)?.0.clone()))
+            });
+            if let Some((replica, node)) = late_awaited {
+                self.fail_rollout(key, replica, &node, reason);
             }
             self.advance(now_ms, key);
         }
@@ -1376,6 +1860,18 @@ impl Announcer {
                 })
             })
             .min();
+        let surges = self
+            .workloads
+            .values()
+            .filter_map(|w| w.rollout.as_ref())
+            .flat_map(|r| {
+                r.surges
+                    .values()
+                    .map(|(_, _, _, at)| *at)
+                    .chain(r.awaiting.values().copied())
+                    .map(|at| at + SURGE_DEADLINE_MS)
+            })
+            .min();
         self.workloads
             .values()
             .filter_map(|w| w.auction.as_ref())
@@ -1389,6 +1885,7 @@ impl Announcer {
                 Phase::Waiting { retry_at_ms } => retry_at_ms,
             })
             .chain(gathering)
+            .chain(surges)
             .min()
     }
 

@@ -471,6 +471,7 @@ impl Bidder {
                     // The negotiator adds the grant and the state as the report leaves.
                     grant: None,
                     state: None,
+                    spec_digest: None,
                 }),
             ));
         }

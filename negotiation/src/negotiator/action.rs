@@ -105,6 +105,17 @@ pub enum Request {
         /// Replicas wanted.
         replicas: u32,
     },
+    /// Change what a workload's replicas run (image, command, environment…; its replica
+    /// count stays), wherever it is owned: writes its next generation, which its owner
+    /// rolls out as `policy` says.
+    Update {
+        /// The new spec.
+        spec: Box<WorkloadSpec>,
+        /// How to roll it out.
+        policy: crate::messages::RolloutPolicy,
+    },
+    /// Go back to the spec a workload's newest generation replaced.
+    Undo(String),
 }
 
 /// The answer to a [`Request`].
@@ -242,6 +253,14 @@ pub enum Event {
         action: Action,
         /// The refusal, for people.
         reason: String,
+    },
+    /// A newer generation of an owned workload changes what its replicas run: they are
+    /// replaced one by one.
+    RollingOut {
+        /// Workload key.
+        workload: String,
+        /// The image rolled out.
+        image: String,
     },
     /// An owned workload's replica count changed (a newer generation): replicas are
     /// being placed or revoked.

@@ -161,6 +161,8 @@ pub struct Negotiator {
     started_ms: u64,
     /// What the host last saw of each replica this node runs (sent with its reports).
     replica_states: HashMap<(String, u32), RunState>,
+    /// The spec digest of each replica this node runs (sent with its reports).
+    held_digests: HashMap<(String, u32), String>,
     /// What the nodes running them last reported of the replicas of workloads this node
     /// owns: (node, epoch, state) by (workload, replica).
     observed: HashMap<(String, u32), (String, u64, RunState)>,
@@ -220,6 +222,16 @@ impl Negotiator {
                 Some((key, (a.epoch, a.grant.clone()?)))
             })
             .collect();
+        let held_digests = committed
+            .iter()
+            .map(|a| {
+                let key = (
+                    crate::workload::default_key(a.spec.name.as_str()),
+                    a.replica,
+                );
+                (key, crate::records::spec_digest(&a.spec))
+            })
+            .collect();
         let committed = committed.into_iter().map(|a| Committed {
             workload: crate::workload::default_key(a.spec.name.as_str()),
             announcer: a.owner,
@@ -262,6 +274,7 @@ impl Negotiator {
             record_rng: (seed ^ 0x2EC0_4D5E_ED5A_17ED) | 1,
             started_ms: now_ms,
             replica_states: HashMap::new(),
+            held_digests,
             observed: HashMap::new(),
             next_report_ms: now_ms + REPORT_INTERVAL_MS,
             ownership_stale: true,
@@ -367,7 +380,7 @@ impl Negotiator {
                     self.succession
                         .learn(&request.workload, &self.id, spec, None);
                     let id = self.id.clone();
-                    self.write_record(now_ms, &request.workload, &id, Some(spec.clone()));
+                    self.write_record(now_ms, &request.workload, &id, Some(spec.clone()), None);
                 }
                 self.owned.insert(
                     request.workload.clone(),
@@ -392,7 +405,9 @@ impl Negotiator {
                     (request.image.clone(), request.replicas),
                 );
                 self.refresh_members(true);
+                let workload = request.workload.clone();
                 self.announcer.adopt(now_ms + ADOPT_GATHER_MS, request);
+                self.resume_rollout(now_ms, &workload);
             }
             Request::Remove(workload) => {
                 self.write_tombstone(now_ms, &workload);
@@ -422,6 +437,11 @@ impl Negotiator {
             Request::ListMesh => self.list_mesh(now_ms, token),
             Request::Revoke(notice) => self.handle_revocation(now_ms, notice, true),
             Request::Scale { workload, replicas } => self.scale(now_ms, &workload, replicas),
+            Request::Update { spec, policy } => {
+                let workload = crate::workload::default_key(spec.name.as_str());
+                self.update(now_ms, &workload, *spec, policy);
+            }
+            Request::Undo(workload) => self.undo(now_ms, &workload, None),
             Request::ReplicaStates(states) => {
                 for (workload, replica, state) in states {
                     self.set_replica_state(&workload, replica, state);
@@ -604,7 +624,9 @@ impl Negotiator {
                 self.refresh_members(true);
                 // As after a restart: the running replicas report first, then what is
                 // missing is placed.
+                let workload = request.workload.clone();
                 self.announcer.adopt(now_ms + ADOPT_GATHER_MS, request);
+                self.resume_rollout(now_ms, &workload);
             }
             // Tried again when ownership is next looked at (at the latest on the next
             // report tick).
@@ -689,11 +711,13 @@ impl Negotiator {
         if now_ms >= self.next_report_ms {
             self.next_report_ms = now_ms + REPORT_INTERVAL_MS;
             let (bidder, owned) = (&self.bidder, &self.owned);
-            self.replica_states.retain(|(workload, replica), _| {
+            let holds = |workload: &String, replica: &u32| {
                 bidder
                     .committed()
                     .any(|c| c.workload == *workload && c.replica == *replica)
-            });
+            };
+            self.replica_states.retain(|(w, r), _| holds(w, r));
+            self.held_digests.retain(|(w, r), _| holds(w, r));
             self.observed
                 .retain(|(workload, _), _| owned.contains_key(workload));
             self.bidder.report_instances();
@@ -752,7 +776,7 @@ impl Negotiator {
             }
             self.bidder_events(now_ms);
             self.announce_free(now_ms);
-            self.announcer_events();
+            self.announcer_events(now_ms);
             self.collect_transmits(now_ms);
             if self.inbox.is_empty() {
                 break;
@@ -1340,6 +1364,10 @@ impl Negotiator {
                     .placements(workload)
                     .into_iter()
                     .map(|(replica, (node, epoch))| Placement {
+                        spec_digest: self
+                            .announcer
+                            .digests(workload)
+                            .and_then(|(_, mut d)| d.remove(&replica)),
                         state: self
                             .observed
                             .get(&(workload.clone(), replica))
@@ -1595,6 +1623,10 @@ impl Negotiator {
                         &spec,
                         None,
                     );
+                    self.held_digests.insert(
+                        (c.workload.clone(), c.replica),
+                        crate::records::spec_digest(&spec),
+                    );
                     self.ownership_stale = true;
                     let token = self.token();
                     self.commits.insert(
@@ -1668,8 +1700,17 @@ impl Negotiator {
         }
     }
 
-    fn announcer_events(&mut self) {
+    fn announcer_events(&mut self, now_ms: u64) {
         while let Some(event) = self.announcer.poll_event() {
+            if let crate::auction::AnnouncerEvent::RolloutFailed {
+                workload, reason, ..
+            } = &event
+            {
+                let (workload, reason) = (workload.clone(), reason.clone());
+                self.events.push_back(Event::Auction(event));
+                self.rollout_failed(now_ms, &workload, reason);
+                continue;
+            }
             self.events.push_back(Event::Auction(event));
         }
     }
@@ -1698,10 +1739,9 @@ impl Negotiator {
                 instance.grant = Some(grant.clone());
             }
             if let Body::Instance(instance) = &mut body {
-                instance.state = self
-                    .replica_states
-                    .get(&(instance.workload.clone(), instance.replica))
-                    .cloned();
+                let key = (instance.workload.clone(), instance.replica);
+                instance.state = self.replica_states.get(&key).cloned();
+                instance.spec_digest = self.held_digests.get(&key).cloned();
             }
             // An owner takes a report naming the awarded reservation as its Accept: none
             // leaves while the award is still being stored.

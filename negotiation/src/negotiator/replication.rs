@@ -40,6 +40,7 @@ impl Negotiator {
         workload: &str,
         submitter: &str,
         spec: Option<WorkloadSpec>,
+        rollout: Option<crate::messages::RolloutPolicy>,
     ) {
         // Members check every record's author against the policy: one this node may not
         // write would be held here alone.
@@ -65,6 +66,7 @@ impl Negotiator {
             submitter: submitter.to_owned(),
             written_at_ms: now_ms,
             spec,
+            rollout,
         };
         let signed = self
             .membership
@@ -178,7 +180,7 @@ impl Negotiator {
                 self.succession
                     .update(&record.workload, &record.submitter, spec);
                 self.ownership_stale = true;
-                self.follow_spec(now_ms, &record.workload, spec);
+                self.follow_spec(now_ms, &record.workload, spec, record.rollout.as_ref());
             }
             None => self.remove_here(
                 &record.workload,
@@ -190,9 +192,9 @@ impl Negotiator {
     /// Writes the next generation of `workload` with `replicas` replicas, if this node
     /// holds a live record of it, and follows it here (the owner may be this node).
     pub(super) fn scale(&mut self, now_ms: u64, workload: &str, replicas: u32) {
-        let Some((submitter, mut spec)) = self.records.get(workload).and_then(|h| {
+        let Some((submitter, mut spec, rollout)) = self.records.get(workload).and_then(|h| {
             let spec = h.record.spec.clone()?;
-            Some((h.record.submitter.clone(), spec))
+            Some((h.record.submitter.clone(), spec, h.record.rollout.clone()))
         }) else {
             return;
         };
@@ -200,13 +202,119 @@ impl Negotiator {
         if spec.validate().is_err() {
             return;
         }
-        self.write_record(now_ms, workload, &submitter, Some(spec.clone()));
-        self.follow_spec(now_ms, workload, &spec);
+        // The rollout in force (and what it replaced) carries over: a scale during an
+        // update neither ends the update nor loses what a rollback goes back to.
+        self.write_record(
+            now_ms,
+            workload,
+            &submitter,
+            Some(spec.clone()),
+            rollout.clone(),
+        );
+        self.follow_spec(now_ms, workload, &spec, rollout.as_ref());
+    }
+
+    /// Writes the next generation of `workload` with `spec` (its replica count kept from
+    /// the record held), rolled out as `policy` says, and follows it here.
+    pub(super) fn update(
+        &mut self,
+        now_ms: u64,
+        workload: &str,
+        mut spec: WorkloadSpec,
+        mut policy: crate::messages::RolloutPolicy,
+    ) {
+        let Some((submitter, current)) = self.records.get(workload).and_then(|h| {
+            let spec = h.record.spec.clone()?;
+            Some((h.record.submitter.clone(), spec))
+        }) else {
+            return;
+        };
+        spec.replicas = current.replicas;
+        if spec.validate().is_err() || spec.name != current.name {
+            return;
+        }
+        policy.previous.get_or_insert(current);
+        self.write_record(
+            now_ms,
+            workload,
+            &submitter,
+            Some(spec.clone()),
+            Some(policy.clone()),
+        );
+        self.follow_spec(now_ms, workload, &spec, Some(&policy));
+    }
+
+    /// Writes the next generation of `workload` with the spec its newest generation
+    /// replaced (`parley rollout undo`, or a failed update's rollback, which says why).
+    pub(super) fn undo(&mut self, now_ms: u64, workload: &str, failed: Option<String>) {
+        let Some((submitter, spec, policy)) = self.records.get(workload).and_then(|h| {
+            let policy = h.record.rollout.clone()?;
+            let previous = policy.previous.clone()?;
+            let spec = h.record.spec.clone()?;
+            Some((h.record.submitter.clone(), (spec, previous), policy))
+        }) else {
+            return;
+        };
+        let (failed_spec, mut previous) = spec;
+        previous.replicas = failed_spec.replicas;
+        let policy = crate::messages::RolloutPolicy {
+            previous: Some(failed_spec),
+            rolled_back: failed,
+            ..policy
+        };
+        self.write_record(
+            now_ms,
+            workload,
+            &submitter,
+            Some(previous.clone()),
+            Some(policy.clone()),
+        );
+        self.follow_spec(now_ms, workload, &previous, Some(&policy));
+    }
+
+    /// A replacement of a rolling update failed: the update is rolled back, unless it
+    /// was a rollback itself (then it stays stopped where it is, for the user to fix).
+    pub(super) fn rollout_failed(&mut self, now_ms: u64, workload: &str, reason: String) {
+        let rolling_back = self
+            .records
+            .get(workload)
+            .and_then(|h| h.record.rollout.as_ref())
+            .is_some_and(|r| r.rolled_back.is_some());
+        if !rolling_back && self.owned.contains_key(workload) {
+            self.undo(now_ms, workload, Some(reason));
+        }
+    }
+
+    /// Once a workload is taken up (after a restart, or by a successor): replicas still
+    /// on a spec older than its newest record are replaced as the record says, so that an
+    /// update its owner did not finish is finished by whoever owns it next.
+    pub(super) fn resume_rollout(&mut self, now_ms: u64, workload: &str) {
+        let Some((spec, policy)) = self.records.get(workload).and_then(|h| {
+            let spec = h.record.spec.clone()?;
+            Some((spec, h.record.rollout.clone().unwrap_or_default()))
+        }) else {
+            return;
+        };
+        self.announcer.roll_out(
+            now_ms,
+            workload,
+            &spec,
+            policy.max_surge,
+            policy.max_unavailable,
+        );
     }
 
     /// Brings an owned workload in line with a newer spec: a new replica count is
-    /// placed or trimmed at once.
-    fn follow_spec(&mut self, now_ms: u64, workload: &str, spec: &WorkloadSpec) {
+    /// placed or trimmed at once; a new image, command or environment is rolled out as
+    /// `policy` says (by default one replacement at a time beside the replica it
+    /// replaces, none missing).
+    fn follow_spec(
+        &mut self,
+        now_ms: u64,
+        workload: &str,
+        spec: &WorkloadSpec,
+        policy: Option<&crate::messages::RolloutPolicy>,
+    ) {
         let Some((image, replicas)) = self.owned.get_mut(workload) else {
             // Being taken over: the adoption places from the newest spec.
             if let Some(request) = self.adoptions.values_mut().find(|r| r.workload == workload) {
@@ -223,6 +331,24 @@ impl Negotiator {
                 replicas: spec.replicas,
             });
             self.announcer.rescale(now_ms, workload, spec.replicas);
+        }
+        let changed = self
+            .announcer
+            .digests(workload)
+            .is_some_and(|(target, _)| target != records::spec_digest(spec));
+        if changed {
+            let policy = policy.cloned().unwrap_or_default();
+            self.events.push_back(Event::RollingOut {
+                workload: workload.to_owned(),
+                image: spec.image.clone(),
+            });
+            self.announcer.roll_out(
+                now_ms,
+                workload,
+                spec,
+                policy.max_surge,
+                policy.max_unavailable,
+            );
         }
     }
 
@@ -364,7 +490,7 @@ impl Negotiator {
             .map(|h| h.record.submitter.clone())
             .or_else(|| self.succession.submitter(workload).map(str::to_owned))
             .unwrap_or_else(|| self.id.clone());
-        self.write_record(now_ms, workload, &submitter, None);
+        self.write_record(now_ms, workload, &submitter, None, None);
     }
 
     /// Checks a workload this node stored as its own against the newest record before
@@ -406,7 +532,7 @@ impl Negotiator {
             }
             None => {
                 if let Some(spec) = request.spec.clone() {
-                    self.write_record(now_ms, &request.workload, &submitter, Some(spec));
+                    self.write_record(now_ms, &request.workload, &submitter, Some(spec), None);
                 }
                 true
             }

@@ -100,6 +100,10 @@ pub struct SimConfig {
     /// A workload's replica count changed by a user at some node, at any time (during a
     /// partition or a crash too).
     pub scaling: Option<Scaling>,
+    /// A workload's image changed by a user at some node (`parley update`), rolled out
+    /// replica by replica; sometimes to an image that fails (then rolled back), sometimes
+    /// with its owner crashing during the rollout.
+    pub update: Option<Update>,
     /// Users asking questions of their nodes during the run (workload lists, logs,
     /// explanations); each must be answered by its deadline.
     pub questions: Vec<Question>,
@@ -131,6 +135,24 @@ pub struct Scaling {
     pub node: usize,
     /// Replicas wanted, as a share of the most the workload can have: 1..=this, capped.
     pub replicas: u32,
+}
+
+/// A workload updated by a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Update {
+    /// When (ms from the run's start).
+    pub at_ms: u64,
+    /// Which workload (its index).
+    pub workload: usize,
+    /// The node the user asks.
+    pub node: usize,
+    /// Whether the new image fails to start everywhere (the update is rolled back).
+    pub failing: bool,
+    /// Replacements beside the replicas they replace (0: stop one first).
+    pub max_surge: u32,
+    /// How long after the update its owner crashes (and comes back 10 s later), if it
+    /// does.
+    pub owner_crash_after_ms: Option<u64>,
 }
 
 /// What a user asks.
@@ -244,6 +266,15 @@ impl SimConfig {
             node: rng.range(0, nodes as u64 - 1) as usize,
             replicas: rng.range(1, 3) as u32,
         });
+        let update = rng.chance(400).then(|| Update {
+            at_ms: rng.range(8_000, 25_000),
+            workload: rng.range(0, workloads as u64 - 1) as usize,
+            node: rng.range(0, nodes as u64 - 1) as usize,
+            failing: rng.chance(300),
+            max_surge: u32::from(!rng.chance(200)),
+            owner_crash_after_ms: (crash.is_none() && rng.chance(300))
+                .then(|| rng.range(100, 3_000)),
+        });
         Self {
             seed,
             nodes,
@@ -271,6 +302,7 @@ impl SimConfig {
             revocation_at_ms,
             removal,
             scaling,
+            update,
             questions,
         }
     }
@@ -309,6 +341,7 @@ impl SimConfig {
             revocation_at_ms: None,
             removal: None,
             scaling: None,
+            update: None,
             questions: Vec::new(),
         }
     }
@@ -366,6 +399,7 @@ impl SimConfig {
             revocation_at_ms: None,
             removal: None,
             scaling: None,
+            update: None,
             questions: Vec::new(),
         }
     }

@@ -17,7 +17,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
 
-pub use config::{Crash, Partition, Question, QuestionKind, Removal, Scaling, SimConfig};
+pub use config::{Crash, Partition, Question, QuestionKind, Removal, Scaling, SimConfig, Update};
 pub use rng::Rng;
 
 use crate::auction::{Announced, AnnouncerEvent, Answer, Candidate, PlacementRequest};
@@ -92,6 +92,11 @@ pub struct Outcome {
     pub records_refused: u64,
     /// Workloads scaled by a user.
     pub scalings: u64,
+    /// Workloads updated by a user (rolled out, or rolled back).
+    pub updates: u64,
+    /// Of those, updates in runs where no node crashes, where no step may run fewer
+    /// replicas than `replicas − max_unavailable`.
+    pub updates_kept_available: u64,
     /// Bytes of accepted frames by message kind.
     pub bytes_by_kind: BTreeMap<&'static str, u64>,
     /// For each node that took a record written by another: how long after it was written
@@ -243,6 +248,12 @@ struct Sim<'c> {
     max_replicas: Vec<u32>,
     /// When each record was written, by (workload, generation) (for spread times).
     written_at: BTreeMap<(String, u64), u64>,
+    /// The workload a user updated, the image it ran before and the one asked for, and
+    /// whether that one fails.
+    updated: Option<(String, String, String, bool)>,
+    /// During an update in a run where no node crashes: the workload and how many of its
+    /// replicas must run at every step.
+    must_keep_running: Option<(String, usize)>,
     /// Workload → the node it was submitted to.
     submitters: BTreeMap<String, usize>,
     /// Workloads a user removed.
@@ -318,6 +329,8 @@ impl<'c> Sim<'c> {
             requests: Vec::new(),
             max_replicas: Vec::new(),
             written_at: BTreeMap::new(),
+            updated: None,
+            must_keep_running: None,
             rng,
             now: 0,
             nodes: Vec::with_capacity(count),
@@ -693,8 +706,17 @@ impl<'c> Sim<'c> {
                 self.nodes[i].store.records.remove(&workload);
             }
             HostAction::Start { workload, replica } => {
+                let failing = self.nodes[i]
+                    .store
+                    .assignments
+                    .get(&(workload.clone(), replica))
+                    .is_some_and(|a| a.spec.image.contains("/bad:"));
                 let running = crate::messages::RunState {
-                    phase: crate::messages::Phase::Running,
+                    phase: if failing {
+                        crate::messages::Phase::Failed
+                    } else {
+                        crate::messages::Phase::Running
+                    },
                     exit_code: None,
                     restarts: 0,
                     since_ms: now,
@@ -827,6 +849,7 @@ impl<'c> Sim<'c> {
             submitter: node_id(0),
             written_at_ms: self.now,
             spec: None,
+            rollout: None,
         };
         let signed = match self.rng.range(0, 2) {
             0 => self
@@ -911,6 +934,7 @@ impl<'c> Sim<'c> {
                 failure_domain: None,
                 grant,
                 state: None,
+                spec_digest: None,
             });
             self.sign_and_send(from, to, &phantom);
             let records = self.forged_records(from);
@@ -1169,6 +1193,14 @@ impl<'c> Sim<'c> {
 
     /// Invariants that hold after every step of node `i`.
     fn check_always(&self, i: usize) -> Result<(), Violation> {
+        if let Some((workload, least)) = &self.must_keep_running {
+            let running = self.running_replicas(workload);
+            if running < *least {
+                return Err(self.violation(format!(
+                    "during its update only {running} replicas of {workload} run, fewer than {least}"
+                )));
+            }
+        }
         let node = &self.nodes[i];
         if !node.alive {
             return Ok(());
@@ -1448,10 +1480,72 @@ impl<'c> Sim<'c> {
         Ok(())
     }
 
+    /// After an update: its workload runs the new image everywhere, or, when that image
+    /// fails, the old one again (rolled back), and every replica its owner placed runs
+    /// the spec of the newest record.
+    fn check_update(&self) -> Result<(), Violation> {
+        let Some((workload, old, new, failing)) = &self.updated else {
+            return Ok(());
+        };
+        if !self.must_survive(workload) {
+            return Ok(());
+        }
+        let Some(held) = self
+            .nodes
+            .iter()
+            .find(|n| n.alive)
+            .and_then(|n| n.negotiator.records().get(workload))
+        else {
+            return Ok(());
+        };
+        let Some(record) = held.record.spec.clone() else {
+            return Ok(());
+        };
+        // An update with nowhere to run a replacement beside the replica it replaces (a
+        // cluster with no spare eligible node) is rolled back too, saying so.
+        let no_room = held
+            .record
+            .rollout
+            .as_ref()
+            .and_then(|r| r.rolled_back.as_deref())
+            .is_some_and(|why| why.starts_with("no node can run a replacement"));
+        let expected = if *failing || no_room { old } else { new };
+        if record.image != *expected {
+            return Err(self.violation(format!(
+                "{workload} was updated from {old} to {new} (failing: {failing}), but its newest record runs {}",
+                record.image
+            )));
+        }
+        let owner = self.agreed_owner(workload)?;
+        let announcer = self.nodes[owner].negotiator.announcer();
+        let Some((target, digests)) = announcer.digests(workload) else {
+            return Err(self.violation(format!("{workload}'s owner holds no rollout state")));
+        };
+        if target != crate::records::spec_digest(&record) {
+            return Err(self.violation(format!(
+                "{workload}'s owner rolls out another spec than its newest record"
+            )));
+        }
+        let placed = announcer.placements(workload);
+        let behind: Vec<u32> = placed
+            .keys()
+            .filter(|r| digests.get(r) != Some(&target))
+            .copied()
+            .collect();
+        if !behind.is_empty() {
+            return Err(self.violation(format!(
+                "{workload} replicas {behind:?} still run an older spec (rolling out: {})",
+                announcer.rolling_out(workload)
+            )));
+        }
+        Ok(())
+    }
+
     fn check_final(&mut self) -> Result<(), Violation> {
         self.check_answers()?;
         self.check_revocation()?;
         self.check_records()?;
+        self.check_update()?;
         let mut holders_of: BTreeMap<&str, BTreeMap<u32, Vec<String>>> = BTreeMap::new();
         for node in self.nodes.iter().filter(|n| n.alive) {
             for c in node.negotiator.bidder().committed() {
@@ -1563,9 +1657,14 @@ impl<'c> Sim<'c> {
         let records = store.records.into_values().collect();
         self.nodes[i].negotiator.restore_records(now, records);
         // The agent's first reconcile pass finds the containers that kept running.
-        for (workload, replica) in store.assignments.keys() {
+        for ((workload, replica), assignment) in &store.assignments {
+            let failing = assignment.spec.image.contains("/bad:");
             let running = crate::messages::RunState {
-                phase: crate::messages::Phase::Running,
+                phase: if failing {
+                    crate::messages::Phase::Failed
+                } else {
+                    crate::messages::Phase::Running
+                },
                 exit_code: None,
                 restarts: 0,
                 since_ms: now,
@@ -1703,6 +1802,95 @@ impl<'c> Sim<'c> {
         self.settle(at)
     }
 
+    /// A user changes a workload's image through node `at`, which holds its record; its
+    /// owner rolls it out replica by replica (and back, if the new image fails).
+    fn update(&mut self, update: Update) -> Result<(), Violation> {
+        let Some(request) = self.requests.get(update.workload) else {
+            return Ok(());
+        };
+        let workload = request.workload.clone();
+        let at = update.node;
+        let spec = self.nodes[at]
+            .negotiator
+            .records()
+            .get(&workload)
+            .and_then(|h| h.record.spec.clone());
+        let may_submit = Some(at) != self.config.hosts_only_node;
+        let Some(mut spec) =
+            spec.filter(|_| workload != TOO_BIG && self.nodes[at].alive && may_submit)
+        else {
+            return Ok(());
+        };
+        let old_image = spec.image.clone();
+        spec.image = if update.failing {
+            "registry.test/bad:2".to_owned()
+        } else {
+            "registry.test/app:2".to_owned()
+        };
+        let max_unavailable = u32::from(update.max_surge == 0);
+        self.updated = Some((
+            workload.clone(),
+            old_image,
+            spec.image.clone(),
+            update.failing,
+        ));
+        self.outcome.updates += 1;
+        // Availability is checked where nothing else takes replicas away.
+        let owner = self.agreed_owner(&workload).ok();
+        // Lost messages and partitions take no running replica away; crashes do.
+        let quiet = self.config.crash.is_none()
+            && update.owner_crash_after_ms.is_none()
+            && self
+                .config
+                .scaling
+                .is_none_or(|s| s.workload != update.workload)
+            && self
+                .config
+                .removal
+                .is_none_or(|r| r.workload != update.workload);
+        let running = self.running_replicas(&workload);
+        if quiet && running == request.replicas as usize {
+            self.outcome.updates_kept_available += 1;
+            self.must_keep_running = Some((workload.clone(), running - max_unavailable as usize));
+        }
+        if let (Some(after), Some(owner)) = (update.owner_crash_after_ms, owner)
+            && self.config.crash.is_none()
+        {
+            self.config.crash = Some(Crash {
+                node: owner,
+                at_ms: self.now + after,
+                restart_at_ms: Some(self.now + after + 10_000),
+            });
+        }
+        let policy = crate::messages::RolloutPolicy {
+            max_surge: update.max_surge,
+            max_unavailable,
+            ..Default::default()
+        };
+        let (now, token) = (self.now, self.token());
+        self.nodes[at].negotiator.handle_request(
+            now,
+            token,
+            Request::Update {
+                spec: Box::new(spec),
+                policy,
+            },
+        );
+        self.settle(at)
+    }
+
+    /// How many replicas of `workload` live nodes hold (each index once).
+    fn running_replicas(&self, workload: &str) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| n.alive)
+            .flat_map(|n| n.negotiator.bidder().committed())
+            .filter(|c| c.workload == workload)
+            .map(|c| c.replica)
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
     /// A user asks node `question.node` something; the answer must come by its deadline.
     fn ask(&mut self, question: Question) -> Result<(), Violation> {
         let i = question.node;
@@ -1799,6 +1987,7 @@ impl<'c> Sim<'c> {
         questions.sort_by_key(|q| Reverse(q.at_ms));
         let mut removal = self.config.removal;
         let mut scaling = self.config.scaling;
+        let mut update = self.config.update;
         let mut revocation = self.config.revocation_at_ms;
 
         loop {
@@ -1825,6 +2014,7 @@ impl<'c> Sim<'c> {
                 next_question,
                 removal.map(|r| r.at_ms),
                 scaling.map(|s| s.at_ms),
+                update.map(|u| u.at_ms),
                 revocation,
                 self.next_store_work(),
                 Some(self.next_ownership_check),
@@ -1886,6 +2076,10 @@ impl<'c> Sim<'c> {
             if let Some(due) = scaling.filter(|s| s.at_ms <= self.now) {
                 scaling = None;
                 self.scale(due)?;
+            }
+            if let Some(due) = update.filter(|u| u.at_ms <= self.now) {
+                update = None;
+                self.update(due)?;
             }
             if let Some(at) = revocation.filter(|at| *at <= self.now) {
                 revocation = None;
