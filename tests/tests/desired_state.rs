@@ -279,3 +279,128 @@ fn scale_up_and_down_from_any_node_waits_for_the_replicas_and_never_drops_below(
         .fails_with(1, "invalid replica count 0");
     c.cli(["scale", "nothing", "2"]).fails_with(1, "nothing");
 }
+
+/// Images of `workload`'s running containers on `agents`.
+fn running_images(agents: &[&Agent], workload: &str) -> Vec<String> {
+    let mut images: Vec<String> = agents
+        .iter()
+        .flat_map(|agent| {
+            let out = agent.podman([
+                "ps",
+                "--filter",
+                &format!("label=io.parley.node={}", agent.node()),
+                "--filter",
+                &format!("label=io.parley.workload={workload}"),
+                "--filter",
+                "status=running",
+                "--format",
+                "{{.Image}}",
+            ]);
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    images.sort();
+    images
+}
+
+/// `parley update --image` between two local images, from a node that does not own the
+/// workload: each replacement starts beside the replica it replaces, so that at no
+/// sample (every 200 ms) fewer replicas run than asked; an image that cannot run stops
+/// the update and rolls it back, and `run` says so.
+#[test]
+fn update_rolls_out_without_dropping_a_replica_and_a_failing_image_rolls_back() {
+    let domain = TrustDomain::new("update.e2e");
+    let a = mesh_agent("upd-a", &domain.enroll("a"), &[], &[]);
+    let seed = address(&a);
+    let b = mesh_agent("upd-b", &domain.enroll("b"), &[&seed], &[]);
+    let c = mesh_agent("upd-c", &domain.enroll("c"), &[&seed], &[]);
+    wait_for_full_mesh(&[&a, &b, &c]);
+    let agents = [&a, &b, &c];
+    // The second image: the test image under another name, in every node's storage.
+    const V2: &str = "localhost/parley-test:v2";
+    for agent in agents {
+        let tagged = agent.podman(["tag", TEST_IMAGE, V2]);
+        assert!(tagged.status.success(), "podman tag: {tagged:?}");
+    }
+
+    a.run_sleepers("roll", 2).ok();
+    assert_eq!(running_anywhere(&agents, "roll"), 2);
+    wait_until("c holds the record", Duration::from_secs(10), || {
+        lists(&c, "roll")
+    });
+
+    let sampling = std::sync::atomic::AtomicBool::new(true);
+    let fewest = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut fewest = usize::MAX;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                fewest = fewest.min(running_anywhere(&agents, "roll"));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            fewest
+        });
+        let update = c.cli([
+            "update",
+            "roll",
+            "--image",
+            V2,
+            "--max-unavailable",
+            "0",
+            "--timeout",
+            "120s",
+        ]);
+        update.ok();
+        assert!(update.stderr.contains("roll: 2/2 running"), "{update:?}");
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        sampler.join().expect("the sampler")
+    });
+    assert!(fewest >= 2, "at some sample only {fewest} replica(s) ran");
+    wait_until("the old replicas are gone", Duration::from_secs(30), || {
+        running_images(&agents, "roll") == [V2, V2]
+    });
+    let status = b.cli(["rollout", "status", "roll"]);
+    assert!(status.ok().contains("2/2 replicas updated"), "{status:?}");
+
+    // By hand: undo goes back to the image the update replaced, rolled out the same way.
+    c.cli(["rollout", "undo", "roll", "--timeout", "120s"]).ok();
+    wait_until(
+        "the first image runs again",
+        Duration::from_secs(30),
+        || running_images(&agents, "roll") == [TEST_IMAGE, TEST_IMAGE],
+    );
+
+    // An image that exists nowhere: its replacement fails, the update is rolled back.
+    let failing = b.cli([
+        "update",
+        "roll",
+        "--image",
+        "localhost/parley-no-such-image:1",
+        "--timeout",
+        "120s",
+    ]);
+    failing.fails_with(1, "the update was rolled back");
+    wait_until(
+        "every node holds the rollback",
+        Duration::from_secs(10),
+        || {
+            agents.iter().all(|agent| {
+                agent
+                    .cli(["rollout", "status", "roll", "-o", "json"])
+                    .json()["rolled_back"]
+                    .is_string()
+            })
+        },
+    );
+    let status = a.cli(["rollout", "status", "roll"]);
+    assert!(
+        status
+            .ok()
+            .contains("rolled back from localhost/parley-no-such-image:1"),
+        "{status:?}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(running_images(&agents, "roll"), [TEST_IMAGE, TEST_IMAGE]);
+}

@@ -59,6 +59,11 @@ pub fn router<R: ContainerRuntime>(node: Arc<Node<R>>) -> Router {
             "/v1/workloads/{name}/scale",
             axum::routing::post(scale::<R>),
         )
+        .route(
+            "/v1/workloads/{name}/update",
+            axum::routing::post(update::<R>),
+        )
+        .route("/v1/workloads/{name}/undo", axum::routing::post(undo::<R>))
         .route("/v1/events", get(events::<R>))
         .route("/v1/join-tokens", axum::routing::post(join_token::<R>))
         .route("/v1/revocations", axum::routing::post(revocation::<R>))
@@ -110,6 +115,9 @@ impl From<NodeError> for Failure {
                 (StatusCode::UNPROCESSABLE_ENTITY, "too-many-replicas")
             }
             NodeError::DoesNotFit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "does-not-fit"),
+            NodeError::NeedsMesh { .. } => (StatusCode::CONFLICT, "needs-a-mesh"),
+            NodeError::NothingToUndo { .. } => (StatusCode::CONFLICT, "nothing-to-undo"),
+            NodeError::NothingChanged { .. } => (StatusCode::CONFLICT, "nothing-changed"),
             NodeError::MeshStopped => (StatusCode::SERVICE_UNAVAILABLE, "mesh-stopped"),
             NodeError::Denied(_) | NodeError::Remote { denied: true, .. } => {
                 (StatusCode::FORBIDDEN, "policy-denied")
@@ -203,6 +211,23 @@ async fn scale<R: ContainerRuntime>(
     let request: types::ScaleRequest = serde_json::from_slice(&body)
         .map_err(|e| bad_request(format!("invalid scale request: {e}")))?;
     Ok(axum::Json(node.scale(&name, request.replicas).await?).into_response())
+}
+
+async fn update<R: ContainerRuntime>(
+    State(node): State<Arc<Node<R>>>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let request: types::UpdateRequest = serde_json::from_slice(&body)
+        .map_err(|e| bad_request(format!("invalid update request: {e}")))?;
+    Ok(axum::Json(node.update(&name, request).await?).into_response())
+}
+
+async fn undo<R: ContainerRuntime>(
+    State(node): State<Arc<Node<R>>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Response, Failure> {
+    Ok(axum::Json(node.undo(&name).await?).into_response())
 }
 
 async fn logs<R: ContainerRuntime>(

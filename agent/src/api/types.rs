@@ -72,6 +72,9 @@ pub struct ReplicaStatus {
     /// Why it failed.
     #[serde(default)]
     pub reason: Option<String>,
+    /// The content digest of the spec it runs, as its owner knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_digest: Option<String>,
 }
 
 /// A workload as `parley ps` shows it.
@@ -91,6 +94,58 @@ pub struct WorkloadStatus {
     /// to, or that node's successor while it is dead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// In a mesh, the newest generation of its replicated record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<Desired>,
+}
+
+/// A workload's newest generation, as the node asked holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Desired {
+    /// The generation.
+    pub generation: u64,
+    /// The content digest of what each replica should run; a replica reporting another
+    /// runs an older (or newer) spec.
+    pub spec_digest: String,
+    /// Set when this generation rolled back an update: why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<String>,
+    /// The image the generation before ran, when this one came from an update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_image: Option<String>,
+}
+
+/// The body of `POST /v1/workloads/{name}/update`: what changes (the rest stays).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpdateRequest {
+    /// A new image.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// A new environment (replaces the old one whole).
+    #[serde(default)]
+    pub env: Option<Vec<parley_negotiation::EnvVar>>,
+    /// A new command.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Replacements beside the replicas they replace.
+    pub max_surge: u32,
+    /// Replicas that may be missing meanwhile.
+    pub max_unavailable: u32,
+}
+
+/// The answer to an update or an undo: the generation written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Updated {
+    /// Workload name.
+    pub name: String,
+    /// The generation written.
+    pub generation: u64,
+    /// What each replica runs once it is rolled out.
+    pub spec_digest: String,
+    /// The image rolled out.
+    pub image: String,
+    /// Its replicas.
+    pub replicas: u32,
 }
 
 /// Body of `POST /v1/join-tokens`.

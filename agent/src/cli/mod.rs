@@ -21,6 +21,7 @@ pub mod nodes;
 pub mod progress;
 pub mod ps;
 pub mod rm;
+pub mod rollout;
 pub mod run;
 pub mod scale;
 pub mod status;
@@ -89,6 +90,10 @@ pub enum Command {
     Ps(ps::PsArgs),
     /// Change how many replicas a workload runs, and wait until they do
     Scale(scale::ScaleArgs),
+    /// Change a workload's image, environment or command, rolled out replica by replica
+    Update(rollout::UpdateArgs),
+    /// Where a workload's rolling update stands, or undo it
+    Rollout(rollout::RolloutArgs),
     /// Remove a workload and its containers
     Rm(rm::RmArgs),
     /// Show the agent's and Podman's status
@@ -144,6 +149,12 @@ impl Cli {
             }),
             Command::Scale(args) => with_client(&self.global, |client| {
                 scale::execute(args, client, self.global.output)
+            }),
+            Command::Update(args) => with_client(&self.global, |client| {
+                rollout::update(args, client, self.global.output)
+            }),
+            Command::Rollout(args) => with_client(&self.global, |client| {
+                rollout::execute(args, client, self.global.output)
             }),
             Command::Metrics(args) => {
                 with_client(&self.global, |client| metrics::execute(args, client))
@@ -220,6 +231,9 @@ pub enum CliError {
     /// The change was accepted, but the workload did not converge in time.
     #[error("{0}")]
     NotConverged(String),
+    /// The update was rolled back (a replacement failed).
+    #[error("{0}")]
+    RolledBack(String),
 }
 
 fn fail(error: &CliError) -> ExitCode {
@@ -231,6 +245,7 @@ fn fail(error: &CliError) -> ExitCode {
         }
         CliError::Usage(_) => 2,
         CliError::NotConverged(_) => EXIT_TIMEOUT,
+        CliError::RolledBack(_) => EXIT_FAILED,
         CliError::Client(_) => EXIT_FAILED,
     })
 }

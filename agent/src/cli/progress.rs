@@ -78,11 +78,13 @@ pub fn summary(
     workload: &WorkloadStatus,
     want: u32,
     restart: Option<RestartPolicy>,
+    digest: Option<&str>,
 ) -> (String, bool) {
     let done = workload
         .replicas
         .iter()
         .filter(|r| settled(r, restart))
+        .filter(|r| digest.is_none_or(|d| r.spec_digest.as_deref() == Some(d)))
         .count();
     let replicas: Vec<String> = workload.replicas.iter().map(describe).collect();
     let converged = done == want as usize && workload.replicas.len() == want as usize;
@@ -106,6 +108,9 @@ pub struct Target<'a> {
     pub want: u32,
     /// Its restart policy, if known: a replica that exited for good is done.
     pub restart: Option<RestartPolicy>,
+    /// For an update: the spec digest every replica must run, and the generation that
+    /// asks for it (a later generation that rolled it back ends the wait).
+    pub rollout: Option<(&'a str, u64)>,
 }
 
 /// Waits until the target converges; returns its last status. Progress goes to stderr
@@ -120,7 +125,9 @@ pub async fn until_converged(
         name,
         want,
         restart,
+        rollout,
     } = target;
+    let digest = rollout.map(|(digest, _)| digest);
     let started = Instant::now();
     let live = !quiet && std::io::stderr().is_terminal();
     let mut last_line = String::new();
@@ -128,7 +135,7 @@ pub async fn until_converged(
         let list: WorkloadList = client.get("/v1/workloads").await?;
         let found = list.workloads.into_iter().find(|w| w.name == name);
         let (line, converged) = match &found {
-            Some(workload) => summary(workload, want, restart),
+            Some(workload) => summary(workload, want, restart, digest),
             None => (format!("{name}: not listed yet"), false),
         };
         if !quiet && line != last_line {
@@ -140,6 +147,21 @@ pub async fn until_converged(
             };
             let _ = err.flush();
             last_line.clone_from(&line);
+        }
+        let rolled_back = found.as_ref().and_then(|w| {
+            let desired = w.desired.as_ref()?;
+            let (_, generation) = rollout?;
+            (desired.generation > generation)
+                .then(|| desired.rolled_back.clone())
+                .flatten()
+        });
+        if let Some(reason) = rolled_back {
+            if live {
+                eprintln!();
+            }
+            return Err(CliError::RolledBack(format!(
+                "{name}: the update was rolled back: {reason} (`parley rollout status {name}`)"
+            )));
         }
         if let Some(workload) = found.filter(|_| converged) {
             if live {
@@ -188,8 +210,9 @@ mod tests {
                 replica("-", false, None),
             ],
             owner: None,
+            desired: None,
         };
-        let (line, converged) = summary(&workload, 3, None);
+        let (line, converged) = summary(&workload, 3, None, None);
         assert_eq!(
             line,
             "web: 1/3 running (b: running, c: starting, -: pending)"
@@ -197,21 +220,21 @@ mod tests {
         assert!(!converged);
         workload.replicas[1].phase = Some("running".into());
         workload.replicas[2] = replica("spiffe://td/node/d", true, Some("running"));
-        assert!(summary(&workload, 3, None).1);
+        assert!(summary(&workload, 3, None, None).1);
         // Scaled down to 2: three listed replicas are not converged yet.
-        assert!(!summary(&workload, 2, None).1);
+        assert!(!summary(&workload, 2, None, None).1);
         let mut failed = replica("spiffe://td/node/d", true, Some("failed"));
         failed.reason = Some("image not found".into());
         workload.replicas[2] = failed;
-        let (line, converged) = summary(&workload, 3, None);
+        let (line, converged) = summary(&workload, 3, None, None);
         assert!(line.contains("d: failed (image not found)"), "{line}");
         assert!(!converged);
         // A job that exited for good is done; one its policy restarts is not.
         let mut exited = replica("spiffe://td/node/d", true, Some("exited"));
         exited.exit_code = Some(3);
         workload.replicas[2] = exited;
-        assert!(summary(&workload, 3, Some(RestartPolicy::Never)).1);
-        assert!(!summary(&workload, 3, Some(RestartPolicy::OnFailure)).1);
-        assert!(!summary(&workload, 3, None).1);
+        assert!(summary(&workload, 3, Some(RestartPolicy::Never), None).1);
+        assert!(!summary(&workload, 3, Some(RestartPolicy::OnFailure), None).1);
+        assert!(!summary(&workload, 3, None, None).1);
     }
 }

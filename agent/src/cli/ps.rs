@@ -130,6 +130,7 @@ mod tests {
                     replica("n/d", None, None, None),
                 ],
                 owner: None,
+                desired: None,
             }],
             runtime_error: None,
         };

@@ -150,6 +150,7 @@ pub async fn execute(args: RunArgs, client: ApiClient, output: Output) -> Result
             name: &status.name,
             want: spec.replicas,
             restart: Some(spec.restart),
+            rollout: None,
         };
         status = until_converged(&client, target, &args.wait, quiet).await?;
     }

@@ -47,6 +47,7 @@ pub async fn execute(args: ScaleArgs, client: ApiClient, output: Output) -> Resu
             name: &scaled.name,
             want: scaled.replicas,
             restart: None,
+            rollout: None,
         };
         until_converged(&client, target, &args.wait, quiet).await?;
     }

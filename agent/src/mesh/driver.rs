@@ -359,6 +359,8 @@ fn command_request(command: Command, token: u64, waiting: &mut HashMap<u64, Wait
         Command::Remove(workload) => Request::Remove(workload),
         Command::ReplicaStates(states) => Request::ReplicaStates(states),
         Command::Scale { workload, replicas } => Request::Scale { workload, replicas },
+        Command::Update { spec, policy } => Request::Update { spec, policy },
+        Command::Undo(workload) => Request::Undo(workload),
         Command::Explain { workload, reply } => {
             waiting.insert(token, Waiting::Explain(reply));
             Request::Explain(workload)

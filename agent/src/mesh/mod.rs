@@ -390,6 +390,16 @@ pub enum Command {
         /// Replicas wanted.
         replicas: u32,
     },
+    /// Write the next generation of a workload with another spec, rolled out as `policy`
+    /// says.
+    Update {
+        /// The new spec.
+        spec: Box<WorkloadSpec>,
+        /// How to roll it out.
+        policy: parley_negotiation::messages::RolloutPolicy,
+    },
+    /// Go back to the spec a workload's newest generation replaced.
+    Undo(String),
     /// What the node saw of the replicas it runs: (workload key, replica, state).
     ReplicaStates(Vec<(String, u32, parley_negotiation::messages::RunState)>),
     /// Asks every alive member to remove a workload; its owner does.

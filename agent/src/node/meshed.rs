@@ -66,6 +66,7 @@ impl<R: ContainerRuntime> Node<R> {
             created_at: record.created_at,
             replicas: Vec::new(),
             owner: Some(mesh.id.clone()),
+            desired: None,
         })
     }
 
@@ -159,21 +160,34 @@ impl<R: ContainerRuntime> Node<R> {
         // Every owner's report, this node's included: where each replica runs, and what
         // the node running it last said of it.
         let reports = self.mesh_workloads(mesh).await;
-        let states: HashMap<(&str, u32), (&str, u64, &RunState)> = reports
+        type Seen<'a> = (&'a str, u64, Option<&'a RunState>, Option<&'a String>);
+        let states: HashMap<(&str, u32), Seen<'_>> = reports
             .iter()
             .flat_map(|(_, w)| {
-                w.placements.iter().filter_map(|p| {
-                    let state = p.state.as_ref()?;
-                    Some((
+                w.placements.iter().map(|p| {
+                    (
                         (w.workload.as_str(), p.replica),
-                        (p.node.as_str(), p.epoch, state),
-                    ))
+                        (
+                            p.node.as_str(),
+                            p.epoch,
+                            p.state.as_ref(),
+                            p.spec_digest.as_ref(),
+                        ),
+                    )
                 })
             })
             .collect();
+        let seen = |key: &str, replica: u32, placed: Option<(&str, u64)>| {
+            let (node, epoch, state, digest) = states.get(&(key, replica))?;
+            (placed == Some((*node, *epoch))).then_some((*state, *digest))
+        };
         let reported = |key: &str, replica: u32, placed: Option<(&str, u64)>| {
-            let (node, epoch, state) = states.get(&(key, replica))?;
-            (placed == Some((*node, *epoch))).then_some(*state)
+            seen(key, replica, placed).and_then(|(state, _)| state)
+        };
+        let digest_of = |key: &str, replica: u32, placed: Option<(&str, u64)>| {
+            seen(key, replica, placed)
+                .and_then(|(_, digest)| digest)
+                .cloned()
         };
         let mut workloads = Vec::new();
         let mut listed = std::collections::BTreeSet::new();
@@ -200,7 +214,10 @@ impl<R: ContainerRuntime> Node<R> {
                 .map(|replica| {
                     let placed = placements.get(&replica).map(|(n, e)| (n.as_str(), *e));
                     let state = reported(&key, replica, placed);
-                    placed_replica(&mesh.id, replica, placed, local(&name, replica), state)
+                    ReplicaStatus {
+                        spec_digest: digest_of(&key, replica, placed),
+                        ..placed_replica(&mesh.id, replica, placed, local(&name, replica), state)
+                    }
                 })
                 .collect();
             listed.insert(name.clone());
@@ -211,6 +228,7 @@ impl<R: ContainerRuntime> Node<R> {
                 created_at: record.created_at,
                 replicas,
                 owner: Some(mesh.id.clone()),
+                desired: None,
             });
         }
         // Workloads owned elsewhere, as their owners report them.
@@ -227,7 +245,10 @@ impl<R: ContainerRuntime> Node<R> {
                         .find(|p| p.replica == replica)
                         .map(|p| (p.node.as_str(), p.epoch));
                     let state = reported(&owned.workload, replica, placed);
-                    placed_replica(&mesh.id, replica, placed, local(&name, replica), state)
+                    ReplicaStatus {
+                        spec_digest: digest_of(&owned.workload, replica, placed),
+                        ..placed_replica(&mesh.id, replica, placed, local(&name, replica), state)
+                    }
                 })
                 .collect();
             workloads.push(WorkloadStatus {
@@ -237,6 +258,7 @@ impl<R: ContainerRuntime> Node<R> {
                 created_at: 0,
                 replicas,
                 owner: Some(owner.clone()),
+                desired: None,
             });
         }
         // Replicas this node runs for workloads no answer covered.
@@ -257,6 +279,7 @@ impl<R: ContainerRuntime> Node<R> {
                     created_at: assignment.assigned_at_ms / 1000,
                     replicas: Vec::new(),
                     owner: None,
+                    desired: None,
                 })
                 .replicas
                 .push(placed_replica(
@@ -285,9 +308,13 @@ impl<R: ContainerRuntime> Node<R> {
                 created_at: record.written_at_ms / 1000,
                 replicas,
                 owner: None,
+                desired: None,
             });
         }
         workloads.extend(others.into_values());
+        for workload in &mut workloads {
+            workload.desired = self.desired_of(&key(&workload.name))?;
+        }
         Ok(WorkloadList {
             workloads,
             runtime_error,

@@ -92,6 +92,24 @@ pub enum NodeError {
         /// Replicas asked for.
         replicas: u32,
     },
+    /// What was asked needs a mesh (an agent started with `--listen`).
+    #[error("{what} need a mesh: start the agent with --listen (and --join) to use them")]
+    NeedsMesh {
+        /// What.
+        what: &'static str,
+    },
+    /// An update that asks for what already runs.
+    #[error("the update changes nothing {name} runs: give another --image, --env or command")]
+    NothingChanged {
+        /// The workload.
+        name: String,
+    },
+    /// `rollout undo` of a workload whose newest generation replaced nothing.
+    #[error("{name}'s newest generation did not come from an update: there is nothing to undo")]
+    NothingToUndo {
+        /// The workload.
+        name: String,
+    },
     /// The workload does not fit this node: its resources or constraints.
     #[error("{name} cannot run on this node ({node}): {}", .reasons.join("; "))]
     DoesNotFit {
@@ -371,6 +389,120 @@ impl<R: ContainerRuntime> Node<R> {
             replicas,
             generation: record.generation + 1,
         })
+    }
+
+    /// Changes what workload `name`'s replicas run (image, environment, command; its
+    /// replica count stays), from any node holding its record: the next generation is
+    /// written here, and its owner rolls it out replica by replica as `request` says,
+    /// rolling back if a replacement fails. Needs a mesh.
+    pub async fn update(
+        &self,
+        name: &str,
+        request: crate::api::types::UpdateRequest,
+    ) -> Result<crate::api::types::Updated, NodeError> {
+        let (mesh, record) = self.mesh_record_for_change(name)?;
+        let Some(mut spec) = record.spec.clone() else {
+            return Err(NodeError::NotFound {
+                name: name.to_owned(),
+            });
+        };
+        if let Some(image) = request.image {
+            spec.image = image;
+        }
+        if let Some(env) = request.env {
+            spec.env = env;
+        }
+        if let Some(command) = request.command {
+            spec.command = command;
+        }
+        spec.validate()?;
+        let digest = parley_negotiation::records::spec_digest(&spec);
+        if record
+            .spec
+            .as_ref()
+            .is_some_and(|s| parley_negotiation::records::spec_digest(s) == digest)
+        {
+            return Err(NodeError::NothingChanged {
+                name: name.to_owned(),
+            });
+        }
+        let policy = parley_negotiation::messages::RolloutPolicy {
+            max_surge: request.max_surge,
+            max_unavailable: request.max_unavailable,
+            ..Default::default()
+        };
+        let updated = crate::api::types::Updated {
+            name: name.to_owned(),
+            generation: record.generation + 1,
+            spec_digest: digest,
+            image: spec.image.clone(),
+            replicas: spec.replicas,
+        };
+        mesh.commands
+            .send(Command::Update {
+                spec: Box::new(spec),
+                policy,
+            })
+            .await
+            .map_err(|_| NodeError::MeshStopped)?;
+        tracing::info!(workload = %name, image = %updated.image, "updating");
+        self.record_event(
+            "workload-updated",
+            Some(&key(name)),
+            &format!("generation {} runs {}", updated.generation, updated.image),
+        );
+        Ok(updated)
+    }
+
+    /// Goes back to the spec workload `name`'s newest generation replaced (`parley
+    /// rollout undo`), as a new generation rolled out like an update.
+    pub async fn undo(&self, name: &str) -> Result<crate::api::types::Updated, NodeError> {
+        let (mesh, record) = self.mesh_record_for_change(name)?;
+        let Some(mut previous) = record.rollout.as_ref().and_then(|r| r.previous.clone()) else {
+            return Err(NodeError::NothingToUndo {
+                name: name.to_owned(),
+            });
+        };
+        previous.replicas = record
+            .spec
+            .as_ref()
+            .map_or(previous.replicas, |s| s.replicas);
+        mesh.commands
+            .send(Command::Undo(key(name)))
+            .await
+            .map_err(|_| NodeError::MeshStopped)?;
+        tracing::info!(workload = %name, image = %previous.image, "rolling back");
+        self.record_event(
+            "workload-rolled-back",
+            Some(&key(name)),
+            &format!("back to {}", previous.image),
+        );
+        Ok(crate::api::types::Updated {
+            name: name.to_owned(),
+            generation: record.generation + 1,
+            spec_digest: parley_negotiation::records::spec_digest(&previous),
+            image: previous.image.clone(),
+            replicas: previous.replicas,
+        })
+    }
+
+    /// The mesh and the live record of a workload a user changes, once the policy
+    /// allows this node to.
+    fn mesh_record_for_change(&self, name: &str) -> Result<(&MeshHandle, MeshRecord), NodeError> {
+        let Some(mesh) = &self.info.mesh else {
+            return Err(NodeError::NeedsMesh {
+                what: "rolling updates",
+            });
+        };
+        mesh.policy
+            .check(&mesh.id, Action::Submit, DEFAULT_NAMESPACE)?;
+        let record = self
+            .mesh_record(&key(name))?
+            .filter(|r| !r.is_tombstone())
+            .ok_or_else(|| NodeError::NotFound {
+                name: name.to_owned(),
+            })?;
+        Ok((mesh, record))
     }
 
     /// Stops and removes a workload's containers, then forgets the workload. If the

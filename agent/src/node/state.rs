@@ -102,6 +102,26 @@ impl<R: ContainerRuntime> Node<R> {
             .and_then(|signed| MeshRecord::decode(&signed.statement)))
     }
 
+    /// The newest generation of workload `key` this node holds, as `parley ps` shows it.
+    pub(super) fn desired_of(
+        &self,
+        key: &str,
+    ) -> Result<Option<crate::api::types::Desired>, NodeError> {
+        Ok(self.mesh_record(key)?.and_then(|record| {
+            let spec = record.spec.as_ref()?;
+            Some(crate::api::types::Desired {
+                generation: record.generation,
+                spec_digest: parley_negotiation::records::spec_digest(spec),
+                rolled_back: record.rollout.as_ref().and_then(|r| r.rolled_back.clone()),
+                previous_image: record
+                    .rollout
+                    .as_ref()
+                    .and_then(|r| r.previous.as_ref())
+                    .map(|s| s.image.clone()),
+            })
+        }))
+    }
+
     /// Every live (not removed) workload record this node holds.
     pub(super) fn live_mesh_records(&self) -> Result<Vec<MeshRecord>, NodeError> {
         Ok(self

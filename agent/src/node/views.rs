@@ -34,6 +34,7 @@ impl<R: ContainerRuntime> Node<R> {
             created_at: record.created_at,
             replicas,
             owner: None,
+            desired: None,
         }
     }
 
@@ -164,6 +165,7 @@ pub(super) fn placed_replica(
         restarts: reported.map_or(0, |r| r.restarts),
         since: reported.map(|r| r.since_ms / 1000),
         reason: reported.and_then(|r| r.reason.clone()),
+        spec_digest: None,
     }
 }
 
