@@ -443,6 +443,9 @@ pub(super) fn observe(event: &Event, metrics: &Metrics, disk: Option<&std::path:
         Event::Auction(AnnouncerEvent::Struck { node, strikes }) => {
             tracing::warn!(%node, strikes, "an award to this node did not become a running replica; its bids rank lower for a while");
         }
+        Event::Auction(AnnouncerEvent::RolloutStalled { workload, reason }) => {
+            tracing::warn!(%workload, %reason, "the rolling update waits");
+        }
         Event::Auction(AnnouncerEvent::RolledOut { workload }) => {
             tracing::info!(%workload, "rolled out: every replica runs the newest spec");
         }

@@ -228,6 +228,14 @@ pub enum AnnouncerEvent {
         /// Workload key.
         workload: String,
     },
+    /// A rolling update waits: no node can run a replacement beside the replica it
+    /// replaces. It goes on once one can.
+    RolloutStalled {
+        /// Workload key.
+        workload: String,
+        /// Why.
+        reason: String,
+    },
     /// A replacement replica of a rolling update failed or did not run in time: the
     /// update stops (and the owner rolls the workload back).
     RolloutFailed {
@@ -301,6 +309,8 @@ struct Rollout {
     failed: bool,
     /// Replicas replaced so far (an update that found nothing to replace says nothing).
     replaced: u32,
+    /// Why the update cannot go on for now (it keeps trying).
+    stalled: Option<String>,
 }
 
 type Placed = (String, u64, Option<String>, u64);
@@ -327,6 +337,8 @@ struct Workload {
     digests: BTreeMap<u32, String>,
     /// A rolling update in progress.
     rollout: Option<Rollout>,
+    /// Placed replicas whose node last reported them failed (they run nothing).
+    failing: BTreeSet<u32>,
     request: PlacementRequest,
     /// Replica → (node, epoch, failure domain, last heard of in ms) once placed.
     placed: BTreeMap<u32, (String, u64, Option<String>, u64)>,
@@ -450,6 +462,7 @@ impl Announcer {
             Workload {
                 digests: BTreeMap::new(),
                 rollout: None,
+                failing: BTreeSet::new(),
                 request,
                 placed: BTreeMap::new(),
                 auction: None,
@@ -471,6 +484,7 @@ impl Announcer {
         self.workloads.entry(key).or_insert(Workload {
             digests: BTreeMap::new(),
             rollout: None,
+            failing: BTreeSet::new(),
             request,
             placed: BTreeMap::new(),
             auction: None,
@@ -559,6 +573,7 @@ impl Announcer {
         w.lost.retain(|replica, _| *replica < replicas);
         w.last_explanation.retain(|replica, _| *replica < replicas);
         w.digests.retain(|replica, _| *replica < replicas);
+        w.failing.retain(|replica| *replica < replicas);
         let extra_surges: Vec<(u32, String, u64)> = w
             .rollout
             .as_mut()
@@ -717,6 +732,28 @@ impl Announcer {
         let Some(&replica) = outdated.first() else {
             return;
         };
+        // A replica that runs nothing (its node reports it failed) costs no availability:
+        // it is stopped and placed again at once, whatever the surge allows.
+        let in_place = outdated
+            .iter()
+            .copied()
+            .find(|r| workload.failing.contains(r));
+        if let Some(replica) = in_place {
+            if let Some((node, epoch, _, _)) = workload.placed.remove(&replica) {
+                workload.digests.remove(&replica);
+                workload.failing.remove(&replica);
+                self.transmits.push_back((
+                    node,
+                    Body::Revoke(Revoke {
+                        workload: key.to_owned(),
+                        replica,
+                        epoch,
+                    }),
+                ));
+            }
+            self.start_auction(now_ms, key, replica, self.config.retry_initial_ms, 0, 0);
+            return;
+        }
         if (rollout.surges.len() as u32) < rollout.max_surge {
             if let Some(rollout) = workload.rollout.as_mut() {
                 rollout.replaced += 1;
@@ -779,6 +816,7 @@ impl Announcer {
             awaiting: BTreeMap::new(),
             failed: false,
             replaced: 0,
+            stalled: None,
         });
         if let Some(auction) = replacing {
             self.release_bids(auction);
@@ -806,6 +844,16 @@ impl Announcer {
             .map(|r| r.target.clone())
             .or_else(|| w.request.spec.as_ref().map(crate::records::spec_digest))?;
         Some((target, w.digests.clone()))
+    }
+
+    /// Why a rolling update of `workload` cannot go on for now, if it cannot.
+    pub fn rollout_stalled(&self, workload: &str) -> Option<&str> {
+        self.workloads
+            .get(workload)?
+            .rollout
+            .as_ref()?
+            .stalled
+            .as_deref()
     }
 
     /// Whether a rolling update of `workload` is under way (and not failed).
@@ -1083,6 +1131,7 @@ impl Announcer {
         match workload.rollout.as_mut() {
             // A replacement runs beside the replica it replaces until it reports running.
             Some(rollout) if surging => {
+                rollout.stalled = None;
                 rollout.surges.insert(auction.replica, placement);
             }
             _ => {
@@ -1092,6 +1141,7 @@ impl Announcer {
                     .as_ref()
                     .map(crate::records::spec_digest)
                 {
+                    workload.failing.remove(&auction.replica);
                     // Placed again by a rollout without surge: unavailable until it runs.
                     if let Some(rollout) = workload.rollout.as_mut()
                         && rollout.target == digest
@@ -1192,14 +1242,23 @@ impl Announcer {
             self.surge_reported(now_ms, instance);
             return;
         }
-        if let Some(digest) = &instance.spec_digest
-            && workload
-                .placed
-                .get(&instance.replica)
-                .is_some_and(|(node, epoch, _, _)| node == from && *epoch == instance.epoch)
-            && let Some(w) = self.workloads.get_mut(&instance.workload)
-        {
-            w.digests.insert(instance.replica, digest.clone());
+        let on_record = workload
+            .placed
+            .get(&instance.replica)
+            .is_some_and(|(node, epoch, _, _)| node == from && *epoch == instance.epoch);
+        if on_record && let Some(w) = self.workloads.get_mut(&instance.workload) {
+            if let Some(digest) = &instance.spec_digest {
+                w.digests.insert(instance.replica, digest.clone());
+            }
+            match instance.state.as_ref().map(|s| s.phase) {
+                Some(crate::messages::Phase::Failed) => {
+                    w.failing.insert(instance.replica);
+                }
+                Some(_) => {
+                    w.failing.remove(&instance.replica);
+                }
+                None => {}
+            }
         }
         let Some(workload) = self.workloads.get(&instance.workload) else {
             return;
@@ -1304,6 +1363,7 @@ impl Announcer {
                 workload
                     .digests
                     .insert(instance.replica, rollout.target.clone());
+                workload.failing.remove(&instance.replica);
                 if let Some((node, epoch, _, _)) =
                     workload.placed.insert(instance.replica, placement)
                 {
@@ -1625,24 +1685,22 @@ impl Announcer {
         // go on without dropping below what the user asked to keep.
         let replica = auction.replica;
         let attempts = auction.attempt;
+        // It is not the new spec's fault: the update waits (and keeps asking) rather than
+        // roll back, and says why once.
         if workload.placed.contains_key(&replica)
-            && workload.rollout.is_some()
             && attempts + 1 >= SURGE_ATTEMPTS
+            && let Some(rollout) = workload.rollout.as_mut()
+            && rollout.stalled.is_none()
         {
-            let node = workload
-                .placed
-                .get(&replica)
-                .map(|(n, _, _, _)| n.clone())
-                .unwrap_or_default();
-            self.fail_rollout(
-                key,
-                replica,
-                &node,
-                "no node can run a replacement beside the replica it replaces (each \
-                 replica needs a node of its own: add one, or update with \
-                 --max-surge 0 --max-unavailable 1)"
-                    .to_owned(),
-            );
+            let reason = "no node can run a replacement beside the replica it replaces (each \
+                          replica needs a node of its own: add one, or update with \
+                          --max-surge 0 --max-unavailable 1)"
+                .to_owned();
+            rollout.stalled = Some(reason.clone());
+            self.events.push_back(AnnouncerEvent::RolloutStalled {
+                workload: key.to_owned(),
+                reason,
+            });
         }
     }
 

@@ -1490,6 +1490,17 @@ impl<'c> Sim<'c> {
         if !self.must_survive(workload) {
             return Ok(());
         }
+        // With no spare node to run a replacement beside the replica it replaces, the
+        // update waits, saying why (a cluster too small for the surge asked).
+        let owner = self.agreed_owner(workload)?;
+        if self.nodes[owner]
+            .negotiator
+            .announcer()
+            .rollout_stalled(workload)
+            .is_some()
+        {
+            return Ok(());
+        }
         let Some(held) = self
             .nodes
             .iter()
@@ -1501,15 +1512,7 @@ impl<'c> Sim<'c> {
         let Some(record) = held.record.spec.clone() else {
             return Ok(());
         };
-        // An update with nowhere to run a replacement beside the replica it replaces (a
-        // cluster with no spare eligible node) is rolled back too, saying so.
-        let no_room = held
-            .record
-            .rollout
-            .as_ref()
-            .and_then(|r| r.rolled_back.as_deref())
-            .is_some_and(|why| why.starts_with("no node can run a replacement"));
-        let expected = if *failing || no_room { old } else { new };
+        let expected = if *failing { old } else { new };
         if record.image != *expected {
             return Err(self.violation(format!(
                 "{workload} was updated from {old} to {new} (failing: {failing}), but its newest record runs {}",
