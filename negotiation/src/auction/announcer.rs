@@ -356,6 +356,15 @@ struct Workload {
     lost: BTreeMap<u32, (String, u64)>,
 }
 
+/// Why a replica its node reports failed did not start.
+fn failure_reason(instance: &Instance) -> String {
+    instance
+        .state
+        .as_ref()
+        .and_then(|s| s.reason.clone())
+        .unwrap_or_else(|| "it failed to start".to_owned())
+}
+
 /// xorshift64*: deterministic from the seed, good enough for sampling.
 fn xorshift(state: &mut u64) -> u64 {
     *state ^= *state >> 12;
@@ -540,14 +549,7 @@ impl Announcer {
             self.removed.push_back(workload.to_owned());
         }
         for (replica, node, epoch) in placed {
-            self.transmits.push_back((
-                node,
-                Body::Revoke(Revoke {
-                    workload: workload.to_owned(),
-                    replica,
-                    epoch,
-                }),
-            ));
+            self.revoke_at(node, workload, replica, epoch);
         }
     }
 
@@ -591,14 +593,7 @@ impl Announcer {
             self.release_bids(auction);
         }
         for (replica, node, epoch) in extra {
-            self.transmits.push_back((
-                node,
-                Body::Revoke(Revoke {
-                    workload: workload.to_owned(),
-                    replica,
-                    epoch,
-                }),
-            ));
+            self.revoke_at(node, workload, replica, epoch);
         }
         self.advance(now_ms, workload);
     }
@@ -742,14 +737,7 @@ impl Announcer {
             if let Some((node, epoch, _, _)) = workload.placed.remove(&replica) {
                 workload.digests.remove(&replica);
                 workload.failing.remove(&replica);
-                self.transmits.push_back((
-                    node,
-                    Body::Revoke(Revoke {
-                        workload: key.to_owned(),
-                        replica,
-                        epoch,
-                    }),
-                ));
+                self.revoke_at(node, key, replica, epoch);
             }
             self.start_auction(now_ms, key, replica, self.config.retry_initial_ms, 0, 0);
             return;
@@ -767,14 +755,7 @@ impl Announcer {
             }
             if let Some((node, epoch, _, _)) = workload.placed.remove(&replica) {
                 workload.digests.remove(&replica);
-                self.transmits.push_back((
-                    node,
-                    Body::Revoke(Revoke {
-                        workload: key.to_owned(),
-                        replica,
-                        epoch,
-                    }),
-                ));
+                self.revoke_at(node, key, replica, epoch);
             }
             self.start_auction(now_ms, key, replica, self.config.retry_initial_ms, 0, 0);
         }
@@ -822,14 +803,7 @@ impl Announcer {
             self.release_bids(auction);
         }
         for (replica, (node, epoch, _, _)) in stale_surges {
-            self.transmits.push_back((
-                node,
-                Body::Revoke(Revoke {
-                    workload: workload.to_owned(),
-                    replica,
-                    epoch,
-                }),
-            ));
+            self.revoke_at(node, workload, replica, epoch);
         }
         self.advance(now_ms, workload);
     }
@@ -1155,6 +1129,7 @@ impl Announcer {
                     workload.placed.insert(auction.replica, placement)
                     && (node != *winner || epoch != auction.epoch)
                 {
+                    // `workload` is borrowed: the revocation is queued directly.
                     self.transmits.push_back((
                         node,
                         Body::Revoke(Revoke {
@@ -1285,11 +1260,7 @@ impl Announcer {
                     self.advance(now_ms, &instance.workload);
                 }
                 Some(crate::messages::Phase::Failed) => {
-                    let reason = instance
-                        .state
-                        .as_ref()
-                        .and_then(|s| s.reason.clone())
-                        .unwrap_or_else(|| "it failed to start".to_owned());
+                    let reason = failure_reason(instance);
                     self.fail_rollout(&instance.workload, instance.replica, from, reason);
                 }
                 _ => {}
@@ -1367,23 +1338,12 @@ impl Announcer {
                 if let Some((node, epoch, _, _)) =
                     workload.placed.insert(instance.replica, placement)
                 {
-                    self.transmits.push_back((
-                        node,
-                        Body::Revoke(Revoke {
-                            workload: instance.workload.clone(),
-                            replica: instance.replica,
-                            epoch,
-                        }),
-                    ));
+                    self.revoke_at(node, &instance.workload, instance.replica, epoch);
                 }
                 self.advance(now_ms, &instance.workload);
             }
             Some(crate::messages::Phase::Failed) => {
-                let reason = instance
-                    .state
-                    .as_ref()
-                    .and_then(|s| s.reason.clone())
-                    .unwrap_or_else(|| "it failed to start".to_owned());
+                let reason = failure_reason(instance);
                 self.fail_surge(&instance.workload, instance.replica, reason);
             }
             // Still starting: its deadline runs from its acceptance.
@@ -1433,14 +1393,7 @@ impl Announcer {
         let Some((node, epoch, _, _)) = rollout.surges.remove(&replica) else {
             return;
         };
-        self.transmits.push_back((
-            node.clone(),
-            Body::Revoke(Revoke {
-                workload: workload.to_owned(),
-                replica,
-                epoch,
-            }),
-        ));
+        self.revoke_at(node.clone(), workload, replica, epoch);
         self.events.push_back(AnnouncerEvent::RolloutFailed {
             workload: workload.to_owned(),
             replica,
@@ -1523,6 +1476,18 @@ impl Announcer {
             };
             self.revoke(&node, &stale);
         }
+    }
+
+    /// Tells `node` to stop `replica` of `workload` if it still runs it at `epoch`.
+    fn revoke_at(&mut self, node: String, workload: &str, replica: u32, epoch: u64) {
+        self.transmits.push_back((
+            node,
+            Body::Revoke(Revoke {
+                workload: workload.to_owned(),
+                replica,
+                epoch,
+            }),
+        ));
     }
 
     fn revoke(&mut self, node: &str, instance: &Instance) {
@@ -1893,14 +1858,7 @@ impl Announcer {
             }
         }
         for (node, replica, epoch) in evicted {
-            self.transmits.push_back((
-                node,
-                Body::Revoke(Revoke {
-                    workload: key.to_owned(),
-                    replica,
-                    epoch,
-                }),
-            ));
+            self.revoke_at(node, key, replica, epoch);
         }
     }
 
