@@ -7,11 +7,13 @@
 
 pub mod auction;
 pub mod codec;
+pub mod lease;
 pub mod membership;
 pub mod messages;
 pub mod negotiator;
 pub mod ownership;
 pub mod records;
+pub mod register;
 pub mod sim;
 pub mod testing;
 pub mod workload;
