@@ -105,7 +105,7 @@ pub struct Ballot {
 }
 
 /// The register of one replica.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RegisterValue {
     /// The fencing token: grows by one each time the replica gets a holder.
     pub epoch: u64,
@@ -116,7 +116,7 @@ pub struct RegisterValue {
 }
 
 /// One step of the register protocol, about one replica.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RegisterMessage {
     /// Workload key (`namespace/name`).
     pub workload: String,
@@ -127,7 +127,7 @@ pub struct RegisterMessage {
 }
 
 /// The steps of a round.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "kebab-case")]
 pub enum RegisterStep {
     /// Phase 1a: promise to take no lower ballot, and say what you accepted.
