@@ -24,7 +24,10 @@ pub const RETRY_SPREAD_MS: u64 = 300;
 /// What the host must do, or may want to log.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum LeaseEvent {
-    /// The lease is held: run the container, with this epoch as its fencing token.
+    /// The lease is held (acquired, or renewed): run the container, with this epoch as
+    /// its fencing token, and have it stopped at `fence_at_ms` by this node's clock
+    /// unless a later `Run` moves that on. A watchdog outside the agent's process can
+    /// enforce the deadline even while the agent is paused.
     Run {
         /// Workload key.
         workload: String,
@@ -32,6 +35,8 @@ pub enum LeaseEvent {
         replica: u32,
         /// The epoch.
         epoch: u64,
+        /// When to begin stopping the container, by this node's clock.
+        fence_at_ms: u64,
     },
     /// Stop the container now: the lease ends before it could stop any later.
     Fence {
@@ -249,6 +254,10 @@ impl Claims {
                 claim.state = ClaimState::Seeking {
                     why: format!("the lease at epoch {epoch} could not be renewed"),
                 };
+                // A renewal still in flight must not bring the old epoch back: the
+                // container stopped, and its next start is fenced by a new epoch.
+                claim.round = None;
+                claim.next_try_ms = now_ms;
             }
             if claim.round.is_some() && now_ms >= claim.round_deadline_ms {
                 claim.round = None;
@@ -337,11 +346,12 @@ impl Claims {
                     running: was_running || may_run,
                 };
                 claim.next_try_ms = round.started_ms + RENEW_INTERVAL_MS;
-                if may_run && !was_running {
+                if may_run {
                     self.events.push_back(LeaseEvent::Run {
                         workload,
                         replica,
                         epoch: value.epoch,
+                        fence_at_ms: claim.fence_at(valid_until_ms),
                     });
                 }
             }
@@ -470,7 +480,8 @@ mod tests {
             [LeaseEvent::Run {
                 workload: "default/db".to_owned(),
                 replica: 0,
-                epoch: 1
+                epoch: 1,
+                fence_at_ms: holder_valid_until(0, lease_ms(2)) - 2_000 - FENCE_SLACK_MS,
             }]
         );
         // Renewals keep it for as long as a quorum answers.
@@ -480,7 +491,12 @@ mod tests {
             x.handle_timeout(now);
             net.pump(now, &mut x);
         }
-        assert!(events(&mut x).is_empty());
+        // Each renewal moves the deadline on.
+        assert!(
+            events(&mut x)
+                .iter()
+                .all(|e| matches!(e, LeaseEvent::Run { epoch: 1, .. }))
+        );
         assert_eq!(x.running().count(), 1);
         // Two acceptors gone: the container is stopped before the lease ends.
         net.down = vec!["b".to_owned(), "c".to_owned()];

@@ -18,4 +18,6 @@ pub mod sim;
 pub mod testing;
 pub mod workload;
 
-pub use workload::{EnvVar, RestartPolicy, SpecError, WorkloadName, WorkloadSpec};
+pub use workload::{
+    Consistency, EnvVar, RestartPolicy, SpecError, VolumeMount, WorkloadName, WorkloadSpec,
+};

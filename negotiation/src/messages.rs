@@ -586,6 +586,10 @@ pub struct WorkloadRecord {
     /// update`); `None`: one replacement at a time, none missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutPolicy>,
+    /// For a strong workload: the nodes that keep its replicas' lease registers, chosen
+    /// when it was first submitted and kept by every later generation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acceptors: Vec<String>,
 }
 
 /// How a rolling update proceeds, and what it replaced.
@@ -743,6 +747,8 @@ pub enum Body {
     RecordVersions(RecordVersions),
     /// Workload records, signed by their authors.
     Records(Records),
+    /// A step of a strong replica's lease register round ([`crate::register`]).
+    Register(crate::register::RegisterMessage),
 }
 
 /// A root-signed revocation of one node key, as it travels (the identity crate signs and
@@ -1008,6 +1014,7 @@ impl Body {
             Self::RecordDigest(_) => "record-digest",
             Self::RecordVersions(_) => "record-versions",
             Self::Records(_) => "records",
+            Self::Register(_) => "register",
         }
     }
 }

@@ -137,6 +137,30 @@ pub fn check_record(record: &WorkloadRecord, now_ms: u64) -> Result<(), String> 
             record.written_at_ms
         ));
     }
+    if record.acceptors.len() > crate::register::MAX_ACCEPTORS {
+        return Err(format!(
+            "it names {} acceptors, at most {}",
+            record.acceptors.len(),
+            crate::register::MAX_ACCEPTORS
+        ));
+    }
+    for (i, acceptor) in record.acceptors.iter().enumerate() {
+        if acceptor.is_empty() || acceptor.len() > MAX_ID_LEN {
+            return Err(format!(
+                "an acceptor is empty or longer than {MAX_ID_LEN} bytes"
+            ));
+        }
+        if record.acceptors[..i].contains(acceptor) {
+            return Err(format!("it names the acceptor {acceptor} twice"));
+        }
+    }
+    let strong = record
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.consistency == crate::workload::Consistency::Strong);
+    if strong && record.acceptors.is_empty() {
+        return Err("it is a strong workload with no acceptors".to_owned());
+    }
     let previous = record.rollout.as_ref().and_then(|r| r.previous.as_ref());
     for spec in record.spec.iter().chain(previous) {
         spec.validate().map_err(|e| e.to_string())?;
@@ -374,6 +398,7 @@ mod tests {
             author: author.into(),
             submitter: "a".into(),
             written_at_ms: 1_000,
+            acceptors: Vec::new(),
             spec,
             rollout: None,
         };

@@ -132,6 +132,22 @@ pub enum SpecError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A volume mount is malformed.
+    #[error("invalid volume {entry:?}: {reason}")]
+    InvalidVolume {
+        /// The mount as given.
+        entry: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A strong workload's stop timeout is longer than its lease may be.
+    #[error(
+        "a strong workload's stop timeout is at most {MAX_STRONG_STOP_TIMEOUT_SECS}s (its lease, and so a failover, lasts the stop timeout plus 6s), not {secs}s"
+    )]
+    StrongStopTimeout {
+        /// The value given.
+        secs: u32,
+    },
     /// The whole spec is too large to send to peers.
     #[error(
         "the workload spec is {bytes} bytes encoded, more than the {MAX_SPEC_BYTES} that fit in one message; shorten the environment or command"
@@ -306,6 +322,108 @@ pub struct WorkloadSpec {
     /// What the node running a replica does when its container exits.
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// Whether a replica may briefly run twice (`eventual`, the default) or never
+    /// (`strong`: each replica runs only under a lease its node holds).
+    #[serde(default, skip_serializing_if = "Consistency::is_eventual")]
+    pub consistency: Consistency,
+    /// Podman named volumes mounted into each replica (one volume per replica, kept on the
+    /// node that runs it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// How a workload's replicas are kept when nodes fail or the network splits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Consistency {
+    /// Stateless: a replica is placed again as soon as its node seems gone, so during a
+    /// partition it may run on both sides for a while; the newest epoch wins after.
+    #[default]
+    Eventual,
+    /// Stateful: each replica runs only while its node holds the replica's lease, granted
+    /// by a quorum of acceptor nodes; it never runs on two nodes at once, and fails over
+    /// once the lease of a lost node has run out.
+    Strong,
+}
+
+impl Consistency {
+    /// Whether this is the default, eventual class.
+    pub fn is_eventual(&self) -> bool {
+        *self == Self::Eventual
+    }
+
+    /// The name users write.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Eventual => "eventual",
+            Self::Strong => "strong",
+        }
+    }
+}
+
+/// A named volume and where it is mounted (`NAME:/path`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    /// The volume's name; each replica gets its own volume, `NAME-REPLICA`.
+    pub name: String,
+    /// The absolute path inside the container.
+    pub path: String,
+}
+
+/// Most volumes one workload may mount.
+pub const MAX_VOLUMES: usize = 16;
+
+/// Longest stop timeout of a strong workload: the lease is the stop timeout plus a few
+/// seconds, and a failover waits for a lost holder's lease to run out.
+pub const MAX_STRONG_STOP_TIMEOUT_SECS: u32 = 60;
+
+impl VolumeMount {
+    /// Parses `NAME:/path`.
+    pub fn parse(entry: &str) -> Result<Self, SpecError> {
+        let Some((name, path)) = entry.split_once(':') else {
+            return Err(SpecError::InvalidVolume {
+                entry: truncate(entry, 80).to_owned(),
+                reason: "give it as NAME:/path",
+            });
+        };
+        let volume = Self {
+            name: name.to_owned(),
+            path: path.to_owned(),
+        };
+        volume.validate()?;
+        Ok(volume)
+    }
+
+    /// Checks the name and the path.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 40
+            && self.name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+        let reason = if !name_ok {
+            Some(
+                "the name is 1 to 40 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit",
+            )
+        } else if !self.path.starts_with('/') || self.path.len() > 1_024 {
+            Some("the path is absolute and at most 1024 bytes")
+        } else if self.path.split('/').any(|part| part == "..")
+            || self.path.contains(['\0', ':', ','])
+        {
+            Some("the path may not contain '..', ':', ',' or a NUL byte")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(SpecError::InvalidVolume {
+                entry: format!("{}:{}", truncate(&self.name, 40), truncate(&self.path, 80)),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What happens when a replica's container exits.
@@ -358,6 +476,8 @@ impl WorkloadSpec {
             resources: Resources::default(),
             constraints: BTreeMap::new(),
             restart: RestartPolicy::default(),
+            consistency: Consistency::default(),
+            volumes: Vec::new(),
         };
         spec.validate()?;
         Ok(spec)
@@ -449,6 +569,29 @@ impl WorkloadSpec {
                     truncate(arg, 40)
                 ),
             });
+        }
+        if self.consistency == Consistency::Strong
+            && self.stop_timeout_secs > MAX_STRONG_STOP_TIMEOUT_SECS
+        {
+            return Err(SpecError::StrongStopTimeout {
+                secs: self.stop_timeout_secs,
+            });
+        }
+        if self.volumes.len() > MAX_VOLUMES {
+            return Err(SpecError::InvalidVolume {
+                entry: format!("({} volumes)", self.volumes.len()),
+                reason: "more than 16 volumes",
+            });
+        }
+        let mut paths = std::collections::HashSet::new();
+        for volume in &self.volumes {
+            volume.validate()?;
+            if !paths.insert(volume.path.as_str()) {
+                return Err(SpecError::InvalidVolume {
+                    entry: format!("{}:{}", volume.name, truncate(&volume.path, 80)),
+                    reason: "two volumes are mounted at this path",
+                });
+            }
         }
         // Checked last, once every part is within its own bound, so the encoding is cheap.
         let mut encoded = Vec::new();

@@ -12,6 +12,15 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The `p`th percentile of `values` (0 when there are none).
+fn percentile(values: &mut [u64], p: usize) -> u64 {
+    values.sort_unstable();
+    match values.len() {
+        0 => 0,
+        n => values[((n - 1) * p / 100).min(n - 1)],
+    }
+}
+
 #[test]
 fn every_seed_keeps_every_invariant() {
     let first = env("PARLEY_SIM_FIRST", 0);
@@ -26,11 +35,15 @@ fn every_seed_keeps_every_invariant() {
     let mut statements_refused = 0;
     let (mut records_taken, mut records_refused, mut scalings, mut updates) = (0, 0, 0, 0);
     let mut kept_available = 0;
+    let (mut strong_runs, mut paused, mut leases, mut fences, mut lease_checks) = (0, 0, 0, 0, 0);
+    let mut failovers: Vec<u64> = Vec::new();
     for seed in first..first + seeds {
         let config = SimConfig::from_seed(seed);
         crashes += u64::from(config.crash.is_some());
         partitions += u64::from(config.partition.is_some());
         removals += u64::from(config.removal.is_some());
+        strong_runs += u64::from(config.strong.is_some());
+        paused += u64::from(config.strong.is_some_and(|s| s.pause.is_some()));
         match sim::run(config) {
             Ok(outcome) => {
                 messages += outcome.messages;
@@ -48,6 +61,10 @@ fn every_seed_keeps_every_invariant() {
                 scalings += outcome.scalings;
                 updates += outcome.updates;
                 kept_available += outcome.updates_kept_available;
+                leases += outcome.leases_run;
+                fences += outcome.fences;
+                lease_checks += outcome.lease_checks;
+                failovers.extend(outcome.failover_ms);
             }
             Err(violation) => failures.push(violation.to_string()),
         }
@@ -58,8 +75,13 @@ fn every_seed_keeps_every_invariant() {
          {commit_failures} failed commits, {denied} messages refused by policy, {takeovers} takeovers by a successor, \
          {removals} runs with a removal, {answered} questions answered, \
          {statements_refused} membership statements refused, \
-         {records_taken} workload records taken, {records_refused} refused, {scalings} scalings, {updates} updates ({kept_available} checked for availability)",
-        started.elapsed().as_secs_f64()
+         {records_taken} workload records taken, {records_refused} refused, {scalings} scalings, {updates} updates ({kept_available} checked for availability), \
+         {strong_runs} runs with strong workloads ({paused} with a paused node): {leases} leases run or renewed, {fences} fences, \
+         {lease_checks} lease checks, {} failovers (p50 {} ms, max {} ms)",
+        started.elapsed().as_secs_f64(),
+        failovers.len(),
+        percentile(&mut failovers, 50),
+        percentile(&mut failovers, 100),
     );
     assert!(
         failures.is_empty(),
@@ -87,7 +109,12 @@ fn every_seed_keeps_every_invariant() {
                 && records_refused > 0
                 && scalings > 0
                 && updates > 0
-                && kept_available > 0,
+                && kept_available > 0
+                && strong_runs > 0
+                && paused > 0
+                && leases > 0
+                && fences > 0
+                && !failovers.is_empty(),
             "the seeds exercised no faults"
         );
     }

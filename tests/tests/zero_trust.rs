@@ -595,6 +595,7 @@ fn a_member_cannot_remove_a_workload_with_a_forged_or_unauthorized_tombstone() {
         written_at_ms: parley_e2e::hostile::unix_millis(),
         spec: None,
         rollout: None,
+        acceptors: Vec::new(),
     };
     let x_id = intruder.id();
     let own = PeerIdentity::node(&domain.enroll("x")).sign_record(&tombstone(&x_id));

@@ -226,6 +226,21 @@ async fn drive<H: Host>(
                     };
                     negotiator.handle_revocation(unix_millis(), notice, verified);
                 }
+                // The agent keeps no lease registers yet (its negotiator is configured
+                // without strong workloads, and refuses them): these never come.
+                HostAction::StoreRegister { token, .. } => {
+                    let refused = HostError::Store("this agent keeps no lease registers".into());
+                    negotiator.handle_register_stored(unix_millis(), token, Err(refused));
+                }
+                HostAction::DropRegister { .. } => {}
+                HostAction::RunLeased {
+                    workload, replica, ..
+                }
+                | HostAction::Fence {
+                    workload, replica, ..
+                } => {
+                    tracing::error!(%workload, replica, "a lease action for a strong workload, which this agent does not run; ignored");
+                }
                 HostAction::Start { workload, replica } => {
                     let host = Arc::clone(&host);
                     let name = key_name(&workload).to_owned();
@@ -418,6 +433,18 @@ fn answer(waiting: &mut HashMap<u64, Waiting>, token: u64, reply: Reply) {
 pub(super) fn observe(event: &Event, metrics: &Metrics, disk: Option<&std::path::Path>) {
     match event {
         Event::Membership(event) => tracing::info!(?event, "membership"),
+        Event::LeaseWaiting {
+            workload,
+            replica,
+            holder,
+            epoch,
+            lease_left_ms,
+        } => {
+            tracing::info!(%workload, replica, %holder, epoch, lease_left_ms, "waiting for another node's lease");
+        }
+        Event::RegisterRefused { from, reason } => {
+            tracing::warn!(%from, %reason, "refused a lease register message");
+        }
         Event::KeyRevoked { subject } => {
             tracing::warn!(%subject, "a node key was revoked by the root; refusing it from now on");
         }

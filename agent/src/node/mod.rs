@@ -92,6 +92,14 @@ pub enum NodeError {
         /// Replicas asked for.
         replicas: u32,
     },
+    /// A consistency class this agent does not run yet.
+    #[error(
+        "consistency {class:?} is not available in this agent yet: its negotiation protocol is built and simulated, but the agent does not keep lease registers or fence containers; run it as \"eventual\" (the default)"
+    )]
+    UnsupportedConsistency {
+        /// The class asked for.
+        class: &'static str,
+    },
     /// What was asked needs a mesh (an agent started with `--listen`).
     #[error("{what} need a mesh: start the agent with --listen (and --join) to use them")]
     NeedsMesh {
@@ -266,6 +274,15 @@ impl<R: ContainerRuntime> Node<R> {
     /// runs, or nothing changed and the error says why.
     pub async fn run(&self, spec: WorkloadSpec) -> Result<WorkloadStatus, NodeError> {
         spec.validate()?;
+        if !spec.consistency.is_eventual() || !spec.volumes.is_empty() {
+            return Err(NodeError::UnsupportedConsistency {
+                class: if spec.volumes.is_empty() {
+                    spec.consistency.name()
+                } else {
+                    "strong (volumes)"
+                },
+            });
+        }
         self.check_writable()?;
         let name = spec.name.to_string();
         let key = key(&name);
@@ -406,6 +423,11 @@ impl<R: ContainerRuntime> Node<R> {
                 name: name.to_owned(),
             });
         };
+        if !spec.consistency.is_eventual() {
+            return Err(NodeError::UnsupportedConsistency {
+                class: spec.consistency.name(),
+            });
+        }
         if let Some(image) = request.image {
             spec.image = image;
         }
@@ -895,6 +917,31 @@ mod tests {
         let error = status.podman_error.expect("Podman's state is reported");
         assert!(error.contains("wedged"), "{error}");
         held.abort();
+    }
+
+    /// Strong workloads are protocol and simulator only so far: the agent says so rather
+    /// than run one without the leases that make it strong.
+    #[tokio::test]
+    async fn a_strong_workload_is_refused_with_what_to_do_instead() {
+        let (_dir, _store, runtime, node) = fixture();
+        let mut workload = spec("db", IMAGE);
+        workload.consistency = parley_negotiation::Consistency::Strong;
+        let refused = node.run(workload).await.unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                NodeError::UnsupportedConsistency { class: "strong" }
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            refused.to_string().contains("run it as \"eventual\""),
+            "{refused}"
+        );
+        assert!(
+            runtime.state_of("parley-db-0").is_none(),
+            "nothing was started"
+        );
     }
 
     #[tokio::test]

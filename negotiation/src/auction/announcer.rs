@@ -1463,6 +1463,13 @@ impl Announcer {
                 now_ms,
             ),
         );
+        // What it runs, as for any report on record: without it, a new owner would take
+        // every gathered replica for outdated and replace it (found by the simulator with
+        // strong workloads, seed 106, where the replacement waits for ever behind the
+        // lease of the replica it replaces).
+        if let Some(digest) = &instance.spec_digest {
+            workload.digests.insert(instance.replica, digest.clone());
+        }
         if let Some((node, epoch)) = superseded {
             let stale = Instance {
                 workload: instance.workload.clone(),

@@ -10,6 +10,7 @@ use crate::membership::MembershipEvent;
 use crate::messages::{
     LogChunk, LogWindow, LogsFailure, OwnedWorkload, RevocationNotice, RunState, SignedStatement,
 };
+use crate::register::SlotState;
 use crate::workload::WorkloadSpec;
 
 use super::gate::Action;
@@ -212,6 +213,52 @@ pub enum HostAction {
         /// Workload key.
         workload: String,
     },
+    /// Store (flushed) this node's acceptor state of a strong replica's lease register,
+    /// then call [`super::Negotiator::handle_register_stored`]: the answer that promises
+    /// or accepts leaves only after `Ok`.
+    StoreRegister {
+        /// Matches the result to the answer held.
+        token: u64,
+        /// Workload key.
+        workload: String,
+        /// The replica.
+        replica: u32,
+        /// What to store.
+        slot: SlotState,
+    },
+    /// Delete the stored register of a removed workload's replica (its lease is over).
+    DropRegister {
+        /// Workload key.
+        workload: String,
+        /// The replica.
+        replica: u32,
+    },
+    /// This node holds (acquired or renewed) the lease of a strong replica it was
+    /// awarded: run its container, with `epoch` as its fencing token (a container of an
+    /// older epoch is replaced), and make sure it is stopped by `fence_at_ms` (this
+    /// node's clock) unless a later `RunLeased` moves the deadline on.
+    RunLeased {
+        /// Workload key.
+        workload: String,
+        /// The replica.
+        replica: u32,
+        /// The lease's epoch.
+        epoch: u64,
+        /// When to begin stopping it, by this node's clock.
+        fence_at_ms: u64,
+    },
+    /// Stop a strong replica's container now, keeping its assignment: the lease could not
+    /// be renewed and ends once the stop timeout has passed.
+    Fence {
+        /// Workload key.
+        workload: String,
+        /// The replica.
+        replica: u32,
+        /// The epoch it ran at.
+        epoch: u64,
+        /// Why, for logs.
+        why: String,
+    },
     /// Check a revocation a peer passed on (the root's signature) and, if it holds, stop
     /// trusting that key; then call [`super::Negotiator::handle_revocation`].
     CheckRevocation {
@@ -223,6 +270,26 @@ pub enum HostAction {
 /// Something that happened, for logs and metrics; nothing needs to be done about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// A strong replica awarded here waits for another node's lease to run out.
+    LeaseWaiting {
+        /// Workload key.
+        workload: String,
+        /// The replica.
+        replica: u32,
+        /// The node holding the lease.
+        holder: String,
+        /// Its epoch.
+        epoch: u64,
+        /// Most of its lease left.
+        lease_left_ms: u64,
+    },
+    /// A register message was malformed or out of bounds, and dropped.
+    RegisterRefused {
+        /// Its sender.
+        from: String,
+        /// Why.
+        reason: String,
+    },
     /// Membership changed (the view of members should be republished).
     Membership(MembershipEvent),
     /// A node key's revocation was verified and is kept and spread from now on.

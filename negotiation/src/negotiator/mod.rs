@@ -23,6 +23,7 @@ pub mod gate;
 mod queries;
 mod replication;
 mod revocations;
+mod strong;
 pub mod succession;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -90,6 +91,10 @@ pub struct NegotiatorConfig {
     pub announcer: AnnouncerConfig,
     /// The bidder (reservations).
     pub bidder: BidderConfig,
+    /// Whether this node's host runs strong workloads (keeps lease registers, runs and
+    /// fences leased containers). Off: it rejects awards of strong replicas and refuses
+    /// to be an acceptor, with reasons its peers log.
+    pub strong: bool,
 }
 
 /// What an award brought beside its reservation, kept until the bidder commits it.
@@ -108,6 +113,8 @@ struct PendingCommit {
     epoch: u64,
     reservation: String,
     accept: Option<(String, Body)>,
+    /// For a strong workload's replica: its stop timeout (it runs under a lease).
+    strong_stop_secs: Option<u32>,
 }
 
 /// The negotiation state of one node.
@@ -166,6 +173,16 @@ pub struct Negotiator {
     /// What the nodes running them last reported of the replicas of workloads this node
     /// owns: (node, epoch, state) by (workload, replica).
     observed: HashMap<(String, u32), (String, u64, RunState)>,
+    /// This node as an acceptor of strong replicas' lease registers.
+    acceptor: crate::register::Acceptor,
+    /// The leases this node holds or seeks, for the strong replicas it holds.
+    claims: crate::lease::Claims,
+    /// Register answers waiting for their slot to be stored, by token.
+    register_replies: BTreeMap<u64, (String, crate::register::RegisterMessage)>,
+    /// The strong replicas this node holds (stored), with their stop timeouts.
+    strong: BTreeMap<(String, u32), u32>,
+    /// See [`NegotiatorConfig::strong`].
+    strong_enabled: bool,
 }
 
 impl std::fmt::Debug for Negotiator {
@@ -222,6 +239,17 @@ impl Negotiator {
                 Some((key, (a.epoch, a.grant.clone()?)))
             })
             .collect();
+        let strong = committed
+            .iter()
+            .filter(|a| a.spec.consistency == crate::workload::Consistency::Strong)
+            .map(|a| {
+                let key = (
+                    crate::workload::default_key(a.spec.name.as_str()),
+                    a.replica,
+                );
+                (key, a.spec.stop_timeout_secs)
+            })
+            .collect();
         let held_digests = committed
             .iter()
             .map(|a| {
@@ -276,6 +304,11 @@ impl Negotiator {
             replica_states: HashMap::new(),
             held_digests,
             observed: HashMap::new(),
+            acceptor: crate::register::Acceptor::default(),
+            claims: crate::lease::Claims::new(&id, seed ^ 0x1EA5_E5EE_D000_0001),
+            register_replies: BTreeMap::new(),
+            strong,
+            strong_enabled: config.strong,
             next_report_ms: now_ms + REPORT_INTERVAL_MS,
             ownership_stale: true,
             members_stale: true,
@@ -572,10 +605,17 @@ impl Negotiator {
                             epoch,
                             owner,
                         });
-                        self.actions.push_back(HostAction::Start {
-                            workload: pending.workload,
-                            replica: pending.replica,
-                        });
+                        match pending.strong_stop_secs {
+                            // Runs once its lease is held (see `strong`).
+                            Some(stop) => {
+                                self.strong
+                                    .insert((pending.workload, pending.replica), stop);
+                            }
+                            None => self.actions.push_back(HostAction::Start {
+                                workload: pending.workload,
+                                replica: pending.replica,
+                            }),
+                        }
                     }
                     // Revoked while it was being stored: the record just written goes
                     // too, and nothing starts.
@@ -708,7 +748,11 @@ impl Negotiator {
             }
         }
         self.record_round(now_ms);
+        if self.claims.poll_timeout().is_some_and(|t| t <= now_ms) {
+            self.claims.handle_timeout(now_ms);
+        }
         if now_ms >= self.next_report_ms {
+            self.forget_registers(now_ms);
             self.next_report_ms = now_ms + REPORT_INTERVAL_MS;
             let (bidder, owned) = (&self.bidder, &self.owned);
             let holds = |workload: &String, replica: &u32| {
@@ -740,6 +784,7 @@ impl Negotiator {
             self.bidder.poll_timeout(),
             self.queries.poll_timeout(),
             self.revocations.poll_timeout(),
+            self.claims.poll_timeout(),
             Some(self.next_report_ms),
             Some(self.next_record_sync_ms),
         ]
@@ -775,6 +820,8 @@ impl Negotiator {
                 self.follow_ownership(now_ms);
             }
             self.bidder_events(now_ms);
+            self.follow_claims(now_ms);
+            self.lease_outputs();
             self.announce_free(now_ms);
             self.announcer_events(now_ms);
             self.collect_transmits(now_ms);
@@ -838,6 +885,12 @@ impl Negotiator {
             return Ok(());
         };
         check_spec(&award.workload, spec)?;
+        if spec.consistency == crate::workload::Consistency::Strong && !self.strong_enabled {
+            return Err(format!(
+                "{} does not run strong workloads (its agent keeps no lease registers yet)",
+                self.id
+            ));
+        }
         let reserved = self
             .bidder
             .reservations()
@@ -1125,6 +1178,7 @@ impl Negotiator {
                 }
             }
             Body::Records(records) => self.handle_records(now_ms, from, records),
+            Body::Register(message) => self.receive_register(now_ms, from, message),
             Body::RecordDigest(digest) => self.handle_record_digest(from, &digest),
             Body::RecordVersions(versions) => self.handle_record_versions(from, &versions),
             Body::RemoveWorkload(remove) => {
@@ -1195,6 +1249,15 @@ impl Negotiator {
                 None => return Some(body),
             },
             Body::Instance(instance) => (Action::Bid, instance.workload.clone()),
+            // A proposer is a member that may host the workload's replicas; any member may
+            // be an acceptor, and its answers count only in the rounds that asked it.
+            Body::Register(message) => match message.step {
+                crate::register::RegisterStep::Prepare { .. }
+                | crate::register::RegisterStep::Propose { .. } => {
+                    (Action::Bid, message.workload.clone())
+                }
+                _ => (Action::Member, String::new()),
+            },
             Body::Handover(handover) => {
                 // Only a dead owner's workloads are handed over: a submitter this node
                 // does not know, or holds alive, is made up (a node that may only host
@@ -1637,6 +1700,9 @@ impl Negotiator {
                             epoch: c.epoch,
                             reservation: c.reservation.clone(),
                             accept: None,
+                            strong_stop_secs: (spec.consistency
+                                == crate::workload::Consistency::Strong)
+                                .then_some(spec.stop_timeout_secs),
                         },
                     );
                     if let Some(grant) = &grant {

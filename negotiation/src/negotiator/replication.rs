@@ -8,6 +8,9 @@
 use super::*;
 use crate::messages::{RecordDigest, RecordVersions, Records, WorkloadRecord};
 use crate::records::{self, Held, SYNC_INTERVAL_MS, chunk_records, version_of};
+use crate::register::DEFAULT_ACCEPTORS;
+use crate::workload::Consistency;
+use sha2::{Digest, Sha256};
 
 /// Records from one message checked at most: each costs a signature verification.
 const MAX_RECORDS_PER_MESSAGE: usize = 256;
@@ -30,6 +33,34 @@ impl Negotiator {
             }
         }
         self.settle(now_ms);
+    }
+
+    /// The acceptors of a strong workload's lease registers: those its newest record
+    /// names, or, for a new workload, [`DEFAULT_ACCEPTORS`] of the live members (this node
+    /// included), the same ones whichever node chooses: those whose hash with the
+    /// workload's key ranks first (rendezvous hashing, so a member joining or leaving
+    /// moves few workloads' acceptors).
+    pub(super) fn acceptors_of(&self, workload: &str) -> Vec<String> {
+        if let Some(held) = self.records.get(workload)
+            && !held.record.acceptors.is_empty()
+        {
+            return held.record.acceptors.clone();
+        }
+        let mut members: Vec<String> = self.live_members().collect();
+        if !members.contains(&self.id) {
+            members.push(self.id.clone());
+        }
+        let rank = |member: &String| {
+            let hash = Sha256::new()
+                .chain_update(workload.as_bytes())
+                .chain_update([0])
+                .chain_update(member.as_bytes())
+                .finalize();
+            u64::from_be_bytes(hash[..8].try_into().expect("8 of 32 bytes"))
+        };
+        members.sort_by_key(|m| (rank(m), m.clone()));
+        members.truncate(DEFAULT_ACCEPTORS);
+        members
     }
 
     /// Writes the next generation of `workload` (a spec, or a tombstone when `spec` is
@@ -59,6 +90,10 @@ impl Negotiator {
             });
             return;
         }
+        let acceptors = match &spec {
+            Some(spec) if spec.consistency == Consistency::Strong => self.acceptors_of(workload),
+            _ => Vec::new(),
+        };
         let record = WorkloadRecord {
             workload: workload.to_owned(),
             generation: self.records.next_generation(workload),
@@ -67,6 +102,7 @@ impl Negotiator {
             written_at_ms: now_ms,
             spec,
             rollout,
+            acceptors,
         };
         let signed = self
             .membership

@@ -107,6 +107,32 @@ pub struct SimConfig {
     /// Users asking questions of their nodes during the run (workload lists, logs,
     /// explanations); each must be answered by its deadline.
     pub questions: Vec<Question>,
+    /// Strong workloads: every replica runs only under its lease, and the run checks
+    /// that no two nodes ever hold one replica's lease at once.
+    pub strong: Option<Strong>,
+}
+
+/// What a run with strong workloads adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Strong {
+    /// Each node's clock runs at its own rate, within ±1 % of real time.
+    pub clock_skew: bool,
+    /// A node stops (SIGSTOP) for a while, then goes on where it was.
+    pub pause: Option<Pause>,
+    /// The containers' stop timeout (which lengthens the lease).
+    pub stop_timeout_secs: u32,
+}
+
+/// A node paused: it handles nothing (messages wait, timers wait) from `at_ms` for
+/// `for_ms`; a watchdog outside it still stops its strong containers at their deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pause {
+    /// The node.
+    pub node: usize,
+    /// When it stops.
+    pub at_ms: u64,
+    /// For how long.
+    pub for_ms: u64,
 }
 
 /// How long a revocation the issuer sends out may take to reach the members it sent it
@@ -275,6 +301,19 @@ impl SimConfig {
             owner_crash_after_ms: (crash.is_none() && rng.chance(300))
                 .then(|| rng.range(100, 3_000)),
         });
+        // Drawn after everything above, so that earlier builds' seeds keep their scenarios
+        // (apart from the updates that strong runs leave out).
+        let strong = rng.chance(300).then(|| Strong {
+            clock_skew: true,
+            pause: rng.chance(500).then(|| Pause {
+                node: rng.range(0, nodes as u64 - 1) as usize,
+                at_ms: rng.range(3_000, 30_000),
+                for_ms: rng.range(1_000, 15_000),
+            }),
+            stop_timeout_secs: rng.range(0, 2) as u32,
+        });
+        // Rolling updates of strong workloads are not simulated (nor built).
+        let update = if strong.is_some() { None } else { update };
         Self {
             seed,
             nodes,
@@ -304,6 +343,7 @@ impl SimConfig {
             scaling,
             update,
             questions,
+            strong,
         }
     }
 
@@ -343,6 +383,7 @@ impl SimConfig {
             scaling: None,
             update: None,
             questions: Vec::new(),
+            strong: None,
         }
     }
 
@@ -401,6 +442,7 @@ impl SimConfig {
             scaling: None,
             update: None,
             questions: Vec::new(),
+            strong: None,
         }
     }
 }

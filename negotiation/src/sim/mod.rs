@@ -17,7 +17,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
 
-pub use config::{Crash, Partition, Question, QuestionKind, Removal, Scaling, SimConfig, Update};
+pub use config::{
+    Crash, Partition, Pause, Question, QuestionKind, Removal, Scaling, SimConfig, Strong, Update,
+};
 pub use rng::Rng;
 
 use crate::auction::{Announced, AnnouncerEvent, Answer, Candidate, PlacementRequest};
@@ -47,6 +49,9 @@ const CLUSTER_SEED: u64 = 0x5EED;
 const OWNERSHIP_SETTLES_MS: u64 = 30_000;
 /// Slack on a question's deadline for the virtual network's latency.
 const ANSWER_SLACK_MS: u64 = 200;
+
+/// A node's belief that it holds a lease: (epoch, from, until), in real ms.
+type Belief = (u64, u64, u64);
 
 /// What a run did, for assertions and benchmarks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,6 +107,15 @@ pub struct Outcome {
     /// For each node that took a record written by another: how long after it was written
     /// (ms).
     pub record_spread_ms: Vec<u64>,
+    /// Leases of strong replicas acquired or renewed (each a `RunLeased`).
+    pub leases_run: u64,
+    /// Strong containers stopped because their lease could not be renewed.
+    pub fences: u64,
+    /// Lease checks made (one per replica held, after every step of its holder).
+    pub lease_checks: u64,
+    /// For each strong replica whose holder crashed or paused: how long until another
+    /// node ran it (ms).
+    pub failover_ms: Vec<u64>,
 }
 
 impl Outcome {
@@ -192,6 +206,8 @@ struct Store {
     owned: BTreeMap<String, PlacementRequest>,
     /// Its copy of the replicated workload records.
     records: BTreeMap<String, SignedStatement>,
+    /// Its acceptor state of lease registers.
+    registers: BTreeMap<(String, u32), crate::register::SlotState>,
 }
 
 struct Node {
@@ -276,6 +292,15 @@ struct Sim<'c> {
     suspected_crash: Vec<bool>,
     /// Each node's store work in flight, in order, with when it completes.
     store_work: Vec<std::collections::VecDeque<(u64, HostAction)>>,
+    /// Each node's clock rate, per mille of real time.
+    rates: Vec<u64>,
+    /// Until when each node is paused (real ms; 0: never).
+    paused_until: Vec<u64>,
+    /// Who believes it holds each strong replica's lease, and over which real interval:
+    /// node → (epoch, from, until).
+    beliefs: BTreeMap<(String, u32), BTreeMap<usize, Belief>>,
+    /// Strong replicas whose holder crashed or paused, and when (for failover times).
+    lost_holders: BTreeMap<(String, u32), (usize, u64)>,
 }
 
 fn node_id(i: usize) -> String {
@@ -321,6 +346,18 @@ impl<'c> Sim<'c> {
             })
             .collect();
         let count = metas.len();
+        // Their own stream: runs without skew draw nothing, and keep their scenarios.
+        let mut clock_rng = Rng::new(config.seed ^ 0xC10C_C10C);
+        let skew = config.strong.is_some_and(|s| s.clock_skew);
+        let rates = (0..count)
+            .map(|_| {
+                if skew {
+                    clock_rng.range(990, 1_010)
+                } else {
+                    1_000
+                }
+            })
+            .collect();
         let mut sim = Self {
             trace: std::env::var_os("PARLEY_SIM_TRACE").is_some(),
             interner: Interner::default(),
@@ -349,6 +386,10 @@ impl<'c> Sim<'c> {
             timers: BinaryHeap::new(),
             suspected_crash: vec![false; count],
             store_work: vec![std::collections::VecDeque::new(); count],
+            rates,
+            paused_until: vec![0; count],
+            beliefs: BTreeMap::new(),
+            lost_holders: BTreeMap::new(),
             config,
         };
         for (i, meta) in metas.into_iter().enumerate() {
@@ -400,6 +441,7 @@ impl<'c> Sim<'c> {
         let id = node_id(i);
         let config = NegotiatorConfig {
             membership: self.config.membership,
+            strong: true,
             ..NegotiatorConfig::default()
         };
         let committed = store.assignments.values().cloned().collect();
@@ -408,7 +450,7 @@ impl<'c> Sim<'c> {
             config,
             meta.clone(),
             committed,
-            self.now,
+            self.clock(i),
             self.rng.next_u64(),
             Box::new(self.policy.clone()),
             self.crypto.notary(&id),
@@ -471,12 +513,17 @@ impl<'c> Sim<'c> {
             } else {
                 Scoring::BinPack
             };
-            requests.push(PlacementRequest {
+            let mut request = PlacementRequest {
                 arch: arm.then(|| "arm64".to_owned()),
                 spread_label: spread.then(|| "rack".to_owned()),
                 scoring,
                 ..request_for(&format!("w{w}"), "registry.test/app:1", replicas, resources)
-            });
+            };
+            if let (Some(strong), Some(spec)) = (self.config.strong, request.spec.as_mut()) {
+                spec.consistency = crate::workload::Consistency::Strong;
+                spec.stop_timeout_secs = strong.stop_timeout_secs;
+            }
+            requests.push(request);
         }
         if self.config.unplaceable {
             let resources = Resources {
@@ -517,8 +564,82 @@ impl<'c> Sim<'c> {
         self.flush_transmits(i)?;
         self.drain_events(i)?;
         self.check_always(i)?;
+        self.check_leases(i)?;
         self.schedule_timer(i);
         Ok(())
+    }
+
+    /// Node `i`'s clock: its own rate, from 0 at the start of the run.
+    fn clock(&self, i: usize) -> u64 {
+        self.now * self.rates[i] / 1_000
+    }
+
+    /// The real time at which node `i`'s clock reads `local` (rounded up).
+    fn real_time(&self, i: usize, local: u64) -> u64 {
+        (local.saturating_mul(1_000)).div_ceil(self.rates[i])
+    }
+
+    fn paused(&self, i: usize) -> bool {
+        self.paused_until[i] > self.now
+    }
+
+    /// No two nodes believe they hold one strong replica's lease at overlapping moments
+    /// of real time. A node's belief lasts until its lease ends by its clock, whatever
+    /// happens to it meanwhile (crashed or paused, a watchdog outside the agent stops the
+    /// container by then).
+    fn check_leases(&mut self, i: usize) -> Result<(), Violation> {
+        if self.config.strong.is_none() || !self.nodes[i].alive {
+            return Ok(());
+        }
+        let held: Vec<(String, u32, u64, u64)> = self.nodes[i]
+            .negotiator
+            .claims()
+            .running()
+            .map(|(w, r, epoch, until)| (w.to_owned(), r, epoch, self.real_time(i, until)))
+            .filter(|(_, _, _, until)| *until > self.now)
+            .collect();
+        for (workload, replica, epoch, until) in held {
+            self.outcome.lease_checks += 1;
+            let key = (workload.clone(), replica);
+            let now = self.now;
+            let beliefs = self.beliefs.entry(key.clone()).or_default();
+            beliefs.retain(|_, (_, _, end)| *end > now);
+            let from = match beliefs.get(&i) {
+                Some((held, from, _)) if *held == epoch => *from,
+                _ => now,
+            };
+            beliefs.insert(i, (epoch, from, until));
+            let clash = beliefs
+                .iter()
+                .find(|(j, (_, f, u))| **j != i && *f < until && from < *u)
+                .map(|(j, belief)| (*j, *belief));
+            if let Some((j, (other_epoch, f, u))) = clash {
+                return Err(self.violation(format!(
+                    "{} holds replica {replica} of {workload} at epoch {epoch} over [{from}, {until}) ms while {} holds it at epoch {other_epoch} over [{f}, {u})",
+                    self.nodes[i].id, self.nodes[j].id
+                )));
+            }
+            if let Some((lost, at)) = self.lost_holders.get(&key).copied()
+                && lost != i
+            {
+                self.lost_holders.remove(&key);
+                self.outcome.failover_ms.push(now - at);
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes the strong replicas node `i` held when it crashed or paused.
+    fn note_lost_holder(&mut self, i: usize) {
+        let held: Vec<(String, u32)> = self.nodes[i]
+            .negotiator
+            .claims()
+            .running()
+            .map(|(w, r, _, _)| (w.to_owned(), r))
+            .collect();
+        for key in held {
+            self.lost_holders.insert(key, (i, self.now));
+        }
     }
 
     /// Plays node `i`'s host.
@@ -535,6 +656,8 @@ impl<'c> Sim<'c> {
         ) {
             // The agent's store work runs in order, one at a time, and takes a while
             // (a flush, a lock held by a container start): other input arrives meanwhile.
+            // A register slot is a small flushed write of its own, outside that queue:
+            // leases are renewed every 1.5 s and cannot wait behind container starts.
             let delay = match self.config.store_latency_ms {
                 0 => 0,
                 max => self.rng.range(0, max),
@@ -585,7 +708,7 @@ impl<'c> Sim<'c> {
     /// Completes the oldest store work of node `i` whose time has come.
     fn finish_store_work(&mut self, i: usize) -> Result<(), Violation> {
         while let Some((at, _)) = self.store_work[i].front() {
-            if *at > self.now {
+            if *at > self.now || self.paused(i) {
                 break;
             }
             if let Some((_, action)) = self.store_work[i].pop_front() {
@@ -599,13 +722,14 @@ impl<'c> Sim<'c> {
     fn next_store_work(&self) -> Option<u64> {
         self.store_work
             .iter()
-            .filter_map(|queue| queue.front().map(|(at, _)| *at))
+            .zip(&self.paused_until)
+            .filter_map(|(queue, paused)| queue.front().map(|(at, _)| (*at).max(*paused)))
             .min()
     }
 
     /// Carries out a host action at once.
     fn carry_out_now(&mut self, i: usize, action: HostAction) -> Result<(), Violation> {
-        let now = self.now;
+        let now = self.clock(i);
         match action {
             HostAction::Commit { token, assignment } => {
                 self.check_grant(i, &assignment)?;
@@ -704,6 +828,55 @@ impl<'c> Sim<'c> {
             }
             HostAction::DropRecord { workload } => {
                 self.nodes[i].store.records.remove(&workload);
+            }
+            HostAction::StoreRegister {
+                token,
+                workload,
+                replica,
+                slot,
+            } => {
+                self.nodes[i]
+                    .store
+                    .registers
+                    .insert((workload, replica), slot);
+                self.nodes[i]
+                    .negotiator
+                    .handle_register_stored(now, token, Ok(()));
+            }
+            HostAction::DropRegister { workload, replica } => {
+                self.nodes[i].store.registers.remove(&(workload, replica));
+            }
+            HostAction::RunLeased {
+                workload, replica, ..
+            } => {
+                self.outcome.leases_run += 1;
+                let running = crate::messages::RunState {
+                    phase: crate::messages::Phase::Running,
+                    exit_code: None,
+                    restarts: 0,
+                    since_ms: now,
+                    reason: None,
+                    container_id: None,
+                };
+                self.nodes[i]
+                    .negotiator
+                    .set_replica_state(&workload, replica, running);
+            }
+            HostAction::Fence {
+                workload, replica, ..
+            } => {
+                self.outcome.fences += 1;
+                let stopped = crate::messages::RunState {
+                    phase: crate::messages::Phase::Pending,
+                    exit_code: None,
+                    restarts: 0,
+                    since_ms: now,
+                    reason: Some("fenced: waiting for the lease".to_owned()),
+                    container_id: None,
+                };
+                self.nodes[i]
+                    .negotiator
+                    .set_replica_state(&workload, replica, stopped);
             }
             HostAction::Start { workload, replica } => {
                 let failing = self.nodes[i]
@@ -850,6 +1023,7 @@ impl<'c> Sim<'c> {
             written_at_ms: self.now,
             spec: None,
             rollout: None,
+            acceptors: Vec::new(),
         };
         let signed = match self.rng.range(0, 2) {
             0 => self
@@ -1039,7 +1213,14 @@ impl<'c> Sim<'c> {
         {
             return Ok(());
         }
+        if self.paused(delivery.to) {
+            // A stopped process reads nothing; the frame waits in its socket.
+            let at_ms = self.paused_until[delivery.to];
+            self.in_flight.push(Reverse(Delivery { at_ms, ..delivery }));
+            return Ok(());
+        }
         let now = self.now;
+        let local = self.clock(delivery.to);
         let node = &mut self.nodes[delivery.to];
         let received = codec::decode_frame(
             &delivery.frame,
@@ -1071,13 +1252,14 @@ impl<'c> Sim<'c> {
             .entry(received.body.kind())
             .or_default() += delivery.frame.len() as u64;
         node.negotiator
-            .handle_message(now, &received.sender, received.body);
+            .handle_message(local, &received.sender, received.body);
         self.settle(delivery.to)
     }
 
     fn schedule_timer(&mut self, i: usize) {
         let next = if self.nodes[i].alive {
-            self.nodes[i].negotiator.poll_timeout()
+            let local = self.nodes[i].negotiator.poll_timeout();
+            local.map(|at| self.real_time(i, at).max(self.paused_until[i]))
         } else {
             None
         };
@@ -1111,7 +1293,12 @@ impl<'c> Sim<'c> {
                 continue;
             }
             self.timer_of[i] = None;
-            self.nodes[i].negotiator.handle_timeout(now);
+            if self.paused(i) {
+                self.schedule_timer(i);
+                continue;
+            }
+            let local = self.clock(i);
+            self.nodes[i].negotiator.handle_timeout(local);
             self.settle(i)?;
         }
         Ok(())
@@ -1212,7 +1399,10 @@ impl<'c> Sim<'c> {
         if !used.fits_in(&bidder.profile().allocatable) {
             return Err(self.violation(format!("{} commits {used:?} beyond its capacity", node.id)));
         }
-        if let Some(r) = bidder.reservations().find(|r| r.expires_at_ms <= self.now) {
+        if let Some(r) = bidder
+            .reservations()
+            .find(|r| r.expires_at_ms <= self.clock(i))
+        {
             return Err(self.violation(format!(
                 "{} still holds reservation {} past its expiry",
                 node.id, r.id
@@ -1625,8 +1815,12 @@ impl<'c> Sim<'c> {
                     .reported_state(workload, replica)
                     .map(|s| s.phase);
                 if phase != Some(crate::messages::Phase::Running) {
+                    let claim = on
+                        .first()
+                        .and_then(|id| index_of(id))
+                        .and_then(|j| self.nodes[j].negotiator.claims().get(workload, replica));
                     return Err(self.violation(format!(
-                        "{workload} replica {replica} runs on {on:?}, but its owner has it as {phase:?}"
+                        "{workload} replica {replica} runs on {on:?}, but its owner has it as {phase:?} (lease claim: {claim:?})"
                     )));
                 }
                 placed += 1;
@@ -1661,11 +1855,17 @@ impl<'c> Sim<'c> {
         self.nodes[i] = self.start_node(i, meta, boot, store.clone());
         self.timer_of[i] = None;
         self.outcome.restarts += 1;
-        let now = self.now;
+        let now = self.clock(i);
         let records = store.records.into_values().collect();
         self.nodes[i].negotiator.restore_records(now, records);
-        // The agent's first reconcile pass finds the containers that kept running.
+        let registers = store.registers.into_iter().collect();
+        self.nodes[i].negotiator.restore_registers(now, registers);
+        // The agent's first reconcile pass finds the containers that kept running (those
+        // of strong workloads it stops: they wait for their lease).
         for ((workload, replica), assignment) in &store.assignments {
+            if assignment.spec.consistency == crate::workload::Consistency::Strong {
+                continue;
+            }
             let failing = assignment.spec.image.contains("/bad:");
             let running = crate::messages::RunState {
                 phase: if failing {
@@ -1720,10 +1920,9 @@ impl<'c> Sim<'c> {
     fn submit(&mut self, request: PlacementRequest, index: usize) -> Result<(), Violation> {
         let count = self.nodes.len();
         let first = index % self.config.submitters.clamp(1, count);
-        let Some(to) = (0..count)
-            .map(|k| (first + k) % count)
-            .find(|i| self.nodes[*i].alive && Some(*i) != self.config.hosts_only_node)
-        else {
+        let Some(to) = (0..count).map(|k| (first + k) % count).find(|i| {
+            self.nodes[*i].alive && !self.paused(*i) && Some(*i) != self.config.hosts_only_node
+        }) else {
             return Ok(());
         };
         self.submitters.insert(request.workload.clone(), to);
@@ -1731,7 +1930,7 @@ impl<'c> Sim<'c> {
             .store
             .owned
             .insert(request.workload.clone(), request.clone());
-        let (now, token) = (self.now, self.token());
+        let (now, token) = (self.clock(to), self.token());
         self.nodes[to]
             .negotiator
             .handle_request(now, token, Request::Place(request));
@@ -1762,7 +1961,7 @@ impl<'c> Sim<'c> {
             return Ok(());
         }
         self.removed.insert(workload.clone());
-        let (now, token) = (self.now, self.token());
+        let (now, token) = (self.clock(at), self.token());
         let request = if self.nodes[at].negotiator.announcer().owns(&workload) {
             self.nodes[at].store.owned.remove(&workload);
             Request::Remove(workload)
@@ -1803,7 +2002,7 @@ impl<'c> Sim<'c> {
         let replicas = scaling.replicas.clamp(1, most);
         self.requests[scaling.workload].replicas = replicas;
         self.outcome.scalings += 1;
-        let (now, token) = (self.now, self.token());
+        let (now, token) = (self.clock(at), self.token());
         self.nodes[at]
             .negotiator
             .handle_request(now, token, Request::Scale { workload, replicas });
@@ -1875,7 +2074,7 @@ impl<'c> Sim<'c> {
             max_unavailable,
             ..Default::default()
         };
-        let (now, token) = (self.now, self.token());
+        let (now, token) = (self.clock(at), self.token());
         self.nodes[at].negotiator.handle_request(
             now,
             token,
@@ -1941,12 +2140,13 @@ impl<'c> Sim<'c> {
         };
         self.asked
             .insert(asked, self.now + deadline + ANSWER_SLACK_MS);
-        let now = self.now;
+        let now = self.clock(i);
         self.nodes[i].negotiator.handle_request(now, token, request);
         self.settle(i)
     }
 
     fn crash(&mut self, i: usize) {
+        self.note_lost_holder(i);
         self.nodes[i].alive = false;
         self.timer_of[i] = None;
         // Store work in flight dies with the process: nothing of it was written.
@@ -1997,12 +2197,16 @@ impl<'c> Sim<'c> {
         let mut scaling = self.config.scaling;
         let mut update = self.config.update;
         let mut revocation = self.config.revocation_at_ms;
+        let mut pause = self.config.strong.and_then(|s| s.pause);
 
         loop {
             let next_delivery = self.in_flight.peek().map(|Reverse(d)| d.at_ms);
             let next_submission = submissions.last().map(|(at, _, _)| *at);
             let next_join = joins.last().map(|(at, _)| *at);
-            let next_question = questions.last().map(|q| q.at_ms);
+            // What a user asks of a paused node waits until it runs again.
+            let next_timer = self.next_timer();
+            let due = |at: u64, node: usize| at.max(self.paused_until[node]);
+            let next_question = questions.last().map(|q| due(q.at_ms, q.node));
             let next_crash = self.config.crash.and_then(|c| {
                 let node = &self.nodes[c.node];
                 if node.alive && node.boot == 0 {
@@ -2015,15 +2219,16 @@ impl<'c> Sim<'c> {
             });
             let Some(next) = [
                 next_delivery,
-                self.next_timer(),
+                next_timer,
                 next_submission,
                 next_join,
                 next_crash,
                 next_question,
-                removal.map(|r| r.at_ms),
-                scaling.map(|s| s.at_ms),
-                update.map(|u| u.at_ms),
+                removal.map(|r| due(r.at_ms, r.node)),
+                scaling.map(|s| due(s.at_ms, s.node)),
+                update.map(|u| due(u.at_ms, u.node)),
                 revocation,
+                pause.map(|p| p.at_ms),
                 self.next_store_work(),
                 Some(self.next_ownership_check),
             ]
@@ -2060,7 +2265,7 @@ impl<'c> Sim<'c> {
             }
             while joins.last().is_some_and(|(at, _)| *at <= self.now) {
                 if let Some((_, node)) = joins.pop() {
-                    let now = self.now;
+                    let now = self.clock(node);
                     for seed in (0..cluster).filter(|s| *s != node).take(2) {
                         self.nodes[node].negotiator.handle_seed(now, &node_id(seed));
                     }
@@ -2072,27 +2277,37 @@ impl<'c> Sim<'c> {
                     self.submit(request, index)?;
                 }
             }
-            while questions.last().is_some_and(|q| q.at_ms <= self.now) {
+            if let Some(p) = pause.filter(|p| p.at_ms <= self.now) {
+                pause = None;
+                if self.nodes[p.node].alive {
+                    self.note_lost_holder(p.node);
+                    self.paused_until[p.node] = self.now + p.for_ms;
+                }
+            }
+            while questions
+                .last()
+                .is_some_and(|q| q.at_ms <= self.now && !self.paused(q.node))
+            {
                 if let Some(question) = questions.pop() {
                     self.ask(question)?;
                 }
             }
-            if let Some(due) = removal.filter(|r| r.at_ms <= self.now) {
+            if let Some(due) = removal.filter(|r| r.at_ms <= self.now && !self.paused(r.node)) {
                 removal = None;
                 self.remove(due)?;
             }
-            if let Some(due) = scaling.filter(|s| s.at_ms <= self.now) {
+            if let Some(due) = scaling.filter(|s| s.at_ms <= self.now && !self.paused(s.node)) {
                 scaling = None;
                 self.scale(due)?;
             }
-            if let Some(due) = update.filter(|u| u.at_ms <= self.now) {
+            if let Some(due) = update.filter(|u| u.at_ms <= self.now && !self.paused(u.node)) {
                 update = None;
                 self.update(due)?;
             }
             if let Some(at) = revocation.filter(|at| *at <= self.now) {
                 revocation = None;
                 if self.nodes[0].alive {
-                    let (now, notice) = (self.now, sim_revocation(cluster, at));
+                    let (now, notice) = (self.clock(0), sim_revocation(cluster, at));
                     // Not the revoked node itself: nothing is sent to it.
                     let told: Vec<usize> = self.nodes[0]
                         .negotiator

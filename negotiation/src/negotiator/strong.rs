@@ -1,0 +1,213 @@
+//! The negotiator's half of strong workloads: this node as an acceptor of lease registers
+//! ([`crate::register`]), and as the holder of the leases of strong replicas it was
+//! awarded ([`crate::lease`]).
+//!
+//! An award of a strong replica is stored like any other, but its container does not
+//! start on the award: the node first acquires the replica's lease from a quorum of the
+//! acceptors named in the workload's record, and runs it only while it holds the lease
+//! ([`HostAction::RunLeased`], [`HostAction::Fence`]). The owner's auctions stay as they
+//! are: an owner that places a replica again while the old node may still run it (a
+//! partition) gets a second node waiting for the lease, not a second container.
+
+use super::*;
+use crate::register::{Acceptor, Answer, RegisterMessage, RegisterStep, SlotState};
+
+impl Negotiator {
+    /// This node's acceptor state (for invariants and `explain`).
+    pub fn acceptor(&self) -> &Acceptor {
+        &self.acceptor
+    }
+
+    /// The leases this node holds or seeks.
+    pub fn claims(&self) -> &crate::lease::Claims {
+        &self.claims
+    }
+
+    /// Takes back the register slots the host stored before a restart. Each lease they
+    /// hold counts from now: nobody can know how long this node was away.
+    pub fn restore_registers(&mut self, now_ms: u64, stored: Vec<((String, u32), SlotState)>) {
+        self.acceptor = Acceptor::restore(now_ms, stored);
+    }
+
+    /// The host's answer to [`HostAction::StoreRegister`]: on `Ok` the promise or
+    /// acceptance held leaves; on `Err` it is dropped (the proposer's round times out,
+    /// and this node's memory is ahead of its store only in what it promised more).
+    pub fn handle_register_stored(
+        &mut self,
+        now_ms: u64,
+        token: u64,
+        result: Result<(), HostError>,
+    ) {
+        if let Some((to, message)) = self.register_replies.remove(&token)
+            && result.is_ok()
+        {
+            self.send(to, Body::Register(message));
+        }
+        self.settle(now_ms);
+    }
+
+    /// A register message from `from`, past the gate.
+    pub(super) fn receive_register(&mut self, now_ms: u64, from: &str, message: RegisterMessage) {
+        if let Err(reason) = message.check() {
+            self.events.push_back(Event::RegisterRefused {
+                from: from.to_owned(),
+                reason,
+            });
+            return;
+        }
+        match &message.step {
+            RegisterStep::Prepare { ballot } | RegisterStep::Propose { ballot, .. }
+                if !self.strong_enabled =>
+            {
+                let refused = RegisterMessage {
+                    workload: message.workload.clone(),
+                    replica: message.replica,
+                    step: RegisterStep::Refused {
+                        ballot: ballot.clone(),
+                        promised: None,
+                        reason: format!("{} keeps no lease registers", self.id),
+                    },
+                };
+                self.send(from.to_owned(), Body::Register(refused));
+            }
+            RegisterStep::Prepare { .. } | RegisterStep::Propose { .. } => {
+                let answer = self.acceptor.handle(
+                    now_ms,
+                    from,
+                    &message.workload,
+                    message.replica,
+                    &message.step,
+                );
+                let reply = |step| RegisterMessage {
+                    workload: message.workload.clone(),
+                    replica: message.replica,
+                    step,
+                };
+                match answer {
+                    Some(Answer::Reply(step)) => {
+                        self.send(from.to_owned(), Body::Register(reply(step)));
+                    }
+                    Some(Answer::StoreThenReply(slot, step)) => {
+                        let token = self.token();
+                        self.register_replies
+                            .insert(token, (from.to_owned(), reply(step)));
+                        self.actions.push_back(HostAction::StoreRegister {
+                            token,
+                            workload: message.workload.clone(),
+                            replica: message.replica,
+                            slot,
+                        });
+                    }
+                    None => {}
+                }
+            }
+            _ => self.claims.handle(now_ms, from, &message),
+        }
+    }
+
+    /// Claims the lease of every strong replica this node holds once its record names
+    /// the acceptors, and gives up the claims of replicas no longer held here.
+    pub(super) fn follow_claims(&mut self, now_ms: u64) {
+        if self.strong.is_empty() && self.claims.iter().next().is_none() {
+            return;
+        }
+        let held: std::collections::HashSet<(String, u32)> = self
+            .bidder
+            .committed()
+            .map(|c| (c.workload.clone(), c.replica))
+            .collect();
+        self.strong.retain(|key, _| held.contains(key));
+        let gone: Vec<(String, u32)> = self
+            .claims
+            .iter()
+            .map(|(key, _)| key.clone())
+            .filter(|key| !self.strong.contains_key(key))
+            .collect();
+        for (workload, replica) in gone {
+            self.claims
+                .drop_claim(&workload, replica, "the replica is no longer held here");
+        }
+        let wanted: Vec<((String, u32), u32)> = self
+            .strong
+            .iter()
+            .filter(|(key, _)| self.claims.get(&key.0, key.1).is_none())
+            .map(|(key, stop)| (key.clone(), *stop))
+            .collect();
+        for ((workload, replica), stop_timeout_secs) in wanted {
+            let Some(held) = self.records.get(&workload) else {
+                continue;
+            };
+            if held.record.acceptors.is_empty() {
+                continue;
+            }
+            let acceptors = held.record.acceptors.clone();
+            self.claims
+                .claim(now_ms, &workload, replica, acceptors, stop_timeout_secs);
+        }
+    }
+
+    /// Turns what the claims decided into host actions, events and messages.
+    pub(super) fn lease_outputs(&mut self) {
+        while let Some(event) = self.claims.poll_event() {
+            match event {
+                crate::lease::LeaseEvent::Run {
+                    workload,
+                    replica,
+                    epoch,
+                    fence_at_ms,
+                } => self.actions.push_back(HostAction::RunLeased {
+                    workload,
+                    replica,
+                    epoch,
+                    fence_at_ms,
+                }),
+                crate::lease::LeaseEvent::Fence {
+                    workload,
+                    replica,
+                    epoch,
+                    why,
+                } => self.actions.push_back(HostAction::Fence {
+                    workload,
+                    replica,
+                    epoch,
+                    why,
+                }),
+                crate::lease::LeaseEvent::Waiting {
+                    workload,
+                    replica,
+                    holder,
+                    epoch,
+                    lease_left_ms,
+                } => self.events.push_back(Event::LeaseWaiting {
+                    workload,
+                    replica,
+                    holder,
+                    epoch,
+                    lease_left_ms,
+                }),
+            }
+        }
+        while let Some((to, message)) = self.claims.poll_transmit() {
+            self.send(to, Body::Register(message));
+        }
+    }
+
+    /// Drops the register slots of removed workloads whose leases are over.
+    pub(super) fn forget_registers(&mut self, now_ms: u64) {
+        let removed: Vec<String> = self
+            .acceptor
+            .workloads()
+            .into_iter()
+            .filter(|w| self.removed_by_record(w))
+            .map(str::to_owned)
+            .collect();
+        for workload in removed {
+            for replica in self.acceptor.forget(now_ms, &workload) {
+                self.actions.push_back(HostAction::DropRegister {
+                    workload: workload.clone(),
+                    replica,
+                });
+            }
+        }
+    }
+}
