@@ -142,7 +142,7 @@ pub enum SpecError {
     },
     /// A strong workload's stop timeout is longer than its lease may be.
     #[error(
-        "a strong workload's stop timeout is at most {MAX_STRONG_STOP_TIMEOUT_SECS}s (its lease, and so a failover, lasts the stop timeout plus 6s), not {secs}s"
+        "a strong workload's stop timeout is at most {MAX_STRONG_STOP_TIMEOUT_SECS}s (its lease, and so a failover, lasts the stop timeout plus 5s), not {secs}s"
     )]
     StrongStopTimeout {
         /// The value given.
