@@ -32,6 +32,18 @@ pub fn unix_micros() -> u64 {
     since_epoch().as_micros() as u64
 }
 
+/// Milliseconds since the Unix epoch as the negotiation protocol reads them: the wall
+/// clock when first read, then moved on by the monotonic clock only. It never jumps
+/// (an NTP step, a clock set by hand), which the leases of strong workloads need: each
+/// node measures them on its own clock, and one that jumped forward or back would end a
+/// lease early or keep it too long. It strays from the wall clock only by the drift NTP
+/// would have corrected, far inside what the protocol allows across nodes.
+pub fn negotiation_millis() -> u64 {
+    static START: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
+    let (at, wall) = START.get_or_init(|| (std::time::Instant::now(), unix_millis()));
+    wall + at.elapsed().as_millis() as u64
+}
+
 /// Nanoseconds since the Unix epoch, for seeding non-secret counters.
 pub fn unix_nanos() -> u64 {
     since_epoch().as_nanos() as u64

@@ -55,6 +55,7 @@ const EVENTS_TREE: &str = "events";
 const JOIN_TOKENS_TREE: &str = "join_tokens";
 const ENROLLED_NODES_TREE: &str = "enrolled_nodes";
 const REVOKED_KEYS_TREE: &str = "revoked_keys";
+const REGISTERS_TREE: &str = "registers";
 const RECORDS_TREE: &str = "records";
 
 /// How to get out of a store that cannot be used, for error messages.
@@ -406,6 +407,13 @@ impl Store {
     /// The node keys an issuer revoked, keyed `NAME/KEY`, of the caller's type.
     pub fn revoked_keys<T: Serialize + DeserializeOwned>(&self) -> Result<Tree<T>> {
         self.typed(REVOKED_KEYS_TREE)
+    }
+
+    /// This node's acceptor state of strong replicas' lease registers, keyed
+    /// `namespace/name#replica`, of the caller's type. A slot is flushed here before the
+    /// promise or acceptance it records is sent.
+    pub fn registers<T: Serialize + DeserializeOwned>(&self) -> Result<Tree<T>> {
+        self.typed(REGISTERS_TREE)
     }
 
     /// Where this node's identity material lives, keyed by kind.

@@ -49,9 +49,24 @@ pub struct RunArgs {
     /// When an exited container is started again (on the next reconcile pass)
     #[arg(long, value_enum, value_name = "WHEN", default_value_t = Restart::Always)]
     pub restart: Restart,
+    /// eventual: placed again at once when its node seems gone (may briefly run twice
+    /// in a partition); strong: runs only under a lease from a quorum of nodes, never
+    /// twice, and fails over once a lost node's lease ran out (lease: stop timeout + 5 s;
+    /// at most 60 s of stop timeout)
+    #[arg(long, value_enum, value_name = "CLASS", default_value_t = ConsistencyArg::Eventual)]
+    pub consistency: ConsistencyArg,
     /// Command and arguments, after `--`; the image's default command if omitted
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// `--consistency` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConsistencyArg {
+    /// Stateless (the default)
+    Eventual,
+    /// Stateful: at most one instance of each replica
+    Strong,
 }
 
 /// `--restart` values.
@@ -86,6 +101,10 @@ impl RunArgs {
             Restart::Never => RestartPolicy::Never,
         };
         spec.replicas = self.replicas;
+        spec.consistency = match self.consistency {
+            ConsistencyArg::Eventual => parley_negotiation::Consistency::Eventual,
+            ConsistencyArg::Strong => parley_negotiation::Consistency::Strong,
+        };
         spec.resources.cpu_millis = self.cpu.unwrap_or(0);
         spec.resources.memory_bytes = self.memory.unwrap_or(0);
         for entry in &self.constraints {

@@ -23,7 +23,7 @@ use tracing::Instrument as _;
 use super::{
     Checks, Command, DISK_CHECK_INTERVAL, Host, Negotiation, Placements, dial_seed, random_seed,
 };
-use crate::clock::unix_millis;
+use crate::clock::negotiation_millis;
 use crate::metrics::Metrics;
 use crate::transport::{Inbound, Transport};
 use parley_negotiation::auction::{AnnouncerEvent, Explanation};
@@ -46,6 +46,7 @@ enum Done {
         to: String,
         result: Result<LogChunk, HostError>,
     },
+    RegisterStored(u64, Result<(), HostError>),
 }
 
 /// Runs the negotiator until `shutdown`. `view` receives the member list after every
@@ -111,7 +112,7 @@ async fn drive<H: Host>(
         config,
         meta,
         committed,
-        unix_millis(),
+        negotiation_millis(),
         random_seed(),
         Box::new(policy),
         Box::new(transport.notary()),
@@ -122,7 +123,15 @@ async fn drive<H: Host>(
             "taking back the workload records stored before the restart"
         );
     }
-    negotiator.restore_records(unix_millis(), records);
+    negotiator.restore_records(negotiation_millis(), records);
+    let registers = host.stored_registers();
+    if !registers.is_empty() {
+        tracing::info!(
+            registers = registers.len(),
+            "taking back the lease registers stored before the restart; each lease counts from now"
+        );
+    }
+    negotiator.restore_registers(negotiation_millis(), registers);
     let (done_tx, mut done) = mpsc::unbounded_channel::<Done>();
     // Store work runs in order, one at a time, as it did inline: an adoption and the
     // forgetting that undoes it must not overtake each other.
@@ -150,7 +159,7 @@ async fn drive<H: Host>(
         let sleep = async {
             match deadline {
                 Some(at) => {
-                    let wait = at.saturating_sub(unix_millis());
+                    let wait = at.saturating_sub(negotiation_millis());
                     tokio::time::sleep(Duration::from_millis(wait)).await;
                 }
                 None => std::future::pending().await,
@@ -160,13 +169,13 @@ async fn drive<H: Host>(
             () = shutdown.cancelled() => break,
             Some((peer, addr)) = seeds_found.recv() => {
                 addresses.insert(peer.clone(), addr);
-                negotiator.handle_seed(unix_millis(), &peer);
+                negotiator.handle_seed(negotiation_millis(), &peer);
             }
             message = inbox.recv() => {
                 let Some(Inbound { received, remote }) = message else { break };
                 addresses.entry(received.sender.clone()).or_insert(remote);
                 let refused = negotiator.membership().refused_statements();
-                negotiator.handle_message(unix_millis(), &received.sender, received.body);
+                negotiator.handle_message(negotiation_millis(), &received.sender, received.body);
                 let newly_refused = negotiator.membership().refused_statements() - refused;
                 if newly_refused > 0 {
                     metrics.statements_refused.fetch_add(newly_refused, std::sync::atomic::Ordering::Relaxed);
@@ -179,23 +188,26 @@ async fn drive<H: Host>(
             Some(command) = commands.recv() => {
                 next_token += 1;
                 let request = command_request(command, next_token, &mut waiting);
-                negotiator.handle_request(unix_millis(), next_token, request);
+                negotiator.handle_request(negotiation_millis(), next_token, request);
             }
             Some(result) = done.recv() => match result {
-                Done::Committed(token, result) => negotiator.handle_committed(unix_millis(), token, result),
-                Done::Adopted(token, result) => negotiator.handle_adopted(unix_millis(), token, result),
+                Done::Committed(token, result) => negotiator.handle_committed(negotiation_millis(), token, result),
+                Done::Adopted(token, result) => negotiator.handle_adopted(negotiation_millis(), token, result),
                 Done::LogsRead { request, to, result } => {
-                    negotiator.handle_logs_read(unix_millis(), request, to, result);
+                    negotiator.handle_logs_read(negotiation_millis(), request, to, result);
+                }
+                Done::RegisterStored(token, result) => {
+                    negotiator.handle_register_stored(negotiation_millis(), token, result);
                 }
             },
             _ = disk_check.tick(), if disk.is_some() => {
                 if let Some(watch) = &disk
                     && let Some(available) = crate::capacity::disk_available(&watch.path)
                 {
-                    negotiator.set_disk(unix_millis(), available, watch.reserve_bytes);
+                    negotiator.set_disk(negotiation_millis(), available, watch.reserve_bytes);
                 }
             }
-            () = sleep => negotiator.handle_timeout(unix_millis()),
+            () = sleep => negotiator.handle_timeout(negotiation_millis()),
         }
 
         if transport.renewals() != statements_signed_for {
@@ -224,22 +236,48 @@ async fn drive<H: Host>(
                             false
                         }
                     };
-                    negotiator.handle_revocation(unix_millis(), notice, verified);
+                    negotiator.handle_revocation(negotiation_millis(), notice, verified);
                 }
-                // The agent keeps no lease registers yet (its negotiator is configured
-                // without strong workloads, and refuses them): these never come.
-                HostAction::StoreRegister { token, .. } => {
-                    let refused = HostError::Store("this agent keeps no lease registers".into());
-                    negotiator.handle_register_stored(unix_millis(), token, Err(refused));
-                }
-                HostAction::DropRegister { .. } => {}
-                HostAction::RunLeased {
-                    workload, replica, ..
-                }
-                | HostAction::Fence {
-                    workload, replica, ..
+                // Register slots are small flushed writes of their own, beside the store
+                // queue: a renewal every 1.5 s cannot wait behind a container start.
+                HostAction::StoreRegister {
+                    token,
+                    workload,
+                    replica,
+                    slot,
                 } => {
-                    tracing::error!(%workload, replica, "a lease action for a strong workload, which this agent does not run; ignored");
+                    let host = Arc::clone(&host);
+                    let done = done_tx.clone();
+                    tasks.spawn(async move {
+                        let result = host.store_register(workload, replica, slot).await;
+                        let _ = done.send(Done::RegisterStored(token, result));
+                    });
+                }
+                HostAction::DropRegister { workload, replica } => {
+                    let host = Arc::clone(&host);
+                    tasks.spawn(async move { host.drop_register(workload, replica).await });
+                }
+                HostAction::RunLeased {
+                    workload,
+                    replica,
+                    epoch,
+                    fence_at_ms,
+                } => {
+                    let fence_in =
+                        Duration::from_millis(fence_at_ms.saturating_sub(negotiation_millis()));
+                    let host = Arc::clone(&host);
+                    tasks.spawn(async move {
+                        host.run_leased(workload, replica, epoch, fence_in).await
+                    });
+                }
+                HostAction::Fence {
+                    workload,
+                    replica,
+                    epoch,
+                    why,
+                } => {
+                    let host = Arc::clone(&host);
+                    tasks.spawn(async move { host.fence(workload, replica, epoch, why).await });
                 }
                 HostAction::Start { workload, replica } => {
                     let host = Arc::clone(&host);
@@ -464,7 +502,7 @@ pub(super) fn observe(event: &Event, metrics: &Metrics, disk: Option<&std::path:
             retry_at_ms,
         }) => {
             Metrics::inc(&metrics.failed_auctions);
-            let retry_in_ms = retry_at_ms.saturating_sub(unix_millis());
+            let retry_in_ms = retry_at_ms.saturating_sub(negotiation_millis());
             tracing::warn!(%workload, replica, reasons = ?explanation.counts(), retry_in_ms, "replica not placed; retrying");
         }
         Event::Auction(AnnouncerEvent::Struck { node, strikes }) => {

@@ -24,6 +24,7 @@ use parley_negotiation::messages::{
 };
 pub use parley_negotiation::negotiator::{Assignment, HostError, Placements};
 use parley_negotiation::negotiator::{NegotiatorConfig, QUERY_TIMEOUT_MS};
+use parley_negotiation::register::SlotState;
 use tokio::sync::oneshot;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -166,7 +167,11 @@ impl Prepared {
             self.handle.transport.clone(),
             self.inbox,
             Negotiation {
-                config: NegotiatorConfig::default(),
+                config: NegotiatorConfig {
+                    // This agent keeps lease registers and fences strong replicas.
+                    strong: true,
+                    ..NegotiatorConfig::default()
+                },
                 meta: self.meta,
                 committed,
                 records,
@@ -347,6 +352,35 @@ pub trait Host: Send + Sync + 'static {
     /// Stops and forgets a replica its owner revoked.
     fn revoke(&self, workload: String, replica: u32, epoch: u64)
     -> impl Future<Output = ()> + Send;
+    /// The lease register slots this node stored as an acceptor before a restart.
+    fn stored_registers(&self) -> Vec<((String, u32), SlotState)>;
+    /// Stores (flushed) this node's acceptor state of a replica's lease register; the
+    /// answer it backs leaves only once this returns `Ok`.
+    fn store_register(
+        &self,
+        workload: String,
+        replica: u32,
+        slot: SlotState,
+    ) -> impl Future<Output = Result<(), HostError>> + Send;
+    /// Deletes the register slot of a removed workload's replica.
+    fn drop_register(&self, workload: String, replica: u32) -> impl Future<Output = ()> + Send;
+    /// This node holds the lease of a strong replica at `epoch` for `fence_in` more:
+    /// run its container at that epoch, stopped when the time is up unless renewed.
+    fn run_leased(
+        &self,
+        workload: String,
+        replica: u32,
+        epoch: u64,
+        fence_in: Duration,
+    ) -> impl Future<Output = ()> + Send;
+    /// Stops a strong replica's container now: its lease could not be renewed.
+    fn fence(
+        &self,
+        workload: String,
+        replica: u32,
+        epoch: u64,
+        why: String,
+    ) -> impl Future<Output = ()> + Send;
     /// The output of a replica this node runs.
     fn logs(
         &self,

@@ -32,6 +32,22 @@ impl Host for NoWork {
             "this test host runs nothing".to_owned(),
         ))
     }
+    fn stored_registers(&self) -> Vec<((String, u32), parley_negotiation::register::SlotState)> {
+        Vec::new()
+    }
+    async fn store_register(
+        &self,
+        _: String,
+        _: u32,
+        _: parley_negotiation::register::SlotState,
+    ) -> Result<(), HostError> {
+        Err(HostError::Store(
+            "this test host keeps no registers".to_owned(),
+        ))
+    }
+    async fn drop_register(&self, _: String, _: u32) {}
+    async fn run_leased(&self, _: String, _: u32, _: u64, _: Duration) {}
+    async fn fence(&self, _: String, _: u32, _: u64, _: String) {}
 }
 
 struct Running {
@@ -368,6 +384,22 @@ mod shutdown {
         async fn revoke(&self, _: String, _: u32, _: u64) {}
         async fn store_record(&self, _: String, _: parley_negotiation::messages::SignedStatement) {}
         async fn drop_record(&self, _: String) {}
+        fn stored_registers(
+            &self,
+        ) -> Vec<((String, u32), parley_negotiation::register::SlotState)> {
+            Vec::new()
+        }
+        async fn store_register(
+            &self,
+            _: String,
+            _: u32,
+            _: parley_negotiation::register::SlotState,
+        ) -> Result<(), HostError> {
+            Ok(())
+        }
+        async fn drop_register(&self, _: String, _: u32) {}
+        async fn run_leased(&self, _: String, _: u32, _: u64, _: Duration) {}
+        async fn fence(&self, _: String, _: u32, _: u64, _: String) {}
         async fn logs(&self, _: String, _: u32, _: LogWindow) -> Result<LogChunk, HostError> {
             Err(HostError::NotRunning("no logs here".to_owned()))
         }

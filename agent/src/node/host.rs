@@ -1,7 +1,12 @@
 //! What the negotiation loop asks of the node ([`Host`]): store awards and takeovers,
 //! start, stop and read replicas.
 
+use std::sync::PoisonError;
+use std::time::Duration;
+
 use parley_negotiation::messages::Phase;
+use parley_negotiation::register::SlotState;
+use parley_negotiation::workload::key_name;
 
 use super::*;
 
@@ -25,58 +30,7 @@ impl<R: ContainerRuntime> Host for Node<R> {
     }
 
     async fn start(&self, workload: String, replica: u32) {
-        let _changing = self.changes.lock().await;
-        let Ok(Some(assignment)) = self.assignments.get(&assignment_key(&workload, replica)) else {
-            return;
-        };
-        let already = self
-            .runtime
-            .list_managed(&self.info.name)
-            .await
-            .is_ok_and(|cs| {
-                cs.iter()
-                    .any(|c| c.workload == workload && c.replica == replica)
-            });
-        if already {
-            return;
-        }
-        let record = WorkloadRecord {
-            spec: assignment.spec,
-            created_at: crate::clock::unix_secs(),
-            submitter: None,
-        };
-        let starting = self.observe_replica(&workload, replica, Phase::Starting, None, None, None);
-        self.publish_states(vec![(workload.clone(), replica, starting)]);
-        match self
-            .launch_replica(&record, replica, assignment.epoch)
-            .await
-        {
-            Ok(id) => {
-                let running =
-                    self.observe_replica(&workload, replica, Phase::Running, None, None, Some(id));
-                self.publish_states(vec![(workload.clone(), replica, running)]);
-                tracing::info!(%workload, replica, epoch = assignment.epoch, "replica started");
-                self.record_event(
-                    "replica-started",
-                    Some(&key(&workload)),
-                    &format!("replica {replica}"),
-                );
-            }
-            Err(error) => {
-                let failed = self.observe_replica(
-                    &workload,
-                    replica,
-                    Phase::Failed,
-                    None,
-                    Some(error.to_string()),
-                    None,
-                );
-                self.publish_states(vec![(workload.clone(), replica, failed)]);
-                // The reconciler retries; the owner hears of the replica in reports either way.
-                tracing::warn!(%workload, replica, %error, "could not start an awarded replica; will retry");
-                self.record_event("replica-failed", Some(&key(&workload)), &error.to_string());
-            }
-        }
+        self.start_at(workload, replica, None).await;
     }
 
     async fn store_record(&self, workload: String, record: SignedStatement) {
@@ -148,6 +102,88 @@ impl<R: ContainerRuntime> Host for Node<R> {
             .map_err(|e| HostError::Runtime(e.to_string()))
     }
 
+    fn stored_registers(&self) -> Vec<((String, u32), SlotState)> {
+        let stored = match self.registers.list() {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::error!(%error, "could not read the stored lease registers; this node answers as an acceptor that forgot, which its peers' quorums outvote");
+                return Vec::new();
+            }
+        };
+        stored
+            .into_iter()
+            .filter_map(|(key, slot)| {
+                let (workload, replica) = key.rsplit_once('#')?;
+                Some(((workload.to_owned(), replica.parse().ok()?), slot))
+            })
+            .collect()
+    }
+
+    async fn store_register(
+        &self,
+        workload: String,
+        replica: u32,
+        slot: SlotState,
+    ) -> Result<(), HostError> {
+        let key = format!("{workload}#{replica}");
+        self.put_flushed(&self.registers, &key, &slot)
+            .await
+            .map_err(|e| HostError::Store(e.to_string()))
+    }
+
+    async fn drop_register(&self, workload: String, replica: u32) {
+        if let Err(error) = self.registers.remove(&format!("{workload}#{replica}")) {
+            let error = self.note_store_error(error);
+            tracing::warn!(%workload, replica, %error, "could not drop a removed workload's lease register");
+        }
+    }
+
+    async fn run_leased(&self, workload: String, replica: u32, epoch: u64, fence_in: Duration) {
+        let name = key_name(&workload).to_owned();
+        let deadline = Instant::now() + fence_in;
+        let renewed = self
+            .leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((name.clone(), replica), (epoch, deadline))
+            .is_some_and(|(held, _)| held == epoch);
+        if renewed {
+            return;
+        }
+        tracing::info!(workload = %name, replica, epoch, "holding the lease of a strong replica; starting it");
+        self.start_at(name, replica, Some(epoch)).await;
+    }
+
+    async fn fence(&self, workload: String, replica: u32, epoch: u64, why: String) {
+        let name = key_name(&workload).to_owned();
+        {
+            let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+            if leases
+                .get(&(name.clone(), replica))
+                .is_some_and(|(held, _)| *held == epoch)
+            {
+                leases.remove(&(name.clone(), replica));
+            }
+        }
+        let _changing = self.changes.lock().await;
+        self.stop_unleased(&name, replica).await;
+        tracing::warn!(workload = %name, replica, epoch, %why, "fenced a strong replica: its container is stopped before its lease ends");
+        self.record_event(
+            "replica-fenced",
+            Some(&key(&name)),
+            &format!("replica {replica} at epoch {epoch}: {why}"),
+        );
+        let pending = self.observe_replica(
+            &name,
+            replica,
+            Phase::Pending,
+            None,
+            Some(format!("fenced: {why}")),
+            None,
+        );
+        self.publish_states(vec![(name, replica, pending)]);
+    }
+
     async fn revoke(&self, workload: String, replica: u32, epoch: u64) {
         let _changing = self.changes.lock().await;
         let akey = assignment_key(&workload, replica);
@@ -180,5 +216,115 @@ impl<R: ContainerRuntime> Host for Node<R> {
             Some(&key(&workload)),
             &format!("replica {replica} at epoch {epoch}"),
         );
+    }
+}
+
+impl<R: ContainerRuntime> Node<R> {
+    /// Starts a committed replica's container at its award's epoch or, for a strong
+    /// replica, at `lease_epoch`, replacing a container of another epoch.
+    pub(super) async fn start_at(&self, workload: String, replica: u32, lease_epoch: Option<u64>) {
+        let _changing = self.changes.lock().await;
+        let Ok(Some(assignment)) = self.assignments.get(&assignment_key(&workload, replica)) else {
+            return;
+        };
+        if let Some(epoch) = lease_epoch
+            && !self.holds_lease(&workload, replica, epoch)
+        {
+            // Fenced while this start waited for the lock.
+            return;
+        }
+        let epoch = lease_epoch.unwrap_or(assignment.epoch);
+        let containers = self
+            .runtime
+            .list_managed(&self.info.name)
+            .await
+            .unwrap_or_default();
+        let mut already = false;
+        for c in containers
+            .iter()
+            .filter(|c| c.workload == workload && c.replica == replica)
+        {
+            if lease_epoch.is_none()
+                || (c.epoch == Some(epoch) && c.state == ContainerState::Running)
+            {
+                already = true;
+            } else if let Err(error) = self.runtime.remove(&c.id).await {
+                // Never two containers of a strong replica: no start until it is gone.
+                tracing::warn!(%workload, replica, %error, "could not remove the container of an older epoch; not starting");
+                return;
+            }
+        }
+        if already {
+            return;
+        }
+        let record = WorkloadRecord {
+            spec: assignment.spec,
+            created_at: crate::clock::unix_secs(),
+            submitter: None,
+        };
+        let starting = self.observe_replica(&workload, replica, Phase::Starting, None, None, None);
+        self.publish_states(vec![(workload.clone(), replica, starting)]);
+        match self.launch_replica(&record, replica, epoch).await {
+            Ok(id) => {
+                let running =
+                    self.observe_replica(&workload, replica, Phase::Running, None, None, Some(id));
+                self.publish_states(vec![(workload.clone(), replica, running)]);
+                tracing::info!(%workload, replica, epoch, "replica started");
+                self.record_event(
+                    "replica-started",
+                    Some(&key(&workload)),
+                    &format!("replica {replica}"),
+                );
+            }
+            Err(error) => {
+                let failed = self.observe_replica(
+                    &workload,
+                    replica,
+                    Phase::Failed,
+                    None,
+                    Some(error.to_string()),
+                    None,
+                );
+                self.publish_states(vec![(workload.clone(), replica, failed)]);
+                // The reconciler retries; the owner hears of the replica in reports either way.
+                tracing::warn!(%workload, replica, %error, "could not start an awarded replica; will retry");
+                self.record_event("replica-failed", Some(&key(&workload)), &error.to_string());
+            }
+        }
+    }
+
+    /// Whether this node holds the lease of `replica` of `name` at `epoch`, unexpired.
+    pub(super) fn holds_lease(&self, name: &str, replica: u32, epoch: u64) -> bool {
+        self.leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(name.to_owned(), replica))
+            .is_some_and(|(held, until)| *held == epoch && Instant::now() < *until)
+    }
+
+    /// The epoch of the lease this node holds of `replica` of `name`, unexpired.
+    pub(super) fn lease_epoch(&self, name: &str, replica: u32) -> Option<u64> {
+        self.leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(name.to_owned(), replica))
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(epoch, _)| *epoch)
+    }
+
+    /// Removes the containers of a strong replica that no lease held here covers.
+    async fn stop_unleased(&self, name: &str, replica: u32) {
+        let held = self.lease_epoch(name, replica);
+        let Ok(containers) = self.runtime.list_managed(&self.info.name).await else {
+            tracing::warn!(workload = %name, replica, "could not list containers to fence; the reconciler will");
+            return;
+        };
+        for c in containers.iter().filter(|c| {
+            c.workload == name && c.replica == replica && held.is_none_or(|e| c.epoch != Some(e))
+        }) {
+            if let Err(error) = self.runtime.remove(&c.id).await {
+                tracing::error!(workload = %name, replica, %error, "could not stop a fenced container; the reconciler retries");
+            }
+        }
     }
 }

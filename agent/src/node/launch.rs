@@ -32,10 +32,16 @@ impl<R: ContainerRuntime> Node<R> {
             name: container_name(&spec.name, replica),
             image: spec.image.clone(),
             command: spec.command.clone(),
+            // A strong replica learns its fencing token: storage and peers can refuse a
+            // writer whose epoch is older than one they have seen.
             env: spec
                 .env
                 .iter()
                 .map(|v| (v.key.clone(), v.value.clone()))
+                .chain(
+                    (!spec.consistency.is_eventual())
+                        .then(|| ("PARLEY_EPOCH".to_owned(), epoch.to_string())),
+                )
                 .collect(),
             labels,
             stop_timeout_secs: spec.stop_timeout_secs.into(),

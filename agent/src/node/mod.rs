@@ -92,13 +92,11 @@ pub enum NodeError {
         /// Replicas asked for.
         replicas: u32,
     },
-    /// A consistency class this agent does not run yet.
-    #[error(
-        "consistency {class:?} is not available in this agent yet: its negotiation protocol is built and simulated, but the agent does not keep lease registers or fence containers; run it as \"eventual\" (the default)"
-    )]
-    UnsupportedConsistency {
-        /// The class asked for.
-        class: &'static str,
+    /// Part of a spec this agent does not run yet.
+    #[error("{what} are not available in this agent yet; leave them out")]
+    Unsupported {
+        /// What.
+        what: &'static str,
     },
     /// What was asked needs a mesh (an agent started with `--listen`).
     #[error("{what} need a mesh: start the agent with --listen (and --join) to use them")]
@@ -224,6 +222,12 @@ pub struct Node<R> {
     /// This node's copy of the mesh's replicated workload records (written by the
     /// negotiation loop; read for `run`, `rm` and `ps`).
     records: Tree<SignedStatement>,
+    /// This node's acceptor state of strong replicas' lease registers.
+    registers: Tree<parley_negotiation::register::SlotState>,
+    /// The leases this node holds of strong replicas, by (name, replica): the epoch, and
+    /// when its container must be stopped unless renewed. Memory only: after a restart
+    /// no lease is held, and the first reconcile pass stops every strong container.
+    leases: Mutex<HashMap<(String, u32), (u64, Instant)>>,
     /// What this node last saw of each replica it runs in a mesh, by (name, replica).
     run_states: Mutex<HashMap<(String, u32), RunState>>,
     runtime: R,
@@ -256,7 +260,10 @@ impl<R: ContainerRuntime> Node<R> {
         let workloads = store.workloads()?;
         let assignments = store.assignments()?;
         let records = store.records()?;
+        let registers = store.registers()?;
         Ok(Arc::new(Self {
+            registers,
+            leases: Mutex::new(HashMap::new()),
             info,
             store,
             workloads,
@@ -274,13 +281,13 @@ impl<R: ContainerRuntime> Node<R> {
     /// runs, or nothing changed and the error says why.
     pub async fn run(&self, spec: WorkloadSpec) -> Result<WorkloadStatus, NodeError> {
         spec.validate()?;
-        if !spec.consistency.is_eventual() || !spec.volumes.is_empty() {
-            return Err(NodeError::UnsupportedConsistency {
-                class: if spec.volumes.is_empty() {
-                    spec.consistency.name()
-                } else {
-                    "strong (volumes)"
-                },
+        if !spec.volumes.is_empty() {
+            return Err(NodeError::Unsupported { what: "volumes" });
+        }
+        if !spec.consistency.is_eventual() && self.info.mesh.is_none() {
+            // Alone, nothing could grant a lease or take the replica over.
+            return Err(NodeError::NeedsMesh {
+                what: "strong workloads",
             });
         }
         self.check_writable()?;
@@ -424,8 +431,9 @@ impl<R: ContainerRuntime> Node<R> {
             });
         };
         if !spec.consistency.is_eventual() {
-            return Err(NodeError::UnsupportedConsistency {
-                class: spec.consistency.name(),
+            // A surge replacement would wait for ever behind the old replica's lease.
+            return Err(NodeError::Unsupported {
+                what: "rolling updates of strong workloads",
             });
         }
         if let Some(image) = request.image {
@@ -919,28 +927,84 @@ mod tests {
         held.abort();
     }
 
-    /// Strong workloads are protocol and simulator only so far: the agent says so rather
-    /// than run one without the leases that make it strong.
+    /// A node alone cannot lease a replica to itself, and volumes are not built: both
+    /// are refused with what to do, before anything starts.
     #[tokio::test]
-    async fn a_strong_workload_is_refused_with_what_to_do_instead() {
+    async fn strong_workloads_need_a_mesh_and_volumes_are_refused() {
         let (_dir, _store, runtime, node) = fixture();
         let mut workload = spec("db", IMAGE);
         workload.consistency = parley_negotiation::Consistency::Strong;
-        let refused = node.run(workload).await.unwrap_err();
+        let refused = node.run(workload.clone()).await.unwrap_err();
         assert!(
-            matches!(
-                refused,
-                NodeError::UnsupportedConsistency { class: "strong" }
-            ),
+            matches!(refused, NodeError::NeedsMesh { .. }),
             "{refused:?}"
         );
+        assert!(refused.to_string().contains("--listen"), "{refused}");
+        workload.volumes =
+            vec![parley_negotiation::VolumeMount::parse("data:/var/lib/db").unwrap()];
+        let refused = node.run(workload).await.unwrap_err();
         assert!(
-            refused.to_string().contains("run it as \"eventual\""),
-            "{refused}"
+            matches!(refused, NodeError::Unsupported { what: "volumes" }),
+            "{refused:?}"
         );
         assert!(
             runtime.state_of("parley-db-0").is_none(),
             "nothing was started"
+        );
+    }
+
+    /// The host side of a lease: the container runs at the lease's epoch, with it in its
+    /// environment and label; a renewal leaves it be; a newer epoch replaces it (never
+    /// two); a fence stops it, and a late start of the fenced epoch does nothing.
+    #[tokio::test]
+    async fn a_strong_replica_runs_only_at_the_epoch_of_its_lease() {
+        let (_dir, _store, runtime, node) = fixture();
+        let mut workload = spec("db", IMAGE);
+        workload.consistency = parley_negotiation::Consistency::Strong;
+        let assignment = Assignment {
+            spec: workload,
+            replica: 0,
+            epoch: 1,
+            owner: "spiffe://test/node/owner".to_owned(),
+            submitter: None,
+            reservation: "r".to_owned(),
+            failure_domain: None,
+            assigned_at_ms: 0,
+            grant: None,
+        };
+        node.commit(assignment).await.unwrap();
+        let key = "default/db".to_owned();
+        let lease = std::time::Duration::from_secs(5);
+        node.run_leased(key.clone(), 0, 7, lease).await;
+        let started = runtime
+            .spec_of("parley-db-0")
+            .expect("started under the lease");
+        assert!(
+            started
+                .env
+                .contains(&("PARLEY_EPOCH".to_owned(), "7".to_owned()))
+        );
+        assert_eq!(
+            started.labels.get(labels::EPOCH).map(String::as_str),
+            Some("7")
+        );
+        let creates = runtime.creates();
+        node.run_leased(key.clone(), 0, 7, lease).await;
+        assert_eq!(runtime.creates(), creates, "a renewal restarts nothing");
+        node.run_leased(key.clone(), 0, 8, lease).await;
+        assert_eq!(runtime.container_names(), ["parley-db-0"], "one container");
+        let renewed = runtime.spec_of("parley-db-0").unwrap();
+        assert_eq!(
+            renewed.labels.get(labels::EPOCH).map(String::as_str),
+            Some("8")
+        );
+        node.fence(key.clone(), 0, 8, "a test".to_owned()).await;
+        assert!(runtime.container_names().is_empty(), "fenced: stopped");
+        assert!(!node.holds_lease("db", 0, 8));
+        node.start_at("db".to_owned(), 0, Some(8)).await;
+        assert!(
+            runtime.container_names().is_empty(),
+            "no start without the lease"
         );
     }
 

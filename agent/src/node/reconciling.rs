@@ -89,17 +89,25 @@ impl<R: ContainerRuntime> Node<R> {
         }
 
         // In a mesh this node runs what it was awarded; alone, replica 0 of what it stores.
-        let wanted: BTreeMap<(String, u32), (WorkloadRecord, u64)> = if self.info.mesh.is_some() {
+        let mut wanted: BTreeMap<(String, u32), (WorkloadRecord, u64)> = if self.info.mesh.is_some()
+        {
             self.assignments
                 .list()?
                 .into_iter()
-                .map(|(_, a)| {
+                .filter_map(|(_, a)| {
+                    // A strong replica is wanted only under a lease held here, at its
+                    // epoch: unleased, its container goes (after a restart, all of them).
+                    let epoch = if a.spec.consistency.is_eventual() {
+                        a.epoch
+                    } else {
+                        self.lease_epoch(a.spec.name.as_str(), a.replica)?
+                    };
                     let record = WorkloadRecord {
                         spec: a.spec,
                         created_at: a.assigned_at_ms / 1000,
                         submitter: None,
                     };
-                    ((record.spec.name.to_string(), a.replica), (record, a.epoch))
+                    Some(((record.spec.name.to_string(), a.replica), (record, epoch)))
                 })
                 .collect()
         } else {
@@ -114,6 +122,26 @@ impl<R: ContainerRuntime> Node<R> {
         // forgets them: with the store faulty, only removals happen until it takes
         // writes again.
         let may_start = self.health().fault.is_none();
+        // A strong replica's container of another epoch than its lease's never stays
+        // beside it: gone before anything is kept or started.
+        let (stale, actual): (Vec<ManagedContainer>, Vec<ManagedContainer>) =
+            actual.into_iter().partition(|c| {
+                wanted
+                    .get(&(c.workload.clone(), c.replica))
+                    .is_some_and(|(record, epoch)| {
+                        !record.spec.consistency.is_eventual() && c.epoch != Some(*epoch)
+                    })
+            });
+        for old in &stale {
+            match self.runtime.remove(&old.id).await {
+                Ok(()) => report.removed += 1,
+                Err(e) => {
+                    tracing::warn!(workload = %old.workload, container = %old.name, error = %e, "could not remove a strong replica's container of an older epoch; will retry, and start nothing beside it");
+                    report.failed += 1;
+                    wanted.remove(&(old.workload.clone(), old.replica));
+                }
+            }
+        }
         let plan = plan(&wanted, &actual, may_start);
         for extra in plan.remove {
             let workload = &extra.workload;
@@ -298,6 +326,7 @@ mod tests {
             state,
             exit_code: exit,
             spec_label: None,
+            epoch: None,
         }
     }
 

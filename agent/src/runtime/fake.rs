@@ -77,6 +77,15 @@ impl FakeRuntime {
         }
     }
 
+    /// The spec a container was created from, by name.
+    pub fn spec_of(&self, name: &str) -> Option<ContainerSpec> {
+        self.lock()
+            .containers
+            .values()
+            .find(|(spec, _)| spec.name == name)
+            .map(|(spec, _)| spec.clone())
+    }
+
     /// The state of the container named `name`, if it exists.
     pub fn state_of(&self, name: &str) -> Option<ContainerState> {
         self.lock()
@@ -204,6 +213,7 @@ impl ContainerRuntime for FakeRuntime {
                     exit_code: exited
                         .then(|| state.exit_codes.get(&spec.name).copied().unwrap_or(0)),
                     spec_label: spec.labels.get(labels::SPEC).cloned(),
+                    epoch: spec.labels.get(labels::EPOCH).and_then(|e| e.parse().ok()),
                 })
             })
             .collect())

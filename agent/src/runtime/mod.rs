@@ -129,6 +129,8 @@ pub struct ManagedContainer {
     pub exit_code: Option<i32>,
     /// The [`labels::SPEC`] label, if the container has one.
     pub spec_label: Option<String>,
+    /// The [`labels::EPOCH`] label: the epoch it was started at.
+    pub epoch: Option<u64>,
 }
 
 /// What the agent knows about the engine it drives.

@@ -1466,8 +1466,13 @@ impl Announcer {
         // What it runs, as for any report on record: without it, a new owner would take
         // every gathered replica for outdated and replace it (found by the simulator with
         // strong workloads, seed 106, where the replacement waits for ever behind the
-        // lease of the replica it replaces).
-        if let Some(digest) = &instance.spec_digest {
+        // lease of the replica it replaces). Not a failing one's: that one is replaced,
+        // and a failing update found half done rolls back (seeds 1297 and 13 more).
+        let failing = instance
+            .state
+            .as_ref()
+            .is_some_and(|s| s.phase == crate::messages::Phase::Failed);
+        if let Some(digest) = instance.spec_digest.as_ref().filter(|_| !failing) {
             workload.digests.insert(instance.replica, digest.clone());
         }
         if let Some((node, epoch)) = superseded {

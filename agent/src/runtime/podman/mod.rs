@@ -276,6 +276,7 @@ impl PodmanRuntime {
                         .then_some(c.exit_code)
                         .flatten(),
                     spec_label: labels.get(labels::SPEC).cloned(),
+                    epoch: labels.get(labels::EPOCH).and_then(|e| e.parse().ok()),
                     state,
                 })
             })
