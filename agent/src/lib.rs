@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod enroll;
+pub mod fence_watch;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod hostcheck;

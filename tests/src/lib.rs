@@ -692,6 +692,19 @@ impl Agent {
         let _ = child.wait();
     }
 
+    /// Stops the agent's process with SIGSTOP, as a wedged or swapped-out host would:
+    /// nothing it started (its Podman service, its lease watchdog) stops with it.
+    pub fn pause(&self) {
+        let child = self.child.as_ref().expect("the agent is not running");
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGSTOP).expect("send SIGSTOP");
+    }
+
+    /// Lets a paused agent go on (SIGCONT).
+    pub fn resume(&self) {
+        let child = self.child.as_ref().expect("the agent is not running");
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT).expect("send SIGCONT");
+    }
+
     /// Sends SIGHUP (reload the policy) to the running agent.
     pub fn hangup(&self) {
         let child = self.child.as_ref().expect("the agent is not running");

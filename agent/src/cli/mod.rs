@@ -116,6 +116,17 @@ pub enum Command {
     Completions(generate::CompletionsArgs),
     /// Print the man page (roff), or write one per command with --dir
     Man(generate::ManArgs),
+    /// The agent's lease watchdog (started by the agent itself; see `fence_watch`)
+    #[command(hide = true)]
+    FenceWatch(FenceWatchArgs),
+}
+
+/// `parley fence-watch`: what the agent passes its watchdog.
+#[derive(Debug, clap::Args)]
+pub struct FenceWatchArgs {
+    /// The Podman socket of the containers it guards
+    #[arg(long, value_name = "PATH")]
+    pub podman_socket: std::path::PathBuf,
 }
 
 impl Cli {
@@ -144,6 +155,7 @@ impl Cli {
             Command::Join(args) => join::execute(args, &self.global),
             Command::Completions(args) => generate::completions(args),
             Command::Man(args) => generate::man(args),
+            Command::FenceWatch(args) => crate::fence_watch::run(args.podman_socket),
             Command::Run(args) => with_client(&self.global, |client| {
                 run::execute(args, client, self.global.output)
             }),

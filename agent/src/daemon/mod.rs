@@ -193,6 +193,7 @@ async fn serve_on(
     let node = Node::new(
         NodeInfo {
             name: config.node_name.clone(),
+            lease_watchdog: true,
             data_dir: config.data_dir.display().to_string(),
             podman_socket: config.podman_socket.display().to_string(),
             podman_origin: origin,

@@ -147,6 +147,8 @@ impl<R: ContainerRuntime> Host for Node<R> {
             .unwrap_or_else(PoisonError::into_inner)
             .insert((name.clone(), replica), (epoch, deadline))
             .is_some_and(|(held, _)| held == epoch);
+        // Armed before the container starts: it never runs unguarded.
+        self.arm_watchdog(&name, replica, fence_in);
         if renewed {
             return;
         }
@@ -167,6 +169,7 @@ impl<R: ContainerRuntime> Host for Node<R> {
         }
         let _changing = self.changes.lock().await;
         self.stop_unleased(&name, replica).await;
+        self.disarm_watchdog(&name, replica);
         tracing::warn!(workload = %name, replica, epoch, %why, "fenced a strong replica: its container is stopped before its lease ends");
         self.record_event(
             "replica-fenced",
@@ -310,6 +313,48 @@ impl<R: ContainerRuntime> Node<R> {
             .get(&(name.to_owned(), replica))
             .filter(|(_, until)| Instant::now() < *until)
             .map(|(epoch, _)| *epoch)
+    }
+
+    /// Gives the watchdog a strong replica's deadline, `fence_in` from now (starting it
+    /// first if need be).
+    fn arm_watchdog(&self, name: &str, replica: u32, fence_in: Duration) {
+        if !self.info.lease_watchdog {
+            return;
+        }
+        let container = container_name(&WorkloadName::new(name).expect("a stored name"), replica);
+        let deadline = crate::fence_watch::monotonic_ms() + fence_in.as_millis() as u64;
+        let mut watchdog = self.watchdog.lock().unwrap_or_else(PoisonError::into_inner);
+        if !watchdog.as_mut().is_some_and(|w| w.alive()) {
+            match crate::fence_watch::Watchdog::spawn(std::path::Path::new(
+                &self.info.podman_socket,
+            )) {
+                Ok(started) => *watchdog = Some(started),
+                Err(error) => {
+                    tracing::error!(%error, "could not start the lease watchdog: strong replicas are fenced by this agent alone, and run past their lease if it stops");
+                    return;
+                }
+            }
+        }
+        if let Some(w) = watchdog.as_mut()
+            && let Err(error) = w.arm(&container, deadline)
+        {
+            tracing::error!(%error, %container, "could not arm the lease watchdog");
+        }
+    }
+
+    fn disarm_watchdog(&self, name: &str, replica: u32) {
+        let Ok(workload) = WorkloadName::new(name) else {
+            return;
+        };
+        let container = container_name(&workload, replica);
+        if let Some(w) = self
+            .watchdog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            let _ = w.disarm(&container);
+        }
     }
 
     /// Removes the containers of a strong replica that no lease held here covers.

@@ -183,6 +183,9 @@ pub enum NodeError {
 pub struct NodeInfo {
     /// Node name, written into container labels.
     pub name: String,
+    /// Whether strong replicas' deadlines also go to a watchdog process
+    /// ([`crate::fence_watch`]) that stops them if this agent cannot (real Podman only).
+    pub lease_watchdog: bool,
     /// Data directory.
     pub data_dir: String,
     /// Podman socket.
@@ -228,6 +231,8 @@ pub struct Node<R> {
     /// when its container must be stopped unless renewed. Memory only: after a restart
     /// no lease is held, and the first reconcile pass stops every strong container.
     leases: Mutex<HashMap<(String, u32), (u64, Instant)>>,
+    /// The lease watchdog, started with the first lease.
+    watchdog: Mutex<Option<crate::fence_watch::Watchdog>>,
     /// What this node last saw of each replica it runs in a mesh, by (name, replica).
     run_states: Mutex<HashMap<(String, u32), RunState>>,
     runtime: R,
@@ -264,6 +269,7 @@ impl<R: ContainerRuntime> Node<R> {
         Ok(Arc::new(Self {
             registers,
             leases: Mutex::new(HashMap::new()),
+            watchdog: Mutex::new(None),
             info,
             store,
             workloads,
@@ -867,6 +873,7 @@ mod tests {
     fn info(meta: NodeMeta, enforce_limits: bool) -> NodeInfo {
         NodeInfo {
             name: "node-a".to_owned(),
+            lease_watchdog: false,
             data_dir: "/tmp/unused".to_owned(),
             podman_socket: "fake".to_owned(),
             podman_origin: ServiceOrigin::Existing,

@@ -1389,7 +1389,9 @@ impl<'c> Sim<'c> {
             }
         }
         let node = &self.nodes[i];
-        if !node.alive {
+        // A paused node's timers wait with it: what they would have expired is still
+        // there when it goes on, and checked then.
+        if !node.alive || self.paused(i) {
             return Ok(());
         }
         let bidder = node.negotiator.bidder();
@@ -2246,9 +2248,10 @@ impl<'c> Sim<'c> {
             // before a message arriving at the same instant finds it.
             self.fire_timers()?;
             for i in 0..cluster {
-                if self.store_work[i]
-                    .front()
-                    .is_some_and(|(at, _)| *at <= self.now)
+                if !self.paused(i)
+                    && self.store_work[i]
+                        .front()
+                        .is_some_and(|(at, _)| *at <= self.now)
                 {
                     self.finish_store_work(i)?;
                     self.settle(i)?;
