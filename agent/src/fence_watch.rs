@@ -33,6 +33,11 @@ const MAX_ARMED: usize = 65_536;
 /// How often the watchdog looks at its deadlines.
 const TICK: Duration = Duration::from_millis(100);
 
+/// Failed removals of one container before the watchdog gives it up (5 s of ticks): a
+/// Podman that no longer answers (its service gone with the agent) would otherwise keep
+/// the watchdog alive for ever.
+const MAX_FAILURES: u32 = 50;
+
 /// Milliseconds on `CLOCK_MONOTONIC`: the same clock in the agent and the watchdog, and
 /// one no one can set.
 pub fn monotonic_ms() -> u64 {
@@ -114,7 +119,8 @@ pub fn run(podman_socket: PathBuf) -> ExitCode {
 
 async fn watch(podman: PodmanRuntime) {
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let mut armed: HashMap<String, u64> = HashMap::new();
+    // Container name → (deadline, failed removals).
+    let mut armed: HashMap<String, (u64, u32)> = HashMap::new();
     let mut agent_gone = false;
     let mut tick = tokio::time::interval(TICK);
     loop {
@@ -123,7 +129,7 @@ async fn watch(podman: PodmanRuntime) {
                 Ok(Some(line)) if line.len() <= MAX_LINE => match parse(&line) {
                     Some(Order::Arm(name, deadline)) => {
                         if armed.len() < MAX_ARMED || armed.contains_key(&name) {
-                            armed.insert(name, deadline);
+                            armed.insert(name, (deadline, 0));
                         }
                     }
                     Some(Order::Disarm(name)) => {
@@ -139,7 +145,7 @@ async fn watch(podman: PodmanRuntime) {
                 let now = monotonic_ms();
                 let due: Vec<String> = armed
                     .iter()
-                    .filter(|(_, deadline)| **deadline <= now)
+                    .filter(|(_, (deadline, _))| *deadline <= now)
                     .map(|(name, _)| name.clone())
                     .collect();
                 for name in due {
@@ -148,8 +154,19 @@ async fn watch(podman: PodmanRuntime) {
                             eprintln!("parley fence-watch: stopped {name}: its lease ran out without a renewal");
                             armed.remove(&name);
                         }
-                        // Tried again on the next tick.
-                        Err(error) => eprintln!("parley fence-watch: could not stop {name}: {error}"),
+                        Err(error) => {
+                            let failures = armed.get_mut(&name).map_or(MAX_FAILURES, |(_, f)| {
+                                *f += 1;
+                                *f
+                            });
+                            if failures >= MAX_FAILURES {
+                                eprintln!("parley fence-watch: gave up stopping {name} after {failures} tries: {error}");
+                                armed.remove(&name);
+                            } else if failures == 1 {
+                                // Tried again on every tick.
+                                eprintln!("parley fence-watch: could not stop {name}: {error}; trying again");
+                            }
+                        }
                     }
                 }
                 if agent_gone && armed.is_empty() {
