@@ -850,14 +850,7 @@ impl<'c> Sim<'c> {
                 workload, replica, ..
             } => {
                 self.outcome.leases_run += 1;
-                let running = crate::messages::RunState {
-                    phase: crate::messages::Phase::Running,
-                    exit_code: None,
-                    restarts: 0,
-                    since_ms: now,
-                    reason: None,
-                    container_id: None,
-                };
+                let running = run_state(crate::messages::Phase::Running, now, None);
                 self.nodes[i]
                     .negotiator
                     .set_replica_state(&workload, replica, running);
@@ -866,14 +859,11 @@ impl<'c> Sim<'c> {
                 workload, replica, ..
             } => {
                 self.outcome.fences += 1;
-                let stopped = crate::messages::RunState {
-                    phase: crate::messages::Phase::Pending,
-                    exit_code: None,
-                    restarts: 0,
-                    since_ms: now,
-                    reason: Some("fenced: waiting for the lease".to_owned()),
-                    container_id: None,
-                };
+                let stopped = run_state(
+                    crate::messages::Phase::Pending,
+                    now,
+                    Some("fenced: waiting for the lease".to_owned()),
+                );
                 self.nodes[i]
                     .negotiator
                     .set_replica_state(&workload, replica, stopped);
@@ -884,18 +874,7 @@ impl<'c> Sim<'c> {
                     .assignments
                     .get(&(workload.clone(), replica))
                     .is_some_and(|a| a.spec.image.contains("/bad:"));
-                let running = crate::messages::RunState {
-                    phase: if failing {
-                        crate::messages::Phase::Failed
-                    } else {
-                        crate::messages::Phase::Running
-                    },
-                    exit_code: None,
-                    restarts: 0,
-                    since_ms: now,
-                    reason: None,
-                    container_id: None,
-                };
+                let running = run_state(started_phase(failing), now, None);
                 self.nodes[i]
                     .negotiator
                     .set_replica_state(&workload, replica, running);
@@ -1869,18 +1848,7 @@ impl<'c> Sim<'c> {
                 continue;
             }
             let failing = assignment.spec.image.contains("/bad:");
-            let running = crate::messages::RunState {
-                phase: if failing {
-                    crate::messages::Phase::Failed
-                } else {
-                    crate::messages::Phase::Running
-                },
-                exit_code: None,
-                restarts: 0,
-                since_ms: now,
-                reason: None,
-                container_id: None,
-            };
+            let running = run_state(started_phase(failing), now, None);
             self.nodes[i]
                 .negotiator
                 .set_replica_state(workload, *replica, running);
@@ -2357,6 +2325,31 @@ impl<'c> Sim<'c> {
             .map(|n| n.negotiator.membership().refused_statements())
             .sum();
         Ok(self.outcome)
+    }
+}
+
+/// What the simulated host reports of a replica: `phase` since `since_ms`.
+fn run_state(
+    phase: crate::messages::Phase,
+    since_ms: u64,
+    reason: Option<String>,
+) -> crate::messages::RunState {
+    crate::messages::RunState {
+        phase,
+        exit_code: None,
+        restarts: 0,
+        since_ms,
+        reason,
+        container_id: None,
+    }
+}
+
+/// How a started replica's container fares: an image of the failing kind fails.
+fn started_phase(failing: bool) -> crate::messages::Phase {
+    if failing {
+        crate::messages::Phase::Failed
+    } else {
+        crate::messages::Phase::Running
     }
 }
 
