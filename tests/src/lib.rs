@@ -22,6 +22,7 @@ use nix::unistd::{Pid, User};
 
 pub mod hostile;
 pub mod mesh;
+pub mod netbed;
 
 /// The registry-free test image built by `scripts/make-test-image.sh`.
 pub const TEST_IMAGE: &str = "localhost/parley-test:latest";
@@ -108,6 +109,33 @@ impl TestUser {
     /// A command that runs `program` as the test user with a clean, rootless environment.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut command = Command::new(program);
+        self.clean_environment(&mut command);
+        if self.switch {
+            command.uid(self.uid).gid(self.gid);
+        }
+        command
+    }
+
+    /// As [`TestUser::command`], with `program` in the network namespace `namespace`
+    /// (under /run/netns). `nsenter` enters it as root, then becomes the user: std's
+    /// `uid` switch would come before any `pre_exec` could call setns, which needs root.
+    pub fn command_in_namespace(&self, namespace: &str, program: impl AsRef<OsStr>) -> Command {
+        assert!(
+            self.switch,
+            "entering a network namespace needs root: run the suite as root (CI does)"
+        );
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{namespace}"))
+            .arg(format!("--setuid={}", self.uid))
+            .arg(format!("--setgid={}", self.gid))
+            .arg("--")
+            .arg(program);
+        self.clean_environment(&mut command);
+        command
+    }
+
+    fn clean_environment(&self, command: &mut Command) {
         command
             .env_clear()
             .env("HOME", &self.home)
@@ -116,10 +144,6 @@ impl TestUser {
             .env("XDG_RUNTIME_DIR", &self.runtime_dir)
             .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
             .current_dir("/");
-        if self.switch {
-            command.uid(self.uid).gid(self.gid);
-        }
-        command
     }
 
     /// Runs `podman ARGS…` as the test user.
@@ -402,6 +426,9 @@ pub struct Agent {
     extra_args: Vec<String>,
     extra_env: Vec<(String, String)>,
     wrapper: Vec<String>,
+    /// The network namespace the agent runs in (a [`netbed::NetBed`] host), if not the
+    /// test's own.
+    namespace: Option<String>,
     /// The subcommand (and its arguments) the agent runs as: `agent`, or `join ADDR …`.
     subcommand: Vec<String>,
     child: Option<Child>,
@@ -460,6 +487,7 @@ impl Agent {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
+            namespace: None,
             subcommand: vec!["agent".to_owned()],
             child: None,
         }
@@ -532,13 +560,15 @@ impl Agent {
             .open(self.log_path())
             .expect("open the agent log");
         self.user.chown(&self.log_path());
-        let mut command = match self.wrapper.split_first() {
-            Some((program, args)) => {
+        let mut command = match (self.wrapper.split_first(), &self.namespace) {
+            (Some((program, args)), None) => {
                 let mut command = self.user.command(program);
                 command.args(args).arg(&self.user.binary);
                 command
             }
-            None => self.user.command(&self.user.binary),
+            (None, None) => self.user.command(&self.user.binary),
+            (None, Some(namespace)) => self.user.command_in_namespace(namespace, &self.user.binary),
+            (Some(_), Some(_)) => panic!("an agent in a namespace takes no wrapper"),
         };
         command.envs(self.extra_env.iter().map(|(k, v)| (k, v)));
         command
@@ -635,6 +665,16 @@ impl Agent {
     pub fn start_as(&mut self, subcommand: &[&str]) {
         self.subcommand = subcommand.iter().map(|s| s.to_string()).collect();
         self.launch();
+    }
+
+    /// As [`Agent::start_isolated`], in the network namespace `namespace` (a
+    /// [`netbed::NetBed`] host's): its Podman service, its watchdog and its containers'
+    /// networks are in that namespace too.
+    pub fn start_isolated_in(namespace: &str, tag: &str, extra_args: &[&str]) -> Self {
+        let mut agent = Self::unstarted_isolated(tag, extra_args);
+        agent.namespace = Some(namespace.to_owned());
+        agent.launch();
+        agent
     }
 
     /// As [`Agent::start_isolated`], but not started yet: see [`Agent::start_as`].

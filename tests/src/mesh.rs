@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::Agent;
+use crate::netbed::NetBed;
 
 /// Starts an agent in the mesh on a free loopback port, joining through `seeds`.
 pub fn mesh_agent(tag: &str, identity: &std::path::Path, seeds: &[&str], extra: &[&str]) -> Agent {
@@ -16,6 +17,27 @@ pub fn mesh_agent(tag: &str, identity: &std::path::Path, seeds: &[&str], extra: 
     args.extend(extra);
     // Each agent has its own container storage, as on a host of its own.
     Agent::start_isolated(tag, &args)
+}
+
+/// Starts an agent in the mesh on `host` of `bed`, listening on its bed address and
+/// joining through `seeds` (bed hosts, as [`NetBed::agent_address`] gives them).
+pub fn bed_agent(
+    bed: &NetBed,
+    host: usize,
+    tag: &str,
+    identity: &std::path::Path,
+    seeds: &[usize],
+    extra: &[&str],
+) -> Agent {
+    let identity = identity.to_str().expect("utf-8 path");
+    let listen = bed.agent_address(host);
+    let seeds: Vec<String> = seeds.iter().map(|&s| bed.agent_address(s)).collect();
+    let mut args = vec!["--listen", &listen, "--identity-dir", identity];
+    for seed in &seeds {
+        args.extend(["--join", seed]);
+    }
+    args.extend(extra);
+    Agent::start_isolated_in(&bed.namespace(host), tag, &args)
 }
 
 /// `parley nodes -o json` on `agent`.

@@ -1,11 +1,14 @@
 //! End-to-end tests of strong workloads (issue #17): a replica runs only under a lease
 //! from a quorum of agents, with its epoch as a fencing token, and never on two nodes at
-//! once, even when its holder stops (SIGSTOP) without a chance to stop it. Real agents on
-//! loopback, real QUIC, rootless Podman (each agent with its own container storage), sled.
+//! once: not when its holder is cut off from the others (both ways, or one way), and not
+//! when it stops dead (SIGSTOP) without a chance to stop its container. Real agents, each
+//! in a network namespace of its own on one bridge (so root, as CI runs them), real QUIC,
+//! rootless Podman (each agent with its own container storage and service), sled.
 
 use std::time::{Duration, Instant};
 
-use parley_e2e::mesh::{address, mesh_agent, wait_for_full_mesh};
+use parley_e2e::mesh::{bed_agent, wait_for_full_mesh};
+use parley_e2e::netbed::{Cut, NetBed};
 use parley_e2e::{Agent, TEST_IMAGE, TrustDomain};
 
 /// The running containers of `workload` on any of `agents`: (node label, epoch label).
@@ -64,17 +67,27 @@ fn epoch_env(agent: &Agent, name: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix("PARLEY_EPOCH=").map(str::to_owned))
 }
 
-/// The holder of a strong replica stops dead (SIGSTOP): its watchdog stops the container
-/// when the lease runs out, another node runs the replica at a higher epoch only after
-/// that, and sampling every 100 ms never sees two running. When the holder goes on, its
-/// container is gone and stays gone.
-#[test]
-fn a_strong_replica_never_runs_twice_when_its_holder_is_paused() {
+/// How a test takes the holder of a replica away from the others.
+#[derive(Clone, Copy, Debug)]
+enum Isolation {
+    /// Its link is cut, as [`Cut`] says; the agent itself goes on.
+    Cut(Cut),
+    /// Its process stops (SIGSTOP), as a wedged or swapped-out host's would; its Podman
+    /// and its lease watchdog go on.
+    Pause,
+}
+
+/// Three agents on a bed run a strong replica; its holder is isolated as `isolation`
+/// says. Sampling every agent's containers every 100 ms never sees two running; another
+/// node runs the replica at a higher epoch after the lease; when the holder is back, its
+/// container is gone and stays gone, and the replica runs (somewhere) again. Returns the
+/// failover time: isolation → running elsewhere.
+fn strong_replica_fails_over(isolation: Isolation) -> Duration {
+    let bed = NetBed::new(3);
     let domain = TrustDomain::new("strong.e2e");
-    let a = mesh_agent("strong-a", &domain.enroll("a"), &[], &[]);
-    let seed = address(&a);
-    let b = mesh_agent("strong-b", &domain.enroll("b"), &[&seed], &[]);
-    let c = mesh_agent("strong-c", &domain.enroll("c"), &[&seed], &[]);
+    let a = bed_agent(&bed, 0, "strong-a", &domain.enroll("a"), &[], &[]);
+    let b = bed_agent(&bed, 1, "strong-b", &domain.enroll("b"), &[0], &[]);
+    let c = bed_agent(&bed, 2, "strong-c", &domain.enroll("c"), &[0], &[]);
     let agents = [&a, &b, &c];
     wait_for_full_mesh(&agents);
 
@@ -102,28 +115,40 @@ fn a_strong_replica_never_runs_twice_when_its_holder_is_paused() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let (holder_node, first_epoch) = running(&agents, "db").remove(0);
-    let holder = agents
+    let holder_host = agents
         .iter()
-        .find(|x| x.node() == holder_node)
+        .position(|x| x.node() == holder_node)
         .expect("the holder is one of the agents");
+    let holder = agents[holder_host];
     assert_eq!(
         epoch_env(holder, "parley-db-0").as_deref(),
         Some(first_epoch.as_str()),
         "the container's PARLEY_EPOCH is its lease's epoch"
     );
 
-    holder.pause();
-    let paused_at = Instant::now();
+    match isolation {
+        Isolation::Cut(cut) => bed.cut(holder_host, cut),
+        Isolation::Pause => holder.pause(),
+    }
+    let restore = || match isolation {
+        Isolation::Cut(_) => bed.heal(holder_host),
+        Isolation::Pause => holder.resume(),
+    };
+    let isolated_at = Instant::now();
     let mut failover = None;
-    while paused_at.elapsed() < Duration::from_secs(90) {
+    while isolated_at.elapsed() < Duration::from_secs(90) {
         let now_running = running(&agents, "db");
         if std::env::var_os("PARLEY_E2E_TRACE").is_some() {
-            eprintln!("{:?}: {now_running:?}", paused_at.elapsed());
+            eprintln!("{:?}: {now_running:?}", isolated_at.elapsed());
         }
-        assert!(
-            now_running.len() <= 1,
-            "two containers of one strong replica run at once: {now_running:?}"
-        );
+        if now_running.len() > 1 {
+            restore();
+            panic!(
+                "two containers of one strong replica run at once ({isolation:?}): \
+                 {now_running:?}\n{}",
+                logs(&agents)
+            );
+        }
         if let Some((node, epoch)) = now_running.first()
             && *node != holder_node
         {
@@ -131,50 +156,91 @@ fn a_strong_replica_never_runs_twice_when_its_holder_is_paused() {
                 epoch.parse::<u64>().unwrap() > first_epoch.parse::<u64>().unwrap(),
                 "the new holder runs at epoch {epoch}, not above {first_epoch}"
             );
-            failover = Some(paused_at.elapsed());
+            failover = Some(isolated_at.elapsed());
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     let failover = failover.unwrap_or_else(|| {
-        holder.resume();
+        restore();
         panic!(
-            "no other node ran the replica within 90 s of its holder's pause:\n{}",
+            "no other node ran the replica within 90 s of its holder's isolation \
+             ({isolation:?}):\n{}",
             logs(&agents)
         )
     });
-    eprintln!("failover after a pause: {} ms", failover.as_millis());
+    eprintln!("failover after {isolation:?}: {} ms", failover.as_millis());
 
-    holder.resume();
-    // The resumed holder fences what it believed it held: its container (of the first
-    // epoch) never comes back, and never two run. Ownership may move back to it and
-    // with it the replica, at a new epoch, once the other lease has run out.
-    let resumed = Instant::now();
+    restore();
+    // The holder fences what it believed it held: its container (of the first epoch)
+    // never comes back, and never two run. Ownership may move back to it and with it the
+    // replica, at a new epoch, once the other lease has run out.
+    let restored = Instant::now();
     let mut runs_again = false;
-    while resumed.elapsed() < Duration::from_secs(40) {
+    while restored.elapsed() < Duration::from_secs(40) {
         let now_running = running(&agents, "db");
         assert!(
             now_running.len() <= 1,
-            "two containers of one strong replica run at once after the holder went on: {now_running:?}"
+            "two containers of one strong replica run at once after the holder came back \
+             ({isolation:?}): {now_running:?}\n{}",
+            logs(&agents)
         );
         assert!(
             now_running.iter().all(|(_, epoch)| *epoch != first_epoch),
-            "the paused holder's container of epoch {first_epoch} came back: {now_running:?}"
+            "the isolated holder's container of epoch {first_epoch} came back \
+             ({isolation:?}): {now_running:?}"
         );
         runs_again = now_running.len() == 1;
-        if runs_again && resumed.elapsed() > Duration::from_secs(15) {
+        if runs_again && restored.elapsed() > Duration::from_secs(15) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
         runs_again,
-        "the replica does not run anywhere 40 s after its old holder went on:\n{}",
+        "the replica does not run anywhere 40 s after its old holder came back \
+         ({isolation:?}):\n{}",
         logs(&agents)
     );
+    // Who stopped the old container: the agent itself, before its lease ran out, when it
+    // could not renew; the watchdog when the agent was paused.
+    let stopper = match isolation {
+        Isolation::Cut(_) => "fenced a strong replica",
+        Isolation::Pause => "fence-watch: stopped parley-db-0",
+    };
     assert!(
-        holder.log().contains("fenced") || holder.log().contains("lease"),
-        "the holder's log should say what happened to its lease:\n{}",
+        holder.log().contains(stopper),
+        "the holder's log should say \"{stopper}\" ({isolation:?}):\n{}",
         holder.log()
     );
+    failover
+}
+
+/// The holder is cut off both ways: it fences itself when it cannot renew, and another
+/// node runs the replica only after the lease.
+#[test]
+fn a_strong_replica_never_runs_twice_when_its_holder_is_cut_off() {
+    strong_replica_fails_over(Isolation::Cut(Cut::Both));
+}
+
+/// The holder hears the others but nothing it sends arrives: its renewals never reach
+/// the acceptors, so it fences itself and another node takes the replica over.
+#[test]
+fn a_strong_replica_never_runs_twice_when_its_holder_cannot_send() {
+    strong_replica_fails_over(Isolation::Cut(Cut::Outbound));
+}
+
+/// The holder's messages arrive but it hears nothing: acceptors may grant what it asks,
+/// it never learns so, it fences itself, and the others wait out every lease it might
+/// hold before another runs the replica.
+#[test]
+fn a_strong_replica_never_runs_twice_when_its_holder_cannot_hear() {
+    strong_replica_fails_over(Isolation::Cut(Cut::Inbound));
+}
+
+/// The holder stops dead (SIGSTOP): its watchdog stops the container when the lease
+/// runs out, and when the holder goes on, its container is gone and stays gone.
+#[test]
+fn a_strong_replica_never_runs_twice_when_its_holder_is_paused() {
+    strong_replica_fails_over(Isolation::Pause);
 }
