@@ -34,6 +34,19 @@ pub enum Cut {
     Inbound,
 }
 
+/// Packets and bytes that crossed a host's link, each way (IP packets, headers included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Packets the host received.
+    pub packets_in: u64,
+    /// Their bytes.
+    pub bytes_in: u64,
+    /// Packets the host sent (or tried to: a cut link counts them, then drops them).
+    pub packets_out: u64,
+    /// Their bytes.
+    pub bytes_out: u64,
+}
+
 /// Hosts in network namespaces on one bridge; dropped, it deletes them all.
 #[derive(Debug)]
 pub struct NetBed {
@@ -161,6 +174,43 @@ impl NetBed {
         self.impair(host, "");
     }
 
+    /// What crossed `host`'s link since its last impairment or heal (each replaces the
+    /// counters), as its own namespace counted it, dropped packets included.
+    pub fn traffic(&self, host: usize) -> Traffic {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.namespace(host)])
+            .args(["nft", "-j", "list", "table", "inet", "parley_bed"])
+            .output()
+            .expect("run nft");
+        assert!(
+            out.status.success(),
+            "nft could not list host {host}'s table: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listing: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("nft -j prints JSON");
+        let mut traffic = Traffic::default();
+        for item in listing["nftables"].as_array().into_iter().flatten() {
+            let rule = &item["rule"];
+            let Some(counter) = rule["expr"]
+                .as_array()
+                .and_then(|e| e.iter().find_map(|x| x.get("counter")))
+            else {
+                continue;
+            };
+            let (packets, bytes) = (
+                counter["packets"].as_u64().unwrap_or(0),
+                counter["bytes"].as_u64().unwrap_or(0),
+            );
+            match rule["chain"].as_str() {
+                Some("input") => (traffic.packets_in, traffic.bytes_in) = (packets, bytes),
+                Some("output") => (traffic.packets_out, traffic.bytes_out) = (packets, bytes),
+                _ => {}
+            }
+        }
+        traffic
+    }
+
     /// Replaces `host`'s filter with `rules`: lines `input: STATEMENT` or `output:
     /// STATEMENT`, each applied to the bridge link (`eth0`) in that direction.
     fn impair(&self, host: usize, rules: &str) {
@@ -180,8 +230,10 @@ impl NetBed {
         let ruleset = format!(
             "table inet parley_bed\ndelete table inet parley_bed\n\
              table inet parley_bed {{\n\
-             \tchain input {{\n\t\ttype filter hook input priority 0; policy accept;\n{input}\t}}\n\
-             \tchain output {{\n\t\ttype filter hook output priority 0; policy accept;\n{output}\t}}\n\
+             \tchain input {{\n\t\ttype filter hook input priority 0; policy accept;\n\
+             \t\tiifname \"eth0\" counter\n{input}\t}}\n\
+             \tchain output {{\n\t\ttype filter hook output priority 0; policy accept;\n\
+             \t\toifname \"eth0\" counter\n{output}\t}}\n\
              }}\n"
         );
         let mut nft = Command::new("ip")
@@ -307,5 +359,20 @@ mod tests {
         );
         bed.heal(0);
         assert!(udp_reaches(&bed, 0, 1) && udp_reaches(&bed, 1, 0), "healed");
+        // Healing replaces the counters too: from here, only the next 5 datagrams.
+        bed.heal(0);
+        bed.heal(1);
+        assert!(udp_reaches(&bed, 0, 1));
+        let (sent, received) = (bed.traffic(0), bed.traffic(1));
+        assert_eq!(
+            sent.packets_out, 5,
+            "host 0 counted the 5 datagrams it sent: {sent:?}"
+        );
+        assert_eq!(received.packets_in, 5, "host 1 counted 5 in: {received:?}");
+        assert_eq!(
+            sent.bytes_out,
+            5 * (20 + 8 + 5),
+            "IPv4 and UDP headers and 5 bytes each"
+        );
     }
 }
