@@ -342,6 +342,21 @@ impl Acceptor {
         Some((&slot.state, slot.lease_left(now_ms)))
     }
 
+    /// The replicas of `workload` this acceptor holds a slot of, with the value accepted
+    /// there (if any) and how much of its lease is left.
+    pub fn views_of<'a>(
+        &'a self,
+        now_ms: u64,
+        workload: &'a str,
+    ) -> impl Iterator<Item = (u32, Option<&'a RegisterValue>, u64)> + 'a {
+        self.slots
+            .range((workload.to_owned(), 0)..=(workload.to_owned(), u32::MAX))
+            .map(move |((_, replica), slot)| {
+                let value = slot.state.accepted.as_ref().map(|(_, value)| value);
+                (*replica, value, slot.lease_left(now_ms))
+            })
+    }
+
     /// Drops the slots of `workload` (removed) whose lease is over; returns the replicas
     /// dropped, for the host to delete. A slot with a live lease stays until it ends, so
     /// that nobody can take the replica while its last holder may still run it.

@@ -10,8 +10,9 @@
 //! ```
 //!
 //! `PARLEY_BENCH_FAILOVERS` (default 20), `PARLEY_BENCH_STARTS` (10 of each class),
-//! `PARLEY_BENCH_TRAFFIC_SECS` (30 per measurement) and `PARLEY_BENCH_REPLICAS` (5,
-//! replicas kept while the wire is counted) size the runs. It prints Markdown.
+//! `PARLEY_BENCH_TRAFFIC_SECS` (30 per measurement) and `PARLEY_BENCH_REPLICAS` (5
+//! one-replica workloads kept while the wire is counted) size the runs. It prints
+//! Markdown.
 //!
 //! Times are the agents' own: a replica runs from its `replica-started` event, which the
 //! agent records once Podman has started the container. Traffic is what each host's link
@@ -172,24 +173,37 @@ fn main() {
             remove(&all, &name);
         }
     }
+    eprintln!("run → running (ms): eventual {eventual_ms:?}, strong {strong_ms:?}");
 
-    // The wire: idle, then with `replicas` eventual replicas, then as many strong ones.
+    // The wire: idle, then with `replicas` eventual replicas, then as many strong ones
+    // (one-replica workloads: the replicas of one workload spread one to a node).
     let all: Vec<&Agent> = agents.iter().collect();
     let idle = sent_per_second(&bed, traffic_secs);
-    run(all[0], "wire-e", false, replicas, &["--stop-timeout", "1"]);
-    wait_until(
-        "the eventual replicas run",
-        Duration::from_secs(120),
-        || all.iter().map(|a| running_on(a, "wire-e")).sum::<usize>() == replicas as usize,
+    let wire = |class: &str, strong: bool| {
+        let names: Vec<String> = (0..replicas).map(|k| format!("wire-{class}-{k}")).collect();
+        for name in &names {
+            run(all[0], name, strong, 1, &["--stop-timeout", "1"]);
+        }
+        wait_until(
+            &format!("the {class} replicas run"),
+            Duration::from_secs(120),
+            || {
+                names
+                    .iter()
+                    .all(|name| all.iter().map(|a| running_on(a, name)).sum::<usize>() == 1)
+            },
+        );
+        let rate = sent_per_second(&bed, traffic_secs);
+        for name in &names {
+            remove(&all, name);
+        }
+        rate
+    };
+    let eventual = wire("eventual", false);
+    let strong = wire("strong", true);
+    eprintln!(
+        "sent per second (packets, bytes): idle {idle:?}, eventual {eventual:?}, strong {strong:?}"
     );
-    let eventual = sent_per_second(&bed, traffic_secs);
-    remove(&all, "wire-e");
-    run(all[0], "wire-s", true, replicas, &["--stop-timeout", "1"]);
-    wait_until("the strong replicas run", Duration::from_secs(120), || {
-        all.iter().map(|a| running_on(a, "wire-s")).sum::<usize>() == replicas as usize
-    });
-    let strong = sent_per_second(&bed, traffic_secs);
-    remove(&all, "wire-s");
 
     // Failover at the default lease: the holder's agent is killed (SIGKILL); the time
     // runs from the kill to another agent's start of the replica. The killed agent is

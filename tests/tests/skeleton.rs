@@ -487,3 +487,59 @@ fn exited_containers_restart_as_the_workloads_restart_policy_says() {
         agent.cli(["rm", name]).ok();
     }
 }
+
+/// A replica's named volume outlives it: the workload removed and run again on the same
+/// node finds what its first replica wrote, in a volume labelled with its workload. A
+/// malformed `--volume` is refused before the agent is asked.
+#[test]
+fn a_replicas_named_volume_keeps_its_data_after_the_workload_is_removed() {
+    // Its own container storage, so that no volume of an earlier run is found.
+    let agent = Agent::start_isolated("volume", &[]);
+    agent
+        .cli(["run", "notes", "--image", TEST_IMAGE, "--volume", "no-path"])
+        .fails_with(2, "give it as NAME:/path");
+    let run = |command: &str| {
+        agent
+            .cli([
+                "run",
+                "notes",
+                "--image",
+                TEST_IMAGE,
+                "--volume",
+                "data:/data",
+                "--stop-timeout",
+                "1",
+                "--",
+                "sh",
+                "-c",
+                command,
+            ])
+            .ok();
+    };
+    run("echo kept > /data/note; sleep 3600");
+    eventually("the first replica wrote its note", || {
+        let out = agent.podman(["exec", "parley-notes-0", "cat", "/data/note"]);
+        String::from_utf8_lossy(&out.stdout).trim() == "kept"
+    });
+    let labels = agent.podman([
+        "volume",
+        "inspect",
+        "--format",
+        "{{index .Labels \"io.parley.workload\"}}/{{index .Labels \"io.parley.replica\"}}",
+        "parley-notes-0-data",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&labels.stdout).trim(),
+        "notes/0",
+        "{}",
+        String::from_utf8_lossy(&labels.stderr)
+    );
+    agent.cli(["rm", "notes"]).ok();
+    eventually("the first replica is gone", || {
+        agent.podman_containers().is_empty()
+    });
+    run("cat /data/note; sleep 3600");
+    eventually("the second replica read the first one's note", || {
+        agent.cli(["logs", "notes"]).stdout.contains("kept")
+    });
+}

@@ -126,6 +126,21 @@ fn strong_replica_fails_over(isolation: Isolation) -> Duration {
         "the container's PARLEY_EPOCH is its lease's epoch"
     );
 
+    // `explain` states the guarantee and, on the holder, the lease it holds; the others,
+    // all acceptors in a mesh of three, name the holder they accepted.
+    let explained = holder.cli(["explain", "db", "-o", "json"]).json();
+    assert_eq!(explained["consistency"], "strong", "{explained}");
+    let lease = &explained["placements"][0]["lease"];
+    assert_eq!(lease["state"], "held", "{explained}");
+    assert_eq!(lease["epoch"].to_string(), first_epoch, "{explained}");
+    let holder_id = format!("spiffe://strong.e2e/node/{}", ["a", "b", "c"][holder_host]);
+    for other in agents.iter().filter(|x| x.node() != holder_node) {
+        let explained = other.cli(["explain", "db", "-o", "json"]).json();
+        let lease = &explained["placements"][0]["lease"];
+        assert_eq!(lease["state"], "accepted", "{explained}");
+        assert_eq!(lease["holder"], holder_id.as_str(), "{explained}");
+    }
+
     match isolation {
         Isolation::Cut(cut) => bed.cut(holder_host, cut),
         Isolation::Pause => holder.pause(),
@@ -170,6 +185,35 @@ fn strong_replica_fails_over(isolation: Isolation) -> Duration {
         )
     });
     eprintln!("failover after {isolation:?}: {} ms", failover.as_millis());
+    if let Isolation::Cut(_) = isolation {
+        // Cut off, the holder runs nothing, and its `explain` says why.
+        let mut why = serde_json::Value::Null;
+        let asked = Instant::now();
+        while asked.elapsed() < Duration::from_secs(15) {
+            let now_running = running(&agents, "db");
+            assert!(
+                now_running.len() <= 1,
+                "two containers of one strong replica run at once ({isolation:?}): \
+                 {now_running:?}"
+            );
+            let explained = holder.cli(["explain", "db", "-o", "json"]).json();
+            why = explained["placements"][0]["lease"].clone();
+            if why["state"] == "seeking"
+                && why["why"]
+                    .as_str()
+                    .is_some_and(|w| w.contains("no quorum of acceptors"))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        assert!(
+            why["why"]
+                .as_str()
+                .is_some_and(|w| w.contains("no quorum of acceptors")),
+            "the cut-off holder's explain should say it has no quorum ({isolation:?}): {why}"
+        );
+    }
 
     restore();
     // The holder fences what it believed it held: its container (of the first epoch)

@@ -228,6 +228,12 @@ pub struct WorkloadExplanation {
     pub name: String,
     /// Replicas asked for.
     pub replicas: u32,
+    /// `eventual` or `strong`.
+    #[serde(default)]
+    pub consistency: String,
+    /// What the consistency class promises, in a sentence.
+    #[serde(default)]
+    pub guarantee: String,
     /// Each replica, in order.
     pub placements: Vec<ReplicaExplanation>,
 }
@@ -243,6 +249,30 @@ pub struct ReplicaExplanation {
     pub epoch: Option<u64>,
     /// What each node asked answered, in node order.
     pub answers: Vec<NodeAnswer>,
+    /// A strong replica's lease, as the answering node knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseExplanation>,
+}
+
+/// What the node answering `explain` knows of a strong replica's lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseExplanation {
+    /// `held` (this node holds it and may run the replica), `seeking` (this node was
+    /// awarded the replica and runs nothing until it holds the lease), `accepted` (this
+    /// node is an acceptor of the register and accepted `holder`), or `unknown`.
+    pub state: String,
+    /// Who holds the lease, as far as this node knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// The lease's epoch: the fencing token (`PARLEY_EPOCH`) of its container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// How long the lease lasts without a renewal, by this node's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_ms: Option<u64>,
+    /// Why the replica does not run here, when this node seeks the lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 /// What one node answered a call for proposals.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::{CliError, Output, print_json, table};
 use crate::api::client::ApiClient;
-use crate::api::types::WorkloadExplanation;
+use crate::api::types::{LeaseExplanation, WorkloadExplanation};
 
 /// Arguments of `parley explain`.
 #[derive(Debug, clap::Args)]
@@ -15,6 +15,12 @@ answered: a bid (with its score), a decline with the reason (insufficient-cpu, \
 insufficient-memory, constraint-mismatch, wrong-arch, already-hosts-replica, draining, disk-full, \
 policy-denied), \
 an exclusion (its node or failure domain already has a replica), or no answer.
+
+It also states the workload's guarantee (eventual or strong). For a strong workload each \
+replica shows its lease as the answering node knows it: held here (its epoch, the fencing \
+token in PARLEY_EPOCH, and how long it lasts without a renewal), sought here and why not \
+held (another node's lease, no quorum of acceptors answered), accepted by this node as one \
+of the register's acceptors (holder and epoch), or unknown here.
 
 Examples:
   parley explain web
@@ -39,6 +45,12 @@ pub async fn execute(args: ExplainArgs, client: ApiClient, output: Output) -> Re
 
 fn render(explanation: &WorkloadExplanation) -> String {
     let mut text = String::new();
+    if !explanation.consistency.is_empty() {
+        text.push_str(&format!(
+            "{}: {}\n",
+            explanation.consistency, explanation.guarantee
+        ));
+    }
     for replica in &explanation.placements {
         match (&replica.node, replica.epoch) {
             (Some(node), Some(epoch)) => text.push_str(&format!(
@@ -68,6 +80,9 @@ fn render(explanation: &WorkloadExplanation) -> String {
                 ));
             }
         }
+        if let Some(lease) = &replica.lease {
+            text.push_str(&format!("  lease: {}\n", lease_line(lease)));
+        }
         if !replica.answers.is_empty() {
             let rows: Vec<Vec<String>> = replica
                 .answers
@@ -90,6 +105,33 @@ fn render(explanation: &WorkloadExplanation) -> String {
     text
 }
 
+/// One line for a strong replica's lease.
+fn lease_line(lease: &LeaseExplanation) -> String {
+    let epoch = lease
+        .epoch
+        .map(|e| format!(" at epoch {e}"))
+        .unwrap_or_default();
+    let left = lease
+        .left_ms
+        .map(|ms| format!(", {:.1} s left", ms as f64 / 1000.0))
+        .unwrap_or_default();
+    match lease.state.as_str() {
+        "held" => format!("held by this node{epoch}{left}"),
+        "accepted" => match &lease.holder {
+            Some(holder) => format!("{holder} holds it{epoch}{left} (as this acceptor accepted)"),
+            None => format!("released{epoch} (as this acceptor accepted)"),
+        },
+        state => format!(
+            "{state}{}",
+            lease
+                .why
+                .as_ref()
+                .map(|why| format!(": {why}"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +142,8 @@ mod tests {
         let explanation = WorkloadExplanation {
             name: "big".to_owned(),
             replicas: 1,
+            consistency: "eventual".to_owned(),
+            guarantee: "placed again at once".to_owned(),
             placements: vec![ReplicaExplanation {
                 replica: 0,
                 node: None,
@@ -113,6 +157,7 @@ mod tests {
                         detail: Some("needs 9000 MiB, 100 MiB free".to_owned()),
                     })
                     .collect(),
+                lease: None,
             }],
         };
         let text = render(&explanation);
@@ -121,5 +166,62 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("needs 9000 MiB, 100 MiB free"), "{text}");
+        assert!(
+            text.starts_with("eventual: placed again at once\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("lease"),
+            "an eventual replica has no lease: {text}"
+        );
+    }
+
+    #[test]
+    fn a_strong_replica_says_what_this_node_knows_of_its_lease() {
+        let lease = |state: &str, holder: Option<&str>, why: Option<&str>| LeaseExplanation {
+            state: state.to_owned(),
+            holder: holder.map(str::to_owned),
+            epoch: holder.map(|_| 7),
+            left_ms: holder.map(|_| 4_200),
+            why: why.map(str::to_owned),
+        };
+        assert_eq!(
+            lease_line(&lease("accepted", Some("spiffe://td/node/b"), None)),
+            "spiffe://td/node/b holds it at epoch 7, 4.2 s left (as this acceptor accepted)"
+        );
+        assert_eq!(
+            lease_line(&lease(
+                "seeking",
+                None,
+                Some("no quorum of acceptors answered")
+            )),
+            "seeking: no quorum of acceptors answered"
+        );
+        let held = LeaseExplanation {
+            holder: None,
+            ..lease("held", Some("x"), None)
+        };
+        assert_eq!(
+            lease_line(&held),
+            "held by this node at epoch 7, 4.2 s left"
+        );
+        let explanation = WorkloadExplanation {
+            name: "db".to_owned(),
+            replicas: 1,
+            consistency: "strong".to_owned(),
+            guarantee: "one node at most".to_owned(),
+            placements: vec![ReplicaExplanation {
+                replica: 0,
+                node: Some("spiffe://td/node/b".to_owned()),
+                epoch: Some(3),
+                answers: Vec::new(),
+                lease: Some(held),
+            }],
+        };
+        let text = render(&explanation);
+        assert!(
+            text.contains("replica 0: placed on spiffe://td/node/b (epoch 3)\n  lease: held by this node at epoch 7"),
+            "{text}"
+        );
     }
 }

@@ -40,6 +40,11 @@ pub struct RunArgs {
     /// A label the node must carry, KEY=VALUE (repeatable)
     #[arg(long = "constraint", value_name = "KEY=VALUE")]
     pub constraints: Vec<String>,
+    /// A named volume mounted at an absolute path, NAME:/path (repeatable). Each replica
+    /// gets its own Podman volume, parley-WORKLOAD-REPLICA-NAME, on the node that runs it;
+    /// it is kept when the replica stops or the workload is removed
+    #[arg(long = "volume", short = 'v', value_name = "NAME:/PATH")]
+    pub volumes: Vec<String>,
     /// Whether and how long to wait for the replicas to run.
     #[command(flatten)]
     pub wait: WaitArgs,
@@ -105,6 +110,12 @@ impl RunArgs {
             ConsistencyArg::Eventual => parley_negotiation::Consistency::Eventual,
             ConsistencyArg::Strong => parley_negotiation::Consistency::Strong,
         };
+        spec.volumes = self
+            .volumes
+            .iter()
+            .map(|entry| parley_negotiation::VolumeMount::parse(entry))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
         spec.resources.cpu_millis = self.cpu.unwrap_or(0);
         spec.resources.memory_bytes = self.memory.unwrap_or(0);
         for entry in &self.constraints {

@@ -26,12 +26,12 @@ use super::{
 use crate::clock::negotiation_millis;
 use crate::metrics::Metrics;
 use crate::transport::{Inbound, Transport};
-use parley_negotiation::auction::{AnnouncerEvent, Explanation};
+use parley_negotiation::auction::AnnouncerEvent;
 use parley_negotiation::membership::Member;
 
 /// Where the answer to a command goes, by the token it was given to the negotiator with.
 enum Waiting {
-    Explain(oneshot::Sender<(Placements, std::collections::BTreeMap<u32, Explanation>)>),
+    Explain(oneshot::Sender<super::ExplainAnswer>),
     Placements(oneshot::Sender<Placements>),
     ListMesh(oneshot::Sender<Vec<(String, OwnedWorkload)>>),
     Logs(oneshot::Sender<Result<LogChunk, LogsFailure>>),
@@ -451,8 +451,8 @@ fn answer(waiting: &mut HashMap<u64, Waiting>, token: u64, reply: Reply) {
         return;
     };
     match (to, reply) {
-        (Waiting::Explain(to), Reply::Explain(placements, explanations)) => {
-            let _ = to.send((placements, explanations));
+        (Waiting::Explain(to), Reply::Explain(placements, explanations, leases)) => {
+            let _ = to.send((placements, explanations, leases));
         }
         (Waiting::Placements(to), Reply::Placements(placements)) => {
             let _ = to.send(placements);

@@ -390,6 +390,14 @@ pub trait Host: Send + Sync + 'static {
     ) -> impl Future<Output = Result<LogChunk, HostError>> + Send;
 }
 
+/// What [`Command::Explain`] answers: placements, each replica's last auction, and what
+/// this node knows of each strong replica's lease.
+pub type ExplainAnswer = (
+    Placements,
+    BTreeMap<u32, Explanation>,
+    BTreeMap<u32, parley_negotiation::negotiator::LeaseView>,
+);
+
 /// Requests from the node (the local API) to the mesh.
 #[derive(Debug)]
 pub enum Command {
@@ -408,8 +416,8 @@ pub enum Command {
     Explain {
         /// Workload key (`namespace/name`).
         workload: String,
-        /// Where the answer goes: placements, and each replica's last auction.
-        reply: oneshot::Sender<(Placements, BTreeMap<u32, Explanation>)>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<ExplainAnswer>,
     },
     /// Every workload any alive member owns (this node included), as their owners report
     /// them; members that do not answer within [`QUERY_TIMEOUT`] are left out.

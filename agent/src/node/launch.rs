@@ -5,6 +5,12 @@ use super::*;
 use crate::enroll::workload::IssueError;
 use parley_negotiation::messages::SignedStatement;
 
+/// The engine's name for volume `volume` of replica `replica` of `workload`: one per
+/// replica, and no two workloads share one.
+pub fn volume_name(workload: &str, replica: u32, volume: &str) -> String {
+    format!("parley-{workload}-{replica}-{volume}")
+}
+
 impl<R: ContainerRuntime> Node<R> {
     pub(super) fn container_spec(
         &self,
@@ -53,6 +59,19 @@ impl<R: ContainerRuntime> Node<R> {
                     source: identities.dir(spec.name.as_str(), replica),
                     target: crate::enroll::workload::MOUNT_TARGET.to_owned(),
                     read_only: true,
+                })
+                .collect(),
+            volumes: spec
+                .volumes
+                .iter()
+                .map(|volume| VolumeSpec {
+                    name: volume_name(spec.name.as_str(), replica, &volume.name),
+                    target: volume.path.clone(),
+                    labels: BTreeMap::from([
+                        (labels::MANAGED.to_owned(), "true".to_owned()),
+                        (labels::WORKLOAD.to_owned(), spec.name.to_string()),
+                        (labels::REPLICA.to_owned(), replica.to_string()),
+                    ]),
                 })
                 .collect(),
             limits: (self.info.enforce_limits && spec.resources != Resources::default())

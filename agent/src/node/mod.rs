@@ -21,8 +21,8 @@ use parley_store::records::Event;
 use parley_store::{DEFAULT_NAMESPACE, Store, StoreError, Tree};
 
 use crate::api::types::{
-    AgentStatus, Assignment, JoinTokenIssued, LogsQuery, NodeAnswer, NodeEntry, NodeList,
-    ReplicaExplanation, ReplicaStatus, WorkloadExplanation, WorkloadList, WorkloadLogs,
+    AgentStatus, Assignment, JoinTokenIssued, LeaseExplanation, LogsQuery, NodeAnswer, NodeEntry,
+    NodeList, ReplicaExplanation, ReplicaStatus, WorkloadExplanation, WorkloadList, WorkloadLogs,
     WorkloadRecord, WorkloadStatus,
 };
 use crate::enroll::workload::WorkloadIdentities;
@@ -32,7 +32,7 @@ use crate::policy::Action;
 use crate::runtime::podman::service::ServiceOrigin;
 use crate::runtime::{
     BindMount, ContainerRuntime, ContainerSpec, ContainerState, ManagedContainer, RuntimeError,
-    labels,
+    VolumeSpec, labels,
 };
 
 mod host;
@@ -287,9 +287,6 @@ impl<R: ContainerRuntime> Node<R> {
     /// runs, or nothing changed and the error says why.
     pub async fn run(&self, spec: WorkloadSpec) -> Result<WorkloadStatus, NodeError> {
         spec.validate()?;
-        if !spec.volumes.is_empty() {
-            return Err(NodeError::Unsupported { what: "volumes" });
-        }
         if !spec.consistency.is_eventual() && self.info.mesh.is_none() {
             // Alone, nothing could grant a lease or take the replica over.
             return Err(NodeError::NeedsMesh {
@@ -732,15 +729,20 @@ impl<R: ContainerRuntime> Node<R> {
             });
         };
         let replicas = record.spec.replicas;
+        let strong = record.spec.consistency == parley_negotiation::Consistency::Strong;
+        let (consistency, guarantee) = guarantee_of(&record.spec);
         let Some(mesh) = &self.info.mesh else {
             return Ok(WorkloadExplanation {
                 name: name.to_owned(),
                 replicas,
+                consistency,
+                guarantee,
                 placements: vec![ReplicaExplanation {
                     replica: 0,
                     node: Some(self.info.name.clone()),
                     epoch: Some(0),
                     answers: Vec::new(),
+                    lease: None,
                 }],
             });
         };
@@ -752,7 +754,8 @@ impl<R: ContainerRuntime> Node<R> {
             })
             .await
             .map_err(|_| NodeError::MeshStopped)?;
-        let (placements, explanations) = answer.await.map_err(|_| NodeError::MeshStopped)?;
+        let (placements, explanations, leases) =
+            answer.await.map_err(|_| NodeError::MeshStopped)?;
         let placements = (0..replicas)
             .map(|replica| {
                 let placed = placements.get(&replica);
@@ -765,17 +768,21 @@ impl<R: ContainerRuntime> Node<R> {
                             .collect()
                     })
                     .unwrap_or_default();
+                let lease = strong.then(|| lease_explanation(leases.get(&replica)));
                 ReplicaExplanation {
                     replica,
                     node: placed.map(|(node, _)| node.clone()),
                     epoch: placed.map(|(_, epoch)| *epoch),
                     answers,
+                    lease,
                 }
             })
             .collect();
         Ok(WorkloadExplanation {
             name: name.to_owned(),
             replicas,
+            consistency,
+            guarantee,
             placements,
         })
     }
@@ -846,6 +853,72 @@ pub struct ReconcileReport {
 /// `parley-<workload>-<replica>`.
 pub fn container_name(workload: &WorkloadName, replica: u32) -> String {
     format!("parley-{workload}-{replica}")
+}
+
+/// A workload's consistency class, and what it promises, for `explain`.
+fn guarantee_of(spec: &WorkloadSpec) -> (String, String) {
+    match spec.consistency {
+        parley_negotiation::Consistency::Eventual => (
+            "eventual".to_owned(),
+            "a replica whose node seems gone is placed again at once; during a partition it \
+             may run on both sides for a while, and the newest placement wins after it"
+                .to_owned(),
+        ),
+        parley_negotiation::Consistency::Strong => {
+            let lease_ms = parley_negotiation::register::lease_ms(spec.stop_timeout_secs);
+            (
+                "strong".to_owned(),
+                format!(
+                    "each replica runs on one node at most, only while that node holds its \
+                     lease ({} s, renewed every {} s) from a quorum of its acceptors; a lost \
+                     holder's replica runs elsewhere once its lease is over, at a higher epoch",
+                    lease_ms as f64 / 1000.0,
+                    parley_negotiation::register::RENEW_INTERVAL_MS as f64 / 1000.0,
+                ),
+            )
+        }
+    }
+}
+
+/// A strong replica's lease as this node knows it.
+fn lease_explanation(view: Option<&parley_negotiation::negotiator::LeaseView>) -> LeaseExplanation {
+    use parley_negotiation::negotiator::LeaseView;
+    let empty = |state: &str| LeaseExplanation {
+        state: state.to_owned(),
+        holder: None,
+        epoch: None,
+        left_ms: None,
+        why: None,
+    };
+    match view {
+        Some(LeaseView::Held { epoch, left_ms }) => LeaseExplanation {
+            epoch: Some(*epoch),
+            left_ms: Some(*left_ms),
+            ..empty("held")
+        },
+        Some(LeaseView::Seeking { why }) => LeaseExplanation {
+            why: Some(why.clone()),
+            ..empty("seeking")
+        },
+        Some(LeaseView::Accepted {
+            holder,
+            epoch,
+            left_ms,
+        }) => LeaseExplanation {
+            holder: holder.clone(),
+            epoch: Some(*epoch),
+            left_ms: Some(*left_ms),
+            ..empty("accepted")
+        },
+        None => LeaseExplanation {
+            why: Some(
+                "this node neither holds nor seeks the lease, and is not one of its \
+                 acceptors: ask the replica's node"
+                    .to_owned(),
+            ),
+            ..empty("unknown")
+        },
+    }
 }
 
 #[cfg(test)]
@@ -934,10 +1007,10 @@ mod tests {
         held.abort();
     }
 
-    /// A node alone cannot lease a replica to itself, and volumes are not built: both
-    /// are refused with what to do, before anything starts.
+    /// A node alone cannot lease a replica to itself: a strong workload is refused with
+    /// what to do, before anything starts.
     #[tokio::test]
-    async fn strong_workloads_need_a_mesh_and_volumes_are_refused() {
+    async fn strong_workloads_need_a_mesh() {
         let (_dir, _store, runtime, node) = fixture();
         let mut workload = spec("db", IMAGE);
         workload.consistency = parley_negotiation::Consistency::Strong;
@@ -947,16 +1020,49 @@ mod tests {
             "{refused:?}"
         );
         assert!(refused.to_string().contains("--listen"), "{refused}");
-        workload.volumes =
-            vec![parley_negotiation::VolumeMount::parse("data:/var/lib/db").unwrap()];
-        let refused = node.run(workload).await.unwrap_err();
-        assert!(
-            matches!(refused, NodeError::Unsupported { what: "volumes" }),
-            "{refused:?}"
-        );
         assert!(
             runtime.state_of("parley-db-0").is_none(),
             "nothing was started"
+        );
+    }
+
+    /// Each replica mounts a named volume of its own per volume of the spec, labelled
+    /// with its workload and replica.
+    #[tokio::test]
+    async fn each_replica_mounts_volumes_of_its_own() {
+        let (_dir, _store, runtime, node) = fixture();
+        let mut workload = spec("db", IMAGE);
+        workload.volumes = vec![
+            parley_negotiation::VolumeMount::parse("data:/var/lib/db").unwrap(),
+            parley_negotiation::VolumeMount::parse("logs:/var/log/db").unwrap(),
+        ];
+        node.run(workload).await.unwrap();
+        let started = runtime.spec_of("parley-db-0").expect("the replica runs");
+        let volumes: Vec<(&str, &str)> = started
+            .volumes
+            .iter()
+            .map(|v| (v.name.as_str(), v.target.as_str()))
+            .collect();
+        assert_eq!(
+            volumes,
+            [
+                ("parley-db-0-data", "/var/lib/db"),
+                ("parley-db-0-logs", "/var/log/db")
+            ]
+        );
+        assert_eq!(
+            started.volumes[0]
+                .labels
+                .get(labels::WORKLOAD)
+                .map(String::as_str),
+            Some("db")
+        );
+        assert_eq!(
+            started.volumes[0]
+                .labels
+                .get(labels::REPLICA)
+                .map(String::as_str),
+            Some("0")
         );
     }
 

@@ -49,9 +49,23 @@ pub struct ContainerSpec {
     pub stop_timeout_secs: u64,
     /// Host directories bind-mounted into the container.
     pub mounts: Vec<BindMount>,
+    /// Podman named volumes mounted into the container, made first if missing.
+    pub volumes: Vec<VolumeSpec>,
     /// CPU and memory limits the engine enforces, where the host allows it (`None`: not
     /// enforced, see [`crate::hostcheck`]).
     pub limits: Option<parley_negotiation::messages::Resources>,
+}
+
+/// A named volume mounted into a container. The volume outlives the container: a
+/// replica started again on the same node finds its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSpec {
+    /// The volume's name on the engine (`parley-WORKLOAD-REPLICA-NAME`).
+    pub name: String,
+    /// Where it appears in the container.
+    pub target: String,
+    /// Labels the volume is made with (the workload and replica it belongs to).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A host directory mounted into a container.

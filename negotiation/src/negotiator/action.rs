@@ -122,8 +122,13 @@ pub enum Request {
 /// The answer to a [`Request`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    /// For [`Request::Explain`]: placements, and each replica's last auction.
-    Explain(Placements, BTreeMap<u32, Explanation>),
+    /// For [`Request::Explain`]: placements, each replica's last auction, and what this
+    /// node knows of the leases of a strong workload's replicas.
+    Explain(
+        Placements,
+        BTreeMap<u32, Explanation>,
+        BTreeMap<u32, super::strong::LeaseView>,
+    ),
     /// For [`Request::Placements`].
     Placements(Placements),
     /// For [`Request::ListMesh`]: (owner, workload) pairs.

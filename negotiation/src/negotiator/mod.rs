@@ -32,6 +32,7 @@ pub use action::{Assignment, Event, HostAction, HostError, Placements, Reply, Re
 pub use gate::{Action, AllowAll, Authorizer, Denial, MESH_WIDE};
 use queries::{Finished, PendingList, PendingLogs, Queries};
 pub use revocations::GOSSIP_INTERVAL_MS as REVOCATION_GOSSIP_MS;
+pub use strong::LeaseView;
 use succession::{Step, Succession};
 
 use crate::auction::{
@@ -460,6 +461,7 @@ impl Negotiator {
                 let reply = Reply::Explain(
                     self.announcer.placements(&workload),
                     self.announcer.explain(&workload),
+                    self.lease_views(now_ms, &workload),
                 );
                 self.actions.push_back(HostAction::Answer { token, reply });
             }

@@ -12,6 +12,34 @@
 use super::*;
 use crate::register::{Acceptor, Answer, RegisterMessage, RegisterStep, SlotState};
 
+/// What one node knows of a strong replica's lease (for `explain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseView {
+    /// This node holds the lease: it may run the replica for `left_ms` more, by its
+    /// own clock, less its stop timeout.
+    Held {
+        /// The lease's epoch: the fencing token the container carries.
+        epoch: u64,
+        /// How long the lease lasts without a renewal.
+        left_ms: u64,
+    },
+    /// This node was awarded the replica and seeks its lease; it runs nothing until it
+    /// holds it.
+    Seeking {
+        /// Why it does not hold it: another holder's lease, no quorum of acceptors, …
+        why: String,
+    },
+    /// This node is one of the register's acceptors and accepted this value.
+    Accepted {
+        /// Who holds the lease (none: released).
+        holder: Option<String>,
+        /// Its epoch.
+        epoch: u64,
+        /// How long before this acceptor takes the lease to be over.
+        left_ms: u64,
+    },
+}
+
 impl Negotiator {
     /// This node's acceptor state (for invariants and `explain`).
     pub fn acceptor(&self) -> &Acceptor {
@@ -21,6 +49,43 @@ impl Negotiator {
     /// The leases this node holds or seeks.
     pub fn claims(&self) -> &crate::lease::Claims {
         &self.claims
+    }
+
+    /// What this node knows of the leases of `workload`'s replicas, for `explain`: the
+    /// claims it holds or seeks, else the values it accepted as an acceptor.
+    pub fn lease_views(&self, now_ms: u64, workload: &str) -> BTreeMap<u32, LeaseView> {
+        let mut views: BTreeMap<u32, LeaseView> = self
+            .acceptor
+            .views_of(now_ms, workload)
+            .filter_map(|(replica, value, left_ms)| {
+                let value = value?;
+                Some((
+                    replica,
+                    LeaseView::Accepted {
+                        holder: value.holder.clone(),
+                        epoch: value.epoch,
+                        left_ms,
+                    },
+                ))
+            })
+            .collect();
+        for ((_, replica), claim) in self.claims.iter().filter(|((w, _), _)| w == workload) {
+            let view = match &claim.state {
+                crate::lease::ClaimState::Held {
+                    epoch,
+                    valid_until_ms,
+                    ..
+                } => LeaseView::Held {
+                    epoch: *epoch,
+                    left_ms: valid_until_ms.saturating_sub(now_ms),
+                },
+                crate::lease::ClaimState::Seeking { why } => {
+                    LeaseView::Seeking { why: why.clone() }
+                }
+            };
+            views.insert(*replica, view);
+        }
+        views
     }
 
     /// Takes back the register slots the host stored before a restart. Each lease they

@@ -181,6 +181,22 @@ impl PodmanRuntime {
         if let Some(limits) = &spec.limits {
             builder = builder.resource_limits(resource_limits(limits));
         }
+        for volume in &spec.volumes {
+            self.ensure_volume(volume).await?;
+        }
+        if !spec.volumes.is_empty() {
+            builder =
+                builder.volumes(
+                    spec.volumes
+                        .iter()
+                        .map(|v| podman_api::models::NamedVolume {
+                            dest: Some(v.target.clone()),
+                            name: Some(v.name.clone()),
+                            is_anonymous: None,
+                            options: None,
+                        }),
+                );
+        }
         if !spec.mounts.is_empty() {
             builder =
                 builder.mounts(
@@ -223,6 +239,33 @@ impl PodmanRuntime {
             return Err(start_error);
         }
         Ok(id)
+    }
+
+    /// Makes the named volume `volume` with its labels unless it exists: Podman would
+    /// make a missing one at create, but without labels that say whose it is.
+    async fn ensure_volume(&self, volume: &crate::runtime::VolumeSpec) -> Result<(), RuntimeError> {
+        let volumes = self.podman.volumes();
+        let exists = volumes
+            .get(&volume.name)
+            .exists()
+            .await
+            .map_err(|e| self.classify("inspect a volume", e))?;
+        if exists {
+            return Ok(());
+        }
+        let opts = podman_api::opts::VolumeCreateOpts::builder()
+            .name(&volume.name)
+            .labels(volume.labels.iter())
+            .build();
+        match volumes.create(&opts).await {
+            Ok(_) => {
+                tracing::info!(volume = %volume.name, "made a named volume");
+                Ok(())
+            }
+            // Made meanwhile by another start of the same replica: what was wanted.
+            Err(e) if e.to_string().contains("already exists") => Ok(()),
+            Err(e) => Err(self.classify("create a volume", e)),
+        }
     }
 
     async fn start_unbounded(&self, id: &str) -> Result<(), RuntimeError> {
