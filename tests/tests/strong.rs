@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use parley_e2e::mesh::{bed_agent, wait_for_full_mesh};
+use parley_e2e::mesh::{bed_agent, svid_in, wait_for_full_mesh};
 use parley_e2e::netbed::{Cut, NetBed};
 use parley_e2e::{Agent, TEST_IMAGE, TrustDomain};
 
@@ -85,9 +85,10 @@ enum Isolation {
 fn strong_replica_fails_over(isolation: Isolation) -> Duration {
     let bed = NetBed::new(3);
     let domain = TrustDomain::new("strong.e2e");
-    let a = bed_agent(&bed, 0, "strong-a", &domain.enroll("a"), &[], &[]);
-    let b = bed_agent(&bed, 1, "strong-b", &domain.enroll("b"), &[0], &[]);
-    let c = bed_agent(&bed, 2, "strong-c", &domain.enroll("c"), &[0], &[]);
+    let identities = [domain.enroll("a"), domain.enroll("b"), domain.enroll("c")];
+    let a = bed_agent(&bed, 0, "strong-a", &identities[0], &[], &[]);
+    let b = bed_agent(&bed, 1, "strong-b", &identities[1], &[0], &[]);
+    let c = bed_agent(&bed, 2, "strong-c", &identities[2], &[0], &[]);
     let agents = [&a, &b, &c];
     wait_for_full_mesh(&agents);
 
@@ -120,10 +121,33 @@ fn strong_replica_fails_over(isolation: Isolation) -> Duration {
         .position(|x| x.node() == holder_node)
         .expect("the holder is one of the agents");
     let holder = agents[holder_host];
+    let holder_identity = &identities[holder_host];
     assert_eq!(
         epoch_env(holder, "parley-db-0").as_deref(),
         Some(first_epoch.as_str()),
         "the container's PARLEY_EPOCH is its lease's epoch"
+    );
+
+    // The workload identity states the epoch too, signed by the holder, and verifies.
+    let svid = svid_in(holder, "parley-db-0");
+    assert_eq!(svid["lease"]["epoch"].to_string(), first_epoch, "{svid}");
+    let svid_path = holder.dir().join("svid-copy.json");
+    std::fs::write(&svid_path, svid.to_string()).expect("write the identity's copy");
+    let identity_dir = holder_identity.display().to_string();
+    let verified = holder.cli([
+        "identity",
+        "--dir",
+        &identity_dir,
+        "verify-svid",
+        &svid_path.display().to_string(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(
+        verified.json()["epoch"].to_string(),
+        first_epoch,
+        "{}",
+        verified.stderr
     );
 
     // `explain` states the guarantee and, on the holder, the lease it holds; the others,
@@ -185,6 +209,9 @@ fn strong_replica_fails_over(isolation: Isolation) -> Duration {
         )
     });
     eprintln!("failover after {isolation:?}: {} ms", failover.as_millis());
+    if std::env::var_os("PARLEY_E2E_TRACE").is_some() {
+        eprintln!("holder: host {holder_host}\n{}", logs(&agents));
+    }
     if let Isolation::Cut(_) = isolation {
         // Cut off, the holder runs nothing, and its `explain` says why.
         let mut why = serde_json::Value::Null;

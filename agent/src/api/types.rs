@@ -234,6 +234,11 @@ pub struct WorkloadExplanation {
     /// What the consistency class promises, in a sentence.
     #[serde(default)]
     pub guarantee: String,
+    /// The node that owns the workload's placements, as the replicated record says, when
+    /// it is another node than the one answering: only the owner knows every replica's
+    /// auctions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Each replica, in order.
     pub placements: Vec<ReplicaExplanation>,
 }

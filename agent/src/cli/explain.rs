@@ -9,7 +9,8 @@ use crate::api::types::{LeaseExplanation, WorkloadExplanation};
 /// Arguments of `parley explain`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "In a mesh, run it on the workload's owner (the agent that accepted it). \
+    after_help = "In a mesh, run it on the workload's owner (the agent that accepted it); \
+another node shows the guarantee and what it knows of the leases, and names the owner. \
 For each replica it shows where it runs and what every node asked in its last auction \
 answered: a bid (with its score), a decline with the reason (insufficient-cpu, \
 insufficient-memory, constraint-mismatch, wrong-arch, already-hosts-replica, draining, disk-full, \
@@ -57,6 +58,14 @@ fn render(explanation: &WorkloadExplanation) -> String {
                 "replica {}: placed on {node} (epoch {epoch})\n",
                 replica.replica
             )),
+            _ if replica.answers.is_empty() && explanation.owner.is_some() => {
+                // This node ran no auction of it: most likely not the owner.
+                text.push_str(&format!(
+                    "replica {}: not placed by this node; its owner {} knows (run `parley explain` there)\n",
+                    replica.replica,
+                    explanation.owner.as_deref().unwrap_or("-"),
+                ));
+            }
             _ => {
                 let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
                 for answer in &replica.answers {
@@ -144,6 +153,7 @@ mod tests {
             replicas: 1,
             consistency: "eventual".to_owned(),
             guarantee: "placed again at once".to_owned(),
+            owner: None,
             placements: vec![ReplicaExplanation {
                 replica: 0,
                 node: None,
@@ -210,6 +220,7 @@ mod tests {
             replicas: 1,
             consistency: "strong".to_owned(),
             guarantee: "one node at most".to_owned(),
+            owner: Some("spiffe://td/node/a".to_owned()),
             placements: vec![ReplicaExplanation {
                 replica: 0,
                 node: Some("spiffe://td/node/b".to_owned()),

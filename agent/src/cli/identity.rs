@@ -141,10 +141,14 @@ fn verify_svid(
     match output {
         Output::Json => print_json(&serde_json::to_value(&verified)?),
         Output::Table => println!(
-            "{} verifies: issued by {} for replica {}, awarded by {}, valid until {} UTC",
+            "{} verifies: issued by {} for replica {}{}, awarded by {}, valid until {} UTC",
             verified.spiffe_id,
             verified.node,
             verified.replica,
+            verified
+                .epoch
+                .map(|epoch| format!(" at lease epoch {epoch}"))
+                .unwrap_or_default(),
             verified.owner,
             super::events::format_millis(verified.not_after.saturating_mul(1000))
         ),

@@ -92,6 +92,52 @@ pub enum GrantError {
     /// The policy given does not let the owner place, or the node host, this workload.
     #[error("{0}")]
     Policy(String),
+    /// The lease epoch claim does not check: not the issuing node's signature, or not of
+    /// this identity.
+    #[error("the lease epoch claim does not check: {0}")]
+    Epoch(&'static str),
+}
+
+/// The signature context of a node's [`EpochClaim`].
+pub const EPOCH_CONTEXT: &str = "lease-epoch";
+
+/// What a node states when it starts a strong replica: that it runs this identity's
+/// replica at this lease epoch. Storage and peers compare epochs to refuse a stale
+/// writer: a replica that runs again elsewhere runs at a higher one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochClaim {
+    /// The workload's SPIFFE ID.
+    pub spiffe_id: String,
+    /// The node that holds the lease (and issued the identity).
+    pub node: String,
+    /// The replica.
+    pub replica: u32,
+    /// The lease's epoch: the fencing token, as in `PARLEY_EPOCH`.
+    pub epoch: u64,
+}
+
+/// An [`EpochClaim`] as `svid.json` carries it: its JSON (the bytes signed, so that any
+/// client can read it), and the issuing node's signature over them in hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochFile {
+    /// The lease epoch, as the claim states it (for readers that do not verify).
+    pub epoch: u64,
+    /// The claim's JSON, exactly as signed.
+    pub claim: String,
+    /// The node's signature over `claim` for [`EPOCH_CONTEXT`] (hex).
+    pub signature: String,
+}
+
+impl EpochFile {
+    /// Signs `claim` with the node credential `node`.
+    pub fn sign(node: &parley_identity::Credential, claim: &EpochClaim) -> Self {
+        let json = serde_json::to_string(claim).expect("a claim is plain data");
+        Self {
+            epoch: claim.epoch,
+            signature: to_hex(&node.sign(EPOCH_CONTEXT, json.as_bytes())),
+            claim: json,
+        }
+    }
 }
 
 /// A grant that checked.
@@ -161,6 +207,9 @@ pub struct VerifiedSvid {
     pub replica: u32,
     /// End of validity (unix seconds).
     pub not_after: u64,
+    /// The lease epoch the issuing node claims for a strong replica.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// Verifies a workload identity as `svid.json` holds it: the chain (root → node →
@@ -191,12 +240,40 @@ pub fn verify_svid(
     )))?;
     let signed = file.grant.as_ref().ok_or(GrantError::Missing)?.decode()?;
     let checked = check_grant(bundle, &signed, &node, &workload, None)?;
+    let epoch = match &file.lease {
+        None => None,
+        Some(lease) => {
+            let issuer = bundle.verify_chain(&chain[..1], now)?;
+            let signature =
+                from_hex(&lease.signature).ok_or(GrantError::Epoch("the signature is not hex"))?;
+            issuer
+                .verify(EPOCH_CONTEXT, lease.claim.as_bytes(), &signature)
+                .map_err(|_| {
+                    GrantError::Epoch("not signed by the node that issued the identity")
+                })?;
+            let claim: EpochClaim = serde_json::from_str(&lease.claim)
+                .map_err(|_| GrantError::Epoch("the claim is not an epoch claim"))?;
+            if claim.spiffe_id != identity.id.as_str()
+                || claim.node != node
+                || claim.replica != checked.grant.replica
+            {
+                return Err(GrantError::Epoch("the claim is of another replica or node"));
+            }
+            if claim.epoch != lease.epoch {
+                return Err(GrantError::Epoch(
+                    "the epoch beside the claim is not the claim's",
+                ));
+            }
+            Some(claim.epoch)
+        }
+    };
     Ok(VerifiedSvid {
         spiffe_id: identity.id.to_string(),
         node,
         owner: checked.grant.owner,
         replica: checked.grant.replica,
         not_after: identity.not_after,
+        epoch,
     })
 }
 
@@ -245,7 +322,7 @@ mod tests {
         let (bundle, identities) = mesh(temp.path());
         let granted = grant(&temp.path().join("a"), B, "web", 1, NOW);
         identities
-            .issue("default", "web", 1, NOW, &granted)
+            .issue("default", "web", 1, NOW, &granted, None)
             .unwrap();
         let verified = verify_svid(&svid(&identities, "web", 1), &bundle, NOW + 1).unwrap();
         assert_eq!(verified.spiffe_id, "spiffe://example.org/ns/default/wl/web");
@@ -264,7 +341,7 @@ mod tests {
         let a_dir = temp.path().join("a");
         let refused = |grant: SignedStatement| {
             identities
-                .issue("default", "web", 0, NOW, &grant)
+                .issue("default", "web", 0, NOW, &grant, None)
                 .unwrap_err()
                 .to_string()
         };
@@ -291,7 +368,7 @@ mod tests {
         // pasting another replica's grant. Neither verifies.
         let granted = grant(&a_dir, B, "web", 0, NOW);
         identities
-            .issue("default", "web", 0, NOW, &granted)
+            .issue("default", "web", 0, NOW, &granted, None)
             .unwrap();
         let mut file = svid(&identities, "web", 0);
         file.grant = None;
@@ -303,5 +380,64 @@ mod tests {
         file.grant = Some(GrantFile::from(&db));
         let error = verify_svid(&file, &bundle, NOW + 1).unwrap_err();
         assert!(matches!(error, GrantError::OtherWorkload { .. }), "{error}");
+    }
+
+    /// A strong replica's identity states its lease epoch, signed by its node: it
+    /// verifies, and is refused when the epoch is changed, the claim is of another
+    /// replica, or another node signed it. A new epoch makes the identity due again.
+    #[test]
+    fn a_strong_replicas_identity_carries_its_lease_epoch_signed_by_its_node() {
+        let temp = tempfile::tempdir().unwrap();
+        let (bundle, identities) = mesh(temp.path());
+        let a_dir = temp.path().join("a");
+        let granted = grant(&a_dir, B, "db", 0, NOW);
+        identities
+            .issue("default", "db", 0, NOW, &granted, Some(7))
+            .unwrap();
+        let file = svid(&identities, "db", 0);
+        let verified = verify_svid(&file, &bundle, NOW + 1).unwrap();
+        assert_eq!(verified.epoch, Some(7));
+        assert!(!identities.due("db", 0, NOW + 1, Some(7)));
+        assert!(identities.due("db", 0, NOW + 1, Some(8)), "a new epoch");
+        assert!(identities.due("db", 0, NOW + 1, None));
+
+        let refused = |file: &SvidFile| match verify_svid(file, &bundle, NOW + 1) {
+            Err(GrantError::Epoch(why)) => why,
+            other => panic!("not refused for its epoch: {other:?}"),
+        };
+        let mut raised = file.clone();
+        raised.lease.as_mut().unwrap().epoch = 8;
+        assert!(refused(&raised).contains("not the claim's"));
+        let mut rewritten = file.clone();
+        let lease = rewritten.lease.as_mut().unwrap();
+        lease.claim = lease.claim.replace("\"epoch\":7", "\"epoch\":8");
+        lease.epoch = 8;
+        assert!(refused(&rewritten).contains("not signed by the node"));
+        let claim = |replica: u32, node: &str| EpochClaim {
+            spiffe_id: "spiffe://example.org/ns/default/wl/db".to_owned(),
+            node: node.to_owned(),
+            replica,
+            epoch: 9,
+        };
+        let b_node = IdentityDir::new(temp.path().join("b"))
+            .load_credential()
+            .unwrap();
+        let mut other_replica = file.clone();
+        other_replica.lease = Some(EpochFile::sign(&b_node, &claim(1, B)));
+        assert!(refused(&other_replica).contains("another replica"));
+        let a_node = IdentityDir::new(&a_dir).load_credential().unwrap();
+        let mut by_a = file.clone();
+        by_a.lease = Some(EpochFile::sign(
+            &a_node,
+            &claim(0, "spiffe://example.org/node/a"),
+        ));
+        assert!(refused(&by_a).contains("not signed by the node"));
+        // Without a claim it is an eventual replica's identity: no epoch.
+        let mut eventual = file;
+        eventual.lease = None;
+        assert_eq!(
+            verify_svid(&eventual, &bundle, NOW + 1).unwrap().epoch,
+            None
+        );
     }
 }

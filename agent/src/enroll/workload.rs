@@ -21,7 +21,7 @@ use parley_identity::files::IdentityDir;
 use parley_identity::{PendingRequest, SpiffeId};
 use parley_negotiation::messages::SignedStatement;
 
-use super::grant::{GrantError, GrantFile, check_grant};
+use super::grant::{EpochClaim, EpochFile, GrantError, GrantFile, check_grant};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -35,7 +35,7 @@ pub const SVID_FILE: &str = "svid.json";
 pub const DEFAULT_TTL_SECS: u64 = 3_600;
 
 /// A workload credential as written for the container.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct SvidFile {
     /// The workload's SPIFFE ID.
     pub spiffe_id: String,
@@ -54,6 +54,10 @@ pub struct SvidFile {
     /// The owner's grant of the replica to the issuing node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<GrantFile>,
+    /// For a replica of a strong workload: the lease epoch it runs at, signed by the
+    /// issuing node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<EpochFile>,
 }
 
 /// Issues, renews and removes the workload credentials of this node's replicas.
@@ -123,7 +127,7 @@ impl WorkloadIdentities {
 
     /// Issues (or replaces) the credential of replica `replica` of `name`, in namespace
     /// `namespace`, valid from `now`, for the owner's `grant` of it to this node (checked
-    /// first). Returns its end of validity.
+    /// first), stating `lease_epoch` for a strong replica. Returns its end of validity.
     pub fn issue(
         &self,
         namespace: &str,
@@ -131,6 +135,7 @@ impl WorkloadIdentities {
         replica: u32,
         now: u64,
         grant: &SignedStatement,
+        lease_epoch: Option<u64>,
     ) -> Result<u64, IssueError> {
         let node_dir = IdentityDir::new(&self.node_identity);
         let node = node_dir.load_credential()?;
@@ -183,6 +188,17 @@ impl WorkloadIdentities {
             not_before: now,
             not_after,
             grant: Some(GrantFile::from(grant)),
+            lease: lease_epoch.map(|epoch| {
+                EpochFile::sign(
+                    &node,
+                    &EpochClaim {
+                        spiffe_id: subject.to_string(),
+                        node: node.id().to_string(),
+                        replica,
+                        epoch,
+                    },
+                )
+            }),
         };
         let json = Zeroizing::new(serde_json::to_vec_pretty(&file).map_err(|e| failed(&e))?);
         write_private(&self.dir(name, replica), SVID_FILE, &json).map_err(|e| {
@@ -209,8 +225,8 @@ impl WorkloadIdentities {
     }
 
     /// Whether replica `replica` of `name` needs a credential now: none yet, unreadable,
-    /// or past half its lifetime.
-    pub fn due(&self, name: &str, replica: u32, now: u64) -> bool {
+    /// past half its lifetime, or stating another lease epoch than `lease_epoch`.
+    pub fn due(&self, name: &str, replica: u32, now: u64, lease_epoch: Option<u64>) -> bool {
         let path = self.dir(name, replica).join(SVID_FILE);
         let Ok(text) = std::fs::read(&path) else {
             return true;
@@ -219,7 +235,7 @@ impl WorkloadIdentities {
             return true;
         };
         let half = file.not_before + file.not_after.saturating_sub(file.not_before) / 2;
-        now >= half
+        now >= half || file.lease.as_ref().map(|l| l.epoch) != lease_epoch
     }
 
     /// The replicas that have a credential directory, as (name, replica).
@@ -338,10 +354,10 @@ pub(crate) mod tests {
         let root = node_identity(&temp.path().join("node"), now - 10, 86_400);
         let identities =
             WorkloadIdentities::new(temp.path().join("wl"), temp.path().join("node"), 600);
-        assert!(identities.due("web", 2, now));
+        assert!(identities.due("web", 2, now, None));
         let granted = grant(&temp.path().join("node"), A, "web", 2, now);
         let not_after = identities
-            .issue("default", "web", 2, now, &granted)
+            .issue("default", "web", 2, now, &granted, None)
             .unwrap();
         assert_eq!(not_after, now + 600);
 
@@ -372,8 +388,8 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!(workload.public_key(), verified.public_key);
 
-        assert!(!identities.due("web", 2, now + 299));
-        assert!(identities.due("web", 2, now + 300));
+        assert!(!identities.due("web", 2, now + 299, None));
+        assert!(identities.due("web", 2, now + 300, None));
         assert_eq!(identities.present(), [("web".to_owned(), 2)]);
         identities.remove("web", 2);
         assert!(identities.present().is_empty());
@@ -389,12 +405,12 @@ pub(crate) mod tests {
         let granted = grant(&temp.path().join("node"), A, "web", 0, now);
         assert_eq!(
             identities
-                .issue("default", "web", 0, now, &granted)
+                .issue("default", "web", 0, now, &granted, None)
                 .unwrap(),
             now + 100
         );
         let error = identities
-            .issue("default", "web", 0, now + 100, &granted)
+            .issue("default", "web", 0, now + 100, &granted, None)
             .unwrap_err();
         assert!(matches!(error, IssueError::NodeExpired), "{error}");
     }

@@ -91,10 +91,19 @@ impl<R: ContainerRuntime> Node<R> {
         let name = record.spec.name.as_str();
         if let Some(identities) = &self.info.identities {
             let now = crate::clock::unix_secs();
+            // A strong replica's identity states the lease epoch it runs at.
+            let lease_epoch = (!record.spec.consistency.is_eventual()).then_some(epoch);
             match self.grant_of(name, replica) {
                 Some(grant) => {
-                    if identities.due(name, replica, now) {
-                        identities.issue(DEFAULT_NAMESPACE, name, replica, now, &grant)?;
+                    if identities.due(name, replica, now, lease_epoch) {
+                        identities.issue(
+                            DEFAULT_NAMESPACE,
+                            name,
+                            replica,
+                            now,
+                            &grant,
+                            lease_epoch,
+                        )?;
                     }
                 }
                 None => {
@@ -131,15 +140,25 @@ impl<R: ContainerRuntime> Node<R> {
             return;
         };
         let now = crate::clock::unix_secs();
-        for (name, replica) in wanted.keys() {
-            let runs = running
+        for ((name, replica), (record, _)) in wanted {
+            let Some(container) = running
                 .iter()
-                .any(|c| &c.workload == name && c.replica == *replica);
+                .find(|c| &c.workload == name && c.replica == *replica)
+            else {
+                continue;
+            };
             let Some(grant) = self.grant_of(name, *replica) else {
                 continue;
             };
-            if runs && identities.due(name, *replica, now) {
-                match identities.issue(DEFAULT_NAMESPACE, name, *replica, now, &grant) {
+            // Renewed at the epoch the container runs at (its label).
+            let lease_epoch = if record.spec.consistency.is_eventual() {
+                None
+            } else {
+                container.epoch
+            };
+            if identities.due(name, *replica, now, lease_epoch) {
+                match identities.issue(DEFAULT_NAMESPACE, name, *replica, now, &grant, lease_epoch)
+                {
                     Ok(until) => {
                         tracing::info!(workload = %name, replica, valid_until = until, "workload identity renewed");
                     }

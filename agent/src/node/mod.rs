@@ -719,24 +719,33 @@ impl<R: ContainerRuntime> Node<R> {
     /// last auctions; alone, where it runs.
     pub async fn explain(&self, name: &str) -> Result<WorkloadExplanation, NodeError> {
         let key = key(name);
-        let Some(record) = self
+        let local = self
             .workloads
             .get(&key)?
-            .filter(|_| !self.is_unpersisted(&key))
+            .filter(|_| !self.is_unpersisted(&key));
+        // Any node holds the replicated record: on one that does not own the workload,
+        // the answer says what it knows (the guarantee, the leases it holds or
+        // accepted) and who owns the placements.
+        let mesh_record = self.mesh_record(&key)?;
+        let owner = mesh_record.as_ref().map(|r| r.submitter.clone());
+        let Some(spec) = local
+            .map(|record| record.spec)
+            .or_else(|| mesh_record.and_then(|record| record.spec))
         else {
             return Err(NodeError::NotFound {
                 name: name.to_owned(),
             });
         };
-        let replicas = record.spec.replicas;
-        let strong = record.spec.consistency == parley_negotiation::Consistency::Strong;
-        let (consistency, guarantee) = guarantee_of(&record.spec);
+        let replicas = spec.replicas;
+        let strong = spec.consistency == parley_negotiation::Consistency::Strong;
+        let (consistency, guarantee) = guarantee_of(&spec);
         let Some(mesh) = &self.info.mesh else {
             return Ok(WorkloadExplanation {
                 name: name.to_owned(),
                 replicas,
                 consistency,
                 guarantee,
+                owner: None,
                 placements: vec![ReplicaExplanation {
                     replica: 0,
                     node: Some(self.info.name.clone()),
@@ -746,6 +755,7 @@ impl<R: ContainerRuntime> Node<R> {
                 }],
             });
         };
+        let owner = owner.filter(|owner| *owner != mesh.id);
         let (reply, answer) = tokio::sync::oneshot::channel();
         mesh.commands
             .send(Command::Explain {
@@ -783,6 +793,7 @@ impl<R: ContainerRuntime> Node<R> {
             replicas,
             consistency,
             guarantee,
+            owner,
             placements,
         })
     }
