@@ -315,3 +315,85 @@ fn a_strong_replica_never_runs_twice_when_its_holder_cannot_hear() {
 fn a_strong_replica_never_runs_twice_when_its_holder_is_paused() {
     strong_replica_fails_over(Isolation::Pause);
 }
+
+/// An acceptor restarts over its data directory: it takes its register slots back from
+/// sled, and answers for the lease it accepted before (that lease counted again from its
+/// restart). The holder renews with the other two meanwhile, so its container runs on at
+/// the same epoch throughout.
+#[test]
+fn a_restarted_acceptor_takes_back_the_lease_it_accepted() {
+    let bed = NetBed::new(3);
+    let domain = TrustDomain::new("acceptor.e2e");
+    let mut agents = vec![
+        bed_agent(&bed, 0, "acc-a", &domain.enroll("a"), &[], &[]),
+        bed_agent(&bed, 1, "acc-b", &domain.enroll("b"), &[0], &[]),
+        bed_agent(&bed, 2, "acc-c", &domain.enroll("c"), &[0], &[]),
+    ];
+    wait_for_full_mesh(&agents.iter().collect::<Vec<_>>());
+    agents[0]
+        .cli([
+            "run",
+            "db",
+            "--image",
+            TEST_IMAGE,
+            "--consistency",
+            "strong",
+            "--stop-timeout",
+            "1",
+            "--",
+            "sleep",
+            "3600",
+        ])
+        .ok();
+    let all = |agents: &[Agent]| running(&agents.iter().collect::<Vec<_>>(), "db");
+    let started = Instant::now();
+    while all(&agents).len() != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the strong replica did not run within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = all(&agents);
+    let holder_host = agents
+        .iter()
+        .position(|x| x.node() == before[0].0)
+        .expect("the holder is one of the agents");
+    let holder_id = format!(
+        "spiffe://acceptor.e2e/node/{}",
+        ["a", "b", "c"][holder_host]
+    );
+    let acceptor = (holder_host + 1) % 3;
+    let accepted = |agent: &Agent| {
+        let explained = agent.cli(["explain", "db", "-o", "json"]).json();
+        explained["placements"][0]["lease"].clone()
+    };
+    let lease = accepted(&agents[acceptor]);
+    assert_eq!(lease["state"], "accepted", "{lease}");
+    assert_eq!(lease["holder"], holder_id.as_str(), "{lease}");
+
+    assert!(agents[acceptor].stop().success());
+    // Down, then back through the holder (host 0 has no seeds of its own).
+    std::thread::sleep(Duration::from_secs(2));
+    let rejoin = bed.agent_address(holder_host);
+    if let Err((status, log)) = agents[acceptor].try_launch(&["--join", &rejoin]) {
+        panic!("the acceptor did not start again ({status}):\n{log}");
+    }
+    assert!(
+        agents[acceptor]
+            .log()
+            .contains("taking back the lease registers stored before the restart"),
+        "{}",
+        agents[acceptor].log()
+    );
+    let lease = accepted(&agents[acceptor]);
+    assert_eq!(lease["state"], "accepted", "{lease}");
+    assert_eq!(lease["holder"], holder_id.as_str(), "{lease}");
+    assert_eq!(lease["epoch"].to_string(), before[0].1, "{lease}");
+    // The holder's container never stopped: same node, same epoch, for 10 s more.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(10) {
+        assert_eq!(all(&agents), before, "the holder's replica changed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -56,7 +56,7 @@ pub struct RunArgs {
     pub restart: Restart,
     /// eventual: placed again at once when its node seems gone (may briefly run twice
     /// in a partition); strong: runs only under a lease from a quorum of nodes, never
-    /// twice, and fails over once a lost node's lease ran out (lease: stop timeout + 5 s;
+    /// twice, and fails over once a lost node's lease ran out (lease: stop timeout + 4 s;
     /// at most 60 s of stop timeout)
     #[arg(long, value_enum, value_name = "CLASS", default_value_t = ConsistencyArg::Eventual)]
     pub consistency: ConsistencyArg,

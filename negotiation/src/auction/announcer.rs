@@ -487,6 +487,15 @@ impl Announcer {
     /// Takes over a workload whose owner died (or moved): first collects the running
     /// replicas from instance reports until `gather_until_ms`, then places what is
     /// missing at epochs above any it has seen.
+    ///
+    /// Its epochs start at `gather_until_ms`, not 1. A replica whose node sent no report
+    /// in time (the old owner's own, when the owner is the one lost) is placed again;
+    /// counting from 1 would give the new placement the very epoch of the old one, and
+    /// when the old owner came back and gathered in turn, the tie would go to the lower
+    /// node id, not to the newer placement. An owner counts its epochs from 1, one per
+    /// auction, so a start at the negotiation clock's milliseconds is above every epoch
+    /// it used, and a later taker's start is above this one's as far as their clocks agree
+    /// (below, the epochs gathered are counted too).
     pub fn adopt(&mut self, gather_until_ms: u64, request: PlacementRequest) {
         let key = request.workload.clone();
         self.removed.retain(|w| *w != key);
@@ -498,7 +507,7 @@ impl Announcer {
             placed: BTreeMap::new(),
             auction: None,
             last_explanation: BTreeMap::new(),
-            next_epoch: 1,
+            next_epoch: gather_until_ms.max(1),
             lost: BTreeMap::new(),
             gathering_until_ms: Some(gather_until_ms),
         });
