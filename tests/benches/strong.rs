@@ -171,6 +171,9 @@ fn main() {
                 eventual_ms.push(at - before);
             }
             remove(&all, &name);
+            // Let the removal settle everywhere (reservations released, reports sent), so
+            // that each start is measured on its own and not behind the last one's tail.
+            std::thread::sleep(Duration::from_secs(3));
         }
     }
     eprintln!("run → running (ms): eventual {eventual_ms:?}, strong {strong_ms:?}");
