@@ -127,3 +127,23 @@ pub fn svid_in(agent: &Agent, container: &str) -> Value {
     );
     serde_json::from_slice(&out.stdout).expect("svid.json is JSON")
 }
+
+/// The owner of `workload` as `agent`'s `parley ps` reports it.
+pub fn owner_seen_by(agent: &Agent, workload: &str) -> Option<String> {
+    let ps = agent.ps();
+    ps["workloads"]
+        .as_array()?
+        .iter()
+        .find(|w| w["name"] == workload)?["owner"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Every agent's log, headed by its node name: for a failing test's message.
+pub fn logs(agents: &[&Agent]) -> String {
+    agents
+        .iter()
+        .map(|x| format!("== {}\n{}", x.node(), x.log()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -5,7 +5,8 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::time::{Duration, Instant};
 
 use parley_e2e::mesh::{
-    address, member_states, mesh_agent, nodes, replicas_on, svid_in, wait_for_full_mesh, wait_until,
+    address, member_states, mesh_agent, nodes, owner_seen_by, replicas_on, svid_in,
+    wait_for_full_mesh, wait_until,
 };
 use parley_e2e::{Agent, TrustDomain};
 
@@ -941,17 +942,6 @@ fn identities_are_renewed_from_the_issuer_before_they_expire_and_after_they_laps
     let c = mesh_agent("renew-c", &c_dir, &[&seed], &[]);
     assert!(c.log().contains("lapsed identity renewed"), "{}", c.log());
     wait_for_full_mesh(&[&a, &b, &c]);
-}
-
-/// The owner of `workload` as `agent`'s `parley ps` reports it.
-fn owner_seen_by(agent: &Agent, workload: &str) -> Option<String> {
-    let ps = agent.ps();
-    ps["workloads"]
-        .as_array()?
-        .iter()
-        .find(|w| w["name"] == workload)?["owner"]
-        .as_str()
-        .map(str::to_owned)
 }
 
 #[test]

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use parley_e2e::mesh::{bed_agent, wait_for_full_mesh, wait_until};
+use parley_e2e::mesh::{bed_agent, logs, owner_seen_by, wait_for_full_mesh, wait_until};
 use parley_e2e::netbed::{Cut, NetBed};
 use parley_e2e::{Agent, TrustDomain};
 
@@ -64,25 +64,6 @@ fn copies(now: &[Running]) -> BTreeMap<String, usize> {
 fn each_once(now: &[Running], replicas: usize) -> bool {
     let copies = copies(now);
     copies.len() == replicas && (0..replicas).all(|r| copies.get(&r.to_string()) == Some(&1))
-}
-
-fn logs(agents: &[&Agent]) -> String {
-    agents
-        .iter()
-        .map(|x| format!("== {}\n{}", x.node(), x.log()))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// The owner of `workload` as `agent`'s `parley ps` reports it.
-fn owner_seen_by(agent: &Agent, workload: &str) -> Option<String> {
-    let ps = agent.ps();
-    ps["workloads"]
-        .as_array()?
-        .iter()
-        .find(|w| w["name"] == workload)?["owner"]
-        .as_str()
-        .map(str::to_owned)
 }
 
 /// Which node a partition test cuts off.

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use parley_e2e::mesh::{bed_agent, svid_in, wait_for_full_mesh};
+use parley_e2e::mesh::{bed_agent, logs, svid_in, wait_for_full_mesh};
 use parley_e2e::netbed::{Cut, NetBed};
 use parley_e2e::{Agent, TEST_IMAGE, TrustDomain};
 
@@ -43,15 +43,6 @@ fn running(agents: &[&Agent], workload: &str) -> Vec<(String, String)> {
             .flat_map(|r| r.join().expect("a podman read"))
             .collect()
     })
-}
-
-/// Every agent's log, for a failure's message.
-fn logs(agents: &[&Agent]) -> String {
-    agents
-        .iter()
-        .map(|x| format!("== {}\n{}", x.node(), x.log()))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// The value of `PARLEY_EPOCH` in container `name`'s environment.
