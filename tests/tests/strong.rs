@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use parley_e2e::mesh::{bed_agent, logs, svid_in, wait_for_full_mesh};
+use parley_e2e::mesh::{address, bed_agent, logs, mesh_agent, svid_in, wait_for_full_mesh};
 use parley_e2e::netbed::{Cut, NetBed};
 use parley_e2e::{Agent, TEST_IMAGE, TrustDomain};
 
@@ -387,4 +387,32 @@ fn a_restarted_acceptor_takes_back_the_lease_it_accepted() {
         assert_eq!(all(&agents), before, "the holder's replica changed");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// With fewer live agents than a strong workload needs for its lease acceptors, `parley
+/// run` refuses it and says why, and nothing is stored or placed.
+#[test]
+fn a_strong_workload_is_refused_with_fewer_than_three_live_agents() {
+    let domain = TrustDomain::new("few.e2e");
+    let a = mesh_agent("few-a", &domain.enroll("a"), &[], &[]);
+    let seed = address(&a);
+    let b = mesh_agent("few-b", &domain.enroll("b"), &[&seed], &[]);
+    wait_for_full_mesh(&[&a, &b]);
+    a.cli([
+        "run",
+        "db",
+        "--image",
+        TEST_IMAGE,
+        "--consistency",
+        "strong",
+        "--",
+        "sleep",
+        "3600",
+    ])
+    .fails_with(1, "needs 3 live agents for its lease acceptors");
+    let ps = a.ps();
+    assert!(
+        ps["workloads"].as_array().is_none_or(|w| w.is_empty()),
+        "{ps}"
+    );
 }

@@ -116,6 +116,7 @@ impl From<NodeError> for Failure {
             }
             NodeError::DoesNotFit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "does-not-fit"),
             NodeError::NeedsMesh { .. } => (StatusCode::CONFLICT, "needs-a-mesh"),
+            NodeError::TooFewForStrong { .. } => (StatusCode::CONFLICT, "too-few-agents"),
             NodeError::Unsupported { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported"),
             NodeError::NothingToUndo { .. } => (StatusCode::CONFLICT, "nothing-to-undo"),
             NodeError::NothingChanged { .. } => (StatusCode::CONFLICT, "nothing-changed"),

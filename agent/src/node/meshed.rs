@@ -31,6 +31,22 @@ impl<R: ContainerRuntime> Node<R> {
     ) -> Result<WorkloadStatus, NodeError> {
         mesh.policy
             .check(&mesh.id, Action::Submit, DEFAULT_NAMESPACE)?;
+        if !spec.consistency.is_eventual() {
+            // Fewer acceptors than this would make one agent's loss (or two's) stop the
+            // replica from ever failing over: refused now rather than found out then.
+            let needed = parley_negotiation::register::DEFAULT_ACCEPTORS;
+            let live = 1 + mesh
+                .view
+                .borrow()
+                .iter()
+                .filter(|m| {
+                    m.state == parley_negotiation::messages::MemberState::Alive && *m.id != *mesh.id
+                })
+                .count();
+            if live < needed {
+                return Err(NodeError::TooFewForStrong { live, needed });
+            }
+        }
         let name = spec.name.to_string();
         let key = key(&name);
         // Submitted on another node (whose records reached this one): one name, one

@@ -98,6 +98,18 @@ pub enum NodeError {
         /// What.
         what: &'static str,
     },
+    /// A strong workload submitted where too few agents are live for its acceptors.
+    #[error(
+        "a strong workload needs {needed} live agents for its lease acceptors (a quorum that \
+         survives the loss of one), and this node sees {live}: start more agents, or run it \
+         with --consistency eventual"
+    )]
+    TooFewForStrong {
+        /// Agents live, this one included.
+        live: usize,
+        /// Agents needed.
+        needed: usize,
+    },
     /// What was asked needs a mesh (an agent started with `--listen`).
     #[error("{what} need a mesh: start the agent with --listen (and --join) to use them")]
     NeedsMesh {
