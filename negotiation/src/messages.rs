@@ -441,6 +441,10 @@ pub struct NodeMeta {
     /// Space left for container storage beyond the node's disk reserve, when measured.
     #[serde(default)]
     pub disk_free_bytes: Option<u64>,
+    /// Whether it keeps lease registers, so that it can be an acceptor of a strong
+    /// workload's replicas. Older agents do not say so, and are never chosen.
+    #[serde(default)]
+    pub lease_registers: bool,
 }
 
 /// A member's liveness as gossip reports it.

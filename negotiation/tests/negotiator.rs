@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use parley_negotiation::auction::PlacementRequest;
 use parley_negotiation::membership::{Notary, StatementKind};
 use parley_negotiation::messages::{
-    Award, Body, Grant, NodeMeta, Resources, Revoke, SignedStatement,
+    Award, Body, Grant, NodeMeta, Resources, Revoke, SignedStatement, WorkloadRecord,
 };
 use parley_negotiation::negotiator::{
     Action, AllowAll, Authorizer, Denial, Event, HostAction, HostError, LOGS_TIMEOUT_MS,
@@ -73,8 +73,12 @@ struct Pair {
 
 impl Pair {
     fn new(b: Box<dyn Authorizer>) -> Self {
+        Self::of([node(A, 4_000, Box::new(AllowAll)), node(B, 4_000, b)])
+    }
+
+    fn of(nodes: [Negotiator; 2]) -> Self {
         let mut pair = Self {
-            nodes: [node(A, 4_000, Box::new(AllowAll)), node(B, 4_000, b)],
+            nodes,
             now: 0,
             wire: Vec::new(),
             actions: [VecDeque::new(), VecDeque::new()],
@@ -773,4 +777,62 @@ fn a_report_without_a_grant_only_confirms_what_is_on_record() {
         pair.nodes[0].announcer().placements("default/web")[&0],
         (B.to_owned(), epoch)
     );
+}
+
+/// A node that keeps lease registers (`keeps`) or, like an older version, does not say so.
+fn strong_node(id: &str, keeps: bool) -> Negotiator {
+    let config = NegotiatorConfig {
+        strong: keeps,
+        ..NegotiatorConfig::default()
+    };
+    let meta = NodeMeta {
+        lease_registers: keeps,
+        ..meta(4_000)
+    };
+    Negotiator::new(
+        id,
+        config,
+        meta,
+        Vec::new(),
+        0,
+        7,
+        Box::new(AllowAll),
+        Box::new(ChecksumNotary::new(id, 0xC0DE)),
+    )
+}
+
+/// A strong workload's acceptors are chosen among the members that keep lease
+/// registers: one that does not say it does (an older version, which would refuse every
+/// register message) is never named, however its hash ranks.
+#[test]
+fn acceptors_are_only_members_that_keep_lease_registers() {
+    for b_keeps in [false, true] {
+        let mut pair = Pair::of([strong_node(A, true), strong_node(B, b_keeps)]);
+        let mut spec =
+            WorkloadSpec::new(WorkloadName::new("db").unwrap(), "img:1", vec![], vec![]).unwrap();
+        spec.consistency = parley_negotiation::Consistency::Strong;
+        pair.nodes[0].handle_request(
+            pair.now,
+            1,
+            Request::Place(PlacementRequest::for_spec("default/db", &spec)),
+        );
+        pair.run_until(pair.now + 100);
+        let record = pair.actions[0]
+            .iter()
+            .find_map(|action| match action {
+                HostAction::StoreRecord { record, .. } => Some(record.clone()),
+                _ => None,
+            })
+            .expect("the owner stores the workload's record");
+        let mut acceptors = WorkloadRecord::decode(&record.statement)
+            .expect("a record")
+            .acceptors;
+        acceptors.sort();
+        let expected: Vec<String> = if b_keeps {
+            vec![A.to_owned(), B.to_owned()]
+        } else {
+            vec![A.to_owned()]
+        };
+        assert_eq!(acceptors, expected, "b keeps lease registers: {b_keeps}");
+    }
 }

@@ -164,6 +164,9 @@ async fn serve_on(
         issuer: false,
         disk_free_bytes: crate::capacity::disk_available(&disk.path)
             .map(|available| available.saturating_sub(disk.reserve_bytes)),
+        // This agent keeps lease registers (sled's `registers` tree): it can be an
+        // acceptor of strong workloads.
+        lease_registers: true,
     };
     let prepared = match &config.mesh {
         // Starting can wait on an issuer (a lapsed identity); a signal still stops it.

@@ -34,13 +34,16 @@ impl<R: ContainerRuntime> Node<R> {
         if !spec.consistency.is_eventual() {
             // Fewer acceptors than this would make one agent's loss (or two's) stop the
             // replica from ever failing over: refused now rather than found out then.
+            // Only agents that keep lease registers count (older ones cannot accept).
             let needed = parley_negotiation::register::DEFAULT_ACCEPTORS;
             let live = 1 + mesh
                 .view
                 .borrow()
                 .iter()
                 .filter(|m| {
-                    m.state == parley_negotiation::messages::MemberState::Alive && *m.id != *mesh.id
+                    m.state == parley_negotiation::messages::MemberState::Alive
+                        && *m.id != *mesh.id
+                        && m.meta.as_ref().is_some_and(|meta| meta.lease_registers)
                 })
                 .count();
             if live < needed {

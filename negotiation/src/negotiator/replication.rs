@@ -36,18 +36,24 @@ impl Negotiator {
     }
 
     /// The acceptors of a strong workload's lease registers: those its newest record
-    /// names, or, for a new workload, [`DEFAULT_ACCEPTORS`] of the live members (this node
-    /// included), the same ones whichever node chooses: those whose hash with the
-    /// workload's key ranks first (rendezvous hashing, so a member joining or leaving
-    /// moves few workloads' acceptors).
+    /// names, or, for a new workload, [`DEFAULT_ACCEPTORS`] of the live members that keep
+    /// lease registers (this node included, if it does), the same ones whichever node
+    /// chooses: those whose hash with the workload's key ranks first (rendezvous hashing,
+    /// so a member joining or leaving moves few workloads' acceptors). A member of an
+    /// older version, which would refuse every register message, is never chosen.
     pub(super) fn acceptors_of(&self, workload: &str) -> Vec<String> {
         if let Some(held) = self.records.get(workload)
             && !held.record.acceptors.is_empty()
         {
             return held.record.acceptors.clone();
         }
-        let mut members: Vec<String> = self.live_members().collect();
-        if !members.contains(&self.id) {
+        let mut members: Vec<String> = self
+            .membership
+            .live_members()
+            .filter(|m| m.meta.as_ref().is_some_and(|meta| meta.lease_registers))
+            .map(|m| m.id.to_string())
+            .collect();
+        if self.strong_enabled && !members.contains(&self.id) {
             members.push(self.id.clone());
         }
         let rank = |member: &String| {

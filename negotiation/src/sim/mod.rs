@@ -342,6 +342,7 @@ impl<'c> Sim<'c> {
                     address: None,
                     issuer: false,
                     disk_free_bytes: None,
+                    lease_registers: true,
                 }
             })
             .collect();
