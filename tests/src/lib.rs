@@ -892,6 +892,12 @@ impl Drop for Agent {
             if ids.is_empty() {
                 break;
             }
+            // Killed first: a container whose stop was cut off by the agent's end (its
+            // Podman service killed mid-stop) is forgotten by `rm -f` with its process
+            // still running (Podman 4.3), outliving the test's storage.
+            let mut kill = vec!["kill".to_owned()];
+            kill.extend(ids.iter().cloned());
+            let _ = self.podman(kill);
             let mut args = vec![
                 "rm".to_owned(),
                 "-f".to_owned(),
