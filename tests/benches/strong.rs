@@ -93,21 +93,11 @@ fn percentile(samples: &mut [u64], p: usize) -> u64 {
     samples[rank - 1]
 }
 
-fn run(agent: &Agent, name: &str, strong: bool, replicas: u32, extra: &[&str]) {
-    let replicas = replicas.to_string();
-    let mut args = vec![
-        "run",
-        name,
-        "--image",
-        TEST_IMAGE,
-        "--replicas",
-        &replicas,
-        "--consistency",
-        if strong { "strong" } else { "eventual" },
-    ];
-    args.extend(extra);
-    args.extend(["--", "sleep", "3600"]);
-    agent.cli(args).ok();
+fn run(agent: &Agent, name: &str, strong: bool, replicas: u32) {
+    let class = if strong { "strong" } else { "eventual" };
+    agent
+        .run_sleepers_with(name, replicas, &["--consistency", class])
+        .ok();
 }
 
 fn remove(agents: &[&Agent], name: &str) {
@@ -163,7 +153,7 @@ fn main() {
         for strong in [false, true] {
             let name = format!("start-{round}-{}", if strong { "s" } else { "e" });
             let before = unix_millis();
-            run(all[0], &name, strong, 1, &["--stop-timeout", "1"]);
+            run(all[0], &name, strong, 1);
             let (_, at) = wait_for_start(&all, &name, before);
             if strong {
                 strong_ms.push(at - before);
@@ -185,7 +175,7 @@ fn main() {
     let wire = |class: &str, strong: bool| {
         let names: Vec<String> = (0..replicas).map(|k| format!("wire-{class}-{k}")).collect();
         for name in &names {
-            run(all[0], name, strong, 1, &["--stop-timeout", "1"]);
+            run(all[0], name, strong, 1);
         }
         wait_until(
             &format!("the {class} replicas run"),
@@ -211,7 +201,20 @@ fn main() {
     // Failover at the default lease: the holder's agent is killed (SIGKILL); the time
     // runs from the kill to another agent's start of the replica. The killed agent is
     // started again, and the next round kills whoever holds the replica then.
-    run(all[0], "db", true, 1, &[]);
+    // The default stop timeout, so the default lease: not `run`'s `--stop-timeout 1`.
+    all[0]
+        .cli([
+            "run",
+            "db",
+            "--image",
+            TEST_IMAGE,
+            "--consistency",
+            "strong",
+            "--",
+            "sleep",
+            "3600",
+        ])
+        .ok();
     let (mut holder, _) = wait_for_start(&all, "db", 0);
     let mut failover_ms = Vec::new();
     for round in 0..failovers {

@@ -803,8 +803,14 @@ impl Agent {
 
     /// `parley run NAME --replicas N` of containers that sleep for an hour and stop at once.
     pub fn run_sleepers(&self, name: &str, replicas: u32) -> CliOutput {
+        self.run_sleepers_with(name, replicas, &[])
+    }
+
+    /// As [`Agent::run_sleepers`], with more `parley run` options (`--consistency
+    /// strong`, say).
+    pub fn run_sleepers_with(&self, name: &str, replicas: u32, options: &[&str]) -> CliOutput {
         let replicas = replicas.to_string();
-        self.cli([
+        let mut args = vec![
             "run",
             name,
             "--image",
@@ -813,10 +819,10 @@ impl Agent {
             &replicas,
             "--stop-timeout",
             "1",
-            "--",
-            "sleep",
-            "3600",
-        ])
+        ];
+        args.extend(options);
+        args.extend(["--", "sleep", "3600"]);
+        self.cli(args)
     }
 
     /// `parley ps -o json`.

@@ -147,3 +147,57 @@ pub fn logs(agents: &[&Agent]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// A running container of a Parley workload, from its labels.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RunningContainer {
+    /// The node that runs it (`io.parley.node`).
+    pub node: String,
+    /// Its replica (`io.parley.replica`).
+    pub replica: String,
+    /// The epoch it was started at (`io.parley.epoch`): a strong replica's lease epoch.
+    pub epoch: String,
+    /// The container's short id.
+    pub id: String,
+}
+
+/// The running containers of `workload` in the storage of any of `agents`, sorted. The
+/// agents are read at once, one thread each, so that a sample shows one moment.
+pub fn running_containers(agents: &[&Agent], workload: &str) -> Vec<RunningContainer> {
+    let read = |agent: &Agent| {
+        let out = agent.podman([
+            "ps",
+            "--filter",
+            &format!("label=io.parley.workload={workload}"),
+            "--filter",
+            "status=running",
+            "--format",
+            "{{index .Labels \"io.parley.node\"}} {{index .Labels \"io.parley.replica\"}} \
+             {{index .Labels \"io.parley.epoch\"}} {{.ID}}",
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split(' ');
+                Some(RunningContainer {
+                    node: words.next()?.to_owned(),
+                    replica: words.next()?.to_owned(),
+                    epoch: words.next()?.to_owned(),
+                    id: words.next()?.to_owned(),
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut all: Vec<RunningContainer> = std::thread::scope(|scope| {
+        let reads: Vec<_> = agents
+            .iter()
+            .map(|agent| scope.spawn(move || read(agent)))
+            .collect();
+        reads
+            .into_iter()
+            .flat_map(|r| r.join().expect("a podman read"))
+            .collect()
+    });
+    all.sort();
+    all
+}

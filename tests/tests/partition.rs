@@ -8,48 +8,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use parley_e2e::mesh::{bed_agent, logs, owner_seen_by, wait_for_full_mesh, wait_until};
+use parley_e2e::mesh::{
+    RunningContainer as Running, bed_agent, logs, owner_seen_by, running_containers,
+    wait_for_full_mesh, wait_until,
+};
 use parley_e2e::netbed::{Cut, NetBed};
 use parley_e2e::{Agent, TrustDomain};
-
-/// A running container of a workload: on which node, which replica, which container.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Running {
-    node: String,
-    replica: String,
-    id: String,
-}
-
-/// The running containers of `workload` in every agent's storage.
-fn running(agents: &[&Agent], workload: &str) -> Vec<Running> {
-    let mut all: Vec<Running> = agents
-        .iter()
-        .flat_map(|agent| {
-            let out = agent.podman([
-                "ps",
-                "--filter",
-                &format!("label=io.parley.workload={workload}"),
-                "--filter",
-                "status=running",
-                "--format",
-                "{{index .Labels \"io.parley.node\"}} {{index .Labels \"io.parley.replica\"}} {{.ID}}",
-            ]);
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|line| {
-                    let mut words = line.split(' ');
-                    Some(Running {
-                        node: words.next()?.to_owned(),
-                        replica: words.next()?.to_owned(),
-                        id: words.next()?.to_owned(),
-                    })
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    all.sort();
-    all
-}
 
 /// How many containers run each replica.
 fn copies(now: &[Running]) -> BTreeMap<String, usize> {
@@ -91,9 +55,9 @@ fn converges_after_a_partition(victim: Victim) {
 
     a.run_sleepers("web", 2).ok();
     wait_until("both replicas run", Duration::from_secs(60), || {
-        each_once(&running(&agents, "web"), 2)
+        each_once(&running_containers(&agents, "web"), 2)
     });
-    let before = running(&agents, "web");
+    let before = running_containers(&agents, "web");
     let cut_host = match victim {
         Victim::Owner => 0,
         Victim::Holder => {
@@ -134,7 +98,7 @@ fn converges_after_a_partition(victim: Victim) {
     // The two that still see each other run both replicas between them, whatever runs
     // on the far side of the cut.
     let deadline = cut_at + Duration::from_secs(90);
-    while !each_once(&running(&majority, "web"), 2) {
+    while !each_once(&running_containers(&majority, "web"), 2) {
         if Instant::now() > deadline {
             bed.heal(cut_host);
             panic!(
@@ -147,14 +111,14 @@ fn converges_after_a_partition(victim: Victim) {
     eprintln!(
         "{victim:?} cut off: the majority runs both replicas after {} ms; the far side runs {:?}",
         cut_at.elapsed().as_millis(),
-        running(&[cut_off], "web")
+        running_containers(&[cut_off], "web")
     );
 
     bed.heal(cut_host);
     let healed_at = Instant::now();
     let deadline = healed_at + Duration::from_secs(90);
     loop {
-        let now = running(&agents, "web");
+        let now = running_containers(&agents, "web");
         let owners: Vec<Option<String>> = agents.iter().map(|x| owner_seen_by(x, "web")).collect();
         let stale_left: Vec<&Running> = stale
             .iter()
@@ -180,10 +144,10 @@ fn converges_after_a_partition(victim: Victim) {
         healed_at.elapsed().as_millis()
     );
     // And it stays converged: nothing stale comes back once the mesh has settled.
-    let settled = running(&agents, "web");
+    let settled = running_containers(&agents, "web");
     let watch = Instant::now();
     while watch.elapsed() < Duration::from_secs(10) {
-        let now = running(&agents, "web");
+        let now = running_containers(&agents, "web");
         assert_eq!(
             now,
             settled,
@@ -194,7 +158,7 @@ fn converges_after_a_partition(victim: Victim) {
     }
     a.cli(["rm", "web"]).ok();
     wait_until("web is gone everywhere", Duration::from_secs(30), || {
-        running(&agents, "web").is_empty()
+        running_containers(&agents, "web").is_empty()
     });
 }
 

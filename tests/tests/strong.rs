@@ -7,42 +7,19 @@
 
 use std::time::{Duration, Instant};
 
-use parley_e2e::mesh::{address, bed_agent, logs, mesh_agent, svid_in, wait_for_full_mesh};
+use parley_e2e::mesh::{
+    address, bed_agent, logs, mesh_agent, running_containers, svid_in, wait_for_full_mesh,
+};
 use parley_e2e::netbed::{Cut, NetBed};
-use parley_e2e::{Agent, TEST_IMAGE, TrustDomain};
+use parley_e2e::{Agent, TrustDomain};
 
-/// The running containers of `workload` on any of `agents`: (node label, epoch label).
-/// Each agent has its own container storage; they are read at once, one thread each, so
-/// that a sample shows one moment.
+/// The running containers of `workload` on any of `agents`: (node label, epoch label),
+/// read at one moment.
 fn running(agents: &[&Agent], workload: &str) -> Vec<(String, String)> {
-    let read = |agent: &Agent| {
-        let out = agent.podman([
-            "ps",
-            "--filter",
-            &format!("label=io.parley.workload={workload}"),
-            "--filter",
-            "status=running",
-            "--format",
-            "{{index .Labels \"io.parley.node\"}} {{index .Labels \"io.parley.epoch\"}}",
-        ]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                let (node, epoch) = l.split_once(' ')?;
-                Some((node.to_owned(), epoch.to_owned()))
-            })
-            .collect::<Vec<_>>()
-    };
-    std::thread::scope(|scope| {
-        let reads: Vec<_> = agents
-            .iter()
-            .map(|agent| scope.spawn(move || read(agent)))
-            .collect();
-        reads
-            .into_iter()
-            .flat_map(|r| r.join().expect("a podman read"))
-            .collect()
-    })
+    running_containers(agents, workload)
+        .into_iter()
+        .map(|c| (c.node, c.epoch))
+        .collect()
 }
 
 /// The value of `PARLEY_EPOCH` in container `name`'s environment.
@@ -83,20 +60,8 @@ fn strong_replica_fails_over(isolation: Isolation) -> Duration {
     let agents = [&a, &b, &c];
     wait_for_full_mesh(&agents);
 
-    a.cli([
-        "run",
-        "db",
-        "--image",
-        TEST_IMAGE,
-        "--consistency",
-        "strong",
-        "--stop-timeout",
-        "1",
-        "--",
-        "sleep",
-        "3600",
-    ])
-    .ok();
+    a.run_sleepers_with("db", 1, &["--consistency", "strong"])
+        .ok();
     let started = Instant::now();
     while running(&agents, "db").len() != 1 {
         assert!(
@@ -322,19 +287,7 @@ fn a_restarted_acceptor_takes_back_the_lease_it_accepted() {
     ];
     wait_for_full_mesh(&agents.iter().collect::<Vec<_>>());
     agents[0]
-        .cli([
-            "run",
-            "db",
-            "--image",
-            TEST_IMAGE,
-            "--consistency",
-            "strong",
-            "--stop-timeout",
-            "1",
-            "--",
-            "sleep",
-            "3600",
-        ])
+        .run_sleepers_with("db", 1, &["--consistency", "strong"])
         .ok();
     let all = |agents: &[Agent]| running(&agents.iter().collect::<Vec<_>>(), "db");
     let started = Instant::now();
@@ -398,18 +351,8 @@ fn a_strong_workload_is_refused_with_fewer_than_three_live_agents() {
     let seed = address(&a);
     let b = mesh_agent("few-b", &domain.enroll("b"), &[&seed], &[]);
     wait_for_full_mesh(&[&a, &b]);
-    a.cli([
-        "run",
-        "db",
-        "--image",
-        TEST_IMAGE,
-        "--consistency",
-        "strong",
-        "--",
-        "sleep",
-        "3600",
-    ])
-    .fails_with(1, "needs 3 live agents for its lease acceptors");
+    a.run_sleepers_with("db", 1, &["--consistency", "strong"])
+        .fails_with(1, "needs 3 live agents for its lease acceptors");
     let ps = a.ps();
     assert!(
         ps["workloads"].as_array().is_none_or(|w| w.is_empty()),
