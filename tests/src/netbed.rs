@@ -107,7 +107,7 @@ impl NetBed {
             ip(&["-n", &namespace, "addr", "add", &address, "dev", "eth0"]);
             ip(&["-n", &namespace, "link", "set", "eth0", "up"]);
             ip(&["-n", &namespace, "link", "set", "lo", "up"]);
-            bed.impair(host, "");
+            bed.heal(host);
         }
         bed
     }
@@ -148,12 +148,12 @@ impl NetBed {
 
     /// Cuts `host`'s link as `cut` says, replacing any earlier impairment.
     pub fn cut(&self, host: usize, cut: Cut) {
-        let rules = match cut {
-            Cut::Both => "input: drop\noutput: drop",
-            Cut::Outbound => "output: drop",
-            Cut::Inbound => "input: drop",
+        let (input, output) = match cut {
+            Cut::Both => (Some("drop"), Some("drop")),
+            Cut::Outbound => (None, Some("drop")),
+            Cut::Inbound => (Some("drop"), None),
         };
-        self.impair(host, rules);
+        self.impair(host, input, output);
     }
 
     /// Drops `percent` % of `host`'s packets each way, at random, replacing any earlier
@@ -166,12 +166,12 @@ impl NetBed {
             100 => "drop".to_owned(),
             _ => format!("numgen random mod 100 < {percent} drop"),
         };
-        self.impair(host, &format!("input: {drop}\noutput: {drop}"));
+        self.impair(host, Some(&drop), Some(&drop));
     }
 
     /// Takes every impairment off `host`'s link.
     pub fn heal(&self, host: usize) {
-        self.impair(host, "");
+        self.impair(host, None, None);
     }
 
     /// What crossed `host`'s link since its last impairment or heal (each replaces the
@@ -211,20 +211,16 @@ impl NetBed {
         traffic
     }
 
-    /// Replaces `host`'s filter with `rules`: lines `input: STATEMENT` or `output:
-    /// STATEMENT`, each applied to the bridge link (`eth0`) in that direction.
-    fn impair(&self, host: usize, rules: &str) {
-        let mut input = String::new();
-        let mut output = String::new();
-        for line in rules.lines() {
-            let (chain, statement) = line.split_once(": ").expect("chain: statement");
-            let (target, interface) = match chain {
-                "input" => (&mut input, "iifname"),
-                "output" => (&mut output, "oifname"),
-                other => panic!("no chain {other}"),
-            };
-            target.push_str(&format!("\t\t{interface} \"eth0\" {statement}\n"));
-        }
+    /// Replaces `host`'s filter with one that applies the nftables statement `input` to
+    /// what its bridge link (`eth0`) receives and `output` to what it sends, beside the
+    /// counters [`NetBed::traffic`] reads.
+    fn impair(&self, host: usize, input: Option<&str>, output: Option<&str>) {
+        let rule = |interface: &str, statement: Option<&str>| {
+            statement
+                .map(|statement| format!("\t\t{interface} \"eth0\" {statement}\n"))
+                .unwrap_or_default()
+        };
+        let (input, output) = (rule("iifname", input), rule("oifname", output));
         // Declaring the table first makes the delete succeed on the first call too; the
         // whole file is one transaction, so no packet sees half a rule set.
         let ruleset = format!(
