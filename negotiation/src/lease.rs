@@ -10,9 +10,14 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::register::{
-    Change, MAX_COUNTER, Outcome, RENEW_INTERVAL_MS, ROUND_TIMEOUT_MS, RegisterMessage,
-    RegisterStep, Round, holder_valid_until, lease_ms,
+    AcceptorSet, Change, MAX_COUNTER, Outcome, RENEW_INTERVAL_MS, ROUND_TIMEOUT_MS,
+    RegisterMessage, RegisterStep, Round, holder_valid_until, lease_ms,
 };
+
+/// Most times in a row a claim follows the register to another set of acceptors at once;
+/// past that it waits as after a refusal (two sets that point at each other, which only
+/// a change left half done can show, and only for a while).
+const MAX_HOPS: u8 = 4;
 
 /// Time a host gets, beyond the container's stop timeout, to begin stopping it.
 pub const FENCE_SLACK_MS: u64 = 1_000;
@@ -48,6 +53,19 @@ pub enum LeaseEvent {
         epoch: u64,
         /// Why, for logs.
         why: String,
+    },
+    /// The register's acceptors changed: `acceptors` keep it now.
+    AcceptorsChanged {
+        /// Workload key.
+        workload: String,
+        /// The replica.
+        replica: u32,
+        /// The set's generation.
+        generation: u64,
+        /// The acceptors.
+        acceptors: Vec<String>,
+        /// The set being left, while the change is half done.
+        leaving: Option<Vec<String>>,
     },
     /// Another node holds the lease; this one tries again when it may be over.
     Waiting {
@@ -86,8 +104,10 @@ pub enum ClaimState {
 /// One replica's lease, sought or held.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Claim {
-    /// The register's acceptors.
-    pub acceptors: Vec<String>,
+    /// The register's acceptors, as this node last learned them.
+    pub set: AcceptorSet,
+    /// An acceptor this node found gone, and the member to replace it with.
+    pub replacement: Option<(String, String)>,
     /// The lease asked for.
     pub lease_ms: u64,
     /// The container's stop timeout.
@@ -97,6 +117,8 @@ pub struct Claim {
     round: Option<Round>,
     round_deadline_ms: u64,
     next_try_ms: u64,
+    /// Moves to another set in a row.
+    hops: u8,
 }
 
 impl Claim {
@@ -148,7 +170,8 @@ impl Claims {
         self.claims.insert(
             key.clone(),
             Claim {
-                acceptors,
+                set: AcceptorSet::first(acceptors),
+                replacement: None,
                 lease_ms: lease_ms(stop_timeout_secs),
                 stop_ms: u64::from(stop_timeout_secs) * 1_000,
                 state: ClaimState::Seeking {
@@ -157,6 +180,7 @@ impl Claims {
                 round: None,
                 round_deadline_ms: 0,
                 next_try_ms: now_ms,
+                hops: 0,
             },
         );
         self.try_round(now_ms, &key);
@@ -180,6 +204,20 @@ impl Claims {
                 epoch,
                 why: why.to_owned(),
             });
+        }
+    }
+
+    /// Has the claim of `replica` of `workload` replace acceptor `dead` by `with` at its
+    /// next round (`None`: replace nobody). Any round that leaves this node the holder
+    /// may make the change; the register's acceptors check it is one step.
+    pub fn replace_acceptor(
+        &mut self,
+        workload: &str,
+        replica: u32,
+        replacement: Option<(String, String)>,
+    ) {
+        if let Some(claim) = self.claims.get_mut(&(workload.to_owned(), replica)) {
+            claim.replacement = replacement;
         }
     }
 
@@ -227,6 +265,14 @@ impl Claims {
         if let Some(outcome) = outcome {
             let round = claim.round.take().expect("a round in progress");
             self.finish(now_ms, &key, round, outcome);
+            // A register found on another set is asked again there at once.
+            if self
+                .claims
+                .get(&key)
+                .is_some_and(|claim| claim.round.is_none() && claim.next_try_ms <= now_ms)
+            {
+                self.try_round(now_ms, &key);
+            }
         }
     }
 
@@ -316,9 +362,13 @@ impl Claims {
             key.1,
             self.round,
             change,
-            &claim.acceptors,
+            &claim.set,
             claim.lease_ms,
         );
+        let mut round = round;
+        if let Some((dead, with)) = &claim.replacement {
+            round.replace(dead, with);
+        }
         claim.round = Some(round);
         claim.round_deadline_ms = now_ms + ROUND_TIMEOUT_MS;
         self.transmits.extend(sends);
@@ -327,8 +377,29 @@ impl Claims {
     fn finish(&mut self, now_ms: u64, key: &(String, u32), round: Round, outcome: Outcome) {
         let claim = self.claims.get_mut(key).expect("a claim");
         let (workload, replica) = (key.0.clone(), key.1);
+        if !matches!(outcome, Outcome::Moved { .. }) {
+            claim.hops = 0;
+        }
         match outcome {
             Outcome::Committed(value) => {
+                // Values written before registers named their set name none.
+                if value.set != claim.set && !value.set.acceptors.is_empty() {
+                    claim.set = value.set.clone();
+                    if claim
+                        .replacement
+                        .as_ref()
+                        .is_some_and(|(dead, _)| !claim.set.has(dead))
+                    {
+                        claim.replacement = None;
+                    }
+                    self.events.push_back(LeaseEvent::AcceptorsChanged {
+                        workload: workload.clone(),
+                        replica,
+                        generation: claim.set.generation,
+                        acceptors: claim.set.acceptors.clone(),
+                        leaving: claim.set.leaving.clone(),
+                    });
+                }
                 let valid_until_ms = holder_valid_until(round.started_ms, round.lease_ms);
                 let (was_running, kept_until) = match claim.state {
                     ClaimState::Held {
@@ -390,6 +461,15 @@ impl Claims {
                     why: "the lease was lost to another node".to_owned(),
                 };
                 claim.next_try_ms = now_ms + spread(&mut self.rng);
+            }
+            Outcome::Moved { set } => {
+                claim.set = set;
+                claim.hops = claim.hops.saturating_add(1);
+                claim.next_try_ms = if claim.hops <= MAX_HOPS {
+                    now_ms
+                } else {
+                    now_ms + spread(&mut self.rng)
+                };
             }
             Outcome::Refused { highest, reason } => {
                 if let Some(highest) = highest {

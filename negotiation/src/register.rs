@@ -1,8 +1,9 @@
 //! The lease register of one replica of a strong workload, and the consensus round that
 //! changes it.
 //!
-//! Each replica of a `strong` workload has a register `{epoch, holder, lease}` kept by a
-//! few acceptor nodes (three, or every member when there are fewer). It changes only by a
+//! Each replica of a `strong` workload has a register `{epoch, holder, lease, acceptors}`
+//! kept by a few acceptor nodes (three, or every member when there are fewer). It changes
+//! only by a
 //! compare-and-set round of single-decree Paxos, as in CASPaxos: a proposer gathers
 //! promises for a ballot from a quorum, takes the value of the highest ballot any of them
 //! accepted, applies its change and has a quorum accept the result. There is no log to
@@ -21,6 +22,15 @@
 //! then never let two holders' leases overlap in real time. Acceptors also refuse,
 //! from their own view, a value that takes a live lease from its holder, so a proposer
 //! that ignores promises (a hostile member) still cannot seize a replica.
+//!
+//! The acceptors are part of the value ([`AcceptorSet`]), so a dead one is replaced by a
+//! change of the register like any other, in two steps, as in joint consensus: from set
+//! `A` to `{B, leaving A}`, where every quorum is a majority of both, then, once that
+//! value is known chosen, to `B` alone. A proposer goes on to phase 2 only when the value
+//! its quorum reports names exactly the set it gathered that quorum from; otherwise it
+//! starts again on the set it saw ([`Outcome::Moved`]). A value chosen by a majority of
+//! `A` alone can then never be missed by a proposer on `B` alone: between them lies a
+//! value chosen by majorities of both, which every later quorum of either set sees.
 //!
 //! This module is pure data: [`Acceptor`] answers register messages; [`Round`] is one
 //! proposer's round. [`crate::lease`] drives rounds for the replicas a node holds.
@@ -111,6 +121,146 @@ pub struct Ballot {
     pub node: String,
 }
 
+/// Who keeps a register: its acceptors and, while the register moves from one set to
+/// the next, the set it leaves. Then a quorum is a majority of each.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AcceptorSet {
+    /// Grows by one with each step of a change, so that two sets that name the same
+    /// nodes at different times are told apart.
+    pub generation: u64,
+    /// The acceptors.
+    pub acceptors: Vec<String>,
+    /// The set being left, during a change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaving: Option<Vec<String>>,
+}
+
+impl AcceptorSet {
+    /// The first set of a register: the acceptors its workload's record names.
+    pub fn first(acceptors: Vec<String>) -> Self {
+        Self {
+            generation: 0,
+            acceptors,
+            leaving: None,
+        }
+    }
+
+    /// Every node that takes part in a round on this set, each once.
+    pub fn members(&self) -> Vec<String> {
+        let mut members = self.acceptors.clone();
+        for node in self.leaving.iter().flatten() {
+            if !members.contains(node) {
+                members.push(node.clone());
+            }
+        }
+        members
+    }
+
+    /// Whether `node` takes part in rounds on this set.
+    pub fn has(&self, node: &str) -> bool {
+        self.acceptors
+            .iter()
+            .chain(self.leaving.iter().flatten())
+            .any(|a| a == node)
+    }
+
+    /// Whether the nodes for which `answered` holds make a quorum of this set.
+    pub fn is_quorum(&self, answered: impl Fn(&str) -> bool) -> bool {
+        let majority =
+            |set: &[String]| set.iter().filter(|a| answered(a)).count() >= quorum(set.len());
+        majority(&self.acceptors) && self.leaving.as_deref().is_none_or(majority)
+    }
+
+    /// A value written before registers named their acceptors: it was kept by the first
+    /// set, the record's.
+    fn is_unnamed(&self) -> bool {
+        self.generation == 0 && self.acceptors.is_empty()
+    }
+
+    /// Whether a value on set `self` may be taken as a value on `assumed`.
+    fn matches(&self, assumed: &AcceptorSet) -> bool {
+        self == assumed || (self.is_unnamed() && assumed.generation == 0)
+    }
+
+    /// The first step of replacing `dead` by `with`: both sets at once.
+    fn replacing(&self, dead: &str, with: &str) -> Option<Self> {
+        if self.leaving.is_some() || !self.acceptors.iter().any(|a| a == dead) || self.has(with) {
+            return None;
+        }
+        let acceptors = self
+            .acceptors
+            .iter()
+            .map(|a| {
+                if a == dead {
+                    with.to_owned()
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        Some(Self {
+            generation: self.generation + 1,
+            acceptors,
+            leaving: Some(self.acceptors.clone()),
+        })
+    }
+
+    /// The last step of a change: the new set alone.
+    fn settled(&self) -> Option<Self> {
+        self.leaving.as_ref()?;
+        Some(Self {
+            generation: self.generation + 1,
+            acceptors: self.acceptors.clone(),
+            leaving: None,
+        })
+    }
+
+    /// Whether `next` is one step on from this set: both sets at once after one
+    /// acceptor replaced, or the new set alone after both.
+    fn steps_to(&self, next: &AcceptorSet) -> bool {
+        if next.generation != self.generation + 1 {
+            return false;
+        }
+        match (&self.leaving, &next.leaving) {
+            (None, Some(leaving)) => {
+                let added = next
+                    .acceptors
+                    .iter()
+                    .filter(|a| !self.acceptors.contains(a));
+                leaving == &self.acceptors
+                    && next.acceptors.len() == self.acceptors.len()
+                    && added.count() == 1
+            }
+            (Some(_), None) => next.acceptors == self.acceptors,
+            _ => false,
+        }
+    }
+
+    /// Checks a set a peer sent.
+    fn check(&self) -> Result<(), String> {
+        if self.generation > MAX_COUNTER {
+            return Err(format!(
+                "acceptor set generation {} is out of range",
+                self.generation
+            ));
+        }
+        for set in std::iter::once(&self.acceptors).chain(self.leaving.as_ref()) {
+            if set.len() > MAX_ACCEPTORS || (set.is_empty() && !self.is_unnamed()) {
+                return Err(format!(
+                    "it names {} acceptors, not 1 to {MAX_ACCEPTORS}",
+                    set.len()
+                ));
+            }
+            for (i, node) in set.iter().enumerate() {
+                if node.is_empty() || node.len() > MAX_ID_LEN || set[..i].contains(node) {
+                    return Err("an acceptor is named twice, empty or too long".to_owned());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The register of one replica.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RegisterValue {
@@ -120,6 +270,9 @@ pub struct RegisterValue {
     pub holder: Option<String>,
     /// How long each grant or renewal of the lease lasts.
     pub lease_ms: u64,
+    /// Who keeps the register (empty in values written before it was part of them).
+    #[serde(default)]
+    pub set: AcceptorSet,
 }
 
 /// One step of the register protocol, about one replica.
@@ -211,7 +364,7 @@ impl RegisterMessage {
             if let Some(holder) = &v.holder {
                 id("holder", holder)?;
             }
-            Ok(())
+            v.set.check()
         };
         match &self.step {
             RegisterStep::Prepare { ballot: b } | RegisterStep::Accepted { ballot: b } => ballot(b),
@@ -474,6 +627,7 @@ fn allowed_change(
     let Some((_, current)) = &slot.state.accepted else {
         return Ok(());
     };
+    allowed_set_change(&current.set, value, from)?;
     if value.epoch < current.epoch {
         return Err(format!(
             "epoch {} is older than the accepted {}",
@@ -490,6 +644,40 @@ fn allowed_change(
         if value.holder.is_some() && value.epoch == current.epoch {
             return Err(format!("epoch {} was {holder}'s", value.epoch));
         }
+    }
+    Ok(())
+}
+
+/// Whether a value may name `value.set` after one that named `current`: the same set, or
+/// a later one proposed by the holder it names (a set changes only through the replica's
+/// holder, the one node with a stake in keeping it). A set one generation on must be one
+/// step on; an acceptor that was away and missed steps takes a later one as it comes.
+fn allowed_set_change(
+    current: &AcceptorSet,
+    value: &RegisterValue,
+    from: &str,
+) -> Result<(), String> {
+    let next = &value.set;
+    if next.matches(current) || (current.is_unnamed() && next.generation == 0) {
+        return Ok(());
+    }
+    if next.generation <= current.generation {
+        return Err(format!(
+            "the acceptors are at generation {}, not {}",
+            current.generation, next.generation
+        ));
+    }
+    if value.holder.as_deref() != Some(from) {
+        return Err(format!(
+            "{from} may not change the acceptors: only the holder may"
+        ));
+    }
+    if next.generation == current.generation + 1 && !current.is_unnamed() && !current.steps_to(next)
+    {
+        return Err(format!(
+            "generation {} is no single step on from the acceptors at {}",
+            next.generation, current.generation
+        ));
     }
     Ok(())
 }
@@ -532,6 +720,12 @@ pub enum Outcome {
         /// What the register holds instead.
         current: Option<RegisterValue>,
     },
+    /// The register is kept by another set of acceptors than the round's: start again
+    /// on `set`.
+    Moved {
+        /// The set the acceptors named.
+        set: AcceptorSet,
+    },
     /// Refused by too many acceptors to reach a quorum (a higher ballot, or a refusal by
     /// their own view); try again with a ballot above `highest`.
     Refused {
@@ -557,7 +751,10 @@ pub struct Round {
     pub started_ms: u64,
     /// The lease asked for.
     pub lease_ms: u64,
-    acceptors: Vec<String>,
+    /// The set the round gathers promises from.
+    set: AcceptorSet,
+    /// An acceptor to replace, and by whom, if the round may.
+    replacement: Option<(String, String)>,
     promises: BTreeMap<String, (Option<(Ballot, RegisterValue)>, u64)>,
     proposed: Option<RegisterValue>,
     accepted: BTreeSet<String>,
@@ -567,8 +764,9 @@ pub struct Round {
 }
 
 impl Round {
-    /// Starts a round by `node` at ballot round `round` and returns it with the prepares
-    /// to send (one to each acceptor, itself included when it is one).
+    /// Starts a round by `node` at ballot round `round` on the register kept by `set`,
+    /// and returns it with the prepares to send (one to each acceptor, itself included
+    /// when it is one).
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         now_ms: u64,
@@ -577,7 +775,7 @@ impl Round {
         replica: u32,
         round: u64,
         change: Change,
-        acceptors: &[String],
+        set: &AcceptorSet,
         lease_ms: u64,
     ) -> (Self, Vec<(String, RegisterMessage)>) {
         let ballot = Ballot {
@@ -591,7 +789,8 @@ impl Round {
             change,
             started_ms: now_ms,
             lease_ms,
-            acceptors: acceptors.to_vec(),
+            set: set.clone(),
+            replacement: None,
             promises: BTreeMap::new(),
             proposed: None,
             accepted: BTreeSet::new(),
@@ -599,18 +798,28 @@ impl Round {
             highest_refusal: None,
             last_reason: String::new(),
         };
-        let sends = this.to_all(RegisterStep::Prepare { ballot });
+        let sends = this.to_all(&this.set.members(), RegisterStep::Prepare { ballot });
         (this, sends)
+    }
+
+    /// Lets the round replace acceptor `dead` by `with` (it will when it acquires or
+    /// renews the lease, on a register not already changing its set).
+    pub fn replace(&mut self, dead: &str, with: &str) {
+        self.replacement = Some((dead.to_owned(), with.to_owned()));
     }
 
     /// Whether the round waits for a promise or acceptance from `node`.
     pub fn awaits(&self, node: &str) -> bool {
-        self.acceptors.iter().any(|a| a == node)
+        self.set.has(node) || self.proposed.as_ref().is_some_and(|v| v.set.has(node))
     }
 
-    fn to_all(&self, step: RegisterStep) -> Vec<(String, RegisterMessage)> {
-        self.acceptors
-            .iter()
+    /// The set whose quorum the round waits for now.
+    fn waiting_on(&self) -> &AcceptorSet {
+        self.proposed.as_ref().map_or(&self.set, |v| &v.set)
+    }
+
+    fn to_all(&self, to: &[String], step: RegisterStep) -> Vec<(String, RegisterMessage)> {
+        to.iter()
             .map(|a| {
                 (
                     a.clone(),
@@ -634,27 +843,46 @@ impl Round {
         if !self.awaits(from) {
             return (Vec::new(), None);
         }
-        let quorum = quorum(self.acceptors.len());
         match step {
             RegisterStep::Promise {
                 ballot,
                 accepted,
                 lease_left_ms,
-            } if *ballot == self.ballot && self.proposed.is_none() => {
+            } if *ballot == self.ballot && self.proposed.is_none() && self.set.has(from) => {
+                // An acceptor on a later set: the register moved on (or is moving), and
+                // this round's set may have no quorum left at all. Only liveness rides on
+                // this; what is safe is decided by the quorum below.
+                if let Some((_, value)) = accepted
+                    && value.set.generation > self.set.generation
+                {
+                    return (
+                        Vec::new(),
+                        Some(Outcome::Moved {
+                            set: value.set.clone(),
+                        }),
+                    );
+                }
                 self.promises
                     .insert(from.to_owned(), (accepted.clone(), *lease_left_ms));
-                if self.promises.len() < quorum {
+                if !self.set.is_quorum(|a| self.promises.contains_key(a)) {
                     return (Vec::new(), None);
                 }
                 match self.next_value() {
                     Ok(value) => {
+                        // The old set's members and the new one's: a new acceptor learns
+                        // the value from this proposal.
+                        let mut to = self.set.members();
+                        to.extend(value.set.members().into_iter().filter(|a| !self.set.has(a)));
                         self.proposed = Some(value.clone());
                         // Refusals of the prepare say nothing about the proposal.
                         self.refused.clear();
-                        let sends = self.to_all(RegisterStep::Propose {
-                            ballot: self.ballot.clone(),
-                            value,
-                        });
+                        let sends = self.to_all(
+                            &to,
+                            RegisterStep::Propose {
+                                ballot: self.ballot.clone(),
+                                value,
+                            },
+                        );
                         (sends, None)
                     }
                     Err(outcome) => (Vec::new(), Some(outcome)),
@@ -665,7 +893,9 @@ impl Round {
                     return (Vec::new(), None);
                 };
                 self.accepted.insert(from.to_owned());
-                if self.accepted.len() >= quorum {
+                // A value is chosen by a quorum of the set it names: a value that changes
+                // the set, by majorities of the old and the new.
+                if value.set.is_quorum(|a| self.accepted.contains(a)) {
                     return (Vec::new(), Some(Outcome::Committed(value.clone())));
                 }
                 (Vec::new(), None)
@@ -681,7 +911,7 @@ impl Round {
                 }
                 self.last_reason = reason.clone();
                 // The answers still to come cannot make a quorum any more.
-                if self.acceptors.len() - self.refused.len() < quorum {
+                if !self.waiting_on().is_quorum(|a| !self.refused.contains(a)) {
                     return (
                         Vec::new(),
                         Some(Outcome::Refused {
@@ -698,12 +928,19 @@ impl Round {
 
     /// The value to propose, from a quorum's promises, or why there is none.
     fn next_value(&self) -> Result<RegisterValue, Outcome> {
-        let current = self
+        let highest = self
             .promises
             .values()
             .filter_map(|(accepted, _)| accepted.as_ref())
-            .max_by(|a, b| a.0.cmp(&b.0))
-            .map(|(_, value)| value.clone());
+            .max_by(|a, b| a.0.cmp(&b.0));
+        if let Some((_, value)) = highest
+            && !value.set.matches(&self.set)
+        {
+            return Err(Outcome::Moved {
+                set: value.set.clone(),
+            });
+        }
+        let current = highest.map(|(_, value)| value.clone());
         // The longest lease any of the quorum reports: the acceptor that accepted the
         // holder's last renewal is among them.
         let lease_left = self
@@ -715,6 +952,12 @@ impl Round {
         let me = self.ballot.node.as_str();
         let epoch = current.as_ref().map_or(0, |v| v.epoch);
         let holder = current.as_ref().and_then(|v| v.holder.as_deref());
+        let held = |epoch| RegisterValue {
+            epoch,
+            holder: Some(me.to_owned()),
+            lease_ms: self.lease_ms,
+            set: self.next_set(highest),
+        };
         match self.change {
             Change::Acquire => match holder {
                 Some(other) if other != me && lease_left > 0 => Err(Outcome::HeldBy {
@@ -722,35 +965,51 @@ impl Round {
                     epoch,
                     lease_left_ms: lease_left,
                 }),
-                _ => Ok(RegisterValue {
-                    epoch: epoch + 1,
-                    holder: Some(me.to_owned()),
-                    lease_ms: self.lease_ms,
-                }),
+                _ => Ok(held(epoch + 1)),
             },
-            Change::Renew { epoch: held } => {
-                if holder == Some(me) && epoch == held {
-                    Ok(RegisterValue {
-                        epoch,
-                        holder: Some(me.to_owned()),
-                        lease_ms: self.lease_ms,
-                    })
+            Change::Renew { epoch: held_epoch } => {
+                if holder == Some(me) && epoch == held_epoch {
+                    Ok(held(epoch))
                 } else {
                     Err(Outcome::Lost { current })
                 }
             }
-            Change::Release { epoch: held } => {
-                if holder == Some(me) && epoch == held {
+            Change::Release { epoch: held_epoch } => {
+                if holder == Some(me) && epoch == held_epoch {
                     Ok(RegisterValue {
                         epoch,
                         holder: None,
                         lease_ms: self.lease_ms,
+                        set: self.set.clone(),
                     })
                 } else {
                     Err(Outcome::Lost { current })
                 }
             }
         }
+    }
+
+    /// The set a value this round makes its proposer the holder of names: the next step
+    /// of a change under way, once its first step is known chosen; the first step of
+    /// replacing an acceptor, if the round may; else the set as it is.
+    fn next_set(&self, highest: Option<&(Ballot, RegisterValue)>) -> AcceptorSet {
+        if let Some(settled) = self.set.settled() {
+            // Known chosen when a quorum of this round's promises accepted it: only then
+            // may a quorum of the new set alone decide. Before, proposing it again at this
+            // round's ballot gets it chosen.
+            let chosen = highest.is_some_and(|h| {
+                self.set.is_quorum(|a| {
+                    self.promises
+                        .get(a)
+                        .is_some_and(|(accepted, _)| accepted.as_ref() == Some(h))
+                })
+            });
+            return if chosen { settled } else { self.set.clone() };
+        }
+        self.replacement
+            .as_ref()
+            .and_then(|(dead, with)| self.set.replacing(dead, with))
+            .unwrap_or_else(|| self.set.clone())
     }
 }
 
@@ -768,8 +1027,16 @@ mod tests {
         change: Change,
     ) -> Outcome {
         let names: Vec<String> = acceptors.keys().cloned().collect();
-        let (mut r, mut sends) =
-            Round::start(now_ms, node, "default/db", 0, round, change, &names, 6_000);
+        let (mut r, mut sends) = Round::start(
+            now_ms,
+            node,
+            "default/db",
+            0,
+            round,
+            change,
+            &AcceptorSet::first(names),
+            6_000,
+        );
         while let Some((to, message)) = sends.pop() {
             let acceptor = acceptors.get_mut(&to).expect("an acceptor");
             let answer = acceptor
@@ -873,6 +1140,7 @@ mod tests {
                 epoch,
                 holder: Some(node.to_owned()),
                 lease_ms: 6_000,
+                set: AcceptorSet::default(),
             },
         };
         let taken = acceptor.handle(0, "x", "default/db", 0, &propose("x", 1, 1));
@@ -910,6 +1178,7 @@ mod tests {
                 epoch: 1,
                 holder: Some("x".to_owned()),
                 lease_ms: 6_000,
+                set: AcceptorSet::default(),
             },
         };
         let Some(Answer::StoreThenReply(stored, _)) =
@@ -949,6 +1218,7 @@ mod tests {
                 epoch: 1,
                 holder: None,
                 lease_ms: 1,
+                set: AcceptorSet::default(),
             },
         };
         assert!(message(huge).check().is_err());
@@ -961,6 +1231,7 @@ mod tests {
                 epoch: 1,
                 holder: None,
                 lease_ms: MAX_LEASE_MS + 1,
+                set: AcceptorSet::default(),
             },
         };
         assert!(message(long_lease).check().is_err());
@@ -987,8 +1258,305 @@ mod tests {
         );
     }
 
+    /// Runs a round of `node` on `set` to its end, as [`run_round`] does, with the
+    /// acceptors in `down` answering nothing, letting the round replace an acceptor.
+    #[allow(clippy::too_many_arguments)]
+    fn run_on(
+        acceptors: &mut BTreeMap<String, Acceptor>,
+        down: &[&str],
+        now_ms: u64,
+        node: &str,
+        round: u64,
+        change: Change,
+        set: &AcceptorSet,
+        replace: Option<(&str, &str)>,
+    ) -> Option<Outcome> {
+        let (mut r, mut sends) =
+            Round::start(now_ms, node, "default/db", 0, round, change, set, 6_000);
+        if let Some((dead, with)) = replace {
+            r.replace(dead, with);
+        }
+        while let Some((to, message)) = sends.pop() {
+            if down.contains(&to.as_str()) {
+                continue;
+            }
+            let acceptor = acceptors.entry(to.clone()).or_default();
+            let Some(Answer::Reply(step) | Answer::StoreThenReply(_, step)) = acceptor.handle(
+                now_ms,
+                node,
+                &message.workload,
+                message.replica,
+                &message.step,
+            ) else {
+                panic!("no answer");
+            };
+            let (more, outcome) = r.handle(&to, &step);
+            if outcome.is_some() {
+                return outcome;
+            }
+            sends.extend(more);
+        }
+        None
+    }
+
+    fn set_of(generation: u64, acceptors: &[&str], leaving: Option<&[&str]>) -> AcceptorSet {
+        let names = |n: &[&str]| n.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+        AcceptorSet {
+            generation,
+            acceptors: names(acceptors),
+            leaving: leaving.map(names),
+        }
+    }
+
+    #[test]
+    fn a_gone_acceptor_is_replaced_in_two_steps_and_the_new_set_keeps_the_register() {
+        let mut acceptors = three();
+        let first = set_of(0, &["a", "b", "c"], None);
+        let got = run_on(
+            &mut acceptors,
+            &[],
+            0,
+            "x",
+            1,
+            Change::Acquire,
+            &first,
+            None,
+        );
+        assert!(
+            matches!(got, Some(Outcome::Committed(ref v)) if v.set == first),
+            "{got:?}"
+        );
+        // c is gone: the renewal names both sets, and d learns the value.
+        let renew = Change::Renew { epoch: 1 };
+        let got = run_on(
+            &mut acceptors,
+            &["c"],
+            1_000,
+            "x",
+            2,
+            renew,
+            &first,
+            Some(("c", "d")),
+        );
+        let joint = set_of(1, &["a", "b", "d"], Some(&["a", "b", "c"]));
+        assert!(
+            matches!(got, Some(Outcome::Committed(ref v)) if v.set == joint),
+            "{got:?}"
+        );
+        assert!(
+            acceptors["d"]
+                .view(1_000, "default/db", 0)
+                .is_some_and(|(s, _)| s.accepted.is_some())
+        );
+        // Known chosen, the next renewal leaves the old set behind.
+        let got = run_on(
+            &mut acceptors,
+            &["c"],
+            2_000,
+            "x",
+            3,
+            renew,
+            &joint,
+            Some(("c", "d")),
+        );
+        let new = set_of(2, &["a", "b", "d"], None);
+        assert!(
+            matches!(got, Some(Outcome::Committed(ref v)) if v.set == new),
+            "{got:?}"
+        );
+        // Now a and d are a quorum, without b or c.
+        let got = run_on(
+            &mut acceptors,
+            &["b", "c"],
+            3_000,
+            "x",
+            4,
+            renew,
+            &new,
+            None,
+        );
+        assert!(
+            matches!(got, Some(Outcome::Committed(ref v)) if v.epoch == 1),
+            "{got:?}"
+        );
+        // A proposer that knows only the first set (c back, with its old value) is sent on
+        // to the new one, and finds the lease held there.
+        let got = run_on(
+            &mut acceptors,
+            &[],
+            3_100,
+            "y",
+            5,
+            Change::Acquire,
+            &first,
+            None,
+        );
+        assert_eq!(got, Some(Outcome::Moved { set: new.clone() }));
+        let got = run_on(
+            &mut acceptors,
+            &["b"],
+            3_100,
+            "y",
+            6,
+            Change::Acquire,
+            &new,
+            None,
+        );
+        assert!(
+            matches!(got, Some(Outcome::HeldBy { ref holder, .. }) if holder == "x"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn the_new_set_alone_decides_only_once_both_sets_are_known_to_have_chosen() {
+        let mut acceptors = three();
+        let first = set_of(0, &["a", "b", "c"], None);
+        run_on(
+            &mut acceptors,
+            &[],
+            0,
+            "x",
+            1,
+            Change::Acquire,
+            &first,
+            None,
+        );
+        // The joint value reaches b alone (after a quorum's promises) before x stops: it
+        // is not chosen.
+        let joint = set_of(1, &["a", "b", "d"], Some(&["a", "b", "c"]));
+        let renew = Change::Renew { epoch: 1 };
+        let proposal = RegisterStep::Propose {
+            ballot: Ballot {
+                round: 2,
+                node: "x".to_owned(),
+            },
+            value: RegisterValue {
+                epoch: 1,
+                holder: Some("x".to_owned()),
+                lease_ms: 6_000,
+                set: joint.clone(),
+            },
+        };
+        let b = acceptors.get_mut("b").expect("b");
+        assert!(matches!(
+            b.handle(500, "x", "default/db", 0, &proposal),
+            Some(Answer::StoreThenReply(..))
+        ));
+        // x's next round, on the joint set, hears a (old value) and b (joint value): not a
+        // quorum of both sets that accepted it, so it proposes the joint value again
+        // rather than the new set alone.
+        let got = run_on(
+            &mut acceptors,
+            &["d"],
+            1_000,
+            "x",
+            3,
+            renew,
+            &joint,
+            Some(("c", "d")),
+        );
+        assert!(
+            matches!(got, Some(Outcome::Committed(ref v)) if v.set == joint),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn acceptors_refuse_set_changes_that_are_not_one_step_by_the_holder() {
+        let propose =
+            |node: &str, round, holder: Option<&str>, set: AcceptorSet| RegisterStep::Propose {
+                ballot: Ballot {
+                    round,
+                    node: node.to_owned(),
+                },
+                value: RegisterValue {
+                    epoch: 1,
+                    holder: holder.map(str::to_owned),
+                    lease_ms: 6_000,
+                    set,
+                },
+            };
+        let refused = |answer: Option<Answer>| match answer {
+            Some(Answer::Reply(RegisterStep::Refused { reason, .. })) => reason,
+            other => panic!("accepted: {other:?}"),
+        };
+        let first = set_of(0, &["a", "b", "c"], None);
+        let mut acceptor = Acceptor::default();
+        acceptor.handle(0, "x", "default/db", 0, &propose("x", 1, Some("x"), first));
+        // Two acceptors swapped at once: old and new majorities could miss each other.
+        let two = set_of(1, &["a", "d", "e"], Some(&["a", "b", "c"]));
+        let reason =
+            refused(acceptor.handle(10, "x", "default/db", 0, &propose("x", 2, Some("x"), two)));
+        assert!(reason.contains("no single step"), "{reason}");
+        // Straight to the new set alone, skipping the joint step.
+        let skip = set_of(1, &["a", "b", "d"], None);
+        let reason =
+            refused(acceptor.handle(10, "x", "default/db", 0, &propose("x", 3, Some("x"), skip)));
+        assert!(reason.contains("no single step"), "{reason}");
+        // A release that changes the set: only a holder changes it.
+        let joint = set_of(1, &["a", "b", "d"], Some(&["a", "b", "c"]));
+        let reason = refused(acceptor.handle(
+            10,
+            "x",
+            "default/db",
+            0,
+            &propose("x", 4, None, joint.clone()),
+        ));
+        assert!(reason.contains("only the holder"), "{reason}");
+        // The one step, by the holder, is taken; then no way back.
+        assert!(matches!(
+            acceptor.handle(10, "x", "default/db", 0, &propose("x", 5, Some("x"), joint)),
+            Some(Answer::StoreThenReply(..))
+        ));
+        let back = set_of(0, &["a", "b", "c"], None);
+        let reason =
+            refused(acceptor.handle(20, "x", "default/db", 0, &propose("x", 6, Some("x"), back)));
+        assert!(reason.contains("generation 1, not 0"), "{reason}");
+    }
+
+    #[test]
+    fn values_of_registers_that_named_no_set_are_taken_as_the_first_set() {
+        let mut acceptors = three();
+        // An older node wrote a value naming no set.
+        let unnamed = RegisterStep::Propose {
+            ballot: Ballot {
+                round: 1,
+                node: "x".to_owned(),
+            },
+            value: RegisterValue {
+                epoch: 1,
+                holder: Some("x".to_owned()),
+                lease_ms: 6_000,
+                set: AcceptorSet::default(),
+            },
+        };
+        for acceptor in acceptors.values_mut() {
+            acceptor.handle(0, "x", "default/db", 0, &unnamed);
+        }
+        let first = set_of(0, &["a", "b", "c"], None);
+        let got = run_on(
+            &mut acceptors,
+            &[],
+            500,
+            "x",
+            2,
+            Change::Renew { epoch: 1 },
+            &first,
+            None,
+        );
+        assert!(
+            matches!(got, Some(Outcome::Committed(ref v)) if v.set == first),
+            "{got:?}"
+        );
+    }
+
     #[test]
     fn quorums() {
+        let joint = set_of(1, &["a", "b", "d"], Some(&["a", "b", "c"]));
+        assert!(joint.is_quorum(|a| a == "a" || a == "b"));
+        assert!(!joint.is_quorum(|a| a == "a" || a == "d"));
+        assert!(joint.is_quorum(|a| a != "b"));
         assert_eq!([1, 2, 3, 4, 5].map(quorum), [1, 2, 2, 3, 3]);
     }
 }

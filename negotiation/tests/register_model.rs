@@ -27,14 +27,20 @@ use parley_negotiation::lease::{ClaimState, Claims};
 use parley_negotiation::register::{Acceptor, Answer, RegisterMessage, SlotState};
 
 const WORKLOAD: &str = "default/db";
-const ACCEPTORS: [&str; 3] = ["a", "b", "c"];
+/// The register's first set is the first three; `d` joins when `c` is replaced.
+const ACCEPTORS: [&str; 4] = ["a", "b", "c", "d"];
 const PROPOSERS: [&str; 2] = ["x", "y"];
 /// How far real time moves when no proposer has a timer.
 const TICK_MS: u64 = 500;
 /// Clock rates, per mille of real time: one proposer fast, the other slow, and the
 /// acceptors spread across both.
 const PROPOSER_RATE: [u64; 2] = [1_010, 990];
-const ACCEPTOR_RATE: [u64; 3] = [990, 1_010, 1_000];
+const ACCEPTOR_RATE: [u64; 4] = [990, 1_010, 1_000, 1_005];
+
+/// The acceptors a workload's record names: the register's first set.
+fn first_set() -> Vec<String> {
+    ACCEPTORS[..3].iter().map(|a| (*a).to_owned()).collect()
+}
 
 /// What may still go wrong in one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,7 +60,7 @@ struct State {
     proposers: [Option<Claims>; 2],
     /// Whether each proposer has made its claim yet.
     claimed: [bool; 2],
-    acceptors: [Acceptor; 3],
+    acceptors: [Acceptor; 4],
     /// Messages in flight, kept sorted: (from, to, message).
     network: Vec<(String, String, RegisterMessage)>,
     budget: Budget,
@@ -204,11 +210,10 @@ impl State {
                 let mut s = self.clone();
                 s.claimed[p] = true;
                 let now = local(s.now_ms, PROPOSER_RATE[p]);
-                let acceptors = ACCEPTORS.iter().map(|a| (*a).to_owned()).collect();
                 s.proposers[p]
                     .as_mut()
                     .expect("alive")
-                    .claim(now, WORKLOAD, 0, acceptors, 0);
+                    .claim(now, WORKLOAD, 0, first_set(), 0);
                 push(s);
             }
         }
@@ -248,7 +253,7 @@ impl State {
             }
         }
         if self.budget.acceptor_restarts > 0 {
-            for a in 0..3 {
+            for a in 0..ACCEPTORS.len() {
                 // What it answered was stored first: its store holds every slot.
                 let stored: Vec<((String, u32), SlotState)> = self.acceptors[a]
                     .view(0, WORKLOAD, 0)
@@ -283,8 +288,16 @@ fn fingerprint(state: &State) -> u64 {
 }
 
 /// Walks every state reachable from `initial` within `max_ms` of real time; returns how
-/// many there were, and in how many y held the lease.
+/// many there were, and in how many `counted` held (by default: y held the lease).
 fn explore(initial: State, max_ms: u64) -> Result<(usize, usize), String> {
+    explore_counting(initial, max_ms, |state| state.holdings[1].is_some())
+}
+
+fn explore_counting(
+    initial: State,
+    max_ms: u64,
+    counted: impl Fn(&State) -> bool,
+) -> Result<(usize, usize), String> {
     let mut seen = HashSet::new();
     let mut stack = vec![initial];
     let mut held = 0;
@@ -292,7 +305,7 @@ fn explore(initial: State, max_ms: u64) -> Result<(usize, usize), String> {
         if !seen.insert(fingerprint(&state)) {
             continue;
         }
-        if state.holdings[1].is_some() {
+        if counted(&state) {
             held += 1;
         }
         for next in state.successors(max_ms) {
@@ -350,11 +363,10 @@ impl State {
     /// not claimed yet.
     fn x_holding(budget: Budget) -> Self {
         let mut state = Self::initial(budget);
-        let acceptors = ACCEPTORS.iter().map(|a| (*a).to_owned()).collect();
         state.proposers[0]
             .as_mut()
             .expect("alive")
-            .claim(0, WORKLOAD, 0, acceptors, 0);
+            .claim(0, WORKLOAD, 0, first_set(), 0);
         state.claimed[0] = true;
         state.collect().expect("one proposer");
         while !state.network.is_empty() {
@@ -424,6 +436,159 @@ fn random_long_runs_never_overlap() {
     let visited = random_walks(&State::initial(budget), walks, 400, 60_000, 7)
         .unwrap_or_else(|v| panic!("{v}"));
     println!("random: {visited} steps in {walks} walks");
+    assert!(visited > u64::from(walks) * 10);
+}
+
+impl State {
+    /// x holds the lease and takes c for gone: it replaces c by d at its next renewals,
+    /// while c in fact still answers, with what it accepted, whoever asks.
+    fn x_replacing_c(budget: Budget) -> Self {
+        let mut state = Self::x_holding(budget);
+        state.proposers[0]
+            .as_mut()
+            .expect("alive")
+            .replace_acceptor(WORKLOAD, 0, Some(("c".to_owned(), "d".to_owned())));
+        state
+    }
+
+    /// The generation of the acceptor set proposer `p` last learned.
+    fn generation(&self, p: usize) -> u64 {
+        self.proposers[p]
+            .as_ref()
+            .and_then(|claims| claims.get(WORKLOAD, 0))
+            .map_or(0, |claim| claim.set.generation)
+    }
+}
+
+impl State {
+    /// [`State::x_replacing_c`] after x's next `renewals` renewals went through with
+    /// nothing lost: 1 leaves the register on both sets, 2 on the new one alone.
+    fn x_replaced_c(budget: Budget, renewals: u64) -> Self {
+        let mut state = Self::x_replacing_c(budget);
+        for _ in 0..renewals {
+            state.tick();
+            state.collect().expect("one proposer");
+            while !state.network.is_empty() {
+                state.deliver(0, false, false);
+                state.collect().expect("one proposer");
+            }
+        }
+        assert_eq!(
+            state.generation(0),
+            renewals,
+            "x's renewals changed the set"
+        );
+        state
+    }
+}
+
+/// One step of a replacement each (x moving the register from the first set to both,
+/// then from both to the new set alone) while y, which knows only the record's first set,
+/// claims the replica, x dies and a message is lost, and c, taken for gone, still answers
+/// whoever asks with what it accepted: every order, across a jump of time to x's renewal.
+fn replacement_step(renewals_before: u64) -> usize {
+    let budget = Budget {
+        losses: 1,
+        proposer_deaths: 1,
+        ticks: env_or("PARLEY_MODEL_TICKS", 0) as u8 + 1,
+        ..NO_FAULTS
+    };
+    let initial = State::x_replaced_c(budget, renewals_before);
+    let (states, stepped) = explore_counting(initial, 60_000, |state| {
+        state.generation(0) > renewals_before || state.generation(1) > renewals_before
+    })
+    .unwrap_or_else(|v| panic!("{v}"));
+    println!(
+        "replacement step {}: {states} states, taken in {stepped}",
+        renewals_before + 1
+    );
+    assert!(
+        stepped > 0 && states > 10_000,
+        "{states} states, {stepped} stepped"
+    );
+    states
+}
+
+#[test]
+fn replacing_an_acceptor_first_step_every_interleaving() {
+    replacement_step(0);
+}
+
+#[test]
+fn replacing_an_acceptor_second_step_every_interleaving() {
+    replacement_step(1);
+}
+
+/// The register is on the new set (or still on both) and x dies: y, knowing only the
+/// first set, must find the register through a, b or c (which answers from its old value,
+/// or restarts) and wait out x's lease before it takes over: every order, with a loss, a
+/// duplicate (on the new set) and an acceptor restart, across two jumps of time. While x lives on, the
+/// steps above and the random walks below cover y's contention.
+fn takeover_after_replacement(renewals_before: u64, duplicates: u8) {
+    let budget = Budget {
+        losses: 1,
+        duplicates,
+        acceptor_restarts: 1,
+        ticks: env_or("PARLEY_MODEL_TICKS", 2) as u8,
+        ..NO_FAULTS
+    };
+    let mut initial = State::x_replaced_c(budget, renewals_before);
+    initial.proposers[0] = None;
+    // y's first prepare is refused (x's ballots went higher) and only teaches it a
+    // ballot: played out before the search, which starts from y's second try.
+    let y = initial.proposers[1].as_mut().expect("alive");
+    y.claim(
+        local(initial.now_ms, PROPOSER_RATE[1]),
+        WORKLOAD,
+        0,
+        first_set(),
+        0,
+    );
+    initial.claimed[1] = true;
+    initial.collect().expect("one proposer");
+    while !initial.network.is_empty() {
+        initial.deliver(0, false, false);
+        initial.collect().expect("one proposer");
+    }
+    let (states, taken) = explore_counting(initial, 60_000, |state| {
+        state.holdings[1].is_some() && state.generation(1) >= 1
+    })
+    .unwrap_or_else(|v| panic!("{v}"));
+    println!(
+        "takeover after {renewals_before} replacement steps: {states} states, y took over in {taken}"
+    );
+    assert!(
+        taken > 0 && states > 1_000,
+        "{states} states, {taken} taken"
+    );
+}
+
+#[test]
+fn takeover_on_the_new_set_every_interleaving() {
+    takeover_after_replacement(2, 1);
+}
+
+#[test]
+fn takeover_on_both_sets_every_interleaving() {
+    // Without duplicates: with four acceptors in play, one more fault is ten times the
+    // states (4.4 million, four minutes).
+    takeover_after_replacement(1, 0);
+}
+
+/// Random paths through a minute with the replacement under way, and many more faults.
+#[test]
+fn random_long_runs_with_a_replacement_never_overlap() {
+    let budget = Budget {
+        losses: 6,
+        duplicates: 4,
+        proposer_deaths: 1,
+        acceptor_restarts: 2,
+        ticks: 200,
+    };
+    let walks = env_or("PARLEY_MODEL_WALKS", 3_000) as u32;
+    let visited = random_walks(&State::x_replacing_c(budget), walks, 400, 60_000, 11)
+        .unwrap_or_else(|v| panic!("{v}"));
+    println!("random with a replacement: {visited} steps in {walks} walks");
     assert!(visited > u64::from(walks) * 10);
 }
 

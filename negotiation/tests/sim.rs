@@ -37,6 +37,7 @@ fn every_seed_keeps_every_invariant() {
     let mut kept_available = 0;
     let (mut strong_runs, mut paused, mut leases, mut fences, mut lease_checks) = (0, 0, 0, 0, 0);
     let mut failovers: Vec<u64> = Vec::new();
+    let mut replaced = 0;
     for seed in first..first + seeds {
         let config = SimConfig::from_seed(seed);
         crashes += u64::from(config.crash.is_some());
@@ -65,6 +66,7 @@ fn every_seed_keeps_every_invariant() {
                 fences += outcome.fences;
                 lease_checks += outcome.lease_checks;
                 failovers.extend(outcome.failover_ms);
+                replaced += outcome.acceptors_replaced;
             }
             Err(violation) => failures.push(violation.to_string()),
         }
@@ -77,7 +79,7 @@ fn every_seed_keeps_every_invariant() {
          {statements_refused} membership statements refused, \
          {records_taken} workload records taken, {records_refused} refused, {scalings} scalings, {updates} updates ({kept_available} checked for availability), \
          {strong_runs} runs with strong workloads ({paused} with a paused node): {leases} leases run or renewed, {fences} fences, \
-         {lease_checks} lease checks, {} failovers (p50 {} ms, max {} ms)",
+         {lease_checks} lease checks, {} failovers (p50 {} ms, max {} ms), {replaced} acceptors replaced",
         started.elapsed().as_secs_f64(),
         failovers.len(),
         percentile(&mut failovers, 50),
@@ -114,6 +116,7 @@ fn every_seed_keeps_every_invariant() {
                 && paused > 0
                 && leases > 0
                 && fences > 0
+                && replaced > 0
                 && !failovers.is_empty(),
             "the seeds exercised no faults"
         );

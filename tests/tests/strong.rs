@@ -3,12 +3,14 @@
 //! once: not when its holder is cut off from the others (both ways, or one way), and not
 //! when it stops dead (SIGSTOP) without a chance to stop its container. Real agents, each
 //! in a network namespace of its own on one bridge (so root, as CI runs them), real QUIC,
-//! rootless Podman (each agent with its own container storage and service), sled.
+//! rootless Podman (each agent with its own container storage and service), sled. And a
+//! dead acceptor replaced by the holder, on loopback.
 
 use std::time::{Duration, Instant};
 
 use parley_e2e::mesh::{
     address, bed_agent, logs, mesh_agent, running_containers, svid_in, wait_for_full_mesh,
+    wait_until,
 };
 use parley_e2e::netbed::{Cut, NetBed};
 use parley_e2e::{Agent, TrustDomain};
@@ -357,5 +359,122 @@ fn a_strong_workload_is_refused_with_fewer_than_three_live_agents() {
     assert!(
         ps["workloads"].as_array().is_none_or(|w| w.is_empty()),
         "{ps}"
+    );
+}
+
+/// An acceptor of a strong replica's register dies for good: the holder replaces it with
+/// the spare agent, in two register rounds, and says so in its log and in `explain`.
+/// Then a second of the first acceptors dies: with the first set, only one of three would
+/// be left and the holder would have to stop its container; with the new set two of three
+/// answer, and the replica runs on, on the same node at the same epoch. Four agents on
+/// loopback (no namespaces needed), real QUIC, rootless Podman, sled.
+#[test]
+fn a_dead_acceptor_is_replaced_and_the_replica_runs_on() {
+    let domain = TrustDomain::new("replace.e2e");
+    let names = ["a", "b", "c", "d"];
+    let identities: Vec<_> = names.iter().map(|n| domain.enroll(n)).collect();
+    let first = mesh_agent("repl-a", &identities[0], &[], &[]);
+    let seed = address(&first);
+    let mut agents = vec![first];
+    for (i, tag) in ["repl-b", "repl-c", "repl-d"].into_iter().enumerate() {
+        agents.push(mesh_agent(tag, &identities[i + 1], &[&seed], &[]));
+    }
+    wait_for_full_mesh(&agents.iter().collect::<Vec<_>>());
+    let id_of = |host: usize| format!("spiffe://replace.e2e/node/{}", names[host]);
+    let host_of = |id: &str| {
+        (0..names.len())
+            .find(|h| id_of(*h) == id)
+            .unwrap_or_else(|| panic!("{id} is none of the agents"))
+    };
+
+    agents[0]
+        .run_sleepers_with("db", 1, &["--consistency", "strong"])
+        .ok();
+    let all = |agents: &[Agent]| running(&agents.iter().collect::<Vec<_>>(), "db");
+    wait_until("the strong replica runs", Duration::from_secs(60), || {
+        all(&agents).len() == 1
+    });
+    let before = all(&agents);
+    let holder = agents
+        .iter()
+        .position(|x| x.node() == before[0].0)
+        .expect("the holder is one of the agents");
+    let acceptors_seen_by_holder = |agents: &[Agent]| -> Vec<String> {
+        let explained = agents[holder].cli(["explain", "db", "-o", "json"]).json();
+        let lease = &explained["placements"][0]["lease"];
+        assert_eq!(lease["state"], "held", "{explained}");
+        lease["acceptors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no acceptors in {explained}"))
+            .iter()
+            .map(|a| a.as_str().expect("an id").to_owned())
+            .collect()
+    };
+    let first_set = acceptors_seen_by_holder(&agents);
+    assert_eq!(first_set.len(), 3, "{first_set:?}");
+
+    // An acceptor other than the holder dies.
+    let dead = first_set
+        .iter()
+        .map(|id| host_of(id))
+        .find(|h| *h != holder)
+        .expect("an acceptor that is not the holder");
+    agents[dead].kill();
+    // Both steps: the set with both, then the new set alone (which the log says).
+    wait_until(
+        "the holder replaces the dead acceptor",
+        Duration::from_secs(45),
+        || {
+            !acceptors_seen_by_holder(&agents).contains(&id_of(dead))
+                && agents[holder].log().contains("replaced a gone acceptor")
+        },
+    );
+    let new_set = acceptors_seen_by_holder(&agents);
+    let spare = (0..names.len())
+        .find(|h| !first_set.contains(&id_of(*h)))
+        .expect("the fourth agent");
+    assert!(new_set.contains(&id_of(spare)), "{new_set:?}");
+    assert_eq!(new_set.len(), 3, "{new_set:?}");
+    let log = agents[holder].log();
+    assert!(
+        log.contains("replacing a gone acceptor: both sets keep the lease register"),
+        "the holder did not log the first step:\n{log}"
+    );
+    // The new acceptor answers for the register too.
+    let explained = agents[spare].cli(["explain", "db", "-o", "json"]).json();
+    let lease = &explained["placements"][0]["lease"];
+    if spare != holder {
+        assert_eq!(lease["state"], "accepted", "{explained}");
+        assert_eq!(lease["holder"], id_of(holder).as_str(), "{explained}");
+    }
+
+    // A second acceptor of the first set dies: the new set still has a quorum.
+    let second = first_set
+        .iter()
+        .map(|id| host_of(id))
+        .find(|h| *h != holder && *h != dead)
+        .expect("another acceptor of the first set");
+    agents[second].kill();
+    let alive: Vec<usize> = (0..names.len())
+        .filter(|h| *h != dead && *h != second)
+        .collect();
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(15) {
+        let now: Vec<_> = alive
+            .iter()
+            .flat_map(|h| running(&[&agents[*h]], "db"))
+            .collect();
+        assert_eq!(
+            now,
+            before,
+            "the replica stopped or moved after the second acceptor died:\n{}",
+            agents[holder].log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !agents[holder].log().contains("fenced a strong replica"),
+        "{}",
+        agents[holder].log()
     );
 }

@@ -278,6 +278,10 @@ pub struct LeaseExplanation {
     /// Why the replica does not run here, when this node seeks the lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
+    /// The nodes that keep the lease register, as this node last learned them: a gone
+    /// acceptor is replaced by the lease's holder.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acceptors: Vec<String>,
 }
 
 /// What one node answered a call for proposals.

@@ -91,6 +91,9 @@ fn render(explanation: &WorkloadExplanation) -> String {
         }
         if let Some(lease) = &replica.lease {
             text.push_str(&format!("  lease: {}\n", lease_line(lease)));
+            if !lease.acceptors.is_empty() {
+                text.push_str(&format!("  acceptors: {}\n", lease.acceptors.join(", ")));
+            }
         }
         if !replica.answers.is_empty() {
             let rows: Vec<Vec<String>> = replica
@@ -194,6 +197,7 @@ mod tests {
             epoch: holder.map(|_| 7),
             left_ms: holder.map(|_| 4_200),
             why: why.map(str::to_owned),
+            acceptors: Vec::new(),
         };
         assert_eq!(
             lease_line(&lease("accepted", Some("spiffe://td/node/b"), None)),
@@ -209,6 +213,10 @@ mod tests {
         );
         let held = LeaseExplanation {
             holder: None,
+            acceptors: vec![
+                "spiffe://td/node/a".to_owned(),
+                "spiffe://td/node/d".to_owned(),
+            ],
             ..lease("held", Some("x"), None)
         };
         assert_eq!(
@@ -231,7 +239,7 @@ mod tests {
         };
         let text = render(&explanation);
         assert!(
-            text.contains("replica 0: placed on spiffe://td/node/b (epoch 3)\n  lease: held by this node at epoch 7"),
+            text.contains("replica 0: placed on spiffe://td/node/b (epoch 3)\n  lease: held by this node at epoch 7, 4.2 s left\n  acceptors: spiffe://td/node/a, spiffe://td/node/d\n"),
             "{text}"
         );
     }

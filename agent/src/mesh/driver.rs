@@ -480,6 +480,22 @@ pub(super) fn observe(event: &Event, metrics: &Metrics, disk: Option<&std::path:
         } => {
             tracing::info!(%workload, replica, %holder, epoch, lease_left_ms, "waiting for another node's lease");
         }
+        Event::AcceptorsChanged {
+            workload,
+            replica,
+            generation,
+            acceptors,
+            leaving,
+        } => match leaving {
+            Some(leaving) => tracing::info!(
+                %workload, replica, generation, acceptors = %acceptors.join(","), leaving = %leaving.join(","),
+                "replacing a gone acceptor: both sets keep the lease register until the change is chosen"
+            ),
+            None => tracing::info!(
+                %workload, replica, generation, acceptors = %acceptors.join(","),
+                "replaced a gone acceptor: these acceptors keep the lease register now"
+            ),
+        },
         Event::RegisterRefused { from, reason } => {
             tracing::warn!(%from, %reason, "refused a lease register message");
         }

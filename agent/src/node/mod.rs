@@ -912,25 +912,34 @@ fn lease_explanation(view: Option<&parley_negotiation::negotiator::LeaseView>) -
         epoch: None,
         left_ms: None,
         why: None,
+        acceptors: Vec::new(),
     };
     match view {
-        Some(LeaseView::Held { epoch, left_ms }) => LeaseExplanation {
+        Some(LeaseView::Held {
+            epoch,
+            left_ms,
+            acceptors,
+        }) => LeaseExplanation {
             epoch: Some(*epoch),
             left_ms: Some(*left_ms),
+            acceptors: acceptors.clone(),
             ..empty("held")
         },
-        Some(LeaseView::Seeking { why }) => LeaseExplanation {
+        Some(LeaseView::Seeking { why, acceptors }) => LeaseExplanation {
             why: Some(why.clone()),
+            acceptors: acceptors.clone(),
             ..empty("seeking")
         },
         Some(LeaseView::Accepted {
             holder,
             epoch,
             left_ms,
+            acceptors,
         }) => LeaseExplanation {
             holder: holder.clone(),
             epoch: Some(*epoch),
             left_ms: Some(*left_ms),
+            acceptors: acceptors.clone(),
             ..empty("accepted")
         },
         None => LeaseExplanation {

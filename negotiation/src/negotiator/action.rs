@@ -288,6 +288,20 @@ pub enum Event {
         /// Most of its lease left.
         lease_left_ms: u64,
     },
+    /// The acceptors of a strong replica held here changed (an acceptor was found gone
+    /// and replaced): first to both sets at once, then to the new one alone.
+    AcceptorsChanged {
+        /// Workload key.
+        workload: String,
+        /// The replica.
+        replica: u32,
+        /// The set's generation.
+        generation: u64,
+        /// The acceptors now.
+        acceptors: Vec<String>,
+        /// The acceptors being left, while the change is half done.
+        leaving: Option<Vec<String>>,
+    },
     /// A register message was malformed or out of bounds, and dropped.
     RegisterRefused {
         /// Its sender.

@@ -47,6 +47,14 @@ impl Negotiator {
         {
             return held.record.acceptors.clone();
         }
+        let mut members = self.acceptor_candidates(workload);
+        members.truncate(DEFAULT_ACCEPTORS);
+        members
+    }
+
+    /// The live members that keep lease registers (this node included, if it does), in
+    /// the order `workload`'s acceptors are chosen from them.
+    pub(super) fn acceptor_candidates(&self, workload: &str) -> Vec<String> {
         let mut members: Vec<String> = self
             .membership
             .live_members()
@@ -65,7 +73,6 @@ impl Negotiator {
             u64::from_be_bytes(hash[..8].try_into().expect("8 of 32 bytes"))
         };
         members.sort_by_key(|m| (rank(m), m.clone()));
-        members.truncate(DEFAULT_ACCEPTORS);
         members
     }
 

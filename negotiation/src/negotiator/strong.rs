@@ -22,12 +22,16 @@ pub enum LeaseView {
         epoch: u64,
         /// How long the lease lasts without a renewal.
         left_ms: u64,
+        /// The register's acceptors, as this node last learned them.
+        acceptors: Vec<String>,
     },
     /// This node was awarded the replica and seeks its lease; it runs nothing until it
     /// holds it.
     Seeking {
         /// Why it does not hold it: another holder's lease, no quorum of acceptors, …
         why: String,
+        /// The acceptors it asks.
+        acceptors: Vec<String>,
     },
     /// This node is one of the register's acceptors and accepted this value.
     Accepted {
@@ -37,6 +41,8 @@ pub enum LeaseView {
         epoch: u64,
         /// How long before this acceptor takes the lease to be over.
         left_ms: u64,
+        /// The acceptors the value names (none: written by an older version).
+        acceptors: Vec<String>,
     },
 }
 
@@ -65,6 +71,7 @@ impl Negotiator {
                         holder: value.holder.clone(),
                         epoch: value.epoch,
                         left_ms,
+                        acceptors: value.set.acceptors.clone(),
                     },
                 ))
             })
@@ -78,10 +85,12 @@ impl Negotiator {
                 } => LeaseView::Held {
                     epoch: *epoch,
                     left_ms: valid_until_ms.saturating_sub(now_ms),
+                    acceptors: claim.set.acceptors.clone(),
                 },
-                crate::lease::ClaimState::Seeking { why } => {
-                    LeaseView::Seeking { why: why.clone() }
-                }
+                crate::lease::ClaimState::Seeking { why } => LeaseView::Seeking {
+                    why: why.clone(),
+                    acceptors: claim.set.acceptors.clone(),
+                },
             };
             views.insert(*replica, view);
         }
@@ -209,6 +218,45 @@ impl Negotiator {
             self.claims
                 .claim(now_ms, &workload, replica, acceptors, stop_timeout_secs);
         }
+        self.plan_replacements();
+    }
+
+    /// Tells each claim which acceptor of its register to replace, if one is gone: dead
+    /// by this node's membership, or no longer known to it. The replacement is the first
+    /// live member, in the order acceptors are chosen in, that the set does not name.
+    /// Replacing a member that was only cut off is safe (the change is a register round
+    /// like any other), merely a change it did not need.
+    fn plan_replacements(&mut self) {
+        /// A replica's claim, and the acceptor it should replace, by whom.
+        type Plan = ((String, u32), Option<(String, String)>);
+        let plans: Vec<Plan> = self
+            .claims
+            .iter()
+            .map(|((workload, replica), claim)| {
+                let gone = claim.set.acceptors.iter().find(|a| {
+                    **a != self.id
+                        && self
+                            .membership
+                            .member(a)
+                            .is_none_or(|m| m.state == crate::messages::MemberState::Dead)
+                });
+                let plan = gone.and_then(|gone| {
+                    self.acceptor_candidates(workload)
+                        .into_iter()
+                        .find(|m| !claim.set.has(m))
+                        .map(|with| (gone.clone(), with))
+                });
+                ((workload.clone(), *replica), plan)
+            })
+            .filter(|((workload, replica), plan)| {
+                self.claims
+                    .get(workload, *replica)
+                    .is_some_and(|claim| claim.replacement != *plan)
+            })
+            .collect();
+        for ((workload, replica), plan) in plans {
+            self.claims.replace_acceptor(&workload, replica, plan);
+        }
     }
 
     /// Turns what the claims decided into host actions, events and messages.
@@ -236,6 +284,19 @@ impl Negotiator {
                     replica,
                     epoch,
                     why,
+                }),
+                crate::lease::LeaseEvent::AcceptorsChanged {
+                    workload,
+                    replica,
+                    generation,
+                    acceptors,
+                    leaving,
+                } => self.events.push_back(Event::AcceptorsChanged {
+                    workload,
+                    replica,
+                    generation,
+                    acceptors,
+                    leaving,
                 }),
                 crate::lease::LeaseEvent::Waiting {
                     workload,

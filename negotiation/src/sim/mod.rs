@@ -116,6 +116,8 @@ pub struct Outcome {
     /// For each strong replica whose holder crashed or paused: how long until another
     /// node ran it (ms).
     pub failover_ms: Vec<u64>,
+    /// Registers whose holder replaced a gone acceptor (both steps done).
+    pub acceptors_replaced: u64,
 }
 
 impl Outcome {
@@ -1317,6 +1319,9 @@ impl<'c> Sim<'c> {
                     self.outcome.failed_auctions += 1
                 }
                 Event::Denied { .. } => self.outcome.denied += 1,
+                Event::AcceptorsChanged { leaving: None, .. } => {
+                    self.outcome.acceptors_replaced += 1
+                }
                 Event::RecordRefused { .. } => self.outcome.records_refused += 1,
                 Event::RecordTaken {
                     workload,
@@ -1825,6 +1830,39 @@ impl<'c> Sim<'c> {
             }
         }
         self.outcome.replicas_placed = placed;
+        self.check_acceptor_sets()
+    }
+
+    /// Long after a node died for good, no register held by a live node still names it
+    /// among its acceptors when there was a live member to take its place: the holder
+    /// replaced it.
+    fn check_acceptor_sets(&self) -> Result<(), Violation> {
+        let (Some(_), Some(crash)) = (self.config.strong, self.config.crash) else {
+            return Ok(());
+        };
+        let settled_from = crash.at_ms.max(self.config.stable_after_ms) + 30_000;
+        if crash.restart_at_ms.is_some() || self.nodes[crash.node].alive || self.now < settled_from
+        {
+            return Ok(());
+        }
+        let dead = node_id(crash.node);
+        for node in self.nodes.iter().filter(|n| n.alive) {
+            for ((workload, replica), claim) in node.negotiator.claims().iter() {
+                let held = matches!(
+                    claim.state,
+                    crate::lease::ClaimState::Held { running: true, .. }
+                );
+                let spare = self.nodes.iter().any(|n| n.alive && !claim.set.has(&n.id));
+                if held && spare && claim.set.has(&dead) {
+                    return Err(self.violation(format!(
+                        "{} holds replica {replica} of {workload} on acceptors {:?}, {} ms after {dead} died",
+                        node.id,
+                        claim.set,
+                        self.now - crash.at_ms
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 
