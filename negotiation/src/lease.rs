@@ -54,18 +54,14 @@ pub enum LeaseEvent {
         /// Why, for logs.
         why: String,
     },
-    /// The register's acceptors changed: `acceptors` keep it now.
+    /// The register's acceptors changed: `set` keeps it now.
     AcceptorsChanged {
         /// Workload key.
         workload: String,
         /// The replica.
         replica: u32,
-        /// The set's generation.
-        generation: u64,
-        /// The acceptors.
-        acceptors: Vec<String>,
-        /// The set being left, while the change is half done.
-        leaving: Option<Vec<String>>,
+        /// The set committed.
+        set: AcceptorSet,
     },
     /// Another node holds the lease; this one tries again when it may be over.
     Waiting {
@@ -355,7 +351,7 @@ impl Claims {
             ClaimState::Seeking { .. } => Change::Acquire,
         };
         self.round = (self.round + 1).min(MAX_COUNTER);
-        let (round, sends) = Round::start(
+        let (mut round, sends) = Round::start(
             now_ms,
             &self.node,
             &key.0,
@@ -365,7 +361,6 @@ impl Claims {
             &claim.set,
             claim.lease_ms,
         );
-        let mut round = round;
         if let Some((dead, with)) = &claim.replacement {
             round.replace(dead, with);
         }
@@ -395,9 +390,7 @@ impl Claims {
                     self.events.push_back(LeaseEvent::AcceptorsChanged {
                         workload: workload.clone(),
                         replica,
-                        generation: claim.set.generation,
-                        acceptors: claim.set.acceptors.clone(),
-                        leaving: claim.set.leaving.clone(),
+                        set: claim.set.clone(),
                     });
                 }
                 let valid_until_ms = holder_valid_until(round.started_ms, round.lease_ms);

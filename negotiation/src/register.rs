@@ -1169,18 +1169,7 @@ mod tests {
     #[test]
     fn a_restored_acceptor_counts_the_lease_from_its_restart() {
         let mut acceptor = Acceptor::default();
-        let step = RegisterStep::Propose {
-            ballot: Ballot {
-                round: 1,
-                node: "x".to_owned(),
-            },
-            value: RegisterValue {
-                epoch: 1,
-                holder: Some("x".to_owned()),
-                lease_ms: 6_000,
-                set: AcceptorSet::default(),
-            },
-        };
+        let step = proposal("x", 1, Some("x"), AcceptorSet::default());
         let Some(Answer::StoreThenReply(stored, _)) =
             acceptor.handle(0, "x", "default/db", 0, &step)
         else {
@@ -1297,6 +1286,22 @@ mod tests {
             sends.extend(more);
         }
         None
+    }
+
+    /// A phase-2 message of `node` at ballot `round`: epoch 1, held by `holder`, on `set`.
+    fn proposal(node: &str, round: u64, holder: Option<&str>, set: AcceptorSet) -> RegisterStep {
+        RegisterStep::Propose {
+            ballot: Ballot {
+                round,
+                node: node.to_owned(),
+            },
+            value: RegisterValue {
+                epoch: 1,
+                holder: holder.map(str::to_owned),
+                lease_ms: 6_000,
+                set,
+            },
+        }
     }
 
     fn set_of(generation: u64, acceptors: &[&str], leaving: Option<&[&str]>) -> AcceptorSet {
@@ -1426,21 +1431,10 @@ mod tests {
         // is not chosen.
         let joint = set_of(1, &["a", "b", "d"], Some(&["a", "b", "c"]));
         let renew = Change::Renew { epoch: 1 };
-        let proposal = RegisterStep::Propose {
-            ballot: Ballot {
-                round: 2,
-                node: "x".to_owned(),
-            },
-            value: RegisterValue {
-                epoch: 1,
-                holder: Some("x".to_owned()),
-                lease_ms: 6_000,
-                set: joint.clone(),
-            },
-        };
+        let joint_by_x = proposal("x", 2, Some("x"), joint.clone());
         let b = acceptors.get_mut("b").expect("b");
         assert!(matches!(
-            b.handle(500, "x", "default/db", 0, &proposal),
+            b.handle(500, "x", "default/db", 0, &joint_by_x),
             Some(Answer::StoreThenReply(..))
         ));
         // x's next round, on the joint set, hears a (old value) and b (joint value): not a
@@ -1464,35 +1458,22 @@ mod tests {
 
     #[test]
     fn acceptors_refuse_set_changes_that_are_not_one_step_by_the_holder() {
-        let propose =
-            |node: &str, round, holder: Option<&str>, set: AcceptorSet| RegisterStep::Propose {
-                ballot: Ballot {
-                    round,
-                    node: node.to_owned(),
-                },
-                value: RegisterValue {
-                    epoch: 1,
-                    holder: holder.map(str::to_owned),
-                    lease_ms: 6_000,
-                    set,
-                },
-            };
         let refused = |answer: Option<Answer>| match answer {
             Some(Answer::Reply(RegisterStep::Refused { reason, .. })) => reason,
             other => panic!("accepted: {other:?}"),
         };
         let first = set_of(0, &["a", "b", "c"], None);
         let mut acceptor = Acceptor::default();
-        acceptor.handle(0, "x", "default/db", 0, &propose("x", 1, Some("x"), first));
+        acceptor.handle(0, "x", "default/db", 0, &proposal("x", 1, Some("x"), first));
         // Two acceptors swapped at once: old and new majorities could miss each other.
         let two = set_of(1, &["a", "d", "e"], Some(&["a", "b", "c"]));
         let reason =
-            refused(acceptor.handle(10, "x", "default/db", 0, &propose("x", 2, Some("x"), two)));
+            refused(acceptor.handle(10, "x", "default/db", 0, &proposal("x", 2, Some("x"), two)));
         assert!(reason.contains("no single step"), "{reason}");
         // Straight to the new set alone, skipping the joint step.
         let skip = set_of(1, &["a", "b", "d"], None);
         let reason =
-            refused(acceptor.handle(10, "x", "default/db", 0, &propose("x", 3, Some("x"), skip)));
+            refused(acceptor.handle(10, "x", "default/db", 0, &proposal("x", 3, Some("x"), skip)));
         assert!(reason.contains("no single step"), "{reason}");
         // A release that changes the set: only a holder changes it.
         let joint = set_of(1, &["a", "b", "d"], Some(&["a", "b", "c"]));
@@ -1501,17 +1482,23 @@ mod tests {
             "x",
             "default/db",
             0,
-            &propose("x", 4, None, joint.clone()),
+            &proposal("x", 4, None, joint.clone()),
         ));
         assert!(reason.contains("only the holder"), "{reason}");
         // The one step, by the holder, is taken; then no way back.
         assert!(matches!(
-            acceptor.handle(10, "x", "default/db", 0, &propose("x", 5, Some("x"), joint)),
+            acceptor.handle(
+                10,
+                "x",
+                "default/db",
+                0,
+                &proposal("x", 5, Some("x"), joint)
+            ),
             Some(Answer::StoreThenReply(..))
         ));
         let back = set_of(0, &["a", "b", "c"], None);
         let reason =
-            refused(acceptor.handle(20, "x", "default/db", 0, &propose("x", 6, Some("x"), back)));
+            refused(acceptor.handle(20, "x", "default/db", 0, &proposal("x", 6, Some("x"), back)));
         assert!(reason.contains("generation 1, not 0"), "{reason}");
     }
 
@@ -1519,18 +1506,7 @@ mod tests {
     fn values_of_registers_that_named_no_set_are_taken_as_the_first_set() {
         let mut acceptors = three();
         // An older node wrote a value naming no set.
-        let unnamed = RegisterStep::Propose {
-            ballot: Ballot {
-                round: 1,
-                node: "x".to_owned(),
-            },
-            value: RegisterValue {
-                epoch: 1,
-                holder: Some("x".to_owned()),
-                lease_ms: 6_000,
-                set: AcceptorSet::default(),
-            },
-        };
+        let unnamed = proposal("x", 1, Some("x"), AcceptorSet::default());
         for acceptor in acceptors.values_mut() {
             acceptor.handle(0, "x", "default/db", 0, &unnamed);
         }

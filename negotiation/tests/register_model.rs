@@ -173,6 +173,16 @@ impl State {
         }
     }
 
+    /// Delivers everything in flight, in order, and what it leads to, with no faults: to
+    /// set up the state a search starts from.
+    fn deliver_all(&mut self) {
+        self.collect().expect("a state set up without faults");
+        while !self.network.is_empty() {
+            self.deliver(0, false, false);
+            self.collect().expect("a state set up without faults");
+        }
+    }
+
     /// Lets real time pass to the next proposer timer (nothing else changes in between).
     fn tick(&mut self) {
         let next = (0..2)
@@ -368,11 +378,7 @@ impl State {
             .expect("alive")
             .claim(0, WORKLOAD, 0, first_set(), 0);
         state.claimed[0] = true;
-        state.collect().expect("one proposer");
-        while !state.network.is_empty() {
-            state.deliver(0, false, false);
-            state.collect().expect("one proposer");
-        }
+        state.deliver_all();
         assert!(state.holdings[0].is_some(), "x holds the lease");
         state
     }
@@ -467,11 +473,7 @@ impl State {
         let mut state = Self::x_replacing_c(budget);
         for _ in 0..renewals {
             state.tick();
-            state.collect().expect("one proposer");
-            while !state.network.is_empty() {
-                state.deliver(0, false, false);
-                state.collect().expect("one proposer");
-            }
+            state.deliver_all();
         }
         assert_eq!(
             state.generation(0),
@@ -545,11 +547,7 @@ fn takeover_after_replacement(renewals_before: u64, duplicates: u8) {
         0,
     );
     initial.claimed[1] = true;
-    initial.collect().expect("one proposer");
-    while !initial.network.is_empty() {
-        initial.deliver(0, false, false);
-        initial.collect().expect("one proposer");
-    }
+    initial.deliver_all();
     let (states, taken) = explore_counting(initial, 60_000, |state| {
         state.holdings[1].is_some() && state.generation(1) >= 1
     })

@@ -483,19 +483,20 @@ pub(super) fn observe(event: &Event, metrics: &Metrics, disk: Option<&std::path:
         Event::AcceptorsChanged {
             workload,
             replica,
-            generation,
-            acceptors,
-            leaving,
-        } => match leaving {
-            Some(leaving) => tracing::info!(
-                %workload, replica, generation, acceptors = %acceptors.join(","), leaving = %leaving.join(","),
-                "replacing a gone acceptor: both sets keep the lease register until the change is chosen"
-            ),
-            None => tracing::info!(
-                %workload, replica, generation, acceptors = %acceptors.join(","),
-                "replaced a gone acceptor: these acceptors keep the lease register now"
-            ),
-        },
+            set,
+        } => {
+            let (generation, acceptors) = (set.generation, set.acceptors.join(","));
+            match &set.leaving {
+                Some(leaving) => tracing::info!(
+                    %workload, replica, generation, %acceptors, leaving = %leaving.join(","),
+                    "replacing a gone acceptor: both sets keep the lease register until the change is chosen"
+                ),
+                None => tracing::info!(
+                    %workload, replica, generation, %acceptors,
+                    "replaced a gone acceptor: these acceptors keep the lease register now"
+                ),
+            }
+        }
         Event::RegisterRefused { from, reason } => {
             tracing::warn!(%from, %reason, "refused a lease register message");
         }

@@ -295,12 +295,8 @@ pub enum Event {
         workload: String,
         /// The replica.
         replica: u32,
-        /// The set's generation.
-        generation: u64,
-        /// The acceptors now.
-        acceptors: Vec<String>,
-        /// The acceptors being left, while the change is half done.
-        leaving: Option<Vec<String>>,
+        /// The acceptors now, and those being left while the change is half done.
+        set: crate::register::AcceptorSet,
     },
     /// A register message was malformed or out of bounds, and dropped.
     RegisterRefused {

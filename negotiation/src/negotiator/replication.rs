@@ -52,13 +52,26 @@ impl Negotiator {
         members
     }
 
+    /// Whether `node` is live (by this node's membership) and keeps lease registers: this
+    /// node, if strong workloads are enabled here, or a member that says so in its
+    /// signed metadata.
+    pub(super) fn keeps_registers(&self, node: &str) -> bool {
+        if node == self.id {
+            return self.strong_enabled;
+        }
+        self.membership.member(node).is_some_and(|m| {
+            m.state != crate::messages::MemberState::Dead
+                && m.meta.as_ref().is_some_and(|meta| meta.lease_registers)
+        })
+    }
+
     /// The live members that keep lease registers (this node included, if it does), in
     /// the order `workload`'s acceptors are chosen from them.
     pub(super) fn acceptor_candidates(&self, workload: &str) -> Vec<String> {
         let mut members: Vec<String> = self
             .membership
             .live_members()
-            .filter(|m| m.meta.as_ref().is_some_and(|meta| meta.lease_registers))
+            .filter(|m| self.keeps_registers(&m.id))
             .map(|m| m.id.to_string())
             .collect();
         if self.strong_enabled && !members.contains(&self.id) {

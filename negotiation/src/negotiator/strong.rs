@@ -232,7 +232,7 @@ impl Negotiator {
         let plans: Vec<Plan> = self
             .claims
             .iter()
-            .map(|((workload, replica), claim)| {
+            .filter_map(|((workload, replica), claim)| {
                 let gone = claim.set.acceptors.iter().find(|a| {
                     **a != self.id
                         && self
@@ -240,18 +240,21 @@ impl Negotiator {
                             .member(a)
                             .is_none_or(|m| m.state == crate::messages::MemberState::Dead)
                 });
+                // This runs on every input: the plan made stays while it still holds,
+                // rather than ranking every member again.
+                let kept = claim.replacement.as_ref().is_some_and(|(dead, with)| {
+                    Some(dead) == gone && !claim.set.has(with) && self.keeps_registers(with)
+                });
+                if kept || (gone.is_none() && claim.replacement.is_none()) {
+                    return None;
+                }
                 let plan = gone.and_then(|gone| {
                     self.acceptor_candidates(workload)
                         .into_iter()
                         .find(|m| !claim.set.has(m))
                         .map(|with| (gone.clone(), with))
                 });
-                ((workload.clone(), *replica), plan)
-            })
-            .filter(|((workload, replica), plan)| {
-                self.claims
-                    .get(workload, *replica)
-                    .is_some_and(|claim| claim.replacement != *plan)
+                (claim.replacement != plan).then(|| ((workload.clone(), *replica), plan))
             })
             .collect();
         for ((workload, replica), plan) in plans {
@@ -288,15 +291,11 @@ impl Negotiator {
                 crate::lease::LeaseEvent::AcceptorsChanged {
                     workload,
                     replica,
-                    generation,
-                    acceptors,
-                    leaving,
+                    set,
                 } => self.events.push_back(Event::AcceptorsChanged {
                     workload,
                     replica,
-                    generation,
-                    acceptors,
-                    leaving,
+                    set,
                 }),
                 crate::lease::LeaseEvent::Waiting {
                     workload,

@@ -1319,7 +1319,7 @@ impl<'c> Sim<'c> {
                     self.outcome.failed_auctions += 1
                 }
                 Event::Denied { .. } => self.outcome.denied += 1,
-                Event::AcceptorsChanged { leaving: None, .. } => {
+                Event::AcceptorsChanged { set, .. } if set.leaving.is_none() => {
                     self.outcome.acceptors_replaced += 1
                 }
                 Event::RecordRefused { .. } => self.outcome.records_refused += 1,
