@@ -22,9 +22,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 say() { echo "setup-host: $*"; }
 
 # 1. Packages. Only what is missing is installed, so a prepared host costs nothing.
-# iproute2 and nftables: the end-to-end tests' network test bed (namespaces, veth pairs,
-# links cut by nftables rules; these kernels have no netem).
-packages=(podman runc uidmap slirp4netns fuse-overlayfs busybox-static iproute2 nftables systemd gcc pkg-config)
+# iproute2, nftables and iptables: the end-to-end tests' network test bed (namespaces,
+# veth pairs, links cut by nftables rules, and, since these kernels have no netem, delays
+# made by holding packets in an NFQUEUE, which only iptables' rule reaches here).
+packages=(podman runc uidmap slirp4netns fuse-overlayfs busybox-static iproute2 nftables iptables systemd gcc pkg-config)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

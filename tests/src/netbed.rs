@@ -13,15 +13,25 @@
 //! Why nftables and not `tc netem`: the kernels of these machines (and of CI) are built
 //! without `sch_netem` (`CONFIG_NET_SCH_NETEM` is unset: "Specified qdisc kind is
 //! unknown"), while nf_tables, with its `numgen` random numbers, is built in. Loss and
-//! cuts need nothing more; added latency would, and the bed does not offer it.
+//! cuts need nothing more.
+//!
+//! Latency ([`NetBed::delay`]) is netem's other half, made in user space: an iptables rule
+//! in the host's namespace queues what it sends to an NFQUEUE, and a thread of the test
+//! holds each packet for the delay before it lets it go on, in order. These kernels have
+//! the xtables `NFQUEUE` target (iptables-nft reaches it through `nft_compat`) but not
+//! nftables' own `queue` statement, hence iptables for this one rule.
 //!
 //! Making namespaces needs root (CI runs the suite as root). A bed made without root, or
 //! without `ip` or `nft`, fails the test saying how to fix it: never a silent skip.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// What a cut stops on one host's link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +62,16 @@ pub struct Traffic {
 pub struct NetBed {
     prefix: String,
     hosts: usize,
+    /// The hosts whose sending is delayed, and the threads that hold their packets.
+    delays: Mutex<BTreeMap<usize, Delayer>>,
 }
+
+/// The NFQUEUE every delayed host's packets wait in: each namespace has its own queues.
+const DELAY_QUEUE: u16 = 0;
+
+/// Most packets a delayed host may have waiting; more are dropped by the kernel, as a
+/// full link would. Far above what a test's agents send in a delay of a second.
+const DELAY_QUEUE_PACKETS: u32 = 8_192;
 
 /// The port every agent of a bed listens on: each host has its own port space.
 pub const AGENT_PORT: u16 = 7946;
@@ -89,6 +108,7 @@ impl NetBed {
                 COUNTER.fetch_add(1, Ordering::Relaxed)
             ),
             hosts,
+            delays: Mutex::default(),
         };
         let switch = bed.switch();
         ip(&["netns", "add", &switch]);
@@ -169,9 +189,28 @@ impl NetBed {
         self.impair(host, Some(&drop), Some(&drop));
     }
 
+    /// Holds every packet `host` sends on its link for `delay` before it goes on, in
+    /// order, replacing any earlier delay: one way, so a round trip between two delayed
+    /// hosts takes both delays. Cuts and loss apply as well, and [`NetBed::heal`] takes the
+    /// delay off with them.
+    pub fn delay(&self, host: usize, delay: Duration) {
+        let namespace = self.namespace(host);
+        let mut delays = self.delays.lock().expect("the bed's delays");
+        if let Some(earlier) = delays.remove(&host) {
+            earlier.stop(&namespace).unwrap_or_else(|e| panic!("{e}"));
+        }
+        delays.insert(host, Delayer::start(&namespace, delay));
+    }
+
     /// Takes every impairment off `host`'s link.
     pub fn heal(&self, host: usize) {
         self.impair(host, None, None);
+        let earlier = self.delays.lock().expect("the bed's delays").remove(&host);
+        if let Some(earlier) = earlier {
+            earlier
+                .stop(&self.namespace(host))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 
     /// What crossed `host`'s link since its last impairment or heal (each replaces the
@@ -254,6 +293,11 @@ impl NetBed {
 
 impl Drop for NetBed {
     fn drop(&mut self) {
+        let delays = std::mem::take(self.delays.get_mut().expect("the bed's delays"));
+        for (host, delayer) in delays {
+            // Dropped while a test fails, perhaps: no second panic, the namespaces go next.
+            let _ = delayer.stop(&self.namespace(host));
+        }
         // Deleting a namespace deletes its end of every veth pair, and with it the other.
         for host in 0..self.hosts {
             let _ = Command::new("ip")
@@ -264,6 +308,160 @@ impl Drop for NetBed {
             .args(["netns", "del", &self.switch()])
             .status();
     }
+}
+
+/// A thread in one host's namespace that holds the packets the host sends, each for the
+/// delay, and then lets them go on.
+#[derive(Debug)]
+struct Delayer {
+    stopping: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+/// The iptables rule that queues what a host sends on its link to [`DELAY_QUEUE`], as
+/// `iptables` arguments after the command (`-A` or `-D`).
+fn delay_rule() -> Vec<String> {
+    let queue = DELAY_QUEUE.to_string();
+    [
+        "OUTPUT",
+        "-o",
+        "eth0",
+        "-j",
+        "NFQUEUE",
+        "--queue-num",
+        &queue,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+impl Delayer {
+    /// Binds the host's queue, then queues its packets to it; fails the test when either
+    /// cannot be done, saying what to install.
+    fn start(namespace: &str, delay: Duration) -> Self {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let path = format!("/run/netns/{namespace}");
+        let thread = std::thread::spawn({
+            let stopping = Arc::clone(&stopping);
+            move || {
+                let queue = enter(&path).and_then(|()| open_delay_queue());
+                let queue = match queue {
+                    Ok(queue) => {
+                        let _ = ready_tx.send(Ok(()));
+                        queue
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                hold_and_release(queue, delay, &stopping);
+            }
+        });
+        let ready = ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err("the delay thread ended before it was ready".to_owned()));
+        if let Err(e) = ready {
+            panic!("cannot delay {namespace}'s packets: {e}");
+        }
+        let delayer = Self { stopping, thread };
+        // Only now, with a listener bound: a queue without one drops what reaches it.
+        if let Err(e) = iptables(namespace, "-A") {
+            let _ = delayer.stop(namespace);
+            panic!("{e}");
+        }
+        delayer
+    }
+
+    /// Stops queueing, lets every held packet go, and waits for the thread; says what
+    /// failed, if anything did.
+    fn stop(self, namespace: &str) -> Result<(), String> {
+        let unqueued = iptables(namespace, "-D");
+        // Stopped even when the rule would not go: the thread must not outlive the bed.
+        self.stopping.store(true, Ordering::Relaxed);
+        let joined = self.thread.join().map_err(|_| {
+            format!("the thread delaying {namespace}'s packets failed (its panic is above)")
+        });
+        unqueued.and(joined)
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+fn enter(path: &str) -> Result<(), String> {
+    let namespace = std::fs::File::open(path).map_err(|e| format!("open {path}: {e}"))?;
+    nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("enter {path}: {e}"))
+}
+
+/// The calling thread's namespace's delay queue, bound: metadata only (a verdict needs
+/// no payload), non-blocking, room for [`DELAY_QUEUE_PACKETS`].
+fn open_delay_queue() -> Result<nfq::Queue, String> {
+    let mut queue = nfq::Queue::open().map_err(|e| format!("open a netfilter queue: {e}"))?;
+    queue
+        .bind(DELAY_QUEUE)
+        .and_then(|()| queue.set_copy_range(DELAY_QUEUE, 0))
+        .and_then(|()| queue.set_queue_max_len(DELAY_QUEUE, DELAY_QUEUE_PACKETS))
+        .map_err(|e| {
+            format!("bind netfilter queue {DELAY_QUEUE} (the kernel needs NFQUEUE): {e}")
+        })?;
+    queue.set_nonblocking(true);
+    Ok(queue)
+}
+
+/// Holds each packet that reaches `queue` until `delay` after it arrived, then accepts
+/// it, until `stopping`; then accepts all that are left at once.
+fn hold_and_release(mut queue: nfq::Queue, delay: Duration, stopping: &AtomicBool) {
+    // Packets leave in the order they came, so the oldest is always the next one due.
+    let mut held: VecDeque<(Instant, nfq::Message)> = VecDeque::new();
+    loop {
+        let stop = stopping.load(Ordering::Relaxed);
+        loop {
+            match queue.recv() {
+                Ok(packet) => held.push_back((Instant::now() + delay, packet)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("reading the delay queue: {e}"),
+            }
+        }
+        let now = Instant::now();
+        while let Some((due, _)) = held.front() {
+            if !stop && *due > now {
+                break;
+            }
+            let (_, mut packet) = held.pop_front().expect("the front packet");
+            packet.set_verdict(nfq::Verdict::Accept);
+            queue
+                .verdict(packet)
+                .unwrap_or_else(|e| panic!("letting a delayed packet go: {e}"));
+        }
+        if stop {
+            // The rule is gone, so nothing more arrives; unbinding frees the queue.
+            let _ = queue.unbind(DELAY_QUEUE);
+            return;
+        }
+        // A millisecond is fine grain for delays of tens of milliseconds and more.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Adds (`-A`) or deletes (`-D`) the rule that queues what a host sends; iptables' error,
+/// and what to install when it is missing, if that fails.
+fn iptables(namespace: &str, command: &str) -> Result<(), String> {
+    let rule = delay_rule();
+    let out = Command::new("ip")
+        .args(["netns", "exec", namespace, "iptables", "-w", command])
+        .args(&rule)
+        .output()
+        .map_err(|e| format!("run ip (iproute2): {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "iptables {command} {} in {namespace} failed (the bed's delay needs iptables: \
+         install it, scripts/setup-host.sh does): {}",
+        rule.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    ))
 }
 
 /// Runs `ip ARGS…`; fails the test with its error when it fails.
@@ -330,6 +528,67 @@ mod tests {
     /// Whether UDP datagrams from `from` reach `to`.
     fn udp_reaches(bed: &NetBed, from: usize, to: usize) -> bool {
         udp_delivered(bed, from, to, 5) > 0
+    }
+
+    /// When each of `count` numbered datagrams, sent from `from` 5 ms apart, reached `to`
+    /// after the first was sent, in the order they arrived; those lost in 2 s are missing.
+    fn arrivals(bed: &NetBed, from: usize, to: usize, count: u8) -> Vec<(u8, Duration)> {
+        let to_address = std::net::SocketAddr::from((bed.address(to), AGENT_PORT));
+        let listener = in_namespace(bed, to, || {
+            std::net::UdpSocket::bind(to_address).expect("bind in the namespace")
+        });
+        listener
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let sender = in_namespace(bed, from, || {
+            std::net::UdpSocket::bind("0.0.0.0:0").expect("bind a sender")
+        });
+        let sent_at = Instant::now();
+        for n in 0..count {
+            sender.send_to(&[n], to_address).expect("send a datagram");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut buffer = [0; 4];
+        std::iter::from_fn(|| {
+            let read = listener.recv(&mut buffer).ok()?;
+            (read == 1).then(|| (buffer[0], sent_at.elapsed()))
+        })
+        .take(usize::from(count))
+        .collect()
+    }
+
+    /// A delay holds what the host sends, one way only, keeps the order, loses nothing,
+    /// and heals. Root only (CI runs as root).
+    #[test]
+    fn a_delay_holds_what_a_host_sends_in_order_and_heals() {
+        let bed = NetBed::new(2);
+        let delay = Duration::from_millis(300);
+        bed.delay(0, delay);
+        let delayed = arrivals(&bed, 0, 1, 20);
+        let order: Vec<u8> = delayed.iter().map(|(n, _)| *n).collect();
+        assert_eq!(order, (0..20).collect::<Vec<_>>(), "all arrive, in order");
+        assert!(
+            delayed.iter().all(|(_, at)| *at >= delay),
+            "nothing arrives before its delay: {delayed:?}"
+        );
+        let other_way = arrivals(&bed, 1, 0, 1);
+        assert!(
+            other_way.len() == 1 && other_way[0].1 < delay,
+            "what host 0 receives is not delayed: {other_way:?}"
+        );
+        // Replaced, not added to.
+        bed.delay(0, Duration::from_millis(100));
+        let shorter = arrivals(&bed, 0, 1, 1);
+        assert!(
+            shorter.len() == 1 && (Duration::from_millis(100)..delay).contains(&shorter[0].1),
+            "a new delay replaces the old: {shorter:?}"
+        );
+        bed.heal(0);
+        let healed = arrivals(&bed, 0, 1, 1);
+        assert!(
+            healed.len() == 1 && healed[0].1 < Duration::from_millis(100),
+            "healed, nothing is held: {healed:?}"
+        );
     }
 
     /// The bed's cuts do what they say, each way, and heal. Root only (CI runs as root).

@@ -274,6 +274,129 @@ fn a_strong_replica_never_runs_twice_when_its_holder_is_paused() {
     strong_replica_fails_over(Isolation::Pause);
 }
 
+/// Slow links, then a holder too slow to keep its lease. First every host's packets are
+/// held 150 ms (a round trip of 300 ms, so a lease round of two takes 600 ms of the second
+/// it may): the holder renews through it, and the replica runs on, on the same node at
+/// the same epoch, never fenced, for four leases. Then the holder's packets are held
+/// 1.5 s, longer than a round may take: its renewals time out and its container stops.
+/// Healed, the replica runs again at a higher epoch. Sampled every 100 ms throughout,
+/// never two run.
+#[test]
+fn a_strong_replica_rides_out_slow_links_and_a_holder_too_slow_to_renew_stops_it() {
+    let bed = NetBed::new(3);
+    let domain = TrustDomain::new("slow.e2e");
+    let a = bed_agent(&bed, 0, "slow-a", &domain.enroll("a"), &[], &[]);
+    let b = bed_agent(&bed, 1, "slow-b", &domain.enroll("b"), &[0], &[]);
+    let c = bed_agent(&bed, 2, "slow-c", &domain.enroll("c"), &[0], &[]);
+    let agents = [&a, &b, &c];
+    wait_for_full_mesh(&agents);
+    a.run_sleepers_with("db", 1, &["--consistency", "strong"])
+        .ok();
+    let started = Instant::now();
+    while running(&agents, "db").len() != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the strong replica did not run within 60 s:\n{}",
+            logs(&agents)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let first = running(&agents, "db").remove(0);
+    let holder_host = agents
+        .iter()
+        .position(|x| x.node() == first.0)
+        .expect("the holder is one of the agents");
+    let holder = agents[holder_host];
+
+    for host in 0..bed.hosts() {
+        bed.delay(host, Duration::from_millis(150));
+    }
+    // At `--stop-timeout 1` the lease is 5 s: 20 s is four of them, renewed all along.
+    let slowed = Instant::now();
+    while slowed.elapsed() < Duration::from_secs(20) {
+        let now_running = running(&agents, "db");
+        assert_eq!(
+            now_running,
+            vec![first.clone()],
+            "over links 150 ms slow the replica should run on where and as it ran, after \
+             {:?}:\n{}",
+            slowed.elapsed(),
+            logs(&agents)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let explained = holder.cli(["explain", "db", "-o", "json"]).json();
+    let lease = &explained["placements"][0]["lease"];
+    assert_eq!(lease["state"], "held", "{explained}");
+    assert_eq!(lease["epoch"].to_string(), first.1, "{explained}");
+    assert!(
+        !holder.log().contains("fenced a strong replica"),
+        "the holder fenced over links it could renew through:\n{}",
+        holder.log()
+    );
+
+    // Now only the holder is slow, beyond what a round may take. It cannot renew, so its
+    // container stops before its lease ends. It is not dead either (its messages arrive,
+    // late), so it keeps its award: the replica is down until it recovers
+    // (docs/strong-consistency.md, "Not built").
+    bed.delay(holder_host, Duration::from_millis(1_500));
+    let slowed = Instant::now();
+    let mut stopped_after = None;
+    while slowed.elapsed() < Duration::from_secs(20) {
+        let now_running = running(&agents, "db");
+        assert!(
+            now_running.len() <= 1,
+            "two containers of one strong replica run at once: {now_running:?}\n{}",
+            logs(&agents)
+        );
+        if now_running.is_empty() && stopped_after.is_none() {
+            stopped_after = Some(slowed.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stopped_after = stopped_after.unwrap_or_else(|| {
+        panic!(
+            "a holder 1.5 s slow, which cannot renew, still ran the replica 20 s on:\n{}",
+            logs(&agents)
+        )
+    });
+    eprintln!("a holder 1.5 s slow stopped the replica after {stopped_after:?}");
+    // Stopped by the agent, or by its watchdog when the agent's own check came late.
+    let log = holder.log();
+    assert!(
+        log.contains("fenced a strong replica") || log.contains("fence-watch: stopped"),
+        "the slow holder should have stopped its container itself:\n{log}"
+    );
+
+    for host in 0..bed.hosts() {
+        bed.heal(host);
+    }
+    let healed = Instant::now();
+    loop {
+        let now_running = running(&agents, "db");
+        assert!(
+            now_running.len() <= 1,
+            "two containers of one strong replica run at once after the heal: \
+             {now_running:?}\n{}",
+            logs(&agents)
+        );
+        if let Some((_, epoch)) = now_running.first() {
+            assert!(
+                epoch.parse::<u64>().unwrap() > first.1.parse::<u64>().unwrap(),
+                "after its fence the replica runs at epoch {epoch}, not above {}",
+                first.1
+            );
+            break;
+        }
+        assert!(
+            healed.elapsed() < Duration::from_secs(60),
+            "the replica did not run again within 60 s of the heal:\n{}",
+            logs(&agents)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// An acceptor restarts over its data directory: it takes its register slots back from
 /// sled, and answers for the lease it accepted before (that lease counted again from its
 /// restart). The holder renews with the other two meanwhile, so its container runs on at
