@@ -26,6 +26,12 @@ pub const FENCE_SLACK_MS: u64 = 1_000;
 /// over this, so that two proposers do not collide again and again).
 pub const RETRY_SPREAD_MS: u64 = 300;
 
+/// Longest wait, past the end of another holder's lease, before a claimant that waited
+/// for it tries again. Everyone who waited learned the end from the same accepts, so a
+/// short spread keeps them apart; this wait is part of every failover, so it is short
+/// (a collision costs a refusal and a [`RETRY_SPREAD_MS`] retry).
+pub const HELD_RETRY_SPREAD_MS: u64 = 50;
+
 /// What the host must do, or may want to log.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum LeaseEvent {
@@ -303,7 +309,7 @@ impl Claims {
             }
             if claim.round.is_some() && now_ms >= claim.round_deadline_ms {
                 claim.round = None;
-                claim.next_try_ms = now_ms + spread(&mut self.rng);
+                claim.next_try_ms = now_ms + spread(&mut self.rng, RETRY_SPREAD_MS);
                 if let ClaimState::Seeking { why } = &mut claim.state {
                     *why = "no quorum of acceptors answered".to_owned();
                 }
@@ -427,7 +433,8 @@ impl Claims {
                 claim.state = ClaimState::Seeking {
                     why: format!("{holder} holds the lease at epoch {epoch}"),
                 };
-                claim.next_try_ms = now_ms + lease_left_ms + spread(&mut self.rng);
+                claim.next_try_ms =
+                    now_ms + lease_left_ms + spread(&mut self.rng, HELD_RETRY_SPREAD_MS);
                 self.events.push_back(LeaseEvent::Waiting {
                     workload,
                     replica,
@@ -453,7 +460,7 @@ impl Claims {
                 claim.state = ClaimState::Seeking {
                     why: "the lease was lost to another node".to_owned(),
                 };
-                claim.next_try_ms = now_ms + spread(&mut self.rng);
+                claim.next_try_ms = now_ms + spread(&mut self.rng, RETRY_SPREAD_MS);
             }
             Outcome::Moved { set } => {
                 claim.set = set;
@@ -461,7 +468,7 @@ impl Claims {
                 claim.next_try_ms = if claim.hops <= MAX_HOPS {
                     now_ms
                 } else {
-                    now_ms + spread(&mut self.rng)
+                    now_ms + spread(&mut self.rng, RETRY_SPREAD_MS)
                 };
             }
             Outcome::Refused { highest, reason } => {
@@ -471,18 +478,18 @@ impl Claims {
                 if let ClaimState::Seeking { why } = &mut claim.state {
                     *why = format!("acceptors refused: {reason}");
                 }
-                claim.next_try_ms = now_ms + spread(&mut self.rng);
+                claim.next_try_ms = now_ms + spread(&mut self.rng, RETRY_SPREAD_MS);
             }
         }
     }
 }
 
-/// A wait between 1 and [`RETRY_SPREAD_MS`] ms (xorshift: only spreads retries).
-fn spread(rng: &mut u64) -> u64 {
+/// A wait between 1 and `most` ms (xorshift: only spreads retries).
+fn spread(rng: &mut u64, most: u64) -> u64 {
     *rng ^= *rng << 13;
     *rng ^= *rng >> 7;
     *rng ^= *rng << 17;
-    1 + *rng % RETRY_SPREAD_MS
+    1 + *rng % most
 }
 
 #[cfg(test)]
