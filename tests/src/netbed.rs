@@ -192,7 +192,8 @@ impl NetBed {
     /// Holds every packet `host` sends on its link for `delay` before it goes on, in
     /// order, replacing any earlier delay: one way, so a round trip between two delayed
     /// hosts takes both delays. Cuts and loss apply as well, and [`NetBed::heal`] takes the
-    /// delay off with them.
+    /// delay off with them. A cut or a loss set while a delay holds packets drops those
+    /// (the kernel flushes the queue when the host's filter is replaced).
     pub fn delay(&self, host: usize, delay: Duration) {
         let namespace = self.namespace(host);
         let mut delays = self.delays.lock().expect("the bed's delays");
@@ -204,13 +205,15 @@ impl NetBed {
 
     /// Takes every impairment off `host`'s link.
     pub fn heal(&self, host: usize) {
-        self.impair(host, None, None);
+        // The delay first: the held packets go on before the filter is replaced, which
+        // would drop them (see `hold_and_release`).
         let earlier = self.delays.lock().expect("the bed's delays").remove(&host);
         if let Some(earlier) = earlier {
             earlier
                 .stop(&self.namespace(host))
                 .unwrap_or_else(|e| panic!("{e}"));
         }
+        self.impair(host, None, None);
     }
 
     /// What crossed `host`'s link since its last impairment or heal (each replaces the
@@ -420,6 +423,11 @@ fn hold_and_release(mut queue: nfq::Queue, delay: Duration, stopping: &AtomicBoo
             match queue.recv() {
                 Ok(packet) => held.push_back((Instant::now() + delay, packet)),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // The answer to a verdict for a packet the kernel no longer holds: it
+                // flushes a namespace's queues whenever a netfilter hook there goes away,
+                // as when `cut`, `lossy` or `heal` replace the host's filter. Those
+                // packets are lost, as a short burst of loss would lose them.
+                Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) => {}
                 Err(e) => panic!("reading the delay queue: {e}"),
             }
         }
@@ -582,6 +590,20 @@ mod tests {
         assert!(
             shorter.len() == 1 && (Duration::from_millis(100)..delay).contains(&shorter[0].1),
             "a new delay replaces the old: {shorter:?}"
+        );
+        // A filter replaced while packets are held drops them, and the bed goes on.
+        let sender = in_namespace(&bed, 0, || {
+            std::net::UdpSocket::bind("0.0.0.0:0").expect("bind a sender")
+        });
+        for _ in 0..20 {
+            let _ = sender.send_to(b"held", (bed.address(1), AGENT_PORT));
+        }
+        bed.cut(0, Cut::Inbound);
+        std::thread::sleep(Duration::from_millis(300));
+        let still_delayed = arrivals(&bed, 0, 1, 1);
+        assert!(
+            still_delayed.len() == 1 && still_delayed[0].1 >= Duration::from_millis(100),
+            "a cut of what host 0 hears leaves its delay on: {still_delayed:?}"
         );
         bed.heal(0);
         let healed = arrivals(&bed, 0, 1, 1);
